@@ -1,0 +1,733 @@
+//! Entra ID stand-in: RSA signing keys, OpenID metadata (v1 and v2), JWKS, the
+//! client-credentials token endpoint, and minting of the bearer tokens Entra attaches to
+//! custom-extension callouts.
+//!
+//! Why: accessgate validates callout tokens against the tenant's published keys and obtains
+//! Graph tokens with client credentials; both need an issuer it can reach locally. Tokens are
+//! compact JWS built by hand (RS256 by default; PS256 and friends on request) with
+//! `kid` = RFC 7638 thumbprint of the JWK. Token and secret values are never logged.
+
+use std::sync::Arc;
+
+use anyhow::{Context as _, anyhow, bail};
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::rsa::{KeyPair, KeySize};
+use aws_lc_rs::signature::{self, KeyPair as _, RsaEncoding, RsaPublicKeyComponents};
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Json, Router};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sha2::{Digest as _, Sha256};
+
+use crate::faults::{self, FaultTarget};
+use crate::state::{AppState, KeySlot, Shared};
+
+/// First-party app id of "Azure AD Identity Governance - Entitlement Management", the `appid`
+/// (v1) / `azp` (v2) of callout tokens.
+pub const ELM_APP_ID: &str = "810dcf14-1858-4bf2-8134-4c369fa3235b";
+/// Default audience of callout tokens.
+pub const DEFAULT_CALLOUT_AUDIENCE: &str = "api://accessgate";
+/// Audience of Graph tokens.
+pub const GRAPH_AUDIENCE: &str = "https://graph.microsoft.com";
+/// Well-known app id of Microsoft Graph (accepted as audience too).
+pub const GRAPH_APP_ID: &str = "00000003-0000-0000-c000-000000000000";
+/// The application role the Graph tokens carry.
+pub const GRAPH_ROLE: &str = "EntitlementManagement.ReadWrite.All";
+/// Lifetime of Graph tokens, as Entra reports it.
+pub const GRAPH_TOKEN_LIFETIME_SECS: i64 = 3599;
+
+/// An RSA-2048 signing key with its public JWK members precomputed.
+pub struct SigningKey {
+    kid: String,
+    pair: KeyPair,
+    n: Vec<u8>,
+    e: Vec<u8>,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// Generates a fresh RSA-2048 key (tens of milliseconds: call from a blocking context).
+    pub fn generate() -> anyhow::Result<Self> {
+        let pair = KeyPair::generate(KeySize::Rsa2048)
+            .map_err(|_| anyhow!("RSA key generation failed"))?;
+        let public = pair.public_key();
+        let n = public.modulus().big_endian_without_leading_zero().to_vec();
+        let e = public.exponent().big_endian_without_leading_zero().to_vec();
+        let kid = jwk_thumbprint(&b64url(&n), &b64url(&e));
+        Ok(Self { kid, pair, n, e })
+    }
+
+    /// RFC 7638 thumbprint of the public JWK; also used as `x5t`.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The public key as published in the JWKS.
+    pub fn jwk(&self) -> Value {
+        json!({
+            "kty": "RSA",
+            "use": "sig",
+            "kid": self.kid,
+            "x5t": self.kid,
+            "n": b64url(&self.n),
+            "e": b64url(&self.e),
+        })
+    }
+
+    fn sign(&self, alg: &str, message: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let encoding: &'static dyn RsaEncoding = match alg {
+            "RS256" => &signature::RSA_PKCS1_SHA256,
+            "RS384" => &signature::RSA_PKCS1_SHA384,
+            "RS512" => &signature::RSA_PKCS1_SHA512,
+            "PS256" => &signature::RSA_PSS_SHA256,
+            "PS384" => &signature::RSA_PSS_SHA384,
+            "PS512" => &signature::RSA_PSS_SHA512,
+            other => bail!("unsupported alg {other:?} (RS256/384/512, PS256/384/512 or none)"),
+        };
+        let mut sig = vec![0u8; self.pair.public_modulus_len()];
+        self.pair
+            .sign(encoding, &SystemRandom::new(), message, &mut sig)
+            .map_err(|_| anyhow!("RSA signing failed"))?;
+        Ok(sig)
+    }
+
+    fn verify_rs256(&self, message: &[u8], sig: &[u8]) -> bool {
+        RsaPublicKeyComponents {
+            n: &self.n,
+            e: &self.e,
+        }
+        .verify(&signature::RSA_PKCS1_2048_8192_SHA256, message, sig)
+        .is_ok()
+    }
+}
+
+/// base64url without padding.
+pub fn b64url(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// RFC 7638 thumbprint of an RSA JWK given its base64url `n` and `e`.
+pub fn jwk_thumbprint(n: &str, e: &str) -> String {
+    let canonical = format!(r#"{{"e":"{e}","kty":"RSA","n":"{n}"}}"#);
+    b64url(&Sha256::digest(canonical.as_bytes()))
+}
+
+/// Token version of a minted callout token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IssuerVersion {
+    /// `iss` = `{base}/{tenant}/`, `appid`, `ver` "1.0" (what Entra sends to ELM extensions).
+    #[default]
+    V1,
+    /// `iss` = `{base}/{tenant}/v2.0`, `azp`, `ver` "2.0".
+    V2,
+}
+
+/// Which key signs a minted token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignWith {
+    /// The current published key.
+    #[default]
+    Current,
+    /// A key that is never published in the JWKS.
+    Unknown,
+}
+
+/// Options of `POST /_emulator/tokens/callout` and [`crate::Emulator::mint_callout_token`];
+/// every field is optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MintOptions {
+    /// `aud`; default `api://accessgate`.
+    pub audience: Option<String>,
+    /// `appid` (v1) / `azp` (v2); default the ELM first-party app id.
+    pub app_id: Option<String>,
+    pub issuer_version: Option<IssuerVersion>,
+    /// Overrides `tid` and the tenant in `iss`.
+    pub tenant_id: Option<String>,
+    /// Overrides `iss` verbatim.
+    pub issuer: Option<String>,
+    /// Default 3600; negative gives an already expired token.
+    pub expires_in_secs: Option<i64>,
+    /// `nbf` relative to now; default -300.
+    pub not_before_offset_secs: Option<i64>,
+    /// Header `kid` (and `x5t`) override.
+    pub kid: Option<String>,
+    pub sign_with: Option<SignWith>,
+    /// Flip a byte of the signature.
+    pub tamper_signature: bool,
+    /// JWS `alg`: RS256 (default), RS384, RS512, PS256, PS384, PS512, or `none` (no signature).
+    pub alg: Option<String>,
+    /// Extension: claims merged into the payload last; a `null` value removes the claim.
+    pub extra_claims: Option<Map<String, Value>>,
+}
+
+/// Mints a callout token (see [`MintOptions`]).
+pub(crate) fn mint_callout_token(state: &Shared, opts: &MintOptions) -> anyhow::Result<String> {
+    let now = jiff::Timestamp::now().as_second();
+    let tenant = opts
+        .tenant_id
+        .clone()
+        .unwrap_or_else(|| state.cfg.tenant_id.clone());
+    let version = opts.issuer_version.unwrap_or_default();
+    let issuer = opts.issuer.clone().unwrap_or_else(|| match version {
+        IssuerVersion::V1 => state.issuer_v1(&tenant),
+        IssuerVersion::V2 => state.issuer_v2(&tenant),
+    });
+    let app_id = opts.app_id.clone().unwrap_or_else(|| ELM_APP_ID.to_owned());
+    let exp = now + opts.expires_in_secs.unwrap_or(3600);
+    let nbf = now + opts.not_before_offset_secs.unwrap_or(-300);
+
+    let mut claims = Map::new();
+    claims.insert(
+        "aud".into(),
+        json!(
+            opts.audience
+                .clone()
+                .unwrap_or_else(|| DEFAULT_CALLOUT_AUDIENCE.to_owned())
+        ),
+    );
+    claims.insert("iss".into(), json!(issuer));
+    claims.insert("iat".into(), json!(now));
+    claims.insert("nbf".into(), json!(nbf));
+    claims.insert("exp".into(), json!(exp));
+    claims.insert("aio".into(), json!(random_opaque()));
+    match version {
+        IssuerVersion::V1 => {
+            claims.insert("appid".into(), json!(app_id));
+            claims.insert("appidacr".into(), json!("2"));
+            claims.insert("idp".into(), json!(state.issuer_v1(&tenant)));
+        }
+        IssuerVersion::V2 => {
+            claims.insert("azp".into(), json!(app_id));
+            claims.insert("azpacr".into(), json!("2"));
+        }
+    }
+    claims.insert("idtyp".into(), json!("app"));
+    claims.insert("oid".into(), json!(state.elm_object_id));
+    claims.insert("rh".into(), json!(random_opaque()));
+    claims.insert("sub".into(), json!(state.elm_object_id));
+    claims.insert("tid".into(), json!(tenant));
+    claims.insert("uti".into(), json!(random_opaque()));
+    claims.insert(
+        "ver".into(),
+        json!(match version {
+            IssuerVersion::V1 => "1.0",
+            IssuerVersion::V2 => "2.0",
+        }),
+    );
+    if let Some(extra) = &opts.extra_claims {
+        for (name, value) in extra {
+            if value.is_null() {
+                claims.remove(name);
+            } else {
+                claims.insert(name.clone(), value.clone());
+            }
+        }
+    }
+
+    let key = match opts.sign_with.unwrap_or_default() {
+        SignWith::Current => state
+            .lock()
+            .current_key()
+            .context("no signing key (internal error)")?,
+        SignWith::Unknown => state.unknown_key.clone(),
+    };
+    encode_jws(
+        &key,
+        opts.alg.as_deref().unwrap_or("RS256"),
+        opts.kid.as_deref(),
+        &Value::Object(claims),
+        opts.tamper_signature,
+    )
+}
+
+/// Mints a Graph access token for `client_id` (v1-style claims, as Entra issues them for
+/// `https://graph.microsoft.com/.default`).
+pub(crate) fn mint_graph_token(state: &Shared, client_id: &str) -> anyhow::Result<String> {
+    let now = jiff::Timestamp::now().as_second();
+    let tenant = &state.cfg.tenant_id;
+    let claims = json!({
+        "aud": GRAPH_AUDIENCE,
+        "iss": state.issuer_v1(tenant),
+        "iat": now - 300,
+        "nbf": now - 300,
+        "exp": now + GRAPH_TOKEN_LIFETIME_SECS,
+        "aio": random_opaque(),
+        "app_displayname": "accessgate",
+        "appid": client_id,
+        "appidacr": "1",
+        "idp": state.issuer_v1(tenant),
+        "idtyp": "app",
+        "oid": state.graph_client_object_id,
+        "rh": random_opaque(),
+        "roles": [GRAPH_ROLE],
+        "sub": state.graph_client_object_id,
+        "tenant_region_scope": "EU",
+        "tid": tenant,
+        "uti": random_opaque(),
+        "ver": "1.0",
+    });
+    let key = state
+        .lock()
+        .current_key()
+        .context("no signing key (internal error)")?;
+    encode_jws(&key, "RS256", None, &claims, false)
+}
+
+fn encode_jws(
+    key: &SigningKey,
+    alg: &str,
+    kid_override: Option<&str>,
+    claims: &Value,
+    tamper: bool,
+) -> anyhow::Result<String> {
+    let kid = kid_override.unwrap_or(key.kid());
+    let header = if alg == "none" {
+        json!({"typ": "JWT", "alg": "none"})
+    } else {
+        json!({"typ": "JWT", "alg": alg, "x5t": kid, "kid": kid})
+    };
+    let signing_input = format!(
+        "{}.{}",
+        b64url(&serde_json::to_vec(&header)?),
+        b64url(&serde_json::to_vec(claims)?)
+    );
+    let mut sig = if alg == "none" {
+        Vec::new()
+    } else {
+        key.sign(alg, signing_input.as_bytes())?
+    };
+    if tamper {
+        match sig.get_mut(10) {
+            Some(byte) => *byte ^= 0x01,
+            None => sig.push(0),
+        }
+    }
+    Ok(format!("{signing_input}.{}", b64url(&sig)))
+}
+
+fn random_opaque() -> String {
+    b64url(uuid::Uuid::new_v4().as_bytes())
+}
+
+/// Why a Graph bearer token was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub(crate) enum TokenError {
+    #[error("Access token is empty.")]
+    Missing,
+    #[error("Access token validation failure. {0}")]
+    Invalid(String),
+    #[error("Lifetime validation failed, the token is expired.")]
+    Expired,
+    #[error("Either scp or roles claim need to be present in the token.")]
+    NoRole,
+}
+
+/// Validates a Graph bearer token minted by this emulator: RS256 signature by a published key,
+/// issuer, audience, tenant, lifetime and the entitlement-management role.
+pub(crate) fn verify_graph_token(state: &Shared, headers: &HeaderMap) -> Result<(), TokenError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let token = match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+        _ => return Err(TokenError::Missing),
+    };
+    if token.is_empty() {
+        return Err(TokenError::Missing);
+    }
+    let invalid = |why: &str| TokenError::Invalid(why.to_owned());
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(invalid("Invalid JWT token. The token is not in JWS compact format."));
+    };
+    let decode_json = |part: &str| -> Option<Value> {
+        URL_SAFE_NO_PAD
+            .decode(part)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+    };
+    let header = decode_json(h).ok_or_else(|| invalid("Invalid JWT header."))?;
+    let claims = decode_json(p).ok_or_else(|| invalid("Invalid JWT payload."))?;
+    let sig = URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| invalid("Invalid signature encoding."))?;
+    if header.get("alg").and_then(Value::as_str) != Some("RS256") {
+        return Err(invalid("Invalid signing algorithm."));
+    }
+    let kid = header.get("kid").and_then(Value::as_str).unwrap_or("");
+    let keys = state.lock().published_keys();
+    let key = keys
+        .iter()
+        .find(|k| k.kid() == kid)
+        .ok_or_else(|| invalid("Invalid signature: signing key not found."))?;
+    if !key.verify_rs256(format!("{h}.{p}").as_bytes(), &sig) {
+        return Err(invalid("Invalid signature."));
+    }
+    let claim = |name: &str| claims.get(name).and_then(Value::as_str).unwrap_or("");
+    if !matches!(
+        claim("aud"),
+        "https://graph.microsoft.com" | "https://graph.microsoft.com/" | GRAPH_APP_ID
+    ) {
+        return Err(invalid("Invalid audience."));
+    }
+    let tenant = &state.cfg.tenant_id;
+    if claim("iss") != state.issuer_v1(tenant) && claim("iss") != state.issuer_v2(tenant) {
+        return Err(invalid("Invalid issuer."));
+    }
+    if claim("tid") != tenant.as_str() {
+        return Err(invalid("Invalid tenant."));
+    }
+    let now = jiff::Timestamp::now().as_second();
+    let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
+    let nbf = claims.get("nbf").and_then(Value::as_i64).unwrap_or(0);
+    if exp <= now - 300 || nbf > now + 300 {
+        return Err(TokenError::Expired);
+    }
+    let has_role = claims
+        .get("roles")
+        .and_then(Value::as_array)
+        .is_some_and(|roles| roles.iter().any(|r| r.as_str() == Some(GRAPH_ROLE)));
+    if !has_role {
+        return Err(TokenError::NoRole);
+    }
+    Ok(())
+}
+
+/// Generates a new current key; the previous keys stay published unless `retire_old`.
+pub(crate) async fn rotate_keys(state: &AppState, retire_old: bool) -> anyhow::Result<String> {
+    let key = tokio::task::spawn_blocking(SigningKey::generate)
+        .await
+        .context("key generation task")??;
+    let kid = key.kid().to_owned();
+    let mut inner = state.lock();
+    if retire_old {
+        for slot in &mut inner.keys {
+            slot.published = false;
+        }
+    }
+    inner.keys.push(KeySlot {
+        key: Arc::new(key),
+        published: true,
+    });
+    tracing::info!(%kid, retire_old, "signing key rotated");
+    Ok(kid)
+}
+
+/// Entra routes: metadata, JWKS, token endpoints.
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/{tenant}/.well-known/openid-configuration", get(metadata_v1))
+        .route(
+            "/{tenant}/v2.0/.well-known/openid-configuration",
+            get(metadata_v2),
+        )
+        .route("/{tenant}/discovery/keys", get(jwks))
+        .route("/{tenant}/discovery/v2.0/keys", get(jwks))
+        .route("/{tenant}/oauth2/token", post(token_v1))
+        .route("/{tenant}/oauth2/v2.0/token", post(token_v2))
+}
+
+fn entra_error(status: StatusCode, error: &str, code: u32, description: &str) -> Response {
+    let body = json!({
+        "error": error,
+        "error_description": format!(
+            "AADSTS{code}: {description} Trace ID: {} Correlation ID: {} Timestamp: {}",
+            uuid::Uuid::new_v4(),
+            uuid::Uuid::new_v4(),
+            jiff::Timestamp::now(),
+        ),
+        "error_codes": [code],
+        "timestamp": jiff::Timestamp::now().to_string(),
+        "trace_id": uuid::Uuid::new_v4(),
+        "correlation_id": uuid::Uuid::new_v4(),
+    });
+    (status, Json(body)).into_response()
+}
+
+fn unknown_tenant(tenant: &str) -> Response {
+    entra_error(
+        StatusCode::BAD_REQUEST,
+        "invalid_tenant",
+        90002,
+        &format!("Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID."),
+    )
+}
+
+async fn metadata_v1(State(state): State<AppState>, Path(tenant): Path<String>) -> Response {
+    metadata(&state, &tenant, false).await
+}
+
+async fn metadata_v2(State(state): State<AppState>, Path(tenant): Path<String>) -> Response {
+    metadata(&state, &tenant, true).await
+}
+
+async fn metadata(state: &AppState, tenant: &str, v2: bool) -> Response {
+    state.lock().stats.metadata_fetches += 1;
+    if let Some(resp) = faults::apply(state, FaultTarget::Metadata).await {
+        return resp;
+    }
+    if tenant != state.cfg.tenant_id {
+        return unknown_tenant(tenant);
+    }
+    let base = format!("{}/{tenant}", state.base_url);
+    let doc = if v2 {
+        json!({
+            "token_endpoint": format!("{base}/oauth2/v2.0/token"),
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+            "jwks_uri": format!("{base}/discovery/v2.0/keys"),
+            "response_modes_supported": ["query", "fragment", "form_post"],
+            "subject_types_supported": ["pairwise"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+            "scopes_supported": ["openid", "profile", "email", "offline_access"],
+            "issuer": state.issuer_v2(tenant),
+            "request_uri_parameter_supported": false,
+            "authorization_endpoint": format!("{base}/oauth2/v2.0/authorize"),
+            "end_session_endpoint": format!("{base}/oauth2/v2.0/logout"),
+            "tenant_region_scope": "EU",
+            "cloud_instance_name": "microsoftonline.com",
+            "cloud_graph_host_name": "graph.windows.net",
+            "msgraph_host": "graph.microsoft.com",
+        })
+    } else {
+        json!({
+            "token_endpoint": format!("{base}/oauth2/token"),
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+            "jwks_uri": format!("{base}/discovery/keys"),
+            "response_modes_supported": ["query", "fragment", "form_post"],
+            "subject_types_supported": ["pairwise"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "response_types_supported": ["code", "id_token", "code id_token", "token id_token", "token"],
+            "scopes_supported": ["openid"],
+            "issuer": state.issuer_v1(tenant),
+            "microsoft_multi_refresh_token": true,
+            "authorization_endpoint": format!("{base}/oauth2/authorize"),
+            "end_session_endpoint": format!("{base}/oauth2/logout"),
+            "tenant_region_scope": "EU",
+            "cloud_instance_name": "microsoftonline.com",
+            "cloud_graph_host_name": "graph.windows.net",
+            "msgraph_host": "graph.microsoft.com",
+        })
+    };
+    Json(doc).into_response()
+}
+
+async fn jwks(State(state): State<AppState>, Path(tenant): Path<String>) -> Response {
+    state.lock().stats.jwks_fetches += 1;
+    if let Some(resp) = faults::apply(&state, FaultTarget::Jwks).await {
+        return resp;
+    }
+    if tenant != state.cfg.tenant_id {
+        return unknown_tenant(&tenant);
+    }
+    let keys: Vec<Value> = state
+        .lock()
+        .published_keys()
+        .iter()
+        .map(|k| k.jwk())
+        .collect();
+    Json(json!({ "keys": keys })).into_response()
+}
+
+/// Form of the token endpoints (v2 uses `scope`, v1 uses `resource`).
+#[derive(Debug, Default, Deserialize)]
+struct TokenForm {
+    grant_type: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    scope: Option<String>,
+    resource: Option<String>,
+}
+
+async fn token_v1(
+    State(state): State<AppState>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    form: Result<Form<TokenForm>, FormRejection>,
+) -> Response {
+    token(&state, &tenant, &headers, form, false).await
+}
+
+async fn token_v2(
+    State(state): State<AppState>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    form: Result<Form<TokenForm>, FormRejection>,
+) -> Response {
+    token(&state, &tenant, &headers, form, true).await
+}
+
+async fn token(
+    state: &AppState,
+    tenant: &str,
+    headers: &HeaderMap,
+    form: Result<Form<TokenForm>, FormRejection>,
+    v2: bool,
+) -> Response {
+    state.lock().stats.token_requests += 1;
+    if let Some(resp) = faults::apply(state, FaultTarget::Token).await {
+        return resp;
+    }
+    if tenant != state.cfg.tenant_id {
+        return unknown_tenant(tenant);
+    }
+    let Ok(Form(form)) = form else {
+        return entra_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            900144,
+            "The request body must contain the following parameter: 'grant_type'.",
+        );
+    };
+    // client_secret_basic: credentials in the Authorization header.
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| STANDARD.decode(b.trim()).ok())
+        .and_then(|raw| String::from_utf8(raw).ok())
+        .and_then(|pair| {
+            pair.split_once(':')
+                .map(|(id, secret)| (id.to_owned(), secret.to_owned()))
+        });
+    let (client_id, client_secret) = match (&form.client_id, &form.client_secret, basic) {
+        (_, _, Some((id, secret))) => (Some(id), Some(secret)),
+        (id, secret, None) => (id.clone(), secret.clone()),
+    };
+
+    match form.grant_type.as_deref() {
+        Some("client_credentials") => {}
+        None => {
+            return entra_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                900144,
+                "The request body must contain the following parameter: 'grant_type'.",
+            );
+        }
+        Some(_) => {
+            return entra_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                70003,
+                "The app requested an unsupported grant type. The emulator supports only 'client_credentials'.",
+            );
+        }
+    }
+    let Some(client_id) = client_id.filter(|id| !id.is_empty()) else {
+        return entra_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            900144,
+            "The request body must contain the following parameter: 'client_id'.",
+        );
+    };
+    if client_id != state.cfg.graph_client_id {
+        return entra_error(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            700016,
+            &format!(
+                "Application with identifier '{client_id}' was not found in the directory '{tenant}'."
+            ),
+        );
+    }
+    match client_secret.as_deref() {
+        None | Some("") => {
+            return entra_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                7000216,
+                "'client_assertion', 'client_secret' or 'request' is required for the 'client_credentials' grant type.",
+            );
+        }
+        Some(secret) if secret != state.cfg.graph_client_secret => {
+            return entra_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                7000215,
+                &format!(
+                    "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
+                ),
+            );
+        }
+        Some(_) => {}
+    }
+    let target_ok = if v2 {
+        matches!(
+            form.scope.as_deref(),
+            Some("https://graph.microsoft.com/.default")
+                | Some("https://graph.microsoft.com//.default")
+                | Some("00000003-0000-0000-c000-000000000000/.default")
+        )
+    } else {
+        matches!(
+            form.resource.as_deref(),
+            Some("https://graph.microsoft.com")
+                | Some("https://graph.microsoft.com/")
+                | Some(GRAPH_APP_ID)
+        )
+    };
+    if !target_ok {
+        return entra_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            1002012,
+            "The provided value for scope/resource is not valid. The emulator issues tokens only for https://graph.microsoft.com/.default.",
+        );
+    }
+    match mint_graph_token(state, &client_id) {
+        Ok(access_token) => {
+            tracing::debug!(%client_id, "issued Graph token");
+            let mut body = json!({
+                "token_type": "Bearer",
+                "expires_in": GRAPH_TOKEN_LIFETIME_SECS,
+                "ext_expires_in": GRAPH_TOKEN_LIFETIME_SECS,
+                "access_token": access_token,
+            });
+            if !v2 {
+                let now = jiff::Timestamp::now().as_second();
+                if let Some(obj) = body.as_object_mut() {
+                    obj.insert(
+                        "expires_on".into(),
+                        json!((now + GRAPH_TOKEN_LIFETIME_SECS).to_string()),
+                    );
+                    obj.insert("resource".into(), json!(GRAPH_AUDIENCE));
+                }
+            }
+            (
+                StatusCode::OK,
+                [(header::CACHE_CONTROL, "no-store, no-cache")],
+                Json(body),
+            )
+                .into_response()
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "minting a Graph token failed");
+            entra_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                50000,
+                "There was an error issuing a token.",
+            )
+        }
+    }
+}

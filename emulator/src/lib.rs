@@ -1,0 +1,280 @@
+//! Local stand-in for Microsoft Entra ID and Microsoft Graph, so that accessgate runs and is
+//! tested without a tenant.
+//!
+//! Everything listens on one loopback port (`{base}` = `http://127.0.0.1:{port}`); the HTTP
+//! contract is `docs/emulator-contract.md` at the workspace root.
+//!
+//! # Layout
+//! - [`entra`]: signing keys, OpenID metadata, JWKS, the client-credentials token endpoint and
+//!   minting of the callout tokens Entra would send.
+//! - [`graph`]: entitlement-management assignment requests, their callout state machine and the
+//!   `resume` action with the validation Graph applies.
+//! - [`faults`]: injected failures (status codes with `Retry-After`, delays) for Graph and the
+//!   token endpoint.
+//! - [`sender`]: an Entra-like callout sender (flat PascalCase body or Graph envelope, 1000 ms
+//!   client timeout, at most one retry).
+//! - `control`: the `/_emulator/*` routes that drive and inspect the emulator.
+//! - `state`: the shared in-memory state behind one `std::sync::Mutex`.
+//!
+//! Architecture invariant: the emulator binds loopback addresses only and never logs token or
+//! secret values.
+#![forbid(unsafe_code)]
+
+mod control;
+pub mod entra;
+pub mod faults;
+pub mod graph;
+pub mod sender;
+mod state;
+
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use entra::{IssuerVersion, MintOptions, SignWith};
+pub use faults::{FaultSpec, FaultTarget};
+pub use graph::{CalloutView, RegisterRequest, RequestView, ResumeRecord};
+pub use sender::{SendOptions, SendReport, Shape};
+pub use state::Stats;
+
+use state::{AppState, Shared};
+
+/// Identities the emulated tenant knows about.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EmulatorConfig {
+    /// Directory (tenant) id used in issuers, `tid` claims and Entra routes.
+    pub tenant_id: String,
+    /// Client id of the app accessgate uses for Graph (client-credentials grant).
+    pub graph_client_id: String,
+    /// Client secret of that app.
+    pub graph_client_secret: String,
+}
+
+impl Default for EmulatorConfig {
+    fn default() -> Self {
+        Self {
+            tenant_id: "11111111-2222-3333-4444-555555555555".to_owned(),
+            graph_client_id: "aaaaaaaa-0000-0000-0000-000000000001".to_owned(),
+            graph_client_secret: "emulator-graph-secret".to_owned(),
+        }
+    }
+}
+
+/// Starts the emulator on `addr` (a loopback address; port 0 picks a free port).
+///
+/// The server runs on the current tokio runtime until [`RunningEmulator::shutdown`] is called
+/// or the [`RunningEmulator`] is dropped.
+pub async fn start(cfg: EmulatorConfig, addr: SocketAddr) -> anyhow::Result<RunningEmulator> {
+    anyhow::ensure!(
+        addr.ip().is_loopback(),
+        "the emulator binds loopback addresses only, not {addr}"
+    );
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let local = listener.local_addr().context("reading the bound address")?;
+    let base_url = format!("http://{local}");
+
+    // Two RSA keys: the published signing key and the "unknown" key that is never published.
+    let (current, unknown) = tokio::task::spawn_blocking(|| {
+        Ok::<_, anyhow::Error>((
+            entra::SigningKey::generate()?,
+            entra::SigningKey::generate()?,
+        ))
+    })
+    .await
+    .context("key generation task")??;
+
+    let shared: AppState = Arc::new(Shared::new(cfg, base_url, current, unknown));
+    let router = control::router(shared.clone());
+    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                // Either an explicit shutdown or the handle being dropped ends the server.
+                let _ = shutdown_rx.await;
+            })
+            .await
+    });
+    tracing::info!(base_url = %shared.base_url, "emulator started");
+    Ok(RunningEmulator {
+        emulator: Emulator { state: shared },
+        shutdown_tx: Some(shutdown_tx),
+        server: Some(server),
+    })
+}
+
+/// A started emulator. Dereferences to [`Emulator`] for in-process access; dropping it stops
+/// the server.
+#[derive(Debug)]
+pub struct RunningEmulator {
+    emulator: Emulator,
+    shutdown_tx: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl RunningEmulator {
+    /// `http://127.0.0.1:PORT`.
+    pub fn base_url(&self) -> String {
+        self.emulator.base_url()
+    }
+
+    /// A cloneable in-process handle that outlives borrows of `self` (e.g. for spawned tasks).
+    pub fn handle(&self) -> Emulator {
+        self.emulator.clone()
+    }
+
+    /// Stops accepting connections and waits (at most 5 s) for in-flight requests.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown_tx.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            match tokio::time::timeout(Duration::from_secs(5), server).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(err))) => tracing::warn!(error = %err, "emulator server error"),
+                Ok(Err(err)) => tracing::warn!(error = %err, "emulator server task failed"),
+                Err(_) => tracing::warn!("emulator did not stop within 5 s"),
+            }
+        }
+    }
+}
+
+impl Deref for RunningEmulator {
+    type Target = Emulator;
+
+    fn deref(&self) -> &Emulator {
+        &self.emulator
+    }
+}
+
+/// In-process handle to a running emulator: the same operations as the HTTP routes, without
+/// HTTP. Cheap to clone.
+#[derive(Clone)]
+pub struct Emulator {
+    state: AppState,
+}
+
+impl std::fmt::Debug for Emulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emulator")
+            .field("base_url", &self.state.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Emulator {
+    /// `http://127.0.0.1:PORT`.
+    pub fn base_url(&self) -> String {
+        self.state.base_url.clone()
+    }
+
+    /// The configuration the emulator was started with.
+    pub fn config(&self) -> &EmulatorConfig {
+        &self.state.cfg
+    }
+
+    /// v1 issuer, `{base}/{tenant}/` (stands in for `https://sts.windows.net/{tid}/`).
+    pub fn issuer_v1(&self) -> String {
+        self.state.issuer_v1(&self.state.cfg.tenant_id)
+    }
+
+    /// v2 issuer, `{base}/{tenant}/v2.0`.
+    pub fn issuer_v2(&self) -> String {
+        self.state.issuer_v2(&self.state.cfg.tenant_id)
+    }
+
+    /// `{base}/{tenant}/.well-known/openid-configuration`.
+    pub fn metadata_url_v1(&self) -> String {
+        format!(
+            "{}/{}/.well-known/openid-configuration",
+            self.state.base_url, self.state.cfg.tenant_id
+        )
+    }
+
+    /// `{base}/{tenant}/v2.0/.well-known/openid-configuration`.
+    pub fn metadata_url_v2(&self) -> String {
+        format!(
+            "{}/{}/v2.0/.well-known/openid-configuration",
+            self.state.base_url, self.state.cfg.tenant_id
+        )
+    }
+
+    /// `{base}/{tenant}/discovery/keys`.
+    pub fn jwks_url(&self) -> String {
+        format!(
+            "{}/{}/discovery/keys",
+            self.state.base_url, self.state.cfg.tenant_id
+        )
+    }
+
+    /// `{base}/{tenant}/oauth2/v2.0/token`.
+    pub fn token_url(&self) -> String {
+        format!(
+            "{}/{}/oauth2/v2.0/token",
+            self.state.base_url, self.state.cfg.tenant_id
+        )
+    }
+
+    /// Graph root without version, i.e. `{base}` (append `/v1.0` or `/beta`).
+    pub fn graph_url(&self) -> String {
+        self.state.base_url.clone()
+    }
+
+    /// Mints a callout bearer token as Entra would send it (see [`MintOptions`]).
+    pub fn mint_callout_token(&self, opts: &MintOptions) -> anyhow::Result<String> {
+        entra::mint_callout_token(&self.state, opts)
+    }
+
+    /// Mints a Graph access token as the token endpoint would return it to the configured
+    /// Graph client.
+    pub fn mint_graph_token(&self) -> anyhow::Result<String> {
+        entra::mint_graph_token(&self.state, &self.state.cfg.graph_client_id)
+    }
+
+    /// Publishes a new signing key (RSA keygen runs on the blocking pool) and returns its kid.
+    /// The previous keys stay published unless `retire_old`.
+    pub async fn rotate_keys(&self, retire_old: bool) -> anyhow::Result<String> {
+        entra::rotate_keys(&self.state, retire_old).await
+    }
+
+    /// Registers (or adds a callout to) an assignment request waiting for a callback.
+    pub fn register_request(&self, reg: &RegisterRequest) -> anyhow::Result<RequestView> {
+        graph::register(&self.state, reg)
+    }
+
+    /// State of a request and every callout it received, or `None` when unknown.
+    pub fn request(&self, id: &str) -> Option<RequestView> {
+        graph::view(&self.state, id)
+    }
+
+    /// Every accepted resume, oldest first.
+    pub fn resumes(&self) -> Vec<ResumeRecord> {
+        graph::resumes(&self.state)
+    }
+
+    /// Call counters.
+    pub fn stats(&self) -> Stats {
+        self.state.lock().stats.clone()
+    }
+
+    /// Installs a fault (replacing any fault for the same target).
+    pub fn set_fault(&self, spec: &FaultSpec) -> anyhow::Result<()> {
+        faults::set(&self.state, spec)
+    }
+
+    /// Removes every fault.
+    pub fn clear_faults(&self) {
+        faults::clear(&self.state);
+    }
+
+    /// Sends a callout like Entra, minting the token and registering the request in-process.
+    pub async fn send_callout(&self, opts: &SendOptions) -> anyhow::Result<SendReport> {
+        sender::send_callout_with(sender::Backend::Local(self), opts).await
+    }
+}

@@ -1,0 +1,533 @@
+//! Entra-like callout sender: builds the body entitlement management POSTs to a custom
+//! extension (the flat PascalCase shape of the ELM-generated Logic App trigger schema, or the
+//! Graph `customExtensionCalloutRequest` envelope), registers the request in Graph as
+//! `WaitingForCallback` for request stages, and POSTs it with Entra's client behaviour: 1000 ms
+//! timeout and at most one retry (on timeout, connection error or 5xx).
+//!
+//! Why: accessgate must answer 202 inside Entra's client timeout and tolerate the retry; this
+//! reproduces both ends without a tenant. Pre-expiration stages and the
+//! `CustomExtensionConnectionTest` stage are sent without `CallbackUriPath` and not registered.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::entra::MintOptions;
+use crate::graph::{self, CONNECTION_TEST_STAGE, RegisterRequest};
+
+/// Default client timeout of an ELM custom extension (`timeoutInMilliseconds`).
+pub const DEFAULT_CLIENT_TIMEOUT_MS: u64 = 1000;
+/// Default retries of an ELM custom extension (`maximumRetries`).
+pub const DEFAULT_MAXIMUM_RETRIES: u32 = 1;
+/// Default stage sent.
+pub const DEFAULT_STAGE: &str = "assignmentRequestCreated";
+
+/// Body shape of a callout.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Shape {
+    /// Flat PascalCase keys, as in the ELM-generated Logic App trigger schema.
+    #[default]
+    Flat,
+    /// Graph `{source, type, data}` envelope with camelCase `data`.
+    Envelope,
+}
+
+/// Options of a callout (`POST /_emulator/callouts/send`, [`send_callout`],
+/// [`crate::Emulator::send_callout`]). Everything except `target_url` is optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SendOptions {
+    pub target_url: String,
+    pub shape: Shape,
+    /// Stage; default `assignmentRequestCreated`. Any string is sent as is (e.g.
+    /// `CustomExtensionConnectionTest`).
+    pub stage: Option<String>,
+    pub request_id: Option<String>,
+    pub stage_instance_id: Option<String>,
+    pub catalog_id: Option<String>,
+    pub catalog_name: Option<String>,
+    pub access_package_id: Option<String>,
+    pub access_package_name: Option<String>,
+    pub target_object_id: Option<String>,
+    /// Callback timeout, ISO 8601; default `PT1H`.
+    pub timeout: Option<String>,
+    /// How to mint the bearer token (ignored when `authorization` is set).
+    pub token: Option<MintOptions>,
+    /// Raw `Authorization` header value, verbatim; empty string = no header.
+    pub authorization: Option<String>,
+    /// Raw JSON text sent instead of the generated body.
+    pub body: Option<String>,
+    /// Extension: emulator base URL used by [`send_callout`] (the free function) to mint the
+    /// token and register the request; ignored by [`crate::Emulator::send_callout`].
+    pub emulator_url: Option<String>,
+    /// Extension: client timeout per attempt (default 1000 ms; Entra allows 200..=2000).
+    pub client_timeout_ms: Option<u64>,
+    /// Extension: retries after the first attempt (default 1; Entra allows 0 or 1).
+    pub maximum_retries: Option<u32>,
+    /// Extension: `RequestType` (default `userAdd`).
+    pub request_type: Option<String>,
+}
+
+/// Outcome of a callout.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SendReport {
+    /// Status of the last attempt, `None` when it got no response.
+    pub status: Option<u16>,
+    pub attempts: u32,
+    /// Wall time from the first attempt to the final outcome.
+    pub latency_ms: f64,
+    pub request_id: String,
+    pub stage_instance_id: String,
+    /// Why the callout failed (timeout, connection error, non-2xx), `None` on 2xx.
+    pub error: Option<String>,
+    /// Extension: wall time of each attempt.
+    pub attempt_latencies_ms: Vec<f64>,
+}
+
+/// The values that go into a callout body, with every default resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CalloutFields {
+    pub request_id: String,
+    pub stage_instance_id: String,
+    pub stage: String,
+    pub request_type: String,
+    pub catalog_id: String,
+    pub catalog_name: String,
+    pub access_package_id: String,
+    pub access_package_name: String,
+    pub target_object_id: String,
+    pub timeout: String,
+}
+
+impl CalloutFields {
+    /// Resolves `opts`, generating request and stage instance ids when absent.
+    pub fn from_options(opts: &SendOptions) -> Self {
+        let or = |value: &Option<String>, default: &str| {
+            value.clone().unwrap_or_else(|| default.to_owned())
+        };
+        let new_id = || uuid::Uuid::new_v4().to_string();
+        Self {
+            request_id: opts.request_id.clone().unwrap_or_else(new_id),
+            stage_instance_id: opts.stage_instance_id.clone().unwrap_or_else(new_id),
+            stage: or(&opts.stage, DEFAULT_STAGE),
+            request_type: or(&opts.request_type, "userAdd"),
+            catalog_id: or(&opts.catalog_id, "c0000000-0000-0000-0000-000000000001"),
+            catalog_name: or(&opts.catalog_name, "Emulator Catalog"),
+            access_package_id: or(
+                &opts.access_package_id,
+                "a0000000-0000-0000-0000-000000000001",
+            ),
+            access_package_name: or(&opts.access_package_name, "Emulator Access Package"),
+            target_object_id: or(
+                &opts.target_object_id,
+                "0b000000-0000-0000-0000-000000000001",
+            ),
+            timeout: or(&opts.timeout, "PT1H"),
+        }
+    }
+
+    /// `/identityGovernance/entitlementManagement/assignmentRequests/{id}/resume`.
+    pub fn callback_uri_path(&self) -> String {
+        format!(
+            "/identityGovernance/entitlementManagement/assignmentRequests/{}/resume",
+            self.request_id
+        )
+    }
+
+    fn kind(&self) -> StageKind {
+        if graph::is_request_stage(&self.stage) {
+            StageKind::Request
+        } else if graph::PRE_EXPIRATION_STAGES.contains(&self.stage.as_str()) {
+            StageKind::PreExpiration
+        } else if self.stage == CONNECTION_TEST_STAGE {
+            StageKind::ConnectionTest
+        } else {
+            // Unknown stage strings are sent like request stages (useful for negative tests).
+            StageKind::Request
+        }
+    }
+
+    /// State of the request the stage fires in (`accessPackageRequestState`).
+    fn request_state(&self) -> &'static str {
+        match self.stage.as_str() {
+            "assignmentRequestCreated" => "submitted",
+            "assignmentRequestApproved" => "pendingApproval",
+            "assignmentRequestRemoved" => "delivering",
+            "assignmentRequestGranted" => "delivered",
+            _ => "delivered",
+        }
+    }
+
+    fn assignment_state(&self) -> (&'static str, &'static str) {
+        match self.stage.as_str() {
+            "assignmentRequestCreated" | "assignmentRequestApproved" => {
+                ("PendingDelivery", "PendingApproval")
+            }
+            "assignmentRequestRemoved" => ("Delivered", "PendingRemoval"),
+            _ => ("Delivered", "Delivered"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StageKind {
+    Request,
+    PreExpiration,
+    ConnectionTest,
+}
+
+const POLICY_ID: &str = "d0000000-0000-0000-0000-000000000001";
+const REQUESTOR_SUBJECT_ID: &str = "5b000000-0000-0000-0000-000000000001";
+
+/// The flat PascalCase body (ELM-generated Logic App trigger schema, plus the V2 request-workflow
+/// fields `CallbackUriPath`, `RequestType`, `Answers`, `State`, `Status`,
+/// `CallbackConfiguration` and `Assignment.AssignmentPolicy`).
+pub fn flat_body(f: &CalloutFields) -> Value {
+    let (assignment_state, assignment_status) = f.assignment_state();
+    let assignment = json!({
+        "Id": assignment_id(f),
+        "Target": {
+            "ConnectedOrganization": null,
+            "Id": REQUESTOR_SUBJECT_ID,
+            "ObjectId": f.target_object_id,
+            "DisplayName": "Emulator User",
+        },
+        "State": assignment_state,
+        "Status": assignment_status,
+        "AssignmentPolicy": {"Id": POLICY_ID, "DisplayName": "Emulator Policy"},
+    });
+    let access_package = json!({
+        "Id": f.access_package_id,
+        "DisplayName": f.access_package_name,
+        "Description": "Access package served by the accessgate emulator",
+    });
+    let catalog = json!({
+        "Id": f.catalog_id,
+        "DisplayName": f.catalog_name,
+        "Description": "Catalog served by the accessgate emulator",
+    });
+    match f.kind() {
+        StageKind::Request => json!({
+            "AccessPackageAssignmentRequestId": f.request_id,
+            "CallbackUriPath": f.callback_uri_path(),
+            "CustomExtensionStageInstanceId": f.stage_instance_id,
+            "Stage": f.stage,
+            "RequestType": f.request_type,
+            "Answers": [],
+            "State": f.request_state(),
+            "Status": "WaitingForCallback",
+            "CallbackConfiguration": {"DurationBeforeTimeout": f.timeout},
+            "AccessPackage": access_package,
+            "AccessPackageCatalog": catalog,
+            "Assignment": assignment,
+            "Requestor": {
+                "Id": REQUESTOR_SUBJECT_ID,
+                "ObjectId": f.target_object_id,
+                "DisplayName": "Emulator User",
+            },
+        }),
+        StageKind::PreExpiration => json!({
+            "AccessPackageAssignmentRequestId": f.request_id,
+            "CustomExtensionStageInstanceId": f.stage_instance_id,
+            "Stage": f.stage,
+            "CallbackConfiguration": {"DurationBeforeTimeout": f.timeout},
+            "AccessPackage": access_package,
+            "AccessPackageCatalog": catalog,
+            "Assignment": assignment,
+        }),
+        StageKind::ConnectionTest => json!({
+            "AccessPackageAssignmentRequestId": f.request_id,
+            "CustomExtensionStageInstanceId": f.stage_instance_id,
+            "Stage": f.stage,
+            "AccessPackage": access_package,
+            "AccessPackageCatalog": catalog,
+        }),
+    }
+}
+
+/// The Graph envelope `{source, type, data}` with the documented camelCase callout data
+/// (`accessPackageAssignmentRequestCalloutData`, or `accessPackageAssignmentCalloutData` for
+/// pre-expiration stages).
+pub fn envelope_body(f: &CalloutFields) -> Value {
+    let (assignment_state, assignment_status) = f.assignment_state();
+    let assignment = json!({
+        "id": assignment_id(f),
+        "state": assignment_state,
+        "status": assignment_status,
+        "target": {
+            "connectedOrganization": null,
+            "id": REQUESTOR_SUBJECT_ID,
+            "objectId": f.target_object_id,
+            "displayName": "Emulator User",
+        },
+        "assignmentPolicy": {"id": POLICY_ID, "displayName": "Emulator Policy"},
+    });
+    let access_package = json!({
+        "id": f.access_package_id,
+        "displayName": f.access_package_name,
+        "description": "Access package served by the accessgate emulator",
+    });
+    let catalog = json!({
+        "id": f.catalog_id,
+        "displayName": f.catalog_name,
+        "description": "Catalog served by the accessgate emulator",
+    });
+    let callback_configuration = json!({
+        "@odata.type": "#microsoft.graph.customExtensionCallbackConfiguration",
+        "timeoutDuration": f.timeout,
+    });
+    let data = match f.kind() {
+        StageKind::Request | StageKind::ConnectionTest => {
+            let mut data = json!({
+                "@odata.type": "#microsoft.graph.accessPackageAssignmentRequestCalloutData",
+                "accessPackageAssignmentRequestId": f.request_id,
+                "callbackUriPath": f.callback_uri_path(),
+                "customExtensionStageInstanceId": f.stage_instance_id,
+                "stage": f.stage,
+                "requestType": f.request_type,
+                "state": f.request_state(),
+                "status": "WaitingForCallback",
+                "answers": [],
+                "callbackConfiguration": callback_configuration,
+                "accessPackage": access_package,
+                "accessPackageCatalog": catalog,
+                "assignment": assignment,
+                "requestor": {
+                    "id": REQUESTOR_SUBJECT_ID,
+                    "objectId": f.target_object_id,
+                    "displayName": "Emulator User",
+                },
+            });
+            if f.kind() == StageKind::ConnectionTest
+                && let Some(obj) = data.as_object_mut()
+            {
+                obj.remove("callbackUriPath");
+            }
+            data
+        }
+        StageKind::PreExpiration => json!({
+            "@odata.type": "#microsoft.graph.accessPackageAssignmentCalloutData",
+            "accessPackageAssignmentRequestId": f.request_id,
+            "customExtensionStageInstanceId": f.stage_instance_id,
+            "stage": f.stage,
+            "callbackConfiguration": callback_configuration,
+            "accessPackage": access_package,
+            "accessPackageCatalog": catalog,
+            "assignment": assignment,
+        }),
+    };
+    json!({
+        "source": "EntitlementManagement",
+        "type": "microsoft.graph.accessPackageCustomExtensionCalloutRequest",
+        "data": data,
+    })
+}
+
+fn assignment_id(f: &CalloutFields) -> String {
+    // Stable per request, so a retried callout carries the same assignment.
+    let id = uuid::Uuid::parse_str(&f.request_id).map_or_else(
+        |_| uuid::Uuid::new_v4(),
+        |u| uuid::Uuid::from_u128(u.as_u128() ^ 0xa55a),
+    );
+    id.to_string()
+}
+
+/// Where the sender mints tokens and registers requests.
+pub(crate) enum Backend<'a> {
+    /// In-process emulator.
+    Local(&'a crate::Emulator),
+    /// A running emulator reached over HTTP.
+    Remote { base_url: String },
+    /// No emulator: `authorization` must be given, nothing is registered.
+    Detached,
+}
+
+impl Backend<'_> {
+    async fn register(&self, http: &reqwest::Client, reg: &RegisterRequest) -> anyhow::Result<()> {
+        match self {
+            Backend::Local(emulator) => emulator.register_request(reg).map(drop),
+            Backend::Remote { base_url } => {
+                let resp = http
+                    .post(format!("{base_url}/_emulator/requests"))
+                    .json(reg)
+                    .send()
+                    .await
+                    .context("registering the request with the emulator")?;
+                if !resp.status().is_success() {
+                    bail!(
+                        "emulator refused the registration: {} {}",
+                        resp.status(),
+                        resp.text().await.unwrap_or_default()
+                    );
+                }
+                Ok(())
+            }
+            Backend::Detached => Ok(()),
+        }
+    }
+
+    async fn mint(&self, http: &reqwest::Client, opts: &MintOptions) -> anyhow::Result<String> {
+        match self {
+            Backend::Local(emulator) => emulator.mint_callout_token(opts),
+            Backend::Remote { base_url } => {
+                let resp = http
+                    .post(format!("{base_url}/_emulator/tokens/callout"))
+                    .json(opts)
+                    .send()
+                    .await
+                    .context("minting a callout token with the emulator")?;
+                if !resp.status().is_success() {
+                    bail!(
+                        "emulator refused to mint: {} {}",
+                        resp.status(),
+                        resp.text().await.unwrap_or_default()
+                    );
+                }
+                let body: Value = resp.json().await.context("reading the minted token")?;
+                body.get("token")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .context("emulator answer has no 'token'")
+            }
+            Backend::Detached => {
+                bail!("no emulator_url to mint a token with: set emulator_url or authorization")
+            }
+        }
+    }
+}
+
+/// Sends a callout like Entra. Tokens are minted and the request registered through the emulator
+/// at `opts.emulator_url` (without it, `opts.authorization` is required and nothing is
+/// registered).
+pub async fn send_callout(opts: &SendOptions) -> anyhow::Result<SendReport> {
+    let backend = match &opts.emulator_url {
+        Some(url) => Backend::Remote {
+            base_url: url.trim_end_matches('/').to_owned(),
+        },
+        None => Backend::Detached,
+    };
+    send_callout_with(backend, opts).await
+}
+
+pub(crate) async fn send_callout_with(
+    backend: Backend<'_>,
+    opts: &SendOptions,
+) -> anyhow::Result<SendReport> {
+    if opts.target_url.is_empty() {
+        bail!("target_url is required");
+    }
+    let fields = CalloutFields::from_options(opts);
+    graph::parse_iso_duration(&fields.timeout)?;
+    let control = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .context("building the HTTP client")?;
+
+    if graph::is_request_stage(&fields.stage) {
+        let reg = RegisterRequest {
+            id: Some(fields.request_id.clone()),
+            stage: Some(fields.stage.clone()),
+            stage_instance_id: Some(fields.stage_instance_id.clone()),
+            timeout: Some(fields.timeout.clone()),
+            request_type: Some(fields.request_type.clone()),
+        };
+        backend.register(&control, &reg).await?;
+    }
+    let authorization = match &opts.authorization {
+        Some(raw) if raw.is_empty() => None,
+        Some(raw) => Some(raw.clone()),
+        None => {
+            let token = backend
+                .mint(&control, &opts.token.clone().unwrap_or_default())
+                .await?;
+            Some(format!("Bearer {token}"))
+        }
+    };
+    let body = match &opts.body {
+        Some(raw) => raw.clone(),
+        None => {
+            let value = match opts.shape {
+                Shape::Flat => flat_body(&fields),
+                Shape::Envelope => envelope_body(&fields),
+            };
+            serde_json::to_string(&value)?
+        }
+    };
+
+    let timeout = Duration::from_millis(opts.client_timeout_ms.unwrap_or(DEFAULT_CLIENT_TIMEOUT_MS));
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(timeout)
+        .build()
+        .context("building the HTTP client")?;
+    let max_attempts = 1 + opts.maximum_retries.unwrap_or(DEFAULT_MAXIMUM_RETRIES);
+    let client_request_id = uuid::Uuid::new_v4().to_string();
+    let mut report = SendReport {
+        request_id: fields.request_id.clone(),
+        stage_instance_id: fields.stage_instance_id.clone(),
+        ..SendReport::default()
+    };
+    let started = Instant::now();
+    loop {
+        report.attempts += 1;
+        let attempt_started = Instant::now();
+        let mut request = http
+            .post(&opts.target_url)
+            .header(CONTENT_TYPE, "application/json; charset=utf-8")
+            .header("client-request-id", &client_request_id)
+            .header("x-ms-client-request-id", &client_request_id)
+            .body(body.clone());
+        if let Some(value) = &authorization {
+            request = request.header(AUTHORIZATION, value);
+        }
+        let (status, error, retryable) = match request.send().await {
+            Ok(resp) => {
+                let status = resp.status();
+                // Drain the body so the attempt's latency includes it (bounded by the timeout).
+                let drained = resp.bytes().await;
+                match drained {
+                    Err(err) if err.is_timeout() => (
+                        Some(status.as_u16()),
+                        Some(format!("timeout after {} ms reading the response", timeout.as_millis())),
+                        true,
+                    ),
+                    _ if status.is_success() => (Some(status.as_u16()), None, false),
+                    _ => (
+                        Some(status.as_u16()),
+                        Some(format!("target answered {status}")),
+                        status.is_server_error(),
+                    ),
+                }
+            }
+            Err(err) if err.is_timeout() => (
+                None,
+                Some(format!("timeout after {} ms", timeout.as_millis())),
+                true,
+            ),
+            Err(err) => (None, Some(format!("connection error: {err}")), true),
+        };
+        report
+            .attempt_latencies_ms
+            .push(attempt_started.elapsed().as_secs_f64() * 1000.0);
+        report.status = status;
+        report.error = error;
+        tracing::info!(
+            target_url = %opts.target_url,
+            stage = %fields.stage,
+            attempt = report.attempts,
+            status = ?report.status,
+            error = ?report.error,
+            "callout attempt"
+        );
+        if !retryable || report.attempts >= max_attempts {
+            break;
+        }
+    }
+    report.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    Ok(report)
+}

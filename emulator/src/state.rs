@@ -1,0 +1,118 @@
+//! Shared in-memory state of the emulated tenant: signing keys, assignment requests, accepted
+//! resumes, counters and faults.
+//!
+//! One `std::sync::Mutex` guards it all: every operation is short and synchronous, and the lock
+//! is never held across an `.await` (handlers copy what they need out, then await).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+
+use crate::EmulatorConfig;
+use crate::entra::SigningKey;
+use crate::faults::Faults;
+use crate::graph::{RequestRecord, ResumeRecord};
+
+pub(crate) type AppState = Arc<Shared>;
+
+/// Immutable facts plus the mutable [`Inner`].
+pub(crate) struct Shared {
+    pub cfg: EmulatorConfig,
+    /// `http://127.0.0.1:PORT`, fixed once bound.
+    pub base_url: String,
+    /// Object id of the entitlement-management service principal in this tenant (`oid`/`sub`
+    /// of callout tokens).
+    pub elm_object_id: String,
+    /// Object id of the Graph client's service principal (`oid`/`sub` of Graph tokens).
+    pub graph_client_object_id: String,
+    /// A key that signs tokens but is never published (`sign_with: "unknown"`).
+    pub unknown_key: Arc<SigningKey>,
+    inner: Mutex<Inner>,
+}
+
+pub(crate) struct Inner {
+    /// Every key ever generated, oldest first; the last one signs.
+    pub keys: Vec<KeySlot>,
+    pub requests: BTreeMap<String, RequestRecord>,
+    pub resumes: Vec<ResumeRecord>,
+    pub stats: Stats,
+    pub faults: Faults,
+}
+
+pub(crate) struct KeySlot {
+    pub key: Arc<SigningKey>,
+    /// Retired keys stay here (so tests can reason about them) but leave the JWKS.
+    pub published: bool,
+}
+
+/// Call counters, as served by `GET /_emulator/stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub jwks_fetches: u64,
+    pub metadata_fetches: u64,
+    pub token_requests: u64,
+    /// Every call to a resume route, including faulted, unauthenticated and rejected ones.
+    pub resume_calls: u64,
+    pub resume_accepted: u64,
+    /// Calls answered 4xx by validation or authentication (not injected faults).
+    pub resume_rejected: u64,
+}
+
+impl Shared {
+    pub fn new(
+        cfg: EmulatorConfig,
+        base_url: String,
+        current: SigningKey,
+        unknown: SigningKey,
+    ) -> Self {
+        Self {
+            cfg,
+            base_url,
+            elm_object_id: uuid::Uuid::new_v4().to_string(),
+            graph_client_object_id: uuid::Uuid::new_v4().to_string(),
+            unknown_key: Arc::new(unknown),
+            inner: Mutex::new(Inner {
+                keys: vec![KeySlot {
+                    key: Arc::new(current),
+                    published: true,
+                }],
+                requests: BTreeMap::new(),
+                resumes: Vec::new(),
+                stats: Stats::default(),
+                faults: Faults::default(),
+            }),
+        }
+    }
+
+    /// Locks the state. A panic while holding the lock cannot leave it logically broken (every
+    /// mutation is a single assignment or push), so a poisoned lock is recovered.
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn issuer_v1(&self, tenant: &str) -> String {
+        format!("{}/{}/", self.base_url, tenant)
+    }
+
+    pub fn issuer_v2(&self, tenant: &str) -> String {
+        format!("{}/{}/v2.0", self.base_url, tenant)
+    }
+}
+
+impl Inner {
+    /// The key that signs new tokens.
+    pub fn current_key(&self) -> Option<Arc<SigningKey>> {
+        self.keys.last().map(|slot| slot.key.clone())
+    }
+
+    pub fn published_keys(&self) -> Vec<Arc<SigningKey>> {
+        self.keys
+            .iter()
+            .filter(|slot| slot.published)
+            .map(|slot| slot.key.clone())
+            .collect()
+    }
+}

@@ -1,0 +1,129 @@
+//! Start-up: builds the shared state from a validated config and runs one of the two hosts.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Authenticator;
+use crate::capture::Capture;
+use crate::config::Config;
+use crate::graph::GraphClient;
+use crate::queue::sqlite::{DataDirLock, SqliteQueue};
+use crate::worker::{self, WorkerCtx};
+
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub auth: Authenticator,
+    pub capture: Option<Capture>,
+    /// The standalone queue; `None` under Functions, where the host's queue binding carries jobs.
+    pub queue: Option<SqliteQueue>,
+    pub worker: Arc<WorkerCtx>,
+}
+
+impl AppState {
+    pub fn queue_counts(&self) -> serde_json::Value {
+        match self.queue.as_ref().map(SqliteQueue::counts) {
+            Some(Ok(rows)) => serde_json::Value::Object(rows.into_iter().map(|(k, v)| (k, v.into())).collect()),
+            _ => serde_json::Value::Null,
+        }
+    }
+}
+
+/// The one outbound HTTP client: no redirects (a token must never follow one), bounded time.
+pub fn http_client() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .user_agent(concat!("accessgate/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("building the HTTP client")
+}
+
+fn build_state(config: Config, queue: Option<SqliteQueue>) -> anyhow::Result<Arc<AppState>> {
+    let http = http_client()?;
+    let auth = Authenticator::new(http.clone(), &config.identity.authority, &config.identity.tenant_id, &config.inbound);
+    let graph = GraphClient::new(http, &config.identity, config.graph.clone());
+    let capture = config.capture.enabled.then(|| Capture::new(config.capture.dir.clone()));
+    for w in &config.policy.warnings {
+        tracing::warn!(warning = %w, "policy");
+    }
+    let worker = Arc::new(WorkerCtx { policy: config.policy.clone(), graph, cfg: config.worker.clone() });
+    Ok(Arc::new(AppState { config: Arc::new(config), auth, capture, queue, worker }))
+}
+
+fn prefetch_keys(state: &Arc<AppState>) {
+    let s = state.clone();
+    tokio::spawn(async move {
+        if let Err(e) = s.auth.jwks().prefetch().await {
+            tracing::warn!(error = %e, "could not fetch tenant signing keys at start; will retry on the first callout");
+        }
+    });
+}
+
+async fn shutdown_signal(cancel: CancellationToken) {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+        _ = cancel.cancelled() => {},
+    }
+    cancel.cancel();
+}
+
+/// `accessgate serve`: axum + SQLite queue + in-process worker pool.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let _lock = DataDirLock::acquire(&config.server.data_dir)?;
+    let queue = SqliteQueue::open(&config.server.data_dir).context("opening the job queue")?;
+    let recovered = queue.recover_running()?;
+    if recovered > 0 {
+        tracing::warn!(jobs = recovered, "recovered jobs that were running when the previous process stopped");
+    }
+    let listen = config.server.listen;
+    let state = build_state(config, Some(queue.clone()))?;
+    prefetch_keys(&state);
+
+    let cancel = CancellationToken::new();
+    let pool = tokio::spawn(worker::run_pool(state.worker.clone(), queue, cancel.clone()));
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    let addr: SocketAddr = listener.local_addr()?;
+    tracing::info!(%addr, queue = "sqlite", "accessgate listening");
+    let app = crate::ingress::router(state).layer(tower_http::catch_panic::CatchPanicLayer::new());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal(cancel.clone()))
+        .await?;
+    cancel.cancel();
+    let _ = pool.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Under Azure Functions: the custom-handler invocation protocol on `FUNCTIONS_CUSTOMHANDLER_PORT`.
+pub async fn functions(config: Config, port: u16) -> anyhow::Result<()> {
+    let state = build_state(config, None)?;
+    prefetch_keys(&state);
+    // The host always calls 127.0.0.1 (functions.md §1).
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.with_context(|| format!("binding 127.0.0.1:{port}"))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, mode = "functions", "accessgate listening");
+    let cancel = CancellationToken::new();
+    let app = crate::functions::router(state).layer(tower_http::catch_panic::CatchPanicLayer::new());
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal(cancel)).await?;
+    Ok(())
+}

@@ -1,0 +1,474 @@
+//! Callout payloads from entitlement management, normalized into one [`Callout`].
+//!
+//! The docs disagree on the wire shape (protocol.md §1.3): the sample Logic App trigger schema is
+//! flat PascalCase, Graph documents a camelCase `{source,type,data}` envelope. Both are accepted,
+//! field names are matched case-insensitively, and the original object is kept verbatim in
+//! [`Callout::raw`] so nothing the tenant sends is lost.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// An entitlement-management custom extension stage (`accessPackageCustomExtensionStage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Stage {
+    AssignmentRequestCreated,
+    AssignmentRequestApproved,
+    AssignmentRequestGranted,
+    AssignmentRequestRemoved,
+    AssignmentFourteenDaysBeforeExpiration,
+    AssignmentOneDayBeforeExpiration,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 6] = [
+        Stage::AssignmentRequestCreated,
+        Stage::AssignmentRequestApproved,
+        Stage::AssignmentRequestGranted,
+        Stage::AssignmentRequestRemoved,
+        Stage::AssignmentFourteenDaysBeforeExpiration,
+        Stage::AssignmentOneDayBeforeExpiration,
+    ];
+
+    /// The exact Graph enum member.
+    pub fn as_graph(self) -> &'static str {
+        match self {
+            Stage::AssignmentRequestCreated => "assignmentRequestCreated",
+            Stage::AssignmentRequestApproved => "assignmentRequestApproved",
+            Stage::AssignmentRequestGranted => "assignmentRequestGranted",
+            Stage::AssignmentRequestRemoved => "assignmentRequestRemoved",
+            Stage::AssignmentFourteenDaysBeforeExpiration => "assignmentFourteenDaysBeforeExpiration",
+            Stage::AssignmentOneDayBeforeExpiration => "assignmentOneDayBeforeExpiration",
+        }
+    }
+
+    /// Case-insensitive, as tenants and docs vary the casing (protocol.md §1.3).
+    pub fn parse(s: &str) -> Option<Stage> {
+        let s = s.trim();
+        Stage::ALL.into_iter().find(|st| st.as_graph().eq_ignore_ascii_case(s))
+    }
+
+    /// Only request-workflow stages support "launch and wait"; pre-expiration is
+    /// launch-and-continue only (protocol.md §1.1).
+    pub fn can_wait(self) -> bool {
+        matches!(
+            self,
+            Stage::AssignmentRequestCreated
+                | Stage::AssignmentRequestApproved
+                | Stage::AssignmentRequestGranted
+                | Stage::AssignmentRequestRemoved
+        )
+    }
+
+    /// Entra accepts `state: denied` only before the assignment exists (protocol.md §3.3: the docs
+    /// contradict each other; created and approved is the reading the ELM how-to gives).
+    pub fn can_deny(self) -> bool {
+        matches!(
+            self,
+            Stage::AssignmentRequestCreated | Stage::AssignmentRequestApproved
+        )
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_graph())
+    }
+}
+
+/// An identifier that goes into a Graph URL path or a database key: non-empty, at most 128
+/// characters of `[A-Za-z0-9._-]`, not `.` or `..`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Id(String);
+
+impl Id {
+    pub fn parse(s: &str) -> Option<Id> {
+        let s = s.trim();
+        let ok = !s.is_empty()
+            && s.len() <= 128
+            && s != "."
+            && s != ".."
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        ok.then(|| Id(s.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Id {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Id::parse(&s).ok_or_else(|| format!("invalid id {s:?}"))
+    }
+}
+
+impl From<Id> for String {
+    fn from(i: Id) -> String {
+        i.0
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Which of the documented wire shapes the callout came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum WireShape {
+    /// Flat PascalCase body of the portal-generated Logic App trigger schema.
+    Flat,
+    /// Graph's `customExtensionCalloutRequest` `{source,type,data}` envelope.
+    Envelope,
+}
+
+/// An object named by id and display name (access package, catalog, policy).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Named {
+    pub id: Option<String>,
+    pub display_name: Option<String>,
+}
+
+/// A user or service principal (target, requestor).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Subject {
+    pub id: Option<String>,
+    pub object_id: Option<String>,
+    pub display_name: Option<String>,
+}
+
+/// The normalized callout: everything the worker needs, plus the original object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Callout {
+    pub request_id: Id,
+    pub stage: Stage,
+    pub stage_instance_id: Id,
+    /// `callbackConfiguration.durationBeforeTimeout` / `timeoutDuration`, in seconds.
+    pub callback_timeout_secs: Option<u64>,
+    pub callback_uri_path: Option<String>,
+    pub request_type: Option<String>,
+    pub access_package: Named,
+    pub catalog: Named,
+    pub assignment_policy: Named,
+    pub target: Subject,
+    pub requestor: Subject,
+    pub answers: Vec<Value>,
+    pub shape: WireShape,
+    /// The callout object exactly as received (the `data` object for the envelope shape).
+    pub raw: Value,
+}
+
+impl Callout {
+    /// Launch-and-wait: Entra waits for a resume. Pre-expiration stages and extensions without a
+    /// callback configuration are launch-and-continue and get no resume.
+    pub fn expects_resume(&self) -> bool {
+        self.stage.can_wait()
+            && (self.callback_timeout_secs.is_some() || self.callback_uri_path.is_some())
+    }
+
+    pub fn callback_timeout(&self) -> Option<Duration> {
+        self.callback_timeout_secs.map(Duration::from_secs)
+    }
+}
+
+/// What a body turned out to be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Parsed {
+    Callout(Box<Callout>),
+    /// Entra's endpoint check when an extension is saved (`CustomExtensionConnectionTest`).
+    ConnectionTest,
+    /// A well-formed body whose stage we do not handle (e.g. a future stage): acknowledged, logged.
+    UnknownStage(String),
+}
+
+/// Why a body is not a callout. Each variant has a short reason code for logs and responses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CalloutError {
+    #[error("body is not valid JSON")]
+    NotJson,
+    #[error("body is not a JSON object")]
+    NotObject,
+    #[error("required field {0} is missing")]
+    Missing(&'static str),
+    #[error("field {0} is invalid: {1}")]
+    Invalid(&'static str, String),
+}
+
+impl CalloutError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            CalloutError::NotJson => "malformed_json",
+            CalloutError::NotObject => "not_an_object",
+            CalloutError::Missing(_) => "missing_field",
+            CalloutError::Invalid(_, _) => "invalid_field",
+        }
+    }
+}
+
+/// Case-insensitive lookup of a key in an object.
+fn get<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    obj.get(key)
+        .or_else(|| obj.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v))
+        .filter(|v| !v.is_null())
+}
+
+fn get_obj<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Map<String, Value>> {
+    get(obj, key).and_then(Value::as_object)
+}
+
+fn get_str(obj: &Map<String, Value>, key: &str) -> Option<String> {
+    match get(obj, key)? {
+        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn named(obj: Option<&Map<String, Value>>) -> Named {
+    obj.map(|o| Named { id: get_str(o, "id"), display_name: get_str(o, "displayName") })
+        .unwrap_or_default()
+}
+
+fn subject(obj: Option<&Map<String, Value>>) -> Subject {
+    obj.map(|o| Subject {
+        id: get_str(o, "id"),
+        object_id: get_str(o, "objectId"),
+        display_name: get_str(o, "displayName"),
+    })
+    .unwrap_or_default()
+}
+
+/// Parses an ISO 8601 duration such as `PT1H`, `P3D` or `P1DT2H` (days are 24 hours; years and
+/// months are refused because their length depends on a date).
+pub fn parse_iso_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    // jiff also reads its "friendly" format (`1h`); Entra sends ISO 8601 only.
+    if !s.starts_with(['P', 'p']) {
+        return None;
+    }
+    let span: jiff::Span = s.parse().ok()?;
+    let d = span
+        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+        .ok()?;
+    if d.is_negative() {
+        return None;
+    }
+    d.try_into().ok()
+}
+
+/// The Graph path a callout names for its resume, if it is one we may post to:
+/// `/identityGovernance/entitlementManagement/{assignmentRequests|accessPackageAssignmentRequests}/{requestId}/resume`,
+/// optionally prefixed with `/v1.0` or `/beta` (which is stripped).
+pub fn sanitize_callback_path(path: &str, request_id: &Id) -> Option<String> {
+    let p = path.trim();
+    let p = p
+        .strip_prefix("/v1.0")
+        .or_else(|| p.strip_prefix("/beta"))
+        .unwrap_or(p);
+    let segs: Vec<&str> = p.split('/').collect();
+    let ok = segs.len() == 6
+        && segs[0].is_empty()
+        && segs[1].eq_ignore_ascii_case("identityGovernance")
+        && segs[2].eq_ignore_ascii_case("entitlementManagement")
+        && (segs[3].eq_ignore_ascii_case("assignmentRequests")
+            || segs[3].eq_ignore_ascii_case("accessPackageAssignmentRequests"))
+        && segs[4].eq_ignore_ascii_case(request_id.as_str())
+        && segs[5].eq_ignore_ascii_case("resume");
+    ok.then(|| p.to_owned())
+}
+
+/// Parses a request body into a callout, a connection test, or an unknown stage.
+pub fn parse(body: &[u8]) -> Result<Parsed, CalloutError> {
+    let value: Value = serde_json::from_slice(body).map_err(|_| CalloutError::NotJson)?;
+    let top = value.as_object().ok_or(CalloutError::NotObject)?;
+
+    // The envelope carries the callout in `data`; the flat shape carries it at the top.
+    let (obj, shape) = match get_obj(top, "data") {
+        Some(data)
+            if get(data, "stage").is_some()
+                || get(data, "customExtensionStageInstanceId").is_some()
+                || get(data, "@odata.type").is_some() =>
+        {
+            (data, WireShape::Envelope)
+        }
+        _ => (top, WireShape::Flat),
+    };
+
+    let stage_text = get_str(obj, "stage");
+    // The legacy ("Regular") test event is `Event: CustomActionConnectionTest` (protocol.md §2).
+    let is_test = |s: &str| {
+        s.eq_ignore_ascii_case("CustomExtensionConnectionTest")
+            || s.eq_ignore_ascii_case("CustomActionConnectionTest")
+    };
+    if stage_text.as_deref().is_some_and(is_test) || get_str(obj, "event").as_deref().is_some_and(is_test) {
+        return Ok(Parsed::ConnectionTest);
+    }
+    let stage_text = stage_text.ok_or(CalloutError::Missing("stage"))?;
+    let Some(stage) = Stage::parse(&stage_text) else {
+        return Ok(Parsed::UnknownStage(stage_text));
+    };
+
+    let stage_instance_id = match get_str(obj, "customExtensionStageInstanceId") {
+        None => return Err(CalloutError::Missing("customExtensionStageInstanceId")),
+        Some(s) => Id::parse(&s).ok_or_else(|| {
+            CalloutError::Invalid("customExtensionStageInstanceId", "must be 1-128 characters of A-Z a-z 0-9 . _ -".into())
+        })?,
+    };
+    let request_id = match get_str(obj, "accessPackageAssignmentRequestId") {
+        None => return Err(CalloutError::Missing("accessPackageAssignmentRequestId")),
+        Some(s) => Id::parse(&s).ok_or_else(|| {
+            CalloutError::Invalid("accessPackageAssignmentRequestId", "must be 1-128 characters of A-Z a-z 0-9 . _ -".into())
+        })?,
+    };
+
+    let callback_timeout_secs = match get_obj(obj, "callbackConfiguration") {
+        None => None,
+        Some(cb) => match get_str(cb, "durationBeforeTimeout").or_else(|| get_str(cb, "timeoutDuration")) {
+            None => None,
+            Some(d) => Some(
+                parse_iso_duration(&d)
+                    .ok_or_else(|| {
+                        CalloutError::Invalid("callbackConfiguration.durationBeforeTimeout", format!("{d:?} is not an ISO 8601 duration"))
+                    })?
+                    .as_secs(),
+            ),
+        },
+    };
+
+    let callback_uri_path = get_str(obj, "callbackUriPath");
+    let assignment = get_obj(obj, "assignment");
+    let answers = match get(obj, "answers") {
+        Some(Value::Array(a)) => a.clone(),
+        _ => Vec::new(),
+    };
+
+    Ok(Parsed::Callout(Box::new(Callout {
+        request_id,
+        stage,
+        stage_instance_id,
+        callback_timeout_secs,
+        callback_uri_path,
+        request_type: get_str(obj, "requestType"),
+        access_package: named(get_obj(obj, "accessPackage")),
+        catalog: named(get_obj(obj, "accessPackageCatalog")),
+        assignment_policy: named(assignment.and_then(|a| get_obj(a, "assignmentPolicy"))),
+        target: subject(assignment.and_then(|a| get_obj(a, "target"))),
+        requestor: subject(get_obj(obj, "requestor")),
+        answers,
+        shape,
+        raw: Value::Object(obj.clone()),
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn callout(p: Parsed) -> Callout {
+        match p {
+            Parsed::Callout(c) => *c,
+            other => panic!("expected a callout, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn flat_pascal_case_body_parses() {
+        let body = br#"{"AccessPackageAssignmentRequestId":"r1","CustomExtensionStageInstanceId":"s1",
+            "Stage":"assignmentRequestCreated","CallbackUriPath":"/identityGovernance/entitlementManagement/assignmentRequests/r1/resume",
+            "CallbackConfiguration":{"DurationBeforeTimeout":"PT1H"},
+            "AccessPackage":{"Id":"ap","DisplayName":"Sales"},"AccessPackageCatalog":{"Id":"cat","DisplayName":"General"},
+            "Assignment":{"Id":"a","Target":{"ObjectId":"u1","DisplayName":"Ada"},"AssignmentPolicy":{"Id":"p","DisplayName":"pol"}},
+            "Requestor":{"ObjectId":"u2"},"Answers":[{"x":1}],"SomethingNew":true}"#;
+        let c = callout(parse(body).unwrap_or_else(|e| panic!("{e}")));
+        assert_eq!(c.request_id.as_str(), "r1");
+        assert_eq!(c.stage, Stage::AssignmentRequestCreated);
+        assert_eq!(c.callback_timeout_secs, Some(3600));
+        assert_eq!(c.access_package.display_name.as_deref(), Some("Sales"));
+        assert_eq!(c.catalog.id.as_deref(), Some("cat"));
+        assert_eq!(c.target.object_id.as_deref(), Some("u1"));
+        assert_eq!(c.assignment_policy.id.as_deref(), Some("p"));
+        assert_eq!(c.shape, WireShape::Flat);
+        assert_eq!(c.answers.len(), 1);
+        assert_eq!(c.raw["SomethingNew"], Value::Bool(true));
+        assert!(c.expects_resume());
+    }
+
+    #[test]
+    fn graph_envelope_parses_with_timeout_duration() {
+        let body = br##"{"source":"x","type":"t","data":{"@odata.type":"#microsoft.graph.accessPackageAssignmentRequestCalloutData",
+            "accessPackageAssignmentRequestId":"r2","customExtensionStageInstanceId":"s2","stage":"AssignmentRequestApproved",
+            "callbackConfiguration":{"timeoutDuration":"P1DT2H"}}}"##;
+        let c = callout(parse(body).unwrap_or_else(|e| panic!("{e}")));
+        assert_eq!(c.stage, Stage::AssignmentRequestApproved);
+        assert_eq!(c.callback_timeout_secs, Some(26 * 3600));
+        assert_eq!(c.shape, WireShape::Envelope);
+    }
+
+    #[test]
+    fn connection_test_and_unknown_stage_are_recognised() {
+        assert_eq!(parse(br#"{"Stage":"CustomExtensionConnectionTest"}"#), Ok(Parsed::ConnectionTest));
+        assert_eq!(parse(br#"{"Event":"CustomActionConnectionTest"}"#), Ok(Parsed::ConnectionTest));
+        assert_eq!(
+            parse(br#"{"Stage":"assignmentRequestDeterminingApprovalRequirements","CustomExtensionStageInstanceId":"s"}"#),
+            Ok(Parsed::UnknownStage("assignmentRequestDeterminingApprovalRequirements".into()))
+        );
+    }
+
+    #[test]
+    fn bad_bodies_get_specific_errors() {
+        assert_eq!(parse(b"{"), Err(CalloutError::NotJson));
+        assert_eq!(parse(b"[1]"), Err(CalloutError::NotObject));
+        assert_eq!(parse(br#"{"CustomExtensionStageInstanceId":"s"}"#), Err(CalloutError::Missing("stage")));
+        assert_eq!(
+            parse(br#"{"Stage":"assignmentRequestCreated","AccessPackageAssignmentRequestId":"r"}"#),
+            Err(CalloutError::Missing("customExtensionStageInstanceId"))
+        );
+        assert!(matches!(
+            parse(br#"{"Stage":"assignmentRequestCreated","CustomExtensionStageInstanceId":"../x","AccessPackageAssignmentRequestId":"r"}"#),
+            Err(CalloutError::Invalid(..))
+        ));
+        assert!(matches!(
+            parse(br#"{"Stage":"assignmentRequestCreated","CustomExtensionStageInstanceId":"s","AccessPackageAssignmentRequestId":"r","CallbackConfiguration":{"DurationBeforeTimeout":"soon"}}"#),
+            Err(CalloutError::Invalid(..))
+        ));
+    }
+
+    #[test]
+    fn pre_expiration_and_no_callback_config_expect_no_resume() {
+        let c = callout(parse(br#"{"Stage":"assignmentOneDayBeforeExpiration","CustomExtensionStageInstanceId":"s","AccessPackageAssignmentRequestId":"r","CallbackConfiguration":{"DurationBeforeTimeout":"PT1H"}}"#).unwrap_or_else(|e| panic!("{e}")));
+        assert!(!c.expects_resume());
+        let c = callout(parse(br#"{"Stage":"assignmentRequestGranted","CustomExtensionStageInstanceId":"s","AccessPackageAssignmentRequestId":"r"}"#).unwrap_or_else(|e| panic!("{e}")));
+        assert!(!c.expects_resume());
+    }
+
+    #[test]
+    fn callback_path_must_be_the_resume_of_this_request() {
+        let r = Id::parse("r1").unwrap_or_else(|| panic!());
+        assert_eq!(
+            sanitize_callback_path("/beta/identityGovernance/entitlementManagement/accessPackageAssignmentRequests/r1/resume", &r).as_deref(),
+            Some("/identityGovernance/entitlementManagement/accessPackageAssignmentRequests/r1/resume")
+        );
+        assert!(sanitize_callback_path("/identityGovernance/entitlementManagement/assignmentRequests/r2/resume", &r).is_none());
+        assert!(sanitize_callback_path("/users/r1/resume", &r).is_none());
+        assert!(sanitize_callback_path("https://evil/identityGovernance/entitlementManagement/assignmentRequests/r1/resume", &r).is_none());
+    }
+
+    #[test]
+    fn iso_durations() {
+        assert_eq!(parse_iso_duration("PT10M"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_iso_duration("P14D"), Some(Duration::from_secs(14 * 86400)));
+        assert_eq!(parse_iso_duration("P1M"), None);
+        assert_eq!(parse_iso_duration("-PT1H"), None);
+        assert_eq!(parse_iso_duration("1h"), None);
+    }
+}

@@ -1,0 +1,200 @@
+//! The command line: `serve` (default), `functions`, `check-config`, `jobs list|show|retry`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config};
+use crate::queue::sqlite::{JobStatus, SqliteQueue};
+
+#[derive(Parser)]
+#[command(name = "accessgate", version, about = "Entra ID Governance custom extension endpoint")]
+struct Cli {
+    /// Configuration file (TOML). Settings can also come from ACCESSGATE_<SECTION>__<KEY>.
+    #[arg(long, short, global = true, env = "ACCESSGATE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the standalone server (SQLite queue, in-process workers). Under Azure Functions
+    /// (FUNCTIONS_CUSTOMHANDLER_PORT set) this runs the custom handler instead.
+    Serve,
+    /// Run as an Azure Functions custom handler on FUNCTIONS_CUSTOMHANDLER_PORT.
+    Functions,
+    /// Check the configuration and the policy, listing every problem.
+    CheckConfig,
+    /// Inspect and retry queued, done and dead jobs of the standalone queue.
+    Jobs {
+        #[command(subcommand)]
+        action: JobsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobsAction {
+    /// List jobs, newest first.
+    List {
+        /// queued, running, done or dead
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Show one job (by id or stage instance id) with its callout.
+    Show { id: String },
+    /// Send a dead job back to the queue.
+    Retry { id: String },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let functions_port = std::env::var("FUNCTIONS_CUSTOMHANDLER_PORT").ok();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::CheckConfig => check_config(cli.config),
+        Command::Jobs { action } => jobs(cli.config, action),
+        Command::Serve if functions_port.is_none() => run(cli.config, None),
+        Command::Serve | Command::Functions => match functions_port.as_deref().map(str::parse::<u16>) {
+            Some(Ok(port)) => run(cli.config, Some(port)),
+            _ => {
+                eprintln!("accessgate functions: FUNCTIONS_CUSTOMHANDLER_PORT must be set to a port number");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn load_or_report(path: Option<PathBuf>) -> Result<Config, ExitCode> {
+    config::load(path.as_deref()).map_err(|e| {
+        eprintln!("accessgate: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn run(path: Option<PathBuf>, functions_port: Option<u16>) -> ExitCode {
+    let cfg = match load_or_report(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    crate::telemetry::init(&cfg.log);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("accessgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match functions_port {
+            Some(port) => crate::app::functions(cfg, port).await,
+            None => crate::app::serve(cfg).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "accessgate stopped with an error");
+            eprintln!("accessgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(path: Option<PathBuf>) -> ExitCode {
+    match config::load(path.as_deref()) {
+        Ok(c) => {
+            println!("configuration OK");
+            println!("  listen            {}", c.server.listen);
+            println!("  data_dir          {}", c.server.data_dir.display());
+            println!("  identity          {} tenant {}", c.identity.authority, c.identity.tenant_id);
+            println!("  inbound audiences {:?}", c.inbound.audiences);
+            println!("  allowed callers   {:?}", c.inbound.allowed_app_ids);
+            println!("  graph             {} ({}) as {}", c.graph.base_url, c.graph.api_version.segment(), c.graph.client_id);
+            println!("  policy            {} rule(s){}", c.policy.rule_count(),
+                c.policy_file.as_ref().map(|p| format!(" from {}", p.display())).unwrap_or_default());
+            for w in &c.policy.warnings {
+                println!("  warning: {w}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn jobs(path: Option<PathBuf>, action: JobsAction) -> ExitCode {
+    // Only the data directory matters here; read it without requiring a complete config.
+    let data_dir = match config::load(path.as_deref()) {
+        Ok(c) => c.server.data_dir,
+        Err(_) => match data_dir_only(path.as_deref()) {
+            Some(d) => d,
+            None => {
+                eprintln!("accessgate jobs: cannot determine server.data_dir from the configuration");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let q = match SqliteQueue::open(&data_dir) {
+        Ok(q) => q,
+        Err(e) => {
+            eprintln!("accessgate jobs: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match action {
+        JobsAction::List { status, limit } => {
+            let st = match status.as_deref().map(JobStatus::parse) {
+                Some(None) => {
+                    eprintln!("--status must be queued, running, done or dead");
+                    return ExitCode::from(2);
+                }
+                Some(s) => s,
+                None => None,
+            };
+            q.list(st, limit).map(|rows| {
+                println!("{:>6}  {:<8} {:>3}  {:<40} {:<28} outcome / last error", "id", "status", "try", "stage instance id", "stage");
+                for r in rows {
+                    let note = r.outcome.or(r.last_error).unwrap_or_default();
+                    println!("{:>6}  {:<8} {:>3}  {:<40} {:<28} {}", r.id, r.status, r.attempts, r.stage_instance_id, r.stage, note);
+                }
+            })
+        }
+        JobsAction::Show { id } => q.get(&id).map(|found| match found {
+            Some((row, msg)) => {
+                let v = serde_json::json!({"job": row, "message": msg});
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            }
+            None => println!("no job {id}"),
+        }),
+        JobsAction::Retry { id } => q.requeue(&id).map(|ok| {
+            if ok {
+                println!("job {id} queued again");
+            } else {
+                println!("no dead job {id}");
+            }
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("accessgate jobs: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn data_dir_only(path: Option<&std::path::Path>) -> Option<PathBuf> {
+    let base = path.and_then(|p| p.parent()).map(std::path::Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let from_env = std::env::var("ACCESSGATE_SERVER__DATA_DIR").ok();
+    let from_file = path
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .and_then(|t| t.get("server")?.get("data_dir")?.as_str().map(str::to_owned));
+    let d = PathBuf::from(from_env.or(from_file).unwrap_or_else(|| "data".into()));
+    Some(if d.is_absolute() { d } else { base.join(d) })
+}

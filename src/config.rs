@@ -1,0 +1,662 @@
+//! Settings: one TOML file plus `ACCESSGATE_<SECTION>__<KEY>` environment overrides, parsed into
+//! validated types. `accessgate check-config` prints every problem found, not just the first.
+//!
+//! Invariant: only this module reads the environment for settings.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::endpoint::EndpointUrl;
+use crate::policy::Policy;
+use crate::secret::Secret;
+
+/// First-party app id of entitlement management (protocol.md §4.2).
+pub const ELM_APP_ID: &str = "810dcf14-1858-4bf2-8134-4c369fa3235b";
+/// First-party app id of Lifecycle Workflows (protocol.md §4.2).
+pub const LCW_APP_ID: &str = "ce79fdc4-cd1d-4ea5-8139-e74d7dbe0bb7";
+
+/// The validated configuration the service runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub identity: IdentityConfig,
+    pub inbound: InboundConfig,
+    pub graph: GraphConfig,
+    pub worker: WorkerConfig,
+    pub policy: Policy,
+    pub policy_file: Option<PathBuf>,
+    pub capture: CaptureConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    pub authority: EndpointUrl,
+    pub tenant_id: uuid::Uuid,
+}
+
+#[derive(Debug, Clone)]
+pub struct InboundConfig {
+    pub audiences: Vec<String>,
+    pub allowed_app_ids: Vec<String>,
+    pub clock_skew: Duration,
+    pub jwks_refresh_min_interval: Duration,
+    pub jwks_max_age: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphApiVersion {
+    V1,
+    Beta,
+}
+
+impl GraphApiVersion {
+    pub fn segment(self) -> &'static str {
+        match self {
+            Self::V1 => "v1.0",
+            Self::Beta => "beta",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GraphConfig {
+    pub base_url: EndpointUrl,
+    pub api_version: GraphApiVersion,
+    pub scope: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub resume_source: String,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub concurrency: usize,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    pub deadline_margin: Duration,
+    pub default_callback_timeout: Duration,
+    pub lease: Duration,
+    pub poll_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct CaptureConfig {
+    pub enabled: bool,
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// Everything wrong with a configuration, each with the setting it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub setting: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.setting, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{} configuration problem(s):\n{}", .0.len(), .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigErrors(pub Vec<ConfigProblem>);
+
+// ---- raw, as written ------------------------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    listen: Option<String>,
+    data_dir: Option<String>,
+    max_body_bytes: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawIdentity {
+    cloud: Option<String>,
+    authority: Option<String>,
+    tenant_id: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawInbound {
+    audiences: Option<Vec<String>>,
+    allowed_app_ids: Option<Vec<String>>,
+    clock_skew_seconds: Option<u64>,
+    jwks_refresh_min_interval_seconds: Option<u64>,
+    jwks_max_age_seconds: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawGraph {
+    base_url: Option<String>,
+    api_version: Option<String>,
+    scope: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<Secret>,
+    resume_source: Option<String>,
+    timeout_seconds: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawWorker {
+    concurrency: Option<u64>,
+    retry_base_ms: Option<u64>,
+    retry_max_ms: Option<u64>,
+    deadline_margin_seconds: Option<u64>,
+    default_callback_timeout: Option<String>,
+    lease_seconds: Option<u64>,
+    poll_interval_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawPolicy {
+    file: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawCapture {
+    enabled: Option<bool>,
+    dir: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    format: Option<String>,
+    level: Option<String>,
+}
+
+const SECTIONS: &[&str] = &[
+    "server", "identity", "inbound", "graph", "worker", "policy", "capture", "log",
+];
+
+/// A national cloud: the identity and Graph hosts that belong together.
+struct Cloud {
+    authority: &'static str,
+    graph: &'static str,
+}
+
+fn cloud(name: &str) -> Option<Cloud> {
+    let c = match name {
+        "global" => Cloud {
+            authority: "https://login.microsoftonline.com",
+            graph: "https://graph.microsoft.com",
+        },
+        "usgov" => Cloud {
+            authority: "https://login.microsoftonline.us",
+            graph: "https://graph.microsoft.us",
+        },
+        "usgov-dod" => Cloud {
+            authority: "https://login.microsoftonline.us",
+            graph: "https://dod-graph.microsoft.us",
+        },
+        "china" => Cloud {
+            authority: "https://login.chinacloudapi.cn",
+            graph: "https://microsoftgraph.chinacloudapi.cn",
+        },
+        _ => return None,
+    };
+    Some(c)
+}
+
+/// Loads a config file (optional) and applies environment overrides.
+pub fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
+    let env: BTreeMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("ACCESSGATE_"))
+        .collect();
+    let text = match path {
+        Some(p) => std::fs::read_to_string(p).map_err(|e| {
+            ConfigErrors(vec![ConfigProblem {
+                setting: "--config".into(),
+                message: format!("cannot read {}: {e}", p.display()),
+            }])
+        })?,
+        None => String::new(),
+    };
+    let base_dir = path
+        .and_then(|p| p.parent())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    from_sources(&text, &env, &base_dir)
+}
+
+/// Parses TOML text plus `ACCESSGATE_*` overrides; relative paths resolve against `base_dir`.
+pub fn from_sources(
+    toml_text: &str,
+    env: &BTreeMap<String, String>,
+    base_dir: &Path,
+) -> Result<Config, ConfigErrors> {
+    let mut problems = Vec::new();
+    let mut root: toml::Table = match toml_text.parse::<toml::Table>() {
+        Ok(t) => t,
+        Err(e) => {
+            return Err(ConfigErrors(vec![ConfigProblem {
+                setting: "config file".into(),
+                message: format!("not valid TOML: {}", e.message()),
+            }]));
+        }
+    };
+    apply_env(&mut root, env, &mut problems);
+    for key in root.keys() {
+        if !SECTIONS.contains(&key.as_str()) {
+            problems.push(ConfigProblem {
+                setting: key.clone(),
+                message: format!("unknown section; known sections: {}", SECTIONS.join(", ")),
+            });
+        }
+    }
+
+    let server: RawServer = section(&root, "server", &mut problems);
+    let identity: RawIdentity = section(&root, "identity", &mut problems);
+    let inbound: RawInbound = section(&root, "inbound", &mut problems);
+    let graph: RawGraph = section(&root, "graph", &mut problems);
+    let worker: RawWorker = section(&root, "worker", &mut problems);
+    let policy: RawPolicy = section(&root, "policy", &mut problems);
+    let capture: RawCapture = section(&root, "capture", &mut problems);
+    let log: RawLog = section(&root, "log", &mut problems);
+
+    let mut p = Problems(&mut problems);
+
+    // server
+    let listen = p.check(
+        "server.listen",
+        server
+            .listen
+            .as_deref()
+            .unwrap_or("127.0.0.1:8080")
+            .parse::<SocketAddr>()
+            .map_err(|e| format!("not an address:port ({e})")),
+    );
+    let data_dir = resolve(base_dir, server.data_dir.as_deref().unwrap_or("data"));
+    let max_body_bytes = server.max_body_bytes.unwrap_or(1024 * 1024);
+    if !(1024..=16 * 1024 * 1024).contains(&max_body_bytes) {
+        p.push("server.max_body_bytes", "must be between 1024 and 16777216");
+    }
+
+    // identity
+    let cloud_name = identity.cloud.as_deref().unwrap_or("global");
+    let cloud = cloud(cloud_name);
+    if cloud.is_none() {
+        p.push(
+            "identity.cloud",
+            "must be one of global, usgov, usgov-dod, china",
+        );
+    }
+    let default_authority = cloud.as_ref().map_or("https://login.microsoftonline.com", |c| c.authority);
+    let default_graph = cloud.as_ref().map_or("https://graph.microsoft.com", |c| c.graph);
+    let authority = p.check(
+        "identity.authority",
+        EndpointUrl::parse(identity.authority.as_deref().unwrap_or(default_authority))
+            .map_err(|e| e.to_string()),
+    );
+    let tenant_id = match identity.tenant_id.as_deref() {
+        None | Some("") => {
+            p.push(
+                "identity.tenant_id",
+                "required: the directory (tenant) id that sends the callouts",
+            );
+            None
+        }
+        Some(t) => p.check(
+            "identity.tenant_id",
+            uuid::Uuid::parse_str(t).map_err(|_| "must be a GUID (directory id), not a domain name".to_string()),
+        ),
+    };
+
+    // inbound
+    let audiences = inbound.audiences.unwrap_or_default();
+    if audiences.is_empty() || audiences.iter().any(|a| a.trim().is_empty()) {
+        p.push(
+            "inbound.audiences",
+            "required: the audience(s) of the callout token (the resourceId / Application ID URI of the extension's app registration)",
+        );
+    }
+    let allowed_app_ids = inbound
+        .allowed_app_ids
+        .unwrap_or_else(|| vec![ELM_APP_ID.to_string(), LCW_APP_ID.to_string()]);
+    if allowed_app_ids.is_empty() {
+        p.push("inbound.allowed_app_ids", "must name at least one caller app id");
+    }
+    for id in &allowed_app_ids {
+        if uuid::Uuid::parse_str(id).is_err() {
+            p.push("inbound.allowed_app_ids", &format!("{id:?} is not a GUID"));
+        }
+    }
+    let clock_skew = Duration::from_secs(inbound.clock_skew_seconds.unwrap_or(60));
+    if clock_skew > Duration::from_secs(300) {
+        p.push("inbound.clock_skew_seconds", "at most 300");
+    }
+    let jwks_refresh_min_interval =
+        Duration::from_secs(inbound.jwks_refresh_min_interval_seconds.unwrap_or(60));
+    let jwks_max_age = Duration::from_secs(inbound.jwks_max_age_seconds.unwrap_or(24 * 3600));
+
+    // graph
+    let base_url = p.check(
+        "graph.base_url",
+        EndpointUrl::parse(graph.base_url.as_deref().unwrap_or(default_graph)).map_err(|e| e.to_string()),
+    );
+    let api_version = match graph.api_version.as_deref().unwrap_or("v1.0") {
+        "v1.0" => GraphApiVersion::V1,
+        "beta" => GraphApiVersion::Beta,
+        _ => {
+            p.push("graph.api_version", "must be v1.0 or beta");
+            GraphApiVersion::V1
+        }
+    };
+    let scope = graph
+        .scope
+        .unwrap_or_else(|| format!("{default_graph}/.default"));
+    if !scope.ends_with("/.default") {
+        p.push("graph.scope", "must end with /.default (client credentials flow)");
+    }
+    let client_id = graph.client_id.unwrap_or_default();
+    if uuid::Uuid::parse_str(&client_id).is_err() {
+        p.push(
+            "graph.client_id",
+            "required: the application (client) id accessgate uses to call Graph resume (a GUID)",
+        );
+    }
+    let client_secret = graph.client_secret.unwrap_or_default();
+    if client_secret.is_empty() {
+        p.push(
+            "graph.client_secret",
+            "required: set it with ACCESSGATE_GRAPH__CLIENT_SECRET rather than in the file",
+        );
+    }
+    let resume_source = graph.resume_source.unwrap_or_else(|| "accessgate".into());
+    let timeout = Duration::from_secs(graph.timeout_seconds.unwrap_or(10));
+
+    // worker
+    let concurrency = worker.concurrency.unwrap_or(4);
+    if !(1..=256).contains(&concurrency) {
+        p.push("worker.concurrency", "must be between 1 and 256");
+    }
+    let retry_base = Duration::from_millis(worker.retry_base_ms.unwrap_or(1000));
+    let retry_max = Duration::from_millis(worker.retry_max_ms.unwrap_or(300_000));
+    if retry_base.is_zero() || retry_base > retry_max {
+        p.push("worker.retry_base_ms", "must be > 0 and <= worker.retry_max_ms");
+    }
+    let deadline_margin = Duration::from_secs(worker.deadline_margin_seconds.unwrap_or(60));
+    let default_callback_timeout = p
+        .check(
+            "worker.default_callback_timeout",
+            crate::callout::parse_iso_duration(worker.default_callback_timeout.as_deref().unwrap_or("PT1H"))
+                .ok_or_else(|| "not an ISO 8601 duration such as PT1H or P1D".to_string()),
+        )
+        .unwrap_or(Duration::from_secs(3600));
+    let lease = Duration::from_secs(worker.lease_seconds.unwrap_or(120));
+    if lease < Duration::from_secs(5) {
+        p.push("worker.lease_seconds", "at least 5");
+    }
+    let poll_interval = Duration::from_millis(worker.poll_interval_ms.unwrap_or(200));
+
+    // policy
+    let policy_file = policy.file.as_deref().map(|f| resolve(base_dir, f));
+    let loaded_policy = match &policy_file {
+        None => Policy::default(),
+        Some(f) => match Policy::load(f) {
+            Ok(pol) => pol,
+            Err(errs) => {
+                for e in errs {
+                    p.push("policy.file", &e);
+                }
+                Policy::default()
+            }
+        },
+    };
+
+    // capture
+    let capture = CaptureConfig {
+        enabled: capture.enabled.unwrap_or(false),
+        dir: capture
+            .dir
+            .as_deref()
+            .map_or_else(|| data_dir.join("capture"), |d| resolve(base_dir, d)),
+    };
+
+    // log
+    let format = match log.format.as_deref().unwrap_or("text") {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        _ => {
+            p.push("log.format", "must be text or json");
+            LogFormat::Text
+        }
+    };
+    let level = log.level.unwrap_or_else(|| "info".into());
+    if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+        p.push("log.level", "not a valid filter such as info or accessgate=debug");
+    }
+
+    match (listen, authority, tenant_id, base_url) {
+        (Some(listen), Some(authority), Some(tenant_id), Some(base_url)) if problems.is_empty() => Ok(Config {
+            server: ServerConfig { listen, data_dir, max_body_bytes: max_body_bytes as usize },
+            identity: IdentityConfig { authority, tenant_id },
+            inbound: InboundConfig {
+                audiences,
+                allowed_app_ids,
+                clock_skew,
+                jwks_refresh_min_interval,
+                jwks_max_age,
+            },
+            graph: GraphConfig {
+                base_url,
+                api_version,
+                scope,
+                client_id,
+                client_secret,
+                resume_source,
+                timeout,
+            },
+            worker: WorkerConfig {
+                concurrency: concurrency as usize,
+                retry_base,
+                retry_max,
+                deadline_margin,
+                default_callback_timeout,
+                lease,
+                poll_interval,
+            },
+            policy: loaded_policy,
+            policy_file,
+            capture,
+            log: LogConfig { format, level },
+        }),
+        _ => Err(ConfigErrors(problems)),
+    }
+}
+
+struct Problems<'a>(&'a mut Vec<ConfigProblem>);
+
+impl Problems<'_> {
+    fn push(&mut self, setting: &str, message: &str) {
+        self.0.push(ConfigProblem { setting: setting.into(), message: message.into() });
+    }
+    fn check<T>(&mut self, setting: &str, r: Result<T, String>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(m) => {
+                self.push(setting, &m);
+                None
+            }
+        }
+    }
+}
+
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let p = PathBuf::from(p);
+    if p.is_absolute() { p } else { base.join(p) }
+}
+
+fn section<T: for<'de> Deserialize<'de> + Default>(
+    root: &toml::Table,
+    name: &str,
+    problems: &mut Vec<ConfigProblem>,
+) -> T {
+    match root.get(name) {
+        None => T::default(),
+        Some(v) => match v.clone().try_into::<T>() {
+            Ok(t) => t,
+            Err(e) => {
+                problems.push(ConfigProblem {
+                    setting: name.into(),
+                    message: e.message().to_string(),
+                });
+                T::default()
+            }
+        },
+    }
+}
+
+/// `ACCESSGATE_GRAPH__CLIENT_SECRET=x` sets `graph.client_secret`. Values that parse as a TOML
+/// value (number, bool, array) are taken as such; anything else is a string.
+fn apply_env(root: &mut toml::Table, env: &BTreeMap<String, String>, problems: &mut Vec<ConfigProblem>) {
+    for (key, raw) in env {
+        let Some(rest) = key.strip_prefix("ACCESSGATE_") else { continue };
+        let Some((sec, field)) = rest.split_once("__") else {
+            problems.push(ConfigProblem {
+                setting: key.clone(),
+                message: "environment overrides are ACCESSGATE_<SECTION>__<KEY>, e.g. ACCESSGATE_GRAPH__CLIENT_SECRET".into(),
+            });
+            continue;
+        };
+        let sec = sec.to_ascii_lowercase();
+        let field = field.to_ascii_lowercase();
+        let value = format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .filter(|v| !v.is_str() || raw.starts_with('"'))
+            .unwrap_or_else(|| toml::Value::String(raw.clone()));
+        let entry = root
+            .entry(sec.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match entry.as_table_mut() {
+            Some(t) => {
+                t.insert(field, value);
+            }
+            None => problems.push(ConfigProblem {
+                setting: sec,
+                message: "is not a table".into(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[identity]
+tenant_id = "11111111-2222-3333-4444-555555555555"
+[inbound]
+audiences = ["api://accessgate"]
+[graph]
+client_id = "aaaaaaaa-0000-0000-0000-000000000001"
+"#;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn good_config_with_secret_from_env_loads_with_defaults() {
+        let c = from_sources(GOOD, &env(&[("ACCESSGATE_GRAPH__CLIENT_SECRET", "s3cret")]), Path::new("."))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.graph.client_secret.expose(), "s3cret");
+        assert_eq!(c.graph.base_url.base(), "https://graph.microsoft.com");
+        assert_eq!(c.identity.authority.base(), "https://login.microsoftonline.com");
+        assert_eq!(c.inbound.allowed_app_ids, vec![ELM_APP_ID, LCW_APP_ID]);
+        assert_eq!(c.server.max_body_bytes, 1024 * 1024);
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn env_overrides_win_and_parse_numbers() {
+        let c = from_sources(
+            GOOD,
+            &env(&[
+                ("ACCESSGATE_GRAPH__CLIENT_SECRET", "x"),
+                ("ACCESSGATE_WORKER__CONCURRENCY", "7"),
+                ("ACCESSGATE_IDENTITY__CLOUD", "usgov"),
+            ]),
+            Path::new("."),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.worker.concurrency, 7);
+        assert_eq!(c.graph.base_url.base(), "https://graph.microsoft.us");
+        assert_eq!(c.graph.scope, "https://graph.microsoft.us/.default");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let bad = r#"
+[identity]
+tenant_id = "contoso.onmicrosoft.com"
+authority = "http://login.example.com"
+[graph]
+base_url = "http://graph.example.com"
+[worker]
+default_callback_timeout = "an hour"
+[nonsense]
+x = 1
+"#;
+        let errs = from_sources(bad, &env(&[]), Path::new(".")).err().map(|e| e.0).unwrap_or_default();
+        let settings: Vec<&str> = errs.iter().map(|p| p.setting.as_str()).collect();
+        for s in [
+            "identity.tenant_id",
+            "identity.authority",
+            "graph.base_url",
+            "graph.client_id",
+            "graph.client_secret",
+            "inbound.audiences",
+            "worker.default_callback_timeout",
+            "nonsense",
+        ] {
+            assert!(settings.contains(&s), "missing {s} in {settings:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_key_in_a_section_is_named() {
+        let errs = from_sources("[server]\nlisten_addr = \"x\"\n", &env(&[]), Path::new("."))
+            .err()
+            .map(|e| e.0)
+            .unwrap_or_default();
+        assert!(errs.iter().any(|p| p.setting == "server" && p.message.contains("listen_addr")), "{errs:?}");
+    }
+}

@@ -1,0 +1,170 @@
+//! The acknowledge path shared by the standalone server and the Functions HTTP trigger:
+//! size limit → authentication → content type → parse → (capture). Queueing is the caller's,
+//! because the two hosts queue differently; nothing here waits on Graph.
+//!
+//! [`IntakeError`] is the one error enum of this boundary; [`IntakeError::status`] and
+//! [`IntakeError::code`] are the single mapping to HTTP used by both hosts.
+
+use crate::auth::{AuthError, Authenticator, VerifiedCaller};
+use crate::callout::{self, CalloutError, Parsed};
+use crate::capture::Capture;
+use crate::queue::{JobMessage, StoreError};
+
+/// What the hosts need from a request.
+pub struct IntakeRequest<'a> {
+    pub authorization: Option<&'a [u8]>,
+    pub content_type: Option<&'a str>,
+    pub content_length: Option<u64>,
+    pub body: &'a [u8],
+    pub correlation_id: &'a str,
+}
+
+/// An authenticated, well-formed request.
+#[derive(Debug)]
+pub enum Admission {
+    Callout(Box<callout::Callout>),
+    ConnectionTest,
+    UnknownStage(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    #[error("body larger than the configured limit")]
+    TooLarge,
+    #[error("content type must be application/json")]
+    UnsupportedMediaType,
+    #[error("unauthenticated: {0}")]
+    Auth(#[from] AuthError),
+    #[error("bad callout: {0}")]
+    Callout(#[from] CalloutError),
+    #[error("queue unavailable: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl IntakeError {
+    pub fn status(&self) -> u16 {
+        match self {
+            IntakeError::TooLarge => 413,
+            IntakeError::UnsupportedMediaType => 415,
+            IntakeError::Auth(AuthError::KeysUnavailable) => 503,
+            IntakeError::Auth(_) => 401,
+            IntakeError::Callout(_) => 400,
+            IntakeError::Store(_) => 503,
+        }
+    }
+
+    /// The short reason code for logs. Authentication failures all answer `unauthorized` in the
+    /// response body so a caller cannot probe which check failed; the log has the real reason.
+    pub fn code(&self) -> &'static str {
+        match self {
+            IntakeError::TooLarge => "body_too_large",
+            IntakeError::UnsupportedMediaType => "unsupported_media_type",
+            IntakeError::Auth(a) => a.code(),
+            IntakeError::Callout(c) => c.code(),
+            IntakeError::Store(_) => "queue_unavailable",
+        }
+    }
+
+    pub fn public_code(&self) -> &'static str {
+        match self {
+            IntakeError::Auth(AuthError::KeysUnavailable) => "temporarily_unavailable",
+            IntakeError::Auth(_) => "unauthorized",
+            other => other.code(),
+        }
+    }
+
+    /// A short message safe to return: no internals, no token content.
+    pub fn public_message(&self) -> String {
+        match self {
+            IntakeError::Auth(AuthError::KeysUnavailable) | IntakeError::Store(_) => {
+                "the service cannot accept callouts right now; retry later".into()
+            }
+            IntakeError::Auth(_) => "the request is not authenticated".into(),
+            other => other.to_string(),
+        }
+    }
+
+    /// The `WWW-Authenticate` challenge for 401s (RFC 6750 §3).
+    pub fn challenge(&self) -> Option<&'static str> {
+        match self {
+            IntakeError::Auth(AuthError::KeysUnavailable) => None,
+            IntakeError::Auth(AuthError::Missing) => Some("Bearer"),
+            IntakeError::Auth(_) => Some("Bearer error=\"invalid_token\""),
+            _ => None,
+        }
+    }
+}
+
+fn is_json(ct: &str) -> bool {
+    let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
+}
+
+/// Runs the acknowledge-path checks. The order matters: nothing about the body is looked at
+/// before the caller is authenticated.
+pub async fn admit(
+    auth: &Authenticator,
+    max_body: usize,
+    capture: Option<&Capture>,
+    req: &IntakeRequest<'_>,
+) -> Result<(Admission, VerifiedCaller), IntakeError> {
+    if req.content_length.is_some_and(|l| l > max_body as u64) || req.body.len() > max_body {
+        return Err(IntakeError::TooLarge);
+    }
+    let caller = auth.verify(req.authorization).await?;
+    // Entra sends `application/json; charset=utf-8`; a missing header is tolerated, a wrong one not.
+    if req.content_type.is_some_and(|ct| !is_json(ct)) {
+        return Err(IntakeError::UnsupportedMediaType);
+    }
+    let parsed = callout::parse(req.body)?;
+    if let Some(cap) = capture {
+        cap.record(req.correlation_id, req.body, &caller).await;
+    }
+    let admission = match parsed {
+        Parsed::Callout(c) => Admission::Callout(c),
+        Parsed::ConnectionTest => Admission::ConnectionTest,
+        Parsed::UnknownStage(s) => Admission::UnknownStage(s),
+    };
+    Ok((admission, caller))
+}
+
+/// Builds the durable job for an admitted callout.
+pub fn job_for(c: callout::Callout, correlation_id: &str, cfg: &crate::config::WorkerConfig) -> JobMessage {
+    JobMessage::new(c, correlation_id.to_owned(), cfg.default_callback_timeout, cfg.deadline_margin)
+}
+
+/// Entra sends `client-request-id`; use it as our correlation id when it is a sane token, so an
+/// admin can match our logs to Entra's. Anything else gets a fresh id (no log injection).
+pub fn correlation_id(from_header: Option<&str>) -> String {
+    match from_header {
+        Some(h)
+            if !h.is_empty()
+                && h.len() <= 64
+                && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') =>
+        {
+            h.to_owned()
+        }
+        _ => uuid::Uuid::new_v4().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_media_types() {
+        assert!(is_json("application/json"));
+        assert!(is_json("Application/JSON; charset=utf-8"));
+        assert!(is_json("application/cloudevents+json"));
+        assert!(!is_json("text/plain"));
+        assert!(!is_json("application/x-www-form-urlencoded"));
+    }
+
+    #[test]
+    fn correlation_ids_are_sanitized() {
+        assert_eq!(correlation_id(Some("abc-123")), "abc-123");
+        assert_ne!(correlation_id(Some("a\nb")), "a\nb");
+        assert_eq!(correlation_id(None).len(), 36);
+    }
+}

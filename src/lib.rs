@@ -1,0 +1,24 @@
+//! accessgate: the code behind Microsoft Entra ID Governance custom extensions.
+//!
+//! Entra calls [`ingress`] (standalone) or [`functions`] (Azure Functions custom handler); both
+//! run [`intake`] (size, [`auth`], [`callout`] parsing) and queue a [`queue::JobMessage`]; the
+//! [`worker`] applies the [`policy`] and resumes the request through [`graph`].
+//! See ARCHITECTURE.md for the codemap and its invariants.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod auth;
+pub mod callout;
+pub mod capture;
+pub mod cli;
+pub mod config;
+pub mod endpoint;
+pub mod functions;
+pub mod graph;
+pub mod ingress;
+pub mod intake;
+pub mod policy;
+pub mod queue;
+pub mod secret;
+pub mod telemetry;
+pub mod worker;

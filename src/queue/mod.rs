@@ -1,0 +1,85 @@
+//! Durable work: the [`JobMessage`] that carries one acknowledged callout from intake to worker.
+//!
+//! Standalone, jobs live in SQLite ([`sqlite`]); under Azure Functions the same message is a
+//! Storage Queue message written by the host's output binding. Either way the message carries its
+//! own correlation (request id, stage, stage instance id), so any instance can run it.
+
+pub mod sqlite;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::callout::Callout;
+
+/// Version of the message format, so an old message in a queue is recognised after an upgrade.
+pub const MESSAGE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobMessage {
+    pub v: u32,
+    pub correlation_id: String,
+    pub received_at_ms: i64,
+    /// Past this instant a resume is pointless (Entra has timed the callout out).
+    pub deadline_at_ms: i64,
+    pub callout: Callout,
+}
+
+impl JobMessage {
+    /// Builds the job for a freshly accepted callout. The deadline is the callout's callback
+    /// timeout (or the configured default) minus a safety margin.
+    pub fn new(callout: Callout, correlation_id: String, default_timeout: Duration, margin: Duration) -> Self {
+        let now = now_ms();
+        let timeout = callout.callback_timeout().unwrap_or(default_timeout);
+        let usable = timeout.saturating_sub(margin).max(Duration::from_secs(30).min(timeout));
+        JobMessage {
+            v: MESSAGE_VERSION,
+            correlation_id,
+            received_at_ms: now,
+            deadline_at_ms: now.saturating_add(usable.as_millis() as i64),
+            callout,
+        }
+    }
+
+    /// Parses a queue message leniently: the Functions host may hand it over JSON-quoted once more.
+    pub fn from_queue_text(text: &str) -> Result<JobMessage, serde_json::Error> {
+        let mut s = text.trim().to_owned();
+        // Unwrap up to two layers of JSON string quoting (functions.md §2).
+        for _ in 0..2 {
+            if s.starts_with('"') {
+                s = serde_json::from_str::<String>(&s)?;
+            }
+        }
+        serde_json::from_str(&s)
+    }
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Result of putting a callout on the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnqueueOutcome {
+    Enqueued,
+    /// The same `customExtensionStageInstanceId` is already queued or done.
+    Duplicate,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("stored job is unreadable: {0}")]
+    Corrupt(String),
+    #[error("the data directory {0} is used by another accessgate process")]
+    Locked(String),
+    #[error("io error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("store task failed")]
+    Join,
+}

@@ -1,0 +1,16 @@
+//! Logging: `tracing` to stdout, text or JSON lines. Spans carry the correlation id, request id,
+//! stage and stage instance id; tokens and secrets are never recorded (see `secret::Secret`).
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogConfig, LogFormat};
+
+pub fn init(cfg: &LogConfig) {
+    let filter = EnvFilter::try_from_env("ACCESSGATE_LOG").unwrap_or_else(|_| EnvFilter::new(&cfg.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    // `try_init`: a second call (tests, CLI helpers) keeps the first subscriber.
+    let _ = match cfg.format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init(),
+        LogFormat::Text => builder.with_ansi(false).try_init(),
+    };
+}

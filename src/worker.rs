@@ -1,0 +1,183 @@
+//! Runs jobs: policy → decision → Graph resume, with retries (exponential backoff with jitter,
+//! at least `Retry-After`) until the callout's deadline, then a dead letter with the reason.
+//!
+//! [`process`] is one attempt and is shared by the standalone pool ([`run_pool`]) and the
+//! Functions queue trigger.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng as _;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::config::WorkerConfig;
+use crate::graph::{GraphClient, GraphError, ResumeOutcome};
+use crate::policy::{Action, Policy};
+use crate::queue::sqlite::SqliteQueue;
+use crate::queue::{JobMessage, now_ms};
+
+/// What one attempt at a job came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Done(String),
+    RetryAt { at_ms: i64, reason: String },
+    Dead(String),
+}
+
+pub struct WorkerCtx {
+    pub policy: Policy,
+    pub graph: GraphClient,
+    pub cfg: WorkerConfig,
+}
+
+/// Backoff before attempt `attempt + 1`: exponential, capped, with "equal jitter" (half fixed,
+/// half random) so many failing jobs do not retry in lockstep.
+pub fn backoff(cfg: &WorkerConfig, attempt: u32) -> Duration {
+    let exp = cfg.retry_base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    let cap = exp.min(cfg.retry_max);
+    let half = cap / 2;
+    let jitter = rand::rng().random_range(0..=half.as_millis() as u64);
+    half + Duration::from_millis(jitter)
+}
+
+/// One attempt at a job.
+pub async fn process(ctx: &WorkerCtx, msg: &JobMessage, attempt: u32) -> Step {
+    let c = &msg.callout;
+    let decision = ctx.policy.decide(c);
+    let verdict = match decision.action {
+        Action::Continue => "continue",
+        Action::Deny => "deny",
+    };
+    if !c.expects_resume() {
+        tracing::info!(decision = verdict, rule = ?decision.rule, "notification only: this stage gets no resume");
+        return Step::Done(format!("notified ({verdict}); stage {} gets no resume", c.stage));
+    }
+    let now = now_ms();
+    if now >= msg.deadline_at_ms {
+        return Step::Dead(format!(
+            "deadline passed ({} s after receipt) before a resume was delivered",
+            (msg.deadline_at_ms - msg.received_at_ms) / 1000
+        ));
+    }
+    match ctx.graph.resume(c, &decision).await {
+        Ok(ResumeOutcome::Resumed) => {
+            tracing::info!(decision = verdict, rule = ?decision.rule, attempt, "resumed");
+            Step::Done(format!("resumed: {verdict}"))
+        }
+        Ok(ResumeOutcome::NotWaiting(why)) => {
+            tracing::info!(%why, "request no longer waiting; nothing to resume");
+            Step::Done(format!("not waiting: {why}"))
+        }
+        Err(GraphError::Rejected { message }) => Step::Dead(message),
+        Err(e) => {
+            let ra = match &e {
+                GraphError::Transient { retry_after, .. } => *retry_after,
+                _ => None,
+            };
+            let delay = backoff(&ctx.cfg, attempt).max(ra.unwrap_or_default());
+            let at = now.saturating_add(delay.as_millis() as i64);
+            if at >= msg.deadline_at_ms {
+                // One last try just before the deadline rather than giving up early.
+                let last = msg.deadline_at_ms - 1000;
+                if last > now {
+                    return Step::RetryAt { at_ms: last, reason: e.to_string() };
+                }
+                return Step::Dead(format!("deadline reached while retrying; last error: {e}"));
+            }
+            Step::RetryAt { at_ms: at, reason: e.to_string() }
+        }
+    }
+}
+
+/// The standalone worker pool: `concurrency` tasks claiming from SQLite until cancelled. A job
+/// in flight at shutdown finishes its attempt; its lease protects it if the process dies.
+pub async fn run_pool(ctx: Arc<WorkerCtx>, queue: SqliteQueue, cancel: CancellationToken) {
+    let mut tasks = Vec::new();
+    for n in 0..ctx.cfg.concurrency {
+        let (ctx, queue, cancel) = (ctx.clone(), queue.clone(), cancel.clone());
+        tasks.push(tokio::spawn(async move {
+            while !cancel.is_cancelled() {
+                match queue.claim(ctx.cfg.lease).await {
+                    Ok(Some(job)) => run_one(&ctx, &queue, job).await,
+                    Ok(None) => {
+                        tokio::select! {
+                            _ = cancel.cancelled() => break,
+                            _ = tokio::time::sleep(ctx.cfg.poll_interval) => {}
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(worker = n, error = %e, "cannot claim jobs");
+                        tokio::select! {
+                            _ = cancel.cancelled() => break,
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+async fn run_one(ctx: &WorkerCtx, queue: &SqliteQueue, job: crate::queue::sqlite::Claimed) {
+    let c = &job.message.callout;
+    let span = tracing::info_span!(
+        "job",
+        correlation_id = %job.message.correlation_id,
+        request_id = %c.request_id,
+        stage = %c.stage,
+        stage_instance_id = %c.stage_instance_id,
+        attempt = job.attempts,
+    );
+    async {
+        let step = process(ctx, &job.message, job.attempts).await;
+        let stored = match &step {
+            Step::Done(o) => queue.complete(&job, o.clone()).await,
+            Step::RetryAt { at_ms, reason } => {
+                tracing::warn!(reason = %reason, retry_in_ms = at_ms - now_ms(), "resume failed; will retry");
+                queue.retry_at(&job, *at_ms, reason.clone()).await
+            }
+            Step::Dead(reason) => {
+                tracing::error!(reason = %reason, "job moved to dead letters");
+                queue.dead(&job, reason.clone()).await
+            }
+        };
+        match stored {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!("lease was lost before the outcome was stored"),
+            Err(e) => tracing::error!(error = %e, "cannot store job outcome; the lease will expire and it will run again"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> WorkerConfig {
+        WorkerConfig {
+            concurrency: 1,
+            retry_base: Duration::from_millis(100),
+            retry_max: Duration::from_secs(10),
+            deadline_margin: Duration::from_secs(1),
+            default_callback_timeout: Duration::from_secs(60),
+            lease: Duration::from_secs(10),
+            poll_interval: Duration::from_millis(10),
+        }
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped_with_jitter() {
+        let c = cfg();
+        for attempt in 1..40 {
+            let d = backoff(&c, attempt);
+            let cap = c.retry_base.saturating_mul(1 << (attempt - 1).min(20)).min(c.retry_max);
+            assert!(d >= cap / 2 && d <= cap, "attempt {attempt}: {d:?} vs cap {cap:?}");
+        }
+    }
+}
