@@ -15,12 +15,12 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+use crate::Emulator;
 use crate::entra::{self, MintOptions};
 use crate::faults::{self, FaultSpec};
 use crate::graph::{self, RegisterRequest};
 use crate::sender::{self, SendOptions};
 use crate::state::AppState;
-use crate::Emulator;
 
 /// Everything the emulator serves.
 pub(crate) fn router(state: AppState) -> Router {
@@ -145,7 +145,10 @@ async fn send(State(state): State<AppState>, body: Bytes) -> Response {
     let opts: SendOptions = match serde_json::from_slice(&body) {
         Ok(opts) => opts,
         Err(err) => {
-            return control_error(StatusCode::BAD_REQUEST, format!("invalid SendOptions: {err}"));
+            return control_error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid SendOptions: {err}"),
+            );
         }
     };
     let emulator = Emulator { state };

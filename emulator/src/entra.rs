@@ -354,9 +354,12 @@ pub(crate) fn verify_graph_token(state: &Shared, headers: &HeaderMap) -> Result<
     }
     let invalid = |why: &str| TokenError::Invalid(why.to_owned());
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(invalid("Invalid JWT token. The token is not in JWS compact format."));
+        return Err(invalid(
+            "Invalid JWT token. The token is not in JWS compact format.",
+        ));
     };
     let decode_json = |part: &str| -> Option<Value> {
         URL_SAFE_NO_PAD
@@ -434,7 +437,10 @@ pub(crate) async fn rotate_keys(state: &AppState, retire_old: bool) -> anyhow::R
 /// Entra routes: metadata, JWKS, token endpoints.
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
-        .route("/{tenant}/.well-known/openid-configuration", get(metadata_v1))
+        .route(
+            "/{tenant}/.well-known/openid-configuration",
+            get(metadata_v1),
+        )
         .route(
             "/{tenant}/v2.0/.well-known/openid-configuration",
             get(metadata_v2),

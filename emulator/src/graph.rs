@@ -542,7 +542,9 @@ async fn get_request(
         return graph_error(
             StatusCode::NOT_FOUND,
             "ResourceNotFound",
-            &format!("Resource '{id}' does not exist or one of its queried reference-property objects are not present."),
+            &format!(
+                "Resource '{id}' does not exist or one of its queried reference-property objects are not present."
+            ),
             &headers,
         );
     };
@@ -629,7 +631,9 @@ fn apply_resume(
         return Err((
             StatusCode::NOT_FOUND,
             "ResourceNotFound",
-            format!("Resource '{id}' does not exist or one of its queried reference-property objects are not present."),
+            format!(
+                "Resource '{id}' does not exist or one of its queried reference-property objects are not present."
+            ),
         ));
     };
     let body = parsed.map_err(bad)?;

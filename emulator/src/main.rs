@@ -12,7 +12,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 const DEFAULT_PORT: u16 = 7700;
 
 #[derive(Debug, Parser)]
-#[command(name = "accessgate-emulator", version, about = "Local Entra ID and Microsoft Graph emulator for accessgate")]
+#[command(
+    name = "accessgate-emulator",
+    version,
+    about = "Local Entra ID and Microsoft Graph emulator for accessgate"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -28,7 +32,11 @@ enum Command {
         tenant_id: Option<String>,
         #[arg(long, env = "ACCESSGATE_EMULATOR_GRAPH_CLIENT_ID")]
         graph_client_id: Option<String>,
-        #[arg(long, env = "ACCESSGATE_EMULATOR_GRAPH_CLIENT_SECRET", hide_env_values = true)]
+        #[arg(
+            long,
+            env = "ACCESSGATE_EMULATOR_GRAPH_CLIENT_SECRET",
+            hide_env_values = true
+        )]
         graph_client_secret: Option<String>,
     },
     /// Send one callout like Entra, minting its token through a running emulator.

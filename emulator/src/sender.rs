@@ -459,7 +459,8 @@ pub(crate) async fn send_callout_with(
         }
     };
 
-    let timeout = Duration::from_millis(opts.client_timeout_ms.unwrap_or(DEFAULT_CLIENT_TIMEOUT_MS));
+    let timeout =
+        Duration::from_millis(opts.client_timeout_ms.unwrap_or(DEFAULT_CLIENT_TIMEOUT_MS));
     let http = reqwest::Client::builder()
         .no_proxy()
         .timeout(timeout)
@@ -493,7 +494,10 @@ pub(crate) async fn send_callout_with(
                 match drained {
                     Err(err) if err.is_timeout() => (
                         Some(status.as_u16()),
-                        Some(format!("timeout after {} ms reading the response", timeout.as_millis())),
+                        Some(format!(
+                            "timeout after {} ms reading the response",
+                            timeout.as_millis()
+                        )),
                         true,
                     ),
                     _ if status.is_success() => (Some(status.as_u16()), None, false),

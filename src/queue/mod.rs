@@ -32,7 +32,8 @@ impl JobMessage {
     pub fn new(callout: Callout, correlation_id: String, default_timeout: Duration, margin: Duration) -> Self {
         let now = now_ms();
         let timeout = callout.callback_timeout().unwrap_or(default_timeout);
-        let usable = timeout.saturating_sub(margin).max(Duration::from_secs(30).min(timeout));
+        // A margin larger than half the timeout would leave too little time to work; cap it there.
+        let usable = timeout.saturating_sub(margin).max(timeout / 2);
         JobMessage {
             v: MESSAGE_VERSION,
             correlation_id,

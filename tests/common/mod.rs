@@ -1,0 +1,251 @@
+//! Test harness: the emulator in-process on a random loopback port, and the real `accessgate`
+//! binary as a child process with its own data directory, talking HTTP.
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+pub use accessgate_emulator::{
+    Emulator, EmulatorConfig, FaultSpec, FaultTarget, IssuerVersion, MintOptions, RunningEmulator, SendOptions,
+    SendReport, Shape, SignWith,
+};
+
+pub const AUDIENCE: &str = "api://accessgate";
+
+pub struct Harness {
+    pub emu: RunningEmulator,
+    pub ag: Accessgate,
+    pub dir: tempfile::TempDir,
+}
+
+/// A running accessgate process and everything it printed.
+pub struct Accessgate {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub logs: Arc<Mutex<Vec<String>>>,
+    pub config_path: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+pub async fn start_emulator() -> RunningEmulator {
+    accessgate_emulator::start(EmulatorConfig::default(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("emulator starts")
+}
+
+/// A config file for accessgate pointing at the emulator; `extra` is appended TOML.
+pub fn write_config(dir: &Path, emu: &Emulator, extra: &str) -> PathBuf {
+    let cfg = emu.config();
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+data_dir = "data"
+
+[identity]
+authority = "{base}"
+tenant_id = "{tenant}"
+
+[inbound]
+audiences = ["{AUDIENCE}"]
+
+[graph]
+base_url = "{base}"
+scope = "https://graph.microsoft.com/.default"
+client_id = "{client}"
+
+[worker]
+retry_base_ms = 100
+retry_max_ms = 1000
+poll_interval_ms = 50
+deadline_margin_seconds = 5
+
+[log]
+format = "json"
+level = "info,accessgate=debug"
+{extra}
+"#,
+        base = emu.base_url(),
+        tenant = cfg.tenant_id,
+        client = cfg.graph_client_id,
+    );
+    let path = dir.join("accessgate.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+impl Harness {
+    /// Emulator + accessgate serve with `extra` TOML appended to the config.
+    pub async fn start(extra: &str) -> Harness {
+        let emu = start_emulator().await;
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = write_config(dir.path(), &emu.handle(), extra);
+        let env = vec![(
+            "ACCESSGATE_GRAPH__CLIENT_SECRET".to_string(),
+            emu.handle().config().graph_client_secret.clone(),
+        )];
+        let ag = Accessgate::spawn(&config_path, env, &["serve"]).await;
+        Harness { emu, ag, dir }
+    }
+
+    pub fn emu(&self) -> Emulator {
+        self.emu.handle()
+    }
+
+    pub fn callout_url(&self) -> String {
+        format!("http://{}/api/elm", self.ag.addr)
+    }
+
+    /// Sends a callout the way Entra does (bearer token minted by the emulator).
+    pub async fn send(&self, mut opts: SendOptions) -> SendReport {
+        opts.target_url = self.callout_url();
+        if opts.token.is_none() && opts.authorization.is_none() {
+            opts.token = Some(MintOptions::default());
+        }
+        self.emu().send_callout(&opts).await.expect("send callout")
+    }
+
+    /// Mints a valid callout bearer token.
+    pub fn token(&self, m: MintOptions) -> String {
+        self.emu().mint_callout_token(&m).expect("mint")
+    }
+}
+
+impl Accessgate {
+    pub async fn spawn(config: &Path, env: Vec<(String, String)>, args: &[&str]) -> Accessgate {
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (child, addr) = spawn_child(config, &env, args, logs.clone());
+        Accessgate { child: Some(child), addr, logs, config_path: config.to_path_buf(), env }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the binary again on the same config and data directory.
+    pub async fn restart(&mut self) {
+        self.kill9();
+        let (child, addr) = spawn_child(&self.config_path, &self.env, &["serve"], self.logs.clone());
+        self.child = Some(child);
+        self.addr = addr;
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Parsed JSON log lines, with the current span's fields lifted to the top level.
+    pub fn log_json(&self) -> Vec<serde_json::Value> {
+        self.log_lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|mut v| {
+                if let Some(span) = v.get("span").and_then(|s| s.as_object()).cloned() {
+                    for (k, val) in span {
+                        if v.get(&k).is_none() {
+                            v[k.as_str()] = val;
+                        }
+                    }
+                }
+                v
+            })
+            .collect()
+    }
+
+    /// Waits until a JSON log line satisfies `pred`.
+    pub async fn wait_log(&self, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let until = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(v) = self.log_json().into_iter().find(|v| pred(v)) {
+                return v;
+            }
+            assert!(Instant::now() < until, "no log line {what}; logs:\n{}", self.log_lines().join("\n"));
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Drop for Accessgate {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn spawn_child(config: &Path, env: &[(String, String)], args: &[&str], logs: Arc<Mutex<Vec<String>>>) -> (Child, SocketAddr) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_accessgate"));
+    cmd.args(args).arg("--config").arg(config).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("accessgate starts");
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    let logs2 = logs.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            logs2.lock().unwrap().push(line);
+        }
+    });
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && v["message"] == "accessgate listening"
+                && let Some(a) = v["addr"].as_str()
+            {
+                let _ = tx.send(a.parse::<SocketAddr>().unwrap());
+            }
+            logs.lock().unwrap().push(line);
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| panic!("accessgate did not start listening"));
+    (child, addr)
+}
+
+/// Polls `f` until it returns Some, or fails after `secs`.
+pub async fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let until = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Waits until the emulated Graph has an accepted resume for this stage instance.
+pub async fn resumed(emu: &Emulator, stage_instance_id: &str) -> accessgate_emulator::ResumeRecord {
+    let sid = stage_instance_id.to_string();
+    eventually(20, "the resume", || emu.resumes().into_iter().find(|r| r.stage_instance_id == sid)).await
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
+}
+
+/// A flat-shape callout body.
+pub fn flat_body(stage: &str, request_id: &str, stage_instance_id: &str) -> String {
+    serde_json::json!({
+        "AccessPackageAssignmentRequestId": request_id,
+        "CustomExtensionStageInstanceId": stage_instance_id,
+        "Stage": stage,
+        "CallbackUriPath": format!("/identityGovernance/entitlementManagement/assignmentRequests/{request_id}/resume"),
+        "CallbackConfiguration": {"DurationBeforeTimeout": "PT1H"},
+        "AccessPackage": {"Id": "a0000000-0000-0000-0000-000000000001", "DisplayName": "Emulator Access Package"},
+        "AccessPackageCatalog": {"Id": "c0000000-0000-0000-0000-000000000001", "DisplayName": "Emulator Catalog"}
+    })
+    .to_string()
+}
