@@ -638,22 +638,22 @@ fn apply_resume(
     };
     let body = parsed.map_err(bad)?;
     let status = request.status.clone();
-    let Some(callout) = request
+    let mut waiting = request
         .callouts
         .iter_mut()
-        .rev()
-        .find(|c| c.status == CalloutStatus::WaitingForCallback)
-    else {
+        .filter(|c| c.status == CalloutStatus::WaitingForCallback)
+        .peekable();
+    if waiting.peek().is_none() {
         return Err(bad(format!(
             "The access package assignment request '{id}' is not waiting for callback. Current status: {status}."
         )));
-    };
-    if callout.stage_instance_id != body.stage_instance_id {
+    }
+    let Some(callout) = waiting.find(|c| c.stage_instance_id == body.stage_instance_id) else {
         return Err(bad(format!(
             "customExtensionStageInstanceId '{}' does not match the stage instance the request is waiting for.",
             body.stage_instance_id
         )));
-    }
+    };
     if callout.stage != body.stage {
         return Err(bad(format!(
             "Stage '{}' does not match the stage '{}' of the waiting callout.",

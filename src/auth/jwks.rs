@@ -53,6 +53,8 @@ pub struct KeySet {
 struct Cached {
     set: KeySet,
     fetched_at: Option<Instant>,
+    /// Last refetch caused by an unknown kid; these are the ones an attacker can trigger.
+    miss_refresh_at: Option<Instant>,
 }
 
 /// OpenID metadata + JWKS cache for one tenant.
@@ -86,7 +88,7 @@ impl Jwks {
             ],
             min_refresh,
             max_age,
-            cache: RwLock::new(Cached { set: KeySet::default(), fetched_at: None }),
+            cache: RwLock::new(Cached { set: KeySet::default(), fetched_at: None, miss_refresh_at: None }),
             refresh: Mutex::new(()),
         }
     }
@@ -110,7 +112,8 @@ impl Jwks {
             {
                 return Ok(Lookup::Found(k.clone(), c.set.issuers.clone()));
             }
-            c.fetched_at.is_none_or(|t| t.elapsed() >= self.min_refresh)
+            let stale = c.fetched_at.is_none_or(|t| t.elapsed() >= self.max_age);
+            stale || c.miss_refresh_at.is_none_or(|t| t.elapsed() >= self.min_refresh)
         };
         if may_fetch {
             match self.fetch().await {
@@ -118,9 +121,11 @@ impl Jwks {
                     let mut c = self.cache.write().await;
                     c.set = set;
                     c.fetched_at = Some(Instant::now());
+                    c.miss_refresh_at = Some(Instant::now());
                 }
                 Err(e) => {
-                    let c = self.cache.read().await;
+                    let mut c = self.cache.write().await;
+                    c.miss_refresh_at = Some(Instant::now());
                     if c.set.keys.is_empty() {
                         return Err(e);
                     }

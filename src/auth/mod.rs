@@ -164,6 +164,18 @@ impl Authenticator {
     }
 
     async fn verify_bearer(&self, token: &str) -> Result<VerifiedCaller, AuthError> {
+        // Read `alg` ourselves first: the JWT library cannot even represent `none`, and an
+        // algorithm outside the allow-list must be named as such, not as a malformed token.
+        let alg = token
+            .split('.')
+            .next()
+            .and_then(|h| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(h.trim_end_matches('=')).ok())
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v.get("alg").and_then(|a| a.as_str()).map(str::to_owned))
+            .ok_or(AuthError::BadToken)?;
+        if alg != "RS256" {
+            return Err(AuthError::AlgorithmNotAllowed);
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::BadToken)?;
         // Entra signs access tokens with RS256; everything else (none, HS*, PS*, EC) is refused
         // before any key is looked up.
