@@ -26,7 +26,9 @@ pub struct AppState {
 impl AppState {
     pub fn queue_counts(&self) -> serde_json::Value {
         match self.queue.as_ref().map(SqliteQueue::counts) {
-            Some(Ok(rows)) => serde_json::Value::Object(rows.into_iter().map(|(k, v)| (k, v.into())).collect()),
+            Some(Ok(rows)) => {
+                serde_json::Value::Object(rows.into_iter().map(|(k, v)| (k, v.into())).collect())
+            }
             _ => serde_json::Value::Null,
         }
     }
@@ -45,14 +47,32 @@ pub fn http_client() -> anyhow::Result<reqwest::Client> {
 
 fn build_state(config: Config, queue: Option<SqliteQueue>) -> anyhow::Result<Arc<AppState>> {
     let http = http_client()?;
-    let auth = Authenticator::new(http.clone(), &config.identity.authority, &config.identity.tenant_id, &config.inbound);
+    let auth = Authenticator::new(
+        http.clone(),
+        &config.identity.authority,
+        &config.identity.tenant_id,
+        &config.inbound,
+    );
     let graph = GraphClient::new(http, &config.identity, config.graph.clone());
-    let capture = config.capture.enabled.then(|| Capture::new(config.capture.dir.clone()));
+    let capture = config
+        .capture
+        .enabled
+        .then(|| Capture::new(config.capture.dir.clone()));
     for w in &config.policy.warnings {
         tracing::warn!(warning = %w, "policy");
     }
-    let worker = Arc::new(WorkerCtx { policy: config.policy.clone(), graph, cfg: config.worker.clone() });
-    Ok(Arc::new(AppState { config: Arc::new(config), auth, capture, queue, worker }))
+    let worker = Arc::new(WorkerCtx {
+        policy: config.policy.clone(),
+        graph,
+        cfg: config.worker.clone(),
+    });
+    Ok(Arc::new(AppState {
+        config: Arc::new(config),
+        auth,
+        capture,
+        queue,
+        worker,
+    }))
 }
 
 fn prefetch_keys(state: &Arc<AppState>) {
@@ -93,15 +113,24 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let queue = SqliteQueue::open(&config.server.data_dir).context("opening the job queue")?;
     let recovered = queue.recover_running()?;
     if recovered > 0 {
-        tracing::warn!(jobs = recovered, "recovered jobs that were running when the previous process stopped");
+        tracing::warn!(
+            jobs = recovered,
+            "recovered jobs that were running when the previous process stopped"
+        );
     }
     let listen = config.server.listen;
     let state = build_state(config, Some(queue.clone()))?;
     prefetch_keys(&state);
 
     let cancel = CancellationToken::new();
-    let pool = tokio::spawn(worker::run_pool(state.worker.clone(), queue, cancel.clone()));
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    let pool = tokio::spawn(worker::run_pool(
+        state.worker.clone(),
+        queue,
+        cancel.clone(),
+    ));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
     let addr: SocketAddr = listener.local_addr()?;
     tracing::info!(%addr, queue = "sqlite", "accessgate listening");
     let app = crate::ingress::router(state).layer(tower_http::catch_panic::CatchPanicLayer::new());
@@ -119,11 +148,16 @@ pub async fn functions(config: Config, port: u16) -> anyhow::Result<()> {
     let state = build_state(config, None)?;
     prefetch_keys(&state);
     // The host always calls 127.0.0.1 (functions.md §1).
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.with_context(|| format!("binding 127.0.0.1:{port}"))?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .with_context(|| format!("binding 127.0.0.1:{port}"))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, mode = "functions", "accessgate listening");
     let cancel = CancellationToken::new();
-    let app = crate::functions::router(state).layer(tower_http::catch_panic::CatchPanicLayer::new());
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal(cancel)).await?;
+    let app =
+        crate::functions::router(state).layer(tower_http::catch_panic::CatchPanicLayer::new());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal(cancel))
+        .await?;
     Ok(())
 }

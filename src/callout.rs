@@ -40,7 +40,9 @@ impl Stage {
             Stage::AssignmentRequestApproved => "assignmentRequestApproved",
             Stage::AssignmentRequestGranted => "assignmentRequestGranted",
             Stage::AssignmentRequestRemoved => "assignmentRequestRemoved",
-            Stage::AssignmentFourteenDaysBeforeExpiration => "assignmentFourteenDaysBeforeExpiration",
+            Stage::AssignmentFourteenDaysBeforeExpiration => {
+                "assignmentFourteenDaysBeforeExpiration"
+            }
             Stage::AssignmentOneDayBeforeExpiration => "assignmentOneDayBeforeExpiration",
         }
     }
@@ -48,7 +50,9 @@ impl Stage {
     /// Case-insensitive, as tenants and docs vary the casing (protocol.md §1.3).
     pub fn parse(s: &str) -> Option<Stage> {
         let s = s.trim();
-        Stage::ALL.into_iter().find(|st| st.as_graph().eq_ignore_ascii_case(s))
+        Stage::ALL
+            .into_iter()
+            .find(|st| st.as_graph().eq_ignore_ascii_case(s))
     }
 
     /// Only request-workflow stages support "launch and wait"; pre-expiration is
@@ -92,7 +96,8 @@ impl Id {
             && s.len() <= 128
             && s != "."
             && s != ".."
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
         ok.then(|| Id(s.to_owned()))
     }
     pub fn as_str(&self) -> &str {
@@ -218,7 +223,11 @@ impl CalloutError {
 /// Case-insensitive lookup of a key in an object.
 fn get<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
     obj.get(key)
-        .or_else(|| obj.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v))
+        .or_else(|| {
+            obj.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                .map(|(_, v)| v)
+        })
         .filter(|v| !v.is_null())
 }
 
@@ -235,8 +244,11 @@ fn get_str(obj: &Map<String, Value>, key: &str) -> Option<String> {
 }
 
 fn named(obj: Option<&Map<String, Value>>) -> Named {
-    obj.map(|o| Named { id: get_str(o, "id"), display_name: get_str(o, "displayName") })
-        .unwrap_or_default()
+    obj.map(|o| Named {
+        id: get_str(o, "id"),
+        display_name: get_str(o, "displayName"),
+    })
+    .unwrap_or_default()
 }
 
 fn subject(obj: Option<&Map<String, Value>>) -> Subject {
@@ -310,7 +322,9 @@ pub fn parse(body: &[u8]) -> Result<Parsed, CalloutError> {
         s.eq_ignore_ascii_case("CustomExtensionConnectionTest")
             || s.eq_ignore_ascii_case("CustomActionConnectionTest")
     };
-    if stage_text.as_deref().is_some_and(is_test) || get_str(obj, "event").as_deref().is_some_and(is_test) {
+    if stage_text.as_deref().is_some_and(is_test)
+        || get_str(obj, "event").as_deref().is_some_and(is_test)
+    {
         return Ok(Parsed::ConnectionTest);
     }
     let stage_text = stage_text.ok_or(CalloutError::Missing("stage"))?;
@@ -321,28 +335,39 @@ pub fn parse(body: &[u8]) -> Result<Parsed, CalloutError> {
     let stage_instance_id = match get_str(obj, "customExtensionStageInstanceId") {
         None => return Err(CalloutError::Missing("customExtensionStageInstanceId")),
         Some(s) => Id::parse(&s).ok_or_else(|| {
-            CalloutError::Invalid("customExtensionStageInstanceId", "must be 1-128 characters of A-Z a-z 0-9 . _ -".into())
+            CalloutError::Invalid(
+                "customExtensionStageInstanceId",
+                "must be 1-128 characters of A-Z a-z 0-9 . _ -".into(),
+            )
         })?,
     };
     let request_id = match get_str(obj, "accessPackageAssignmentRequestId") {
         None => return Err(CalloutError::Missing("accessPackageAssignmentRequestId")),
         Some(s) => Id::parse(&s).ok_or_else(|| {
-            CalloutError::Invalid("accessPackageAssignmentRequestId", "must be 1-128 characters of A-Z a-z 0-9 . _ -".into())
+            CalloutError::Invalid(
+                "accessPackageAssignmentRequestId",
+                "must be 1-128 characters of A-Z a-z 0-9 . _ -".into(),
+            )
         })?,
     };
 
     let callback_timeout_secs = match get_obj(obj, "callbackConfiguration") {
         None => None,
-        Some(cb) => match get_str(cb, "durationBeforeTimeout").or_else(|| get_str(cb, "timeoutDuration")) {
-            None => None,
-            Some(d) => Some(
-                parse_iso_duration(&d)
-                    .ok_or_else(|| {
-                        CalloutError::Invalid("callbackConfiguration.durationBeforeTimeout", format!("{d:?} is not an ISO 8601 duration"))
-                    })?
-                    .as_secs(),
-            ),
-        },
+        Some(cb) => {
+            match get_str(cb, "durationBeforeTimeout").or_else(|| get_str(cb, "timeoutDuration")) {
+                None => None,
+                Some(d) => Some(
+                    parse_iso_duration(&d)
+                        .ok_or_else(|| {
+                            CalloutError::Invalid(
+                                "callbackConfiguration.durationBeforeTimeout",
+                                format!("{d:?} is not an ISO 8601 duration"),
+                            )
+                        })?
+                        .as_secs(),
+                ),
+            }
+        }
     };
 
     let callback_uri_path = get_str(obj, "callbackUriPath");
@@ -416,8 +441,14 @@ mod tests {
 
     #[test]
     fn connection_test_and_unknown_stage_are_recognised() {
-        assert_eq!(parse(br#"{"Stage":"CustomExtensionConnectionTest"}"#), Ok(Parsed::ConnectionTest));
-        assert_eq!(parse(br#"{"Event":"CustomActionConnectionTest"}"#), Ok(Parsed::ConnectionTest));
+        assert_eq!(
+            parse(br#"{"Stage":"CustomExtensionConnectionTest"}"#),
+            Ok(Parsed::ConnectionTest)
+        );
+        assert_eq!(
+            parse(br#"{"Event":"CustomActionConnectionTest"}"#),
+            Ok(Parsed::ConnectionTest)
+        );
         assert_eq!(
             parse(br#"{"Stage":"assignmentRequestDeterminingApprovalRequirements","CustomExtensionStageInstanceId":"s"}"#),
             Ok(Parsed::UnknownStage("assignmentRequestDeterminingApprovalRequirements".into()))
@@ -428,9 +459,14 @@ mod tests {
     fn bad_bodies_get_specific_errors() {
         assert_eq!(parse(b"{"), Err(CalloutError::NotJson));
         assert_eq!(parse(b"[1]"), Err(CalloutError::NotObject));
-        assert_eq!(parse(br#"{"CustomExtensionStageInstanceId":"s"}"#), Err(CalloutError::Missing("stage")));
         assert_eq!(
-            parse(br#"{"Stage":"assignmentRequestCreated","AccessPackageAssignmentRequestId":"r"}"#),
+            parse(br#"{"CustomExtensionStageInstanceId":"s"}"#),
+            Err(CalloutError::Missing("stage"))
+        );
+        assert_eq!(
+            parse(
+                br#"{"Stage":"assignmentRequestCreated","AccessPackageAssignmentRequestId":"r"}"#
+            ),
             Err(CalloutError::Missing("customExtensionStageInstanceId"))
         );
         assert!(matches!(
@@ -458,7 +494,13 @@ mod tests {
             sanitize_callback_path("/beta/identityGovernance/entitlementManagement/accessPackageAssignmentRequests/r1/resume", &r).as_deref(),
             Some("/identityGovernance/entitlementManagement/accessPackageAssignmentRequests/r1/resume")
         );
-        assert!(sanitize_callback_path("/identityGovernance/entitlementManagement/assignmentRequests/r2/resume", &r).is_none());
+        assert!(
+            sanitize_callback_path(
+                "/identityGovernance/entitlementManagement/assignmentRequests/r2/resume",
+                &r
+            )
+            .is_none()
+        );
         assert!(sanitize_callback_path("/users/r1/resume", &r).is_none());
         assert!(sanitize_callback_path("https://evil/identityGovernance/entitlementManagement/assignmentRequests/r1/resume", &r).is_none());
     }
@@ -466,7 +508,10 @@ mod tests {
     #[test]
     fn iso_durations() {
         assert_eq!(parse_iso_duration("PT10M"), Some(Duration::from_secs(600)));
-        assert_eq!(parse_iso_duration("P14D"), Some(Duration::from_secs(14 * 86400)));
+        assert_eq!(
+            parse_iso_duration("P14D"),
+            Some(Duration::from_secs(14 * 86400))
+        );
         assert_eq!(parse_iso_duration("P1M"), None);
         assert_eq!(parse_iso_duration("-PT1H"), None);
         assert_eq!(parse_iso_duration("1h"), None);

@@ -16,8 +16,9 @@ impl Capture {
     }
 
     pub async fn record(&self, correlation_id: &str, body: &[u8], caller: &VerifiedCaller) {
-        let body_json: serde_json::Value = serde_json::from_slice(body)
-            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(body).into_owned()));
+        let body_json: serde_json::Value = serde_json::from_slice(body).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(body).into_owned())
+        });
         let record = serde_json::json!({
             "receivedAt": jiff::Timestamp::now().to_string(),
             "correlationId": correlation_id,
@@ -26,7 +27,10 @@ impl Capture {
             "token": caller.summary,
             "body": body_json,
         });
-        let name = format!("{}-{correlation_id}.json", jiff::Timestamp::now().as_millisecond());
+        let name = format!(
+            "{}-{correlation_id}.json",
+            jiff::Timestamp::now().as_millisecond()
+        );
         let text = serde_json::to_vec_pretty(&record).unwrap_or_default();
         let write = async {
             tokio::fs::create_dir_all(&self.dir).await?;

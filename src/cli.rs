@@ -9,7 +9,11 @@ use crate::config::{self, Config};
 use crate::queue::sqlite::{JobStatus, SqliteQueue};
 
 #[derive(Parser)]
-#[command(name = "accessgate", version, about = "Entra ID Governance custom extension endpoint")]
+#[command(
+    name = "accessgate",
+    version,
+    about = "Entra ID Governance custom extension endpoint"
+)]
 struct Cli {
     /// Configuration file (TOML). Settings can also come from ACCESSGATE_<SECTION>__<KEY>.
     #[arg(long, short, global = true, env = "ACCESSGATE_CONFIG")]
@@ -57,13 +61,17 @@ pub fn main() -> ExitCode {
         Command::CheckConfig => check_config(cli.config),
         Command::Jobs { action } => jobs(cli.config, action),
         Command::Serve if functions_port.is_none() => run(cli.config, None),
-        Command::Serve | Command::Functions => match functions_port.as_deref().map(str::parse::<u16>) {
-            Some(Ok(port)) => run(cli.config, Some(port)),
-            _ => {
-                eprintln!("accessgate functions: FUNCTIONS_CUSTOMHANDLER_PORT must be set to a port number");
-                ExitCode::from(2)
+        Command::Serve | Command::Functions => {
+            match functions_port.as_deref().map(str::parse::<u16>) {
+                Some(Ok(port)) => run(cli.config, Some(port)),
+                _ => {
+                    eprintln!(
+                        "accessgate functions: FUNCTIONS_CUSTOMHANDLER_PORT must be set to a port number"
+                    );
+                    ExitCode::from(2)
+                }
             }
-        },
+        }
     }
 }
 
@@ -80,7 +88,10 @@ fn run(path: Option<PathBuf>, functions_port: Option<u16>) -> ExitCode {
         Err(code) => return code,
     };
     crate::telemetry::init(&cfg.log);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("accessgate: cannot start the runtime: {e}");
@@ -109,12 +120,26 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
             println!("configuration OK");
             println!("  listen            {}", c.server.listen);
             println!("  data_dir          {}", c.server.data_dir.display());
-            println!("  identity          {} tenant {}", c.identity.authority, c.identity.tenant_id);
+            println!(
+                "  identity          {} tenant {}",
+                c.identity.authority, c.identity.tenant_id
+            );
             println!("  inbound audiences {:?}", c.inbound.audiences);
             println!("  allowed callers   {:?}", c.inbound.allowed_app_ids);
-            println!("  graph             {} ({}) as {}", c.graph.base_url, c.graph.api_version.segment(), c.graph.client_id);
-            println!("  policy            {} rule(s){}", c.policy.rule_count(),
-                c.policy_file.as_ref().map(|p| format!(" from {}", p.display())).unwrap_or_default());
+            println!(
+                "  graph             {} ({}) as {}",
+                c.graph.base_url,
+                c.graph.api_version.segment(),
+                c.graph.client_id
+            );
+            println!(
+                "  policy            {} rule(s){}",
+                c.policy.rule_count(),
+                c.policy_file
+                    .as_ref()
+                    .map(|p| format!(" from {}", p.display()))
+                    .unwrap_or_default()
+            );
             for w in &c.policy.warnings {
                 println!("  warning: {w}");
             }
@@ -134,7 +159,9 @@ fn jobs(path: Option<PathBuf>, action: JobsAction) -> ExitCode {
         Err(_) => match data_dir_only(path.as_deref()) {
             Some(d) => d,
             None => {
-                eprintln!("accessgate jobs: cannot determine server.data_dir from the configuration");
+                eprintln!(
+                    "accessgate jobs: cannot determine server.data_dir from the configuration"
+                );
                 return ExitCode::from(2);
             }
         },
@@ -157,10 +184,16 @@ fn jobs(path: Option<PathBuf>, action: JobsAction) -> ExitCode {
                 None => None,
             };
             q.list(st, limit).map(|rows| {
-                println!("{:>6}  {:<8} {:>3}  {:<40} {:<28} outcome / last error", "id", "status", "try", "stage instance id", "stage");
+                println!(
+                    "{:>6}  {:<8} {:>3}  {:<40} {:<28} outcome / last error",
+                    "id", "status", "try", "stage instance id", "stage"
+                );
                 for r in rows {
                     let note = r.outcome.or(r.last_error).unwrap_or_default();
-                    println!("{:>6}  {:<8} {:>3}  {:<40} {:<28} {}", r.id, r.status, r.attempts, r.stage_instance_id, r.stage, note);
+                    println!(
+                        "{:>6}  {:<8} {:>3}  {:<40} {:<28} {}",
+                        r.id, r.status, r.attempts, r.stage_instance_id, r.stage, note
+                    );
                 }
             })
         }
@@ -189,12 +222,20 @@ fn jobs(path: Option<PathBuf>, action: JobsAction) -> ExitCode {
 }
 
 fn data_dir_only(path: Option<&std::path::Path>) -> Option<PathBuf> {
-    let base = path.and_then(|p| p.parent()).map(std::path::Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let base = path
+        .and_then(|p| p.parent())
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
     let from_env = std::env::var("ACCESSGATE_SERVER__DATA_DIR").ok();
     let from_file = path
         .and_then(|p| std::fs::read_to_string(p).ok())
         .and_then(|t| t.parse::<toml::Table>().ok())
-        .and_then(|t| t.get("server")?.get("data_dir")?.as_str().map(str::to_owned));
+        .and_then(|t| {
+            t.get("server")?
+                .get("data_dir")?
+                .as_str()
+                .map(str::to_owned)
+        });
     let d = PathBuf::from(from_env.or(from_file).unwrap_or_else(|| "data".into()));
     Some(if d.is_absolute() { d } else { base.join(d) })
 }

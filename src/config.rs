@@ -315,8 +315,12 @@ pub fn from_sources(
             "must be one of global, usgov, usgov-dod, china",
         );
     }
-    let default_authority = cloud.as_ref().map_or("https://login.microsoftonline.com", |c| c.authority);
-    let default_graph = cloud.as_ref().map_or("https://graph.microsoft.com", |c| c.graph);
+    let default_authority = cloud
+        .as_ref()
+        .map_or("https://login.microsoftonline.com", |c| c.authority);
+    let default_graph = cloud
+        .as_ref()
+        .map_or("https://graph.microsoft.com", |c| c.graph);
     let authority = p.check(
         "identity.authority",
         EndpointUrl::parse(identity.authority.as_deref().unwrap_or(default_authority))
@@ -332,7 +336,8 @@ pub fn from_sources(
         }
         Some(t) => p.check(
             "identity.tenant_id",
-            uuid::Uuid::parse_str(t).map_err(|_| "must be a GUID (directory id), not a domain name".to_string()),
+            uuid::Uuid::parse_str(t)
+                .map_err(|_| "must be a GUID (directory id), not a domain name".to_string()),
         ),
     };
 
@@ -348,7 +353,10 @@ pub fn from_sources(
         .allowed_app_ids
         .unwrap_or_else(|| vec![ELM_APP_ID.to_string(), LCW_APP_ID.to_string()]);
     if allowed_app_ids.is_empty() {
-        p.push("inbound.allowed_app_ids", "must name at least one caller app id");
+        p.push(
+            "inbound.allowed_app_ids",
+            "must name at least one caller app id",
+        );
     }
     for id in &allowed_app_ids {
         if uuid::Uuid::parse_str(id).is_err() {
@@ -366,7 +374,8 @@ pub fn from_sources(
     // graph
     let base_url = p.check(
         "graph.base_url",
-        EndpointUrl::parse(graph.base_url.as_deref().unwrap_or(default_graph)).map_err(|e| e.to_string()),
+        EndpointUrl::parse(graph.base_url.as_deref().unwrap_or(default_graph))
+            .map_err(|e| e.to_string()),
     );
     let api_version = match graph.api_version.as_deref().unwrap_or("v1.0") {
         "v1.0" => GraphApiVersion::V1,
@@ -380,7 +389,10 @@ pub fn from_sources(
         .scope
         .unwrap_or_else(|| format!("{default_graph}/.default"));
     if !scope.ends_with("/.default") {
-        p.push("graph.scope", "must end with /.default (client credentials flow)");
+        p.push(
+            "graph.scope",
+            "must end with /.default (client credentials flow)",
+        );
     }
     let client_id = graph.client_id.unwrap_or_default();
     if uuid::Uuid::parse_str(&client_id).is_err() {
@@ -407,14 +419,19 @@ pub fn from_sources(
     let retry_base = Duration::from_millis(worker.retry_base_ms.unwrap_or(1000));
     let retry_max = Duration::from_millis(worker.retry_max_ms.unwrap_or(300_000));
     if retry_base.is_zero() || retry_base > retry_max {
-        p.push("worker.retry_base_ms", "must be > 0 and <= worker.retry_max_ms");
+        p.push(
+            "worker.retry_base_ms",
+            "must be > 0 and <= worker.retry_max_ms",
+        );
     }
     let deadline_margin = Duration::from_secs(worker.deadline_margin_seconds.unwrap_or(60));
     let default_callback_timeout = p
         .check(
             "worker.default_callback_timeout",
-            crate::callout::parse_iso_duration(worker.default_callback_timeout.as_deref().unwrap_or("PT1H"))
-                .ok_or_else(|| "not an ISO 8601 duration such as PT1H or P1D".to_string()),
+            crate::callout::parse_iso_duration(
+                worker.default_callback_timeout.as_deref().unwrap_or("PT1H"),
+            )
+            .ok_or_else(|| "not an ISO 8601 duration such as PT1H or P1D".to_string()),
         )
         .unwrap_or(Duration::from_secs(3600));
     let lease = Duration::from_secs(worker.lease_seconds.unwrap_or(120));
@@ -458,43 +475,55 @@ pub fn from_sources(
     };
     let level = log.level.unwrap_or_else(|| "info".into());
     if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
-        p.push("log.level", "not a valid filter such as info or accessgate=debug");
+        p.push(
+            "log.level",
+            "not a valid filter such as info or accessgate=debug",
+        );
     }
 
     match (listen, authority, tenant_id, base_url) {
-        (Some(listen), Some(authority), Some(tenant_id), Some(base_url)) if problems.is_empty() => Ok(Config {
-            server: ServerConfig { listen, data_dir, max_body_bytes: max_body_bytes as usize },
-            identity: IdentityConfig { authority, tenant_id },
-            inbound: InboundConfig {
-                audiences,
-                allowed_app_ids,
-                clock_skew,
-                jwks_refresh_min_interval,
-                jwks_max_age,
-            },
-            graph: GraphConfig {
-                base_url,
-                api_version,
-                scope,
-                client_id,
-                client_secret,
-                resume_source,
-                timeout,
-            },
-            worker: WorkerConfig {
-                concurrency: concurrency as usize,
-                retry_base,
-                retry_max,
-                deadline_margin,
-                default_callback_timeout,
-                lease,
-                poll_interval,
-            },
-            policy: loaded_policy,
-            policy_file,
-            capture,
-            log: LogConfig { format, level },
-        }),
+        (Some(listen), Some(authority), Some(tenant_id), Some(base_url)) if problems.is_empty() => {
+            Ok(Config {
+                server: ServerConfig {
+                    listen,
+                    data_dir,
+                    max_body_bytes: max_body_bytes as usize,
+                },
+                identity: IdentityConfig {
+                    authority,
+                    tenant_id,
+                },
+                inbound: InboundConfig {
+                    audiences,
+                    allowed_app_ids,
+                    clock_skew,
+                    jwks_refresh_min_interval,
+                    jwks_max_age,
+                },
+                graph: GraphConfig {
+                    base_url,
+                    api_version,
+                    scope,
+                    client_id,
+                    client_secret,
+                    resume_source,
+                    timeout,
+                },
+                worker: WorkerConfig {
+                    concurrency: concurrency as usize,
+                    retry_base,
+                    retry_max,
+                    deadline_margin,
+                    default_callback_timeout,
+                    lease,
+                    poll_interval,
+                },
+                policy: loaded_policy,
+                policy_file,
+                capture,
+                log: LogConfig { format, level },
+            })
+        }
         _ => Err(ConfigErrors(problems)),
     }
 }
@@ -503,7 +532,10 @@ struct Problems<'a>(&'a mut Vec<ConfigProblem>);
 
 impl Problems<'_> {
     fn push(&mut self, setting: &str, message: &str) {
-        self.0.push(ConfigProblem { setting: setting.into(), message: message.into() });
+        self.0.push(ConfigProblem {
+            setting: setting.into(),
+            message: message.into(),
+        });
     }
     fn check<T>(&mut self, setting: &str, r: Result<T, String>) -> Option<T> {
         match r {
@@ -543,9 +575,15 @@ fn section<T: for<'de> Deserialize<'de> + Default>(
 
 /// `ACCESSGATE_GRAPH__CLIENT_SECRET=x` sets `graph.client_secret`. Values that parse as a TOML
 /// value (number, bool, array) are taken as such; anything else is a string.
-fn apply_env(root: &mut toml::Table, env: &BTreeMap<String, String>, problems: &mut Vec<ConfigProblem>) {
+fn apply_env(
+    root: &mut toml::Table,
+    env: &BTreeMap<String, String>,
+    problems: &mut Vec<ConfigProblem>,
+) {
     for (key, raw) in env {
-        let Some(rest) = key.strip_prefix("ACCESSGATE_") else { continue };
+        let Some(rest) = key.strip_prefix("ACCESSGATE_") else {
+            continue;
+        };
         let Some((sec, field)) = rest.split_once("__") else {
             problems.push(ConfigProblem {
                 setting: key.clone(),
@@ -590,16 +628,26 @@ client_id = "aaaaaaaa-0000-0000-0000-000000000001"
 "#;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn good_config_with_secret_from_env_loads_with_defaults() {
-        let c = from_sources(GOOD, &env(&[("ACCESSGATE_GRAPH__CLIENT_SECRET", "s3cret")]), Path::new("."))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let c = from_sources(
+            GOOD,
+            &env(&[("ACCESSGATE_GRAPH__CLIENT_SECRET", "s3cret")]),
+            Path::new("."),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.graph.client_secret.expose(), "s3cret");
         assert_eq!(c.graph.base_url.base(), "https://graph.microsoft.com");
-        assert_eq!(c.identity.authority.base(), "https://login.microsoftonline.com");
+        assert_eq!(
+            c.identity.authority.base(),
+            "https://login.microsoftonline.com"
+        );
         assert_eq!(c.inbound.allowed_app_ids, vec![ELM_APP_ID, LCW_APP_ID]);
         assert_eq!(c.server.max_body_bytes, 1024 * 1024);
         assert!(!format!("{c:?}").contains("s3cret"));
@@ -635,7 +683,10 @@ default_callback_timeout = "an hour"
 [nonsense]
 x = 1
 "#;
-        let errs = from_sources(bad, &env(&[]), Path::new(".")).err().map(|e| e.0).unwrap_or_default();
+        let errs = from_sources(bad, &env(&[]), Path::new("."))
+            .err()
+            .map(|e| e.0)
+            .unwrap_or_default();
         let settings: Vec<&str> = errs.iter().map(|p| p.setting.as_str()).collect();
         for s in [
             "identity.tenant_id",
@@ -657,6 +708,10 @@ x = 1
             .err()
             .map(|e| e.0)
             .unwrap_or_default();
-        assert!(errs.iter().any(|p| p.setting == "server" && p.message.contains("listen_addr")), "{errs:?}");
+        assert!(
+            errs.iter()
+                .any(|p| p.setting == "server" && p.message.contains("listen_addr")),
+            "{errs:?}"
+        );
     }
 }

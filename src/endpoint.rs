@@ -15,7 +15,9 @@ pub struct EndpointUrl(url::Url);
 pub enum EndpointError {
     #[error("not a valid absolute URL: {0}")]
     Invalid(String),
-    #[error("plain http:// is only allowed to a loopback host (127.0.0.1, ::1, localhost); use https://")]
+    #[error(
+        "plain http:// is only allowed to a loopback host (127.0.0.1, ::1, localhost); use https://"
+    )]
     InsecureScheme,
     #[error("unsupported scheme {0:?}; use https://")]
     Scheme(String),
@@ -120,7 +122,8 @@ mod tests {
 
     #[test]
     fn join_handles_slashes() {
-        let u = EndpointUrl::parse("https://graph.microsoft.com/").unwrap_or_else(|e| panic!("{e}"));
+        let u =
+            EndpointUrl::parse("https://graph.microsoft.com/").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(u.join("/v1.0/x"), "https://graph.microsoft.com/v1.0/x");
         assert_eq!(u.join("v1.0/x"), "https://graph.microsoft.com/v1.0/x");
     }

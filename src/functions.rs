@@ -54,7 +54,12 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 fn json_response(status: StatusCode, v: Value) -> Response {
-    (status, [(axum::http::header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
 }
 
 fn invocation(outputs: Map<String, Value>, logs: Vec<String>) -> Value {
@@ -64,7 +69,11 @@ fn invocation(outputs: Map<String, Value>, logs: Vec<String>) -> Value {
 /// Case-insensitive object lookup.
 fn get_ci<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
     let o = v.as_object()?;
-    o.get(key).or_else(|| o.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v))
+    o.get(key).or_else(|| {
+        o.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v)
+    })
 }
 
 /// Values may arrive JSON-encoded once more (`"\"abc\""`); strips that layer.
@@ -73,7 +82,9 @@ fn unquote(v: &Value) -> Option<String> {
         Value::String(s) => {
             let t = s.trim();
             if t.starts_with('"') {
-                serde_json::from_str::<String>(t).ok().or_else(|| Some(s.clone()))
+                serde_json::from_str::<String>(t)
+                    .ok()
+                    .or_else(|| Some(s.clone()))
             } else {
                 Some(s.clone())
             }
@@ -87,7 +98,9 @@ fn unquote(v: &Value) -> Option<String> {
 fn objectish(v: &Value) -> Option<Value> {
     match v {
         Value::Object(_) => Some(v.clone()),
-        Value::String(s) => serde_json::from_str::<Value>(s).ok().filter(Value::is_object),
+        Value::String(s) => serde_json::from_str::<Value>(s)
+            .ok()
+            .filter(Value::is_object),
         _ => None,
     }
 }
@@ -103,7 +116,10 @@ fn header<'a>(headers: Option<&'a Value>, name: &str) -> Option<&'a str> {
 
 async fn elm_callout(State(app): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
     let inv: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let req = get_ci(&inv, "Data").and_then(|d| get_ci(d, "req")).and_then(objectish).unwrap_or(Value::Null);
+    let req = get_ci(&inv, "Data")
+        .and_then(|d| get_ci(d, "req"))
+        .and_then(objectish)
+        .unwrap_or(Value::Null);
     let headers = get_ci(&req, "Headers");
     let correlation_id = intake::correlation_id(
         header(headers, "client-request-id").or_else(|| header(headers, "x-ms-client-request-id")),
@@ -195,7 +211,10 @@ fn dead_letter(reason: &str, message: Value, dequeue_count: u32) -> Value {
 async fn process_job(State(app): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
     let inv: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let count = dequeue_count(&inv);
-    let raw = get_ci(&inv, "Data").and_then(|d| get_ci(d, "job")).cloned().unwrap_or(Value::Null);
+    let raw = get_ci(&inv, "Data")
+        .and_then(|d| get_ci(d, "job"))
+        .cloned()
+        .unwrap_or(Value::Null);
     let text = match &raw {
         Value::String(s) => s.clone(),
         other => other.to_string(),
@@ -206,8 +225,14 @@ async fn process_job(State(app): State<Arc<AppState>>, body: axum::body::Bytes) 
             // Retrying cannot fix an unreadable message: dead-letter it now.
             tracing::error!(error = %e, "queue message is not a job; dead-lettered");
             let mut out = Map::new();
-            out.insert(OUT_DEAD_LETTER.into(), dead_letter(&format!("unreadable job message: {e}"), raw, count));
-            return json_response(StatusCode::OK, invocation(out, vec!["unreadable job message dead-lettered".into()]));
+            out.insert(
+                OUT_DEAD_LETTER.into(),
+                dead_letter(&format!("unreadable job message: {e}"), raw, count),
+            );
+            return json_response(
+                StatusCode::OK,
+                invocation(out, vec!["unreadable job message dead-lettered".into()]),
+            );
         }
     };
     let c = &msg.callout;
@@ -252,7 +277,10 @@ async fn process_job(State(app): State<Arc<AppState>>, body: axum::body::Bytes) 
 async fn poison_job(body: axum::body::Bytes) -> Response {
     let inv: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let count = dequeue_count(&inv);
-    let raw = get_ci(&inv, "Data").and_then(|d| get_ci(d, "poison")).cloned().unwrap_or(Value::Null);
+    let raw = get_ci(&inv, "Data")
+        .and_then(|d| get_ci(d, "poison"))
+        .cloned()
+        .unwrap_or(Value::Null);
     let text = match &raw {
         Value::String(s) => s.clone(),
         other => other.to_string(),
@@ -262,7 +290,10 @@ async fn poison_job(body: axum::body::Bytes) -> Response {
             tracing::error!(correlation_id = %m.correlation_id, request_id = %m.callout.request_id,
                 stage = %m.callout.stage, stage_instance_id = %m.callout.stage_instance_id,
                 "job exhausted its retries (poison queue); dead-lettered");
-            ("exhausted the host's retries (maxDequeueCount) without a resume".to_string(), serde_json::to_value(&m).unwrap_or(Value::Null))
+            (
+                "exhausted the host's retries (maxDequeueCount) without a resume".to_string(),
+                serde_json::to_value(&m).unwrap_or(Value::Null),
+            )
         }
         Err(e) => {
             tracing::error!(error = %e, "unreadable poison message dead-lettered");
@@ -271,7 +302,10 @@ async fn poison_job(body: axum::body::Bytes) -> Response {
     };
     let mut out = Map::new();
     out.insert(OUT_DEAD_LETTER.into(), dead_letter(&reason, message, count));
-    json_response(StatusCode::OK, invocation(out, vec![format!("dead letter: {reason}")]))
+    json_response(
+        StatusCode::OK,
+        invocation(out, vec![format!("dead letter: {reason}")]),
+    )
 }
 
 #[cfg(test)]
@@ -280,9 +314,15 @@ mod tests {
 
     #[test]
     fn dequeue_count_is_read_in_every_encoding() {
-        assert_eq!(dequeue_count(&json!({"Metadata": {"DequeueCount": "3"}})), 3);
+        assert_eq!(
+            dequeue_count(&json!({"Metadata": {"DequeueCount": "3"}})),
+            3
+        );
         assert_eq!(dequeue_count(&json!({"Metadata": {"DequeueCount": 4}})), 4);
-        assert_eq!(dequeue_count(&json!({"Metadata": {"dequeueCount": "\"5\""}})), 5);
+        assert_eq!(
+            dequeue_count(&json!({"Metadata": {"dequeueCount": "\"5\""}})),
+            5
+        );
         assert_eq!(dequeue_count(&json!({})), 1);
     }
 

@@ -28,7 +28,10 @@ pub enum ResumeOutcome {
 pub enum GraphError {
     /// Throttled or unavailable: try again after at least `retry_after`.
     #[error("{message}")]
-    Transient { message: String, retry_after: Option<Duration> },
+    Transient {
+        message: String,
+        retry_after: Option<Duration>,
+    },
     /// A configuration or permission problem an admin can fix; retried until the deadline.
     #[error("{message}")]
     Config { message: String },
@@ -71,14 +74,28 @@ fn graph_error_text(body: &str) -> String {
 }
 
 fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
-    let v = resp.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    v.trim().parse::<u64>().ok().map(|s| Duration::from_secs(s.min(3600)))
+    let v = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?;
+    v.trim()
+        .parse::<u64>()
+        .ok()
+        .map(|s| Duration::from_secs(s.min(3600)))
 }
 
 impl GraphClient {
     pub fn new(http: reqwest::Client, identity: &IdentityConfig, cfg: GraphConfig) -> Self {
-        let token_url = identity.authority.join(&format!("/{}/oauth2/v2.0/token", identity.tenant_id));
-        GraphClient { http, cfg, token_url, token: Mutex::new(None) }
+        let token_url = identity
+            .authority
+            .join(&format!("/{}/oauth2/v2.0/token", identity.tenant_id));
+        GraphClient {
+            http,
+            cfg,
+            token_url,
+            token: Mutex::new(None),
+        }
     }
 
     pub fn base_url(&self) -> &EndpointUrl {
@@ -119,14 +136,20 @@ impl GraphClient {
             let life = Duration::from_secs(t.expires_in.unwrap_or(3600));
             let refresh_in = life.saturating_sub(Duration::from_secs(300)).max(life / 2);
             let token = Secret::new(t.access_token);
-            *guard = Some(CachedToken { token: token.clone(), refresh_at: Instant::now() + refresh_in });
+            *guard = Some(CachedToken {
+                token: token.clone(),
+                refresh_at: Instant::now() + refresh_in,
+            });
             return Ok(token);
         }
         let ra = retry_after(&resp);
         let body: TokenError = resp.json().await.unwrap_or_default();
         let code = body.error.unwrap_or_else(|| "unknown_error".into());
         if status.as_u16() == 429 || status.is_server_error() {
-            return Err(GraphError::Transient { message: format!("token endpoint: HTTP {status} {code}"), retry_after: ra });
+            return Err(GraphError::Transient {
+                message: format!("token endpoint: HTTP {status} {code}"),
+                retry_after: ra,
+            });
         }
         Err(GraphError::Config {
             message: format!(
@@ -146,8 +169,15 @@ impl GraphClient {
             .callback_uri_path
             .as_deref()
             .and_then(|p| sanitize_callback_path(p, &c.request_id))
-            .unwrap_or_else(|| format!("/identityGovernance/entitlementManagement/assignmentRequests/{}/resume", c.request_id));
-        self.cfg.base_url.join(&format!("/{}{}", self.cfg.api_version.segment(), path))
+            .unwrap_or_else(|| {
+                format!(
+                    "/identityGovernance/entitlementManagement/assignmentRequests/{}/resume",
+                    c.request_id
+                )
+            });
+        self.cfg
+            .base_url
+            .join(&format!("/{}{}", self.cfg.api_version.segment(), path))
     }
 
     /// The body Graph documents for `resume` (accessPackageAssignmentRequestCallbackData).
@@ -181,7 +211,10 @@ impl GraphClient {
             .timeout(self.cfg.timeout)
             .send()
             .await
-            .map_err(|e| GraphError::Transient { message: format!("Graph unreachable: {}", without_url(&e)), retry_after: None })?;
+            .map_err(|e| GraphError::Transient {
+                message: format!("Graph unreachable: {}", without_url(&e)),
+                retry_after: None,
+            })?;
         let status = resp.status();
         if status.is_success() {
             return Ok(ResumeOutcome::Resumed);
@@ -189,15 +222,27 @@ impl GraphClient {
         let ra = retry_after(&resp);
         let text = graph_error_text(&resp.text().await.unwrap_or_default());
         match status.as_u16() {
-            429 | 500 | 502 | 503 | 504 => Err(GraphError::Transient { message: format!("Graph resume: HTTP {status} {text}"), retry_after: ra }),
+            429 | 500 | 502 | 503 | 504 => Err(GraphError::Transient {
+                message: format!("Graph resume: HTTP {status} {text}"),
+                retry_after: ra,
+            }),
             401 => {
                 self.drop_token().await;
-                Err(GraphError::Transient { message: format!("Graph resume: token refused (HTTP 401 {text}); a new token will be fetched"), retry_after: ra })
+                Err(GraphError::Transient {
+                    message: format!(
+                        "Graph resume: token refused (HTTP 401 {text}); a new token will be fetched"
+                    ),
+                    retry_after: ra,
+                })
             }
             403 => Err(GraphError::Config {
                 message: format!(
                     "Graph resume: HTTP 403 {text}. The identity lacks the Access package assignment manager role on catalog {} (or EntitlementManagement.ReadWrite.All)",
-                    c.catalog.display_name.as_deref().or(c.catalog.id.as_deref()).unwrap_or("(unknown)")
+                    c.catalog
+                        .display_name
+                        .as_deref()
+                        .or(c.catalog.id.as_deref())
+                        .unwrap_or("(unknown)")
                 ),
             }),
             400 | 404 | 409 => {
@@ -206,17 +251,27 @@ impl GraphClient {
                     Ok(Some(s)) if !s.eq_ignore_ascii_case("waitingForCallback") => {
                         Ok(ResumeOutcome::NotWaiting(format!("callout status is {s}")))
                     }
-                    Ok(None) => Ok(ResumeOutcome::NotWaiting("the request no longer exists".into())),
-                    _ => Err(GraphError::Rejected { message: format!("Graph resume: HTTP {status} {text}") }),
+                    Ok(None) => Ok(ResumeOutcome::NotWaiting(
+                        "the request no longer exists".into(),
+                    )),
+                    _ => Err(GraphError::Rejected {
+                        message: format!("Graph resume: HTTP {status} {text}"),
+                    }),
                 }
             }
-            _ => Err(GraphError::Rejected { message: format!("Graph resume: HTTP {status} {text}") }),
+            _ => Err(GraphError::Rejected {
+                message: format!("Graph resume: HTTP {status} {text}"),
+            }),
         }
     }
 
     /// Status of this callout on the request (`customExtensionCalloutInstances[].status`), or
     /// `None` when the request is gone.
-    async fn callout_status(&self, c: &Callout, token: &Secret) -> Result<Option<String>, GraphError> {
+    async fn callout_status(
+        &self,
+        c: &Callout,
+        token: &Secret,
+    ) -> Result<Option<String>, GraphError> {
         let url = self.cfg.base_url.join(&format!(
             "/{}/identityGovernance/entitlementManagement/assignmentRequests/{}",
             self.cfg.api_version.segment(),
@@ -229,23 +284,38 @@ impl GraphClient {
             .timeout(self.cfg.timeout)
             .send()
             .await
-            .map_err(|e| GraphError::Transient { message: without_url(&e), retry_after: None })?;
+            .map_err(|e| GraphError::Transient {
+                message: without_url(&e),
+                retry_after: None,
+            })?;
         if resp.status().as_u16() == 404 {
             return Ok(None);
         }
         if !resp.status().is_success() {
-            return Err(GraphError::Transient { message: format!("HTTP {}", resp.status()), retry_after: None });
+            return Err(GraphError::Transient {
+                message: format!("HTTP {}", resp.status()),
+                retry_after: None,
+            });
         }
-        let v: Value = resp.json().await.map_err(|e| GraphError::Transient { message: e.to_string(), retry_after: None })?;
+        let v: Value = resp.json().await.map_err(|e| GraphError::Transient {
+            message: e.to_string(),
+            retry_after: None,
+        })?;
         let status = v["customExtensionCalloutInstances"]
             .as_array()
             .into_iter()
             .flatten()
-            .find(|i| i["id"].as_str().is_some_and(|id| id.eq_ignore_ascii_case(c.stage_instance_id.as_str())))
+            .find(|i| {
+                i["id"]
+                    .as_str()
+                    .is_some_and(|id| id.eq_ignore_ascii_case(c.stage_instance_id.as_str()))
+            })
             .and_then(|i| i["status"].as_str())
             .map(str::to_owned);
         // No trace of our callout on the request: it cannot be waiting for us.
-        Ok(Some(status.unwrap_or_else(|| "unknown to the request".into())))
+        Ok(Some(
+            status.unwrap_or_else(|| "unknown to the request".into()),
+        ))
     }
 }
 

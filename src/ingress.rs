@@ -39,7 +39,11 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 async fn healthz(State(app): State<Arc<AppState>>) -> Response {
     let counts = app.queue_counts();
-    (StatusCode::OK, axum::Json(json!({"status": "ok", "jobs": counts}))).into_response()
+    (
+        StatusCode::OK,
+        axum::Json(json!({"status": "ok", "jobs": counts})),
+    )
+        .into_response()
 }
 
 async fn openapi() -> Response {
@@ -62,24 +66,31 @@ pub fn error_response(e: &IntakeError, correlation_id: &str) -> Response {
     let body = json!({"error": {"code": e.public_code(), "message": e.public_message(), "correlationId": correlation_id}});
     let mut resp = (status, axum::Json(body)).into_response();
     if let Some(ch) = e.challenge() {
-        resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(ch));
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(ch));
     }
     resp
 }
 
 fn accepted(correlation_id: &str, what: &str) -> Response {
-    (StatusCode::ACCEPTED, axum::Json(json!({"status": what, "correlationId": correlation_id}))).into_response()
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"status": what, "correlationId": correlation_id})),
+    )
+        .into_response()
 }
 
 async fn elm_callout(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     let correlation_id = intake::correlation_id(
-        header_str(&headers, "client-request-id").or_else(|| header_str(&headers, "x-ms-client-request-id")),
+        header_str(&headers, "client-request-id")
+            .or_else(|| header_str(&headers, "x-ms-client-request-id")),
     );
     let span = tracing::info_span!("callout", %correlation_id, request_id = tracing::field::Empty,
         stage = tracing::field::Empty, stage_instance_id = tracing::field::Empty);
     let resp = async {
         let max = app.config.server.max_body_bytes;
-        let content_length = header_str(&headers, "content-length").and_then(|v| v.parse::<u64>().ok());
+        let content_length =
+            header_str(&headers, "content-length").and_then(|v| v.parse::<u64>().ok());
         if content_length.is_some_and(|l| l > max as u64) {
             return error_response(&IntakeError::TooLarge, &correlation_id);
         }
@@ -109,8 +120,17 @@ async fn elm_callout(State(app): State<Arc<AppState>>, headers: HeaderMap, body:
 
 impl AppState {
     /// Standalone: admit, then one durable SQLite enqueue; the 202 follows the commit.
-    pub async fn admit_and_enqueue(&self, req: &IntakeRequest<'_>) -> Result<&'static str, IntakeError> {
-        let (admission, caller) = intake::admit(&self.auth, self.config.server.max_body_bytes, self.capture.as_ref(), req).await?;
+    pub async fn admit_and_enqueue(
+        &self,
+        req: &IntakeRequest<'_>,
+    ) -> Result<&'static str, IntakeError> {
+        let (admission, caller) = intake::admit(
+            &self.auth,
+            self.config.server.max_body_bytes,
+            self.capture.as_ref(),
+            req,
+        )
+        .await?;
         let span = tracing::Span::current();
         match admission {
             Admission::ConnectionTest => {
@@ -135,7 +155,9 @@ impl AppState {
                         Ok("accepted")
                     }
                     EnqueueOutcome::Duplicate => {
-                        tracing::info!("duplicate callout (same stage instance id) acknowledged; not queued again");
+                        tracing::info!(
+                            "duplicate callout (same stage instance id) acknowledged; not queued again"
+                        );
                         Ok("duplicate")
                     }
                 }

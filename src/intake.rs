@@ -96,7 +96,12 @@ impl IntakeError {
 }
 
 fn is_json(ct: &str) -> bool {
-    let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let media = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
 }
 
@@ -129,8 +134,17 @@ pub async fn admit(
 }
 
 /// Builds the durable job for an admitted callout.
-pub fn job_for(c: callout::Callout, correlation_id: &str, cfg: &crate::config::WorkerConfig) -> JobMessage {
-    JobMessage::new(c, correlation_id.to_owned(), cfg.default_callback_timeout, cfg.deadline_margin)
+pub fn job_for(
+    c: callout::Callout,
+    correlation_id: &str,
+    cfg: &crate::config::WorkerConfig,
+) -> JobMessage {
+    JobMessage::new(
+        c,
+        correlation_id.to_owned(),
+        cfg.default_callback_timeout,
+        cfg.deadline_margin,
+    )
 }
 
 /// Entra sends `client-request-id`; use it as our correlation id when it is a sane token, so an

@@ -100,7 +100,8 @@ impl Policy {
 
     /// Parses policy TOML, reporting every error at once.
     pub fn parse(text: &str) -> Result<Policy, Vec<String>> {
-        let raw: RawPolicy = toml::from_str(text).map_err(|e| vec![format!("not a valid policy: {}", e.message())])?;
+        let raw: RawPolicy = toml::from_str(text)
+            .map_err(|e| vec![format!("not a valid policy: {}", e.message())])?;
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
         let mut rules = Vec::new();
@@ -143,7 +144,10 @@ impl Policy {
                 Action::Deny => format!("Denied by accessgate rule {}.", r.name),
             });
             if detail.chars().count() > MAX_DETAIL_CHARS {
-                errors.push(format!("rule {:?}: detail is longer than {MAX_DETAIL_CHARS} characters", r.name));
+                errors.push(format!(
+                    "rule {:?}: detail is longer than {MAX_DETAIL_CHARS} characters",
+                    r.name
+                ));
             }
             rules.push(Rule {
                 name: r.name,
@@ -158,7 +162,9 @@ impl Policy {
             return Err(errors);
         }
         Ok(Policy {
-            default_detail: raw.default_detail.unwrap_or_else(|| Policy::default().default_detail),
+            default_detail: raw
+                .default_detail
+                .unwrap_or_else(|| Policy::default().default_detail),
             rules,
             warnings,
         })
@@ -173,13 +179,24 @@ impl Policy {
                 && r.stages.as_ref().is_none_or(|s| s.contains(&c.stage))
         });
         match rule {
-            None => Decision { action: Action::Continue, detail: truncate(&self.default_detail), rule: None },
+            None => Decision {
+                action: Action::Continue,
+                detail: truncate(&self.default_detail),
+                rule: None,
+            },
             Some(r) if r.action == Action::Deny && !c.stage.can_deny() => Decision {
                 action: Action::Continue,
-                detail: truncate(&format!("{} (reported only: {} cannot be denied)", r.detail, c.stage)),
+                detail: truncate(&format!(
+                    "{} (reported only: {} cannot be denied)",
+                    r.detail, c.stage
+                )),
                 rule: Some(r.name.clone()),
             },
-            Some(r) => Decision { action: r.action, detail: truncate(&r.detail), rule: Some(r.name.clone()) },
+            Some(r) => Decision {
+                action: r.action,
+                detail: truncate(&r.detail),
+                rule: Some(r.name.clone()),
+            },
         }
     }
 
@@ -197,7 +214,7 @@ impl RawRule {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::callout::{parse, Parsed};
+    use crate::callout::{Parsed, parse};
 
     fn callout(stage: &str, catalog: &str, package: &str) -> Callout {
         let body = format!(
@@ -231,15 +248,27 @@ decision = "continue"
         assert_eq!(d.action, Action::Deny);
         assert_eq!(d.detail, "Finance access needs a ticket.");
         let d = p.decide(&callout("assignmentRequestCreated", "other", "sales-id"));
-        assert_eq!((d.action, d.rule.as_deref()), (Action::Continue, Some("sales")));
+        assert_eq!(
+            (d.action, d.rule.as_deref()),
+            (Action::Continue, Some("sales"))
+        );
         let d = p.decide(&callout("assignmentRequestApproved", "fin", "x"));
-        assert_eq!((d.action, d.rule, d.detail.as_str()), (Action::Continue, None, "ok"));
+        assert_eq!(
+            (d.action, d.rule, d.detail.as_str()),
+            (Action::Continue, None, "ok")
+        );
     }
 
     #[test]
     fn deny_on_a_stage_that_cannot_deny_continues_and_warns() {
         let p = Policy::parse(POLICY).unwrap_or_else(|e| panic!("{e:?}"));
-        assert!(p.warnings.iter().any(|w| w.contains("assignmentRequestGranted")), "{:?}", p.warnings);
+        assert!(
+            p.warnings
+                .iter()
+                .any(|w| w.contains("assignmentRequestGranted")),
+            "{:?}",
+            p.warnings
+        );
         let d = p.decide(&callout("assignmentRequestGranted", "fin", "x"));
         assert_eq!(d.action, Action::Continue);
         assert!(d.detail.contains("cannot be denied"));

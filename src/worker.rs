@@ -34,7 +34,9 @@ pub struct WorkerCtx {
 /// Backoff before attempt `attempt + 1`: exponential, capped, with "equal jitter" (half fixed,
 /// half random) so many failing jobs do not retry in lockstep.
 pub fn backoff(cfg: &WorkerConfig, attempt: u32) -> Duration {
-    let exp = cfg.retry_base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    let exp = cfg
+        .retry_base
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
     let cap = exp.min(cfg.retry_max);
     let half = cap / 2;
     let jitter = rand::rng().random_range(0..=half.as_millis() as u64);
@@ -51,7 +53,10 @@ pub async fn process(ctx: &WorkerCtx, msg: &JobMessage, attempt: u32) -> Step {
     };
     if !c.expects_resume() {
         tracing::info!(decision = verdict, rule = ?decision.rule, "notification only: this stage gets no resume");
-        return Step::Done(format!("notified ({verdict}); stage {} gets no resume", c.stage));
+        return Step::Done(format!(
+            "notified ({verdict}); stage {} gets no resume",
+            c.stage
+        ));
     }
     let now = now_ms();
     if now >= msg.deadline_at_ms {
@@ -81,11 +86,17 @@ pub async fn process(ctx: &WorkerCtx, msg: &JobMessage, attempt: u32) -> Step {
                 // One last try just before the deadline rather than giving up early.
                 let last = msg.deadline_at_ms - 1000;
                 if last > now {
-                    return Step::RetryAt { at_ms: last, reason: e.to_string() };
+                    return Step::RetryAt {
+                        at_ms: last,
+                        reason: e.to_string(),
+                    };
                 }
                 return Step::Dead(format!("deadline reached while retrying; last error: {e}"));
             }
-            Step::RetryAt { at_ms: at, reason: e.to_string() }
+            Step::RetryAt {
+                at_ms: at,
+                reason: e.to_string(),
+            }
         }
     }
 }
@@ -176,8 +187,14 @@ mod tests {
         let c = cfg();
         for attempt in 1..40 {
             let d = backoff(&c, attempt);
-            let cap = c.retry_base.saturating_mul(1 << (attempt - 1).min(20)).min(c.retry_max);
-            assert!(d >= cap / 2 && d <= cap, "attempt {attempt}: {d:?} vs cap {cap:?}");
+            let cap = c
+                .retry_base
+                .saturating_mul(1 << (attempt - 1).min(20))
+                .min(c.retry_max);
+            assert!(
+                d >= cap / 2 && d <= cap,
+                "attempt {attempt}: {d:?} vs cap {cap:?}"
+            );
         }
     }
 }

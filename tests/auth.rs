@@ -6,7 +6,11 @@ mod common;
 use common::*;
 
 async fn post_with(h: &Harness, token: &str) -> (u16, String, Option<String>) {
-    let body = flat_body("assignmentRequestCreated", "r-auth", &uuid::Uuid::new_v4().to_string());
+    let body = flat_body(
+        "assignmentRequestCreated",
+        "r-auth",
+        &uuid::Uuid::new_v4().to_string(),
+    );
     let resp = client()
         .post(h.callout_url())
         .header("authorization", format!("Bearer {token}"))
@@ -15,8 +19,14 @@ async fn post_with(h: &Harness, token: &str) -> (u16, String, Option<String>) {
         .send()
         .await
         .unwrap();
-    let cid = resp.headers()["x-correlation-id"].to_str().unwrap().to_string();
-    let challenge = resp.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_string());
+    let cid = resp.headers()["x-correlation-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let challenge = resp
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_string());
     (resp.status().as_u16(), cid, challenge)
 }
 
@@ -24,8 +34,15 @@ async fn expect_rejected(h: &Harness, name: &str, m: MintOptions, reason: &str) 
     let token = h.token(m);
     let (status, cid, challenge) = post_with(h, &token).await;
     assert_eq!(status, 401, "{name}");
-    assert_eq!(challenge.as_deref(), Some("Bearer error=\"invalid_token\""), "{name}");
-    h.ag.wait_log(name, |l| l["reason"] == reason && l["correlation_id"] == cid.as_str()).await;
+    assert_eq!(
+        challenge.as_deref(),
+        Some("Bearer error=\"invalid_token\""),
+        "{name}"
+    );
+    h.ag.wait_log(name, |l| {
+        l["reason"] == reason && l["correlation_id"] == cid.as_str()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -33,19 +50,112 @@ async fn wrong_tokens_are_refused_with_their_specific_reason() {
     let h = Harness::start("").await;
     let other_tenant = "99999999-2222-3333-4444-555555555555".to_string();
     let cases: Vec<(&str, MintOptions, &str)> = vec![
-        ("expired", MintOptions { expires_in_secs: Some(-600), ..Default::default() }, "token_expired"),
-        ("not yet valid", MintOptions { not_before_offset_secs: Some(600), ..Default::default() }, "token_not_yet_valid"),
-        ("wrong audience", MintOptions { audience: Some("api://someone-else".into()), ..Default::default() }, "wrong_audience"),
-        ("wrong issuer", MintOptions { issuer: Some("https://sts.windows.net/evil/".into()), ..Default::default() }, "wrong_issuer"),
-        ("other tenant in iss and tid", MintOptions { tenant_id: Some(other_tenant.clone()), ..Default::default() }, "wrong_issuer"),
-        ("wrong appid", MintOptions { app_id: Some("00000000-1111-2222-3333-444444444444".into()), ..Default::default() }, "caller_not_allowed"),
-        ("v2 wrong azp", MintOptions { app_id: Some("00000000-1111-2222-3333-444444444444".into()), issuer_version: Some(IssuerVersion::V2), ..Default::default() }, "caller_not_allowed"),
-        ("unknown kid", MintOptions { sign_with: Some(SignWith::Unknown), ..Default::default() }, "unknown_signing_key"),
-        ("published kid, other key", MintOptions { sign_with: Some(SignWith::Unknown), kid: Some(h.emu().config().tenant_id.clone()), ..Default::default() }, "unknown_signing_key"),
-        ("bad signature", MintOptions { tamper_signature: true, ..Default::default() }, "bad_signature"),
-        ("alg none", MintOptions { alg: Some("none".into()), ..Default::default() }, "algorithm_not_allowed"),
-        ("PS256", MintOptions { alg: Some("PS256".into()), ..Default::default() }, "algorithm_not_allowed"),
-        ("RS512", MintOptions { alg: Some("RS512".into()), ..Default::default() }, "algorithm_not_allowed"),
+        (
+            "expired",
+            MintOptions {
+                expires_in_secs: Some(-600),
+                ..Default::default()
+            },
+            "token_expired",
+        ),
+        (
+            "not yet valid",
+            MintOptions {
+                not_before_offset_secs: Some(600),
+                ..Default::default()
+            },
+            "token_not_yet_valid",
+        ),
+        (
+            "wrong audience",
+            MintOptions {
+                audience: Some("api://someone-else".into()),
+                ..Default::default()
+            },
+            "wrong_audience",
+        ),
+        (
+            "wrong issuer",
+            MintOptions {
+                issuer: Some("https://sts.windows.net/evil/".into()),
+                ..Default::default()
+            },
+            "wrong_issuer",
+        ),
+        (
+            "other tenant in iss and tid",
+            MintOptions {
+                tenant_id: Some(other_tenant.clone()),
+                ..Default::default()
+            },
+            "wrong_issuer",
+        ),
+        (
+            "wrong appid",
+            MintOptions {
+                app_id: Some("00000000-1111-2222-3333-444444444444".into()),
+                ..Default::default()
+            },
+            "caller_not_allowed",
+        ),
+        (
+            "v2 wrong azp",
+            MintOptions {
+                app_id: Some("00000000-1111-2222-3333-444444444444".into()),
+                issuer_version: Some(IssuerVersion::V2),
+                ..Default::default()
+            },
+            "caller_not_allowed",
+        ),
+        (
+            "unknown kid",
+            MintOptions {
+                sign_with: Some(SignWith::Unknown),
+                ..Default::default()
+            },
+            "unknown_signing_key",
+        ),
+        (
+            "published kid, other key",
+            MintOptions {
+                sign_with: Some(SignWith::Unknown),
+                kid: Some(h.emu().config().tenant_id.clone()),
+                ..Default::default()
+            },
+            "unknown_signing_key",
+        ),
+        (
+            "bad signature",
+            MintOptions {
+                tamper_signature: true,
+                ..Default::default()
+            },
+            "bad_signature",
+        ),
+        (
+            "alg none",
+            MintOptions {
+                alg: Some("none".into()),
+                ..Default::default()
+            },
+            "algorithm_not_allowed",
+        ),
+        (
+            "PS256",
+            MintOptions {
+                alg: Some("PS256".into()),
+                ..Default::default()
+            },
+            "algorithm_not_allowed",
+        ),
+        (
+            "RS512",
+            MintOptions {
+                alg: Some("RS512".into()),
+                ..Default::default()
+            },
+            "algorithm_not_allowed",
+        ),
     ];
     for (name, m, reason) in cases {
         expect_rejected(&h, name, m, reason).await;
@@ -53,12 +163,37 @@ async fn wrong_tokens_are_refused_with_their_specific_reason() {
     // tid that disagrees with a correct issuer.
     let mut extra = serde_json::Map::new();
     extra.insert("tid".into(), serde_json::json!(other_tenant));
-    expect_rejected(&h, "wrong tid", MintOptions { extra_claims: Some(extra), ..Default::default() }, "wrong_tenant").await;
+    expect_rejected(
+        &h,
+        "wrong tid",
+        MintOptions {
+            extra_claims: Some(extra),
+            ..Default::default()
+        },
+        "wrong_tenant",
+    )
+    .await;
     let mut extra = serde_json::Map::new();
     extra.insert("exp".into(), serde_json::Value::Null);
-    expect_rejected(&h, "no exp", MintOptions { extra_claims: Some(extra), ..Default::default() }, "missing_claim").await;
+    expect_rejected(
+        &h,
+        "no exp",
+        MintOptions {
+            extra_claims: Some(extra),
+            ..Default::default()
+        },
+        "missing_claim",
+    )
+    .await;
     assert!(h.emu().resumes().is_empty());
-    let health: serde_json::Value = client().get(h.ag.url("/healthz")).send().await.unwrap().json().await.unwrap();
+    let health: serde_json::Value = client()
+        .get(h.ag.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(health["jobs"], serde_json::json!({}));
 }
 
@@ -70,7 +205,11 @@ async fn v1_and_v2_tokens_of_both_callers_are_accepted() {
         (IssuerVersion::V2, "810dcf14-1858-4bf2-8134-4c369fa3235b"),
         (IssuerVersion::V1, "ce79fdc4-cd1d-4ea5-8139-e74d7dbe0bb7"),
     ] {
-        let token = h.token(MintOptions { issuer_version: Some(version), app_id: Some(app.into()), ..Default::default() });
+        let token = h.token(MintOptions {
+            issuer_version: Some(version),
+            app_id: Some(app.into()),
+            ..Default::default()
+        });
         let (status, _, _) = post_with(&h, &token).await;
         assert_eq!(status, 202, "{version:?} {app}");
     }
@@ -88,13 +227,27 @@ async fn key_rotation_is_picked_up_on_an_unknown_kid_and_refetches_are_rate_limi
     let (status, _, _) = post_with(&h, &h.token(MintOptions::default())).await;
     assert_eq!(status, 202, "a rotated key must be picked up");
     let after_rotation = emu.stats().jwks_fetches;
-    assert!(after_rotation > before, "the new kid must trigger a refetch");
+    assert!(
+        after_rotation > before,
+        "the new kid must trigger a refetch"
+    );
     // A flood of unknown kids right after: refused, and no more fetches within the minute.
     for _ in 0..20 {
-        let (status, _, _) = post_with(&h, &h.token(MintOptions { sign_with: Some(SignWith::Unknown), ..Default::default() })).await;
+        let (status, _, _) = post_with(
+            &h,
+            &h.token(MintOptions {
+                sign_with: Some(SignWith::Unknown),
+                ..Default::default()
+            }),
+        )
+        .await;
         assert_eq!(status, 401);
     }
-    assert_eq!(emu.stats().jwks_fetches, after_rotation, "unknown kids must not cause more than one refetch a minute");
+    assert_eq!(
+        emu.stats().jwks_fetches,
+        after_rotation,
+        "unknown kids must not cause more than one refetch a minute"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -106,10 +259,22 @@ async fn keys_unavailable_is_a_503_not_a_401() {
     let dead_url = format!("http://{}", dead.local_addr().unwrap());
     drop(dead);
     let path = write_config(dir.path(), &emu.handle(), "");
-    let text = std::fs::read_to_string(&path).unwrap().replacen(&format!("authority = \"{}\"", emu.base_url()), &format!("authority = \"{dead_url}\""), 1);
+    let text = std::fs::read_to_string(&path).unwrap().replacen(
+        &format!("authority = \"{}\"", emu.base_url()),
+        &format!("authority = \"{dead_url}\""),
+        1,
+    );
     std::fs::write(&path, text).unwrap();
-    let ag = Accessgate::spawn(&path, vec![("ACCESSGATE_GRAPH__CLIENT_SECRET".into(), "x".into())], &["serve"]).await;
-    let token = emu.handle().mint_callout_token(&MintOptions::default()).unwrap();
+    let ag = Accessgate::spawn(
+        &path,
+        vec![("ACCESSGATE_GRAPH__CLIENT_SECRET".into(), "x".into())],
+        &["serve"],
+    )
+    .await;
+    let token = emu
+        .handle()
+        .mint_callout_token(&MintOptions::default())
+        .unwrap();
     let resp = client()
         .post(ag.url("/api/elm"))
         .header("authorization", format!("Bearer {token}"))
@@ -119,5 +284,8 @@ async fn keys_unavailable_is_a_503_not_a_401() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 503);
-    ag.wait_log("keys unavailable", |l| l["reason"] == "signing_keys_unavailable").await;
+    ag.wait_log("keys unavailable", |l| {
+        l["reason"] == "signing_keys_unavailable"
+    })
+    .await;
 }

@@ -7,7 +7,10 @@ use common::*;
 use serde_json::{Value, json};
 
 fn fixture(name: &str) -> Value {
-    let path = format!("{}/tests/fixtures/functions/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/fixtures/functions/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
@@ -21,9 +24,16 @@ async fn start() -> Fx {
     let emu = start_emulator().await;
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), &emu.handle(), "");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let env = vec![
-        ("ACCESSGATE_GRAPH__CLIENT_SECRET".to_string(), emu.handle().config().graph_client_secret.clone()),
+        (
+            "ACCESSGATE_GRAPH__CLIENT_SECRET".to_string(),
+            emu.handle().config().graph_client_secret.clone(),
+        ),
         ("FUNCTIONS_CUSTOMHANDLER_PORT".to_string(), port.to_string()),
     ];
     let ag = Accessgate::spawn(&path, env, &["functions"]).await;
@@ -35,14 +45,20 @@ async fn invoke(ag: &Accessgate, function: &str, payload: &Value) -> (u16, Value
     let resp = client()
         .post(ag.url(&format!("/{function}")))
         .header("content-type", "application/json; charset=utf-8")
-        .header("X-Azure-Functions-InvocationId", uuid::Uuid::new_v4().to_string())
+        .header(
+            "X-Azure-Functions-InvocationId",
+            uuid::Uuid::new_v4().to_string(),
+        )
         .json(payload)
         .send()
         .await
         .unwrap();
     let status = resp.status().as_u16();
     let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
-    assert!(ct.starts_with("application/json"), "the host reads every answer as JSON: {ct}");
+    assert!(
+        ct.starts_with("application/json"),
+        "the host reads every answer as JSON: {ct}"
+    );
     (status, resp.json().await.unwrap())
 }
 
@@ -66,7 +82,9 @@ async fn readiness_probe_answers_get_root() {
 async fn http_trigger_answers_202_and_emits_the_job_then_the_queue_trigger_resumes() {
     let fx = start().await;
     let emu = fx.emu.handle();
-    let req = emu.register_request(&accessgate_emulator::RegisterRequest::default()).unwrap();
+    let req = emu
+        .register_request(&accessgate_emulator::RegisterRequest::default())
+        .unwrap();
     let sid = req.callouts[0].stage_instance_id.clone();
     let body = flat_body("assignmentRequestCreated", &req.id, &sid);
     let (status, out) = invoke(&fx.ag, "ElmCallout", &http_payload(&emu, &body)).await;
@@ -74,8 +92,13 @@ async fn http_trigger_answers_202_and_emits_the_job_then_the_queue_trigger_resum
     assert_eq!(out["Outputs"]["res"]["statusCode"], 202);
     assert_eq!(out["ReturnValue"], Value::Null);
     assert!(out["Logs"].is_array());
-    let job_text = out["Outputs"]["job"].as_str().expect("queue output is a string of JSON text");
-    assert!(job_text.starts_with('{'), "JSON text, never a bare string the host could base64-decode");
+    let job_text = out["Outputs"]["job"]
+        .as_str()
+        .expect("queue output is a string of JSON text");
+    assert!(
+        job_text.starts_with('{'),
+        "JSON text, never a bare string the host could base64-decode"
+    );
     let job: Value = serde_json::from_str(job_text).unwrap();
     assert_eq!(job["callout"]["stageInstanceId"], sid.as_str());
 
@@ -92,7 +115,10 @@ async fn http_trigger_answers_202_and_emits_the_job_then_the_queue_trigger_resum
     q["Data"]["job"] = Value::String(job_text.to_string());
     let (status, out) = invoke(&fx.ag, "ProcessJob", &q).await;
     assert_eq!(status, 200, "{out}");
-    assert!(out["Logs"][0].as_str().unwrap().contains("not waiting"), "{out}");
+    assert!(
+        out["Logs"][0].as_str().unwrap().contains("not waiting"),
+        "{out}"
+    );
     assert_eq!(emu.resumes().len(), 1);
 }
 
@@ -105,7 +131,10 @@ async fn http_trigger_rejections_stay_2xx_to_the_host_with_the_status_in_res() {
     let (status, out) = invoke(&fx.ag, "ElmCallout", &p).await;
     assert_eq!(status, 200);
     assert_eq!(out["Outputs"]["res"]["statusCode"], 401);
-    assert_eq!(out["Outputs"]["res"]["headers"]["WWW-Authenticate"], "Bearer error=\"invalid_token\"");
+    assert_eq!(
+        out["Outputs"]["res"]["headers"]["WWW-Authenticate"],
+        "Bearer error=\"invalid_token\""
+    );
     assert!(out["Outputs"].get("job").is_none(), "nothing queued: {out}");
 
     let p = http_payload(&emu, "{not json");
@@ -116,7 +145,10 @@ async fn http_trigger_rejections_stay_2xx_to_the_host_with_the_status_in_res() {
 
     // Chunked client request: the host omits Body.
     let mut p = fixture("http-trigger-chunked.json");
-    p["Data"]["req"]["Headers"]["Authorization"] = json!([format!("Bearer {}", emu.mint_callout_token(&MintOptions::default()).unwrap())]);
+    p["Data"]["req"]["Headers"]["Authorization"] = json!([format!(
+        "Bearer {}",
+        emu.mint_callout_token(&MintOptions::default()).unwrap()
+    )]);
     let (status, out) = invoke(&fx.ag, "ElmCallout", &p).await;
     assert_eq!(status, 200);
     assert_eq!(out["Outputs"]["res"]["statusCode"], 400);
@@ -132,18 +164,34 @@ async fn http_trigger_rejections_stay_2xx_to_the_host_with_the_status_in_res() {
 async fn queue_trigger_asks_the_host_to_retry_when_graph_is_down_and_poison_is_dead_lettered() {
     let fx = start().await;
     let emu = fx.emu.handle();
-    let req = emu.register_request(&accessgate_emulator::RegisterRequest::default()).unwrap();
+    let req = emu
+        .register_request(&accessgate_emulator::RegisterRequest::default())
+        .unwrap();
     let sid = req.callouts[0].stage_instance_id.clone();
-    let (_, out) = invoke(&fx.ag, "ElmCallout", &http_payload(&emu, &flat_body("assignmentRequestCreated", &req.id, &sid))).await;
+    let (_, out) = invoke(
+        &fx.ag,
+        "ElmCallout",
+        &http_payload(&emu, &flat_body("assignmentRequestCreated", &req.id, &sid)),
+    )
+    .await;
     let job_text = out["Outputs"]["job"].as_str().unwrap().to_string();
 
     // Retry-After longer than the in-process budget: hand the retry back to the host.
-    emu.set_fault(&FaultSpec { target: FaultTarget::Graph, status: Some(503), retry_after_secs: Some(120), count: None, delay_ms: None })
-        .unwrap();
+    emu.set_fault(&FaultSpec {
+        target: FaultTarget::Graph,
+        status: Some(503),
+        retry_after_secs: Some(120),
+        count: None,
+        delay_ms: None,
+    })
+    .unwrap();
     let mut q = fixture("queue-trigger.json");
     q["Data"]["job"] = Value::String(serde_json::to_string(&job_text).unwrap());
     let (status, out) = invoke(&fx.ag, "ProcessJob", &q).await;
-    assert_eq!(status, 503, "non-2xx makes the host retry the message: {out}");
+    assert_eq!(
+        status, 503,
+        "non-2xx makes the host retry the message: {out}"
+    );
     assert!(out["Outputs"].get("deadletter").is_none());
 
     let mut p = fixture("poison-trigger.json");
@@ -159,5 +207,10 @@ async fn queue_trigger_asks_the_host_to_retry_when_graph_is_down_and_poison_is_d
     q["Data"]["job"] = json!("\"not a job\"");
     let (status, out) = invoke(&fx.ag, "ProcessJob", &q).await;
     assert_eq!(status, 200);
-    assert!(out["Outputs"]["deadletter"].as_str().unwrap().contains("unreadable"));
+    assert!(
+        out["Outputs"]["deadletter"]
+            .as_str()
+            .unwrap()
+            .contains("unreadable")
+    );
 }

@@ -22,16 +22,27 @@ async fn every_stage_in_both_wire_shapes_is_acknowledged_and_handled() {
     let mut waiting = Vec::new();
     for shape in [Shape::Flat, Shape::Envelope] {
         for stage in STAGES {
-            let r = h.send(SendOptions { shape, stage: Some(stage.into()), ..Default::default() }).await;
+            let r = h
+                .send(SendOptions {
+                    shape,
+                    stage: Some(stage.into()),
+                    ..Default::default()
+                })
+                .await;
             assert_eq!(r.status, Some(202), "{shape:?} {stage}: {r:?}");
             assert_eq!(r.attempts, 1);
-            let job = h.ag.wait_log("job done", |v| {
-                v["stage_instance_id"] == r.stage_instance_id.as_str()
-                    && (v["message"] == "resumed" || v["message"] == "notification only: this stage gets no resume")
-            })
-            .await;
+            let job =
+                h.ag.wait_log("job done", |v| {
+                    v["stage_instance_id"] == r.stage_instance_id.as_str()
+                        && (v["message"] == "resumed"
+                            || v["message"] == "notification only: this stage gets no resume")
+                })
+                .await;
             if stage.contains("Expiration") {
-                assert_eq!(job["message"], "notification only: this stage gets no resume");
+                assert_eq!(
+                    job["message"],
+                    "notification only: this stage gets no resume"
+                );
             } else {
                 waiting.push(r.stage_instance_id.clone());
             }
@@ -48,18 +59,48 @@ async fn every_stage_in_both_wire_shapes_is_acknowledged_and_handled() {
 #[tokio::test(flavor = "multi_thread")]
 async fn connection_test_and_unknown_stage_are_acknowledged_and_not_queued() {
     let h = Harness::start("").await;
-    for stage in ["CustomExtensionConnectionTest", "assignmentRequestDeterminingApprovalRequirements"] {
-        let r = h.send(SendOptions { stage: Some(stage.into()), ..Default::default() }).await;
+    for stage in [
+        "CustomExtensionConnectionTest",
+        "assignmentRequestDeterminingApprovalRequirements",
+    ] {
+        let r = h
+            .send(SendOptions {
+                stage: Some(stage.into()),
+                ..Default::default()
+            })
+            .await;
         assert_eq!(r.status, Some(202), "{stage}");
     }
-    h.ag.wait_log("connection test", |v| v["message"] == "connection test acknowledged").await;
-    h.ag.wait_log("unknown stage", |v| v["message"] == "unknown stage acknowledged and ignored").await;
-    let health: serde_json::Value = client().get(h.ag.url("/healthz")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(health["jobs"], serde_json::json!({}), "nothing queued: {health}");
+    h.ag.wait_log("connection test", |v| {
+        v["message"] == "connection test acknowledged"
+    })
+    .await;
+    h.ag.wait_log("unknown stage", |v| {
+        v["message"] == "unknown stage acknowledged and ignored"
+    })
+    .await;
+    let health: serde_json::Value = client()
+        .get(h.ag.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        health["jobs"],
+        serde_json::json!({}),
+        "nothing queued: {health}"
+    );
 }
 
 /// Posts a body with headers; returns status, JSON body and correlation id.
-async fn post(h: &Harness, auth: Option<String>, ct: Option<&str>, body: Vec<u8>) -> (u16, serde_json::Value, String) {
+async fn post(
+    h: &Harness,
+    auth: Option<String>,
+    ct: Option<&str>,
+    body: Vec<u8>,
+) -> (u16, serde_json::Value, String) {
     let mut rb = client().post(h.callout_url()).body(body);
     if let Some(a) = auth {
         rb = rb.header("authorization", a);
@@ -69,7 +110,13 @@ async fn post(h: &Harness, auth: Option<String>, ct: Option<&str>, body: Vec<u8>
     }
     let resp = rb.send().await.unwrap();
     let status = resp.status().as_u16();
-    let cid = resp.headers().get("x-correlation-id").unwrap().to_str().unwrap().to_string();
+    let cid = resp
+        .headers()
+        .get("x-correlation-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
     let v = resp.json().await.unwrap_or(serde_json::Value::Null);
     (status, v, cid)
 }
@@ -83,7 +130,9 @@ async fn bad_input_gets_a_4xx_with_a_reason_logged_under_its_correlation_id_and_
     let mut huge = b"{\"pad\":\"".to_vec();
     huge.extend(std::iter::repeat_n(b'x', 1024 * 1024 + 10));
     huge.extend(b"\"}");
-    let cases: Vec<(&str, Option<String>, Option<&str>, Vec<u8>, u16, &str, &str)> = vec![
+    // (name, authorization, content type, body, status, public code, logged reason)
+    type Case<'a> = (&'a str, Option<String>, Option<&'a str>, Vec<u8>, u16, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
         ("malformed JSON", Some(good.clone()), json, b"{\"Stage\":".to_vec(), 400, "malformed_json", "malformed_json"),
         ("not an object", Some(good.clone()), json, b"[1,2]".to_vec(), 400, "not_an_object", "not_an_object"),
         ("wrong content type", Some(good.clone()), Some("text/plain"), body.clone().into_bytes(), 415, "unsupported_media_type", "unsupported_media_type"),
@@ -108,11 +157,26 @@ async fn bad_input_gets_a_4xx_with_a_reason_logged_under_its_correlation_id_and_
         assert_eq!(got, status, "{name}: {v}");
         assert_eq!(v["error"]["code"], public, "{name}");
         assert_eq!(v["error"]["correlationId"], cid.as_str(), "{name}");
-        let line = h.ag.wait_log(name, |l| l["reason"] == reason && l["correlation_id"] == cid.as_str()).await;
+        let line =
+            h.ag.wait_log(name, |l| {
+                l["reason"] == reason && l["correlation_id"] == cid.as_str()
+            })
+            .await;
         assert!(line["level"] == "WARN", "{name}: {line}");
     }
-    let health: serde_json::Value = client().get(h.ag.url("/healthz")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(health["jobs"], serde_json::json!({}), "no job may be queued by bad input: {health}");
+    let health: serde_json::Value = client()
+        .get(h.ag.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        health["jobs"],
+        serde_json::json!({}),
+        "no job may be queued by bad input: {health}"
+    );
     assert!(h.emu().resumes().is_empty());
 }
 
@@ -121,11 +185,20 @@ async fn capture_keeps_the_body_and_token_summary_but_never_the_token() {
     let h = Harness::start("[capture]\nenabled = true\n").await;
     let token = h.token(MintOptions::default());
     let body = flat_body("assignmentRequestCreated", "r-cap", "s-cap");
-    let (status, _, cid) = post(&h, Some(format!("Bearer {token}")), Some("application/json"), body.into_bytes()).await;
+    let (status, _, cid) = post(
+        &h,
+        Some(format!("Bearer {token}")),
+        Some("application/json"),
+        body.into_bytes(),
+    )
+    .await;
     assert_eq!(status, 202);
     let dir = h.dir.path().join("data/capture");
     let file = eventually(10, "capture file", || {
-        std::fs::read_dir(&dir).ok()?.filter_map(Result::ok).find(|e| e.file_name().to_string_lossy().contains(&cid))
+        std::fs::read_dir(&dir)
+            .ok()?
+            .filter_map(Result::ok)
+            .find(|e| e.file_name().to_string_lossy().contains(&cid))
     })
     .await;
     let text = std::fs::read_to_string(file.path()).unwrap();
@@ -135,5 +208,8 @@ async fn capture_keeps_the_body_and_token_summary_but_never_the_token() {
     assert_eq!(v["token"]["appid"], "810dcf14-1858-4bf2-8134-4c369fa3235b");
     assert!(v["token"]["header"]["kid"].is_string());
     let sig = token.rsplit('.').next().unwrap();
-    assert!(!text.contains(&token) && !text.contains(sig), "capture must not contain the token or its signature");
+    assert!(
+        !text.contains(&token) && !text.contains(sig),
+        "capture must not contain the token or its signature"
+    );
 }

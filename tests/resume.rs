@@ -31,7 +31,11 @@ fn jobs_cli(h: &Harness, args: &[&str]) -> String {
         .arg(&h.ag.config_path)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -39,16 +43,33 @@ fn jobs_cli(h: &Harness, args: &[&str]) -> String {
 async fn policy_denies_and_continues_with_the_detail_approvers_see() {
     let dir = tempfile::tempdir().unwrap();
     let h = Harness::start(&policy(dir.path())).await;
-    let deny = h.send(SendOptions { access_package_name: Some("Finance Reports".into()), ..Default::default() }).await;
-    let cont = h.send(SendOptions { access_package_name: Some("Sales".into()), ..Default::default() }).await;
+    let deny = h
+        .send(SendOptions {
+            access_package_name: Some("Finance Reports".into()),
+            ..Default::default()
+        })
+        .await;
+    let cont = h
+        .send(SendOptions {
+            access_package_name: Some("Sales".into()),
+            ..Default::default()
+        })
+        .await;
     let granted = h
-        .send(SendOptions { access_package_name: Some("Finance Reports".into()), stage: Some("assignmentRequestApproved".into()), ..Default::default() })
+        .send(SendOptions {
+            access_package_name: Some("Finance Reports".into()),
+            stage: Some("assignmentRequestApproved".into()),
+            ..Default::default()
+        })
         .await;
     let d = resumed(&h.emu(), &deny.stage_instance_id).await;
     assert_eq!(d.state.as_deref(), Some("denied"));
     assert_eq!(d.detail.as_deref(), Some("Finance Reports needs a ticket."));
     let c = resumed(&h.emu(), &cont.stage_instance_id).await;
-    assert_eq!((c.state, c.detail.as_deref()), (None, Some("Checked by accessgate.")));
+    assert_eq!(
+        (c.state, c.detail.as_deref()),
+        (None, Some("Checked by accessgate."))
+    );
     let g = resumed(&h.emu(), &granted.stage_instance_id).await;
     assert_eq!(g.state, None, "rule is for the created stage only");
     let req = h.emu().request(&deny.request_id).unwrap();
@@ -69,43 +90,91 @@ async fn a_duplicate_callout_is_acknowledged_and_resumed_once() {
         .await;
     assert_eq!((first.status, again.status), (Some(202), Some(202)));
     resumed(&h.emu(), &first.stage_instance_id).await;
-    h.ag.wait_log("duplicate", |l| l["message"] == "duplicate callout (same stage instance id) acknowledged; not queued again").await;
+    h.ag.wait_log("duplicate", |l| {
+        l["message"] == "duplicate callout (same stage instance id) acknowledged; not queued again"
+    })
+    .await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let n = h.emu().resumes().iter().filter(|r| r.stage_instance_id == first.stage_instance_id).count();
+    let n = h
+        .emu()
+        .resumes()
+        .iter()
+        .filter(|r| r.stage_instance_id == first.stage_instance_id)
+        .count();
     assert_eq!(n, 1);
-    assert_eq!(h.emu().stats().resume_calls, 1, "no second resume call at all");
+    assert_eq!(
+        h.emu().stats().resume_calls,
+        1,
+        "no second resume call at all"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn graph_throttling_is_retried_honouring_retry_after() {
     let h = Harness::start("").await;
     let emu = h.emu();
-    emu.set_fault(&FaultSpec { target: FaultTarget::Graph, status: Some(429), retry_after_secs: Some(1), count: Some(2), delay_ms: None })
-        .unwrap();
+    emu.set_fault(&FaultSpec {
+        target: FaultTarget::Graph,
+        status: Some(429),
+        retry_after_secs: Some(1),
+        count: Some(2),
+        delay_ms: None,
+    })
+    .unwrap();
     let started = std::time::Instant::now();
     let r = h.send(SendOptions::default()).await;
     resumed(&emu, &r.stage_instance_id).await;
     let elapsed = started.elapsed();
-    assert!(elapsed >= std::time::Duration::from_secs(2), "two Retry-After: 1 waits must be honoured, took {elapsed:?}");
+    assert!(
+        elapsed >= std::time::Duration::from_secs(2),
+        "two Retry-After: 1 waits must be honoured, took {elapsed:?}"
+    );
     let s = emu.stats();
     assert_eq!((s.resume_calls, s.resume_accepted), (3, 1));
-    h.ag.wait_log("retry", |l| l["message"] == "resume failed; will retry" && l["reason"].as_str().unwrap_or("").contains("429")).await;
+    h.ag.wait_log("retry", |l| {
+        l["message"] == "resume failed; will retry"
+            && l["reason"].as_str().unwrap_or("").contains("429")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn graph_down_past_the_deadline_dead_letters_with_a_clear_reason_and_can_be_retried() {
     let h = Harness::start("").await;
     let emu = h.emu();
-    emu.set_fault(&FaultSpec { target: FaultTarget::Graph, status: Some(503), retry_after_secs: None, count: None, delay_ms: None }).unwrap();
+    emu.set_fault(&FaultSpec {
+        target: FaultTarget::Graph,
+        status: Some(503),
+        retry_after_secs: None,
+        count: None,
+        delay_ms: None,
+    })
+    .unwrap();
     // 10 s callback timeout, 5 s margin: the job must give up about 5 s after receipt.
-    let r = h.send(SendOptions { timeout: Some("PT10S".into()), ..Default::default() }).await;
+    let r = h
+        .send(SendOptions {
+            timeout: Some("PT10S".into()),
+            ..Default::default()
+        })
+        .await;
     assert_eq!(r.status, Some(202));
-    let line = h.ag.wait_log("dead letter", |l| l["message"] == "job moved to dead letters" && l["stage_instance_id"] == r.stage_instance_id.as_str()).await;
+    let line =
+        h.ag.wait_log("dead letter", |l| {
+            l["message"] == "job moved to dead letters"
+                && l["stage_instance_id"] == r.stage_instance_id.as_str()
+        })
+        .await;
     let reason = line["reason"].as_str().unwrap();
-    assert!(reason.contains("deadline") && reason.contains("503"), "{reason}");
+    assert!(
+        reason.contains("deadline") && reason.contains("503"),
+        "{reason}"
+    );
     assert!(emu.resumes().is_empty());
     let listed = jobs_cli(&h, &["list", "--status", "dead"]);
-    assert!(listed.contains(&r.stage_instance_id) && listed.contains("deadline"), "{listed}");
+    assert!(
+        listed.contains(&r.stage_instance_id) && listed.contains("deadline"),
+        "{listed}"
+    );
     let shown = jobs_cli(&h, &["show", &r.stage_instance_id]);
     assert!(shown.contains("\"status\": \"dead\""), "{shown}");
     let retried = jobs_cli(&h, &["retry", &r.stage_instance_id]);
@@ -117,7 +186,14 @@ async fn kill_9_after_the_202_loses_nothing() {
     let mut h = Harness::start("").await;
     let emu = h.emu();
     // Graph is down, so the job cannot finish before the crash.
-    emu.set_fault(&FaultSpec { target: FaultTarget::Graph, status: Some(503), retry_after_secs: None, count: None, delay_ms: None }).unwrap();
+    emu.set_fault(&FaultSpec {
+        target: FaultTarget::Graph,
+        status: Some(503),
+        retry_after_secs: None,
+        count: None,
+        delay_ms: None,
+    })
+    .unwrap();
     let r = h.send(SendOptions::default()).await;
     assert_eq!(r.status, Some(202));
     h.ag.kill9();
@@ -134,8 +210,17 @@ async fn launch_and_continue_callouts_get_no_resume() {
     let body = serde_json::json!({
         "AccessPackageAssignmentRequestId": "r-lc", "CustomExtensionStageInstanceId": "s-lc", "Stage": "assignmentRequestGranted"
     });
-    let r = h.send(SendOptions { body: Some(body.to_string()), ..Default::default() }).await;
+    let r = h
+        .send(SendOptions {
+            body: Some(body.to_string()),
+            ..Default::default()
+        })
+        .await;
     assert_eq!(r.status, Some(202));
-    h.ag.wait_log("notification", |l| l["message"] == "notification only: this stage gets no resume" && l["stage_instance_id"] == "s-lc").await;
+    h.ag.wait_log("notification", |l| {
+        l["message"] == "notification only: this stage gets no resume"
+            && l["stage_instance_id"] == "s-lc"
+    })
+    .await;
     assert_eq!(h.emu().stats().resume_calls, 0);
 }

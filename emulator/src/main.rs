@@ -5,6 +5,8 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 
+mod demo;
+
 use accessgate_emulator::{EmulatorConfig, MintOptions, SendOptions, Shape};
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -60,8 +62,12 @@ enum Command {
         #[arg(long)]
         audience: Option<String>,
     },
-    /// End-to-end demo (not yet implemented).
-    Demo,
+    /// End-to-end demo: the emulator plus the real `accessgate serve`, and a scripted story.
+    Demo {
+        /// Path of the accessgate binary (default: next to this executable).
+        #[arg(long)]
+        accessgate: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -72,14 +78,21 @@ enum ShapeArg {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The demo prints its own story; the emulator's request log would drown it.
+    let default_level = if matches!(cli.command, Command::Demo { .. }) {
+        "warn"
+    } else {
+        "info"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse()).await {
+    match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
@@ -138,7 +151,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
-        Command::Demo => anyhow::bail!("demo: not yet implemented"),
+        Command::Demo { accessgate } => demo::run(accessgate).await,
     }
 }
 

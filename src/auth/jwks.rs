@@ -88,7 +88,11 @@ impl Jwks {
             ],
             min_refresh,
             max_age,
-            cache: RwLock::new(Cached { set: KeySet::default(), fetched_at: None, miss_refresh_at: None }),
+            cache: RwLock::new(Cached {
+                set: KeySet::default(),
+                fetched_at: None,
+                miss_refresh_at: None,
+            }),
             refresh: Mutex::new(()),
         }
     }
@@ -113,7 +117,9 @@ impl Jwks {
                 return Ok(Lookup::Found(k.clone(), c.set.issuers.clone()));
             }
             let stale = c.fetched_at.is_none_or(|t| t.elapsed() >= self.max_age);
-            stale || c.miss_refresh_at.is_none_or(|t| t.elapsed() >= self.min_refresh)
+            stale
+                || c.miss_refresh_at
+                    .is_none_or(|t| t.elapsed() >= self.min_refresh)
         };
         if may_fetch {
             match self.fetch().await {
@@ -161,7 +167,8 @@ impl Jwks {
                 set.issuers.push(md.issuer);
             }
             // The JWKS location comes from the metadata; it must meet the same bar as our config.
-            let uri = EndpointUrl::parse(&md.jwks_uri).map_err(|e| JwksError::BadJwksUri(format!("{}: {e}", md.jwks_uri)))?;
+            let uri = EndpointUrl::parse(&md.jwks_uri)
+                .map_err(|e| JwksError::BadJwksUri(format!("{}: {e}", md.jwks_uri)))?;
             let uri = uri.base().to_owned();
             if !jwks_uris.contains(&uri) {
                 jwks_uris.push(uri);
@@ -170,7 +177,9 @@ impl Jwks {
         for uri in jwks_uris {
             let ks: JwkSet = self.get_json(&uri, "JWKS").await?;
             for k in ks.keys {
-                let (Some(kid), Some(n), Some(e)) = (k.kid, k.n, k.e) else { continue };
+                let (Some(kid), Some(n), Some(e)) = (k.kid, k.n, k.e) else {
+                    continue;
+                };
                 if k.kty != "RSA" || k.use_.as_deref().is_some_and(|u| u != "sig") {
                     continue;
                 }
@@ -186,12 +195,23 @@ impl Jwks {
         Ok(set)
     }
 
-    async fn get_json<T: for<'de> Deserialize<'de>>(&self, url: &str, what: &'static str) -> Result<T, JwksError> {
+    async fn get_json<T: for<'de> Deserialize<'de>>(
+        &self,
+        url: &str,
+        what: &'static str,
+    ) -> Result<T, JwksError> {
         let fail = |detail: String| JwksError::Fetch { what, detail };
-        let resp = self.http.get(url).send().await.map_err(|e| fail(format!("{url}: {e}")))?;
+        let resp = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| fail(format!("{url}: {e}")))?;
         if !resp.status().is_success() {
             return Err(fail(format!("{url}: HTTP {}", resp.status())));
         }
-        resp.json::<T>().await.map_err(|e| fail(format!("{url}: {e}")))
+        resp.json::<T>()
+            .await
+            .map_err(|e| fail(format!("{url}: {e}")))
     }
 }

@@ -131,12 +131,27 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    pub fn new(http: reqwest::Client, authority: &EndpointUrl, tenant: &uuid::Uuid, cfg: &InboundConfig) -> Self {
+    pub fn new(
+        http: reqwest::Client,
+        authority: &EndpointUrl,
+        tenant: &uuid::Uuid,
+        cfg: &InboundConfig,
+    ) -> Self {
         Authenticator {
-            jwks: Jwks::new(http, authority, tenant, cfg.jwks_refresh_min_interval, cfg.jwks_max_age),
+            jwks: Jwks::new(
+                http,
+                authority,
+                tenant,
+                cfg.jwks_refresh_min_interval,
+                cfg.jwks_max_age,
+            ),
             tenant: tenant.to_string(),
             audiences: cfg.audiences.clone(),
-            allowed_callers: cfg.allowed_app_ids.iter().map(|s| s.to_ascii_lowercase()).collect(),
+            allowed_callers: cfg
+                .allowed_app_ids
+                .iter()
+                .map(|s| s.to_ascii_lowercase())
+                .collect(),
             leeway: cfg.clock_skew,
         }
     }
@@ -148,7 +163,9 @@ impl Authenticator {
     /// Validates the `Authorization` header value of a callout.
     pub async fn verify(&self, authorization: Option<&[u8]>) -> Result<VerifiedCaller, AuthError> {
         let raw = authorization.ok_or(AuthError::Missing)?;
-        let header = std::str::from_utf8(raw).map_err(|_| AuthError::Malformed)?.trim();
+        let header = std::str::from_utf8(raw)
+            .map_err(|_| AuthError::Malformed)?
+            .trim();
         let (scheme, token) = header.split_once(' ').ok_or(AuthError::Malformed)?;
         let token = token.trim();
         if token.is_empty() {
@@ -169,7 +186,11 @@ impl Authenticator {
         let alg = token
             .split('.')
             .next()
-            .and_then(|h| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(h.trim_end_matches('=')).ok())
+            .and_then(|h| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(h.trim_end_matches('='))
+                    .ok()
+            })
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
             .and_then(|v| v.get("alg").and_then(|a| a.as_str()).map(str::to_owned))
             .ok_or(AuthError::BadToken)?;
@@ -211,13 +232,18 @@ impl Authenticator {
                 _ => AuthError::BadToken,
             }
         })?;
-        let claims: Claims = serde_json::from_value(data.claims.clone()).map_err(|_| AuthError::MissingClaim)?;
+        let claims: Claims =
+            serde_json::from_value(data.claims.clone()).map_err(|_| AuthError::MissingClaim)?;
         let tid = claims.tid.ok_or(AuthError::MissingClaim)?;
         if !tid.eq_ignore_ascii_case(&self.tenant) {
             return Err(AuthError::WrongTenant);
         }
         // v1 tokens name the caller in `appid`, v2 tokens in `azp`.
-        let caller = claims.appid.clone().or(claims.azp.clone()).ok_or(AuthError::MissingClaim)?;
+        let caller = claims
+            .appid
+            .clone()
+            .or(claims.azp.clone())
+            .ok_or(AuthError::MissingClaim)?;
         if !self.allowed_callers.contains(&caller.to_ascii_lowercase()) {
             return Err(AuthError::CallerNotAllowed);
         }

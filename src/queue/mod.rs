@@ -29,7 +29,12 @@ pub struct JobMessage {
 impl JobMessage {
     /// Builds the job for a freshly accepted callout. The deadline is the callout's callback
     /// timeout (or the configured default) minus a safety margin.
-    pub fn new(callout: Callout, correlation_id: String, default_timeout: Duration, margin: Duration) -> Self {
+    pub fn new(
+        callout: Callout,
+        correlation_id: String,
+        default_timeout: Duration,
+        margin: Duration,
+    ) -> Self {
         let now = now_ms();
         let timeout = callout.callback_timeout().unwrap_or(default_timeout);
         // A margin larger than half the timeout would leave too little time to work; cap it there.

@@ -54,9 +54,14 @@ impl JobStatus {
         }
     }
     pub fn parse(s: &str) -> Option<JobStatus> {
-        [JobStatus::Queued, JobStatus::Running, JobStatus::Done, JobStatus::Dead]
-            .into_iter()
-            .find(|st| st.as_str() == s)
+        [
+            JobStatus::Queued,
+            JobStatus::Running,
+            JobStatus::Done,
+            JobStatus::Dead,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
     }
 }
 
@@ -99,8 +104,13 @@ pub struct DataDirLock {
 impl DataDirLock {
     pub fn acquire(dir: &Path) -> Result<DataDirLock, StoreError> {
         std::fs::create_dir_all(dir)?;
-        let file = File::options().create(true).truncate(false).write(true).open(dir.join("accessgate.lock"))?;
-        file.try_lock().map_err(|_| StoreError::Locked(dir.display().to_string()))?;
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("accessgate.lock"))?;
+        file.try_lock()
+            .map_err(|_| StoreError::Locked(dir.display().to_string()))?;
         Ok(DataDirLock { _file: file })
     }
 }
@@ -115,7 +125,10 @@ impl SqliteQueue {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
-        Ok(SqliteQueue { conn: Arc::new(Mutex::new(conn)), path })
+        Ok(SqliteQueue {
+            conn: Arc::new(Mutex::new(conn)),
+            path,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -135,7 +148,10 @@ impl SqliteQueue {
         .map_err(|_| StoreError::Join)?
     }
 
-    fn run_sync<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn run_sync<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let mut c = self.conn.lock().map_err(|_| StoreError::Join)?;
         f(&mut c)
     }
@@ -192,13 +208,20 @@ impl SqliteQueue {
     }
 
     /// Puts a job back, visible again at `at_ms`.
-    pub async fn retry_at(&self, job: &Claimed, at_ms: i64, error: String) -> Result<bool, StoreError> {
-        self.finish(job, "queued", None, Some(error), Some(at_ms)).await
+    pub async fn retry_at(
+        &self,
+        job: &Claimed,
+        at_ms: i64,
+        error: String,
+    ) -> Result<bool, StoreError> {
+        self.finish(job, "queued", None, Some(error), Some(at_ms))
+            .await
     }
 
     /// Moves a job to the dead letters with the reason.
     pub async fn dead(&self, job: &Claimed, reason: String) -> Result<bool, StoreError> {
-        self.finish(job, "dead", Some(reason.clone()), Some(reason), None).await
+        self.finish(job, "dead", Some(reason.clone()), Some(reason), None)
+            .await
     }
 
     async fn finish(
@@ -285,7 +308,8 @@ impl SqliteQueue {
     /// Counts per status, for health and the demo.
     pub fn counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
         self.run_sync(|c| {
-            let mut stmt = c.prepare("SELECT status, COUNT(*) FROM jobs GROUP BY status ORDER BY status")?;
+            let mut stmt =
+                c.prepare("SELECT status, COUNT(*) FROM jobs GROUP BY status ORDER BY status")?;
             let rows = stmt
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<Vec<_>, _>>()?;
@@ -320,23 +344,42 @@ mod tests {
         let body = format!(
             r#"{{"Stage":"assignmentRequestCreated","CustomExtensionStageInstanceId":"{sid}","AccessPackageAssignmentRequestId":"r","CallbackConfiguration":{{"DurationBeforeTimeout":"PT1H"}}}}"#
         );
-        let Ok(Parsed::Callout(c)) = parse(body.as_bytes()) else { panic!() };
-        JobMessage::new(*c, "corr".into(), Duration::from_secs(3600), Duration::from_secs(60))
+        let Ok(Parsed::Callout(c)) = parse(body.as_bytes()) else {
+            panic!()
+        };
+        JobMessage::new(
+            *c,
+            "corr".into(),
+            Duration::from_secs(3600),
+            Duration::from_secs(60),
+        )
     }
 
     #[tokio::test]
     async fn enqueue_dedupes_and_claim_leases() {
         let dir = tempfile::tempdir().unwrap();
         let q = SqliteQueue::open(dir.path()).unwrap();
-        assert_eq!(q.enqueue(&msg("a")).await.unwrap(), EnqueueOutcome::Enqueued);
-        assert_eq!(q.enqueue(&msg("a")).await.unwrap(), EnqueueOutcome::Duplicate);
+        assert_eq!(
+            q.enqueue(&msg("a")).await.unwrap(),
+            EnqueueOutcome::Enqueued
+        );
+        assert_eq!(
+            q.enqueue(&msg("a")).await.unwrap(),
+            EnqueueOutcome::Duplicate
+        );
         let c = q.claim(Duration::from_secs(60)).await.unwrap().unwrap();
         assert_eq!(c.attempts, 1);
-        assert!(q.claim(Duration::from_secs(60)).await.unwrap().is_none(), "leased job must be invisible");
+        assert!(
+            q.claim(Duration::from_secs(60)).await.unwrap().is_none(),
+            "leased job must be invisible"
+        );
         assert!(q.retry_at(&c, now_ms() - 1, "boom".into()).await.unwrap());
         let c2 = q.claim(Duration::from_secs(60)).await.unwrap().unwrap();
         assert_eq!(c2.attempts, 2);
-        assert!(!q.complete(&c, "stale lease".into()).await.unwrap(), "old lease must not finish the job");
+        assert!(
+            !q.complete(&c, "stale lease".into()).await.unwrap(),
+            "old lease must not finish the job"
+        );
         assert!(q.dead(&c2, "gave up".into()).await.unwrap());
         let (row, _) = q.get("a").unwrap().unwrap();
         assert_eq!(row.status, "dead");
@@ -358,7 +401,10 @@ mod tests {
     fn data_dir_lock_is_exclusive() {
         let dir = tempfile::tempdir().unwrap();
         let _a = DataDirLock::acquire(dir.path()).unwrap();
-        assert!(matches!(DataDirLock::acquire(dir.path()), Err(StoreError::Locked(_))));
+        assert!(matches!(
+            DataDirLock::acquire(dir.path()),
+            Err(StoreError::Locked(_))
+        ));
     }
 
     #[test]

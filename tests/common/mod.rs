@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 pub use accessgate_emulator::{
-    Emulator, EmulatorConfig, FaultSpec, FaultTarget, IssuerVersion, MintOptions, RunningEmulator, SendOptions,
-    SendReport, Shape, SignWith,
+    Emulator, EmulatorConfig, FaultSpec, FaultTarget, IssuerVersion, MintOptions, RunningEmulator,
+    SendOptions, SendReport, Shape, SignWith,
 };
 
 pub const AUDIENCE: &str = "api://accessgate";
@@ -119,7 +119,13 @@ impl Accessgate {
     pub async fn spawn(config: &Path, env: Vec<(String, String)>, args: &[&str]) -> Accessgate {
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (child, addr) = spawn_child(config, &env, args, logs.clone());
-        Accessgate { child: Some(child), addr, logs, config_path: config.to_path_buf(), env }
+        Accessgate {
+            child: Some(child),
+            addr,
+            logs,
+            config_path: config.to_path_buf(),
+            env,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -137,7 +143,8 @@ impl Accessgate {
     /// Starts the binary again on the same config and data directory.
     pub async fn restart(&mut self) {
         self.kill9();
-        let (child, addr) = spawn_child(&self.config_path, &self.env, &["serve"], self.logs.clone());
+        let (child, addr) =
+            spawn_child(&self.config_path, &self.env, &["serve"], self.logs.clone());
         self.child = Some(child);
         self.addr = addr;
     }
@@ -165,13 +172,21 @@ impl Accessgate {
     }
 
     /// Waits until a JSON log line satisfies `pred`.
-    pub async fn wait_log(&self, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    pub async fn wait_log(
+        &self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let until = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(v) = self.log_json().into_iter().find(|v| pred(v)) {
                 return v;
             }
-            assert!(Instant::now() < until, "no log line {what}; logs:\n{}", self.log_lines().join("\n"));
+            assert!(
+                Instant::now() < until,
+                "no log line {what}; logs:\n{}",
+                self.log_lines().join("\n")
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
@@ -183,9 +198,18 @@ impl Drop for Accessgate {
     }
 }
 
-fn spawn_child(config: &Path, env: &[(String, String)], args: &[&str], logs: Arc<Mutex<Vec<String>>>) -> (Child, SocketAddr) {
+fn spawn_child(
+    config: &Path,
+    env: &[(String, String)],
+    args: &[&str],
+    logs: Arc<Mutex<Vec<String>>>,
+) -> (Child, SocketAddr) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_accessgate"));
-    cmd.args(args).arg("--config").arg(config).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(args)
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -210,7 +234,9 @@ fn spawn_child(config: &Path, env: &[(String, String)], args: &[&str], logs: Arc
             logs.lock().unwrap().push(line);
         }
     });
-    let addr = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| panic!("accessgate did not start listening"));
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("accessgate did not start listening"));
     (child, addr)
 }
 
@@ -229,11 +255,19 @@ pub async fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<
 /// Waits until the emulated Graph has an accepted resume for this stage instance.
 pub async fn resumed(emu: &Emulator, stage_instance_id: &str) -> accessgate_emulator::ResumeRecord {
     let sid = stage_instance_id.to_string();
-    eventually(20, "the resume", || emu.resumes().into_iter().find(|r| r.stage_instance_id == sid)).await
+    eventually(20, "the resume", || {
+        emu.resumes()
+            .into_iter()
+            .find(|r| r.stage_instance_id == sid)
+    })
+    .await
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
 }
 
 /// A flat-shape callout body.
