@@ -241,8 +241,9 @@ async fn process_job(State(app): State<Arc<AppState>>, body: axum::body::Bytes) 
     async {
         let started = Instant::now();
         let mut attempt = count;
+        let mut last_error: Option<String> = None;
         loop {
-            match worker::process(&app.worker, &msg, attempt).await {
+            match worker::process(&app.worker, &msg, attempt, last_error.as_deref()).await {
                 Step::Done(outcome) => {
                     return json_response(StatusCode::OK, invocation(Map::new(), vec![outcome]));
                 }
@@ -259,6 +260,7 @@ async fn process_job(State(app): State<Arc<AppState>>, body: axum::body::Bytes) 
                         tracing::warn!(reason = %reason, wait_ms = wait.as_millis() as u64, "resume failed; retrying in process");
                         tokio::time::sleep(wait).await;
                         attempt += 1;
+                        last_error = Some(reason);
                         continue;
                     }
                     tracing::warn!(reason = %reason, "resume failed; leaving the message for the host to retry");

@@ -44,7 +44,7 @@ pub fn backoff(cfg: &WorkerConfig, attempt: u32) -> Duration {
 }
 
 /// One attempt at a job.
-pub async fn process(ctx: &WorkerCtx, msg: &JobMessage, attempt: u32) -> Step {
+pub async fn process(ctx: &WorkerCtx, msg: &JobMessage, attempt: u32, last_error: Option<&str>) -> Step {
     let c = &msg.callout;
     let decision = ctx.policy.decide(c);
     let verdict = match decision.action {
@@ -61,8 +61,9 @@ pub async fn process(ctx: &WorkerCtx, msg: &JobMessage, attempt: u32) -> Step {
     let now = now_ms();
     if now >= msg.deadline_at_ms {
         return Step::Dead(format!(
-            "deadline passed ({} s after receipt) before a resume was delivered",
-            (msg.deadline_at_ms - msg.received_at_ms) / 1000
+            "deadline passed ({} s after receipt) before a resume was delivered; last error: {}",
+            (msg.deadline_at_ms - msg.received_at_ms) / 1000,
+            last_error.unwrap_or("none (the job never ran)")
         ));
     }
     match ctx.graph.resume(c, &decision).await {
@@ -144,7 +145,7 @@ async fn run_one(ctx: &WorkerCtx, queue: &SqliteQueue, job: crate::queue::sqlite
         attempt = job.attempts,
     );
     async {
-        let step = process(ctx, &job.message, job.attempts).await;
+        let step = process(ctx, &job.message, job.attempts, job.last_error.as_deref()).await;
         let stored = match &step {
             Step::Done(o) => queue.complete(&job, o.clone()).await,
             Step::RetryAt { at_ms, reason } => {

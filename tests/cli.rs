@@ -54,7 +54,11 @@ concurrency = 0
 #[test]
 fn check_config_accepts_a_good_config_and_reports_policy_warnings() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("policy.toml"), "[[rules]]\nname = \"x\"\ndecision = \"deny\"\n").unwrap();
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        "[[rules]]\nname = \"x\"\ndecision = \"deny\"\n",
+    )
+    .unwrap();
     let cfg = dir.path().join("good.toml");
     std::fs::write(
         &cfg,
@@ -70,11 +74,23 @@ file = "policy.toml"
 "#,
     )
     .unwrap();
-    let out = accessgate(&["check-config", "--config", cfg.to_str().unwrap()], &[("ACCESSGATE_GRAPH__CLIENT_SECRET", "not-printed-7f3a")]);
+    let out = accessgate(
+        &["check-config", "--config", cfg.to_str().unwrap()],
+        &[("ACCESSGATE_GRAPH__CLIENT_SECRET", "not-printed-7f3a")],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("configuration OK") && stdout.contains("1 rule(s)"));
-    assert!(stdout.contains("warning: rule \"x\" denies, but Entra cannot deny at assignmentRequestGranted"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "warning: rule \"x\" denies, but Entra cannot deny at assignmentRequestGranted"
+        ),
+        "{stdout}"
+    );
     assert!(!stdout.contains("not-printed-7f3a"));
 }
 
@@ -85,13 +101,27 @@ async fn secrets_and_tokens_never_appear_in_logs() {
     let h = Harness::start("").await;
     let secret = h.emu().config().graph_client_secret.clone();
     let mut tokens = Vec::new();
-    for m in [MintOptions::default(), MintOptions { tamper_signature: true, ..Default::default() }, MintOptions { expires_in_secs: Some(-600), ..Default::default() }] {
+    for m in [
+        MintOptions::default(),
+        MintOptions {
+            tamper_signature: true,
+            ..Default::default()
+        },
+        MintOptions {
+            expires_in_secs: Some(-600),
+            ..Default::default()
+        },
+    ] {
         let t = h.token(m);
         let _ = client()
             .post(h.callout_url())
             .header("authorization", format!("Bearer {t}"))
             .header("content-type", "application/json")
-            .body(flat_body("assignmentRequestCreated", &uuid::Uuid::new_v4().to_string(), &uuid::Uuid::new_v4().to_string()))
+            .body(flat_body(
+                "assignmentRequestCreated",
+                &uuid::Uuid::new_v4().to_string(),
+                &uuid::Uuid::new_v4().to_string(),
+            ))
             .send()
             .await
             .unwrap();
@@ -104,7 +134,12 @@ async fn secrets_and_tokens_never_appear_in_logs() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), &h.emu(), "");
     let wrong = "wrong-secret-d41d8cd98f00";
-    let bad = Accessgate::spawn(&cfg, vec![("ACCESSGATE_GRAPH__CLIENT_SECRET".into(), wrong.into())], &["serve"]).await;
+    let bad = Accessgate::spawn(
+        &cfg,
+        vec![("ACCESSGATE_GRAPH__CLIENT_SECRET".into(), wrong.into())],
+        &["serve"],
+    )
+    .await;
     let t = h.token(MintOptions::default());
     let sid = uuid::Uuid::new_v4().to_string();
     let _ = client()
@@ -115,7 +150,14 @@ async fn secrets_and_tokens_never_appear_in_logs() {
         .send()
         .await
         .unwrap();
-    bad.wait_log("token refused", |l| l["message"] == "resume failed; will retry" && l["reason"].as_str().unwrap_or("").contains("invalid_client")).await;
+    bad.wait_log("token refused", |l| {
+        l["message"] == "resume failed; will retry"
+            && l["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("invalid_client")
+    })
+    .await;
     tokens.push(t);
 
     let graph_token = h.emu().mint_graph_token().unwrap();
@@ -124,8 +166,14 @@ async fn secrets_and_tokens_never_appear_in_logs() {
     assert!(!all.contains(wrong), "wrong client secret leaked");
     for t in &tokens {
         assert!(!all.contains(t.as_str()), "a callout token leaked");
-        assert!(!all.contains(t.rsplit('.').next().unwrap()), "a token signature leaked");
+        assert!(
+            !all.contains(t.rsplit('.').next().unwrap()),
+            "a token signature leaked"
+        );
     }
     // Graph tokens are minted per request; their common header prefix must not show either.
-    assert!(!all.contains(&graph_token[..40]), "a Graph access token leaked");
+    assert!(
+        !all.contains(&graph_token[..40]),
+        "a Graph access token leaked"
+    );
 }

@@ -131,7 +131,15 @@ async fn bad_input_gets_a_4xx_with_a_reason_logged_under_its_correlation_id_and_
     huge.extend(std::iter::repeat_n(b'x', 1024 * 1024 + 10));
     huge.extend(b"\"}");
     // (name, authorization, content type, body, status, public code, logged reason)
-    type Case<'a> = (&'a str, Option<String>, Option<&'a str>, Vec<u8>, u16, &'a str, &'a str);
+    type Case<'a> = (
+        &'a str,
+        Option<String>,
+        Option<&'a str>,
+        Vec<u8>,
+        u16,
+        &'a str,
+        &'a str,
+    );
     let cases: Vec<Case> = vec![
         ("malformed JSON", Some(good.clone()), json, b"{\"Stage\":".to_vec(), 400, "malformed_json", "malformed_json"),
         ("not an object", Some(good.clone()), json, b"[1,2]".to_vec(), 400, "not_an_object", "not_an_object"),

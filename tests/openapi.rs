@@ -17,16 +17,29 @@ fn spec_paths_are_exactly_the_served_routes() {
         .as_object()
         .unwrap()
         .iter()
-        .flat_map(|(path, ops)| ops.as_object().unwrap().keys().map(move |m| (m.clone(), path.clone())))
+        .flat_map(|(path, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| (m.clone(), path.clone()))
+        })
         .collect();
     documented.sort();
-    let mut served: Vec<(String, String)> = accessgate::ingress::ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+    let mut served: Vec<(String, String)> = accessgate::ingress::ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
     served.sort();
     assert_eq!(documented, served);
 }
 
 fn documented_statuses(spec: &Value, method: &str, path: &str) -> Vec<u16> {
-    spec["paths"][path][method]["responses"].as_object().unwrap().keys().map(|k| k.parse().unwrap()).collect()
+    spec["paths"][path][method]["responses"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.parse().unwrap())
+        .collect()
 }
 
 fn error_codes(spec: &Value) -> Vec<String> {
@@ -51,10 +64,17 @@ async fn live_answers_match_the_description() {
         (Some(token.as_str()), "application/json", "{".into()),
         (Some(token.as_str()), "text/plain", good.clone()),
         (None, "application/json", good.clone()),
-        (Some(token.as_str()), "application/json", r#"{"Stage":"CustomExtensionConnectionTest"}"#.into()),
+        (
+            Some(token.as_str()),
+            "application/json",
+            r#"{"Stage":"CustomExtensionConnectionTest"}"#.into(),
+        ),
     ];
     for (auth, ct, body) in probes {
-        let mut rb = client().post(h.callout_url()).header("content-type", ct).body(body);
+        let mut rb = client()
+            .post(h.callout_url())
+            .header("content-type", ct)
+            .body(body);
         if let Some(a) = auth {
             rb = rb.header("authorization", a);
         }
@@ -64,14 +84,27 @@ async fn live_answers_match_the_description() {
         assert!(resp.headers().contains_key("x-correlation-id"));
         let v: Value = resp.json().await.unwrap();
         if status == 202 {
-            let statuses = spec["components"]["schemas"]["Accepted"]["properties"]["status"]["enum"].as_array().unwrap();
+            let statuses =
+                spec["components"]["schemas"]["Accepted"]["properties"]["status"]["enum"]
+                    .as_array()
+                    .unwrap();
             assert!(statuses.contains(&v["status"]), "{v}");
         } else {
-            assert!(codes.contains(&v["error"]["code"].as_str().unwrap().to_string()), "undocumented code {v}");
+            assert!(
+                codes.contains(&v["error"]["code"].as_str().unwrap().to_string()),
+                "undocumented code {v}"
+            );
         }
     }
     let health = client().get(h.ag.url("/healthz")).send().await.unwrap();
     assert!(documented_statuses(&spec, "get", "/healthz").contains(&health.status().as_u16()));
-    let served: Value = client().get(h.ag.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let served: Value = client()
+        .get(h.ag.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(served, spec);
 }

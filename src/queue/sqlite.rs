@@ -88,6 +88,8 @@ pub struct Claimed {
     pub lease: String,
     pub attempts: u32,
     pub message: JobMessage,
+    /// Why the previous attempt failed, if one did.
+    pub last_error: Option<String>,
 }
 
 #[derive(Clone)]
@@ -186,16 +188,16 @@ impl SqliteQueue {
                     "UPDATE jobs SET status='running', attempts=attempts+1, lease=?1, visible_at=?2, updated_at=?3
                      WHERE id = (SELECT id FROM jobs WHERE status IN ('queued','running') AND visible_at <= ?3
                                  ORDER BY visible_at, id LIMIT 1)
-                     RETURNING id, attempts, message",
+                     RETURNING id, attempts, message, last_error",
                     params![token, now + lease.as_millis() as i64, now],
-                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)),
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, Option<String>>(3)?)),
                 )
                 .optional()?;
             match row {
                 None => Ok(None),
-                Some((id, attempts, text)) => {
+                Some((id, attempts, text, last_error)) => {
                     let message = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("job {id}: {e}")))?;
-                    Ok(Some(Claimed { id, lease: token, attempts: attempts as u32, message }))
+                    Ok(Some(Claimed { id, lease: token, attempts: attempts as u32, message, last_error }))
                 }
             }
         })
