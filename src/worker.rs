@@ -44,7 +44,12 @@ pub fn backoff(cfg: &WorkerConfig, attempt: u32) -> Duration {
 }
 
 /// One attempt at a job.
-pub async fn process(ctx: &WorkerCtx, msg: &JobMessage, attempt: u32, last_error: Option<&str>) -> Step {
+pub async fn process(
+    ctx: &WorkerCtx,
+    msg: &JobMessage,
+    attempt: u32,
+    last_error: Option<&str>,
+) -> Step {
     let c = &msg.callout;
     let decision = ctx.policy.decide(c);
     let verdict = match decision.action {

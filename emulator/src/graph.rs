@@ -275,6 +275,14 @@ pub(crate) fn register(state: &Shared, reg: &RegisterRequest) -> anyhow::Result<
             callouts: Vec::new(),
             resume_calls: 0,
         });
+    // Entra re-sending the same callout (its one retry) does not reset the request.
+    if request
+        .callouts
+        .iter()
+        .any(|c| c.stage_instance_id == stage_instance_id)
+    {
+        return Ok(view_of(request));
+    }
     state_while_waiting(&stage).clone_into(&mut request.state);
     "WaitingForCallback".clone_into(&mut request.status);
     request.completed = None;
