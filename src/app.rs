@@ -24,12 +24,16 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn queue_counts(&self) -> serde_json::Value {
-        match self.queue.as_ref().map(SqliteQueue::counts) {
-            Some(Ok(rows)) => {
+    /// Jobs per status (off the async threads: SQLite calls block).
+    pub async fn queue_counts(&self) -> serde_json::Value {
+        let Some(q) = &self.queue else {
+            return serde_json::Value::Null;
+        };
+        match q.counts().await {
+            Ok(rows) => {
                 serde_json::Value::Object(rows.into_iter().map(|(k, v)| (k, v.into())).collect())
             }
-            _ => serde_json::Value::Null,
+            Err(_) => serde_json::Value::Null,
         }
     }
 }

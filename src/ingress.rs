@@ -38,7 +38,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 async fn healthz(State(app): State<Arc<AppState>>) -> Response {
-    let counts = app.queue_counts();
+    let counts = app.queue_counts().await;
     (
         StatusCode::OK,
         axum::Json(json!({"status": "ok", "jobs": counts})),

@@ -308,8 +308,8 @@ impl SqliteQueue {
     }
 
     /// Counts per status, for health and the demo.
-    pub fn counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        self.run_sync(|c| {
+    pub async fn counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.run(|c| {
             let mut stmt =
                 c.prepare("SELECT status, COUNT(*) FROM jobs GROUP BY status ORDER BY status")?;
             let rows = stmt
@@ -317,6 +317,7 @@ impl SqliteQueue {
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
         })
+        .await
     }
 }
 
