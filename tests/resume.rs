@@ -131,6 +131,8 @@ async fn graph_throttling_is_retried_honouring_retry_after() {
     );
     let s = emu.stats();
     assert_eq!((s.resume_calls, s.resume_accepted), (3, 1));
+    // Three resume calls, one Graph token: it is cached until shortly before it expires.
+    assert_eq!(s.token_requests, 1);
     h.ag.wait_log("retry", |l| {
         l["message"] == "resume failed; will retry"
             && l["reason"].as_str().unwrap_or("").contains("429")
@@ -223,4 +225,27 @@ async fn launch_and_continue_callouts_get_no_resume() {
     })
     .await;
     assert_eq!(h.emu().stats().resume_calls, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_cleanly_and_queued_work_survives_it() {
+    let mut h = Harness::start("").await;
+    let emu = h.emu();
+    emu.set_fault(&FaultSpec {
+        target: FaultTarget::Graph,
+        status: Some(503),
+        retry_after_secs: None,
+        count: None,
+        delay_ms: None,
+    })
+    .unwrap();
+    let r = h.send(SendOptions::default()).await;
+    assert_eq!(r.status, Some(202));
+    let status = h.ag.terminate();
+    assert!(status.success(), "graceful shutdown exits 0, got {status}");
+    h.ag.wait_log("stopped", |l| l["message"] == "stopped")
+        .await;
+    emu.clear_faults();
+    h.ag.restart().await;
+    resumed(&emu, &r.stage_instance_id).await;
 }

@@ -140,6 +140,26 @@ impl Accessgate {
         }
     }
 
+    /// SIGTERM, then waits (bounded) for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let until = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > until {
+                let _ = c.kill();
+                panic!("accessgate did not stop within 15 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Starts the binary again on the same config and data directory.
     pub async fn restart(&mut self) {
         self.kill9();
