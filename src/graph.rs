@@ -319,27 +319,15 @@ impl GraphClient {
     }
 }
 
-/// reqwest errors print the URL; ours carry no secrets, but keep messages short and uniform.
+/// A short, uniform description of a transport error (reqwest's text repeats the whole URL).
 fn without_url(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         "timed out".into()
     } else if e.is_connect() {
         "connection failed".into()
+    } else if e.is_decode() || e.is_body() {
+        "unreadable response".into()
     } else {
-        e.without_url_ref().to_string()
-    }
-}
-
-trait WithoutUrlRef {
-    fn without_url_ref(&self) -> String;
-}
-
-impl WithoutUrlRef for reqwest::Error {
-    fn without_url_ref(&self) -> String {
-        let s = self.to_string();
-        match self.url() {
-            Some(u) => s.replace(u.as_str(), "<url>"),
-            None => s,
-        }
+        "request failed".into()
     }
 }

@@ -147,7 +147,7 @@ impl AppState {
                 span.record("stage_instance_id", c.stage_instance_id.as_str());
                 let job = intake::job_for(*c, req.correlation_id, &self.config.worker);
                 let Some(queue) = &self.queue else {
-                    return Err(IntakeError::Store(crate::queue::StoreError::Join));
+                    return Err(IntakeError::Store(crate::queue::StoreError::NoLocalQueue));
                 };
                 match queue.enqueue(&job).await? {
                     EnqueueOutcome::Enqueued => {

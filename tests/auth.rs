@@ -11,23 +11,14 @@ async fn post_with(h: &Harness, token: &str) -> (u16, String, Option<String>) {
         "r-auth",
         &uuid::Uuid::new_v4().to_string(),
     );
-    let resp = client()
-        .post(h.callout_url())
-        .header("authorization", format!("Bearer {token}"))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let cid = resp.headers()["x-correlation-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    let challenge = resp
-        .headers()
-        .get("www-authenticate")
-        .map(|v| v.to_str().unwrap().to_string());
-    (resp.status().as_u16(), cid, challenge)
+    let p = post_raw(
+        &h.callout_url(),
+        Some(&format!("Bearer {token}")),
+        Some("application/json"),
+        body.into_bytes(),
+    )
+    .await;
+    (p.status, p.correlation_id, p.challenge)
 }
 
 async fn expect_rejected(h: &Harness, name: &str, m: MintOptions, reason: &str) {

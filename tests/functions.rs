@@ -177,14 +177,7 @@ async fn queue_trigger_asks_the_host_to_retry_when_graph_is_down_and_poison_is_d
     let job_text = out["Outputs"]["job"].as_str().unwrap().to_string();
 
     // Retry-After longer than the in-process budget: hand the retry back to the host.
-    emu.set_fault(&FaultSpec {
-        target: FaultTarget::Graph,
-        status: Some(503),
-        retry_after_secs: Some(120),
-        count: None,
-        delay_ms: None,
-    })
-    .unwrap();
+    graph_down(&emu, Some(120));
     let mut q = fixture("queue-trigger.json");
     q["Data"]["job"] = Value::String(serde_json::to_string(&job_text).unwrap());
     let (status, out) = invoke(&fx.ag, "ProcessJob", &q).await;

@@ -101,24 +101,12 @@ async fn post(
     ct: Option<&str>,
     body: Vec<u8>,
 ) -> (u16, serde_json::Value, String) {
-    let mut rb = client().post(h.callout_url()).body(body);
-    if let Some(a) = auth {
-        rb = rb.header("authorization", a);
-    }
-    if let Some(c) = ct {
-        rb = rb.header("content-type", c);
-    }
-    let resp = rb.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let cid = resp
-        .headers()
-        .get("x-correlation-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
-    let v = resp.json().await.unwrap_or(serde_json::Value::Null);
-    (status, v, cid)
+    let p = post_raw(&h.callout_url(), auth.as_deref(), ct, body).await;
+    assert!(
+        !p.correlation_id.is_empty(),
+        "every answer names its correlation id"
+    );
+    (p.status, p.body, p.correlation_id)
 }
 
 #[tokio::test(flavor = "multi_thread")]

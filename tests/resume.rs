@@ -144,14 +144,7 @@ async fn graph_throttling_is_retried_honouring_retry_after() {
 async fn graph_down_past_the_deadline_dead_letters_with_a_clear_reason_and_can_be_retried() {
     let h = Harness::start("").await;
     let emu = h.emu();
-    emu.set_fault(&FaultSpec {
-        target: FaultTarget::Graph,
-        status: Some(503),
-        retry_after_secs: None,
-        count: None,
-        delay_ms: None,
-    })
-    .unwrap();
+    graph_down(&emu, None);
     // 10 s callback timeout, 5 s margin: the job must give up about 5 s after receipt.
     let r = h
         .send(SendOptions {
@@ -188,14 +181,7 @@ async fn kill_9_after_the_202_loses_nothing() {
     let mut h = Harness::start("").await;
     let emu = h.emu();
     // Graph is down, so the job cannot finish before the crash.
-    emu.set_fault(&FaultSpec {
-        target: FaultTarget::Graph,
-        status: Some(503),
-        retry_after_secs: None,
-        count: None,
-        delay_ms: None,
-    })
-    .unwrap();
+    graph_down(&emu, None);
     let r = h.send(SendOptions::default()).await;
     assert_eq!(r.status, Some(202));
     h.ag.kill9();
@@ -231,14 +217,7 @@ async fn launch_and_continue_callouts_get_no_resume() {
 async fn sigterm_stops_cleanly_and_queued_work_survives_it() {
     let mut h = Harness::start("").await;
     let emu = h.emu();
-    emu.set_fault(&FaultSpec {
-        target: FaultTarget::Graph,
-        status: Some(503),
-        retry_after_secs: None,
-        count: None,
-        delay_ms: None,
-    })
-    .unwrap();
+    graph_down(&emu, None);
     let r = h.send(SendOptions::default()).await;
     assert_eq!(r.status, Some(202));
     let status = h.ag.terminate();

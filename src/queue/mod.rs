@@ -88,4 +88,6 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("store task failed")]
     Join,
+    #[error("this host has no local queue")]
+    NoLocalQueue,
 }

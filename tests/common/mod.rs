@@ -303,3 +303,57 @@ pub fn flat_body(stage: &str, request_id: &str, stage_instance_id: &str) -> Stri
     })
     .to_string()
 }
+
+/// The answer to a raw POST of a callout.
+pub struct Posted {
+    pub status: u16,
+    pub body: serde_json::Value,
+    pub correlation_id: String,
+    pub challenge: Option<String>,
+}
+
+/// POSTs `body` to `url` with an optional Authorization and Content-Type.
+pub async fn post_raw(
+    url: &str,
+    auth: Option<&str>,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> Posted {
+    let mut rb = client().post(url).body(body);
+    if let Some(a) = auth {
+        rb = rb.header("authorization", a);
+    }
+    if let Some(c) = content_type {
+        rb = rb.header("content-type", c);
+    }
+    let resp = rb.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let correlation_id = resp
+        .headers()
+        .get("x-correlation-id")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let challenge = resp
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_string());
+    let body = resp.json().await.unwrap_or(serde_json::Value::Null);
+    Posted {
+        status,
+        body,
+        correlation_id,
+        challenge,
+    }
+}
+
+/// Makes emulated Graph answer 503 to every call until `clear_faults`.
+pub fn graph_down(emu: &Emulator, retry_after_secs: Option<u64>) {
+    emu.set_fault(&FaultSpec {
+        target: FaultTarget::Graph,
+        status: Some(503),
+        retry_after_secs,
+        count: None,
+        delay_ms: None,
+    })
+    .unwrap();
+}
