@@ -79,19 +79,8 @@ async fn connection_test_and_unknown_stage_are_acknowledged_and_not_queued() {
         v["message"] == "unknown stage acknowledged and ignored"
     })
     .await;
-    let health: serde_json::Value = client()
-        .get(h.ag.url("/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        health["jobs"],
-        serde_json::json!({}),
-        "nothing queued: {health}"
-    );
+    let counts = h.job_counts().await;
+    assert_eq!(counts, serde_json::json!({}), "nothing queued: {counts}");
 }
 
 /// Posts a body with headers; returns status, JSON body and correlation id.
@@ -160,18 +149,11 @@ async fn bad_input_gets_a_4xx_with_a_reason_logged_under_its_correlation_id_and_
             .await;
         assert!(line["level"] == "WARN", "{name}: {line}");
     }
-    let health: serde_json::Value = client()
-        .get(h.ag.url("/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let counts = h.job_counts().await;
     assert_eq!(
-        health["jobs"],
+        counts,
         serde_json::json!({}),
-        "no job may be queued by bad input: {health}"
+        "no job may be queued by bad input: {counts}"
     );
     assert!(h.emu().resumes().is_empty());
 }

@@ -357,3 +357,18 @@ pub fn graph_down(emu: &Emulator, retry_after_secs: Option<u64>) {
     })
     .unwrap();
 }
+
+impl Harness {
+    /// Jobs per status as `/healthz` reports them (`{}` when nothing was ever queued).
+    pub async fn job_counts(&self) -> serde_json::Value {
+        let health: serde_json::Value = client()
+            .get(self.ag.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        health["jobs"].clone()
+    }
+}
