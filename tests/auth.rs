@@ -272,3 +272,40 @@ async fn keys_unavailable_is_a_503_not_a_401() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_identity_host_is_asked_at_most_every_few_seconds() {
+    let h = Harness::start("").await;
+    let emu = h.emu();
+    // Keys fetched at start; now metadata and JWKS fail. A flood of unknown kids must still
+    // cause at most one refetch, and valid tokens keep working from the cache.
+    let (status, _, _) = post_with(&h, &h.token(MintOptions::default())).await;
+    assert_eq!(status, 202, "keys are cached before the outage");
+    let before = emu.stats().jwks_fetches;
+    emu.set_fault(&FaultSpec {
+        target: FaultTarget::Jwks,
+        status: Some(503),
+        retry_after_secs: None,
+        count: None,
+        delay_ms: None,
+    })
+    .unwrap();
+    for _ in 0..10 {
+        let (status, _, _) = post_with(
+            &h,
+            &h.token(MintOptions {
+                sign_with: Some(SignWith::Unknown),
+                ..Default::default()
+            }),
+        )
+        .await;
+        assert_eq!(status, 401);
+    }
+    let (status, _, _) = post_with(&h, &h.token(MintOptions::default())).await;
+    assert_eq!(status, 202, "cached keys still validate");
+    assert_eq!(
+        emu.stats().jwks_fetches,
+        before + 1,
+        "one refetch for the first unknown kid, none after"
+    );
+}

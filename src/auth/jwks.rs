@@ -67,6 +67,9 @@ pub struct Jwks {
     refresh: Mutex<()>,
 }
 
+/// While no keys could be fetched (or they are past their age), refetch at most this often.
+const NO_KEYS_RETRY: Duration = Duration::from_secs(5);
+
 pub enum Lookup {
     Found(Arc<DecodingKey>, Vec<String>),
     UnknownKid,
@@ -116,10 +119,13 @@ impl Jwks {
             {
                 return Ok(Lookup::Found(k.clone(), c.set.issuers.clone()));
             }
-            let stale = c.fetched_at.is_none_or(|t| t.elapsed() >= self.max_age);
-            stale
-                || c.miss_refresh_at
-                    .is_none_or(|t| t.elapsed() >= self.min_refresh)
+            let since_miss = |min: Duration| c.miss_refresh_at.is_none_or(|t| t.elapsed() >= min);
+            match c.fetched_at {
+                // Never fetched: the identity host may be down; retry, but not on every request.
+                None => since_miss(NO_KEYS_RETRY),
+                Some(t) if t.elapsed() >= self.max_age => since_miss(NO_KEYS_RETRY),
+                Some(_) => since_miss(self.min_refresh),
+            }
         };
         if may_fetch {
             match self.fetch().await {
@@ -141,6 +147,12 @@ impl Jwks {
             }
         }
         let c = self.cache.read().await;
+        if c.set.keys.is_empty() {
+            return Err(JwksError::Fetch {
+                what: "signing keys",
+                detail: "none could be fetched yet".into(),
+            });
+        }
         Ok(match c.set.keys.get(kid) {
             Some(k) => Lookup::Found(k.clone(), c.set.issuers.clone()),
             None => Lookup::UnknownKid,
