@@ -278,25 +278,23 @@ pub fn parse_iso_duration(s: &str) -> Option<Duration> {
     d.try_into().ok()
 }
 
-/// The Graph path a callout names for its resume, if it is one we may post to:
-/// `/identityGovernance/entitlementManagement/{assignmentRequests|accessPackageAssignmentRequests}/{requestId}/resume`,
-/// optionally prefixed with `/v1.0` or `/beta` (which is stripped).
-pub fn sanitize_callback_path(path: &str, request_id: &Id) -> Option<String> {
+/// Whether a `callbackUriPath` names this request's resume:
+/// `[/v1.0|/beta]/identityGovernance/entitlementManagement/{assignmentRequests|accessPackageAssignmentRequests}/{requestId}/resume`.
+pub fn callback_path_names_request(path: &str, request_id: &Id) -> bool {
     let p = path.trim();
     let p = p
         .strip_prefix("/v1.0")
         .or_else(|| p.strip_prefix("/beta"))
         .unwrap_or(p);
     let segs: Vec<&str> = p.split('/').collect();
-    let ok = segs.len() == 6
+    segs.len() == 6
         && segs[0].is_empty()
         && segs[1].eq_ignore_ascii_case("identityGovernance")
         && segs[2].eq_ignore_ascii_case("entitlementManagement")
         && (segs[3].eq_ignore_ascii_case("assignmentRequests")
             || segs[3].eq_ignore_ascii_case("accessPackageAssignmentRequests"))
         && segs[4].eq_ignore_ascii_case(request_id.as_str())
-        && segs[5].eq_ignore_ascii_case("resume");
-    ok.then(|| p.to_owned())
+        && segs[5].eq_ignore_ascii_case("resume")
 }
 
 /// Parses a request body into a callout, a connection test, or an unknown stage.
@@ -490,19 +488,20 @@ mod tests {
     #[test]
     fn callback_path_must_be_the_resume_of_this_request() {
         let r = Id::parse("r1").unwrap_or_else(|| panic!());
-        assert_eq!(
-            sanitize_callback_path("/beta/identityGovernance/entitlementManagement/accessPackageAssignmentRequests/r1/resume", &r).as_deref(),
-            Some("/identityGovernance/entitlementManagement/accessPackageAssignmentRequests/r1/resume")
-        );
-        assert!(
-            sanitize_callback_path(
-                "/identityGovernance/entitlementManagement/assignmentRequests/r2/resume",
-                &r
-            )
-            .is_none()
-        );
-        assert!(sanitize_callback_path("/users/r1/resume", &r).is_none());
-        assert!(sanitize_callback_path("https://evil/identityGovernance/entitlementManagement/assignmentRequests/r1/resume", &r).is_none());
+        let names = |p: &str| callback_path_names_request(p, &r);
+        assert!(names(
+            "/beta/identityGovernance/entitlementManagement/accessPackageAssignmentRequests/r1/resume"
+        ));
+        assert!(names(
+            "/identityGovernance/entitlementManagement/assignmentRequests/R1/resume"
+        ));
+        assert!(!names(
+            "/identityGovernance/entitlementManagement/assignmentRequests/r2/resume"
+        ));
+        assert!(!names("/users/r1/resume"));
+        assert!(!names(
+            "https://evil/identityGovernance/entitlementManagement/assignmentRequests/r1/resume"
+        ));
     }
 
     #[test]

@@ -369,6 +369,12 @@ pub fn from_sources(
     }
     let jwks_refresh_min_interval =
         Duration::from_secs(inbound.jwks_refresh_min_interval_seconds.unwrap_or(60));
+    if jwks_refresh_min_interval < Duration::from_secs(10) {
+        p.push(
+            "inbound.jwks_refresh_min_interval_seconds",
+            "at least 10: it bounds how often forged key ids can make us call the identity host",
+        );
+    }
     let jwks_max_age = Duration::from_secs(inbound.jwks_max_age_seconds.unwrap_or(24 * 3600));
 
     // graph
@@ -410,6 +416,9 @@ pub fn from_sources(
     }
     let resume_source = graph.resume_source.unwrap_or_else(|| "accessgate".into());
     let timeout = Duration::from_secs(graph.timeout_seconds.unwrap_or(10));
+    if timeout.is_zero() || timeout > Duration::from_secs(120) {
+        p.push("graph.timeout_seconds", "must be between 1 and 120");
+    }
 
     // worker
     let concurrency = worker.concurrency.unwrap_or(4);
@@ -435,10 +444,22 @@ pub fn from_sources(
         )
         .unwrap_or(Duration::from_secs(3600));
     let lease = Duration::from_secs(worker.lease_seconds.unwrap_or(120));
-    if lease < Duration::from_secs(5) {
-        p.push("worker.lease_seconds", "at least 5");
+    // One attempt can take a token request, the resume and a status read: a shorter lease would
+    // let a second worker take the job while the first still runs it.
+    let min_lease = timeout.saturating_mul(3) + Duration::from_secs(5);
+    if lease < min_lease {
+        p.push(
+            "worker.lease_seconds",
+            &format!(
+                "at least {} s (3 x graph.timeout_seconds + 5)",
+                min_lease.as_secs()
+            ),
+        );
     }
     let poll_interval = Duration::from_millis(worker.poll_interval_ms.unwrap_or(200));
+    if poll_interval < Duration::from_millis(10) {
+        p.push("worker.poll_interval_ms", "at least 10");
+    }
 
     // policy
     let policy_file = policy.file.as_deref().map(|f| resolve(base_dir, f));
@@ -565,7 +586,7 @@ fn section<T: for<'de> Deserialize<'de> + Default>(
             Err(e) => {
                 problems.push(ConfigProblem {
                     setting: name.into(),
-                    message: e.message().to_string(),
+                    message: redact_values(e.message()),
                 });
                 T::default()
             }
@@ -573,14 +594,60 @@ fn section<T: for<'de> Deserialize<'de> + Default>(
     }
 }
 
-/// `ACCESSGATE_GRAPH__CLIENT_SECRET=x` sets `graph.client_secret`. Values that parse as a TOML
-/// value (number, bool, array) are taken as such; anything else is a string.
+/// serde's "invalid type/value" messages quote the offending value (`integer `1234``), which may
+/// be a secret; drop it. Other messages quote only field names, which help.
+fn redact_values(msg: &str) -> String {
+    if !(msg.starts_with("invalid type") || msg.starts_with("invalid value")) {
+        return msg.to_owned();
+    }
+    let mut parts = msg.splitn(3, '`');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(before), Some(_value), Some(after)) => {
+            format!("{} (value not shown){after}", before.trim_end())
+        }
+        _ => msg.to_owned(),
+    }
+}
+
+/// Keys whose values are always strings: an environment value such as `12345678` for a client
+/// secret or `true` for a name must not turn into a number or a boolean.
+const STRING_KEYS: &[&str] = &[
+    "server.listen",
+    "server.data_dir",
+    "identity.cloud",
+    "identity.authority",
+    "identity.tenant_id",
+    "graph.base_url",
+    "graph.api_version",
+    "graph.scope",
+    "graph.client_id",
+    "graph.client_secret",
+    "graph.resume_source",
+    "worker.default_callback_timeout",
+    "policy.file",
+    "capture.dir",
+    "log.format",
+    "log.level",
+];
+
+/// Variables with the prefix that are not overrides: the config path, the log filter, and the
+/// emulator's own settings (often set in the same shell).
+fn is_reserved_env(name: &str) -> bool {
+    matches!(name, "ACCESSGATE_CONFIG" | "ACCESSGATE_LOG")
+        || name.starts_with("ACCESSGATE_EMULATOR_")
+}
+
+/// `ACCESSGATE_GRAPH__CLIENT_SECRET=x` sets `graph.client_secret`. For keys that are not strings,
+/// values that parse as a TOML value (number, bool, array) are taken as such.
 fn apply_env(
     root: &mut toml::Table,
     env: &BTreeMap<String, String>,
     problems: &mut Vec<ConfigProblem>,
 ) {
     for (key, raw) in env {
+        if is_reserved_env(key) {
+            continue;
+        }
         let Some(rest) = key.strip_prefix("ACCESSGATE_") else {
             continue;
         };
@@ -593,12 +660,16 @@ fn apply_env(
         };
         let sec = sec.to_ascii_lowercase();
         let field = field.to_ascii_lowercase();
-        let value = format!("v = {raw}")
-            .parse::<toml::Table>()
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .filter(|v| !v.is_str() || raw.starts_with('"'))
-            .unwrap_or_else(|| toml::Value::String(raw.clone()));
+        let value = if STRING_KEYS.contains(&format!("{sec}.{field}").as_str()) {
+            toml::Value::String(raw.clone())
+        } else {
+            format!("v = {raw}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .filter(|v| !v.is_str() || raw.starts_with('"'))
+                .unwrap_or_else(|| toml::Value::String(raw.clone()))
+        };
         let entry = root
             .entry(sec.clone())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
@@ -713,5 +784,33 @@ x = 1
                 .any(|p| p.setting == "server" && p.message.contains("listen_addr")),
             "{errs:?}"
         );
+    }
+
+    #[test]
+    fn reserved_variables_are_not_overrides_and_numeric_secrets_stay_strings() {
+        let c = from_sources(
+            GOOD,
+            &env(&[
+                ("ACCESSGATE_CONFIG", "x.toml"),
+                ("ACCESSGATE_LOG", "debug"),
+                ("ACCESSGATE_EMULATOR_PORT", "7700"),
+                ("ACCESSGATE_GRAPH__CLIENT_SECRET", "12345678"),
+            ]),
+            Path::new("."),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.graph.client_secret.expose(), "12345678");
+    }
+
+    #[test]
+    fn type_errors_never_print_the_value() {
+        let text = format!("{GOOD}client_secret = 987654321\n");
+        let errs = from_sources(&text, &env(&[]), Path::new("."))
+            .err()
+            .map(|e| e.0)
+            .unwrap_or_default();
+        let all = format!("{errs:?}");
+        assert!(errs.iter().any(|p| p.setting == "graph"), "{all}");
+        assert!(!all.contains("987654321"), "{all}");
     }
 }

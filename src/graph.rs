@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use crate::callout::{Callout, sanitize_callback_path};
+use crate::callout::{Callout, callback_path_names_request};
 use crate::config::{GraphConfig, IdentityConfig};
 use crate::endpoint::EndpointUrl;
 use crate::policy::{Action, Decision};
@@ -73,16 +73,26 @@ fn graph_error_text(body: &str) -> String {
     s.chars().take(300).collect()
 }
 
+/// `Retry-After` as delta-seconds or an HTTP-date (RFC 9110 §10.2.3), capped at an hour.
 fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
     let v = resp
         .headers()
         .get(reqwest::header::RETRY_AFTER)?
         .to_str()
         .ok()?;
-    v.trim()
-        .parse::<u64>()
-        .ok()
-        .map(|s| Duration::from_secs(s.min(3600)))
+    parse_retry_after(v, jiff::Timestamp::now())
+}
+
+fn parse_retry_after(v: &str, now: jiff::Timestamp) -> Option<Duration> {
+    let v = v.trim();
+    let secs = match v.parse::<u64>() {
+        Ok(s) => s,
+        Err(_) => {
+            let at = jiff::fmt::rfc2822::parse(v).ok()?.timestamp();
+            u64::try_from(at.as_second().saturating_sub(now.as_second())).unwrap_or(0)
+        }
+    };
+    Some(Duration::from_secs(secs.min(3600)))
 }
 
 impl GraphClient {
@@ -133,7 +143,8 @@ impl GraphClient {
                 message: "token endpoint answered with an unreadable body".into(),
                 retry_after: None,
             })?;
-            let life = Duration::from_secs(t.expires_in.unwrap_or(3600));
+            // Clamped: a nonsensical `expires_in` must not overflow the clock arithmetic.
+            let life = Duration::from_secs(t.expires_in.unwrap_or(3600).min(86_400));
             let refresh_in = life.saturating_sub(Duration::from_secs(300)).max(life / 2);
             let token = Secret::new(t.access_token);
             *guard = Some(CachedToken {
@@ -162,22 +173,21 @@ impl GraphClient {
         *self.token.lock().await = None;
     }
 
-    /// The URL of the resume action for a callout: its `callbackUriPath` when it names this
-    /// request's resume, else the documented path built from the request id.
+    /// The URL of the resume action: always the documented
+    /// `/identityGovernance/entitlementManagement/assignmentRequests/{id}/resume`, which v1.0 and
+    /// beta both serve (beta's older `accessPackageAssignmentRequests` does not exist in v1.0).
+    /// A `callbackUriPath` that names another request is logged, never followed.
     pub fn resume_url(&self, c: &Callout) -> String {
-        let path = c
-            .callback_uri_path
-            .as_deref()
-            .and_then(|p| sanitize_callback_path(p, &c.request_id))
-            .unwrap_or_else(|| {
-                format!(
-                    "/identityGovernance/entitlementManagement/assignmentRequests/{}/resume",
-                    c.request_id
-                )
-            });
-        self.cfg
-            .base_url
-            .join(&format!("/{}{}", self.cfg.api_version.segment(), path))
+        if let Some(p) = c.callback_uri_path.as_deref()
+            && !callback_path_names_request(p, &c.request_id)
+        {
+            tracing::warn!(callback_uri_path = %p, "callbackUriPath does not name this request's resume; using the documented path");
+        }
+        self.cfg.base_url.join(&format!(
+            "/{}/identityGovernance/entitlementManagement/assignmentRequests/{}/resume",
+            self.cfg.api_version.segment(),
+            c.request_id
+        ))
     }
 
     /// The body Graph documents for `resume` (accessPackageAssignmentRequestCallbackData).
@@ -248,14 +258,25 @@ impl GraphClient {
             400 | 404 | 409 => {
                 // Undocumented which code Graph uses for "not waiting any more": ask the request.
                 match self.callout_status(c, &token).await {
-                    Ok(Some(s)) if !s.eq_ignore_ascii_case("waitingForCallback") => {
-                        Ok(ResumeOutcome::NotWaiting(format!("callout status is {s}")))
-                    }
-                    Ok(None) => Ok(ResumeOutcome::NotWaiting(
+                    Ok(CalloutState::Gone) => Ok(ResumeOutcome::NotWaiting(
                         "the request no longer exists".into(),
                     )),
-                    _ => Err(GraphError::Rejected {
+                    Ok(CalloutState::Status(s))
+                        if !s.eq_ignore_ascii_case("waitingForCallback") =>
+                    {
+                        Ok(ResumeOutcome::NotWaiting(format!("callout status is {s}")))
+                    }
+                    // Still waiting, or our callout is not on the request: Graph refused this
+                    // resume itself. Never "done": that would let the request silently expire.
+                    Ok(_) => Err(GraphError::Rejected {
                         message: format!("Graph resume: HTTP {status} {text}"),
+                    }),
+                    // Could not tell: try again rather than give up.
+                    Err(e) => Err(GraphError::Transient {
+                        message: format!(
+                            "Graph resume: HTTP {status} {text}; reading the request failed: {e}"
+                        ),
+                        retry_after: None,
                     }),
                 }
             }
@@ -265,13 +286,12 @@ impl GraphClient {
         }
     }
 
-    /// Status of this callout on the request (`customExtensionCalloutInstances[].status`), or
-    /// `None` when the request is gone.
+    /// Where our callout stands on the request (`customExtensionCalloutInstances[].status`).
     async fn callout_status(
         &self,
         c: &Callout,
         token: &Secret,
-    ) -> Result<Option<String>, GraphError> {
+    ) -> Result<CalloutState, GraphError> {
         let url = self.cfg.base_url.join(&format!(
             "/{}/identityGovernance/entitlementManagement/assignmentRequests/{}",
             self.cfg.api_version.segment(),
@@ -289,7 +309,7 @@ impl GraphClient {
                 retry_after: None,
             })?;
         if resp.status().as_u16() == 404 {
-            return Ok(None);
+            return Ok(CalloutState::Gone);
         }
         if !resp.status().is_success() {
             return Err(GraphError::Transient {
@@ -297,8 +317,8 @@ impl GraphClient {
                 retry_after: None,
             });
         }
-        let v: Value = resp.json().await.map_err(|e| GraphError::Transient {
-            message: e.to_string(),
+        let v: Value = resp.json().await.map_err(|_| GraphError::Transient {
+            message: "unreadable request".into(),
             retry_after: None,
         })?;
         let status = v["customExtensionCalloutInstances"]
@@ -312,11 +332,18 @@ impl GraphClient {
             })
             .and_then(|i| i["status"].as_str())
             .map(str::to_owned);
-        // No trace of our callout on the request: it cannot be waiting for us.
-        Ok(Some(
-            status.unwrap_or_else(|| "unknown to the request".into()),
-        ))
+        Ok(status.map_or(CalloutState::NotListed, CalloutState::Status))
     }
+}
+
+/// What a read of the request says about our callout.
+enum CalloutState {
+    /// The request does not exist (any more).
+    Gone,
+    /// Our callout is not among the request's callout instances.
+    NotListed,
+    /// `customExtensionCalloutInstance.status` of our callout.
+    Status(String),
 }
 
 /// A short, uniform description of a transport error (reqwest's text repeats the whole URL).
@@ -329,5 +356,31 @@ fn without_url(e: &reqwest::Error) -> String {
         "unreadable response".into()
     } else {
         "request failed".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let now: jiff::Timestamp = "2026-11-23T10:00:00Z"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("Mon, 23 Nov 2026 10:00:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Mon, 23 Nov 2026 09:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            parse_retry_after("99999", now),
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
     }
 }
