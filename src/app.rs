@@ -137,13 +137,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding {listen}"))?;
     let addr: SocketAddr = listener.local_addr()?;
     tracing::info!(%addr, queue = "sqlite", "accessgate listening");
-    // Entra gives up after 2 s; a request still open after 10 s is stuck or hostile.
-    let app = crate::ingress::router(state)
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(10),
-        ))
-        .layer(tower_http::catch_panic::CatchPanicLayer::new());
+    // The callout route bounds its own body read (ingress::BODY_TIMEOUT) so a slow client gets
+    // the JSON error format with a correlation id.
+    let app = crate::ingress::router(state).layer(tower_http::catch_panic::CatchPanicLayer::new());
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal(cancel.clone()))
         .await?;

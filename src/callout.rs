@@ -194,6 +194,9 @@ pub enum Parsed {
     ConnectionTest,
     /// A well-formed body whose stage we do not handle (e.g. a future stage): acknowledged, logged.
     UnknownStage(String),
+    /// An object with no stage and no ids at all: perhaps Entra's undocumented V2 endpoint test
+    /// (protocol.md §2 recommends a 2xx for it); acknowledged, logged.
+    Unrecognized,
 }
 
 /// Why a body is not a callout. Each variant has a short reason code for logs and responses.
@@ -325,7 +328,15 @@ pub fn parse(body: &[u8]) -> Result<Parsed, CalloutError> {
     {
         return Ok(Parsed::ConnectionTest);
     }
-    let stage_text = stage_text.ok_or(CalloutError::Missing("stage"))?;
+    let Some(stage_text) = stage_text else {
+        let has_ids = get(obj, "customExtensionStageInstanceId").is_some()
+            || get(obj, "accessPackageAssignmentRequestId").is_some();
+        return if has_ids {
+            Err(CalloutError::Missing("stage"))
+        } else {
+            Ok(Parsed::Unrecognized)
+        };
+    };
     let Some(stage) = Stage::parse(&stage_text) else {
         return Ok(Parsed::UnknownStage(stage_text));
     };

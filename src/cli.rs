@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config};
-use crate::queue::sqlite::{JobStatus, SqliteQueue};
+use crate::queue::sqlite::{JobStatus, Requeue, SqliteQueue};
 
 #[derive(Parser)]
 #[command(
@@ -204,12 +204,14 @@ fn jobs(path: Option<PathBuf>, action: JobsAction) -> ExitCode {
             }
             None => println!("no job {id}"),
         }),
-        JobsAction::Retry { id } => q.requeue(&id).map(|ok| {
-            if ok {
-                println!("job {id} queued again");
-            } else {
-                println!("no dead job {id}");
-            }
+        JobsAction::Retry { id } => q.requeue(&id).map(|r| match r {
+            Requeue::Queued => println!("job {id} queued again"),
+            Requeue::NotFound => println!("no job {id}"),
+            Requeue::NotDead(st) => println!("job {id} is {st}, not dead: nothing to retry"),
+            Requeue::PastDeadline(ms) => println!(
+                "job {id} was not requeued: its deadline passed at {} and Entra has timed the callout out; the requestor must request again",
+                jiff::Timestamp::from_millisecond(ms).map(|t| t.to_string()).unwrap_or_default()
+            ),
         }),
     };
     match result {

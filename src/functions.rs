@@ -50,6 +50,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(|| async {
             json_response(StatusCode::NOT_FOUND, json!({"Outputs": {}, "Logs": ["accessgate: no such function"], "ReturnValue": null}))
         })
+        // The host wraps the caller's body as a JSON string (escaping can grow it up to 6x) next
+        // to the headers: allow that much, so a large callout gets our 413 in `res`, not a 5xx.
+        .layer(axum::extract::DefaultBodyLimit::max(state.config.server.max_body_bytes * 6 + 64 * 1024))
         .with_state(state)
 }
 
@@ -138,19 +141,20 @@ async fn elm_callout(State(app): State<Arc<AppState>>, body: axum::body::Bytes) 
         let mut outputs = Map::new();
         let mut logs = Vec::new();
         let admitted = intake::admit(&app.auth, app.config.server.max_body_bytes, app.capture.as_ref(), &ireq).await;
+        let challenge = admitted.as_ref().err().and_then(IntakeError::challenge);
         let (status, body): (u16, Value) = match admitted {
             Ok((Admission::Callout(c), caller)) => {
                 let job = intake::job_for(*c, &correlation_id, &app.config.worker);
-                match serde_json::to_string(&job) {
-                    Ok(text) => {
+                match queue_text(job) {
+                    Ok((text, job)) => {
                         tracing::info!(caller = %caller.app_id, request_id = %job.callout.request_id,
                             stage = %job.callout.stage, stage_instance_id = %job.callout.stage_instance_id, "callout accepted and queued");
                         logs.push(format!("accepted stage instance {}", job.callout.stage_instance_id));
                         outputs.insert(OUT_JOB.into(), Value::String(text));
                         (202, json!({"status": "accepted", "correlationId": correlation_id}))
                     }
-                    Err(e) => {
-                        let err = IntakeError::Store(crate::queue::StoreError::Corrupt(e.to_string()));
+                    Err(err) => {
+                        tracing::warn!(reason = err.code(), error = %err, "callout rejected");
                         (err.status(), error_body(&err, &correlation_id))
                     }
                 }
@@ -170,8 +174,8 @@ async fn elm_callout(State(app): State<Arc<AppState>>, body: axum::body::Bytes) 
             }
         };
         let mut res_headers = json!({"Content-Type": "application/json", "x-correlation-id": correlation_id});
-        if status == 401 {
-            res_headers["WWW-Authenticate"] = json!("Bearer error=\"invalid_token\"");
+        if let Some(ch) = challenge {
+            res_headers["WWW-Authenticate"] = json!(ch);
         }
         outputs.insert(
             OUT_HTTP.into(),
@@ -181,6 +185,29 @@ async fn elm_callout(State(app): State<Arc<AppState>>, body: axum::body::Bytes) 
     }
     .instrument(span)
     .await
+}
+
+/// Azure Storage queue messages hold 64 KiB, base64-encoded by the host: about 48 KiB of text.
+const MAX_QUEUE_TEXT: usize = 48 * 1024;
+
+/// The job as queue text. A callout too large for a message first loses its verbatim copy
+/// (`raw`; the parsed fields stay); if it is still too large it is refused with a 413.
+fn queue_text(mut job: JobMessage) -> Result<(String, JobMessage), IntakeError> {
+    let text = serde_json::to_string(&job).map_err(|_| IntakeError::TooLargeForQueue)?;
+    if text.len() <= MAX_QUEUE_TEXT {
+        return Ok((text, job));
+    }
+    tracing::warn!(
+        bytes = text.len(),
+        "callout too large for a queue message; dropping its verbatim copy"
+    );
+    job.callout.raw = Value::Null;
+    let text = serde_json::to_string(&job).map_err(|_| IntakeError::TooLargeForQueue)?;
+    if text.len() <= MAX_QUEUE_TEXT {
+        Ok((text, job))
+    } else {
+        Err(IntakeError::TooLargeForQueue)
+    }
 }
 
 fn error_body(e: &IntakeError, correlation_id: &str) -> Value {

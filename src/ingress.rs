@@ -18,6 +18,9 @@ use crate::app::AppState;
 use crate::intake::{self, Admission, IntakeError, IntakeRequest};
 use crate::queue::EnqueueOutcome;
 
+/// Entra gives up after 2 s; a body still arriving after 10 s is stuck or hostile.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The OpenAPI description of this surface, kept true by `tests/openapi.rs`.
 pub const OPENAPI: &str = include_str!("../openapi.json");
 
@@ -26,6 +29,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/elm"),
     ("get", "/healthz"),
     ("get", "/openapi.json"),
+    ("get", "/"),
 ];
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -94,17 +98,30 @@ async fn elm_callout(State(app): State<Arc<AppState>>, headers: HeaderMap, body:
         if content_length.is_some_and(|l| l > max as u64) {
             return error_response(&IntakeError::TooLarge, &correlation_id);
         }
-        let Ok(bytes) = axum::body::to_bytes(body, max).await else {
-            return error_response(&IntakeError::TooLarge, &correlation_id);
+        // Authenticate from the headers before reading the body: an anonymous client cannot make
+        // us buffer up to max_body_bytes.
+        let caller = match app
+            .auth
+            .verify(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()))
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => return error_response(&IntakeError::Auth(e), &correlation_id),
+        };
+        let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, max)).await
+        {
+            Err(_) => return error_response(&IntakeError::Timeout, &correlation_id),
+            Ok(Err(_)) => return error_response(&IntakeError::TooLarge, &correlation_id),
+            Ok(Ok(b)) => b,
         };
         let req = IntakeRequest {
-            authorization: headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
+            authorization: None,
             content_type: header_str(&headers, "content-type"),
             content_length,
             body: &bytes,
             correlation_id: &correlation_id,
         };
-        match app.admit_and_enqueue(&req).await {
+        match app.admit_and_enqueue(&caller, &req).await {
             Ok(outcome) => accepted(&correlation_id, outcome),
             Err(e) => error_response(&e, &correlation_id),
         }
@@ -122,10 +139,11 @@ impl AppState {
     /// Standalone: admit, then one durable SQLite enqueue; the 202 follows the commit.
     pub async fn admit_and_enqueue(
         &self,
+        caller: &crate::auth::VerifiedCaller,
         req: &IntakeRequest<'_>,
     ) -> Result<&'static str, IntakeError> {
-        let (admission, caller) = intake::admit(
-            &self.auth,
+        let admission = intake::admit_verified(
+            caller,
             self.config.server.max_body_bytes,
             self.capture.as_ref(),
             req,

@@ -39,6 +39,10 @@ pub enum IntakeError {
     Callout(#[from] CalloutError),
     #[error("queue unavailable: {0}")]
     Store(#[from] StoreError),
+    #[error("the request body did not arrive in time")]
+    Timeout,
+    #[error("callout too large for a queue message")]
+    TooLargeForQueue,
 }
 
 impl IntakeError {
@@ -50,6 +54,8 @@ impl IntakeError {
             IntakeError::Auth(_) => 401,
             IntakeError::Callout(_) => 400,
             IntakeError::Store(_) => 503,
+            IntakeError::Timeout => 408,
+            IntakeError::TooLargeForQueue => 413,
         }
     }
 
@@ -62,6 +68,8 @@ impl IntakeError {
             IntakeError::Auth(a) => a.code(),
             IntakeError::Callout(c) => c.code(),
             IntakeError::Store(_) => "queue_unavailable",
+            IntakeError::Timeout => "request_timeout",
+            IntakeError::TooLargeForQueue => "body_too_large",
         }
     }
 
@@ -113,24 +121,39 @@ pub async fn admit(
     capture: Option<&Capture>,
     req: &IntakeRequest<'_>,
 ) -> Result<(Admission, VerifiedCaller), IntakeError> {
-    if req.content_length.is_some_and(|l| l > max_body as u64) || req.body.len() > max_body {
+    if req.content_length.is_some_and(|l| l > max_body as u64) {
         return Err(IntakeError::TooLarge);
     }
     let caller = auth.verify(req.authorization).await?;
+    let admission = admit_verified(&caller, max_body, capture, req).await?;
+    Ok((admission, caller))
+}
+
+/// The checks after authentication: size, content type, parse, capture. The standalone server
+/// authenticates from the headers first so an anonymous client cannot make it buffer a body.
+pub async fn admit_verified(
+    caller: &VerifiedCaller,
+    max_body: usize,
+    capture: Option<&Capture>,
+    req: &IntakeRequest<'_>,
+) -> Result<Admission, IntakeError> {
+    if req.body.len() > max_body {
+        return Err(IntakeError::TooLarge);
+    }
     // Entra sends `application/json; charset=utf-8`; a missing header is tolerated, a wrong one not.
     if req.content_type.is_some_and(|ct| !is_json(ct)) {
         return Err(IntakeError::UnsupportedMediaType);
     }
     let parsed = callout::parse(req.body)?;
     if let Some(cap) = capture {
-        cap.record(req.correlation_id, req.body, &caller).await;
+        cap.record(req.correlation_id, req.body, caller).await;
     }
-    let admission = match parsed {
+    Ok(match parsed {
         Parsed::Callout(c) => Admission::Callout(c),
         Parsed::ConnectionTest => Admission::ConnectionTest,
         Parsed::UnknownStage(s) => Admission::UnknownStage(s),
-    };
-    Ok((admission, caller))
+        Parsed::Unrecognized => Admission::UnknownStage("(none)".into()),
+    })
 }
 
 /// Builds the durable job for an admitted callout.

@@ -207,3 +207,53 @@ async fn queue_trigger_asks_the_host_to_retry_when_graph_is_down_and_poison_is_d
             .contains("unreadable")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn callouts_too_large_for_a_queue_message_are_trimmed_or_refused_in_res() {
+    let fx = start().await;
+    let emu = fx.emu.handle();
+    // 60 KB of unknown fields: the verbatim copy is dropped, the parsed callout is queued.
+    let mut body: Value =
+        serde_json::from_str(&flat_body("assignmentRequestCreated", "r-big", "s-big")).unwrap();
+    body["Extra"] = json!("x".repeat(60 * 1024));
+    let (status, out) = invoke(&fx.ag, "ElmCallout", &http_payload(&emu, &body.to_string())).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        out["Outputs"]["res"]["statusCode"], 202,
+        "{}",
+        out["Outputs"]["res"]
+    );
+    let job = out["Outputs"]["job"].as_str().unwrap();
+    assert!(job.len() <= 48 * 1024);
+    assert_eq!(
+        serde_json::from_str::<Value>(job).unwrap()["callout"]["stageInstanceId"],
+        "s-big"
+    );
+
+    // Answers that alone exceed a queue message: refused with 413 inside res, nothing queued.
+    body["Answers"] = json!([{"value": "y".repeat(60 * 1024)}]);
+    let (status, out) = invoke(&fx.ag, "ElmCallout", &http_payload(&emu, &body.to_string())).await;
+    assert_eq!(status, 200);
+    assert_eq!(out["Outputs"]["res"]["statusCode"], 413);
+    assert!(out["Outputs"].get("job").is_none());
+
+    // Over max_body_bytes (1 MiB): our 413 in res, never a failed invocation.
+    body["Answers"] = json!([]);
+    body["Extra"] = json!("z".repeat(1100 * 1024));
+    let (status, out) = invoke(&fx.ag, "ElmCallout", &http_payload(&emu, &body.to_string())).await;
+    assert_eq!(status, 200);
+    assert_eq!(out["Outputs"]["res"]["statusCode"], 413);
+
+    // A missing Authorization gets the plain Bearer challenge, like the standalone server.
+    let mut p = http_payload(&emu, &flat_body("assignmentRequestCreated", "r", "s"));
+    p["Data"]["req"]["Headers"]
+        .as_object_mut()
+        .unwrap()
+        .remove("Authorization");
+    let (_, out) = invoke(&fx.ag, "ElmCallout", &p).await;
+    assert_eq!(out["Outputs"]["res"]["statusCode"], 401);
+    assert_eq!(
+        out["Outputs"]["res"]["headers"]["WWW-Authenticate"],
+        "Bearer"
+    );
+}

@@ -71,6 +71,16 @@ async fn connection_test_and_unknown_stage_are_acknowledged_and_not_queued() {
             .await;
         assert_eq!(r.status, Some(202), "{stage}");
     }
+    // An authenticated object with no stage and no ids (an undocumented endpoint test): 202.
+    let token = format!("Bearer {}", h.token(MintOptions::default()));
+    let (status, v, _) = post(
+        &h,
+        Some(token),
+        Some("application/json"),
+        br#"{"source":"x"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!((status, v["status"].as_str()), (202, Some("ignored")));
     h.ag.wait_log("connection test", |v| {
         v["message"] == "connection test acknowledged"
     })

@@ -108,3 +108,29 @@ async fn live_answers_match_the_description() {
         .unwrap();
     assert_eq!(served, spec);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_listed_route_is_served() {
+    let h = Harness::start("").await;
+    for (method, path) in accessgate::ingress::ROUTES {
+        let url = h.ag.url(path);
+        let resp = match *method {
+            "get" => client().get(&url).send().await.unwrap(),
+            "post" => client().post(&url).body("{}").send().await.unwrap(),
+            other => panic!("unexpected method {other}"),
+        };
+        let st = resp.status().as_u16();
+        assert!(
+            st != 404 && st != 405,
+            "{method} {path} is listed but answers {st}"
+        );
+    }
+    let st = client()
+        .get(h.ag.url("/not-a-route"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16();
+    assert_eq!(st, 404);
+}

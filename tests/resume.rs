@@ -172,8 +172,15 @@ async fn graph_down_past_the_deadline_dead_letters_with_a_clear_reason_and_can_b
     );
     let shown = jobs_cli(&h, &["show", &r.stage_instance_id]);
     assert!(shown.contains("\"status\": \"dead\""), "{shown}");
+    // Entra has timed this callout out: a retry would be refused, so the CLI says so and the
+    // job stays dead.
     let retried = jobs_cli(&h, &["retry", &r.stage_instance_id]);
-    assert!(retried.contains("queued again"), "{retried}");
+    assert!(
+        retried.contains("not requeued") && retried.contains("deadline passed"),
+        "{retried}"
+    );
+    let shown = jobs_cli(&h, &["show", &r.stage_instance_id]);
+    assert!(shown.contains("\"status\": \"dead\""), "{shown}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -227,4 +234,63 @@ async fn sigterm_stops_cleanly_and_queued_work_survives_it() {
     emu.clear_faults();
     h.ag.restart().await;
     resumed(&emu, &r.stage_instance_id).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejected_resume_is_dead_lettered_and_a_retry_after_the_fix_resumes_it() {
+    let h = Harness::start("").await;
+    let emu = h.emu();
+    // Graph refuses the resume once (the request is still waiting): not "done", a dead letter.
+    emu.set_fault(&FaultSpec {
+        target: FaultTarget::Graph,
+        status: Some(400),
+        retry_after_secs: None,
+        count: Some(1),
+        delay_ms: None,
+    })
+    .unwrap();
+    let r = h.send(SendOptions::default()).await;
+    let line =
+        h.ag.wait_log("dead letter", |l| {
+            l["message"] == "job moved to dead letters"
+                && l["stage_instance_id"] == r.stage_instance_id.as_str()
+        })
+        .await;
+    assert!(
+        line["reason"].as_str().unwrap().contains("HTTP 400"),
+        "{line}"
+    );
+    assert!(emu.resumes().is_empty());
+    let retried = jobs_cli(&h, &["retry", &r.stage_instance_id]);
+    assert!(retried.contains("queued again"), "{retried}");
+    let rec = resumed(&emu, &r.stage_instance_id).await;
+    assert_eq!(rec.request_id, r.request_id);
+    let shown = jobs_cli(&h, &["show", &r.stage_instance_id]);
+    assert!(
+        shown.contains("\"status\": \"done\"") && shown.contains("resumed: continue"),
+        "{shown}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_callback_path_in_the_beta_collection_is_resumed_through_v1() {
+    let h = Harness::start("").await;
+    let rid = uuid::Uuid::new_v4().to_string();
+    let sid = uuid::Uuid::new_v4().to_string();
+    let mut body: serde_json::Value =
+        serde_json::from_str(&flat_body("assignmentRequestCreated", &rid, &sid)).unwrap();
+    body["CallbackUriPath"] = serde_json::json!(format!(
+        "/beta/identityGovernance/entitlementManagement/accessPackageAssignmentRequests/{rid}/resume"
+    ));
+    let r = h
+        .send(SendOptions {
+            request_id: Some(rid.clone()),
+            stage_instance_id: Some(sid.clone()),
+            body: Some(body.to_string()),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(r.status, Some(202));
+    let rec = resumed(&h.emu(), &sid).await;
+    assert_eq!(rec.api_version, "v1.0");
 }

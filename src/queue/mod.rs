@@ -15,6 +15,9 @@ use crate::callout::Callout;
 /// Version of the message format, so an old message in a queue is recognised after an upgrade.
 pub const MESSAGE_VERSION: u32 = 1;
 
+/// The longest callback timeout entitlement management allows.
+pub const MAX_CALLBACK_TIMEOUT: Duration = Duration::from_secs(14 * 24 * 3600);
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JobMessage {
@@ -36,7 +39,11 @@ impl JobMessage {
         margin: Duration,
     ) -> Self {
         let now = now_ms();
-        let timeout = callout.callback_timeout().unwrap_or(default_timeout);
+        // ELM waits at most 14 days (protocol.md §2); a larger value is not Entra's.
+        let timeout = callout
+            .callback_timeout()
+            .unwrap_or(default_timeout)
+            .min(MAX_CALLBACK_TIMEOUT);
         // A margin larger than half the timeout would leave too little time to work; cap it there.
         let usable = timeout.saturating_sub(margin).max(timeout / 2);
         JobMessage {

@@ -81,6 +81,16 @@ pub struct JobRow {
     pub last_error: Option<String>,
 }
 
+/// What `requeue` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requeue {
+    Queued,
+    NotFound,
+    NotDead(String),
+    /// The callout's deadline (unix ms) has passed.
+    PastDeadline(i64),
+}
+
 /// A job a worker holds under a lease.
 #[derive(Debug, Clone)]
 pub struct Claimed {
@@ -196,7 +206,18 @@ impl SqliteQueue {
             match row {
                 None => Ok(None),
                 Some((id, attempts, text, last_error)) => {
-                    let message = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("job {id}: {e}")))?;
+                    let message = match serde_json::from_str(&text) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            // Retrying cannot make it readable: dead-letter it now, or it would be
+                            // claimed again after every lease forever.
+                            c.execute(
+                                "UPDATE jobs SET status='dead', outcome=?1, last_error=?1, lease=NULL WHERE id=?2",
+                                params![format!("stored job is unreadable: {e}"), id],
+                            )?;
+                            return Err(StoreError::Corrupt(format!("job {id}: {e}")));
+                        }
+                    };
                     Ok(Some(Claimed { id, lease: token, attempts: attempts as u32, message, last_error }))
                 }
             }
@@ -293,17 +314,33 @@ impl SqliteQueue {
         })
     }
 
-    /// Sends a dead job back to the queue (after the cause was fixed). Returns false if no dead
-    /// job matches.
-    pub fn requeue(&self, key: &str) -> Result<bool, StoreError> {
+    /// Sends a dead job back to the queue (after the cause was fixed), clearing its outcome.
+    /// A job past its deadline is not requeued: Entra has timed the callout out and would refuse
+    /// the resume.
+    pub fn requeue(&self, key: &str) -> Result<Requeue, StoreError> {
         self.run_sync(|c| {
             let now = now_ms();
-            let n = c.execute(
-                "UPDATE jobs SET status='queued', attempts=0, visible_at=?1, lease=NULL, updated_at=?1
-                 WHERE status='dead' AND (stage_instance_id = ?2 OR CAST(id AS TEXT) = ?2)",
-                params![now, key],
+            let found = c
+                .query_row(
+                    "SELECT id, status, deadline_at FROM jobs WHERE stage_instance_id = ?1 OR CAST(id AS TEXT) = ?1",
+                    params![key],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)),
+                )
+                .optional()?;
+            let Some((id, status, deadline)) = found else {
+                return Ok(Requeue::NotFound);
+            };
+            if status != "dead" {
+                return Ok(Requeue::NotDead(status));
+            }
+            if deadline <= now {
+                return Ok(Requeue::PastDeadline(deadline));
+            }
+            c.execute(
+                "UPDATE jobs SET status='queued', attempts=0, visible_at=?1, lease=NULL, outcome=NULL, updated_at=?1 WHERE id=?2",
+                params![now, id],
             )?;
-            Ok(n == 1)
+            Ok(Requeue::Queued)
         })
     }
 
@@ -386,7 +423,9 @@ mod tests {
         assert!(q.dead(&c2, "gave up".into()).await.unwrap());
         let (row, _) = q.get("a").unwrap().unwrap();
         assert_eq!(row.status, "dead");
-        assert!(q.requeue("a").unwrap());
+        assert_eq!(q.requeue("a").unwrap(), Requeue::Queued);
+        assert_eq!(q.requeue("a").unwrap(), Requeue::NotDead("queued".into()));
+        assert_eq!(q.requeue("zzz").unwrap(), Requeue::NotFound);
         assert_eq!(q.get("a").unwrap().unwrap().0.status, "queued");
     }
 
