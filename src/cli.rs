@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config};
-use crate::queue::sqlite::{JobStatus, Requeue, SqliteQueue};
+use crate::queue::sqlite::{JobStatus, MIN_RETRY_WINDOW, Requeue, SqliteQueue};
 
 #[derive(Parser)]
 #[command(
@@ -208,9 +208,10 @@ fn jobs(path: Option<PathBuf>, action: JobsAction) -> ExitCode {
             Requeue::Queued => println!("job {id} queued again"),
             Requeue::NotFound => println!("no job {id}"),
             Requeue::NotDead(st) => println!("job {id} is {st}, not dead: nothing to retry"),
-            Requeue::PastDeadline(ms) => println!(
-                "job {id} was not requeued: its deadline passed at {} and Entra has timed the callout out; the requestor must request again",
-                jiff::Timestamp::from_millisecond(ms).map(|t| t.to_string()).unwrap_or_default()
+            Requeue::TooLate(ms) => println!(
+                "job {id} was not requeued: its deadline ({}) has passed or is under {} s away, so Entra has timed the callout out or will before a resume; the requestor must request again",
+                jiff::Timestamp::from_millisecond(ms).map(|t| t.to_string()).unwrap_or_default(),
+                MIN_RETRY_WINDOW.as_secs()
             ),
         }),
     };

@@ -81,14 +81,17 @@ pub struct JobRow {
     pub last_error: Option<String>,
 }
 
+/// A requeued job needs at least this long before its deadline to be worth running.
+pub const MIN_RETRY_WINDOW: Duration = Duration::from_secs(10);
+
 /// What `requeue` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Requeue {
     Queued,
     NotFound,
     NotDead(String),
-    /// The callout's deadline (unix ms) has passed.
-    PastDeadline(i64),
+    /// The callout's deadline (unix ms) has passed or is too close for another attempt.
+    TooLate(i64),
 }
 
 /// A job a worker holds under a lease.
@@ -315,8 +318,8 @@ impl SqliteQueue {
     }
 
     /// Sends a dead job back to the queue (after the cause was fixed), clearing its outcome.
-    /// A job past its deadline is not requeued: Entra has timed the callout out and would refuse
-    /// the resume.
+    /// A job at or within [`MIN_RETRY_WINDOW`] of its deadline is not requeued: Entra has timed
+    /// the callout out (or is about to) and would refuse the resume.
     pub fn requeue(&self, key: &str) -> Result<Requeue, StoreError> {
         self.run_sync(|c| {
             let now = now_ms();
@@ -333,8 +336,8 @@ impl SqliteQueue {
             if status != "dead" {
                 return Ok(Requeue::NotDead(status));
             }
-            if deadline <= now {
-                return Ok(Requeue::PastDeadline(deadline));
+            if deadline - now < MIN_RETRY_WINDOW.as_millis() as i64 {
+                return Ok(Requeue::TooLate(deadline));
             }
             c.execute(
                 "UPDATE jobs SET status='queued', attempts=0, visible_at=?1, lease=NULL, outcome=NULL, updated_at=?1 WHERE id=?2",
