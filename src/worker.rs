@@ -151,17 +151,19 @@ async fn run_one(ctx: &WorkerCtx, queue: &SqliteQueue, job: crate::queue::sqlite
     );
     async {
         let step = process(ctx, &job.message, job.attempts, job.last_error.as_deref()).await;
+        // Store first, log after: a log line that says "dead letter" must be true when read.
         let stored = match &step {
             Step::Done(o) => queue.complete(&job, o.clone()).await,
+            Step::RetryAt { at_ms, reason } => queue.retry_at(&job, *at_ms, reason.clone()).await,
+            Step::Dead(reason) => queue.dead(&job, reason.clone()).await,
+        };
+        match &step {
+            Step::Done(_) => {}
             Step::RetryAt { at_ms, reason } => {
                 tracing::warn!(reason = %reason, retry_in_ms = at_ms - now_ms(), "resume failed; will retry");
-                queue.retry_at(&job, *at_ms, reason.clone()).await
             }
-            Step::Dead(reason) => {
-                tracing::error!(reason = %reason, "job moved to dead letters");
-                queue.dead(&job, reason.clone()).await
-            }
-        };
+            Step::Dead(reason) => tracing::error!(reason = %reason, "job moved to dead letters"),
+        }
         match stored {
             Ok(true) => {}
             Ok(false) => tracing::warn!("lease was lost before the outcome was stored"),
