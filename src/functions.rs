@@ -151,26 +151,26 @@ async fn elm_callout(State(app): State<Arc<AppState>>, body: axum::body::Bytes) 
                             stage = %job.callout.stage, stage_instance_id = %job.callout.stage_instance_id, "callout accepted and queued");
                         logs.push(format!("accepted stage instance {}", job.callout.stage_instance_id));
                         outputs.insert(OUT_JOB.into(), Value::String(text));
-                        (202, json!({"status": "accepted", "correlationId": correlation_id}))
+                        (202, intake::accepted_body("accepted", &correlation_id))
                     }
                     Err(err) => {
-                        tracing::warn!(reason = err.code(), error = %err, "callout rejected");
-                        (err.status(), error_body(&err, &correlation_id))
+                        err.log();
+                        (err.status(), err.body(&correlation_id))
                     }
                 }
             }
             Ok((Admission::ConnectionTest, _)) => {
                 tracing::info!("connection test acknowledged");
-                (202, json!({"status": "connection-test", "correlationId": correlation_id}))
+                (202, intake::accepted_body("connection-test", &correlation_id))
             }
             Ok((Admission::UnknownStage(s), _)) => {
                 tracing::warn!(stage = %s, "unknown stage acknowledged and ignored");
-                (202, json!({"status": "ignored", "correlationId": correlation_id}))
+                (202, intake::accepted_body("ignored", &correlation_id))
             }
             Err(e) => {
-                tracing::warn!(reason = e.code(), error = %e, "callout rejected");
+                e.log();
                 logs.push(format!("rejected: {}", e.code()));
-                (e.status(), error_body(&e, &correlation_id))
+                (e.status(), e.body(&correlation_id))
             }
         };
         let mut res_headers = json!({"Content-Type": "application/json", "x-correlation-id": correlation_id});
@@ -208,10 +208,6 @@ fn queue_text(mut job: JobMessage) -> Result<(String, JobMessage), IntakeError> 
     } else {
         Err(IntakeError::TooLargeForQueue)
     }
-}
-
-fn error_body(e: &IntakeError, correlation_id: &str) -> Value {
-    json!({"error": {"code": e.public_code(), "message": e.public_message(), "correlationId": correlation_id}})
 }
 
 /// `DequeueCount` arrives as `"1"`, `1` or `"\"1\""`.

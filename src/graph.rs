@@ -9,7 +9,6 @@ use tokio::sync::Mutex;
 
 use crate::callout::{Callout, callback_path_names_request};
 use crate::config::{GraphConfig, IdentityConfig};
-use crate::endpoint::EndpointUrl;
 use crate::policy::{Action, Decision};
 use crate::secret::Secret;
 
@@ -106,10 +105,6 @@ impl GraphClient {
             token_url,
             token: Mutex::new(None),
         }
-    }
-
-    pub fn base_url(&self) -> &EndpointUrl {
-        &self.cfg.base_url
     }
 
     /// A cached app-only token, renewed five minutes before it expires.

@@ -62,13 +62,8 @@ fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// `WWW-Authenticate` challenge on 401. Logs the specific reason.
 pub fn error_response(e: &IntakeError, correlation_id: &str) -> Response {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
-    if status.is_server_error() {
-        tracing::error!(reason = e.code(), error = %e, "callout not accepted");
-    } else {
-        tracing::warn!(reason = e.code(), error = %e, "callout rejected");
-    }
-    let body = json!({"error": {"code": e.public_code(), "message": e.public_message(), "correlationId": correlation_id}});
-    let mut resp = (status, axum::Json(body)).into_response();
+    e.log();
+    let mut resp = (status, axum::Json(e.body(correlation_id))).into_response();
     if let Some(ch) = e.challenge() {
         resp.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(ch));
@@ -79,7 +74,7 @@ pub fn error_response(e: &IntakeError, correlation_id: &str) -> Response {
 fn accepted(correlation_id: &str, what: &str) -> Response {
     (
         StatusCode::ACCEPTED,
-        axum::Json(json!({"status": what, "correlationId": correlation_id})),
+        axum::Json(intake::accepted_body(what, correlation_id)),
     )
         .into_response()
 }

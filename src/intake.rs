@@ -92,6 +92,21 @@ impl IntakeError {
         }
     }
 
+    /// The JSON body both hosts answer with: public code, public message, correlation id.
+    pub fn body(&self, correlation_id: &str) -> serde_json::Value {
+        serde_json::json!({"error": {"code": self.public_code(), "message": self.public_message(), "correlationId": correlation_id}})
+    }
+
+    /// The one log line for a refused callout, with its specific reason code: an error when the
+    /// fault is ours (5xx), a warning when it is the caller's.
+    pub fn log(&self) {
+        if self.status() >= 500 {
+            tracing::error!(reason = self.code(), error = %self, "callout not accepted");
+        } else {
+            tracing::warn!(reason = self.code(), error = %self, "callout rejected");
+        }
+    }
+
     /// The `WWW-Authenticate` challenge for 401s (RFC 6750 §3).
     pub fn challenge(&self) -> Option<&'static str> {
         match self {
@@ -154,6 +169,12 @@ pub async fn admit_verified(
         Parsed::UnknownStage(s) => Admission::UnknownStage(s),
         Parsed::Unrecognized => Admission::UnknownStage("(none)".into()),
     })
+}
+
+/// The JSON body of a 202: what became of the callout (`accepted`, `duplicate`,
+/// `connection-test`, `ignored`) and the correlation id.
+pub fn accepted_body(status: &str, correlation_id: &str) -> serde_json::Value {
+    serde_json::json!({"status": status, "correlationId": correlation_id})
 }
 
 /// Builds the durable job for an admitted callout.

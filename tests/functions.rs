@@ -62,6 +62,17 @@ async fn invoke(ag: &Accessgate, function: &str, payload: &Value) -> (u16, Value
     (status, resp.json().await.unwrap())
 }
 
+/// A request waiting in emulated Graph and the flat callout body Entra would send for it:
+/// (request id, stage instance id, body).
+fn waiting_callout(emu: &Emulator) -> (String, String, String) {
+    let req = emu
+        .register_request(&accessgate_emulator::RegisterRequest::default())
+        .unwrap();
+    let sid = req.callouts[0].stage_instance_id.clone();
+    let body = flat_body("assignmentRequestCreated", &req.id, &sid);
+    (req.id, sid, body)
+}
+
 fn http_payload(emu: &Emulator, body: &str) -> Value {
     let mut p = fixture("http-trigger.json");
     let token = emu.mint_callout_token(&MintOptions::default()).unwrap();
@@ -82,11 +93,7 @@ async fn readiness_probe_answers_get_root() {
 async fn http_trigger_answers_202_and_emits_the_job_then_the_queue_trigger_resumes() {
     let fx = start().await;
     let emu = fx.emu.handle();
-    let req = emu
-        .register_request(&accessgate_emulator::RegisterRequest::default())
-        .unwrap();
-    let sid = req.callouts[0].stage_instance_id.clone();
-    let body = flat_body("assignmentRequestCreated", &req.id, &sid);
+    let (req_id, sid, body) = waiting_callout(&emu);
     let (status, out) = invoke(&fx.ag, "ElmCallout", &http_payload(&emu, &body)).await;
     assert_eq!(status, 200, "the host must get 2xx: {out}");
     assert_eq!(out["Outputs"]["res"]["statusCode"], 202);
@@ -108,7 +115,7 @@ async fn http_trigger_answers_202_and_emits_the_job_then_the_queue_trigger_resum
     let (status, out) = invoke(&fx.ag, "ProcessJob", &q).await;
     assert_eq!(status, 200, "{out}");
     let rec = resumed(&emu, &sid).await;
-    assert_eq!(rec.request_id, req.id);
+    assert_eq!(rec.request_id, req_id);
 
     // Delivered again (at-least-once): the request is no longer waiting, which is success.
     let mut q = fixture("queue-trigger-single.json");
@@ -164,16 +171,8 @@ async fn http_trigger_rejections_stay_2xx_to_the_host_with_the_status_in_res() {
 async fn queue_trigger_asks_the_host_to_retry_when_graph_is_down_and_poison_is_dead_lettered() {
     let fx = start().await;
     let emu = fx.emu.handle();
-    let req = emu
-        .register_request(&accessgate_emulator::RegisterRequest::default())
-        .unwrap();
-    let sid = req.callouts[0].stage_instance_id.clone();
-    let (_, out) = invoke(
-        &fx.ag,
-        "ElmCallout",
-        &http_payload(&emu, &flat_body("assignmentRequestCreated", &req.id, &sid)),
-    )
-    .await;
+    let (_, sid, body) = waiting_callout(&emu);
+    let (_, out) = invoke(&fx.ag, "ElmCallout", &http_payload(&emu, &body)).await;
     let job_text = out["Outputs"]["job"].as_str().unwrap().to_string();
 
     // Retry-After longer than the in-process budget: hand the retry back to the host.

@@ -6,7 +6,7 @@
 //! out and another claim picks it up. Dedupe is the UNIQUE constraint on the stage instance id.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -108,7 +108,6 @@ pub struct Claimed {
 #[derive(Clone)]
 pub struct SqliteQueue {
     conn: Arc<Mutex<Connection>>,
-    path: PathBuf,
 }
 
 /// Held by the serving process so two processes never run one data directory.
@@ -142,12 +141,7 @@ impl SqliteQueue {
         conn.execute_batch(SCHEMA)?;
         Ok(SqliteQueue {
             conn: Arc::new(Mutex::new(conn)),
-            path,
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     async fn run<T: Send + 'static>(
