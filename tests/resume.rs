@@ -265,11 +265,14 @@ async fn a_rejected_resume_is_dead_lettered_and_a_retry_after_the_fix_resumes_it
     assert!(retried.contains("queued again"), "{retried}");
     let rec = resumed(&emu, &r.stage_instance_id).await;
     assert_eq!(rec.request_id, r.request_id);
-    let shown = jobs_cli(&h, &["show", &r.stage_instance_id]);
-    assert!(
-        shown.contains("\"status\": \"done\"") && shown.contains("resumed: continue"),
-        "{shown}"
-    );
+    // Graph records the resume before the worker commits "done": wait for the commit.
+    let mut shown = String::new();
+    eventually(20, "the job to be stored as done", || {
+        shown = jobs_cli(&h, &["show", &r.stage_instance_id]);
+        shown.contains("\"status\": \"done\"").then_some(())
+    })
+    .await;
+    assert!(shown.contains("resumed: continue"), "{shown}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
