@@ -56,6 +56,7 @@ fn build_state(config: Config, queue: Option<SqliteQueue>) -> anyhow::Result<Arc
         &config.identity.authority,
         &config.identity.tenant_id,
         &config.inbound,
+        &config.extensions,
     );
     let graph = GraphClient::new(http, &config.identity, config.graph.clone());
     let capture = config
@@ -67,6 +68,11 @@ fn build_state(config: Config, queue: Option<SqliteQueue>) -> anyhow::Result<Arc
     }
     let worker = Arc::new(WorkerCtx {
         policy: config.policy.clone(),
+        extension_policies: config
+            .extensions
+            .iter()
+            .filter_map(|e| Some((e.name.clone(), e.policy.clone()?)))
+            .collect(),
         graph,
         cfg: config.worker.clone(),
     });

@@ -124,8 +124,49 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
                 "  identity          {} tenant {}",
                 c.identity.authority, c.identity.tenant_id
             );
-            println!("  inbound audiences {:?}", c.inbound.audiences);
+            match c.inbound.mode {
+                config::IngressMode::Direct => {
+                    println!(
+                        "  ingress           direct: PoP ({}; lifetime {} s, future skew {} s, replay cache {} entries)",
+                        crate::auth::pop_algorithm_names(&c.inbound.pop.algorithms).join(", "),
+                        c.inbound.pop.lifetime.as_secs(),
+                        c.inbound.pop.future_skew.as_secs(),
+                        c.inbound.pop.replay_cache_entries
+                    );
+                    println!("  PoP audiences     {:?}", c.inbound.pop.audiences);
+                    if c.inbound.audiences.is_empty() {
+                        println!("  legacy bearer     refused (inbound.audiences is empty)");
+                    } else {
+                        println!("  legacy bearer     audiences {:?}", c.inbound.audiences);
+                    }
+                }
+                config::IngressMode::Relay => {
+                    println!(
+                        "  ingress           relay: bearer of {:?} for audiences {:?}; PoP refused",
+                        c.inbound.relay.caller_ids, c.inbound.relay.audiences
+                    );
+                }
+            }
             println!("  allowed callers   {:?}", c.inbound.allowed_app_ids);
+            for e in &c.extensions {
+                println!(
+                    "  extension {:<8}u={} p={}; catalogs {}; policy {}",
+                    e.name,
+                    e.host,
+                    e.resource,
+                    if e.catalog_ids.is_empty() {
+                        "any".to_string()
+                    } else {
+                        e.catalog_ids.join(", ")
+                    },
+                    e.policy_file
+                        .as_ref()
+                        .map_or_else(|| "[policy]".to_string(), |p| p.display().to_string())
+                );
+                for w in e.policy.iter().flat_map(|p| &p.warnings) {
+                    println!("  warning ({}): {w}", e.name);
+                }
+            }
             println!(
                 "  graph             {} ({}) as {}",
                 c.graph.base_url,

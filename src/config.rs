@@ -18,6 +18,8 @@ use crate::secret::Secret;
 pub const ELM_APP_ID: &str = "810dcf14-1858-4bf2-8134-4c369fa3235b";
 /// First-party app id of Lifecycle Workflows (protocol.md §4.2).
 pub const LCW_APP_ID: &str = "ce79fdc4-cd1d-4ea5-8139-e74d7dbe0bb7";
+/// The host every Entra PoP token for a Logic App extension is bound to (`u`).
+pub const ARM_HOST: &str = "management.azure.com";
 
 /// The validated configuration the service runs with.
 #[derive(Debug, Clone)]
@@ -29,8 +31,128 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub policy: Policy,
     pub policy_file: Option<PathBuf>,
+    /// The custom extensions this deployment serves, keyed by the resource id their PoP tokens
+    /// are bound to.
+    pub extensions: Vec<Extension>,
     pub capture: CaptureConfig,
     pub log: LogConfig,
+}
+
+impl Config {
+    /// The policy for callouts of `extension` (its own file, else `[policy]`).
+    pub fn policy_for(&self, extension: Option<&str>) -> &Policy {
+        extension
+            .and_then(|name| self.extensions.iter().find(|e| e.name == name))
+            .and_then(|e| e.policy.as_ref())
+            .unwrap_or(&self.policy)
+    }
+}
+
+/// One custom extension (`[extensions.NAME]`): the Logic App identity Entra binds its PoP tokens
+/// to, and what callouts through it may concern.
+#[derive(Debug, Clone)]
+pub struct Extension {
+    pub name: String,
+    /// `u`: lower case host (optionally `host:port`).
+    pub host: String,
+    /// `p` as configured (ARM resource id of the Logic App).
+    pub resource: String,
+    /// `p` normalised for comparison: slashes trimmed, lower case.
+    pub resource_key: String,
+    /// Catalogs whose callouts this extension accepts (lower-case GUIDs); empty = any.
+    pub catalog_ids: Vec<String>,
+    pub policy: Option<Policy>,
+    pub policy_file: Option<PathBuf>,
+}
+
+impl Extension {
+    pub fn serves_catalog(&self, catalog_id: Option<&str>) -> bool {
+        self.catalog_ids.is_empty()
+            || catalog_id
+                .is_some_and(|c| self.catalog_ids.iter().any(|k| k.eq_ignore_ascii_case(c)))
+    }
+}
+
+/// `p` as Entra and IdentityModel compare it: leading and trailing `/` trimmed, case folded.
+/// Percent-encoded unreserved characters are decoded (RFC 3986 §6.2.2.2), nothing else is: an
+/// encoded `/` or a dot segment stays different from the configured id.
+pub fn normalize_resource(p: &str) -> String {
+    let b = p.trim_matches('/').as_bytes();
+    let mut out = String::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let decoded = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .filter(|v| v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~'));
+            if let Some(v) = decoded {
+                out.push(v.to_ascii_lowercase() as char);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i].to_ascii_lowercase() as char);
+        i += 1;
+    }
+    out
+}
+
+/// How Entra reaches this deployment (ARCHITECTURE.md, ingress modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngressMode {
+    /// Entra calls accessgate with a PoP-signed request (and, for legacy "Regular" extensions,
+    /// a bearer token when `inbound.audiences` is set).
+    Direct,
+    /// A Logic App validates Entra's PoP and forwards with its managed identity's bearer token.
+    Relay,
+}
+
+/// Signature algorithms a PoP key may sign with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PopAlgorithm {
+    Rs256,
+    Ps256,
+    Es256,
+}
+
+impl PopAlgorithm {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "RS256" => Some(Self::Rs256),
+            "PS256" => Some(Self::Ps256),
+            "ES256" => Some(Self::Es256),
+            _ => None,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Rs256 => "RS256",
+            Self::Ps256 => "PS256",
+            Self::Es256 => "ES256",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PopConfig {
+    /// `aud` of the inner access token.
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<PopAlgorithm>,
+    /// How long after `ts` a signed request is accepted.
+    pub lifetime: Duration,
+    /// How far `ts` may lie in the future (clock skew between Entra and us).
+    pub future_skew: Duration,
+    /// Replay cache bound (entries); when full of live entries, callouts get 503 and Entra retries.
+    pub replay_cache_entries: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// `aud` of the relaying Logic App's managed identity token.
+    pub audiences: Vec<String>,
+    /// Accepted callers: the managed identity's client (app) id or object id, lower case.
+    pub caller_ids: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -48,11 +170,15 @@ pub struct IdentityConfig {
 
 #[derive(Debug, Clone)]
 pub struct InboundConfig {
+    pub mode: IngressMode,
+    /// Bearer audiences of legacy ("Regular" token) extensions; empty = bearer refused.
     pub audiences: Vec<String>,
     pub allowed_app_ids: Vec<String>,
     pub clock_skew: Duration,
     pub jwks_refresh_min_interval: Duration,
     pub jwks_max_age: Duration,
+    pub pop: PopConfig,
+    pub relay: RelayConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,11 +274,28 @@ struct RawIdentity {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 struct RawInbound {
+    mode: Option<String>,
     audiences: Option<Vec<String>>,
     allowed_app_ids: Option<Vec<String>>,
     clock_skew_seconds: Option<u64>,
     jwks_refresh_min_interval_seconds: Option<u64>,
     jwks_max_age_seconds: Option<u64>,
+    pop_audiences: Option<Vec<String>>,
+    pop_algorithms: Option<Vec<String>>,
+    pop_lifetime_seconds: Option<u64>,
+    pop_future_skew_seconds: Option<u64>,
+    replay_cache_entries: Option<u64>,
+    relay_audiences: Option<Vec<String>>,
+    relay_caller_ids: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawExtension {
+    resource: Option<String>,
+    host: Option<String>,
+    catalog_ids: Option<Vec<String>>,
+    policy_file: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -200,7 +343,15 @@ struct RawLog {
 }
 
 const SECTIONS: &[&str] = &[
-    "server", "identity", "inbound", "graph", "worker", "policy", "capture", "log",
+    "server",
+    "identity",
+    "inbound",
+    "extensions",
+    "graph",
+    "worker",
+    "policy",
+    "capture",
+    "log",
 ];
 
 /// A national cloud: the identity and Graph hosts that belong together.
@@ -282,6 +433,8 @@ pub fn from_sources(
     let server: RawServer = section(&root, "server", &mut problems);
     let identity: RawIdentity = section(&root, "identity", &mut problems);
     let inbound: RawInbound = section(&root, "inbound", &mut problems);
+    let raw_extensions: BTreeMap<String, RawExtension> =
+        section(&root, "extensions", &mut problems);
     let graph: RawGraph = section(&root, "graph", &mut problems);
     let worker: RawWorker = section(&root, "worker", &mut problems);
     let policy: RawPolicy = section(&root, "policy", &mut problems);
@@ -342,12 +495,17 @@ pub fn from_sources(
     };
 
     // inbound
+    let mode = match inbound.mode.as_deref().unwrap_or("direct") {
+        "direct" => IngressMode::Direct,
+        "relay" => IngressMode::Relay,
+        _ => {
+            p.push("inbound.mode", "must be direct or relay");
+            IngressMode::Direct
+        }
+    };
     let audiences = inbound.audiences.unwrap_or_default();
-    if audiences.is_empty() || audiences.iter().any(|a| a.trim().is_empty()) {
-        p.push(
-            "inbound.audiences",
-            "required: the audience(s) of the callout token (the resourceId / Application ID URI of the extension's app registration)",
-        );
+    if audiences.iter().any(|a| a.trim().is_empty()) {
+        p.push("inbound.audiences", "must not contain empty values");
     }
     let allowed_app_ids = inbound
         .allowed_app_ids
@@ -376,6 +534,141 @@ pub fn from_sources(
         );
     }
     let jwks_max_age = Duration::from_secs(inbound.jwks_max_age_seconds.unwrap_or(24 * 3600));
+    let pop_audiences = inbound.pop_audiences.unwrap_or_else(|| {
+        vec![
+            "https://management.azure.com".into(),
+            "https://management.azure.com/".into(),
+        ]
+    });
+    if pop_audiences.is_empty() || pop_audiences.iter().any(|a| a.trim().is_empty()) {
+        p.push(
+            "inbound.pop_audiences",
+            "must name at least one audience (Entra uses https://management.azure.com)",
+        );
+    }
+    let mut algorithms = Vec::new();
+    for a in inbound
+        .pop_algorithms
+        .unwrap_or_else(|| vec!["RS256".into(), "PS256".into()])
+    {
+        match PopAlgorithm::parse(&a) {
+            Some(alg) if !algorithms.contains(&alg) => algorithms.push(alg),
+            Some(_) => {}
+            None => p.push(
+                "inbound.pop_algorithms",
+                &format!("{a:?} is not allowed: choose from RS256, PS256, ES256 (none, HMAC and others are never accepted)"),
+            ),
+        }
+    }
+    if algorithms.is_empty() {
+        p.push("inbound.pop_algorithms", "must name at least one algorithm");
+    }
+    let pop_lifetime = Duration::from_secs(inbound.pop_lifetime_seconds.unwrap_or(300));
+    if !(Duration::from_secs(10)..=Duration::from_secs(3600)).contains(&pop_lifetime) {
+        p.push(
+            "inbound.pop_lifetime_seconds",
+            "must be between 10 and 3600",
+        );
+    }
+    let pop_future_skew = Duration::from_secs(inbound.pop_future_skew_seconds.unwrap_or(60));
+    if pop_future_skew > Duration::from_secs(600) {
+        p.push("inbound.pop_future_skew_seconds", "at most 600");
+    }
+    let replay_cache_entries = inbound.replay_cache_entries.unwrap_or(200_000);
+    if !(1000..=10_000_000).contains(&replay_cache_entries) {
+        p.push(
+            "inbound.replay_cache_entries",
+            "must be between 1000 and 10000000",
+        );
+    }
+    let relay_audiences = inbound.relay_audiences.unwrap_or_default();
+    let relay_caller_ids: Vec<String> = inbound
+        .relay_caller_ids
+        .unwrap_or_default()
+        .iter()
+        .map(|s| s.to_ascii_lowercase())
+        .collect();
+    for id in &relay_caller_ids {
+        if uuid::Uuid::parse_str(id).is_err() {
+            p.push(
+                "inbound.relay_caller_ids",
+                &format!(
+                    "{id:?} is not a GUID (use the managed identity's client id or object id)"
+                ),
+            );
+        }
+    }
+
+    // extensions
+    let mut extensions: Vec<Extension> = Vec::new();
+    for (name, raw) in &raw_extensions {
+        let setting = |k: &str| format!("extensions.{name}.{k}");
+        let resource = raw.resource.clone().unwrap_or_default();
+        if let Err(m) = check_resource(&resource) {
+            p.push(&setting("resource"), &m);
+        }
+        let host = raw
+            .host
+            .clone()
+            .unwrap_or_else(|| ARM_HOST.into())
+            .to_ascii_lowercase();
+        if host.is_empty() || host.contains(['/', ' ', '@', '?', '#']) {
+            p.push(
+                &setting("host"),
+                "must be a host name (optionally host:port)",
+            );
+        }
+        let mut catalog_ids = Vec::new();
+        for c in raw.catalog_ids.clone().unwrap_or_default() {
+            match uuid::Uuid::parse_str(&c) {
+                Ok(u) => catalog_ids.push(u.to_string()),
+                Err(_) => p.push(&setting("catalog_ids"), &format!("{c:?} is not a GUID")),
+            }
+        }
+        let policy_file = raw.policy_file.as_deref().map(|f| resolve(base_dir, f));
+        let policy = match &policy_file {
+            None => None,
+            Some(f) => match Policy::load(f) {
+                Ok(pol) => Some(pol),
+                Err(errs) => {
+                    for e in errs {
+                        p.push(&setting("policy_file"), &e);
+                    }
+                    None
+                }
+            },
+        };
+        let resource_key = normalize_resource(&resource);
+        if extensions
+            .iter()
+            .any(|e| e.resource_key == resource_key && e.host == host)
+        {
+            p.push(
+                &setting("resource"),
+                "another extension has the same host and resource: the p claim could not select one",
+            );
+        }
+        extensions.push(Extension {
+            name: name.clone(),
+            host,
+            resource,
+            resource_key,
+            catalog_ids,
+            policy,
+            policy_file,
+        });
+    }
+    match mode {
+        IngressMode::Direct if extensions.is_empty() && audiences.is_empty() => p.push(
+            "extensions",
+            "direct mode needs at least one [extensions.NAME] with the resource id of the Logic App that Entra's PoP tokens are bound to (or inbound.audiences for legacy bearer extensions)",
+        ),
+        IngressMode::Relay if relay_audiences.is_empty() || relay_caller_ids.is_empty() => p.push(
+            "inbound.relay_audiences",
+            "relay mode needs inbound.relay_audiences (the audience the relaying Logic App requests) and inbound.relay_caller_ids (its managed identity's client or object id)",
+        ),
+        _ => {}
+    }
 
     // graph
     let base_url = p.check(
@@ -515,11 +808,23 @@ pub fn from_sources(
                     tenant_id,
                 },
                 inbound: InboundConfig {
+                    mode,
                     audiences,
                     allowed_app_ids,
                     clock_skew,
                     jwks_refresh_min_interval,
                     jwks_max_age,
+                    pop: PopConfig {
+                        audiences: pop_audiences,
+                        algorithms,
+                        lifetime: pop_lifetime,
+                        future_skew: pop_future_skew,
+                        replay_cache_entries: replay_cache_entries as usize,
+                    },
+                    relay: RelayConfig {
+                        audiences: relay_audiences,
+                        caller_ids: relay_caller_ids,
+                    },
                 },
                 graph: GraphConfig {
                     base_url,
@@ -541,12 +846,28 @@ pub fn from_sources(
                 },
                 policy: loaded_policy,
                 policy_file,
+                extensions,
                 capture,
                 log: LogConfig { format, level },
             })
         }
         _ => Err(ConfigErrors(problems)),
     }
+}
+
+/// An ARM resource id as Entra binds it: `/subscriptions/…`, nothing that could make two
+/// different texts compare equal after normalisation.
+fn check_resource(r: &str) -> Result<(), String> {
+    if r.is_empty() {
+        return Err("required: the ARM resource id of the extension's Logic App (/subscriptions/{id}/resourceGroups/{rg}/providers/Microsoft.Logic/workflows/{name}), the p claim of Entra's PoP token".into());
+    }
+    if !r.to_ascii_lowercase().starts_with("/subscriptions/") {
+        return Err("must start with /subscriptions/ (the Logic App's ARM resource id)".into());
+    }
+    if r.contains(['%', '?', '#', '\\', ' ']) || r.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err("must be a plain resource id: no percent-encoding, query, fragment, spaces or dot segments".into());
+    }
+    Ok(())
 }
 
 struct Problems<'a>(&'a mut Vec<ConfigProblem>);
@@ -617,6 +938,7 @@ const STRING_KEYS: &[&str] = &[
     "identity.cloud",
     "identity.authority",
     "identity.tenant_id",
+    "inbound.mode",
     "graph.base_url",
     "graph.api_version",
     "graph.scope",
@@ -635,6 +957,20 @@ const STRING_KEYS: &[&str] = &[
 fn is_reserved_env(name: &str) -> bool {
     matches!(name, "ACCESSGATE_CONFIG" | "ACCESSGATE_LOG")
         || name.starts_with("ACCESSGATE_EMULATOR_")
+}
+
+/// An environment value as TOML: verbatim for string keys, else parsed when it parses (number,
+/// bool, array).
+fn env_value(raw: &str, string_key: bool) -> toml::Value {
+    if string_key {
+        return toml::Value::String(raw.to_owned());
+    }
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .filter(|v| !v.is_str() || raw.starts_with('"'))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
 }
 
 /// `ACCESSGATE_GRAPH__CLIENT_SECRET=x` sets `graph.client_secret`. For keys that are not strings,
@@ -660,16 +996,39 @@ fn apply_env(
         };
         let sec = sec.to_ascii_lowercase();
         let field = field.to_ascii_lowercase();
-        let value = if STRING_KEYS.contains(&format!("{sec}.{field}").as_str()) {
-            toml::Value::String(raw.clone())
-        } else {
-            format!("v = {raw}")
-                .parse::<toml::Table>()
-                .ok()
-                .and_then(|mut t| t.remove("v"))
-                .filter(|v| !v.is_str() || raw.starts_with('"'))
-                .unwrap_or_else(|| toml::Value::String(raw.clone()))
-        };
+        // `ACCESSGATE_EXTENSIONS__<NAME>__<KEY>` sets `extensions.<name>.<key>`.
+        if sec == "extensions" {
+            let Some((name, ext_key)) = field.split_once("__") else {
+                problems.push(ConfigProblem {
+                    setting: key.clone(),
+                    message: "extension overrides are ACCESSGATE_EXTENSIONS__<NAME>__<KEY>".into(),
+                });
+                continue;
+            };
+            let value = env_value(raw, ext_key != "catalog_ids");
+            let ext = root
+                .entry("extensions")
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .map(|t| {
+                    t.entry(name.to_owned())
+                        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                });
+            match ext.and_then(toml::Value::as_table_mut) {
+                Some(t) => {
+                    t.insert(ext_key.to_owned(), value);
+                }
+                None => problems.push(ConfigProblem {
+                    setting: format!("extensions.{name}"),
+                    message: "is not a table".into(),
+                }),
+            }
+            continue;
+        }
+        let value = env_value(
+            raw,
+            STRING_KEYS.contains(&format!("{sec}.{field}").as_str()),
+        );
         let entry = root
             .entry(sec.clone())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
@@ -765,12 +1124,145 @@ x = 1
             "graph.base_url",
             "graph.client_id",
             "graph.client_secret",
-            "inbound.audiences",
+            "extensions",
             "worker.default_callback_timeout",
             "nonsense",
         ] {
             assert!(settings.contains(&s), "missing {s} in {settings:?}");
         }
+    }
+
+    /// GOOD with `lines` added to its `[inbound]` section.
+    fn inbound(lines: &str) -> String {
+        GOOD.replace("[inbound]\n", &format!("[inbound]\n{lines}\n"))
+    }
+
+    const RES: &str = "/subscriptions/22222222-3333-4444-5555-666666666666/resourceGroups/rg/providers/Microsoft.Logic/workflows/la";
+
+    #[test]
+    fn extensions_from_file_and_environment() {
+        let text = format!(
+            "{GOOD}[extensions.finance]\nresource = \"{RES}\"\ncatalog_ids = [\"C0000000-0000-0000-0000-000000000001\"]\n"
+        );
+        let c = from_sources(
+            &text,
+            &env(&[
+                ("ACCESSGATE_GRAPH__CLIENT_SECRET", "x"),
+                ("ACCESSGATE_EXTENSIONS__HR__RESOURCE", &format!("{RES}-hr")),
+                ("ACCESSGATE_EXTENSIONS__HR__HOST", "Management.Azure.com"),
+            ]),
+            Path::new("."),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<&str> = c.extensions.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["finance", "hr"]);
+        let fin = &c.extensions[0];
+        assert_eq!(fin.host, "management.azure.com");
+        assert_eq!(fin.resource_key, normalize_resource(RES));
+        assert!(fin.serves_catalog(Some("c0000000-0000-0000-0000-000000000001")));
+        assert!(!fin.serves_catalog(Some("c0000000-0000-0000-0000-000000000002")));
+        assert!(!fin.serves_catalog(None));
+        assert!(c.extensions[1].serves_catalog(None));
+        assert_eq!(c.extensions[1].host, "management.azure.com");
+        assert_eq!(c.inbound.mode, IngressMode::Direct);
+        assert_eq!(
+            c.inbound.pop.algorithms,
+            [PopAlgorithm::Rs256, PopAlgorithm::Ps256]
+        );
+        assert_eq!(c.inbound.pop.lifetime, Duration::from_secs(300));
+        assert_eq!(c.inbound.pop.future_skew, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn bad_extensions_and_pop_settings_are_each_named() {
+        let text = format!(
+            r#"{}
+[extensions.a]
+resource = "{RES}"
+[extensions.b]
+resource = "{RES}/"
+[extensions.c]
+resource = "/subscriptions/x/../y"
+catalog_ids = ["finance"]
+[extensions.d]
+host = "management.azure.com/x"
+"#,
+            inbound(
+                r#"pop_algorithms = ["RS256", "HS256", "none"]
+pop_lifetime_seconds = 5"#
+            )
+        );
+        let errs = from_sources(
+            &text,
+            &env(&[("ACCESSGATE_GRAPH__CLIENT_SECRET", "x")]),
+            Path::new("."),
+        )
+        .err()
+        .map(|e| e.0)
+        .unwrap_or_default();
+        let all = format!("{errs:?}");
+        for s in [
+            "inbound.pop_algorithms",
+            "inbound.pop_lifetime_seconds",
+            "extensions.b.resource",
+            "extensions.c.resource",
+            "extensions.c.catalog_ids",
+            "extensions.d.resource",
+            "extensions.d.host",
+        ] {
+            assert!(errs.iter().any(|p| p.setting == s), "missing {s} in {all}");
+        }
+        assert_eq!(
+            errs.iter()
+                .filter(|p| p.setting == "inbound.pop_algorithms")
+                .count(),
+            2,
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn relay_mode_needs_its_audience_and_caller() {
+        let text = inbound("mode = \"relay\"");
+        let errs = from_sources(
+            &text,
+            &env(&[("ACCESSGATE_GRAPH__CLIENT_SECRET", "x")]),
+            Path::new("."),
+        )
+        .err()
+        .map(|e| e.0)
+        .unwrap_or_default();
+        assert!(
+            errs.iter().any(|p| p.setting == "inbound.relay_audiences"),
+            "{errs:?}"
+        );
+        let text = inbound(
+            "mode = \"relay\"\nrelay_audiences = [\"api://accessgate\"]\nrelay_caller_ids = [\"0A000000-0000-0000-0000-000000000001\"]",
+        );
+        let c = from_sources(
+            &text,
+            &env(&[("ACCESSGATE_GRAPH__CLIENT_SECRET", "x")]),
+            Path::new("."),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.inbound.mode, IngressMode::Relay);
+        assert_eq!(
+            c.inbound.relay.caller_ids,
+            ["0a000000-0000-0000-0000-000000000001"]
+        );
+    }
+
+    #[test]
+    fn resource_normalisation_is_exactly_case_slashes_and_unreserved_escapes() {
+        assert_eq!(normalize_resource("/Subscriptions/A/"), "subscriptions/a");
+        assert_eq!(normalize_resource("//a//"), "a");
+        assert_eq!(normalize_resource("/a%2Db"), "a-b");
+        assert_eq!(normalize_resource("/a%41"), "aa");
+        // An encoded slash or dot segment is not the same resource.
+        assert_eq!(normalize_resource("/a%2Fb"), "a%2fb");
+        assert_ne!(normalize_resource("/a/../b"), normalize_resource("/b"));
+        assert_eq!(normalize_resource("/a%"), "a%");
+        assert_eq!(normalize_resource("/a%4"), "a%4");
     }
 
     #[test]

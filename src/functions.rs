@@ -144,7 +144,7 @@ async fn elm_callout(State(app): State<Arc<AppState>>, body: axum::body::Bytes) 
         let challenge = admitted.as_ref().err().and_then(IntakeError::challenge);
         let (status, body): (u16, Value) = match admitted {
             Ok((Admission::Callout(c), caller)) => {
-                let job = intake::job_for(*c, &correlation_id, &app.config.worker);
+                let job = intake::job_for(*c, &correlation_id, &app.config.worker, caller.extension.clone());
                 match queue_text(job) {
                     Ok((text, job)) => {
                         tracing::info!(caller = %caller.app_id, request_id = %job.callout.request_id,

@@ -138,6 +138,7 @@ impl AppState {
         req: &IntakeRequest<'_>,
     ) -> Result<&'static str, IntakeError> {
         let admission = intake::admit_verified(
+            &self.auth,
             caller,
             self.config.server.max_body_bytes,
             self.capture.as_ref(),
@@ -158,13 +159,18 @@ impl AppState {
                 span.record("request_id", c.request_id.as_str());
                 span.record("stage", c.stage.as_graph());
                 span.record("stage_instance_id", c.stage_instance_id.as_str());
-                let job = intake::job_for(*c, req.correlation_id, &self.config.worker);
+                let job = intake::job_for(
+                    *c,
+                    req.correlation_id,
+                    &self.config.worker,
+                    caller.extension.clone(),
+                );
                 let Some(queue) = &self.queue else {
                     return Err(IntakeError::Store(crate::queue::StoreError::NoLocalQueue));
                 };
                 match queue.enqueue(&job).await? {
                     EnqueueOutcome::Enqueued => {
-                        tracing::info!(caller = %caller.app_id, token = %caller.token_hash, "callout accepted and queued");
+                        tracing::info!(caller = %caller.app_id, scheme = caller.scheme.as_str(), extension = caller.extension.as_deref(), token = %caller.token_hash, "callout accepted and queued");
                         Ok("accepted")
                     }
                     EnqueueOutcome::Duplicate => {

@@ -5,7 +5,7 @@
 //! [`IntakeError`] is the one error enum of this boundary; [`IntakeError::status`] and
 //! [`IntakeError::code`] are the single mapping to HTTP used by both hosts.
 
-use crate::auth::{AuthError, Authenticator, VerifiedCaller};
+use crate::auth::{AuthError, Authenticator, PopFault, VerifiedCaller};
 use crate::callout::{self, CalloutError, Parsed};
 use crate::capture::Capture;
 use crate::queue::{JobMessage, StoreError};
@@ -43,6 +43,8 @@ pub enum IntakeError {
     Timeout,
     #[error("callout too large for a queue message")]
     TooLargeForQueue,
+    #[error("the callout's catalog is not one that extension {0:?} serves")]
+    CatalogNotServed(String),
 }
 
 impl IntakeError {
@@ -50,8 +52,9 @@ impl IntakeError {
         match self {
             IntakeError::TooLarge => 413,
             IntakeError::UnsupportedMediaType => 415,
-            IntakeError::Auth(AuthError::KeysUnavailable) => 503,
+            IntakeError::Auth(a) if a.is_unavailable() => 503,
             IntakeError::Auth(_) => 401,
+            IntakeError::CatalogNotServed(_) => 403,
             IntakeError::Callout(_) => 400,
             IntakeError::Store(_) => 503,
             IntakeError::Timeout => 408,
@@ -70,13 +73,15 @@ impl IntakeError {
             IntakeError::Store(_) => "queue_unavailable",
             IntakeError::Timeout => "request_timeout",
             IntakeError::TooLargeForQueue => "body_too_large",
+            IntakeError::CatalogNotServed(_) => "catalog_not_served",
         }
     }
 
     pub fn public_code(&self) -> &'static str {
         match self {
-            IntakeError::Auth(AuthError::KeysUnavailable) => "temporarily_unavailable",
+            IntakeError::Auth(a) if a.is_unavailable() => "temporarily_unavailable",
             IntakeError::Auth(_) => "unauthorized",
+            IntakeError::CatalogNotServed(_) => "forbidden",
             other => other.code(),
         }
     }
@@ -84,10 +89,16 @@ impl IntakeError {
     /// A short message safe to return: no internals, no token content.
     pub fn public_message(&self) -> String {
         match self {
-            IntakeError::Auth(AuthError::KeysUnavailable) | IntakeError::Store(_) => {
+            IntakeError::Auth(a) if a.is_unavailable() => {
+                "the service cannot accept callouts right now; retry later".into()
+            }
+            IntakeError::Store(_) => {
                 "the service cannot accept callouts right now; retry later".into()
             }
             IntakeError::Auth(_) => "the request is not authenticated".into(),
+            IntakeError::CatalogNotServed(_) => {
+                "this endpoint does not serve callouts for that catalog".into()
+            }
             other => other.to_string(),
         }
     }
@@ -107,12 +118,19 @@ impl IntakeError {
         }
     }
 
-    /// The `WWW-Authenticate` challenge for 401s (RFC 6750 §3).
+    /// The `WWW-Authenticate` challenge for 401s (RFC 6750 §3), in the scheme that was
+    /// expected: `PoP` unless the caller presented a bearer token or relay mode refused PoP.
     pub fn challenge(&self) -> Option<&'static str> {
         match self {
-            IntakeError::Auth(AuthError::KeysUnavailable) => None,
-            IntakeError::Auth(AuthError::Missing) => Some("Bearer"),
-            IntakeError::Auth(_) => Some("Bearer error=\"invalid_token\""),
+            IntakeError::Auth(a) if a.is_unavailable() => None,
+            IntakeError::Auth(
+                AuthError::Missing | AuthError::Malformed | AuthError::UnsupportedScheme,
+            ) => Some("PoP, Bearer"),
+            IntakeError::Auth(AuthError::BearerNotAccepted) => Some("PoP"),
+            IntakeError::Auth(AuthError::PopNotAccepted | AuthError::Token(_)) => {
+                Some("Bearer error=\"invalid_token\"")
+            }
+            IntakeError::Auth(_) => Some("PoP error=\"invalid_token\""),
             _ => None,
         }
     }
@@ -140,13 +158,15 @@ pub async fn admit(
         return Err(IntakeError::TooLarge);
     }
     let caller = auth.verify(req.authorization).await?;
-    let admission = admit_verified(&caller, max_body, capture, req).await?;
+    let admission = admit_verified(auth, &caller, max_body, capture, req).await?;
     Ok((admission, caller))
 }
 
-/// The checks after authentication: size, content type, parse, capture. The standalone server
-/// authenticates from the headers first so an anonymous client cannot make it buffer a body.
+/// The checks after authentication: size, content type, the PoP body hash, parse, the
+/// extension's catalogs, capture. The standalone server authenticates from the headers first so
+/// an anonymous client cannot make it buffer a body.
 pub async fn admit_verified(
+    auth: &Authenticator,
     caller: &VerifiedCaller,
     max_body: usize,
     capture: Option<&Capture>,
@@ -159,7 +179,23 @@ pub async fn admit_verified(
     if req.content_type.is_some_and(|ct| !is_json(ct)) {
         return Err(IntakeError::UnsupportedMediaType);
     }
+    if caller
+        .body_hash
+        .as_deref()
+        .is_some_and(|b| b != crate::auth::pop::body_hash(req.body))
+    {
+        return Err(IntakeError::Auth(AuthError::Pop(
+            PopFault::BodyHashMismatch,
+        )));
+    }
     let parsed = callout::parse(req.body)?;
+    if let (Parsed::Callout(c), Some(name)) = (&parsed, &caller.extension)
+        && auth
+            .extension(name)
+            .is_some_and(|e| !e.serves_catalog(c.catalog.id.as_deref()))
+    {
+        return Err(IntakeError::CatalogNotServed(name.clone()));
+    }
     if let Some(cap) = capture {
         cap.record(req.correlation_id, req.body, caller).await;
     }
@@ -182,10 +218,12 @@ pub fn job_for(
     c: callout::Callout,
     correlation_id: &str,
     cfg: &crate::config::WorkerConfig,
+    extension: Option<String>,
 ) -> JobMessage {
     JobMessage::new(
         c,
         correlation_id.to_owned(),
+        extension,
         cfg.default_callback_timeout,
         cfg.deadline_margin,
     )

@@ -26,9 +26,20 @@ pub enum Step {
 }
 
 pub struct WorkerCtx {
+    /// `[policy]`, for callouts of no extension or of one without its own policy file.
     pub policy: Policy,
+    /// Extension name → its own policy.
+    pub extension_policies: std::collections::HashMap<String, Policy>,
     pub graph: GraphClient,
     pub cfg: WorkerConfig,
+}
+
+impl WorkerCtx {
+    pub fn policy_for(&self, extension: Option<&str>) -> &Policy {
+        extension
+            .and_then(|e| self.extension_policies.get(e))
+            .unwrap_or(&self.policy)
+    }
 }
 
 /// Backoff before attempt `attempt + 1`: exponential, capped, with "equal jitter" (half fixed,
@@ -51,7 +62,7 @@ pub async fn process(
     last_error: Option<&str>,
 ) -> Step {
     let c = &msg.callout;
-    let decision = ctx.policy.decide(c);
+    let decision = ctx.policy_for(msg.extension.as_deref()).decide(c);
     let verdict = match decision.action {
         Action::Continue => "continue",
         Action::Deny => "deny",

@@ -1,4 +1,4 @@
-//! Bearer token validation through the real binary: each forged or wrong token is a 401 whose
+//! Legacy bearer ("Regular" token) validation through the real binary: each forged or wrong token is a 401 whose
 //! specific reason is logged under the request's correlation id, and nothing is queued.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -38,7 +38,7 @@ async fn expect_rejected(h: &Harness, name: &str, m: MintOptions, reason: &str) 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn wrong_tokens_are_refused_with_their_specific_reason() {
-    let h = Harness::start("").await;
+    let h = Harness::start_bearer("").await;
     let other_tenant = "99999999-2222-3333-4444-555555555555".to_string();
     let cases: Vec<(&str, MintOptions, &str)> = vec![
         (
@@ -129,7 +129,7 @@ async fn wrong_tokens_are_refused_with_their_specific_reason() {
                 alg: Some("none".into()),
                 ..Default::default()
             },
-            "algorithm_not_allowed",
+            "algorithm_none",
         ),
         (
             "PS256",
@@ -182,7 +182,7 @@ async fn wrong_tokens_are_refused_with_their_specific_reason() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn v1_and_v2_tokens_of_both_callers_are_accepted() {
-    let h = Harness::start("").await;
+    let h = Harness::start_bearer("").await;
     for (version, app) in [
         (IssuerVersion::V1, "810dcf14-1858-4bf2-8134-4c369fa3235b"),
         (IssuerVersion::V2, "810dcf14-1858-4bf2-8134-4c369fa3235b"),
@@ -200,7 +200,7 @@ async fn v1_and_v2_tokens_of_both_callers_are_accepted() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn key_rotation_is_picked_up_on_an_unknown_kid_and_refetches_are_rate_limited() {
-    let h = Harness::start("").await;
+    let h = Harness::start_bearer("").await;
     let emu = h.emu();
     let (status, _, _) = post_with(&h, &h.token(MintOptions::default())).await;
     assert_eq!(status, 202);
@@ -241,7 +241,12 @@ async fn keys_unavailable_is_a_503_not_a_401() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_url = format!("http://{}", dead.local_addr().unwrap());
     drop(dead);
-    let path = write_config(dir.path(), &emu.handle(), "");
+    let path = write_config_with(
+        dir.path(),
+        &emu.handle(),
+        &format!("audiences = [\"{AUDIENCE}\"]"),
+        "",
+    );
     let text = std::fs::read_to_string(&path).unwrap().replacen(
         &format!("authority = \"{}\"", emu.base_url()),
         &format!("authority = \"{dead_url}\""),
@@ -275,7 +280,7 @@ async fn keys_unavailable_is_a_503_not_a_401() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_identity_host_is_asked_at_most_every_few_seconds() {
-    let h = Harness::start("").await;
+    let h = Harness::start_bearer("").await;
     let emu = h.emu();
     // Keys fetched at start; now metadata and JWKS fail. A flood of unknown kids must still
     // cause at most one refetch, and valid tokens keep working from the cache.

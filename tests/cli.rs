@@ -94,6 +94,16 @@ file = "policy.toml"
     assert!(!stdout.contains("not-printed-7f3a"));
 }
 
+/// The `at` claim of a PoP signed request.
+fn inner_at(shr: &str) -> String {
+    use base64::Engine as _;
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(shr.split('.').nth(1).unwrap())
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    v["at"].as_str().unwrap().to_string()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn secrets_and_tokens_never_appear_in_logs() {
     // Run a whole story, including failures (a wrong client secret makes the token endpoint
@@ -101,21 +111,31 @@ async fn secrets_and_tokens_never_appear_in_logs() {
     let h = Harness::start("").await;
     let secret = h.emu().config().graph_client_secret.clone();
     let mut tokens = Vec::new();
-    for m in [
-        MintOptions::default(),
-        MintOptions {
+    for o in [
+        PopOptions::default(),
+        PopOptions {
             tamper_signature: true,
             ..Default::default()
         },
-        MintOptions {
-            expires_in_secs: Some(-600),
+        PopOptions {
+            ts_offset_secs: Some(-600),
+            ..Default::default()
+        },
+        PopOptions {
+            at: Some(MintOptions {
+                expires_in_secs: Some(-600),
+                ..Default::default()
+            }),
             ..Default::default()
         },
     ] {
-        let t = h.token(m);
+        let auth = h.pop(o);
+        let t = auth.trim_start_matches("PoP ").to_string();
+        // The inner access token must not leak either.
+        tokens.push(inner_at(&t));
         let _ = client()
             .post(h.callout_url())
-            .header("authorization", format!("Bearer {t}"))
+            .header("authorization", auth)
             .header("content-type", "application/json")
             .body(flat_body(
                 "assignmentRequestCreated",
@@ -140,11 +160,13 @@ async fn secrets_and_tokens_never_appear_in_logs() {
         &["serve"],
     )
     .await;
-    let t = h.token(MintOptions::default());
+    let auth = h.pop(PopOptions::default());
+    let t = auth.trim_start_matches("PoP ").to_string();
+    tokens.push(inner_at(&t));
     let sid = uuid::Uuid::new_v4().to_string();
     let _ = client()
         .post(bad.url("/api/elm"))
-        .header("authorization", format!("Bearer {t}"))
+        .header("authorization", auth)
         .header("content-type", "application/json")
         .body(flat_body("assignmentRequestCreated", "r-wrong", &sid))
         .send()

@@ -75,8 +75,8 @@ fn waiting_callout(emu: &Emulator) -> (String, String, String) {
 
 fn http_payload(emu: &Emulator, body: &str) -> Value {
     let mut p = fixture("http-trigger.json");
-    let token = emu.mint_callout_token(&MintOptions::default()).unwrap();
-    p["Data"]["req"]["Headers"]["Authorization"] = json!([format!("Bearer {token}")]);
+    let token = emu.mint_pop(&PopOptions::default()).unwrap();
+    p["Data"]["req"]["Headers"]["Authorization"] = json!([format!("PoP {token}")]);
     p["Data"]["req"]["Headers"]["Content-Length"] = json!([body.len().to_string()]);
     p["Data"]["req"]["Body"] = Value::String(body.to_string());
     p
@@ -134,13 +134,23 @@ async fn http_trigger_rejections_stay_2xx_to_the_host_with_the_status_in_res() {
     let fx = start().await;
     let emu = fx.emu.handle();
     let mut p = http_payload(&emu, &flat_body("assignmentRequestCreated", "r", "s"));
-    p["Data"]["req"]["Headers"]["Authorization"] = json!(["Bearer forged.token.value"]);
+    p["Data"]["req"]["Headers"]["Authorization"] = json!(["PoP forged.token.value"]);
     let (status, out) = invoke(&fx.ag, "ElmCallout", &p).await;
     assert_eq!(status, 200);
     assert_eq!(out["Outputs"]["res"]["statusCode"], 401);
     assert_eq!(
         out["Outputs"]["res"]["headers"]["WWW-Authenticate"],
-        "Bearer error=\"invalid_token\""
+        "PoP error=\"invalid_token\""
+    );
+    // The same signed request twice: the replay is refused, as on the standalone server.
+    let p = http_payload(&emu, &flat_body("assignmentRequestCreated", "r-rp", "s-rp"));
+    let (_, out) = invoke(&fx.ag, "ElmCallout", &p).await;
+    assert_eq!(out["Outputs"]["res"]["statusCode"], 202, "{out}");
+    let (_, out) = invoke(&fx.ag, "ElmCallout", &p).await;
+    assert_eq!(out["Outputs"]["res"]["statusCode"], 401, "{out}");
+    assert!(
+        out["Outputs"].get("job").is_none(),
+        "a replay queues nothing: {out}"
     );
     assert!(out["Outputs"].get("job").is_none(), "nothing queued: {out}");
 
@@ -153,8 +163,8 @@ async fn http_trigger_rejections_stay_2xx_to_the_host_with_the_status_in_res() {
     // Chunked client request: the host omits Body.
     let mut p = fixture("http-trigger-chunked.json");
     p["Data"]["req"]["Headers"]["Authorization"] = json!([format!(
-        "Bearer {}",
-        emu.mint_callout_token(&MintOptions::default()).unwrap()
+        "PoP {}",
+        emu.mint_pop(&PopOptions::default()).unwrap()
     )]);
     let (status, out) = invoke(&fx.ag, "ElmCallout", &p).await;
     assert_eq!(status, 200);
@@ -243,7 +253,7 @@ async fn callouts_too_large_for_a_queue_message_are_trimmed_or_refused_in_res() 
     assert_eq!(status, 200);
     assert_eq!(out["Outputs"]["res"]["statusCode"], 413);
 
-    // A missing Authorization gets the plain Bearer challenge, like the standalone server.
+    // A missing Authorization gets the plain challenge, like the standalone server.
     let mut p = http_payload(&emu, &flat_body("assignmentRequestCreated", "r", "s"));
     p["Data"]["req"]["Headers"]
         .as_object_mut()
@@ -253,6 +263,6 @@ async fn callouts_too_large_for_a_queue_message_are_trimmed_or_refused_in_res() 
     assert_eq!(out["Outputs"]["res"]["statusCode"], 401);
     assert_eq!(
         out["Outputs"]["res"]["headers"]["WWW-Authenticate"],
-        "Bearer"
+        "PoP, Bearer"
     );
 }

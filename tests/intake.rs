@@ -72,10 +72,9 @@ async fn connection_test_and_unknown_stage_are_acknowledged_and_not_queued() {
         assert_eq!(r.status, Some(202), "{stage}");
     }
     // An authenticated object with no stage and no ids (an undocumented endpoint test): 202.
-    let token = format!("Bearer {}", h.token(MintOptions::default()));
     let (status, v, _) = post(
         &h,
-        Some(token),
+        Some(h.pop(PopOptions::default())),
         Some("application/json"),
         br#"{"source":"x"}"#.to_vec(),
     )
@@ -111,7 +110,8 @@ async fn post(
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_gets_a_4xx_with_a_reason_logged_under_its_correlation_id_and_no_job() {
     let h = Harness::start("").await;
-    let good = format!("Bearer {}", h.token(MintOptions::default()));
+    // A PoP signed request is single-use: every case gets a fresh one.
+    let good = || h.pop(PopOptions::default());
     let body = flat_body("assignmentRequestCreated", "r1", "s1");
     let json = Some("application/json");
     let mut huge = b"{\"pad\":\"".to_vec();
@@ -128,24 +128,25 @@ async fn bad_input_gets_a_4xx_with_a_reason_logged_under_its_correlation_id_and_
         &'a str,
     );
     let cases: Vec<Case> = vec![
-        ("malformed JSON", Some(good.clone()), json, b"{\"Stage\":".to_vec(), 400, "malformed_json", "malformed_json"),
-        ("not an object", Some(good.clone()), json, b"[1,2]".to_vec(), 400, "not_an_object", "not_an_object"),
-        ("wrong content type", Some(good.clone()), Some("text/plain"), body.clone().into_bytes(), 415, "unsupported_media_type", "unsupported_media_type"),
-        ("body over 1 MiB", Some(good.clone()), json, huge, 413, "body_too_large", "body_too_large"),
-        ("missing stage instance id", Some(good.clone()), json,
+        ("malformed JSON", Some(good()), json, b"{\"Stage\":".to_vec(), 400, "malformed_json", "malformed_json"),
+        ("not an object", Some(good()), json, b"[1,2]".to_vec(), 400, "not_an_object", "not_an_object"),
+        ("wrong content type", Some(good()), Some("text/plain"), body.clone().into_bytes(), 415, "unsupported_media_type", "unsupported_media_type"),
+        ("body over 1 MiB", Some(good()), json, huge, 413, "body_too_large", "body_too_large"),
+        ("missing stage instance id", Some(good()), json,
             br#"{"Stage":"assignmentRequestCreated","AccessPackageAssignmentRequestId":"r"}"#.to_vec(), 400, "missing_field", "missing_field"),
-        ("missing request id", Some(good.clone()), json,
+        ("missing request id", Some(good()), json,
             br#"{"Stage":"assignmentRequestCreated","CustomExtensionStageInstanceId":"s"}"#.to_vec(), 400, "missing_field", "missing_field"),
-        ("missing stage", Some(good.clone()), json,
+        ("missing stage", Some(good()), json,
             br#"{"CustomExtensionStageInstanceId":"s","AccessPackageAssignmentRequestId":"r"}"#.to_vec(), 400, "missing_field", "missing_field"),
-        ("stage of the wrong type", Some(good.clone()), json,
+        ("stage of the wrong type", Some(good()), json,
             br#"{"Stage":{"x":1},"CustomExtensionStageInstanceId":"s","AccessPackageAssignmentRequestId":"r"}"#.to_vec(), 400, "missing_field", "missing_field"),
-        ("id with path characters", Some(good.clone()), json,
+        ("id with path characters", Some(good()), json,
             br#"{"Stage":"assignmentRequestCreated","CustomExtensionStageInstanceId":"s","AccessPackageAssignmentRequestId":"../users"}"#.to_vec(), 400, "invalid_field", "invalid_field"),
         ("no Authorization", None, json, body.clone().into_bytes(), 401, "unauthorized", "missing_authorization"),
-        ("garbled Authorization", Some("Bearer".into()), json, body.clone().into_bytes(), 401, "unauthorized", "malformed_authorization"),
+        ("garbled Authorization", Some("PoP".into()), json, body.clone().into_bytes(), 401, "unauthorized", "malformed_authorization"),
         ("Basic scheme", Some("Basic dXNlcjpwYXNz".into()), json, body.clone().into_bytes(), 401, "unauthorized", "unsupported_scheme"),
-        ("not a JWT", Some("Bearer not.a.jwt".into()), json, body.clone().into_bytes(), 401, "unauthorized", "malformed_token"),
+        ("not a JWT", Some("PoP not.a.jwt".into()), json, body.clone().into_bytes(), 401, "unauthorized", "pop_malformed_header"),
+        ("bearer in direct mode", Some(format!("Bearer {}", h.token(MintOptions::default()))), json, body.clone().into_bytes(), 401, "unauthorized", "bearer_not_accepted"),
     ];
     for (name, auth, ct, body, status, public, reason) in cases {
         let (got, v, cid) = post(&h, auth, ct, body).await;
@@ -171,11 +172,12 @@ async fn bad_input_gets_a_4xx_with_a_reason_logged_under_its_correlation_id_and_
 #[tokio::test(flavor = "multi_thread")]
 async fn capture_keeps_the_body_and_token_summary_but_never_the_token() {
     let h = Harness::start("[capture]\nenabled = true\n").await;
-    let token = h.token(MintOptions::default());
+    let auth = h.pop(PopOptions::default());
+    let token = auth.trim_start_matches("PoP ").to_string();
     let body = flat_body("assignmentRequestCreated", "r-cap", "s-cap");
     let (status, _, cid) = post(
         &h,
-        Some(format!("Bearer {token}")),
+        Some(auth.clone()),
         Some("application/json"),
         body.into_bytes(),
     )
@@ -192,12 +194,35 @@ async fn capture_keeps_the_body_and_token_summary_but_never_the_token() {
     let text = std::fs::read_to_string(file.path()).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["body"]["CustomExtensionStageInstanceId"], "s-cap");
-    assert_eq!(v["token"]["aud"], AUDIENCE);
+    assert_eq!(v["token"]["aud"], "https://management.azure.com");
     assert_eq!(v["token"]["appid"], "810dcf14-1858-4bf2-8134-4c369fa3235b");
     assert!(v["token"]["header"]["kid"].is_string());
-    let sig = token.rsplit('.').next().unwrap();
-    assert!(
-        !text.contains(&token) && !text.contains(sig),
-        "capture must not contain the token or its signature"
+    assert_eq!(v["token"]["pop"]["header"]["typ"], "pop");
+    assert_eq!(v["token"]["pop"]["extension"], "elm");
+    assert_eq!(v["token"]["pop"]["u"], "management.azure.com");
+    assert_eq!(
+        v["token"]["pop"]["p"],
+        h.emu().config().logic_app_resource.as_str()
     );
+    // Neither the signed request, its signature, nor the inner access token or its signature.
+    let payload: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            token.split('.').nth(1).unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let at = payload["at"].as_str().unwrap();
+    for secret in [
+        token.as_str(),
+        token.rsplit('.').next().unwrap(),
+        at,
+        at.rsplit('.').next().unwrap(),
+    ] {
+        assert!(
+            !text.contains(secret),
+            "capture must not contain tokens or signatures"
+        );
+    }
 }

@@ -57,15 +57,16 @@ async fn live_answers_match_the_description() {
     let spec = spec();
     let allowed = documented_statuses(&spec, "post", "/api/elm");
     let codes = error_codes(&spec);
-    let token = format!("Bearer {}", h.token(MintOptions::default()));
+    // PoP signed requests are single-use: one per probe.
+    let token = || Some(h.pop(PopOptions::default()));
     let good = flat_body("assignmentRequestCreated", "r-oa", "s-oa");
-    let probes: Vec<(Option<&str>, &str, String)> = vec![
-        (Some(token.as_str()), "application/json", good.clone()),
-        (Some(token.as_str()), "application/json", "{".into()),
-        (Some(token.as_str()), "text/plain", good.clone()),
+    let probes: Vec<(Option<String>, &str, String)> = vec![
+        (token(), "application/json", good.clone()),
+        (token(), "application/json", "{".into()),
+        (token(), "text/plain", good.clone()),
         (None, "application/json", good.clone()),
         (
-            Some(token.as_str()),
+            token(),
             "application/json",
             r#"{"Stage":"CustomExtensionConnectionTest"}"#.into(),
         ),

@@ -27,6 +27,7 @@ pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/_emulator/keys/rotate", post(rotate))
         .route("/_emulator/tokens/callout", post(mint_callout))
+        .route("/_emulator/tokens/pop", post(mint_pop))
         .route("/_emulator/tokens/graph", post(mint_graph))
         .route("/_emulator/requests", post(register))
         .route("/_emulator/requests/{id}", get(request))
@@ -84,6 +85,18 @@ async fn mint_callout(State(state): State<AppState>, body: Bytes) -> Response {
         Err(err) => return bad_json(&err),
     };
     match entra::mint_callout_token(&state, &opts) {
+        Ok(token) => Json(json!({ "token": token })).into_response(),
+        Err(err) => control_error(StatusCode::BAD_REQUEST, format!("{err:#}")),
+    }
+}
+
+/// A PoP signed request (`PopOptions` JSON, empty = defaults) → `{"token": "..."}`.
+async fn mint_pop(State(state): State<AppState>, body: Bytes) -> Response {
+    let opts: crate::pop::PopOptions = match parse_body(&body) {
+        Ok(opts) => opts,
+        Err(err) => return bad_json(&err),
+    };
+    match crate::pop::mint_pop(&state, &opts) {
         Ok(token) => Json(json!({ "token": token })).into_response(),
         Err(err) => control_error(StatusCode::BAD_REQUEST, format!("{err:#}")),
     }

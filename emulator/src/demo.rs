@@ -1,6 +1,6 @@
 //! `accessgate-emulator demo`: the whole flow on one machine. Starts the emulator, starts the
 //! real `accessgate serve` (SQLite queue) against it, plays a short story of callouts as Entra
-//! would send them, and prints what happened in plain words with each callout's ack latency.
+//! would send them (PoP signed requests), and prints what happened in plain words with each callout's ack latency.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 use accessgate_emulator::{
-    Emulator, EmulatorConfig, MintOptions, SendOptions, SendReport, Shape, SignWith,
+    Emulator, EmulatorConfig, MintOptions, PopOptions, SendOptions, SendReport, Shape, SignWith,
 };
 
 struct Guard(Child);
@@ -73,7 +73,10 @@ authority = "{base}"
 tenant_id = "{tenant}"
 
 [inbound]
-audiences = ["api://accessgate"]
+# direct mode: Entra's PoP signed requests, bound to the extension's Logic App resource id
+
+[extensions.demo]
+resource = "{resource}"
 
 [graph]
 base_url = "{base}"
@@ -89,6 +92,7 @@ format = "text"
             base = emu.base_url(),
             tenant = cfg.tenant_id,
             client = cfg.graph_client_id,
+            resource = cfg.logic_app_resource,
         ),
     )?;
     Ok(config)
@@ -183,6 +187,7 @@ pub async fn run(accessgate: Option<PathBuf>) -> anyhow::Result<()> {
         "  policy: deny \"Finance Reports\" at request created/approved; everything else continues\n"
     );
 
+    let captured = format!("PoP {}", emu.mint_pop(&PopOptions::default())?);
     let sales = uuid::Uuid::new_v4().to_string();
     let sales_sid = uuid::Uuid::new_v4().to_string();
     let base = |title, opts: SendOptions, status, resume, note| Step {
@@ -261,10 +266,13 @@ pub async fn run(accessgate: Option<PathBuf>) -> anyhow::Result<()> {
             "duplicate: acknowledged, not queued again, no second resume",
         ),
         base(
-            "Someone posts a forged callout signed with a key the tenant never published",
+            "Someone posts a forged callout: its inner token is signed with a key the tenant never published",
             SendOptions {
-                token: Some(MintOptions {
-                    sign_with: Some(SignWith::Unknown),
+                pop: Some(PopOptions {
+                    at: Some(MintOptions {
+                        sign_with: Some(SignWith::Unknown),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 }),
                 access_package_name: Some("Finance Reports".into()),
@@ -274,6 +282,44 @@ pub async fn run(accessgate: Option<PathBuf>) -> anyhow::Result<()> {
             None,
             "refused before the body is even read; nothing queued",
         ),
+        base(
+            "A genuine signed request, but bound to another Logic App (another extension's token)",
+            SendOptions {
+                pop: Some(PopOptions {
+                    p: Some(serde_json::json!(
+                        "/subscriptions/22222222-3333-4444-5555-666666666666/resourceGroups/rg-other/providers/Microsoft.Logic/workflows/other"
+                    )),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            401,
+            None,
+            "refused: the PoP token's p claim names no configured extension",
+        ),
+        base(
+            "Erin requests \"Sales Dashboard\" (the signed request is captured on the way)",
+            SendOptions {
+                authorization: Some(captured.clone()),
+                access_package_name: Some("Sales Dashboard".into()),
+                ..Default::default()
+            },
+            202,
+            Some(None),
+            "",
+        ),
+        base(
+            "An attacker replays Erin's captured signed request with a request of their own",
+            SendOptions {
+                authorization: Some(captured),
+                access_package_name: Some("Finance Reports".into()),
+                maximum_retries: Some(0),
+                ..Default::default()
+            },
+            401,
+            None,
+            "refused: each signed request is accepted once",
+        ),
     ];
 
     let mut latencies = Vec::new();
@@ -281,9 +327,6 @@ pub async fn run(accessgate: Option<PathBuf>) -> anyhow::Result<()> {
     for (i, step) in steps.into_iter().enumerate() {
         let mut opts = step.opts;
         opts.target_url = target.clone();
-        if opts.token.is_none() {
-            opts.token = Some(MintOptions::default());
-        }
         let report: SendReport = emu.send_callout(&opts).await?;
         println!("{}. {}", i + 1, step.title);
         let status = report
@@ -343,9 +386,9 @@ pub async fn run(accessgate: Option<PathBuf>) -> anyhow::Result<()> {
             "Ada's request was resumed {dupes} times, expected once"
         ));
     }
-    if resumes.len() != 3 {
+    if resumes.len() != 4 {
         failures.push(format!(
-            "expected 3 resumes in Graph, saw {}",
+            "expected 4 resumes in Graph, saw {}",
             resumes.len()
         ));
     }

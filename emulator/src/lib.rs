@@ -24,6 +24,7 @@ mod control;
 pub mod entra;
 pub mod faults;
 pub mod graph;
+pub mod pop;
 pub mod sender;
 mod state;
 
@@ -39,7 +40,8 @@ use tokio::task::JoinHandle;
 pub use entra::{IssuerVersion, MintOptions, SignWith};
 pub use faults::{FaultSpec, FaultTarget};
 pub use graph::{CalloutView, RegisterRequest, RequestView, ResumeRecord};
-pub use sender::{SendOptions, SendReport, Shape};
+pub use pop::{PopKey, PopKeyKind, PopOptions};
+pub use sender::{AuthScheme, SendOptions, SendReport, Shape};
 pub use state::Stats;
 
 use state::{AppState, Shared};
@@ -53,6 +55,20 @@ pub struct EmulatorConfig {
     pub graph_client_id: String,
     /// Client secret of that app.
     pub graph_client_secret: String,
+    /// `u` of minted PoP tokens.
+    #[serde(default = "default_pop_host")]
+    pub pop_host: String,
+    /// `p` of minted PoP tokens: the ARM id of the Logic App the extension names.
+    #[serde(default = "default_logic_app_resource")]
+    pub logic_app_resource: String,
+}
+
+fn default_pop_host() -> String {
+    "management.azure.com".to_owned()
+}
+
+fn default_logic_app_resource() -> String {
+    "/subscriptions/22222222-3333-4444-5555-666666666666/resourceGroups/rg-accessgate/providers/Microsoft.Logic/workflows/accessgate-elm".to_owned()
 }
 
 impl Default for EmulatorConfig {
@@ -61,6 +77,8 @@ impl Default for EmulatorConfig {
             tenant_id: "11111111-2222-3333-4444-555555555555".to_owned(),
             graph_client_id: "aaaaaaaa-0000-0000-0000-000000000001".to_owned(),
             graph_client_secret: "emulator-graph-secret".to_owned(),
+            pop_host: default_pop_host(),
+            logic_app_resource: default_logic_app_resource(),
         }
     }
 }
@@ -229,6 +247,20 @@ impl Emulator {
     /// Mints a callout bearer token as Entra would send it (see [`MintOptions`]).
     pub fn mint_callout_token(&self, opts: &MintOptions) -> anyhow::Result<String> {
         entra::mint_callout_token(&self.state, opts)
+    }
+
+    /// Mints a PoP signed request as Entra sends it (see [`PopOptions`]); the value after `PoP `.
+    pub fn mint_pop(&self, opts: &PopOptions) -> anyhow::Result<String> {
+        pop::mint_pop(&self.state, opts)
+    }
+
+    /// The public JWK of the default PoP key.
+    pub fn pop_key_jwk(&self) -> anyhow::Result<serde_json::Value> {
+        Ok(self
+            .state
+            .pop_keys
+            .get(PopKeyKind::default(), false)?
+            .public_jwk())
     }
 
     /// Mints a Graph access token as the token endpoint would return it to the configured

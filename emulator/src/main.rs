@@ -58,7 +58,10 @@ enum Command {
         /// Callback timeout (ISO 8601).
         #[arg(long)]
         timeout: Option<String>,
-        /// Token audience.
+        /// Send a legacy bearer token instead of a PoP signed request.
+        #[arg(long)]
+        bearer: bool,
+        /// Bearer token audience (with --bearer).
         #[arg(long)]
         audience: Option<String>,
     },
@@ -114,6 +117,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tenant_id: tenant_id.unwrap_or(defaults.tenant_id),
                 graph_client_id: graph_client_id.unwrap_or(defaults.graph_client_id),
                 graph_client_secret: graph_client_secret.unwrap_or(defaults.graph_client_secret),
+                ..defaults
             };
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
             let emulator = accessgate_emulator::start(cfg, addr).await?;
@@ -129,6 +133,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             emulator,
             request_id,
             timeout,
+            bearer,
             audience,
         } => {
             let opts = SendOptions {
@@ -140,6 +145,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 stage: Some(stage),
                 request_id,
                 timeout,
+                auth: if bearer {
+                    accessgate_emulator::AuthScheme::Bearer
+                } else {
+                    accessgate_emulator::AuthScheme::Pop
+                },
                 token: Some(MintOptions {
                     audience,
                     ..MintOptions::default()

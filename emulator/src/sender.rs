@@ -36,6 +36,18 @@ pub enum Shape {
     Envelope,
 }
 
+/// How the sender authenticates a callout.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthScheme {
+    /// `Authorization: PoP <signed request>`, a fresh one per attempt (what Entra sends for
+    /// every new custom extension).
+    #[default]
+    Pop,
+    /// `Authorization: Bearer <access token>` (legacy "Regular" extensions, relay mode).
+    Bearer,
+}
+
 /// Options of a callout (`POST /_emulator/callouts/send`, [`send_callout`],
 /// [`crate::Emulator::send_callout`]). Everything except `target_url` is optional.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -55,7 +67,11 @@ pub struct SendOptions {
     pub target_object_id: Option<String>,
     /// Callback timeout, ISO 8601; default `PT1H`.
     pub timeout: Option<String>,
-    /// How to mint the bearer token (ignored when `authorization` is set).
+    /// PoP (default) or bearer.
+    pub auth: AuthScheme,
+    /// How to mint the PoP signed request (ignored unless `auth` is pop).
+    pub pop: Option<crate::pop::PopOptions>,
+    /// How to mint the bearer token (ignored unless `auth` is bearer).
     pub token: Option<MintOptions>,
     /// Raw `Authorization` header value, verbatim; empty string = no header.
     pub authorization: Option<String>,
@@ -398,6 +414,39 @@ impl Backend<'_> {
             }
         }
     }
+
+    async fn mint_pop(
+        &self,
+        http: &reqwest::Client,
+        opts: &crate::pop::PopOptions,
+    ) -> anyhow::Result<String> {
+        match self {
+            Backend::Local(emulator) => emulator.mint_pop(opts),
+            Backend::Remote { base_url } => {
+                let resp = http
+                    .post(format!("{base_url}/_emulator/tokens/pop"))
+                    .json(opts)
+                    .send()
+                    .await
+                    .context("minting a PoP token with the emulator")?;
+                if !resp.status().is_success() {
+                    bail!(
+                        "emulator refused to mint: {} {}",
+                        resp.status(),
+                        resp.text().await.unwrap_or_default()
+                    );
+                }
+                let body: Value = resp.json().await.context("reading the minted token")?;
+                body.get("token")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .context("emulator answer has no 'token'")
+            }
+            Backend::Detached => {
+                bail!("no emulator_url to mint a token with: set emulator_url or authorization")
+            }
+        }
+    }
 }
 
 /// Sends a callout like Entra. Tokens are minted and the request registered through the emulator
@@ -438,16 +487,20 @@ pub(crate) async fn send_callout_with(
         };
         backend.register(&control, &reg).await?;
     }
-    let authorization = match &opts.authorization {
-        Some(raw) if raw.is_empty() => None,
-        Some(raw) => Some(raw.clone()),
-        None => {
+    // A raw header is sent as is; a bearer token is minted once (Entra reuses it); a PoP signed
+    // request is minted per attempt, because the receiver accepts each one once.
+    let fixed_authorization = match (&opts.authorization, opts.auth) {
+        (Some(raw), _) if raw.is_empty() => None,
+        (Some(raw), _) => Some(raw.clone()),
+        (None, AuthScheme::Bearer) => {
             let token = backend
                 .mint(&control, &opts.token.clone().unwrap_or_default())
                 .await?;
             Some(format!("Bearer {token}"))
         }
+        (None, AuthScheme::Pop) => None,
     };
+    let mint_pop_each_attempt = opts.authorization.is_none() && opts.auth == AuthScheme::Pop;
     let body = match &opts.body {
         Some(raw) => raw.clone(),
         None => {
@@ -476,6 +529,15 @@ pub(crate) async fn send_callout_with(
     let started = Instant::now();
     loop {
         report.attempts += 1;
+        // Minted before the clock starts: the latency is the receiver's, not our signing.
+        let pop_header = if mint_pop_each_attempt {
+            let shr = backend
+                .mint_pop(&control, &opts.pop.clone().unwrap_or_default())
+                .await?;
+            Some(format!("PoP {shr}"))
+        } else {
+            None
+        };
         let attempt_started = Instant::now();
         let mut request = http
             .post(&opts.target_url)
@@ -483,7 +545,10 @@ pub(crate) async fn send_callout_with(
             .header("client-request-id", &client_request_id)
             .header("x-ms-client-request-id", &client_request_id)
             .body(body.clone());
-        if let Some(value) = &authorization {
+        if let Some(value) = &fixed_authorization {
+            request = request.header(AUTHORIZATION, value);
+        }
+        if let Some(value) = &pop_header {
             request = request.header(AUTHORIZATION, value);
         }
         let (status, error, retryable) = match request.send().await {

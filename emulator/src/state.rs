@@ -28,6 +28,8 @@ pub(crate) struct Shared {
     pub graph_client_object_id: String,
     /// A key that signs tokens but is never published (`sign_with: "unknown"`).
     pub unknown_key: Arc<SigningKey>,
+    /// PoP keys, generated on first use.
+    pub pop_keys: crate::pop::PopKeys,
     inner: Mutex<Inner>,
 }
 
@@ -72,6 +74,7 @@ impl Shared {
             elm_object_id: uuid::Uuid::new_v4().to_string(),
             graph_client_object_id: uuid::Uuid::new_v4().to_string(),
             unknown_key: Arc::new(unknown),
+            pop_keys: crate::pop::PopKeys::default(),
             inner: Mutex::new(Inner {
                 keys: vec![KeySlot {
                     key: Arc::new(current),

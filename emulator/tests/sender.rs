@@ -25,10 +25,19 @@ fn opts(target: &Target) -> SendOptions {
     }
 }
 
-fn claims_of(authorization: &str) -> Value {
-    let token = authorization.strip_prefix("Bearer ").unwrap();
+fn payload_of(token: &str) -> Value {
     let payload = token.split('.').nth(1).unwrap();
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
+
+/// Claims of the access token in an `Authorization` value: the bearer token itself, or the
+/// `at` inside a PoP signed request.
+fn claims_of(authorization: &str) -> Value {
+    if let Some(token) = authorization.strip_prefix("Bearer ") {
+        return payload_of(token);
+    }
+    let shr = payload_of(authorization.strip_prefix("PoP ").unwrap());
+    payload_of(shr["at"].as_str().unwrap())
 }
 
 /// Recursively checks that every key of `body` is a property of `schema` (JSON-schema objects).
@@ -84,9 +93,17 @@ async fn accepting_target_gets_one_attempt_with_an_entra_like_callout() {
             .unwrap()
             .starts_with("application/json")
     );
-    let claims = claims_of(&target.header(0, "authorization").unwrap());
-    assert_eq!(claims["aud"], "api://accessgate");
+    // PoP by default: the inner token is for management.azure.com and bound to the PoP key.
+    let auth = target.header(0, "authorization").unwrap();
+    assert!(auth.starts_with("PoP "), "{auth}");
+    let shr = payload_of(auth.strip_prefix("PoP ").unwrap());
+    let claims = claims_of(&auth);
+    assert_eq!(claims["aud"], "https://management.azure.com");
     assert_eq!(claims["appid"], "810dcf14-1858-4bf2-8134-4c369fa3235b");
+    assert_eq!(claims["cnf"]["kid"], shr["cnf"]["jwk"]["kid"]);
+    assert_eq!(shr["m"], "POST");
+    assert_eq!(shr["u"], "management.azure.com");
+    assert_eq!(shr["p"], emu.config().logic_app_resource.as_str());
 
     let body = target.body(0);
     assert_eq!(
@@ -130,6 +147,26 @@ async fn slow_target_gets_two_attempts() {
     assert!(report.latency_ms < 4000.0, "{report:?}");
     assert_eq!(target.count(), 2);
     // Both attempts carry the same callout.
+    assert_eq!(target.body(0), target.body(1));
+}
+
+#[tokio::test]
+async fn each_attempt_carries_a_fresh_signed_request() {
+    let emu = common::start().await;
+    let target = Target::start(503, Duration::ZERO).await;
+    let report = emu.send_callout(&opts(&target)).await.unwrap();
+    assert_eq!(report.attempts, 2);
+    let (a, b) = (
+        target.header(0, "authorization").unwrap(),
+        target.header(1, "authorization").unwrap(),
+    );
+    assert!(a.starts_with("PoP ") && b.starts_with("PoP "));
+    assert_ne!(a, b, "a receiver refuses a replayed signed request");
+    let (pa, pb) = (
+        payload_of(a.strip_prefix("PoP ").unwrap()),
+        payload_of(b.strip_prefix("PoP ").unwrap()),
+    );
+    assert_ne!(pa["nonce"], pb["nonce"]);
     assert_eq!(target.body(0), target.body(1));
 }
 
@@ -343,6 +380,7 @@ async fn authorization_and_body_overrides_are_sent_verbatim() {
     assert_eq!(target.body(1), json!({"hello": "world"}));
 
     emu.send_callout(&SendOptions {
+        auth: accessgate_emulator::AuthScheme::Bearer,
         token: Some(accessgate_emulator::MintOptions {
             audience: Some("api://custom".into()),
             ..Default::default()

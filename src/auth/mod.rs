@@ -3,23 +3,29 @@
 //! Invariant: the only way to obtain a [`VerifiedCaller`] is [`Authenticator::verify`], and the
 //! intake path needs one before it parses or queues anything. There is no switch that skips it.
 //!
-//! This module implements the bearer ("Regular" token security) model of protocol.md §4.6:
-//! signature against the tenant's published keys, `iss` from the tenant's OpenID metadata, `aud`,
-//! `appid`/`azp`, `tid`, `exp`/`nbf` with a small leeway. The PoP scheme slots in beside it.
+//! Three ways in, chosen by `inbound.mode` (ARCHITECTURE.md, ingress modes):
+//! - direct, `PoP`: Entra's signed HTTP request ([`pop`]), bound to a configured extension;
+//! - direct, `Bearer`: legacy "Regular" token extensions, only when `inbound.audiences` is set;
+//! - relay, `Bearer`: the managed identity of a relaying Logic App.
 
+mod access_token;
 pub mod jwks;
+pub mod pop;
+mod pop_key;
+pub mod replay;
+pub mod strict_json;
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::sync::Arc;
 
 use base64::Engine as _;
-use jsonwebtoken::{Algorithm, Validation};
-use serde::Deserialize;
 use sha2::Digest as _;
 
-use crate::config::InboundConfig;
+use crate::config::{Extension, InboundConfig, IngressMode, PopAlgorithm, PopConfig};
 use crate::endpoint::EndpointUrl;
-use jwks::{Jwks, Lookup};
+use access_token::{Rules, Verifier};
+use jwks::Jwks;
+use replay::{ReplayCache, ReplayError};
 
 /// Proof that a request carried a valid token; only the authenticator builds it.
 #[derive(Debug, Clone)]
@@ -27,8 +33,12 @@ pub struct VerifiedCaller {
     pub app_id: String,
     pub tenant_id: String,
     pub scheme: Scheme,
-    /// SHA-256 of the token (hex, first 16 chars): safe to log, useful to correlate.
+    /// SHA-256 of the token (base64url, first 16 chars): safe to log, useful to correlate.
     pub token_hash: String,
+    /// The extension a PoP token is bound to (its `p`); `None` for bearer callers.
+    pub extension: Option<String>,
+    /// The `b` claim (body hash) when the signer bound the body; intake checks it.
+    pub body_hash: Option<String>,
     /// The non-secret parts of the token, for capture mode.
     pub summary: TokenSummary,
 }
@@ -37,6 +47,18 @@ pub struct VerifiedCaller {
 #[serde(rename_all = "lowercase")]
 pub enum Scheme {
     Bearer,
+    Pop,
+    Relay,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Bearer => "bearer",
+            Scheme::Pop => "pop",
+            Scheme::Relay => "relay",
+        }
+    }
 }
 
 /// Header and the claims that describe who called; never a signature or the token itself.
@@ -49,44 +71,267 @@ pub struct TokenSummary {
     pub azp: Option<String>,
     pub tid: Option<String>,
     pub ver: Option<String>,
+    /// PoP only: the signed request's header, `ts`, `m`, `u`, `p` and key thumbprint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pop: Option<serde_json::Value>,
 }
 
-/// Why a request was not authenticated. The response is the same 401 for all of them; the
-/// variant (and its `code`) goes to the log and to tests.
+/// Why an access token (bearer, or the `at` inside a PoP token) was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenFault {
+    Malformed,
+    AlgorithmNone,
+    AlgorithmNotAllowed,
+    NoKid,
+    UnknownKey,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    WrongIssuer,
+    WrongAudience,
+    WrongTenant,
+    CallerNotAllowed,
+    MissingClaim,
+}
+
+impl TokenFault {
+    /// (code as a bearer token, code as the `at` of a PoP token, description)
+    fn describe(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Self::Malformed => (
+                "malformed_token",
+                "at_malformed_token",
+                "not a well-formed JWT",
+            ),
+            Self::AlgorithmNone => ("algorithm_none", "at_algorithm_none", "unsigned (alg none)"),
+            Self::AlgorithmNotAllowed => (
+                "algorithm_not_allowed",
+                "at_algorithm_not_allowed",
+                "algorithm is not RS256",
+            ),
+            Self::NoKid => ("missing_kid", "at_missing_kid", "header has no kid"),
+            Self::UnknownKey => (
+                "unknown_signing_key",
+                "at_unknown_signing_key",
+                "signed by a key the tenant does not publish",
+            ),
+            Self::BadSignature => ("bad_signature", "at_bad_signature", "signature is invalid"),
+            Self::Expired => ("token_expired", "at_token_expired", "has expired"),
+            Self::NotYetValid => (
+                "token_not_yet_valid",
+                "at_token_not_yet_valid",
+                "is not valid yet",
+            ),
+            Self::WrongIssuer => (
+                "wrong_issuer",
+                "at_wrong_issuer",
+                "issuer is not the configured tenant's",
+            ),
+            Self::WrongAudience => (
+                "wrong_audience",
+                "at_wrong_audience",
+                "audience is not accepted",
+            ),
+            Self::WrongTenant => (
+                "wrong_tenant",
+                "at_wrong_tenant",
+                "tenant is not the configured tenant",
+            ),
+            Self::CallerNotAllowed => (
+                "caller_not_allowed",
+                "at_caller_not_allowed",
+                "caller app id is not an allowed caller",
+            ),
+            Self::MissingClaim => (
+                "missing_claim",
+                "at_missing_claim",
+                "lacks a required claim",
+            ),
+        }
+    }
+}
+
+/// Why a PoP signed request was refused (beyond its inner access token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PopFault {
+    Malformed,
+    MalformedHeader,
+    MalformedPayload,
+    DuplicateMember,
+    Unsigned,
+    AlgNone,
+    AlgHmac,
+    AlgNotAllowed,
+    WrongTyp,
+    HeaderKeyNotAllowed,
+    CritNotSupported,
+    KidMismatch,
+    AtMissing,
+    AtNotString,
+    TsMissing,
+    TsInvalid,
+    Expired,
+    TsInFuture,
+    ClaimNotString,
+    MethodMissing,
+    WrongMethod,
+    HostMissing,
+    WrongHost,
+    PathMissing,
+    UnknownResource,
+    BadNonce,
+    CnfMissing,
+    CnfMalformed,
+    CnfReferenceNotSupported,
+    KeySymmetric,
+    KeyUnsupported,
+    KeyMalformed,
+    KeyWeak,
+    KeyPrivate,
+    AlgKeyMismatch,
+    AtCnfMissing,
+    AtCnfMalformed,
+    BindingMismatch,
+    BadSignature,
+    Replayed,
+    BodyHashMismatch,
+}
+
+impl PopFault {
+    fn describe(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Malformed => ("pop_malformed", "not three base64url segments"),
+            Self::MalformedHeader => ("pop_malformed_header", "header is not a JSON object"),
+            Self::MalformedPayload => ("pop_malformed_payload", "payload is not a JSON object"),
+            Self::DuplicateMember => (
+                "pop_duplicate_member",
+                "a header or claim member appears twice",
+            ),
+            Self::Unsigned => ("pop_unsigned", "the signature segment is empty"),
+            Self::AlgNone => ("pop_alg_none", "alg none is never accepted"),
+            Self::AlgHmac => ("pop_alg_hmac", "HMAC algorithms are never accepted"),
+            Self::AlgNotAllowed => (
+                "pop_alg_not_allowed",
+                "alg is missing or not in inbound.pop_algorithms",
+            ),
+            Self::WrongTyp => ("pop_wrong_typ", "header typ is not pop"),
+            Self::HeaderKeyNotAllowed => (
+                "pop_header_key_not_allowed",
+                "header names its own key (jku, x5u, jwk, x5c)",
+            ),
+            Self::CritNotSupported => ("pop_crit_not_supported", "header has crit extensions"),
+            Self::KidMismatch => (
+                "pop_kid_mismatch",
+                "header kid is not the thumbprint of cnf.jwk",
+            ),
+            Self::AtMissing => ("pop_at_missing", "no at claim"),
+            Self::AtNotString => ("pop_at_not_string", "at is not a non-empty string"),
+            Self::TsMissing => ("pop_ts_missing", "no ts claim"),
+            Self::TsInvalid => ("pop_ts_invalid", "ts is not a time in seconds"),
+            Self::Expired => (
+                "pop_expired",
+                "ts is older than inbound.pop_lifetime_seconds",
+            ),
+            Self::TsInFuture => (
+                "pop_ts_in_future",
+                "ts is further in the future than inbound.pop_future_skew_seconds",
+            ),
+            Self::ClaimNotString => ("pop_claim_not_string", "m, u, p or b is not a string"),
+            Self::MethodMissing => ("pop_m_missing", "no m claim"),
+            Self::WrongMethod => ("pop_wrong_method", "m is not POST"),
+            Self::HostMissing => ("pop_u_missing", "no u claim"),
+            Self::WrongHost => (
+                "pop_wrong_host",
+                "u is not the host of any configured extension",
+            ),
+            Self::PathMissing => ("pop_p_missing", "no p claim"),
+            Self::UnknownResource => (
+                "pop_unknown_resource",
+                "p is not the resource of any configured extension",
+            ),
+            Self::BadNonce => ("pop_bad_nonce", "nonce is not a short string"),
+            Self::CnfMissing => ("pop_cnf_missing", "no cnf claim"),
+            Self::CnfMalformed => (
+                "pop_cnf_malformed",
+                "cnf is not an object with a jwk object",
+            ),
+            Self::CnfReferenceNotSupported => (
+                "pop_cnf_reference_not_supported",
+                "cnf refers to a key (jku, jwe, kid) instead of carrying it",
+            ),
+            Self::KeySymmetric => ("pop_key_symmetric", "cnf.jwk is a symmetric key"),
+            Self::KeyUnsupported => (
+                "pop_key_unsupported",
+                "cnf.jwk key type or curve is not accepted",
+            ),
+            Self::KeyMalformed => (
+                "pop_key_malformed",
+                "cnf.jwk members are missing or malformed",
+            ),
+            Self::KeyWeak => (
+                "pop_key_weak",
+                "cnf.jwk RSA modulus is shorter than 2048 bits",
+            ),
+            Self::KeyPrivate => (
+                "pop_key_has_private_part",
+                "cnf.jwk carries private key members",
+            ),
+            Self::AlgKeyMismatch => (
+                "pop_alg_key_mismatch",
+                "alg does not belong to the key type",
+            ),
+            Self::AtCnfMissing => ("pop_at_cnf_missing", "the access token has no cnf binding"),
+            Self::AtCnfMalformed => (
+                "pop_at_cnf_malformed",
+                "the access token's cnf is not a kid or jwk",
+            ),
+            Self::BindingMismatch => (
+                "pop_binding_mismatch",
+                "the access token is bound to another key",
+            ),
+            Self::BadSignature => (
+                "pop_bad_signature",
+                "the signed request's signature is invalid",
+            ),
+            Self::Replayed => ("pop_replayed", "this signed request was already used"),
+            Self::BodyHashMismatch => (
+                "pop_body_hash_mismatch",
+                "the b claim does not match the body",
+            ),
+        }
+    }
+}
+
+/// Why a request was not authenticated. The response is the same 401 for all of them (503 for
+/// the two that are ours); the code goes to the log and to tests.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     #[error("no Authorization header")]
     Missing,
     #[error("Authorization header is not valid text or has no token")]
     Malformed,
-    #[error("Authorization scheme is not accepted here")]
+    #[error("Authorization scheme is neither PoP nor Bearer")]
     UnsupportedScheme,
-    #[error("token is not a well-formed JWT")]
-    BadToken,
-    #[error("token algorithm is not allowed")]
-    AlgorithmNotAllowed,
-    #[error("token header has no kid")]
-    NoKid,
-    #[error("token is signed by a key the tenant does not publish")]
-    UnknownKey,
-    #[error("token signature is invalid")]
-    BadSignature,
-    #[error("token has expired")]
-    Expired,
-    #[error("token is not valid yet")]
-    NotYetValid,
-    #[error("token issuer is not the configured tenant's")]
-    WrongIssuer,
-    #[error("token audience is not accepted")]
-    WrongAudience,
-    #[error("token tenant is not the configured tenant")]
-    WrongTenant,
-    #[error("token caller app id is not an allowed caller")]
-    CallerNotAllowed,
-    #[error("token lacks a required claim")]
-    MissingClaim,
+    #[error(
+        "bearer tokens are not accepted: direct mode expects PoP (set inbound.audiences for legacy bearer extensions)"
+    )]
+    BearerNotAccepted,
+    #[error(
+        "PoP tokens are not accepted in relay mode: the relaying Logic App sends a bearer token"
+    )]
+    PopNotAccepted,
+    #[error("token larger than the accepted size")]
+    TooLarge,
+    #[error("bearer token {}", .0.describe().2)]
+    Token(TokenFault),
+    #[error("PoP access token {}", .0.describe().2)]
+    AccessToken(TokenFault),
+    #[error("PoP signed request: {}", .0.describe().1)]
+    Pop(PopFault),
     #[error("tenant signing keys are unavailable")]
     KeysUnavailable,
+    #[error("replay cache is full of live entries")]
+    ReplayCacheFull,
 }
 
 impl AuthError {
@@ -95,39 +340,42 @@ impl AuthError {
             AuthError::Missing => "missing_authorization",
             AuthError::Malformed => "malformed_authorization",
             AuthError::UnsupportedScheme => "unsupported_scheme",
-            AuthError::BadToken => "malformed_token",
-            AuthError::AlgorithmNotAllowed => "algorithm_not_allowed",
-            AuthError::NoKid => "missing_kid",
-            AuthError::UnknownKey => "unknown_signing_key",
-            AuthError::BadSignature => "bad_signature",
-            AuthError::Expired => "token_expired",
-            AuthError::NotYetValid => "token_not_yet_valid",
-            AuthError::WrongIssuer => "wrong_issuer",
-            AuthError::WrongAudience => "wrong_audience",
-            AuthError::WrongTenant => "wrong_tenant",
-            AuthError::CallerNotAllowed => "caller_not_allowed",
-            AuthError::MissingClaim => "missing_claim",
+            AuthError::BearerNotAccepted => "bearer_not_accepted",
+            AuthError::PopNotAccepted => "pop_not_accepted",
+            AuthError::TooLarge => "token_too_large",
+            AuthError::Token(f) => f.describe().0,
+            AuthError::AccessToken(f) => f.describe().1,
+            AuthError::Pop(f) => f.describe().0,
             AuthError::KeysUnavailable => "signing_keys_unavailable",
+            AuthError::ReplayCacheFull => "replay_cache_full",
         }
+    }
+
+    /// Ours, not the caller's: answer 503 so Entra retries.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            AuthError::KeysUnavailable | AuthError::ReplayCacheFull
+        )
     }
 }
 
-#[derive(Deserialize)]
-struct Claims {
-    tid: Option<String>,
-    appid: Option<String>,
-    azp: Option<String>,
-}
-
-/// Upper bound on what we are willing to parse as a token (Entra tokens are a few KiB).
-const MAX_TOKEN_BYTES: usize = 16 * 1024;
+/// Upper bound on what we are willing to parse as a token. An Entra access token is a few KiB;
+/// a PoP token carries one base64url-encoded again plus a public key.
+const MAX_TOKEN_BYTES: usize = 32 * 1024;
 
 pub struct Authenticator {
     jwks: Jwks,
     tenant: String,
-    audiences: Vec<String>,
+    mode: IngressMode,
+    leeway_secs: u64,
+    bearer_audiences: Vec<String>,
     allowed_callers: HashSet<String>,
-    leeway: Duration,
+    pop: PopConfig,
+    extensions: Vec<Extension>,
+    relay_audiences: Vec<String>,
+    relay_callers: HashSet<String>,
+    replay: Arc<ReplayCache>,
 }
 
 impl Authenticator {
@@ -136,6 +384,7 @@ impl Authenticator {
         authority: &EndpointUrl,
         tenant: &uuid::Uuid,
         cfg: &InboundConfig,
+        extensions: &[Extension],
     ) -> Self {
         Authenticator {
             jwks: Jwks::new(
@@ -146,18 +395,37 @@ impl Authenticator {
                 cfg.jwks_max_age,
             ),
             tenant: tenant.to_string(),
-            audiences: cfg.audiences.clone(),
+            mode: cfg.mode,
+            leeway_secs: cfg.clock_skew.as_secs(),
+            bearer_audiences: cfg.audiences.clone(),
             allowed_callers: cfg
                 .allowed_app_ids
                 .iter()
                 .map(|s| s.to_ascii_lowercase())
                 .collect(),
-            leeway: cfg.clock_skew,
+            pop: cfg.pop.clone(),
+            extensions: extensions.to_vec(),
+            relay_audiences: cfg.relay.audiences.clone(),
+            relay_callers: cfg.relay.caller_ids.iter().cloned().collect(),
+            replay: Arc::new(ReplayCache::new(cfg.pop.replay_cache_entries)),
         }
     }
 
     pub fn jwks(&self) -> &Jwks {
         &self.jwks
+    }
+
+    /// The extension a verified caller is bound to.
+    pub fn extension(&self, name: &str) -> Option<&Extension> {
+        self.extensions.iter().find(|e| e.name == name)
+    }
+
+    fn verifier(&self) -> Verifier<'_> {
+        Verifier {
+            jwks: &self.jwks,
+            tenant: &self.tenant,
+            leeway_secs: self.leeway_secs,
+        }
     }
 
     /// Validates the `Authorization` header value of a callout.
@@ -171,100 +439,133 @@ impl Authenticator {
         if token.is_empty() {
             return Err(AuthError::Malformed);
         }
-        if !scheme.eq_ignore_ascii_case("bearer") {
+        let is_pop = scheme.eq_ignore_ascii_case("pop");
+        if !is_pop && !scheme.eq_ignore_ascii_case("bearer") {
             return Err(AuthError::UnsupportedScheme);
         }
         if token.len() > MAX_TOKEN_BYTES {
-            return Err(AuthError::BadToken);
+            return Err(AuthError::TooLarge);
         }
-        self.verify_bearer(token).await
+        match (self.mode, is_pop) {
+            (IngressMode::Direct, true) => self.verify_pop(token).await,
+            (IngressMode::Direct, false) if self.bearer_audiences.is_empty() => {
+                Err(AuthError::BearerNotAccepted)
+            }
+            (IngressMode::Direct, false) => {
+                let rules = Rules {
+                    audiences: &self.bearer_audiences,
+                    callers: &self.allowed_callers,
+                    match_object_id: false,
+                };
+                self.verify_bearer(token, &rules, Scheme::Bearer).await
+            }
+            (IngressMode::Relay, true) => Err(AuthError::PopNotAccepted),
+            (IngressMode::Relay, false) => {
+                let rules = Rules {
+                    audiences: &self.relay_audiences,
+                    callers: &self.relay_callers,
+                    match_object_id: true,
+                };
+                self.verify_bearer(token, &rules, Scheme::Relay).await
+            }
+        }
     }
 
-    async fn verify_bearer(&self, token: &str) -> Result<VerifiedCaller, AuthError> {
-        // Read `alg` ourselves first: the JWT library cannot even represent `none`, and an
-        // algorithm outside the allow-list must be named as such, not as a malformed token.
-        let alg = token
-            .split('.')
-            .next()
-            .and_then(|h| {
-                base64::engine::general_purpose::URL_SAFE_NO_PAD
-                    .decode(h.trim_end_matches('='))
-                    .ok()
-            })
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v.get("alg").and_then(|a| a.as_str()).map(str::to_owned))
-            .ok_or(AuthError::BadToken)?;
-        if alg != "RS256" {
-            return Err(AuthError::AlgorithmNotAllowed);
-        }
-        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::BadToken)?;
-        // Entra signs access tokens with RS256; everything else (none, HS*, PS*, EC) is refused
-        // before any key is looked up.
-        if header.alg != Algorithm::RS256 {
-            return Err(AuthError::AlgorithmNotAllowed);
-        }
-        let kid = header.kid.clone().ok_or(AuthError::NoKid)?;
-        let (key, issuers) = match self.jwks.lookup(&kid).await {
-            Ok(Lookup::Found(k, iss)) => (k, iss),
-            Ok(Lookup::UnknownKid) => return Err(AuthError::UnknownKey),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot validate callout tokens: tenant signing keys unavailable");
-                return Err(AuthError::KeysUnavailable);
-            }
-        };
-        let mut v = Validation::new(Algorithm::RS256);
-        v.leeway = self.leeway.as_secs();
-        v.validate_exp = true;
-        v.validate_nbf = true;
-        v.set_audience(&self.audiences);
-        v.set_issuer(&issuers);
-        v.set_required_spec_claims(&["exp", "iss", "aud"]);
-        let data = jsonwebtoken::decode::<serde_json::Value>(token, &key, &v).map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind as K;
-            match e.kind() {
-                K::InvalidSignature => AuthError::BadSignature,
-                K::ExpiredSignature => AuthError::Expired,
-                K::ImmatureSignature => AuthError::NotYetValid,
-                K::InvalidIssuer => AuthError::WrongIssuer,
-                K::InvalidAudience => AuthError::WrongAudience,
-                K::InvalidAlgorithm => AuthError::AlgorithmNotAllowed,
-                K::MissingRequiredClaim(_) | K::InvalidClaimFormat(_) => AuthError::MissingClaim,
-                _ => AuthError::BadToken,
-            }
-        })?;
-        let claims: Claims =
-            serde_json::from_value(data.claims.clone()).map_err(|_| AuthError::MissingClaim)?;
-        let tid = claims.tid.ok_or(AuthError::MissingClaim)?;
-        if !tid.eq_ignore_ascii_case(&self.tenant) {
-            return Err(AuthError::WrongTenant);
-        }
-        // v1 tokens name the caller in `appid`, v2 tokens in `azp`.
-        let caller = claims
-            .appid
-            .clone()
-            .or(claims.azp.clone())
-            .ok_or(AuthError::MissingClaim)?;
-        if !self.allowed_callers.contains(&caller.to_ascii_lowercase()) {
-            return Err(AuthError::CallerNotAllowed);
-        }
-        let c = &data.claims;
-        let str_claim = |k: &str| c.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    async fn verify_bearer(
+        &self,
+        token: &str,
+        rules: &Rules<'_>,
+        scheme: Scheme,
+    ) -> Result<VerifiedCaller, AuthError> {
+        let c = self
+            .verifier()
+            .check(token, rules, AuthError::Token)
+            .await?;
         Ok(VerifiedCaller {
-            app_id: caller,
-            tenant_id: tid,
-            scheme: Scheme::Bearer,
+            summary: summary(&c, None),
+            app_id: c.caller,
+            tenant_id: c.tenant_id,
+            scheme,
             token_hash: token_hash(token),
-            summary: TokenSummary {
-                header: serde_json::json!({"alg": "RS256", "kid": kid, "typ": header.typ}),
-                iss: str_claim("iss"),
-                aud: c.get("aud").cloned(),
-                appid: str_claim("appid"),
-                azp: str_claim("azp"),
-                tid: str_claim("tid"),
-                ver: str_claim("ver"),
-            },
+            extension: None,
+            body_hash: None,
         })
     }
+
+    async fn verify_pop(&self, token: &str) -> Result<VerifiedCaller, AuthError> {
+        let now = jiff::Timestamp::now().as_second();
+        let u = pop::parse(token, &self.pop, &self.extensions, now)?;
+        let rules = Rules {
+            audiences: &self.pop.audiences,
+            callers: &self.allowed_callers,
+            match_object_id: false,
+        };
+        let at = self
+            .verifier()
+            .check(&u.at, &rules, AuthError::AccessToken)
+            .await?;
+        pop::check_binding(&at.claims, &u.key)?;
+        if !u
+            .key
+            .verify(u.alg, u.signing_input.as_bytes(), &u.signature)
+        {
+            return Err(AuthError::Pop(PopFault::BadSignature));
+        }
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let expires_at = u.ts.saturating_add(self.pop.lifetime.as_secs() as i64);
+        self.replay
+            .check_and_insert(digest, expires_at, now)
+            .map_err(|e| match e {
+                ReplayError::Seen => AuthError::Pop(PopFault::Replayed),
+                ReplayError::Full => AuthError::ReplayCacheFull,
+            })?;
+        let ext = self.extensions.get(u.extension);
+        let pop_summary = serde_json::json!({
+            "header": {
+                "alg": u.alg.name(),
+                "typ": u.header.get("typ"),
+                "kid": u.header.get("kid"),
+            },
+            "ts": u.ts,
+            "u": ext.map(|e| e.host.as_str()),
+            "p": ext.map(|e| e.resource.as_str()),
+            "thumbprint": u.key.thumbprint(),
+            "extension": ext.map(|e| e.name.as_str()),
+        });
+        Ok(VerifiedCaller {
+            summary: summary(&at, Some(pop_summary)),
+            app_id: at.caller,
+            tenant_id: at.tenant_id,
+            scheme: Scheme::Pop,
+            token_hash: token_hash(token),
+            extension: ext.map(|e| e.name.clone()),
+            body_hash: u.body_hash,
+        })
+    }
+
+    /// Entries in the replay cache (for tests and metrics).
+    pub fn replay_entries(&self) -> usize {
+        self.replay.len()
+    }
+}
+
+fn summary(c: &access_token::Checked, pop: Option<serde_json::Value>) -> TokenSummary {
+    let s = |k: &str| c.claims.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    TokenSummary {
+        header: serde_json::json!({"alg": "RS256", "kid": c.kid, "typ": c.typ}),
+        iss: s("iss"),
+        aud: c.claims.get("aud").cloned(),
+        appid: s("appid"),
+        azp: s("azp"),
+        tid: s("tid"),
+        ver: s("ver"),
+        pop,
+    }
+}
+
+/// Whether `alg` names an algorithm a PoP key may use (for `check-config`).
+pub fn pop_algorithm_names(algs: &[PopAlgorithm]) -> Vec<&'static str> {
+    algs.iter().map(|a| a.name()).collect()
 }
 
 /// A short, non-reversible fingerprint of a token for logs.

@@ -26,6 +26,9 @@ pub struct JobMessage {
     pub received_at_ms: i64,
     /// Past this instant a resume is pointless (Entra has timed the callout out).
     pub deadline_at_ms: i64,
+    /// The extension (`[extensions.NAME]`) a PoP callout came through; selects its policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extension: Option<String>,
     pub callout: Callout,
 }
 
@@ -35,6 +38,7 @@ impl JobMessage {
     pub fn new(
         callout: Callout,
         correlation_id: String,
+        extension: Option<String>,
         default_timeout: Duration,
         margin: Duration,
     ) -> Self {
@@ -51,6 +55,7 @@ impl JobMessage {
             correlation_id,
             received_at_ms: now,
             deadline_at_ms: now.saturating_add(usable.as_millis() as i64),
+            extension,
             callout,
         }
     }
@@ -95,6 +100,8 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("store task failed")]
     Join,
+    #[error("committing a batch of enqueues failed: {0}")]
+    Commit(String),
     #[error("this host has no local queue")]
     NoLocalQueue,
 }

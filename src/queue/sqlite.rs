@@ -1,6 +1,10 @@
 //! The standalone queue: one SQLite table in WAL mode, with `synchronous=FULL` so that a job is on
 //! disk before the `202` is sent.
 //!
+//! Enqueues are group-committed: concurrent callouts that arrive while one commit is on its way to
+//! disk share the next transaction (one fsync for the batch), and each `202` still waits for the
+//! commit that holds its row.
+//!
 //! Semantics mirror Azure Storage queues (visibility timeout + dequeue count) so both backends
 //! behave alike: a claimed job becomes invisible for a lease; if its worker dies, the lease runs
 //! out and another claim picks it up. Dedupe is the UNIQUE constraint on the stage instance id.
@@ -108,6 +112,95 @@ pub struct Claimed {
 #[derive(Clone)]
 pub struct SqliteQueue {
     conn: Arc<Mutex<Connection>>,
+    writer: tokio::sync::mpsc::Sender<Insert>,
+}
+
+/// One enqueue waiting for the group commit.
+struct Insert {
+    sid: String,
+    rid: String,
+    stage: String,
+    text: String,
+    received_at: i64,
+    deadline_at: i64,
+    reply: tokio::sync::oneshot::Sender<Result<EnqueueOutcome, StoreError>>,
+}
+
+/// At most this many enqueues share one transaction; beyond it, latency would suffer.
+const MAX_BATCH: usize = 256;
+/// Enqueues waiting for the writer; a full channel makes intake wait (back-pressure).
+const WRITER_QUEUE: usize = 4096;
+
+/// The group-commit writer: takes whatever enqueues are waiting, inserts them in one
+/// transaction, commits once, then answers each. Ends when every queue handle is dropped.
+fn writer_loop(conn: Arc<Mutex<Connection>>, mut rx: tokio::sync::mpsc::Receiver<Insert>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(i) => batch.push(i),
+                Err(_) => break,
+            }
+        }
+        let results = match conn.lock() {
+            Ok(mut c) => insert_batch(&mut c, &batch),
+            Err(_) => Err("the database lock is poisoned".to_string()),
+        };
+        match results {
+            Ok(outcomes) => {
+                for (ins, outcome) in batch.drain(..).zip(outcomes) {
+                    let _ = ins.reply.send(outcome);
+                }
+            }
+            Err(e) => {
+                for ins in batch.drain(..) {
+                    let _ = ins.reply.send(Err(StoreError::Commit(e.clone())));
+                }
+            }
+        }
+    }
+}
+
+type Outcomes = Vec<Result<EnqueueOutcome, StoreError>>;
+
+fn insert_batch(c: &mut Connection, batch: &[Insert]) -> Result<Outcomes, String> {
+    let tx = c
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(batch.len());
+    {
+        let mut stmt = tx
+            .prepare_cached(
+                "INSERT INTO jobs (stage_instance_id, request_id, stage, message, status, received_at, deadline_at, visible_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?5, ?5)
+                 ON CONFLICT(stage_instance_id) DO NOTHING",
+            )
+            .map_err(|e| e.to_string())?;
+        for i in batch {
+            // A statement error fails only its own enqueue; the transaction goes on.
+            out.push(
+                stmt.execute(params![
+                    i.sid,
+                    i.rid,
+                    i.stage,
+                    i.text,
+                    i.received_at,
+                    i.deadline_at
+                ])
+                .map(|n| {
+                    if n == 1 {
+                        EnqueueOutcome::Enqueued
+                    } else {
+                        EnqueueOutcome::Duplicate
+                    }
+                })
+                .map_err(StoreError::from),
+            );
+        }
+    }
+    tx.commit().map_err(|e| e.to_string())?;
+    Ok(out)
 }
 
 /// Held by the serving process so two processes never run one data directory.
@@ -139,9 +232,13 @@ impl SqliteQueue {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
-        Ok(SqliteQueue {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+        let conn = Arc::new(Mutex::new(conn));
+        let (writer, rx) = tokio::sync::mpsc::channel(WRITER_QUEUE);
+        let wconn = conn.clone();
+        std::thread::Builder::new()
+            .name("queue-writer".into())
+            .spawn(move || writer_loop(wconn, rx))?;
+        Ok(SqliteQueue { conn, writer })
     }
 
     async fn run<T: Send + 'static>(
@@ -165,23 +262,25 @@ impl SqliteQueue {
         f(&mut c)
     }
 
-    /// Persists the job; returns `Duplicate` when this stage instance id was seen before.
+    /// Persists the job (returns after the commit that holds it); `Duplicate` when this stage
+    /// instance id was seen before.
     pub async fn enqueue(&self, msg: &JobMessage) -> Result<EnqueueOutcome, StoreError> {
         let text = serde_json::to_string(msg).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let sid = msg.callout.stage_instance_id.to_string();
-        let rid = msg.callout.request_id.to_string();
-        let stage = msg.callout.stage.to_string();
-        let (recv, deadline) = (msg.received_at_ms, msg.deadline_at_ms);
-        self.run(move |c| {
-            let n = c.execute(
-                "INSERT INTO jobs (stage_instance_id, request_id, stage, message, status, received_at, deadline_at, visible_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?5, ?5)
-                 ON CONFLICT(stage_instance_id) DO NOTHING",
-                params![sid, rid, stage, text, recv, deadline],
-            )?;
-            Ok(if n == 1 { EnqueueOutcome::Enqueued } else { EnqueueOutcome::Duplicate })
-        })
-        .await
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let insert = Insert {
+            sid: msg.callout.stage_instance_id.to_string(),
+            rid: msg.callout.request_id.to_string(),
+            stage: msg.callout.stage.to_string(),
+            text,
+            received_at: msg.received_at_ms,
+            deadline_at: msg.deadline_at_ms,
+            reply,
+        };
+        self.writer
+            .send(insert)
+            .await
+            .map_err(|_| StoreError::Join)?;
+        answer.await.map_err(|_| StoreError::Join)?
     }
 
     /// Takes the next visible job under a lease. A `running` job whose lease ran out (its worker
@@ -387,6 +486,7 @@ mod tests {
         JobMessage::new(
             *c,
             "corr".into(),
+            None,
             Duration::from_secs(3600),
             Duration::from_secs(60),
         )
@@ -424,6 +524,36 @@ mod tests {
         assert_eq!(q.requeue("a").unwrap(), Requeue::NotDead("queued".into()));
         assert_eq!(q.requeue("zzz").unwrap(), Requeue::NotFound);
         assert_eq!(q.get("a").unwrap().unwrap().0.status, "queued");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_enqueues_share_commits_and_each_gets_its_own_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = SqliteQueue::open(dir.path()).unwrap();
+        // 300 distinct ids, each sent twice at once: exactly one Enqueued per id.
+        let mut tasks = Vec::new();
+        for i in 0..600 {
+            let q = q.clone();
+            tasks.push(tokio::spawn(async move {
+                let sid = format!("s{}", i % 300);
+                (sid.clone(), q.enqueue(&msg(&sid)).await.unwrap())
+            }));
+        }
+        let mut enqueued = std::collections::HashMap::new();
+        for t in tasks {
+            let (sid, outcome) = t.await.unwrap();
+            if outcome == EnqueueOutcome::Enqueued {
+                *enqueued.entry(sid).or_insert(0) += 1;
+            }
+        }
+        assert_eq!(enqueued.len(), 300);
+        assert!(enqueued.values().all(|n| *n == 1), "{enqueued:?}");
+        // Every acknowledged row is in the database, readable by another connection.
+        let other = Connection::open(dir.path().join("queue.db")).unwrap();
+        let n: i64 = other
+            .query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 300);
     }
 
     #[tokio::test]

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 pub use accessgate_emulator::{
-    Emulator, EmulatorConfig, FaultSpec, FaultTarget, IssuerVersion, MintOptions, RunningEmulator,
-    SendOptions, SendReport, Shape, SignWith,
+    AuthScheme, Emulator, EmulatorConfig, FaultSpec, FaultTarget, IssuerVersion, MintOptions,
+    PopKeyKind, PopOptions, RunningEmulator, SendOptions, SendReport, Shape, SignWith,
 };
 
 pub const AUDIENCE: &str = "api://accessgate";
@@ -37,8 +37,14 @@ pub async fn start_emulator() -> RunningEmulator {
         .expect("emulator starts")
 }
 
-/// A config file for accessgate pointing at the emulator; `extra` is appended TOML.
+/// A config file for accessgate pointing at the emulator, in direct mode with one extension
+/// (`elm`) bound to the emulator's Logic App resource; `extra` is appended TOML.
 pub fn write_config(dir: &Path, emu: &Emulator, extra: &str) -> PathBuf {
+    write_config_with(dir, emu, "", extra)
+}
+
+/// Like [`write_config`], with `inbound` lines added to the `[inbound]` section.
+pub fn write_config_with(dir: &Path, emu: &Emulator, inbound: &str, extra: &str) -> PathBuf {
     let cfg = emu.config();
     let text = format!(
         r#"
@@ -51,7 +57,10 @@ authority = "{base}"
 tenant_id = "{tenant}"
 
 [inbound]
-audiences = ["{AUDIENCE}"]
+{inbound}
+
+[extensions.elm]
+resource = "{resource}"
 
 [graph]
 base_url = "{base}"
@@ -72,6 +81,7 @@ level = "info,accessgate=debug"
         base = emu.base_url(),
         tenant = cfg.tenant_id,
         client = cfg.graph_client_id,
+        resource = cfg.logic_app_resource,
     );
     let path = dir.join("accessgate.toml");
     std::fs::write(&path, text).unwrap();
@@ -79,11 +89,21 @@ level = "info,accessgate=debug"
 }
 
 impl Harness {
-    /// Emulator + accessgate serve with `extra` TOML appended to the config.
+    /// Emulator + accessgate serve (direct mode, PoP) with `extra` TOML appended to the config.
     pub async fn start(extra: &str) -> Harness {
+        Self::start_with("", extra).await
+    }
+
+    /// Also accepts legacy bearer tokens (`inbound.audiences = [AUDIENCE]`).
+    pub async fn start_bearer(extra: &str) -> Harness {
+        Self::start_with(&format!("audiences = [\"{AUDIENCE}\"]"), extra).await
+    }
+
+    /// Emulator + accessgate serve with `inbound` lines in `[inbound]` and `extra` appended.
+    pub async fn start_with(inbound: &str, extra: &str) -> Harness {
         let emu = start_emulator().await;
         let dir = tempfile::tempdir().unwrap();
-        let config_path = write_config(dir.path(), &emu.handle(), extra);
+        let config_path = write_config_with(dir.path(), &emu.handle(), inbound, extra);
         let env = vec![(
             "ACCESSGATE_GRAPH__CLIENT_SECRET".to_string(),
             emu.handle().config().graph_client_secret.clone(),
@@ -100,18 +120,21 @@ impl Harness {
         format!("http://{}/api/elm", self.ag.addr)
     }
 
-    /// Sends a callout the way Entra does (bearer token minted by the emulator).
+    /// Sends a callout the way Entra does (a PoP signed request minted by the emulator, unless
+    /// `opts` says otherwise).
     pub async fn send(&self, mut opts: SendOptions) -> SendReport {
         opts.target_url = self.callout_url();
-        if opts.token.is_none() && opts.authorization.is_none() {
-            opts.token = Some(MintOptions::default());
-        }
         self.emu().send_callout(&opts).await.expect("send callout")
     }
 
-    /// Mints a valid callout bearer token.
+    /// Mints a callout bearer token (legacy "Regular" extensions, relay mode).
     pub fn token(&self, m: MintOptions) -> String {
         self.emu().mint_callout_token(&m).expect("mint")
+    }
+
+    /// A complete `Authorization` value: `PoP <signed request>` minted as Entra does.
+    pub fn pop(&self, o: PopOptions) -> String {
+        format!("PoP {}", self.emu().mint_pop(&o).expect("mint PoP"))
     }
 }
 
