@@ -133,6 +133,10 @@ async fn elm_callout(State(app): State<Arc<AppState>>, body: axum::body::Bytes) 
         let auth = header(headers, "Authorization").map(str::as_bytes);
         let ireq = IntakeRequest {
             authorization: auth,
+            duplicate_authorization: headers
+                .and_then(|h| get_ci(h, "Authorization"))
+                .and_then(Value::as_array)
+                .is_some_and(|a| a.len() > 1),
             content_type: header(headers, "Content-Type"),
             content_length: header(headers, "Content-Length").and_then(|v| v.parse().ok()),
             body: body_text.as_bytes(),

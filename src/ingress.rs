@@ -93,6 +93,16 @@ async fn elm_callout(State(app): State<Arc<AppState>>, headers: HeaderMap, body:
         if content_length.is_some_and(|l| l > max as u64) {
             return error_response(&IntakeError::TooLarge, &correlation_id);
         }
+        // Two Authorization headers: which one would a proxy in front have checked? Refuse.
+        if headers
+            .get_all(header::AUTHORIZATION)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            let e = IntakeError::Auth(crate::auth::AuthError::DuplicateAuthorization);
+            return error_response(&e, &correlation_id);
+        }
         // Authenticate from the headers before reading the body: an anonymous client cannot make
         // us buffer up to max_body_bytes.
         let caller = match app
@@ -111,6 +121,7 @@ async fn elm_callout(State(app): State<Arc<AppState>>, headers: HeaderMap, body:
         };
         let req = IntakeRequest {
             authorization: None,
+            duplicate_authorization: false,
             content_type: header_str(&headers, "content-type"),
             content_length,
             body: &bytes,

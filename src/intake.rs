@@ -13,6 +13,8 @@ use crate::queue::{JobMessage, StoreError};
 /// What the hosts need from a request.
 pub struct IntakeRequest<'a> {
     pub authorization: Option<&'a [u8]>,
+    /// The request carried more than one `Authorization` header.
+    pub duplicate_authorization: bool,
     pub content_type: Option<&'a str>,
     pub content_length: Option<u64>,
     pub body: &'a [u8],
@@ -124,7 +126,10 @@ impl IntakeError {
         match self {
             IntakeError::Auth(a) if a.is_unavailable() => None,
             IntakeError::Auth(
-                AuthError::Missing | AuthError::Malformed | AuthError::UnsupportedScheme,
+                AuthError::Missing
+                | AuthError::Malformed
+                | AuthError::DuplicateAuthorization
+                | AuthError::UnsupportedScheme,
             ) => Some("PoP, Bearer"),
             IntakeError::Auth(AuthError::BearerNotAccepted) => Some("PoP"),
             IntakeError::Auth(AuthError::PopNotAccepted | AuthError::Token(_)) => {
@@ -156,6 +161,9 @@ pub async fn admit(
 ) -> Result<(Admission, VerifiedCaller), IntakeError> {
     if req.content_length.is_some_and(|l| l > max_body as u64) {
         return Err(IntakeError::TooLarge);
+    }
+    if req.duplicate_authorization {
+        return Err(IntakeError::Auth(AuthError::DuplicateAuthorization));
     }
     let caller = auth.verify(req.authorization).await?;
     let admission = admit_verified(auth, &caller, max_body, capture, req).await?;

@@ -142,6 +142,20 @@ async fn http_trigger_rejections_stay_2xx_to_the_host_with_the_status_in_res() {
         out["Outputs"]["res"]["headers"]["WWW-Authenticate"],
         "PoP error=\"invalid_token\""
     );
+    // Two Authorization values (the host passes repeated headers as an array): refused.
+    let mut p = http_payload(&emu, &flat_body("assignmentRequestCreated", "r-2a", "s-2a"));
+    let valid = p["Data"]["req"]["Headers"]["Authorization"][0].clone();
+    p["Data"]["req"]["Headers"]["Authorization"] = json!([valid, "Basic dXNlcjpwYXNz"]);
+    let (_, out) = invoke(&fx.ag, "ElmCallout", &p).await;
+    assert_eq!(out["Outputs"]["res"]["statusCode"], 401, "{out}");
+    assert!(out["Outputs"].get("job").is_none());
+    assert!(
+        out["Logs"][0]
+            .as_str()
+            .unwrap()
+            .contains("duplicate_authorization"),
+        "{out}"
+    );
     // The same signed request twice: the replay is refused, as on the standalone server.
     let p = http_payload(&emu, &flat_body("assignmentRequestCreated", "r-rp", "s-rp"));
     let (_, out) = invoke(&fx.ag, "ElmCallout", &p).await;

@@ -310,6 +310,8 @@ pub enum AuthError {
     Missing,
     #[error("Authorization header is not valid text or has no token")]
     Malformed,
+    #[error("more than one Authorization header")]
+    DuplicateAuthorization,
     #[error("Authorization scheme is neither PoP nor Bearer")]
     UnsupportedScheme,
     #[error(
@@ -339,6 +341,7 @@ impl AuthError {
         match self {
             AuthError::Missing => "missing_authorization",
             AuthError::Malformed => "malformed_authorization",
+            AuthError::DuplicateAuthorization => "duplicate_authorization",
             AuthError::UnsupportedScheme => "unsupported_scheme",
             AuthError::BearerNotAccepted => "bearer_not_accepted",
             AuthError::PopNotAccepted => "pop_not_accepted",
@@ -511,7 +514,9 @@ impl Authenticator {
         {
             return Err(AuthError::Pop(PopFault::BadSignature));
         }
-        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        // Keyed on what was signed, not on the token text: padding on the signature segment and
+        // ECDSA's (r, n - s) twin verify too, and must not make a used request new again.
+        let digest: [u8; 32] = sha2::Sha256::digest(u.signing_input.as_bytes()).into();
         let expires_at = u.ts.saturating_add(self.pop.lifetime.as_secs() as i64);
         self.replay
             .check_and_insert(digest, expires_at, now)

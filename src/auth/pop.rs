@@ -75,13 +75,14 @@ fn parse_ts(v: &Value) -> Option<i64> {
 }
 
 /// `u` equals the extension's host, or `host:443` (IdentityModel accepts host or host:port).
+/// Compared as bytes: `u` is attacker text and may split a character where `host` ends.
 fn host_matches(u: &str, host: &str) -> bool {
-    let u = u.trim();
-    u.eq_ignore_ascii_case(host)
+    let (u, h) = (u.as_bytes(), host.as_bytes());
+    u.eq_ignore_ascii_case(h)
         || (!host.contains(':')
-            && u.len() == host.len() + 4
-            && u[..host.len()].eq_ignore_ascii_case(host)
-            && &u[host.len()..] == ":443")
+            && u.len() == h.len() + 4
+            && u[..h.len()].eq_ignore_ascii_case(h)
+            && &u[h.len()..] == b":443")
 }
 
 /// Header `kid`: the bare thumbprint (MSAL.NET, kubelogin) or, as msal-browser writes it,
@@ -282,6 +283,19 @@ mod tests {
         ));
         assert!(!host_matches(
             "management.azure.com/",
+            "management.azure.com"
+        ));
+        assert!(!host_matches(
+            " management.azure.com",
+            "management.azure.com"
+        ));
+        // The byte where the host ends may fall inside a multi-byte character: no panic.
+        assert!(!host_matches(
+            "management.azure.coé443",
+            "management.azure.com"
+        ));
+        assert!(!host_matches(
+            "management.azure.comé44",
             "management.azure.com"
         ));
     }
