@@ -233,7 +233,7 @@ pub(crate) fn mint_callout_token(state: &Shared, opts: &MintOptions) -> anyhow::
     if let Some(extra) = &opts.extra_claims {
         for (name, value) in extra {
             if value.is_null() {
-                claims.remove(name);
+                claims.shift_remove(name);
             } else {
                 claims.insert(name.clone(), value.clone());
             }

@@ -9,10 +9,12 @@
 //!   minting of the callout tokens Entra would send.
 //! - [`graph`]: entitlement-management assignment requests, their callout state machine and the
 //!   `resume` action with the validation Graph applies.
+//! - [`pop`]: proof-of-possession signed requests (`Authorization: PoP`) as Entra sends them
+//!   with callouts, their keys and every forgery knob.
 //! - [`faults`]: injected failures (status codes with `Retry-After`, delays) for Graph and the
 //!   token endpoint.
-//! - [`sender`]: an Entra-like callout sender (flat PascalCase body or Graph envelope, 1000 ms
-//!   client timeout, at most one retry).
+//! - [`sender`]: an Entra-like callout sender (flat PascalCase body or Graph envelope, PoP or
+//!   bearer authorization, 1000 ms client timeout, at most one retry).
 //! - `control`: the `/_emulator/*` routes that drive and inspect the emulator.
 //! - `state`: the shared in-memory state behind one `std::sync::Mutex`.
 //!
@@ -98,17 +100,19 @@ pub async fn start(cfg: EmulatorConfig, addr: SocketAddr) -> anyhow::Result<Runn
     let local = listener.local_addr().context("reading the bound address")?;
     let base_url = format!("http://{local}");
 
-    // Two RSA keys: the published signing key and the "unknown" key that is never published.
-    let (current, unknown) = tokio::task::spawn_blocking(|| {
+    // Two RSA signing keys (the published one and the "unknown" one that is never published)
+    // and the default PoP key, made here so that minting a PoP token costs one signature.
+    let (current, unknown, pop_key) = tokio::task::spawn_blocking(|| {
         Ok::<_, anyhow::Error>((
             entra::SigningKey::generate()?,
             entra::SigningKey::generate()?,
+            pop::PopKey::generate(PopKeyKind::default())?,
         ))
     })
     .await
     .context("key generation task")??;
 
-    let shared: AppState = Arc::new(Shared::new(cfg, base_url, current, unknown));
+    let shared: AppState = Arc::new(Shared::new(cfg, base_url, current, unknown, pop_key));
     let router = control::router(shared.clone());
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -254,7 +258,8 @@ impl Emulator {
         pop::mint_pop(&self.state, opts)
     }
 
-    /// The public JWK of the default PoP key.
+    /// The public JWK of the default PoP key (`rsa2048`, made at start: this does not fail in
+    /// practice; the `Result` stays for callers written against the first version).
     pub fn pop_key_jwk(&self) -> anyhow::Result<serde_json::Value> {
         Ok(self
             .state

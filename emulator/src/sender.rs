@@ -321,7 +321,7 @@ pub fn envelope_body(f: &CalloutFields) -> Value {
             if f.kind() == StageKind::ConnectionTest
                 && let Some(obj) = data.as_object_mut()
             {
-                obj.remove("callbackUriPath");
+                obj.shift_remove("callbackUriPath");
             }
             data
         }

@@ -13,6 +13,7 @@ use crate::EmulatorConfig;
 use crate::entra::SigningKey;
 use crate::faults::Faults;
 use crate::graph::{RequestRecord, ResumeRecord};
+use crate::pop::{PopKey, PopKeys};
 
 pub(crate) type AppState = Arc<Shared>;
 
@@ -28,8 +29,8 @@ pub(crate) struct Shared {
     pub graph_client_object_id: String,
     /// A key that signs tokens but is never published (`sign_with: "unknown"`).
     pub unknown_key: Arc<SigningKey>,
-    /// PoP keys, generated on first use.
-    pub pop_keys: crate::pop::PopKeys,
+    /// PoP keys: the default one made at start, the others on first use.
+    pub pop_keys: PopKeys,
     inner: Mutex<Inner>,
 }
 
@@ -67,6 +68,7 @@ impl Shared {
         base_url: String,
         current: SigningKey,
         unknown: SigningKey,
+        pop_key: PopKey,
     ) -> Self {
         Self {
             cfg,
@@ -74,7 +76,7 @@ impl Shared {
             elm_object_id: uuid::Uuid::new_v4().to_string(),
             graph_client_object_id: uuid::Uuid::new_v4().to_string(),
             unknown_key: Arc::new(unknown),
-            pop_keys: crate::pop::PopKeys::default(),
+            pop_keys: PopKeys::new(pop_key),
             inner: Mutex::new(Inner {
                 keys: vec![KeySlot {
                     key: Arc::new(current),

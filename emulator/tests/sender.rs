@@ -170,6 +170,117 @@ async fn each_attempt_carries_a_fresh_signed_request() {
     assert_eq!(target.body(0), target.body(1));
 }
 
+/// RS256 signature of a PoP token checked with its own `cnf.jwk`, independently of the emulator.
+fn pop_signature_verifies(shr: &str) -> bool {
+    let jwk = payload_of(shr)["cnf"]["jwk"].clone();
+    let b = |k: &str| URL_SAFE_NO_PAD.decode(jwk[k].as_str().unwrap()).unwrap();
+    let (input, sig) = shr.rsplit_once('.').unwrap();
+    aws_lc_rs::signature::RsaPublicKeyComponents {
+        n: b("n"),
+        e: b("e"),
+    }
+    .verify(
+        &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+        input.as_bytes(),
+        &URL_SAFE_NO_PAD.decode(sig).unwrap(),
+    )
+    .is_ok()
+}
+
+#[tokio::test]
+async fn a_retry_after_500_carries_a_new_valid_signed_request() {
+    let emu = common::start().await;
+    let target = Target::start_with(&[500, 202], Duration::ZERO).await;
+    let report = emu.send_callout(&opts(&target)).await.unwrap();
+    assert_eq!(
+        (report.status, report.attempts, report.error),
+        (Some(202), 2, None)
+    );
+    let shrs: Vec<String> = (0..2)
+        .map(|i| {
+            let auth = target.header(i, "authorization").unwrap();
+            auth.strip_prefix("PoP ").expect("PoP scheme").to_owned()
+        })
+        .collect();
+    assert_ne!(shrs[0], shrs[1]);
+    let now = jiff::Timestamp::now().as_second();
+    for shr in &shrs {
+        assert!(pop_signature_verifies(shr));
+        let p = payload_of(shr);
+        assert!((p["ts"].as_i64().unwrap() - now).abs() <= 5);
+        assert_eq!(
+            claims_of(&format!("PoP {shr}"))["cnf"]["kid"],
+            p["cnf"]["jwk"]["kid"]
+        );
+    }
+    assert_ne!(payload_of(&shrs[0])["nonce"], payload_of(&shrs[1])["nonce"]);
+    assert_eq!(target.body(0), target.body(1));
+}
+
+#[tokio::test]
+async fn pop_options_and_bearer_reach_the_target_through_every_backend() {
+    let emu = common::start().await;
+    let target = Target::start(202, Duration::ZERO).await;
+    let pop = accessgate_emulator::PopOptions {
+        m: Some(json!("PUT")),
+        key: Some(accessgate_emulator::PopKeyKind::EcP256),
+        ..Default::default()
+    };
+    // In process, over the send route, and by the free function through the emulator's URL.
+    emu.send_callout(&SendOptions {
+        pop: Some(pop.clone()),
+        ..opts(&target)
+    })
+    .await
+    .unwrap();
+    let resp = common::http()
+        .post(format!("{}/_emulator/callouts/send", emu.base_url()))
+        .json(&json!({"target_url": target.url, "pop": {"m": "PUT", "key": "ecp256"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    sender::send_callout(&SendOptions {
+        emulator_url: Some(emu.base_url()),
+        pop: Some(pop),
+        ..opts(&target)
+    })
+    .await
+    .unwrap();
+    for i in 0..3 {
+        let auth = target.header(i, "authorization").unwrap();
+        let shr = payload_of(auth.strip_prefix("PoP ").unwrap());
+        assert_eq!(
+            (shr["m"].as_str(), shr["cnf"]["jwk"]["kty"].as_str()),
+            (Some("PUT"), Some("EC")),
+            "{i}"
+        );
+    }
+
+    // Bearer: a plain callout token (default audience), minted locally or remotely.
+    let resp = common::http()
+        .post(format!("{}/_emulator/callouts/send", emu.base_url()))
+        .json(&json!({"target_url": target.url, "auth": "bearer"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    sender::send_callout(&SendOptions {
+        emulator_url: Some(emu.base_url()),
+        auth: accessgate_emulator::AuthScheme::Bearer,
+        ..opts(&target)
+    })
+    .await
+    .unwrap();
+    for i in 3..5 {
+        let auth = target.header(i, "authorization").unwrap();
+        assert!(auth.starts_with("Bearer "), "{auth}");
+        let claims = claims_of(&auth);
+        assert_eq!(claims["aud"], "api://accessgate");
+        assert!(claims.get("cnf").is_none());
+    }
+}
+
 #[tokio::test]
 async fn failing_target_gets_two_attempts() {
     let emu = common::start().await;

@@ -107,15 +107,27 @@ pub struct Target {
 
 impl Target {
     pub async fn start(status: u16, delay: Duration) -> Self {
+        Self::start_with(&[status], delay).await
+    }
+
+    /// Answers `statuses[i]` to the i-th request, the last one to every later request.
+    pub async fn start_with(statuses: &[u16], delay: Duration) -> Self {
+        let statuses = statuses.to_vec();
         let received: Arc<Mutex<Vec<Received>>> = Arc::default();
         let log = received.clone();
         let app = Router::new().route(
             "/callout",
             post(move |headers: HeaderMap, body: Bytes| {
                 let log = log.clone();
+                let statuses = statuses.clone();
                 async move {
-                    log.lock().unwrap().push(Received { headers, body });
+                    let index = {
+                        let mut log = log.lock().unwrap();
+                        log.push(Received { headers, body });
+                        log.len() - 1
+                    };
                     tokio::time::sleep(delay).await;
+                    let status = statuses[index.min(statuses.len() - 1)];
                     StatusCode::from_u16(status).unwrap()
                 }
             }),
