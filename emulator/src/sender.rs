@@ -389,29 +389,7 @@ impl Backend<'_> {
     async fn mint(&self, http: &reqwest::Client, opts: &MintOptions) -> anyhow::Result<String> {
         match self {
             Backend::Local(emulator) => emulator.mint_callout_token(opts),
-            Backend::Remote { base_url } => {
-                let resp = http
-                    .post(format!("{base_url}/_emulator/tokens/callout"))
-                    .json(opts)
-                    .send()
-                    .await
-                    .context("minting a callout token with the emulator")?;
-                if !resp.status().is_success() {
-                    bail!(
-                        "emulator refused to mint: {} {}",
-                        resp.status(),
-                        resp.text().await.unwrap_or_default()
-                    );
-                }
-                let body: Value = resp.json().await.context("reading the minted token")?;
-                body.get("token")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-                    .context("emulator answer has no 'token'")
-            }
-            Backend::Detached => {
-                bail!("no emulator_url to mint a token with: set emulator_url or authorization")
-            }
+            _ => self.mint_remote(http, "callout", opts).await,
         }
     }
 
@@ -422,30 +400,38 @@ impl Backend<'_> {
     ) -> anyhow::Result<String> {
         match self {
             Backend::Local(emulator) => emulator.mint_pop(opts),
-            Backend::Remote { base_url } => {
-                let resp = http
-                    .post(format!("{base_url}/_emulator/tokens/pop"))
-                    .json(opts)
-                    .send()
-                    .await
-                    .context("minting a PoP token with the emulator")?;
-                if !resp.status().is_success() {
-                    bail!(
-                        "emulator refused to mint: {} {}",
-                        resp.status(),
-                        resp.text().await.unwrap_or_default()
-                    );
-                }
-                let body: Value = resp.json().await.context("reading the minted token")?;
-                body.get("token")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-                    .context("emulator answer has no 'token'")
-            }
-            Backend::Detached => {
-                bail!("no emulator_url to mint a token with: set emulator_url or authorization")
-            }
+            _ => self.mint_remote(http, "pop", opts).await,
         }
+    }
+
+    /// `POST {base}/_emulator/tokens/{kind}` with `opts` → the `token` of the answer.
+    async fn mint_remote(
+        &self,
+        http: &reqwest::Client,
+        kind: &str,
+        opts: &impl Serialize,
+    ) -> anyhow::Result<String> {
+        let Backend::Remote { base_url } = self else {
+            bail!("no emulator_url to mint a token with: set emulator_url or authorization")
+        };
+        let resp = http
+            .post(format!("{base_url}/_emulator/tokens/{kind}"))
+            .json(opts)
+            .send()
+            .await
+            .with_context(|| format!("minting a {kind} token with the emulator"))?;
+        if !resp.status().is_success() {
+            bail!(
+                "emulator refused to mint: {} {}",
+                resp.status(),
+                resp.text().await.unwrap_or_default()
+            );
+        }
+        let body: Value = resp.json().await.context("reading the minted token")?;
+        body.get("token")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .context("emulator answer has no 'token'")
     }
 }
 

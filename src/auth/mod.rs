@@ -542,7 +542,8 @@ impl Authenticator {
             app_id: at.caller,
             tenant_id: at.tenant_id,
             scheme: Scheme::Pop,
-            token_hash: token_hash(token),
+            // The replay key doubles as the log fingerprint: one SHA-256 per callout, not two.
+            token_hash: short_hash(&digest),
             extension: ext.map(|e| e.name.clone()),
             body_hash: u.body_hash,
         })
@@ -575,8 +576,11 @@ pub fn pop_algorithm_names(algs: &[PopAlgorithm]) -> Vec<&'static str> {
 
 /// A short, non-reversible fingerprint of a token for logs.
 pub fn token_hash(token: &str) -> String {
-    let d = sha2::Sha256::digest(token.as_bytes());
-    let mut s = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(d);
+    short_hash(&sha2::Sha256::digest(token.as_bytes()).into())
+}
+
+fn short_hash(digest: &[u8; 32]) -> String {
+    let mut s = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest);
     s.truncate(16);
     s
 }
