@@ -38,16 +38,6 @@ pub struct Config {
     pub log: LogConfig,
 }
 
-impl Config {
-    /// The policy for callouts of `extension` (its own file, else `[policy]`).
-    pub fn policy_for(&self, extension: Option<&str>) -> &Policy {
-        extension
-            .and_then(|name| self.extensions.iter().find(|e| e.name == name))
-            .and_then(|e| e.policy.as_ref())
-            .unwrap_or(&self.policy)
-    }
-}
-
 /// One custom extension (`[extensions.NAME]`): the Logic App identity Entra binds its PoP tokens
 /// to, and what callouts through it may concern.
 #[derive(Debug, Clone)]

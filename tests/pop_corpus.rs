@@ -283,12 +283,7 @@ fn public_code(status: u16) -> &'static str {
     }
 }
 
-struct Answer {
-    status: u16,
-    body: Value,
-    correlation_id: String,
-    challenge: Option<String>,
-}
+type Answer = Posted;
 
 async fn post(url: &str, auth: &Auth, body: &str) -> Answer {
     let mut rb = client()
@@ -301,24 +296,7 @@ async fn post(url: &str, auth: &Auth, body: &str) -> Answer {
         Auth::Text(t) => rb = rb.header("authorization", t.as_str()),
         Auth::Bytes(b) => rb = rb.header("authorization", HeaderValue::from_bytes(b).unwrap()),
     }
-    let resp = rb.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let correlation_id = resp
-        .headers()
-        .get("x-correlation-id")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    let challenge = resp
-        .headers()
-        .get("www-authenticate")
-        .map(|v| v.to_str().unwrap().to_owned());
-    let body = resp.json().await.unwrap_or(Value::Null);
-    Answer {
-        status,
-        body,
-        correlation_id,
-        challenge,
-    }
+    Posted::read(rb.send().await.unwrap()).await
 }
 
 /// The `reason` of the refusal logged under this correlation id.
@@ -2250,19 +2228,7 @@ async fn two_authorization_headers_are_refused_even_when_one_is_valid() {
             .send()
             .await
             .unwrap();
-        let a = Answer {
-            status: resp.status().as_u16(),
-            correlation_id: resp
-                .headers()
-                .get("x-correlation-id")
-                .map(|v| v.to_str().unwrap().to_owned())
-                .unwrap_or_default(),
-            challenge: resp
-                .headers()
-                .get("www-authenticate")
-                .map(|v| v.to_str().unwrap().to_owned()),
-            body: resp.json().await.unwrap_or(Value::Null),
-        };
+        let a = Posted::read(resp).await;
         failures.extend(check_refusal(&h.ag, name, &a, 401, "duplicate_authorization").await);
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

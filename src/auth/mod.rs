@@ -16,7 +16,6 @@ pub mod replay;
 pub mod strict_json;
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use base64::Engine as _;
 use sha2::Digest as _;
@@ -378,7 +377,7 @@ pub struct Authenticator {
     extensions: Vec<Extension>,
     relay_audiences: Vec<String>,
     relay_callers: HashSet<String>,
-    replay: Arc<ReplayCache>,
+    replay: ReplayCache,
 }
 
 impl Authenticator {
@@ -410,7 +409,7 @@ impl Authenticator {
             extensions: extensions.to_vec(),
             relay_audiences: cfg.relay.audiences.clone(),
             relay_callers: cfg.relay.caller_ids.iter().cloned().collect(),
-            replay: Arc::new(ReplayCache::new(cfg.pop.replay_cache_entries)),
+            replay: ReplayCache::new(cfg.pop.replay_cache_entries),
         }
     }
 
@@ -547,11 +546,6 @@ impl Authenticator {
             extension: ext.map(|e| e.name.clone()),
             body_hash: u.body_hash,
         })
-    }
-
-    /// Entries in the replay cache (for tests and metrics).
-    pub fn replay_entries(&self) -> usize {
-        self.replay.len()
     }
 }
 

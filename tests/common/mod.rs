@@ -349,23 +349,27 @@ pub async fn post_raw(
     if let Some(c) = content_type {
         rb = rb.header("content-type", c);
     }
-    let resp = rb.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let correlation_id = resp
-        .headers()
-        .get("x-correlation-id")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let challenge = resp
-        .headers()
-        .get("www-authenticate")
-        .map(|v| v.to_str().unwrap().to_string());
-    let body = resp.json().await.unwrap_or(serde_json::Value::Null);
-    Posted {
-        status,
-        body,
-        correlation_id,
-        challenge,
+    Posted::read(rb.send().await.unwrap()).await
+}
+
+impl Posted {
+    /// Status, correlation id, challenge and JSON body of an answer.
+    pub async fn read(resp: reqwest::Response) -> Posted {
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        let (correlation_id, challenge) = (
+            header("x-correlation-id").unwrap_or_default(),
+            header("www-authenticate"),
+        );
+        Posted {
+            status: resp.status().as_u16(),
+            correlation_id,
+            challenge,
+            body: resp.json().await.unwrap_or(serde_json::Value::Null),
+        }
     }
 }
 
