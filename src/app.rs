@@ -9,8 +9,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
 use crate::capture::Capture;
-use crate::config::Config;
+use crate::config::{Config, QueueConfig};
+use crate::credentials::Credentials;
 use crate::graph::GraphClient;
+use crate::queue::WorkQueue;
+use crate::queue::azure_backend::{self, AzureJobs};
 use crate::queue::sqlite::{DataDirLock, SqliteQueue};
 use crate::worker::{self, WorkerCtx};
 
@@ -19,7 +22,7 @@ pub struct AppState {
     pub auth: Authenticator,
     pub capture: Option<Capture>,
     /// The standalone queue; `None` under Functions, where the host's queue binding carries jobs.
-    pub queue: Option<SqliteQueue>,
+    pub queue: Option<WorkQueue>,
     pub worker: Arc<WorkerCtx>,
 }
 
@@ -49,8 +52,12 @@ pub fn http_client() -> anyhow::Result<reqwest::Client> {
         .context("building the HTTP client")
 }
 
-fn build_state(config: Config, queue: Option<SqliteQueue>) -> anyhow::Result<Arc<AppState>> {
-    let http = http_client()?;
+fn build_state(
+    config: Config,
+    http: reqwest::Client,
+    credentials: Arc<Credentials>,
+    queue: Option<WorkQueue>,
+) -> anyhow::Result<Arc<AppState>> {
     let auth = Authenticator::new(
         http.clone(),
         &config.identity.authority,
@@ -58,7 +65,10 @@ fn build_state(config: Config, queue: Option<SqliteQueue>) -> anyhow::Result<Arc
         &config.inbound,
         &config.extensions,
     );
-    let graph = GraphClient::new(http, &config.identity, config.graph.clone());
+    let graph = GraphClient::new(http, config.graph.clone(), credentials);
+    for w in &config.warnings {
+        tracing::warn!(setting = %w.setting, "{}", w.message);
+    }
     let capture = config
         .capture
         .enabled
@@ -117,32 +127,77 @@ async fn shutdown_signal(cancel: CancellationToken) {
     cancel.cancel();
 }
 
-/// `accessgate serve`: axum + SQLite queue + in-process worker pool.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let _lock = DataDirLock::acquire(&config.server.data_dir)?;
-    let queue = SqliteQueue::open(&config.server.data_dir).context("opening the job queue")?;
-    let recovered = queue.recover_running()?;
-    if recovered > 0 {
-        tracing::warn!(
-            jobs = recovered,
-            "recovered jobs that were running when the previous process stopped"
-        );
-    }
-    let listen = config.server.listen;
-    let state = build_state(config, Some(queue.clone()))?;
-    prefetch_keys(&state);
+fn credentials_for(config: &Config, http: &reqwest::Client) -> Arc<Credentials> {
+    Arc::new(Credentials::new(
+        http.clone(),
+        &config.identity,
+        &config.credentials,
+        &config.graph,
+    ))
+}
 
+/// `accessgate serve`: axum + a durable queue (SQLite, or a shared Azure Storage queue) +
+/// in-process worker pool.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let http = http_client()?;
+    let credentials = credentials_for(&config, &http);
     let cancel = CancellationToken::new();
-    let pool = tokio::spawn(worker::run_pool(
-        state.worker.clone(),
-        queue,
-        cancel.clone(),
-    ));
+    let listen = config.server.listen;
+    let (state, pool, _lock, backend) = match &config.queue {
+        QueueConfig::Sqlite => {
+            let lock = DataDirLock::acquire(&config.server.data_dir)?;
+            let queue =
+                SqliteQueue::open(&config.server.data_dir).context("opening the job queue")?;
+            let recovered = queue.recover_running()?;
+            if recovered > 0 {
+                tracing::warn!(
+                    jobs = recovered,
+                    "recovered jobs that were running when the previous process stopped"
+                );
+            }
+            let state = build_state(
+                config,
+                http,
+                credentials,
+                Some(WorkQueue::Sqlite(queue.clone())),
+            )?;
+            let pool = tokio::spawn(worker::run_pool(
+                state.worker.clone(),
+                queue,
+                cancel.clone(),
+            ));
+            (state, pool, Some(lock), "sqlite")
+        }
+        QueueConfig::AzureStorage(q) => {
+            let jobs = AzureJobs::new(
+                azure_backend::connect(http.clone(), q, credentials.clone()),
+                q,
+            );
+            // Not fatal: with Storage unreachable the service still starts and says why on
+            // each enqueue (503, Entra retries) until it is back.
+            if let Err(e) = jobs.queue.ensure_queues().await {
+                tracing::error!(error = %e, "cannot create or reach the Azure Storage queues");
+            }
+            let state = build_state(
+                config,
+                http,
+                credentials,
+                Some(WorkQueue::Azure(jobs.clone())),
+            )?;
+            let pool = tokio::spawn(worker::run_azure_pool(
+                state.worker.clone(),
+                jobs,
+                cancel.clone(),
+            ));
+            (state, pool, None, "azure_storage")
+        }
+    };
+    prefetch_keys(&state);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
     let addr: SocketAddr = listener.local_addr()?;
-    tracing::info!(%addr, queue = "sqlite", "accessgate listening");
+    tracing::info!(%addr, queue = backend, "accessgate listening");
     // The callout route bounds its own body read (ingress::BODY_TIMEOUT) so a slow client gets
     // the JSON error format with a correlation id.
     let app = crate::ingress::router(state).layer(tower_http::catch_panic::CatchPanicLayer::new());
@@ -157,7 +212,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
 /// Under Azure Functions: the custom-handler invocation protocol on `FUNCTIONS_CUSTOMHANDLER_PORT`.
 pub async fn functions(config: Config, port: u16) -> anyhow::Result<()> {
-    let state = build_state(config, None)?;
+    let http = http_client()?;
+    let credentials = credentials_for(&config, &http);
+    let state = build_state(config, http, credentials, None)?;
     prefetch_keys(&state);
     // The host always calls 127.0.0.1 (functions.md §1).
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))

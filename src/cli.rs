@@ -31,6 +31,9 @@ enum Command {
     Functions,
     /// Check the configuration and the policy, listing every problem.
     CheckConfig,
+    /// Check the whole path to a resume (identity host, managed identity, Key Vault, Graph
+    /// token and permission, queue) and print a pass/fail report with fixes.
+    Doctor,
     /// Inspect and retry queued, done and dead jobs of the standalone queue.
     Jobs {
         #[command(subcommand)]
@@ -59,6 +62,7 @@ pub fn main() -> ExitCode {
     let functions_port = std::env::var("FUNCTIONS_CUSTOMHANDLER_PORT").ok();
     match cli.command.unwrap_or(Command::Serve) {
         Command::CheckConfig => check_config(cli.config),
+        Command::Doctor => doctor(cli.config),
         Command::Jobs { action } => jobs(cli.config, action),
         Command::Serve if functions_port.is_none() => run(cli.config, None),
         Command::Serve | Command::Functions => {
@@ -80,6 +84,29 @@ fn load_or_report(path: Option<PathBuf>) -> Result<Config, ExitCode> {
         eprintln!("accessgate: {e}");
         ExitCode::from(2)
     })
+}
+
+fn doctor(path: Option<PathBuf>) -> ExitCode {
+    let cfg = match load_or_report(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("accessgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let checks = rt.block_on(crate::doctor::run(&cfg));
+    if crate::doctor::print(&checks) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn run(path: Option<PathBuf>, functions_port: Option<u16>) -> ExitCode {
@@ -168,11 +195,69 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
                 }
             }
             println!(
-                "  graph             {} ({}) as {}",
+                "  graph             {} ({}), at most {} request(s)/s, breaker after {} failures for {} s",
                 c.graph.base_url,
                 c.graph.api_version.segment(),
-                c.graph.client_id
+                c.graph.max_requests_per_second,
+                c.graph.circuit_failure_threshold,
+                c.graph.circuit_open.as_secs()
             );
+            let who = match &c.credentials.mode {
+                crate::config::CredentialMode::ClientSecret { client_id, .. } => {
+                    format!("app {client_id} with a client secret")
+                }
+                crate::config::CredentialMode::ManagedIdentity => "the managed identity".into(),
+                crate::config::CredentialMode::WorkloadIdentity { client_id, .. } => {
+                    format!("app {client_id} through workload identity federation")
+                }
+                crate::config::CredentialMode::KeyVaultSecret {
+                    client_id,
+                    vault,
+                    secret_name,
+                } => format!("app {client_id} with secret {secret_name} from {vault}"),
+                crate::config::CredentialMode::KeyVaultCertificate {
+                    client_id,
+                    vault,
+                    certificate_name,
+                    sign_with,
+                } => format!(
+                    "app {client_id} with certificate {certificate_name} from {vault}, signed {}",
+                    match sign_with {
+                        crate::config::SignWith::KeyVault => "by Key Vault",
+                        crate::config::SignWith::Local => "locally",
+                    }
+                ),
+            };
+            println!(
+                "  credentials       {} mode: {who}{}",
+                c.credentials.mode.name(),
+                c.credentials
+                    .managed_identity_client_id
+                    .as_deref()
+                    .map(|id| format!(" (managed identity {id})"))
+                    .unwrap_or_default()
+            );
+            match &c.queue {
+                crate::config::QueueConfig::Sqlite => {
+                    println!(
+                        "  queue             sqlite in {}",
+                        c.server.data_dir.display()
+                    );
+                }
+                crate::config::QueueConfig::AzureStorage(q) => println!(
+                    "  queue             Azure Storage {}/{} (poison: {}), {}",
+                    q.endpoint,
+                    q.name,
+                    q.poison_name,
+                    match q.auth {
+                        crate::config::StorageAuthConfig::SharedKey { .. } => "account key",
+                        crate::config::StorageAuthConfig::ManagedIdentity => "managed identity",
+                    }
+                ),
+            }
+            for w in &c.warnings {
+                println!("  warning: {w}");
+            }
             println!(
                 "  policy            {} rule(s){}",
                 c.policy.rule_count(),
@@ -196,6 +281,12 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
 fn jobs(path: Option<PathBuf>, action: JobsAction) -> ExitCode {
     // Only the data directory matters here; read it without requiring a complete config.
     let data_dir = match config::load(path.as_deref()) {
+        Ok(c) if matches!(c.queue, config::QueueConfig::AzureStorage(_)) => {
+            eprintln!(
+                "accessgate jobs: works on the SQLite queue; with queue.backend = azure_storage, dead letters are messages in the poison queue (queue.poison_name), each with its reason: read them with Azure Storage Explorer or `az storage message peek`, and send a job back by putting its `message` on the work queue"
+            );
+            return ExitCode::from(2);
+        }
         Ok(c) => c.server.data_dir,
         Err(_) => match data_dir_only(path.as_deref()) {
             Some(d) => d,

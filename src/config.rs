@@ -27,7 +27,9 @@ pub struct Config {
     pub server: ServerConfig,
     pub identity: IdentityConfig,
     pub inbound: InboundConfig,
+    pub credentials: CredentialsConfig,
     pub graph: GraphConfig,
+    pub queue: QueueConfig,
     pub worker: WorkerConfig,
     pub policy: Policy,
     pub policy_file: Option<PathBuf>,
@@ -36,6 +38,9 @@ pub struct Config {
     pub extensions: Vec<Extension>,
     pub capture: CaptureConfig,
     pub log: LogConfig,
+    /// Things that do not stop the service but will make work wait (e.g. no managed identity
+    /// endpoint): printed by `check-config` and logged at start.
+    pub warnings: Vec<ConfigProblem>,
 }
 
 /// One custom extension (`[extensions.NAME]`): the Logic App identity Entra binds its PoP tokens
@@ -191,10 +196,129 @@ pub struct GraphConfig {
     pub base_url: EndpointUrl,
     pub api_version: GraphApiVersion,
     pub scope: String,
-    pub client_id: String,
-    pub client_secret: Secret,
     pub resume_source: String,
     pub timeout: Duration,
+    /// Requests per second this process sends to Graph at most (token bucket, burst the same).
+    pub max_requests_per_second: u32,
+    /// Consecutive transient failures that open the circuit breaker.
+    pub circuit_failure_threshold: u32,
+    /// How long an open breaker refuses calls before one probe is let through.
+    pub circuit_open: Duration,
+}
+
+/// How accessgate proves its identity to Entra for Graph (and Storage) tokens.
+#[derive(Debug, Clone)]
+pub struct CredentialsConfig {
+    pub mode: CredentialMode,
+    /// User-assigned managed identity (client id) for the managed-identity token requests;
+    /// `None` = system-assigned.
+    pub managed_identity_client_id: Option<String>,
+    /// The Key Vault token audience of the configured cloud (`https://vault.azure.net`).
+    pub key_vault_resource: String,
+    pub platform: Platform,
+}
+
+/// The credential modes (README "Credentials").
+#[derive(Debug, Clone)]
+pub enum CredentialMode {
+    /// An app registration's client secret, from the config or the environment.
+    ClientSecret { client_id: String, secret: Secret },
+    /// The App Service / Functions managed identity is the Graph identity.
+    ManagedIdentity,
+    /// Workload identity federation: a projected token file is the client assertion.
+    WorkloadIdentity {
+        client_id: String,
+        token_file: Option<PathBuf>,
+    },
+    /// An app registration whose client secret lives in Key Vault (read with the managed identity).
+    KeyVaultSecret {
+        client_id: String,
+        vault: EndpointUrl,
+        secret_name: String,
+    },
+    /// An app registration with a certificate in Key Vault: RFC 7523 client assertion.
+    KeyVaultCertificate {
+        client_id: String,
+        vault: EndpointUrl,
+        certificate_name: String,
+        sign_with: SignWith,
+    },
+}
+
+impl CredentialMode {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::ClientSecret { .. } => "client_secret",
+            Self::ManagedIdentity => "managed_identity",
+            Self::WorkloadIdentity { .. } => "workload_identity",
+            Self::KeyVaultSecret { .. } => "key_vault_secret",
+            Self::KeyVaultCertificate { .. } => "key_vault_certificate",
+        }
+    }
+    /// The app registration's client id, for the modes that have one.
+    pub fn client_id(&self) -> Option<&str> {
+        match self {
+            Self::ClientSecret { client_id, .. }
+            | Self::WorkloadIdentity { client_id, .. }
+            | Self::KeyVaultSecret { client_id, .. }
+            | Self::KeyVaultCertificate { client_id, .. } => Some(client_id),
+            Self::ManagedIdentity => None,
+        }
+    }
+    pub fn uses_managed_identity(&self) -> bool {
+        matches!(
+            self,
+            Self::ManagedIdentity | Self::KeyVaultSecret { .. } | Self::KeyVaultCertificate { .. }
+        )
+    }
+}
+
+/// Where a client assertion is signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignWith {
+    /// With the certificate's private key, read from Key Vault (the key must be exportable).
+    Local,
+    /// By Key Vault's `sign` operation: the private key never leaves the vault.
+    KeyVault,
+}
+
+/// What the hosting platform tells us through its environment.
+#[derive(Debug, Clone, Default)]
+pub struct Platform {
+    /// `IDENTITY_ENDPOINT` (App Service / Functions managed identity).
+    pub identity_endpoint: Option<EndpointUrl>,
+    /// `IDENTITY_HEADER`: the managed identity endpoint's shared secret.
+    pub identity_header: Option<Secret>,
+}
+
+/// Where jobs wait between the `202` and the worker.
+#[derive(Debug, Clone)]
+pub enum QueueConfig {
+    /// The embedded SQLite queue in `server.data_dir` (one process).
+    Sqlite,
+    /// An Azure Storage queue shared by several `accessgate serve` instances.
+    AzureStorage(AzureQueueConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct AzureQueueConfig {
+    /// The account's queue endpoint, e.g. `https://acct.queue.core.windows.net`.
+    pub endpoint: EndpointUrl,
+    pub auth: StorageAuthConfig,
+    pub name: String,
+    pub poison_name: String,
+    /// Deliveries that ended without a recorded attempt (the worker died or could not read the
+    /// message) before the message is moved to the poison queue.
+    pub max_unhandled_deliveries: u32,
+}
+
+#[derive(Debug, Clone)]
+pub enum StorageAuthConfig {
+    /// Account key from a connection string (Azurite, or where Entra auth is not possible).
+    SharedKey { account: String, key: Secret },
+    /// An Entra token for `https://storage.azure.com/` from the configured credentials' managed
+    /// identity.
+    ManagedIdentity,
 }
 
 #[derive(Debug, Clone)]
@@ -294,10 +418,39 @@ struct RawGraph {
     base_url: Option<String>,
     api_version: Option<String>,
     scope: Option<String>,
-    client_id: Option<String>,
-    client_secret: Option<Secret>,
+    /// Moved to `[credentials]`; kept only to say so.
+    client_id: Option<toml::Value>,
+    client_secret: Option<toml::Value>,
     resume_source: Option<String>,
     timeout_seconds: Option<u64>,
+    max_requests_per_second: Option<u64>,
+    circuit_failure_threshold: Option<u64>,
+    circuit_open_seconds: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawCredentials {
+    mode: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<Secret>,
+    managed_identity_client_id: Option<String>,
+    federated_token_file: Option<String>,
+    key_vault_url: Option<String>,
+    secret_name: Option<String>,
+    certificate_name: Option<String>,
+    sign_with: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawQueue {
+    backend: Option<String>,
+    connection_string: Option<Secret>,
+    account_url: Option<String>,
+    name: Option<String>,
+    poison_name: Option<String>,
+    max_unhandled_deliveries: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -337,7 +490,9 @@ const SECTIONS: &[&str] = &[
     "identity",
     "inbound",
     "extensions",
+    "credentials",
     "graph",
+    "queue",
     "worker",
     "policy",
     "capture",
@@ -348,6 +503,7 @@ const SECTIONS: &[&str] = &[
 struct Cloud {
     authority: &'static str,
     graph: &'static str,
+    key_vault: &'static str,
 }
 
 fn cloud(name: &str) -> Option<Cloud> {
@@ -355,18 +511,22 @@ fn cloud(name: &str) -> Option<Cloud> {
         "global" => Cloud {
             authority: "https://login.microsoftonline.com",
             graph: "https://graph.microsoft.com",
+            key_vault: "https://vault.azure.net",
         },
         "usgov" => Cloud {
             authority: "https://login.microsoftonline.us",
             graph: "https://graph.microsoft.us",
+            key_vault: "https://vault.usgovcloudapi.net",
         },
         "usgov-dod" => Cloud {
             authority: "https://login.microsoftonline.us",
             graph: "https://dod-graph.microsoft.us",
+            key_vault: "https://vault.usgovcloudapi.net",
         },
         "china" => Cloud {
             authority: "https://login.chinacloudapi.cn",
             graph: "https://microsoftgraph.chinacloudapi.cn",
+            key_vault: "https://vault.azure.cn",
         },
         _ => return None,
     };
@@ -376,7 +536,7 @@ fn cloud(name: &str) -> Option<Cloud> {
 /// Loads a config file (optional) and applies environment overrides.
 pub fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
     let env: BTreeMap<String, String> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("ACCESSGATE_"))
+        .filter(|(k, _)| k.starts_with("ACCESSGATE_") || PLATFORM_ENV.contains(&k.as_str()))
         .collect();
     let text = match path {
         Some(p) => std::fs::read_to_string(p).map_err(|e| {
@@ -425,12 +585,15 @@ pub fn from_sources(
     let inbound: RawInbound = section(&root, "inbound", &mut problems);
     let raw_extensions: BTreeMap<String, RawExtension> =
         section(&root, "extensions", &mut problems);
+    let credentials: RawCredentials = section(&root, "credentials", &mut problems);
     let graph: RawGraph = section(&root, "graph", &mut problems);
+    let queue: RawQueue = section(&root, "queue", &mut problems);
     let worker: RawWorker = section(&root, "worker", &mut problems);
     let policy: RawPolicy = section(&root, "policy", &mut problems);
     let capture: RawCapture = section(&root, "capture", &mut problems);
     let log: RawLog = section(&root, "log", &mut problems);
 
+    let mut warnings = Vec::new();
     let mut p = Problems(&mut problems);
 
     // server
@@ -683,25 +846,59 @@ pub fn from_sources(
             "must end with /.default (client credentials flow)",
         );
     }
-    let client_id = graph.client_id.unwrap_or_default();
-    if uuid::Uuid::parse_str(&client_id).is_err() {
+    for (moved, value) in [
+        ("client_id", &graph.client_id),
+        ("client_secret", &graph.client_secret),
+    ] {
+        if value.is_some() {
+            p.push(
+                &format!("graph.{moved}"),
+                &format!(
+                    "moved to credentials.{moved} (with credentials.mode = \"client_secret\")"
+                ),
+            );
+        }
+    }
+    let max_requests_per_second = graph.max_requests_per_second.unwrap_or(20);
+    if !(1..=1000).contains(&max_requests_per_second) {
         p.push(
-            "graph.client_id",
-            "required: the application (client) id accessgate uses to call Graph resume (a GUID)",
+            "graph.max_requests_per_second",
+            "must be between 1 and 1000",
         );
     }
-    let client_secret = graph.client_secret.unwrap_or_default();
-    if client_secret.is_empty() {
+    let circuit_failure_threshold = graph.circuit_failure_threshold.unwrap_or(5);
+    if !(1..=1000).contains(&circuit_failure_threshold) {
         p.push(
-            "graph.client_secret",
-            "required: set it with ACCESSGATE_GRAPH__CLIENT_SECRET rather than in the file",
+            "graph.circuit_failure_threshold",
+            "must be between 1 and 1000",
         );
+    }
+    let circuit_open = Duration::from_secs(graph.circuit_open_seconds.unwrap_or(30));
+    if circuit_open.is_zero() || circuit_open > Duration::from_secs(600) {
+        p.push("graph.circuit_open_seconds", "must be between 1 and 600");
     }
     let resume_source = graph.resume_source.unwrap_or_else(|| "accessgate".into());
     let timeout = Duration::from_secs(graph.timeout_seconds.unwrap_or(10));
     if timeout.is_zero() || timeout > Duration::from_secs(120) {
         p.push("graph.timeout_seconds", "must be between 1 and 120");
     }
+
+    // credentials
+    let key_vault_resource = cloud
+        .as_ref()
+        .map_or("https://vault.azure.net", |c| c.key_vault)
+        .to_owned();
+    let credentials_cfg = parse_credentials(
+        credentials,
+        env,
+        base_dir,
+        key_vault_resource,
+        &mut p,
+        &mut warnings,
+    );
+
+    // queue
+    let queue_cfg = parse_queue(queue, &credentials_cfg, &mut p);
 
     // worker
     let concurrency = worker.concurrency.unwrap_or(4);
@@ -816,15 +1013,18 @@ pub fn from_sources(
                         caller_ids: relay_caller_ids,
                     },
                 },
+                credentials: credentials_cfg,
                 graph: GraphConfig {
                     base_url,
                     api_version,
                     scope,
-                    client_id,
-                    client_secret,
                     resume_source,
                     timeout,
+                    max_requests_per_second: max_requests_per_second as u32,
+                    circuit_failure_threshold: circuit_failure_threshold as u32,
+                    circuit_open,
                 },
+                queue: queue_cfg,
                 worker: WorkerConfig {
                     concurrency: concurrency as usize,
                     retry_base,
@@ -839,9 +1039,323 @@ pub fn from_sources(
                 extensions,
                 capture,
                 log: LogConfig { format, level },
+                warnings,
             })
         }
         _ => Err(ConfigErrors(problems)),
+    }
+}
+
+/// Platform variables (set by App Service / Functions / AKS, not by the operator) that the
+/// credential modes read.
+const PLATFORM_ENV: &[&str] = &[
+    "IDENTITY_ENDPOINT",
+    "IDENTITY_HEADER",
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "AZURE_CLIENT_ID",
+];
+
+fn guid_setting(
+    p: &mut Problems<'_>,
+    setting: &str,
+    v: Option<&str>,
+    what: &str,
+) -> Option<String> {
+    match v {
+        None | Some("") => None,
+        Some(v) => match uuid::Uuid::parse_str(v) {
+            Ok(u) => Some(u.to_string()),
+            Err(_) => {
+                p.push(setting, &format!("must be a GUID ({what})"));
+                None
+            }
+        },
+    }
+}
+
+fn parse_credentials(
+    raw: RawCredentials,
+    env: &BTreeMap<String, String>,
+    base_dir: &Path,
+    key_vault_resource: String,
+    p: &mut Problems<'_>,
+    warnings: &mut Vec<ConfigProblem>,
+) -> CredentialsConfig {
+    let identity_endpoint = match env.get("IDENTITY_ENDPOINT").map(String::as_str) {
+        None | Some("") => None,
+        Some(v) => match EndpointUrl::parse(v) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                p.push(
+                    "IDENTITY_ENDPOINT",
+                    &format!("the managed identity endpoint is not usable: {e}"),
+                );
+                None
+            }
+        },
+    };
+    let platform = Platform {
+        identity_endpoint,
+        identity_header: env
+            .get("IDENTITY_HEADER")
+            .filter(|v| !v.is_empty())
+            .map(|v| Secret::new(v.clone())),
+    };
+    let mi_client_id = guid_setting(
+        p,
+        "credentials.managed_identity_client_id",
+        raw.managed_identity_client_id.as_deref(),
+        "the client id of a user-assigned managed identity",
+    );
+    let client_id = || {
+        raw.client_id
+            .clone()
+            .or_else(|| env.get("AZURE_CLIENT_ID").cloned())
+    };
+    let require_client_id = |p: &mut Problems<'_>| -> String {
+        guid_setting(
+            p,
+            "credentials.client_id",
+            client_id().as_deref(),
+            "the application (client) id of the app registration accessgate uses for Graph",
+        )
+        .unwrap_or_else(|| {
+            if client_id().unwrap_or_default().is_empty() {
+                p.push(
+                    "credentials.client_id",
+                    "required for this credentials.mode: the application (client) id of the app registration",
+                );
+            }
+            String::new()
+        })
+    };
+    let vault = |p: &mut Problems<'_>| -> Option<EndpointUrl> {
+        match raw.key_vault_url.as_deref() {
+            None | Some("") => {
+                p.push(
+                    "credentials.key_vault_url",
+                    "required for this credentials.mode: the vault URL, e.g. https://myvault.vault.azure.net",
+                );
+                None
+            }
+            Some(v) => p.check(
+                "credentials.key_vault_url",
+                EndpointUrl::parse(v).map_err(|e| e.to_string()),
+            ),
+        }
+    };
+    let name = |p: &mut Problems<'_>, setting: &str, v: &Option<String>| -> String {
+        let v = v.clone().unwrap_or_default();
+        // Key Vault object names: 1-127 of letters, digits and dashes.
+        if v.is_empty()
+            || v.len() > 127
+            || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            p.push(
+                setting,
+                "required for this credentials.mode: a Key Vault object name (letters, digits, dashes)",
+            );
+        }
+        v
+    };
+    let mode_name = raw.mode.as_deref().unwrap_or("client_secret");
+    let mode = match mode_name {
+        "client_secret" => {
+            let client_id = require_client_id(p);
+            let secret = raw.client_secret.clone().unwrap_or_default();
+            if secret.is_empty() {
+                p.push(
+                    "credentials.client_secret",
+                    "required in client_secret mode: set it with ACCESSGATE_CREDENTIALS__CLIENT_SECRET rather than in the file (or keep it in Key Vault: credentials.mode = \"key_vault_secret\")",
+                );
+            }
+            CredentialMode::ClientSecret { client_id, secret }
+        }
+        "managed_identity" => CredentialMode::ManagedIdentity,
+        "workload_identity" => {
+            let client_id = require_client_id(p);
+            let token_file = raw
+                .federated_token_file
+                .clone()
+                .or_else(|| env.get("AZURE_FEDERATED_TOKEN_FILE").cloned())
+                .filter(|f| !f.is_empty())
+                .map(|f| resolve(base_dir, &f));
+            if token_file.is_none() {
+                warnings.push(ConfigProblem {
+                    setting: "credentials.federated_token_file".into(),
+                    message: "AZURE_FEDERATED_TOKEN_FILE is not set: enable workload identity on the pod (label azure.workload.identity/use: \"true\") or set this setting; Graph calls wait until then".into(),
+                });
+            }
+            CredentialMode::WorkloadIdentity {
+                client_id,
+                token_file,
+            }
+        }
+        "key_vault_secret" => {
+            let client_id = require_client_id(p);
+            let v = vault(p);
+            let secret_name = name(p, "credentials.secret_name", &raw.secret_name);
+            match v {
+                Some(vault) => CredentialMode::KeyVaultSecret {
+                    client_id,
+                    vault,
+                    secret_name,
+                },
+                None => CredentialMode::ManagedIdentity,
+            }
+        }
+        "key_vault_certificate" => {
+            let client_id = require_client_id(p);
+            let v = vault(p);
+            let certificate_name = name(p, "credentials.certificate_name", &raw.certificate_name);
+            let sign_with = match raw.sign_with.as_deref().unwrap_or("key_vault") {
+                "key_vault" => SignWith::KeyVault,
+                "local" => SignWith::Local,
+                _ => {
+                    p.push("credentials.sign_with", "must be key_vault or local");
+                    SignWith::KeyVault
+                }
+            };
+            match v {
+                Some(vault) => CredentialMode::KeyVaultCertificate {
+                    client_id,
+                    vault,
+                    certificate_name,
+                    sign_with,
+                },
+                None => CredentialMode::ManagedIdentity,
+            }
+        }
+        _ => {
+            p.push(
+                "credentials.mode",
+                "must be one of client_secret, managed_identity, workload_identity, key_vault_secret, key_vault_certificate",
+            );
+            CredentialMode::ManagedIdentity
+        }
+    };
+    if mode_name != "client_secret" && raw.client_secret.is_some() {
+        p.push(
+            "credentials.client_secret",
+            &format!("not used in {mode_name} mode: remove it"),
+        );
+    }
+    if mode.uses_managed_identity() && platform.identity_endpoint.is_none() {
+        warnings.push(ConfigProblem {
+            setting: "IDENTITY_ENDPOINT".into(),
+            message: format!(
+                "credentials.mode = {mode_name} needs the managed identity, but IDENTITY_ENDPOINT is not set: turn on the managed identity of the Function App / App Service; callouts are acknowledged and wait in the queue until then"
+            ),
+        });
+    }
+    CredentialsConfig {
+        mode,
+        managed_identity_client_id: mi_client_id,
+        key_vault_resource,
+        platform,
+    }
+}
+
+/// Storage queue names: 3-63 lower-case letters, digits and single dashes.
+fn valid_queue_name(n: &str) -> bool {
+    (3..=63).contains(&n.len())
+        && n.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !n.starts_with('-')
+        && !n.ends_with('-')
+        && !n.contains("--")
+}
+
+fn parse_queue(raw: RawQueue, creds: &CredentialsConfig, p: &mut Problems<'_>) -> QueueConfig {
+    match raw.backend.as_deref().unwrap_or("sqlite") {
+        "sqlite" => {
+            if raw.connection_string.is_some() || raw.account_url.is_some() {
+                p.push(
+                    "queue.backend",
+                    "queue.connection_string / queue.account_url are set but queue.backend is sqlite: set backend = \"azure_storage\"",
+                );
+            }
+            QueueConfig::Sqlite
+        }
+        "azure_storage" => {
+            let name = raw.name.unwrap_or_else(|| "accessgate-jobs".into());
+            if !valid_queue_name(&name) {
+                p.push(
+                    "queue.name",
+                    "3-63 lower-case letters, digits and single dashes",
+                );
+            }
+            let poison_name = raw.poison_name.unwrap_or_else(|| format!("{name}-poison"));
+            if !valid_queue_name(&poison_name) || poison_name == name {
+                p.push(
+                    "queue.poison_name",
+                    "3-63 lower-case letters, digits and single dashes, not the queue itself",
+                );
+            }
+            let max_unhandled_deliveries = raw.max_unhandled_deliveries.unwrap_or(5);
+            if !(1..=100).contains(&max_unhandled_deliveries) {
+                p.push(
+                    "queue.max_unhandled_deliveries",
+                    "must be between 1 and 100",
+                );
+            }
+            let target = match (raw.connection_string, raw.account_url) {
+                (Some(cs), None) => {
+                    match crate::queue::azure::parse_connection_string(cs.expose()) {
+                        Ok((endpoint, account, key)) => {
+                            Some((endpoint, StorageAuthConfig::SharedKey { account, key }))
+                        }
+                        Err(e) => {
+                            p.push("queue.connection_string", &e);
+                            None
+                        }
+                    }
+                }
+                (None, Some(url)) => {
+                    if !creds.mode.uses_managed_identity()
+                        && creds.platform.identity_endpoint.is_none()
+                    {
+                        p.push(
+                            "queue.account_url",
+                            "Entra auth to Storage uses the managed identity: turn it on (IDENTITY_ENDPOINT) or use queue.connection_string",
+                        );
+                    }
+                    p.check(
+                        "queue.account_url",
+                        EndpointUrl::parse(&url).map_err(|e| e.to_string()),
+                    )
+                    .map(|u| (u, StorageAuthConfig::ManagedIdentity))
+                }
+                (Some(_), Some(_)) => {
+                    p.push(
+                        "queue.connection_string",
+                        "set queue.connection_string or queue.account_url, not both",
+                    );
+                    None
+                }
+                (None, None) => {
+                    p.push(
+                        "queue.account_url",
+                        "azure_storage needs queue.account_url (https://ACCOUNT.queue.core.windows.net, managed identity) or queue.connection_string (account key)",
+                    );
+                    None
+                }
+            };
+            match target {
+                Some((endpoint, auth)) => QueueConfig::AzureStorage(AzureQueueConfig {
+                    endpoint,
+                    auth,
+                    name,
+                    poison_name,
+                    max_unhandled_deliveries: max_unhandled_deliveries as u32,
+                }),
+                None => QueueConfig::Sqlite,
+            }
+        }
+        _ => {
+            p.push("queue.backend", "must be sqlite or azure_storage");
+            QueueConfig::Sqlite
+        }
     }
 }
 
@@ -932,9 +1446,21 @@ const STRING_KEYS: &[&str] = &[
     "graph.base_url",
     "graph.api_version",
     "graph.scope",
-    "graph.client_id",
-    "graph.client_secret",
     "graph.resume_source",
+    "credentials.mode",
+    "credentials.client_id",
+    "credentials.client_secret",
+    "credentials.managed_identity_client_id",
+    "credentials.federated_token_file",
+    "credentials.key_vault_url",
+    "credentials.secret_name",
+    "credentials.certificate_name",
+    "credentials.sign_with",
+    "queue.backend",
+    "queue.connection_string",
+    "queue.account_url",
+    "queue.name",
+    "queue.poison_name",
     "worker.default_callback_timeout",
     "policy.file",
     "capture.dir",
@@ -963,7 +1489,7 @@ fn env_value(raw: &str, string_key: bool) -> toml::Value {
         .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
 }
 
-/// `ACCESSGATE_GRAPH__CLIENT_SECRET=x` sets `graph.client_secret`. For keys that are not strings,
+/// `ACCESSGATE_CREDENTIALS__CLIENT_SECRET=x` sets `graph.client_secret`. For keys that are not strings,
 /// values that parse as a TOML value (number, bool, array) are taken as such.
 fn apply_env(
     root: &mut toml::Table,
@@ -980,7 +1506,7 @@ fn apply_env(
         let Some((sec, field)) = rest.split_once("__") else {
             problems.push(ConfigProblem {
                 setting: key.clone(),
-                message: "environment overrides are ACCESSGATE_<SECTION>__<KEY>, e.g. ACCESSGATE_GRAPH__CLIENT_SECRET".into(),
+                message: "environment overrides are ACCESSGATE_<SECTION>__<KEY>, e.g. ACCESSGATE_CREDENTIALS__CLIENT_SECRET".into(),
             });
             continue;
         };
@@ -1043,7 +1569,7 @@ mod tests {
 tenant_id = "11111111-2222-3333-4444-555555555555"
 [inbound]
 audiences = ["api://accessgate"]
-[graph]
+[credentials]
 client_id = "aaaaaaaa-0000-0000-0000-000000000001"
 "#;
 
@@ -1058,11 +1584,14 @@ client_id = "aaaaaaaa-0000-0000-0000-000000000001"
     fn good_config_with_secret_from_env_loads_with_defaults() {
         let c = from_sources(
             GOOD,
-            &env(&[("ACCESSGATE_GRAPH__CLIENT_SECRET", "s3cret")]),
+            &env(&[("ACCESSGATE_CREDENTIALS__CLIENT_SECRET", "s3cret")]),
             Path::new("."),
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(c.graph.client_secret.expose(), "s3cret");
+        match &c.credentials.mode {
+            CredentialMode::ClientSecret { secret, .. } => assert_eq!(secret.expose(), "s3cret"),
+            other => panic!("{other:?}"),
+        }
         assert_eq!(c.graph.base_url.base(), "https://graph.microsoft.com");
         assert_eq!(
             c.identity.authority.base(),
@@ -1078,7 +1607,7 @@ client_id = "aaaaaaaa-0000-0000-0000-000000000001"
         let c = from_sources(
             GOOD,
             &env(&[
-                ("ACCESSGATE_GRAPH__CLIENT_SECRET", "x"),
+                ("ACCESSGATE_CREDENTIALS__CLIENT_SECRET", "x"),
                 ("ACCESSGATE_WORKER__CONCURRENCY", "7"),
                 ("ACCESSGATE_IDENTITY__CLOUD", "usgov"),
             ]),
@@ -1112,8 +1641,8 @@ x = 1
             "identity.tenant_id",
             "identity.authority",
             "graph.base_url",
-            "graph.client_id",
-            "graph.client_secret",
+            "credentials.client_id",
+            "credentials.client_secret",
             "extensions",
             "worker.default_callback_timeout",
             "nonsense",
@@ -1137,7 +1666,7 @@ x = 1
         let c = from_sources(
             &text,
             &env(&[
-                ("ACCESSGATE_GRAPH__CLIENT_SECRET", "x"),
+                ("ACCESSGATE_CREDENTIALS__CLIENT_SECRET", "x"),
                 ("ACCESSGATE_EXTENSIONS__HR__RESOURCE", &format!("{RES}-hr")),
                 ("ACCESSGATE_EXTENSIONS__HR__HOST", "Management.Azure.com"),
             ]),
@@ -1184,7 +1713,7 @@ pop_lifetime_seconds = 5"#
         );
         let errs = from_sources(
             &text,
-            &env(&[("ACCESSGATE_GRAPH__CLIENT_SECRET", "x")]),
+            &env(&[("ACCESSGATE_CREDENTIALS__CLIENT_SECRET", "x")]),
             Path::new("."),
         )
         .err()
@@ -1216,7 +1745,7 @@ pop_lifetime_seconds = 5"#
         let text = inbound("mode = \"relay\"");
         let errs = from_sources(
             &text,
-            &env(&[("ACCESSGATE_GRAPH__CLIENT_SECRET", "x")]),
+            &env(&[("ACCESSGATE_CREDENTIALS__CLIENT_SECRET", "x")]),
             Path::new("."),
         )
         .err()
@@ -1231,7 +1760,7 @@ pop_lifetime_seconds = 5"#
         );
         let c = from_sources(
             &text,
-            &env(&[("ACCESSGATE_GRAPH__CLIENT_SECRET", "x")]),
+            &env(&[("ACCESSGATE_CREDENTIALS__CLIENT_SECRET", "x")]),
             Path::new("."),
         )
         .unwrap_or_else(|e| panic!("{e}"));
@@ -1276,12 +1805,15 @@ pop_lifetime_seconds = 5"#
                 ("ACCESSGATE_CONFIG", "x.toml"),
                 ("ACCESSGATE_LOG", "debug"),
                 ("ACCESSGATE_EMULATOR_PORT", "7700"),
-                ("ACCESSGATE_GRAPH__CLIENT_SECRET", "12345678"),
+                ("ACCESSGATE_CREDENTIALS__CLIENT_SECRET", "12345678"),
             ]),
             Path::new("."),
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(c.graph.client_secret.expose(), "12345678");
+        match &c.credentials.mode {
+            CredentialMode::ClientSecret { secret, .. } => assert_eq!(secret.expose(), "12345678"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -1292,7 +1824,201 @@ pop_lifetime_seconds = 5"#
             .map(|e| e.0)
             .unwrap_or_default();
         let all = format!("{errs:?}");
-        assert!(errs.iter().any(|p| p.setting == "graph"), "{all}");
+        assert!(errs.iter().any(|p| p.setting == "credentials"), "{all}");
         assert!(!all.contains("987654321"), "{all}");
+    }
+
+    const BASE: &str = r#"
+[identity]
+tenant_id = "11111111-2222-3333-4444-555555555555"
+[inbound]
+audiences = ["api://accessgate"]
+"#;
+    const APP: &str = "aaaaaaaa-0000-0000-0000-000000000001";
+
+    fn creds(lines: &str, vars: &[(&str, &str)]) -> Result<Config, Vec<ConfigProblem>> {
+        from_sources(
+            &format!("{BASE}[credentials]\n{lines}\n"),
+            &env(vars),
+            Path::new("/etc/accessgate"),
+        )
+        .map_err(|e| e.0)
+    }
+
+    #[test]
+    fn every_credential_mode_parses() {
+        let mi = [
+            ("IDENTITY_ENDPOINT", "http://127.0.0.1:41741/msi/token"),
+            ("IDENTITY_HEADER", "hdr-secret"),
+        ];
+        let c = creds("mode = \"managed_identity\"", &mi).unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(matches!(
+            c.credentials.mode,
+            CredentialMode::ManagedIdentity
+        ));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert!(!format!("{c:?}").contains("hdr-secret"));
+
+        let c = creds(
+            &format!("mode = \"key_vault_certificate\"\nclient_id = \"{APP}\"\nkey_vault_url = \"https://v.vault.azure.net\"\ncertificate_name = \"graph-cert\""),
+            &mi,
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        match &c.credentials.mode {
+            CredentialMode::KeyVaultCertificate {
+                sign_with,
+                certificate_name,
+                ..
+            } => {
+                assert_eq!(
+                    *sign_with,
+                    SignWith::KeyVault,
+                    "the key stays in the vault by default"
+                );
+                assert_eq!(certificate_name, "graph-cert");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.credentials.key_vault_resource, "https://vault.azure.net");
+
+        let c = creds(
+            "mode = \"workload_identity\"",
+            &[
+                ("AZURE_CLIENT_ID", APP),
+                (
+                    "AZURE_FEDERATED_TOKEN_FILE",
+                    "/var/run/secrets/azure/tokens/azure-identity-token",
+                ),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        match &c.credentials.mode {
+            CredentialMode::WorkloadIdentity {
+                client_id,
+                token_file,
+            } => {
+                assert_eq!(client_id, APP);
+                assert!(token_file.is_some());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn credential_problems_name_their_setting() {
+        let errs = creds("mode = \"key_vault_secret\"", &[])
+            .err()
+            .unwrap_or_default();
+        for s in [
+            "credentials.client_id",
+            "credentials.key_vault_url",
+            "credentials.secret_name",
+        ] {
+            assert!(
+                errs.iter().any(|p| p.setting == s),
+                "missing {s} in {errs:?}"
+            );
+        }
+        let errs = creds(
+            &format!("mode = \"key_vault_secret\"\nclient_id = \"{APP}\"\nkey_vault_url = \"http://vault.example.com\"\nsecret_name = \"a b\"\nclient_secret = \"x\""),
+            &[],
+        )
+        .err()
+        .unwrap_or_default();
+        for s in [
+            "credentials.key_vault_url",
+            "credentials.secret_name",
+            "credentials.client_secret",
+        ] {
+            assert!(
+                errs.iter().any(|p| p.setting == s),
+                "missing {s} in {errs:?}"
+            );
+        }
+        let errs = creds("mode = \"magic\"", &[]).err().unwrap_or_default();
+        assert!(
+            errs.iter().any(|p| p.setting == "credentials.mode"),
+            "{errs:?}"
+        );
+        // The old place is named, not just refused.
+        let errs = from_sources(
+            &format!("{BASE}[graph]\nclient_id = \"{APP}\"\n"),
+            &env(&[]),
+            Path::new("."),
+        )
+        .err()
+        .map(|e| e.0)
+        .unwrap_or_default();
+        assert!(
+            errs.iter()
+                .any(|p| p.setting == "graph.client_id"
+                    && p.message.contains("credentials.client_id")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn a_missing_managed_identity_is_a_warning_not_a_failure() {
+        let c = creds("mode = \"managed_identity\"", &[]).unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(
+            c.warnings.iter().any(|w| w.setting == "IDENTITY_ENDPOINT"),
+            "{:?}",
+            c.warnings
+        );
+        // Plain http off the machine is refused for the identity endpoint too.
+        let errs = creds(
+            "mode = \"managed_identity\"",
+            &[("IDENTITY_ENDPOINT", "http://169.254.169.254/msi/token")],
+        )
+        .err()
+        .unwrap_or_default();
+        assert!(
+            errs.iter().any(|p| p.setting == "IDENTITY_ENDPOINT"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn national_clouds_pick_their_key_vault_audience() {
+        let c = from_sources(
+            &format!("{BASE}[credentials]\nclient_id = \"{APP}\"\n"),
+            &env(&[
+                ("ACCESSGATE_CREDENTIALS__CLIENT_SECRET", "x"),
+                ("ACCESSGATE_IDENTITY__CLOUD", "china"),
+            ]),
+            Path::new("."),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.credentials.key_vault_resource, "https://vault.azure.cn");
+        assert_eq!(
+            c.graph.base_url.base(),
+            "https://microsoftgraph.chinacloudapi.cn"
+        );
+        assert_eq!(
+            c.identity.authority.base(),
+            "https://login.chinacloudapi.cn"
+        );
+    }
+
+    #[test]
+    fn graph_resilience_settings_have_bounds() {
+        let errs = from_sources(
+            &format!("{BASE}[credentials]\nclient_id = \"{APP}\"\nclient_secret = \"x\"\n[graph]\nmax_requests_per_second = 0\ncircuit_failure_threshold = 0\ncircuit_open_seconds = 0\n"),
+            &env(&[]),
+            Path::new("."),
+        )
+        .err()
+        .map(|e| e.0)
+        .unwrap_or_default();
+        for s in [
+            "graph.max_requests_per_second",
+            "graph.circuit_failure_threshold",
+            "graph.circuit_open_seconds",
+        ] {
+            assert!(
+                errs.iter().any(|p| p.setting == s),
+                "missing {s} in {errs:?}"
+            );
+        }
     }
 }

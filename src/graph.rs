@@ -1,16 +1,18 @@
-//! Microsoft Graph: app-only token (client credentials, cached) and the entitlement-management
-//! `resume` action (protocol.md §3), with errors classified for the worker's retry decisions.
+//! Microsoft Graph: the entitlement-management `resume` action (protocol.md §3) under a request
+//! rate bound, a circuit breaker and the callout's deadline, with a typed error for every
+//! documented failure. Tokens come from [`crate::credentials`].
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
 
 use crate::callout::{Callout, callback_path_names_request};
-use crate::config::{GraphConfig, IdentityConfig};
+use crate::config::GraphConfig;
+use crate::credentials::{self, Audience, CredentialError, Credentials};
 use crate::policy::{Action, Decision};
-use crate::secret::Secret;
+use crate::queue::now_ms;
+use crate::resilience::{CircuitBreaker, RateLimiter};
 
 /// How a resume ended, when it ended well.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,44 +24,84 @@ pub enum ResumeOutcome {
     NotWaiting(String),
 }
 
-/// Why a Graph call failed; the worker decides on retry from the variant.
+/// Why a Graph call failed. Every variant but `Rejected` and `DeadlinePassed` is retried (the
+/// callout waits in the queue); each message says what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GraphError {
-    /// Throttled or unavailable: try again after at least `retry_after`.
-    #[error("{message}")]
-    Transient {
-        message: String,
+    /// 429, or 503 with `Retry-After`: Graph asked us to slow down.
+    #[error("Graph throttled the call (HTTP {status}); retrying after {}", fmt_wait(*retry_after))]
+    Throttled {
+        status: u16,
         retry_after: Option<Duration>,
     },
-    /// A configuration or permission problem an admin can fix; retried until the deadline.
-    #[error("{message}")]
-    Config { message: String },
-    /// Graph rejected the request itself; retrying will not help.
-    #[error("{message}")]
-    Rejected { message: String },
+    /// 5xx, a timeout or a broken connection.
+    #[error("Graph unavailable: {detail}")]
+    Unavailable {
+        detail: String,
+        retry_after: Option<Duration>,
+    },
+    /// Too many failures in a row: calls pause so that an outage does not become a hot loop.
+    #[error("Graph calls paused for {} s after repeated failures (circuit breaker open); last failure: {last_failure}", retry_in.as_secs())]
+    CircuitOpen {
+        retry_in: Duration,
+        last_failure: String,
+    },
+    /// No token (credentials, managed identity, Key Vault); the message names the setting.
+    #[error("no Graph token: {0}")]
+    Credential(#[from] CredentialError),
+    /// 401 with a fresh token: the token is for the wrong tenant or cloud.
+    #[error(
+        "Graph refused accessgate's token (HTTP 401 {detail}): check identity.tenant_id and identity.cloud; a new token will be fetched"
+    )]
+    Unauthorized { detail: String },
+    /// 403 on resume.
+    #[error(
+        "Graph resume: HTTP 403 {detail}. {identity} lacks the Access package assignment manager role on catalog {catalog} (or the EntitlementManagement.ReadWrite.All application permission): add it in the catalog's Roles and administrators"
+    )]
+    Forbidden {
+        identity: String,
+        catalog: String,
+        detail: String,
+    },
+    /// Graph refused the resume itself (the callout still waits); retrying will not help.
+    #[error("Graph refused the resume: HTTP {status} {detail}")]
+    Rejected { status: u16, detail: String },
+    /// The callout's deadline has passed (or no request slot is free before it): resuming now
+    /// would act on a callout Entra has given up on.
+    #[error("the callout's deadline has passed; no resume is sent after it")]
+    DeadlinePassed,
 }
 
-#[derive(Deserialize)]
-struct TokenResponse {
-    access_token: String,
-    expires_in: Option<u64>,
+fn fmt_wait(d: Option<Duration>) -> String {
+    d.map_or_else(|| "a backoff".into(), |d| format!("{} s", d.as_secs()))
 }
 
-#[derive(Deserialize, Default)]
-struct TokenError {
-    error: Option<String>,
-}
-
-struct CachedToken {
-    token: Secret,
-    refresh_at: Instant,
+impl GraphError {
+    /// The least wait before the next attempt that the error itself asks for.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Throttled { retry_after, .. } | Self::Unavailable { retry_after, .. } => {
+                *retry_after
+            }
+            Self::CircuitOpen { retry_in, .. } => Some(*retry_in),
+            Self::Credential(e) => e.retry_after(),
+            _ => None,
+        }
+    }
+    /// True when retrying cannot help.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::Rejected { .. } | Self::DeadlinePassed)
+    }
 }
 
 pub struct GraphClient {
     http: reqwest::Client,
     cfg: GraphConfig,
-    token_url: String,
-    token: Mutex<Option<CachedToken>>,
+    credentials: Arc<Credentials>,
+    limiter: RateLimiter,
+    breaker: CircuitBreaker,
+    /// What the last failed Graph call said, for the breaker's refusals.
+    last_failure: std::sync::Mutex<String>,
 }
 
 /// Graph's error body: `{"error":{"code","message"}}`.
@@ -72,100 +114,127 @@ fn graph_error_text(body: &str) -> String {
     s.chars().take(300).collect()
 }
 
-/// `Retry-After` as delta-seconds or an HTTP-date (RFC 9110 §10.2.3), capped at an hour.
-fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
-    let v = resp
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?;
-    parse_retry_after(v, jiff::Timestamp::now())
-}
-
-fn parse_retry_after(v: &str, now: jiff::Timestamp) -> Option<Duration> {
-    let v = v.trim();
-    let secs = match v.parse::<u64>() {
-        Ok(s) => s,
-        Err(_) => {
-            let at = jiff::fmt::rfc2822::parse(v).ok()?.timestamp();
-            u64::try_from(at.as_second().saturating_sub(now.as_second())).unwrap_or(0)
-        }
-    };
-    Some(Duration::from_secs(secs.min(3600)))
+fn deadline_instant(deadline_ms: i64) -> Instant {
+    let left = deadline_ms.saturating_sub(now_ms());
+    Instant::now() + Duration::from_millis(u64::try_from(left).unwrap_or(0))
 }
 
 impl GraphClient {
-    pub fn new(http: reqwest::Client, identity: &IdentityConfig, cfg: GraphConfig) -> Self {
-        let token_url = identity
-            .authority
-            .join(&format!("/{}/oauth2/v2.0/token", identity.tenant_id));
+    pub fn new(http: reqwest::Client, cfg: GraphConfig, credentials: Arc<Credentials>) -> Self {
         GraphClient {
             http,
+            limiter: RateLimiter::new(cfg.max_requests_per_second),
+            breaker: CircuitBreaker::new(cfg.circuit_failure_threshold, cfg.circuit_open),
             cfg,
-            token_url,
-            token: Mutex::new(None),
+            credentials,
+            last_failure: std::sync::Mutex::new(String::new()),
         }
     }
 
-    /// A cached app-only token, renewed five minutes before it expires.
-    async fn access_token(&self) -> Result<Secret, GraphError> {
-        let mut guard = self.token.lock().await;
-        if let Some(t) = guard.as_ref()
-            && Instant::now() < t.refresh_at
-        {
-            return Ok(t.token.clone());
+    fn failed(&self, what: &str) {
+        if let Ok(mut l) = self.last_failure.lock() {
+            *l = what.to_owned();
         }
-        let form = [
-            ("grant_type", "client_credentials"),
-            ("client_id", self.cfg.client_id.as_str()),
-            ("client_secret", self.cfg.client_secret.expose()),
-            ("scope", self.cfg.scope.as_str()),
-        ];
-        let resp = self
-            .http
-            .post(&self.token_url)
-            .form(&form)
-            .timeout(self.cfg.timeout)
+    }
+
+    pub fn credentials(&self) -> &Arc<Credentials> {
+        &self.credentials
+    }
+
+    /// Who calls Graph, for messages: "The app registration X" or "The managed identity".
+    pub fn identity(&self) -> String {
+        match self.credentials.mode().client_id() {
+            Some(id) => format!("The app registration {id}"),
+            None => format!("The {}", self.credentials.managed_identity().describe()),
+        }
+    }
+
+    /// One Graph request under the rate bound, the circuit breaker and the deadline. The
+    /// outcome feeds the breaker: 5xx and transport failures count, throttling pauses everyone.
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        deadline: Instant,
+    ) -> Result<reqwest::Response, GraphError> {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(GraphError::DeadlinePassed);
+        }
+        self.breaker
+            .check(now)
+            .map_err(|retry_in| GraphError::CircuitOpen {
+                retry_in,
+                last_failure: self
+                    .last_failure
+                    .lock()
+                    .map(|l| l.clone())
+                    .unwrap_or_default(),
+            })?;
+        if !self.limiter.acquire(deadline).await {
+            return Err(GraphError::DeadlinePassed);
+        }
+        let token = self.credentials.token(Audience::Graph).await?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(GraphError::DeadlinePassed);
+        }
+        let resp = match req
+            .bearer_auth(token.expose())
+            .timeout(self.cfg.timeout.min(left))
             .send()
             .await
-            .map_err(|e| GraphError::Transient {
-                message: format!("token endpoint unreachable: {}", without_url(&e)),
-                retry_after: None,
-            })?;
-        let status = resp.status();
-        if status.is_success() {
-            let t: TokenResponse = resp.json().await.map_err(|_| GraphError::Transient {
-                message: "token endpoint answered with an unreadable body".into(),
-                retry_after: None,
-            })?;
-            // Clamped: a nonsensical `expires_in` must not overflow the clock arithmetic.
-            let life = Duration::from_secs(t.expires_in.unwrap_or(3600).min(86_400));
-            let refresh_in = life.saturating_sub(Duration::from_secs(300)).max(life / 2);
-            let token = Secret::new(t.access_token);
-            *guard = Some(CachedToken {
-                token: token.clone(),
-                refresh_at: Instant::now() + refresh_in,
-            });
-            return Ok(token);
+        {
+            Ok(r) => r,
+            Err(e) => {
+                self.breaker.failure(Instant::now());
+                let detail = without_url(&e);
+                self.failed(&detail);
+                return Err(GraphError::Unavailable {
+                    detail,
+                    retry_after: None,
+                });
+            }
+        };
+        let status = resp.status().as_u16();
+        let ra = credentials::retry_after(resp.headers());
+        match status {
+            429 => {
+                self.breaker.throttled(Instant::now(), ra);
+                self.failed("HTTP 429 (throttled)");
+                Err(GraphError::Throttled {
+                    status,
+                    retry_after: ra,
+                })
+            }
+            503 if ra.is_some() => {
+                self.breaker.throttled(Instant::now(), ra);
+                self.failed("HTTP 503 with Retry-After");
+                Err(GraphError::Throttled {
+                    status,
+                    retry_after: ra,
+                })
+            }
+            500..=599 => {
+                self.breaker.failure(Instant::now());
+                let text = graph_error_text(&resp.text().await.unwrap_or_default());
+                let detail = format!("HTTP {status} {text}");
+                self.failed(&detail);
+                Err(GraphError::Unavailable {
+                    detail,
+                    retry_after: ra,
+                })
+            }
+            401 => {
+                self.breaker.success();
+                self.credentials.invalidate(Audience::Graph).await;
+                let text = graph_error_text(&resp.text().await.unwrap_or_default());
+                Err(GraphError::Unauthorized { detail: text })
+            }
+            _ => {
+                self.breaker.success();
+                Ok(resp)
+            }
         }
-        let ra = retry_after(&resp);
-        let body: TokenError = resp.json().await.unwrap_or_default();
-        let code = body.error.unwrap_or_else(|| "unknown_error".into());
-        if status.as_u16() == 429 || status.is_server_error() {
-            return Err(GraphError::Transient {
-                message: format!("token endpoint: HTTP {status} {code}"),
-                retry_after: ra,
-            });
-        }
-        Err(GraphError::Config {
-            message: format!(
-                "token endpoint refused the client credentials ({code}): check graph.client_id, graph.client_secret and identity.tenant_id"
-            ),
-        })
-    }
-
-    async fn drop_token(&self) {
-        *self.token.lock().await = None;
     }
 
     /// The URL of the resume action: always the documented
@@ -203,56 +272,40 @@ impl GraphClient {
         })
     }
 
-    /// Posts the resume. Idempotent in effect: a request that no longer waits is `NotWaiting`.
-    pub async fn resume(&self, c: &Callout, d: &Decision) -> Result<ResumeOutcome, GraphError> {
+    /// Posts the resume, never after `deadline_ms` (unix ms). Idempotent in effect: a request
+    /// that no longer waits is `NotWaiting`.
+    pub async fn resume(
+        &self,
+        c: &Callout,
+        d: &Decision,
+        deadline_ms: i64,
+    ) -> Result<ResumeOutcome, GraphError> {
+        let deadline = deadline_instant(deadline_ms);
         let url = self.resume_url(c);
         let body = self.resume_body(c, d);
-        let token = self.access_token().await?;
         let resp = self
-            .http
-            .post(&url)
-            .bearer_auth(token.expose())
-            .json(&body)
-            .timeout(self.cfg.timeout)
-            .send()
-            .await
-            .map_err(|e| GraphError::Transient {
-                message: format!("Graph unreachable: {}", without_url(&e)),
-                retry_after: None,
-            })?;
+            .send(self.http.post(&url).json(&body), deadline)
+            .await?;
         let status = resp.status();
         if status.is_success() {
             return Ok(ResumeOutcome::Resumed);
         }
-        let ra = retry_after(&resp);
         let text = graph_error_text(&resp.text().await.unwrap_or_default());
         match status.as_u16() {
-            429 | 500 | 502 | 503 | 504 => Err(GraphError::Transient {
-                message: format!("Graph resume: HTTP {status} {text}"),
-                retry_after: ra,
-            }),
-            401 => {
-                self.drop_token().await;
-                Err(GraphError::Transient {
-                    message: format!(
-                        "Graph resume: token refused (HTTP 401 {text}); a new token will be fetched"
-                    ),
-                    retry_after: ra,
-                })
-            }
-            403 => Err(GraphError::Config {
-                message: format!(
-                    "Graph resume: HTTP 403 {text}. The identity lacks the Access package assignment manager role on catalog {} (or EntitlementManagement.ReadWrite.All)",
-                    c.catalog
-                        .display_name
-                        .as_deref()
-                        .or(c.catalog.id.as_deref())
-                        .unwrap_or("(unknown)")
-                ),
+            403 => Err(GraphError::Forbidden {
+                identity: self.identity(),
+                catalog: c
+                    .catalog
+                    .display_name
+                    .as_deref()
+                    .or(c.catalog.id.as_deref())
+                    .unwrap_or("(unknown)")
+                    .to_owned(),
+                detail: text,
             }),
             400 | 404 | 409 => {
                 // Undocumented which code Graph uses for "not waiting any more": ask the request.
-                match self.callout_status(c, &token).await {
+                match self.callout_status(c, deadline).await {
                     Ok(CalloutState::Gone) => Ok(ResumeOutcome::NotWaiting(
                         "the request no longer exists".into(),
                     )),
@@ -264,19 +317,22 @@ impl GraphClient {
                     // Still waiting, or our callout is not on the request: Graph refused this
                     // resume itself. Never "done": that would let the request silently expire.
                     Ok(_) => Err(GraphError::Rejected {
-                        message: format!("Graph resume: HTTP {status} {text}"),
+                        status: status.as_u16(),
+                        detail: text,
                     }),
+                    Err(e) if e.is_permanent() => Err(e),
                     // Could not tell: try again rather than give up.
-                    Err(e) => Err(GraphError::Transient {
-                        message: format!(
-                            "Graph resume: HTTP {status} {text}; reading the request failed: {e}"
+                    Err(e) => Err(GraphError::Unavailable {
+                        detail: format!(
+                            "resume answered HTTP {status} {text}; reading the request failed: {e}"
                         ),
-                        retry_after: None,
+                        retry_after: e.retry_after(),
                     }),
                 }
             }
             _ => Err(GraphError::Rejected {
-                message: format!("Graph resume: HTTP {status} {text}"),
+                status: status.as_u16(),
+                detail: text,
             }),
         }
     }
@@ -285,35 +341,25 @@ impl GraphClient {
     async fn callout_status(
         &self,
         c: &Callout,
-        token: &Secret,
+        deadline: Instant,
     ) -> Result<CalloutState, GraphError> {
         let url = self.cfg.base_url.join(&format!(
             "/{}/identityGovernance/entitlementManagement/assignmentRequests/{}",
             self.cfg.api_version.segment(),
             c.request_id
         ));
-        let resp = self
-            .http
-            .get(&url)
-            .bearer_auth(token.expose())
-            .timeout(self.cfg.timeout)
-            .send()
-            .await
-            .map_err(|e| GraphError::Transient {
-                message: without_url(&e),
-                retry_after: None,
-            })?;
+        let resp = self.send(self.http.get(&url), deadline).await?;
         if resp.status().as_u16() == 404 {
             return Ok(CalloutState::Gone);
         }
         if !resp.status().is_success() {
-            return Err(GraphError::Transient {
-                message: format!("HTTP {}", resp.status()),
+            return Err(GraphError::Unavailable {
+                detail: format!("reading the request: HTTP {}", resp.status()),
                 retry_after: None,
             });
         }
-        let v: Value = resp.json().await.map_err(|_| GraphError::Transient {
-            message: "unreadable request".into(),
+        let v: Value = resp.json().await.map_err(|_| GraphError::Unavailable {
+            detail: "reading the request: unreadable answer".into(),
             retry_after: None,
         })?;
         let status = v["customExtensionCalloutInstances"]
@@ -328,6 +374,52 @@ impl GraphClient {
             .and_then(|i| i["status"].as_str())
             .map(str::to_owned);
         Ok(status.map_or(CalloutState::NotListed, CalloutState::Status))
+    }
+
+    /// The caller's entitlement-management role assignments (for `doctor`): pairs of role
+    /// display name and app scope id (`/AccessPackageCatalog/{id}`).
+    pub async fn role_assignments(
+        &self,
+        principal_id: &str,
+    ) -> Result<Vec<(String, String)>, GraphError> {
+        let url = self.cfg.base_url.join(&format!(
+            "/{}/roleManagement/entitlementManagement/roleAssignments",
+            self.cfg.api_version.segment()
+        ));
+        let filter = format!("principalId eq '{principal_id}'");
+        let req = self
+            .http
+            .get(&url)
+            .query(&[("$filter", filter.as_str()), ("$expand", "roleDefinition")]);
+        let resp = self
+            .send(req, Instant::now() + self.cfg.timeout * 2)
+            .await?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = graph_error_text(&resp.text().await.unwrap_or_default());
+            return Err(GraphError::Rejected {
+                status: status.as_u16(),
+                detail: text,
+            });
+        }
+        let v: Value = resp.json().await.map_err(|_| GraphError::Unavailable {
+            detail: "unreadable role assignments".into(),
+            retry_after: None,
+        })?;
+        Ok(v["value"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| {
+                (
+                    a["roleDefinition"]["displayName"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    a["appScopeId"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect())
     }
 }
 
@@ -351,31 +443,5 @@ fn without_url(e: &reqwest::Error) -> String {
         "unreadable response".into()
     } else {
         "request failed".into()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_after_reads_seconds_and_http_dates() {
-        let now: jiff::Timestamp = "2026-11-23T10:00:00Z"
-            .parse()
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
-        assert_eq!(
-            parse_retry_after("Mon, 23 Nov 2026 10:00:30 GMT", now),
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(
-            parse_retry_after("Mon, 23 Nov 2026 09:00:00 GMT", now),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(
-            parse_retry_after("99999", now),
-            Some(Duration::from_secs(3600))
-        );
-        assert_eq!(parse_retry_after("soon", now), None);
     }
 }

@@ -142,7 +142,8 @@ async fn elm_callout(State(app): State<Arc<AppState>>, headers: HeaderMap, body:
 }
 
 impl AppState {
-    /// Standalone: admit, then one durable SQLite enqueue; the 202 follows the commit.
+    /// Standalone: admit, then one durable enqueue (SQLite commit or Azure Storage `201`); the
+    /// 202 follows it.
     pub async fn admit_and_enqueue(
         &self,
         caller: &crate::auth::VerifiedCaller,

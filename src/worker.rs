@@ -14,6 +14,8 @@ use tracing::Instrument as _;
 use crate::config::WorkerConfig;
 use crate::graph::{GraphClient, GraphError, ResumeOutcome};
 use crate::policy::{Action, Policy};
+use crate::queue::azure::QueueError;
+use crate::queue::azure_backend::{AzureJobs, Delivery};
 use crate::queue::sqlite::SqliteQueue;
 use crate::queue::{JobMessage, now_ms};
 
@@ -82,7 +84,7 @@ pub async fn process(
             last_error.unwrap_or("none (the job never ran)")
         ));
     }
-    match ctx.graph.resume(c, &decision).await {
+    match ctx.graph.resume(c, &decision, msg.deadline_at_ms).await {
         Ok(ResumeOutcome::Resumed) => {
             tracing::info!(decision = verdict, rule = ?decision.rule, attempt, "resumed");
             Step::Done(format!("resumed: {verdict}"))
@@ -91,13 +93,13 @@ pub async fn process(
             tracing::info!(%why, "request no longer waiting; nothing to resume");
             Step::Done(format!("not waiting: {why}"))
         }
-        Err(GraphError::Rejected { message }) => Step::Dead(message),
+        Err(GraphError::DeadlinePassed) => Step::Dead(format!(
+            "deadline reached before a resume could be delivered; last error: {}",
+            last_error.unwrap_or("none")
+        )),
+        Err(e) if e.is_permanent() => Step::Dead(e.to_string()),
         Err(e) => {
-            let ra = match &e {
-                GraphError::Transient { retry_after, .. } => *retry_after,
-                _ => None,
-            };
-            let delay = backoff(&ctx.cfg, attempt).max(ra.unwrap_or_default());
+            let delay = backoff(&ctx.cfg, attempt).max(e.retry_after().unwrap_or_default());
             let at = now.saturating_add(delay.as_millis() as i64);
             if at >= msg.deadline_at_ms {
                 // One last try just before the deadline rather than giving up early.
@@ -179,6 +181,92 @@ async fn run_one(ctx: &WorkerCtx, queue: &SqliteQueue, job: crate::queue::sqlite
             Ok(true) => {}
             Ok(false) => tracing::warn!("lease was lost before the outcome was stored"),
             Err(e) => tracing::error!(error = %e, "cannot store job outcome; the lease will expire and it will run again"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// The pool over a shared Azure Storage queue: each task receives one message at a time under a
+/// lease (the visibility timeout); several processes may run this against the same queue.
+pub async fn run_azure_pool(ctx: Arc<WorkerCtx>, jobs: AzureJobs, cancel: CancellationToken) {
+    let mut tasks = Vec::new();
+    for n in 0..ctx.cfg.concurrency {
+        let (ctx, jobs, cancel) = (ctx.clone(), jobs.clone(), cancel.clone());
+        tasks.push(tokio::spawn(async move {
+            while !cancel.is_cancelled() {
+                let pause = match jobs.receive(1, ctx.cfg.lease).await {
+                    Ok(ds) if ds.is_empty() => ctx.cfg.poll_interval,
+                    Ok(ds) => {
+                        for d in ds {
+                            run_delivery(&ctx, &jobs, d).await;
+                        }
+                        Duration::ZERO
+                    }
+                    Err(e) => {
+                        tracing::error!(worker = n, error = %e, "cannot receive jobs from the Azure Storage queue");
+                        match e {
+                            QueueError::Throttled { retry_after } => {
+                                retry_after.unwrap_or(Duration::from_secs(1))
+                            }
+                            _ => Duration::from_secs(1),
+                        }
+                    }
+                };
+                if !pause.is_zero() {
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+async fn run_delivery(ctx: &WorkerCtx, jobs: &AzureJobs, d: Delivery) {
+    let (received, envelope) = match d {
+        Delivery::Poison { received, reason } => {
+            tracing::error!(message_id = %received.message_id, reason = %reason, "job message moved to the poison queue");
+            if let Err(e) = jobs.dead(&received, reason).await {
+                tracing::error!(error = %e, "cannot move the message to the poison queue; it will be delivered again");
+            }
+            return;
+        }
+        Delivery::Job { received, envelope } => (received, envelope),
+    };
+    let c = &envelope.job.callout;
+    let attempt = envelope.attempts.saturating_add(1);
+    let span = tracing::info_span!(
+        "job",
+        correlation_id = %envelope.job.correlation_id,
+        request_id = %c.request_id,
+        stage = %c.stage,
+        stage_instance_id = %c.stage_instance_id,
+        attempt,
+        message_id = %received.message_id,
+    );
+    async {
+        let step = process(ctx, &envelope.job, attempt, envelope.last_error.as_deref()).await;
+        let stored = match &step {
+            Step::Done(_) => jobs.complete(&received).await,
+            Step::RetryAt { at_ms, reason } => {
+                jobs.retry_at(&received, &envelope, *at_ms, reason.clone()).await
+            }
+            Step::Dead(reason) => jobs.dead(&received, reason.clone()).await,
+        };
+        match &step {
+            Step::Done(_) => {}
+            Step::RetryAt { at_ms, reason } => {
+                tracing::warn!(reason = %reason, retry_in_ms = at_ms - now_ms(), "resume failed; will retry");
+            }
+            Step::Dead(reason) => tracing::error!(reason = %reason, "job moved to dead letters"),
+        }
+        if let Err(e) = stored {
+            tracing::warn!(error = %e, "cannot store the job outcome; the message becomes visible again when its lease ends");
         }
     }
     .instrument(span)

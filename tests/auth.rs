@@ -255,7 +255,7 @@ async fn keys_unavailable_is_a_503_not_a_401() {
     std::fs::write(&path, text).unwrap();
     let ag = Accessgate::spawn(
         &path,
-        vec![("ACCESSGATE_GRAPH__CLIENT_SECRET".into(), "x".into())],
+        vec![("ACCESSGATE_CREDENTIALS__CLIENT_SECRET".into(), "x".into())],
         &["serve"],
     )
     .await;
@@ -293,6 +293,7 @@ async fn an_unreachable_identity_host_is_asked_at_most_every_few_seconds() {
         retry_after_secs: None,
         count: None,
         delay_ms: None,
+        ..Default::default()
     })
     .unwrap();
     for _ in 0..10 {

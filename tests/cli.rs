@@ -41,8 +41,8 @@ concurrency = 0
         "identity.tenant_id",
         "identity.authority: plain http:// is only allowed to a loopback host",
         "graph.base_url",
-        "graph.client_id",
-        "graph.client_secret",
+        "credentials.client_id",
+        "credentials.client_secret",
         "inbound.audiences",
         "policy.file",
         "worker.concurrency",
@@ -67,7 +67,7 @@ fn check_config_accepts_a_good_config_and_reports_policy_warnings() {
 tenant_id = "11111111-2222-3333-4444-555555555555"
 [inbound]
 audiences = ["api://accessgate"]
-[graph]
+[credentials]
 client_id = "aaaaaaaa-0000-0000-0000-000000000001"
 [policy]
 file = "policy.toml"
@@ -76,7 +76,7 @@ file = "policy.toml"
     .unwrap();
     let out = accessgate(
         &["check-config", "--config", cfg.to_str().unwrap()],
-        &[("ACCESSGATE_GRAPH__CLIENT_SECRET", "not-printed-7f3a")],
+        &[("ACCESSGATE_CREDENTIALS__CLIENT_SECRET", "not-printed-7f3a")],
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -156,7 +156,7 @@ async fn secrets_and_tokens_never_appear_in_logs() {
     let wrong = "wrong-secret-d41d8cd98f00";
     let bad = Accessgate::spawn(
         &cfg,
-        vec![("ACCESSGATE_GRAPH__CLIENT_SECRET".into(), wrong.into())],
+        vec![("ACCESSGATE_CREDENTIALS__CLIENT_SECRET".into(), wrong.into())],
         &["serve"],
     )
     .await;

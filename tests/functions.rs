@@ -31,7 +31,7 @@ async fn start() -> Fx {
         .port();
     let env = vec![
         (
-            "ACCESSGATE_GRAPH__CLIENT_SECRET".to_string(),
+            "ACCESSGATE_CREDENTIALS__CLIENT_SECRET".to_string(),
             emu.handle().config().graph_client_secret.clone(),
         ),
         ("FUNCTIONS_CUSTOMHANDLER_PORT".to_string(), port.to_string()),

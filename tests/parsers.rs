@@ -131,7 +131,7 @@ const RESOURCE: &str = "/subscriptions/22222222-3333-4444-5555-666666666666/reso
 
 fn pop_config() -> accessgate::config::Config {
     accessgate::config::from_sources(
-        &format!("[identity]\ntenant_id = \"11111111-2222-3333-4444-555555555555\"\n[extensions.x]\nresource = \"{RESOURCE}\"\n[graph]\nclient_id = \"aaaaaaaa-0000-0000-0000-000000000001\"\nclient_secret = \"x\"\n"),
+        &format!("[identity]\ntenant_id = \"11111111-2222-3333-4444-555555555555\"\n[extensions.x]\nresource = \"{RESOURCE}\"\n[credentials]\nclient_id = \"aaaaaaaa-0000-0000-0000-000000000001\"\nclient_secret = \"x\"\n"),
         &std::collections::BTreeMap::new(),
         std::path::Path::new("."),
     )
@@ -250,11 +250,18 @@ proptest! {
 fn resume_url(c: &accessgate::callout::Callout) -> String {
     use std::collections::BTreeMap;
     let cfg = accessgate::config::from_sources(
-        "[identity]\ntenant_id = \"11111111-2222-3333-4444-555555555555\"\n[inbound]\naudiences = [\"a\"]\n[graph]\nclient_id = \"aaaaaaaa-0000-0000-0000-000000000001\"\nclient_secret = \"x\"\n",
+        "[identity]\ntenant_id = \"11111111-2222-3333-4444-555555555555\"\n[inbound]\naudiences = [\"a\"]\n[credentials]\nclient_id = \"aaaaaaaa-0000-0000-0000-000000000001\"\nclient_secret = \"x\"\n",
         &BTreeMap::new(),
         std::path::Path::new("."),
     )
     .unwrap();
-    let g = GraphClient::new(reqwest::Client::new(), &cfg.identity, cfg.graph);
+    let http = reqwest::Client::new();
+    let creds = std::sync::Arc::new(accessgate::credentials::Credentials::new(
+        http.clone(),
+        &cfg.identity,
+        &cfg.credentials,
+        &cfg.graph,
+    ));
+    let g = GraphClient::new(http, cfg.graph, creds);
     g.resume_url(c)
 }

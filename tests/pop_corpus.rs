@@ -2031,7 +2031,7 @@ async fn n_a_valid_callout_for_a_catalog_the_extension_does_not_serve_is_a_403()
     );
     std::fs::write(&path, text).unwrap();
     let env = vec![(
-        "ACCESSGATE_GRAPH__CLIENT_SECRET".to_string(),
+        "ACCESSGATE_CREDENTIALS__CLIENT_SECRET".to_string(),
         emu.handle().config().graph_client_secret.clone(),
     )];
     let ag = Accessgate::spawn(&path, env, &["serve"]).await;
@@ -2069,7 +2069,7 @@ async fn pop_with_signing_keys_unavailable_is_a_503_not_a_401() {
     std::fs::write(&path, text).unwrap();
     let ag = Accessgate::spawn(
         &path,
-        vec![("ACCESSGATE_GRAPH__CLIENT_SECRET".into(), "x".into())],
+        vec![("ACCESSGATE_CREDENTIALS__CLIENT_SECRET".into(), "x".into())],
         &["serve"],
     )
     .await;

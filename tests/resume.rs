@@ -119,6 +119,7 @@ async fn graph_throttling_is_retried_honouring_retry_after() {
         retry_after_secs: Some(1),
         count: Some(2),
         delay_ms: None,
+        ..Default::default()
     })
     .unwrap();
     let started = std::time::Instant::now();
@@ -247,6 +248,7 @@ async fn a_rejected_resume_is_dead_lettered_and_a_retry_after_the_fix_resumes_it
         retry_after_secs: None,
         count: Some(1),
         delay_ms: None,
+        ..Default::default()
     })
     .unwrap();
     let r = h.send(SendOptions::default()).await;

@@ -196,6 +196,7 @@ resource = {resource}
 [graph]
 base_url = {base}
 scope = "https://graph.microsoft.com/.default"
+[credentials]
 client_id = {client}
 [worker]
 concurrency = 1
@@ -228,7 +229,7 @@ async fn start_accessgate(
         .arg("serve")
         .current_dir(dir.path())
         .env(
-            "ACCESSGATE_GRAPH__CLIENT_SECRET",
+            "ACCESSGATE_CREDENTIALS__CLIENT_SECRET",
             &em.config().graph_client_secret,
         );
     Server::start(cmd, Some(dir), http)

@@ -9,8 +9,8 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::routing::{get, post, put};
+use axum::{Json, Router, middleware};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -19,6 +19,9 @@ use crate::Emulator;
 use crate::entra::{self, MintOptions};
 use crate::faults::{self, FaultSpec};
 use crate::graph::{self, RegisterRequest};
+use crate::keyvault::{self, CertificateOptions};
+use crate::msi;
+use crate::principals::{self, Grants};
 use crate::sender::{self, SendOptions};
 use crate::state::AppState;
 
@@ -35,9 +38,33 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/_emulator/stats", get(stats))
         .route("/_emulator/faults", post(set_fault).delete(clear_faults))
         .route("/_emulator/callouts/send", post(send))
-        .nest("/v1.0", graph::routes("v1.0"))
-        .nest("/beta", graph::routes("beta"))
+        .route("/_emulator/principals", get(principals_list))
+        .route("/_emulator/principals/{client_id}", put(principal_grants))
+        .route("/_emulator/workload-identity/token", post(federated_token))
+        .route("/_emulator/apps/secret", post(app_secret))
+        .route("/_emulator/keyvault/secrets/{name}", put(kv_secret))
+        .route(
+            "/_emulator/keyvault/certificates/{name}",
+            post(kv_certificate),
+        )
+        .route("/_emulator/graph-calls", get(graph_calls))
+        .nest(
+            "/v1.0",
+            graph::routes("v1.0").route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                graph::record_call,
+            )),
+        )
+        .nest(
+            "/beta",
+            graph::routes("beta").route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                graph::record_call,
+            )),
+        )
         .merge(entra::routes())
+        .merge(msi::routes())
+        .merge(keyvault::routes())
         .fallback(not_found)
         .with_state(state)
 }
@@ -110,12 +137,31 @@ async fn mint_graph(State(state): State<AppState>) -> Response {
     }
 }
 
+/// Wire form of `POST /_emulator/requests`: [`RegisterRequest`] plus `catalog_id`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RegisterBody {
+    id: Option<String>,
+    stage: Option<String>,
+    stage_instance_id: Option<String>,
+    timeout: Option<String>,
+    request_type: Option<String>,
+    catalog_id: Option<String>,
+}
+
 async fn register(State(state): State<AppState>, body: Bytes) -> Response {
-    let reg: RegisterRequest = match parse_body(&body) {
+    let body: RegisterBody = match parse_body(&body) {
         Ok(reg) => reg,
         Err(err) => return bad_json(&err),
     };
-    match graph::register(&state, &reg) {
+    let reg = RegisterRequest {
+        id: body.id,
+        stage: body.stage,
+        stage_instance_id: body.stage_instance_id,
+        timeout: body.timeout,
+        request_type: body.request_type,
+    };
+    match graph::register(&state, &reg, body.catalog_id.as_deref()) {
         Ok(view) => (StatusCode::CREATED, Json(view)).into_response(),
         Err(err) => control_error(StatusCode::BAD_REQUEST, format!("{err:#}")),
     }
@@ -169,4 +215,118 @@ async fn send(State(state): State<AppState>, body: Bytes) -> Response {
         Ok(report) => Json(report).into_response(),
         Err(err) => control_error(StatusCode::BAD_REQUEST, format!("{err:#}")),
     }
+}
+
+async fn principals_list(State(state): State<AppState>) -> Response {
+    Json(principals::list(&state)).into_response()
+}
+
+async fn principal_grants(
+    State(state): State<AppState>,
+    Path(client_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let grants: Grants = match parse_body(&body) {
+        Ok(grants) => grants,
+        Err(err) => return bad_json(&err),
+    };
+    match principals::set_grants(&state, &client_id, &grants) {
+        Ok(()) => {
+            let principal = principals::list(&state)
+                .into_iter()
+                .find(|p| p.client_id == client_id);
+            Json(principal).into_response()
+        }
+        Err(err) if err.to_string().starts_with("unknown principal") => {
+            control_error(StatusCode::NOT_FOUND, format!("{err:#}"))
+        }
+        Err(err) => control_error(StatusCode::BAD_REQUEST, format!("{err:#}")),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct FederatedBody {
+    expires_in_secs: Option<i64>,
+    subject: Option<String>,
+}
+
+async fn federated_token(State(state): State<AppState>, body: Bytes) -> Response {
+    let opts: FederatedBody = match parse_body(&body) {
+        Ok(opts) => opts,
+        Err(err) => return bad_json(&err),
+    };
+    match entra::mint_federated_token(
+        &state,
+        opts.expires_in_secs.unwrap_or(3600),
+        opts.subject.as_deref(),
+    ) {
+        Ok(token) => Json(json!({ "token": token })).into_response(),
+        Err(err) => control_error(StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}")),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretBody {
+    secret: String,
+}
+
+async fn app_secret(State(state): State<AppState>, body: Bytes) -> Response {
+    let body: SecretBody = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(err) => return bad_json(&err),
+    };
+    match entra::set_client_secret(&state, &body.secret) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(err) => control_error(StatusCode::BAD_REQUEST, format!("{err:#}")),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KvSecretBody {
+    value: String,
+    #[serde(default)]
+    content_type: Option<String>,
+}
+
+async fn kv_secret(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let body: KvSecretBody = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(err) => return bad_json(&err),
+    };
+    match keyvault::put_secret(&state, &name, &body.value, body.content_type) {
+        Ok(id) => Json(json!({ "id": id })).into_response(),
+        Err(err) => control_error(StatusCode::BAD_REQUEST, format!("{err:#}")),
+    }
+}
+
+async fn kv_certificate(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let opts: CertificateOptions = match parse_body(&body) {
+        Ok(opts) => opts,
+        Err(err) => return bad_json(&err),
+    };
+    let task_state = state.clone();
+    let made = tokio::task::spawn_blocking(move || {
+        keyvault::create_certificate(&task_state, &name, &opts)
+    })
+    .await;
+    match made {
+        Ok(Ok(info)) => (StatusCode::CREATED, Json(info)).into_response(),
+        Ok(Err(err)) => control_error(StatusCode::BAD_REQUEST, format!("{err:#}")),
+        Err(err) => control_error(StatusCode::INTERNAL_SERVER_ERROR, format!("{err}")),
+    }
+}
+
+async fn graph_calls(State(state): State<AppState>) -> Response {
+    Json(graph::graph_calls(&state)).into_response()
 }

@@ -81,7 +81,14 @@ resource = "{resource}"
 [graph]
 base_url = "{base}"
 scope = "https://graph.microsoft.com/.default"
+
+# accessgate signs in as its app registration with a certificate kept in Key Vault: the
+# managed identity reads the certificate and Key Vault signs the client assertion.
+[credentials]
+mode = "key_vault_certificate"
 client_id = "{client}"
+key_vault_url = "{vault}"
+certificate_name = "accessgate-graph"
 
 [policy]
 file = "policy.toml"
@@ -92,6 +99,7 @@ format = "text"
             base = emu.base_url(),
             tenant = cfg.tenant_id,
             client = cfg.graph_client_id,
+            vault = emu.key_vault_url(),
             resource = cfg.logic_app_resource,
         ),
     )?;
@@ -151,13 +159,19 @@ pub async fn run(accessgate: Option<PathBuf>) -> anyhow::Result<()> {
     let config = write_files(dir.path(), &emu, port)?;
     let log_path = dir.path().join("accessgate.log");
     let log = std::fs::File::create(&log_path)?;
+    // The certificate registered on the app, in the emulated vault.
+    let cert = emu.create_certificate("accessgate-graph", Default::default())?;
+    println!(
+        "accessgate calls Graph as app {} with Key Vault certificate accessgate-graph (x5t#S256 {}), read through the managed identity\n",
+        emu.config().graph_client_id,
+        cert.x5t_s256
+    );
     let mut child = Command::new(&binary)
         .args(["serve", "--config"])
         .arg(&config)
-        .env(
-            "ACCESSGATE_GRAPH__CLIENT_SECRET",
-            &emu.config().graph_client_secret,
-        )
+        // What App Service / Functions set when the managed identity is on.
+        .env("IDENTITY_ENDPOINT", emu.managed_identity_url())
+        .env("IDENTITY_HEADER", &emu.config().identity_header)
         .stdout(Stdio::from(log.try_clone()?))
         .stderr(Stdio::from(log))
         .spawn()

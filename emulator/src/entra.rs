@@ -39,6 +39,14 @@ pub const GRAPH_AUDIENCE: &str = "https://graph.microsoft.com";
 pub const GRAPH_APP_ID: &str = "00000003-0000-0000-c000-000000000000";
 /// The application role the Graph tokens carry.
 pub const GRAPH_ROLE: &str = "EntitlementManagement.ReadWrite.All";
+/// Audience of Key Vault tokens.
+pub const VAULT_AUDIENCE: &str = "https://vault.azure.net";
+/// Audience of Storage tokens.
+pub const STORAGE_AUDIENCE: &str = "https://storage.azure.com";
+/// Audience of federated (workload identity) tokens.
+pub const FEDERATION_AUDIENCE: &str = "api://AzureADTokenExchange";
+/// `client_assertion_type` of RFC 7523 client assertions.
+pub const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// Lifetime of Graph tokens, as Entra reports it.
 pub const GRAPH_TOKEN_LIFETIME_SECS: i64 = 3599;
 
@@ -256,31 +264,106 @@ pub(crate) fn mint_callout_token(state: &Shared, opts: &MintOptions) -> anyhow::
     )
 }
 
+/// The audience of a resource (v1 `resource`, managed identity `resource`), or `None` when the
+/// emulator issues no tokens for it.
+pub fn audience_of_resource(resource: &str) -> Option<&'static str> {
+    match resource.trim_end_matches('/') {
+        "https://graph.microsoft.com" | GRAPH_APP_ID => Some(GRAPH_AUDIENCE),
+        "https://vault.azure.net" => Some(VAULT_AUDIENCE),
+        "https://storage.azure.com" => Some(STORAGE_AUDIENCE),
+        _ => None,
+    }
+}
+
+/// The audience of a v2 `scope` (`{resource}/.default`).
+pub fn audience_of_scope(scope: &str) -> Option<&'static str> {
+    scope
+        .split_whitespace()
+        .find_map(|s| s.strip_suffix("/.default").and_then(audience_of_resource))
+}
+
 /// Mints a Graph access token for `client_id` (v1-style claims, as Entra issues them for
 /// `https://graph.microsoft.com/.default`).
 pub(crate) fn mint_graph_token(state: &Shared, client_id: &str) -> anyhow::Result<String> {
+    mint_access_token(state, client_id, GRAPH_AUDIENCE)
+}
+
+/// Mints an app-only access token for the principal `client_id` and `audience`: Graph tokens
+/// carry the principal's Graph permissions as `roles`; Key Vault and Storage tokens no roles.
+pub(crate) fn mint_access_token(
+    state: &Shared,
+    client_id: &str,
+    audience: &str,
+) -> anyhow::Result<String> {
     let now = jiff::Timestamp::now().as_second();
     let tenant = &state.cfg.tenant_id;
+    let (principal, key) = {
+        let inner = state.lock();
+        let principal = inner
+            .principals
+            .get(client_id)
+            .cloned()
+            .with_context(|| format!("unknown principal {client_id}"))?;
+        let key = inner
+            .current_key()
+            .context("no signing key (internal error)")?;
+        (principal, key)
+    };
+    let mut claims = Map::new();
+    claims.insert("aud".into(), json!(audience));
+    claims.insert("iss".into(), json!(state.issuer_v1(tenant)));
+    claims.insert("iat".into(), json!(now - 300));
+    claims.insert("nbf".into(), json!(now - 300));
+    claims.insert("exp".into(), json!(now + GRAPH_TOKEN_LIFETIME_SECS));
+    claims.insert("aio".into(), json!(random_opaque()));
+    claims.insert("app_displayname".into(), json!("accessgate"));
+    claims.insert("appid".into(), json!(client_id));
+    claims.insert(
+        "appidacr".into(),
+        json!(match principal.kind {
+            crate::principals::PrincipalKind::Application => "1",
+            _ => "2",
+        }),
+    );
+    claims.insert("idp".into(), json!(state.issuer_v1(tenant)));
+    claims.insert("idtyp".into(), json!("app"));
+    claims.insert("oid".into(), json!(principal.object_id));
+    claims.insert("rh".into(), json!(random_opaque()));
+    if audience == GRAPH_AUDIENCE && !principal.graph_permissions.is_empty() {
+        claims.insert("roles".into(), json!(principal.graph_permissions));
+    }
+    claims.insert("sub".into(), json!(principal.object_id));
+    claims.insert("tenant_region_scope".into(), json!("EU"));
+    claims.insert("tid".into(), json!(tenant));
+    claims.insert("uti".into(), json!(random_opaque()));
+    claims.insert("ver".into(), json!("1.0"));
+    encode_jws(&key, "RS256", None, &Value::Object(claims), false)
+}
+
+/// `iss` of the emulated Kubernetes service-account tokens.
+pub(crate) fn federation_issuer(state: &Shared) -> String {
+    format!("{}/workload-identity", state.base_url)
+}
+
+/// Mints a projected service-account token as Kubernetes writes it to
+/// `AZURE_FEDERATED_TOKEN_FILE` (signed by the current Entra key; `kid` in the header).
+pub(crate) fn mint_federated_token(
+    state: &Shared,
+    expires_in_secs: i64,
+    subject: Option<&str>,
+) -> anyhow::Result<String> {
+    let now = jiff::Timestamp::now().as_second();
     let claims = json!({
-        "aud": GRAPH_AUDIENCE,
-        "iss": state.issuer_v1(tenant),
-        "iat": now - 300,
-        "nbf": now - 300,
-        "exp": now + GRAPH_TOKEN_LIFETIME_SECS,
-        "aio": random_opaque(),
-        "app_displayname": "accessgate",
-        "appid": client_id,
-        "appidacr": "1",
-        "idp": state.issuer_v1(tenant),
-        "idtyp": "app",
-        "oid": state.graph_client_object_id,
-        "rh": random_opaque(),
-        "roles": [GRAPH_ROLE],
-        "sub": state.graph_client_object_id,
-        "tenant_region_scope": "EU",
-        "tid": tenant,
-        "uti": random_opaque(),
-        "ver": "1.0",
+        "aud": [FEDERATION_AUDIENCE],
+        "exp": now + expires_in_secs,
+        "iat": now,
+        "nbf": now,
+        "iss": federation_issuer(state),
+        "sub": subject.unwrap_or(&state.cfg.federated_subject),
+        "kubernetes.io": {
+            "namespace": "accessgate",
+            "serviceaccount": {"name": "accessgate", "uid": uuid::Uuid::new_v4()},
+        },
     });
     let key = state
         .lock()
@@ -334,32 +417,32 @@ pub(crate) enum TokenError {
     Invalid(String),
     #[error("Lifetime validation failed, the token is expired.")]
     Expired,
-    #[error("Either scp or roles claim need to be present in the token.")]
-    NoRole,
 }
 
-/// Validates a Graph bearer token minted by this emulator: RS256 signature by a published key,
-/// issuer, audience, tenant, lifetime and the entitlement-management role.
-pub(crate) fn verify_graph_token(state: &Shared, headers: &HeaderMap) -> Result<(), TokenError> {
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let token = match value.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-        _ => return Err(TokenError::Missing),
-    };
-    if token.is_empty() {
-        return Err(TokenError::Missing);
-    }
-    let invalid = |why: &str| TokenError::Invalid(why.to_owned());
+/// The authenticated caller of a Graph or Key Vault route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Caller {
+    /// `appid` (v1) or `azp` (v2).
+    pub client_id: String,
+    pub oid: String,
+    pub roles: Vec<String>,
+}
+
+/// Decoded parts of a compact JWS (no verification).
+pub(crate) struct Jws<'a> {
+    pub header: Value,
+    pub claims: Value,
+    pub signing_input: &'a str,
+    pub signature: Vec<u8>,
+}
+
+/// Splits and decodes a compact JWS; the error says what is malformed.
+pub(crate) fn decode_jws(token: &str) -> Result<Jws<'_>, &'static str> {
     let mut parts = token.split('.');
     let (Some(h), Some(p), Some(s), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(invalid(
-            "Invalid JWT token. The token is not in JWS compact format.",
-        ));
+        return Err("Invalid JWT token. The token is not in JWS compact format.");
     };
     let decode_json = |part: &str| -> Option<Value> {
         URL_SAFE_NO_PAD
@@ -367,11 +450,49 @@ pub(crate) fn verify_graph_token(state: &Shared, headers: &HeaderMap) -> Result<
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
     };
-    let header = decode_json(h).ok_or_else(|| invalid("Invalid JWT header."))?;
-    let claims = decode_json(p).ok_or_else(|| invalid("Invalid JWT payload."))?;
-    let sig = URL_SAFE_NO_PAD
+    let header = decode_json(h).ok_or("Invalid JWT header.")?;
+    let claims = decode_json(p).ok_or("Invalid JWT payload.")?;
+    let signature = URL_SAFE_NO_PAD
         .decode(s)
-        .map_err(|_| invalid("Invalid signature encoding."))?;
+        .map_err(|_| "Invalid signature encoding.")?;
+    let signing_input = token
+        .get(..h.len() + 1 + p.len())
+        .ok_or("Invalid JWT token.")?;
+    Ok(Jws {
+        header,
+        claims,
+        signing_input,
+        signature,
+    })
+}
+
+/// The bearer token of an `Authorization` header, if any.
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    match value.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Some(token.trim())
+        }
+        _ => None,
+    }
+}
+
+/// Validates an access token minted by this emulator: RS256 signature by a published key,
+/// issuer, one of `audiences`, tenant and lifetime.
+pub(crate) fn verify_access_token(
+    state: &Shared,
+    headers: &HeaderMap,
+    audiences: &[&str],
+) -> Result<Caller, TokenError> {
+    let token = bearer_token(headers).ok_or(TokenError::Missing)?;
+    let invalid = |why: &str| TokenError::Invalid(why.to_owned());
+    let jws = decode_jws(token).map_err(invalid)?;
+    let (header, claims) = (&jws.header, &jws.claims);
     if header.get("alg").and_then(Value::as_str) != Some("RS256") {
         return Err(invalid("Invalid signing algorithm."));
     }
@@ -381,14 +502,11 @@ pub(crate) fn verify_graph_token(state: &Shared, headers: &HeaderMap) -> Result<
         .iter()
         .find(|k| k.kid() == kid)
         .ok_or_else(|| invalid("Invalid signature: signing key not found."))?;
-    if !key.verify_rs256(format!("{h}.{p}").as_bytes(), &sig) {
+    if !key.verify_rs256(jws.signing_input.as_bytes(), &jws.signature) {
         return Err(invalid("Invalid signature."));
     }
     let claim = |name: &str| claims.get(name).and_then(Value::as_str).unwrap_or("");
-    if !matches!(
-        claim("aud"),
-        "https://graph.microsoft.com" | "https://graph.microsoft.com/" | GRAPH_APP_ID
-    ) {
+    if !audiences.contains(&claim("aud")) {
         return Err(invalid("Invalid audience."));
     }
     let tenant = &state.cfg.tenant_id;
@@ -404,13 +522,58 @@ pub(crate) fn verify_graph_token(state: &Shared, headers: &HeaderMap) -> Result<
     if exp <= now - 300 || nbf > now + 300 {
         return Err(TokenError::Expired);
     }
-    let has_role = claims
+    let client_id = match claim("appid") {
+        "" => claim("azp"),
+        id => id,
+    }
+    .to_owned();
+    let roles = claims
         .get("roles")
         .and_then(Value::as_array)
-        .is_some_and(|roles| roles.iter().any(|r| r.as_str() == Some(GRAPH_ROLE)));
-    if !has_role {
-        return Err(TokenError::NoRole);
+        .map(|roles| {
+            roles
+                .iter()
+                .filter_map(|r| r.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Caller {
+        client_id,
+        oid: claim("oid").to_owned(),
+        roles,
+    })
+}
+
+/// Validates a Graph bearer token minted by this emulator for a known principal (see
+/// [`verify_access_token`]); authorization is the caller's business.
+pub(crate) fn verify_graph_token(
+    state: &Shared,
+    headers: &HeaderMap,
+) -> Result<Caller, TokenError> {
+    let caller = verify_access_token(
+        state,
+        headers,
+        &[
+            "https://graph.microsoft.com",
+            "https://graph.microsoft.com/",
+            GRAPH_APP_ID,
+        ],
+    )?;
+    if state.lock().principal_by_oid(&caller.oid).is_none() {
+        return Err(TokenError::Invalid(
+            "Invalid principal: the token's oid is not a service principal of the tenant.".into(),
+        ));
     }
+    Ok(caller)
+}
+
+/// Replaces the client secret the Graph app accepts.
+pub(crate) fn set_client_secret(state: &Shared, secret: &str) -> anyhow::Result<()> {
+    if secret.is_empty() {
+        bail!("the client secret must not be empty");
+    }
+    secret.clone_into(&mut state.lock().client_secret);
+    tracing::info!("Graph app client secret rotated");
     Ok(())
 }
 
@@ -561,6 +724,8 @@ struct TokenForm {
     client_secret: Option<String>,
     scope: Option<String>,
     resource: Option<String>,
+    client_assertion: Option<String>,
+    client_assertion_type: Option<String>,
 }
 
 async fn token_v1(
@@ -646,7 +811,7 @@ async fn token(
             "The request body must contain the following parameter: 'client_id'.",
         );
     };
-    if client_id != state.cfg.graph_client_id {
+    if !state.lock().principals.contains_key(&client_id) {
         return entra_error(
             StatusCode::BAD_REQUEST,
             "unauthorized_client",
@@ -656,53 +821,62 @@ async fn token(
             ),
         );
     }
-    match client_secret.as_deref() {
-        None | Some("") => {
-            return entra_error(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                7000216,
-                "'client_assertion', 'client_secret' or 'request' is required for the 'client_credentials' grant type.",
-            );
+    let credential = match (form.client_assertion.as_deref(), client_secret.as_deref()) {
+        (Some(assertion), _) if !assertion.is_empty() => {
+            if form.client_assertion_type.as_deref() != Some(CLIENT_ASSERTION_TYPE) {
+                return entra_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    50027,
+                    &format!("Invalid client_assertion_type: expected '{CLIENT_ASSERTION_TYPE}'."),
+                );
+            }
+            check_client_assertion(state, tenant, &client_id, assertion)
         }
-        Some(secret) if secret != state.cfg.graph_client_secret => {
-            return entra_error(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                7000215,
-                &format!(
-                    "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
-                ),
-            );
+        (_, None | Some("")) => Err(entra_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7000216,
+            "'client_assertion', 'client_secret' or 'request' is required for the 'client_credentials' grant type.",
+        )),
+        (_, Some(secret)) => {
+            let accepted = client_id == state.cfg.graph_client_id && {
+                let inner = state.lock();
+                constant_time_eq(secret.as_bytes(), inner.client_secret.as_bytes())
+            };
+            if accepted {
+                Ok(())
+            } else {
+                Err(entra_error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    7000215,
+                    &format!(
+                        "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
+                    ),
+                ))
+            }
         }
-        Some(_) => {}
-    }
-    let target_ok = if v2 {
-        matches!(
-            form.scope.as_deref(),
-            Some("https://graph.microsoft.com/.default")
-                | Some("https://graph.microsoft.com//.default")
-                | Some("00000003-0000-0000-c000-000000000000/.default")
-        )
-    } else {
-        matches!(
-            form.resource.as_deref(),
-            Some("https://graph.microsoft.com")
-                | Some("https://graph.microsoft.com/")
-                | Some(GRAPH_APP_ID)
-        )
     };
-    if !target_ok {
+    if let Err(resp) = credential {
+        return resp;
+    }
+    let audience = if v2 {
+        form.scope.as_deref().and_then(audience_of_scope)
+    } else {
+        form.resource.as_deref().and_then(audience_of_resource)
+    };
+    let Some(audience) = audience else {
         return entra_error(
             StatusCode::BAD_REQUEST,
             "invalid_scope",
             1002012,
-            "The provided value for scope/resource is not valid. The emulator issues tokens only for https://graph.microsoft.com/.default.",
+            "The provided value for scope/resource is not valid. The emulator issues tokens only for https://graph.microsoft.com/.default, https://vault.azure.net/.default and https://storage.azure.com/.default.",
         );
-    }
-    match mint_graph_token(state, &client_id) {
+    };
+    match mint_access_token(state, &client_id, audience) {
         Ok(access_token) => {
-            tracing::debug!(%client_id, "issued Graph token");
+            tracing::debug!(%client_id, %audience, "issued access token");
             let mut body = json!({
                 "token_type": "Bearer",
                 "expires_in": GRAPH_TOKEN_LIFETIME_SECS,
@@ -716,7 +890,7 @@ async fn token(
                         "expires_on".into(),
                         json!((now + GRAPH_TOKEN_LIFETIME_SECS).to_string()),
                     );
-                    obj.insert("resource".into(), json!(GRAPH_AUDIENCE));
+                    obj.insert("resource".into(), json!(audience));
                 }
             }
             (
@@ -727,7 +901,7 @@ async fn token(
                 .into_response()
         }
         Err(err) => {
-            tracing::error!(error = %err, "minting a Graph token failed");
+            tracing::error!(error = %err, "minting an access token failed");
             entra_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
@@ -736,4 +910,163 @@ async fn token(
             )
         }
     }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn invalid_client(code: u32, description: &str) -> Response {
+    entra_error(
+        StatusCode::UNAUTHORIZED,
+        "invalid_client",
+        code,
+        description,
+    )
+}
+
+fn aud_matches(claims: &Value, accepted: &[&str]) -> bool {
+    match claims.get("aud") {
+        Some(Value::String(aud)) => accepted.contains(&aud.as_str()),
+        Some(Value::Array(auds)) => auds
+            .iter()
+            .any(|a| a.as_str().is_some_and(|a| accepted.contains(&a))),
+        _ => false,
+    }
+}
+
+/// Validates a `client_assertion`: an RFC 7523 JWT signed with a certificate registered on the
+/// app, or a federated token from the emulated Kubernetes issuer. The error is the response to
+/// send (built once per refused request, so its size does not matter).
+#[allow(clippy::result_large_err)]
+fn check_client_assertion(
+    state: &Shared,
+    tenant: &str,
+    client_id: &str,
+    assertion: &str,
+) -> Result<(), Response> {
+    let jws = decode_jws(assertion).map_err(|why| invalid_client(50027, why))?;
+    let claim = |name: &str| jws.claims.get(name).and_then(Value::as_str).unwrap_or("");
+    let now = jiff::Timestamp::now().as_second();
+    let exp = jws.claims.get("exp").and_then(Value::as_i64);
+    let nbf = jws.claims.get("nbf").and_then(Value::as_i64);
+    let out_of_range = || {
+        invalid_client(
+            700024,
+            "Client assertion is not within its valid time range.",
+        )
+    };
+
+    if claim("iss") == federation_issuer(state) {
+        let federated = client_id == state.cfg.graph_client_id
+            || client_id == state.cfg.user_assigned_client_id;
+        let no_match = || {
+            invalid_client(
+                70021,
+                "No matching federated identity record found for presented assertion.",
+            )
+        };
+        if !federated {
+            return Err(no_match());
+        }
+        let kid = jws.header.get("kid").and_then(Value::as_str).unwrap_or("");
+        let keys = state.lock().published_keys();
+        let verified = jws.header.get("alg").and_then(Value::as_str) == Some("RS256")
+            && keys.iter().any(|k| {
+                k.kid() == kid && k.verify_rs256(jws.signing_input.as_bytes(), &jws.signature)
+            });
+        if !verified {
+            return Err(invalid_client(
+                700213,
+                "The signature of the federated identity token could not be validated against the issuer's keys.",
+            ));
+        }
+        if !aud_matches(&jws.claims, &[FEDERATION_AUDIENCE])
+            || claim("sub") != state.cfg.federated_subject
+        {
+            return Err(no_match());
+        }
+        if exp.is_none_or(|exp| exp <= now) || nbf.is_some_and(|nbf| nbf > now + 300) {
+            return Err(out_of_range());
+        }
+        return Ok(());
+    }
+
+    let alg = jws.header.get("alg").and_then(Value::as_str).unwrap_or("");
+    let params: &'static signature::RsaParameters = match alg {
+        "RS256" => &signature::RSA_PKCS1_2048_8192_SHA256,
+        "PS256" => &signature::RSA_PSS_2048_8192_SHA256,
+        _ => {
+            return Err(invalid_client(
+                5002738,
+                &format!(
+                    "Invalid JWT token. '{alg}' is not a supported signature algorithm (RS256, PS256)."
+                ),
+            ));
+        }
+    };
+    let x5t_s256 = jws.header.get("x5t#S256").and_then(Value::as_str);
+    let x5t = jws.header.get("x5t").and_then(Value::as_str);
+    let cert = {
+        let inner = state.lock();
+        if client_id == state.cfg.graph_client_id {
+            inner
+                .app_certs
+                .iter()
+                .find(|c| {
+                    x5t_s256.is_some_and(|t| t == c.x5t_s256)
+                        || (x5t_s256.is_none() && x5t.is_some_and(|t| t == c.x5t))
+                })
+                .cloned()
+        } else {
+            None
+        }
+    };
+    let Some(cert) = cert else {
+        return Err(invalid_client(
+            700027,
+            "The certificate with identifier used to sign the client assertion is not registered on application.",
+        ));
+    };
+    if !cert.verify(params, jws.signing_input.as_bytes(), &jws.signature) {
+        return Err(invalid_client(
+            700027,
+            "Client assertion failed signature validation.",
+        ));
+    }
+    let base = format!("{}/{tenant}", state.base_url);
+    let audiences = [
+        format!("{base}/oauth2/v2.0/token"),
+        format!("{base}/oauth2/token"),
+        format!("{base}/v2.0"),
+    ];
+    let audiences: Vec<&str> = audiences.iter().map(String::as_str).collect();
+    if !aud_matches(&jws.claims, &audiences) {
+        return Err(invalid_client(
+            700021,
+            "Client assertion audience claim does not match Realm issuer.",
+        ));
+    }
+    if claim("iss") != client_id || claim("sub") != client_id {
+        return Err(invalid_client(
+            700023,
+            "Client assertion 'iss' and 'sub' claims must both be the client id.",
+        ));
+    }
+    if exp.is_none_or(|exp| exp <= now - 600) || nbf.is_some_and(|nbf| nbf > now + 300) {
+        return Err(out_of_range());
+    }
+    if claim("jti").is_empty() {
+        return Err(invalid_client(
+            50027,
+            "Invalid JWT token. The client assertion has no 'jti' claim.",
+        ));
+    }
+    if cert.not_after <= now {
+        return Err(invalid_client(
+            700027,
+            "Client assertion failed signature validation: the certificate has expired.",
+        ));
+    }
+    Ok(())
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 use axum::Json;
+use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -18,10 +19,11 @@ use serde_json::json;
 use crate::state::Shared;
 
 /// What a fault applies to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FaultTarget {
-    /// Every Graph route (resume and GET request).
+    /// Every Graph route (resume, GET request, role assignments).
+    #[default]
     Graph,
     /// The token endpoints.
     Token,
@@ -29,10 +31,14 @@ pub enum FaultTarget {
     Jwks,
     /// Extension: the OpenID metadata routes.
     Metadata,
+    /// The Key Vault routes (`/vaults/accessgate/...`).
+    Keyvault,
+    /// The managed identity endpoint (`GET /msi/token`).
+    ManagedIdentity,
 }
 
 /// Body of `POST /_emulator/faults`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultSpec {
     pub target: FaultTarget,
@@ -48,6 +54,28 @@ pub struct FaultSpec {
     /// Delay before answering (then the status, or the normal response).
     #[serde(default)]
     pub delay_ms: Option<u64>,
+    /// Drop the connection instead of answering (the response body fails at once, so the client
+    /// sees a transport error).
+    #[serde(default)]
+    pub reset: bool,
+    /// Answer 200 with a truncated JSON body instead of the route's answer.
+    #[serde(default)]
+    pub malformed: bool,
+    /// Probability (0..=1) that a call is faulted; absent = every call. `count` then counts
+    /// faulted calls.
+    #[serde(default)]
+    pub ratio: Option<f64>,
+}
+
+impl FaultSpec {
+    /// Graph answers 503 until cleared (a starting point for `..` struct updates).
+    pub fn graph_unavailable() -> Self {
+        Self {
+            target: FaultTarget::Graph,
+            status: Some(503),
+            ..Self::default()
+        }
+    }
 }
 
 #[derive(Default)]
@@ -65,11 +93,22 @@ struct Action {
     status: Option<StatusCode>,
     retry_after_secs: Option<u64>,
     delay: Option<Duration>,
+    reset: bool,
+    malformed: bool,
 }
+
+/// Marks a response produced by a `reset` fault (the Graph call log records status 0).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ResetMarker;
 
 impl Faults {
     fn take(&mut self, target: FaultTarget) -> Option<Action> {
         let active = self.active.get_mut(&target)?;
+        if let Some(ratio) = active.spec.ratio
+            && rand::random::<f64>() >= ratio
+        {
+            return None;
+        }
         let action = Action {
             status: active
                 .spec
@@ -77,6 +116,8 @@ impl Faults {
                 .and_then(|s| StatusCode::from_u16(s).ok()),
             retry_after_secs: active.spec.retry_after_secs,
             delay: active.spec.delay_ms.map(Duration::from_millis),
+            reset: active.spec.reset,
+            malformed: active.spec.malformed,
         };
         if let Some(remaining) = active.remaining.as_mut() {
             *remaining = remaining.saturating_sub(1);
@@ -95,8 +136,16 @@ pub(crate) fn set(state: &Shared, spec: &FaultSpec) -> anyhow::Result<()> {
     {
         bail!("fault status must be 400..=599, got {status}");
     }
-    if spec.status.is_none() && spec.delay_ms.is_none() {
-        bail!("a fault needs a status, a delay_ms, or both");
+    if spec.status.is_none() && spec.delay_ms.is_none() && !spec.reset && !spec.malformed {
+        bail!("a fault needs a status, a delay_ms, reset or malformed");
+    }
+    if u8::from(spec.status.is_some()) + u8::from(spec.reset) + u8::from(spec.malformed) > 1 {
+        bail!("status, reset and malformed exclude each other");
+    }
+    if let Some(ratio) = spec.ratio
+        && !(0.0..=1.0).contains(&ratio)
+    {
+        bail!("ratio must be within 0..=1, got {ratio}");
     }
     if spec.count == Some(0) {
         bail!("count must be at least 1 (omit it for 'until cleared')");
@@ -108,7 +157,7 @@ pub(crate) fn set(state: &Shared, spec: &FaultSpec) -> anyhow::Result<()> {
             remaining: spec.count,
         },
     );
-    tracing::info!(target = ?spec.target, status = ?spec.status, count = ?spec.count, delay_ms = ?spec.delay_ms, "fault installed");
+    tracing::info!(target = ?spec.target, status = ?spec.status, count = ?spec.count, delay_ms = ?spec.delay_ms, reset = spec.reset, malformed = spec.malformed, ratio = ?spec.ratio, "fault installed");
     Ok(())
 }
 
@@ -123,8 +172,49 @@ pub(crate) async fn apply(state: &Shared, target: FaultTarget) -> Option<Respons
     if let Some(delay) = action.delay {
         tokio::time::sleep(delay).await;
     }
+    if action.reset {
+        let stream = futures_util::stream::once(async {
+            Err::<Bytes, std::io::Error>(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "injected connection reset",
+            ))
+        });
+        let mut response = Response::new(Body::from_stream(stream));
+        response.extensions_mut().insert(ResetMarker);
+        return Some(response);
+    }
+    if action.malformed {
+        return Some(
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                "{\"unexpected\":",
+            )
+                .into_response(),
+        );
+    }
     let status = action.status?;
     let mut response = match target {
+        FaultTarget::Keyvault => {
+            let code = match status.as_u16() {
+                429 => "Throttled",
+                401 => "Unauthorized",
+                403 => "Forbidden",
+                404 => "NotFound",
+                400 => "BadParameter",
+                _ => "InternalServerError",
+            };
+            (
+                status,
+                Json(json!({"error": {"code": code, "message": format!("Injected fault: {status}")}})),
+            )
+                .into_response()
+        }
+        FaultTarget::ManagedIdentity => (
+            status,
+            Json(json!({"statusCode": status.as_u16(), "message": format!("Injected fault: {status}"), "correlationId": uuid::Uuid::new_v4()})),
+        )
+            .into_response(),
         FaultTarget::Graph => {
             let code = match status.as_u16() {
                 429 => "TooManyRequests",

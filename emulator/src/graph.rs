@@ -25,8 +25,14 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use crate::entra::{self, TokenError};
+use std::collections::HashMap;
+
+use axum::extract::{Query, Request};
+use axum::middleware::Next;
+
+use crate::entra::{self, Caller, TokenError};
 use crate::faults::{self, FaultTarget};
+use crate::principals;
 use crate::state::{AppState, Inner, Shared};
 
 /// Members of `microsoft.graph.accessPackageCustomExtensionStage` (v1.0 and beta), in schema
@@ -84,6 +90,23 @@ pub const CALLOUT_INSTANCE_STATUSES: [&str; 6] = [
     "unknownFutureValue",
 ];
 
+/// Catalog of requests registered without one.
+pub const DEFAULT_CATALOG_ID: &str = "cccccccc-0000-0000-0000-000000000001";
+/// How many Graph calls `GET /_emulator/graph-calls` keeps (the oldest are dropped).
+pub const GRAPH_CALL_LOG_LIMIT: usize = 100_000;
+
+/// One call to a Graph route, as listed by `GET /_emulator/graph-calls`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GraphCall {
+    /// Unix milliseconds when the call arrived.
+    pub at_ms: i64,
+    pub method: String,
+    /// Path without the query.
+    pub path: String,
+    /// Status answered; 0 when a `reset` fault dropped the connection.
+    pub status: u16,
+}
+
 /// Status of one callout of a request (a subset of `customExtensionCalloutInstanceStatus`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -105,6 +128,7 @@ impl CalloutStatus {
 
 pub(crate) struct RequestRecord {
     id: String,
+    catalog_id: String,
     request_type: String,
     state: String,
     status: String,
@@ -151,6 +175,8 @@ pub struct RequestView {
     pub state: String,
     /// Extension: the Graph `requestType`.
     pub request_type: String,
+    /// Extension: the catalog of the request (decides catalog-role authorization).
+    pub catalog_id: String,
     pub callouts: Vec<CalloutView>,
     /// Resume calls addressed to this request (accepted or not).
     pub resume_calls: u64,
@@ -183,6 +209,8 @@ pub struct ResumeRecord {
     pub source: Option<String>,
     /// Extension: `v1.0` or `beta`.
     pub api_version: String,
+    /// Extension: client id (`appid`/`azp`) of the token that resumed.
+    pub client_id: String,
 }
 
 /// Parses an ISO 8601 duration such as `PT1H`, `P14D` or `PT0.5S` (days are 24 hours).
@@ -220,12 +248,25 @@ fn state_after_continue(stage: &str) -> (&'static str, &'static str) {
     }
 }
 
-/// Marks every waiting callout whose deadline has passed as timed out.
+/// Marks every waiting callout whose deadline has passed as timed out. Only expired entries of
+/// the deadline index are visited, so the cost does not grow with the number of requests.
 fn sweep(inner: &mut Inner, now: Instant) {
-    for request in inner.requests.values_mut() {
+    while let Some(first) = inner.deadlines.first() {
+        if first.0 > now {
+            break;
+        }
+        let Some((_, request_id, stage_instance_id)) = inner.deadlines.pop_first() else {
+            break;
+        };
+        let Some(request) = inner.requests.get_mut(&request_id) else {
+            continue;
+        };
         let mut timed_out = false;
         for callout in &mut request.callouts {
-            if callout.status == CalloutStatus::WaitingForCallback && callout.deadline <= now {
+            if callout.stage_instance_id == stage_instance_id
+                && callout.status == CalloutStatus::WaitingForCallback
+                && callout.deadline <= now
+            {
                 callout.status = CalloutStatus::CallbackTimedOut;
                 timed_out = true;
             }
@@ -242,7 +283,11 @@ fn sweep(inner: &mut Inner, now: Instant) {
     }
 }
 
-pub(crate) fn register(state: &Shared, reg: &RegisterRequest) -> anyhow::Result<RequestView> {
+pub(crate) fn register(
+    state: &Shared,
+    reg: &RegisterRequest,
+    catalog_id: Option<&str>,
+) -> anyhow::Result<RequestView> {
     let stage = reg
         .stage
         .clone()
@@ -267,6 +312,7 @@ pub(crate) fn register(state: &Shared, reg: &RegisterRequest) -> anyhow::Result<
         .entry(id.clone())
         .or_insert_with(|| RequestRecord {
             id: id.clone(),
+            catalog_id: catalog_id.unwrap_or(DEFAULT_CATALOG_ID).to_owned(),
             request_type: reg.request_type.clone().unwrap_or_else(|| "userAdd".into()),
             state: String::new(),
             status: String::new(),
@@ -295,8 +341,12 @@ pub(crate) fn register(state: &Shared, reg: &RegisterRequest) -> anyhow::Result<
         custom_extension_id: uuid::Uuid::new_v4().to_string(),
         deadline: now + timeout,
     });
+    let view = view_of(request);
+    inner
+        .deadlines
+        .insert((now + timeout, id.clone(), stage_instance_id.clone()));
     tracing::info!(request_id = %id, %stage, %stage_instance_id, ?timeout, "request waiting for callback");
-    Ok(view_of(request))
+    Ok(view)
 }
 
 fn view_of(request: &RequestRecord) -> RequestView {
@@ -305,6 +355,7 @@ fn view_of(request: &RequestRecord) -> RequestView {
         status: request.status.clone(),
         state: request.state.clone(),
         request_type: request.request_type.clone(),
+        catalog_id: request.catalog_id.clone(),
         callouts: request
             .callouts
             .iter()
@@ -468,29 +519,19 @@ fn graph_error(status: StatusCode, code: &str, message: &str, headers: &HeaderMa
 }
 
 fn auth_error(err: &TokenError, headers: &HeaderMap) -> Response {
-    match err {
-        TokenError::NoRole => graph_error(
-            StatusCode::FORBIDDEN,
-            "Authorization_RequestDenied",
-            "Insufficient privileges to complete the operation.",
-            headers,
+    let mut resp = graph_error(
+        StatusCode::UNAUTHORIZED,
+        "InvalidAuthenticationToken",
+        &err.to_string(),
+        headers,
+    );
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(
+            "Bearer realm=\"\", client_id=\"00000003-0000-0000-c000-000000000000\"",
         ),
-        other => {
-            let mut resp = graph_error(
-                StatusCode::UNAUTHORIZED,
-                "InvalidAuthenticationToken",
-                &other.to_string(),
-                headers,
-            );
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(
-                    "Bearer realm=\"\", client_id=\"00000003-0000-0000-c000-000000000000\"",
-                ),
-            );
-            resp
-        }
-    }
+    );
+    resp
 }
 
 /// Graph routes for one API version (`v1.0` or `beta`), to be nested under `/{version}`.
@@ -529,7 +570,192 @@ pub(crate) fn routes(version: &'static str) -> Router<AppState> {
                 post(resume_route),
             );
     }
-    router
+    router.route(
+        "/roleManagement/entitlementManagement/roleAssignments",
+        get(
+            move |State(state): State<AppState>,
+                  Query(query): Query<HashMap<String, String>>,
+                  headers: HeaderMap| async move {
+                role_assignments(state, query, headers, version).await
+            },
+        ),
+    )
+}
+
+/// Middleware on the Graph routes: records every call in the Graph call log, stamped when it
+/// arrives. A call whose client gave up (the handler future is dropped mid-delay) is recorded
+/// too, with status 499, so the log also counts requests that timed out.
+pub(crate) async fn record_call(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let mut guard = CallGuard {
+        state: state.clone(),
+        call: Some(GraphCall {
+            at_ms: jiff::Timestamp::now().as_millisecond(),
+            method: req.method().to_string(),
+            path: req.uri().path().to_owned(),
+            status: 499,
+        }),
+    };
+    let resp = next.run(req).await;
+    if let Some(c) = guard.call.as_mut() {
+        c.status = if resp.extensions().get::<faults::ResetMarker>().is_some() {
+            0
+        } else {
+            resp.status().as_u16()
+        };
+    }
+    drop(guard);
+    resp
+}
+
+/// Pushes its call into the log when dropped, however the handler ended.
+struct CallGuard {
+    state: AppState,
+    call: Option<GraphCall>,
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if let Some(call) = self.call.take() {
+            let mut inner = self.state.lock();
+            if inner.graph_calls.len() >= GRAPH_CALL_LOG_LIMIT {
+                inner.graph_calls.pop_front();
+            }
+            inner.graph_calls.push_back(call);
+        }
+    }
+}
+
+pub(crate) fn graph_calls(state: &Shared) -> Vec<GraphCall> {
+    state.lock().graph_calls.iter().cloned().collect()
+}
+
+fn forbidden(headers: &HeaderMap) -> Response {
+    graph_error(
+        StatusCode::FORBIDDEN,
+        "Authorization_RequestDenied",
+        "Insufficient privileges to complete the operation.",
+        headers,
+    )
+}
+
+/// Whether `caller` may act on requests of `catalog_id`: one of `permissions` in its token, or
+/// one of `catalog_roles` on the catalog. `None` catalog: whether it may act on any catalog.
+fn authorized(
+    inner: &Inner,
+    caller: &Caller,
+    catalog_id: Option<&str>,
+    permissions: &[&str],
+    catalog_roles: &[&str],
+) -> bool {
+    if caller
+        .roles
+        .iter()
+        .any(|r| permissions.contains(&r.as_str()))
+    {
+        return true;
+    }
+    let Some(principal) = inner.principal_by_oid(&caller.oid) else {
+        return false;
+    };
+    match catalog_id {
+        Some(catalog) => principal.has_catalog_role(catalog, catalog_roles),
+        None => principal
+            .catalog_roles
+            .iter()
+            .any(|r| catalog_roles.contains(&r.role.as_str())),
+    }
+}
+
+const GET_PERMISSIONS: [&str; 2] = [principals::READ_WRITE_ALL, principals::READ_ALL];
+const GET_CATALOG_ROLES: [&str; 4] = [
+    "Access package assignment manager",
+    "Access package manager",
+    "Catalog owner",
+    "Catalog reader",
+];
+
+async fn role_assignments(
+    state: AppState,
+    query: HashMap<String, String>,
+    headers: HeaderMap,
+    version: &'static str,
+) -> Response {
+    if let Some(resp) = faults::apply(&state, FaultTarget::Graph).await {
+        return resp;
+    }
+    let caller = match entra::verify_graph_token(&state, &headers) {
+        Ok(caller) => caller,
+        Err(err) => return auth_error(&err, &headers),
+    };
+    let filter = query.get("$filter").map(String::as_str).unwrap_or("");
+    let tokens: Vec<&str> = filter.split_whitespace().collect();
+    let principal_id = match tokens.as_slice() {
+        [field, op, value]
+            if field.eq_ignore_ascii_case("principalId") && op.eq_ignore_ascii_case("eq") =>
+        {
+            value
+                .strip_prefix('\'')
+                .and_then(|v| v.strip_suffix('\''))
+                .filter(|v| uuid::Uuid::parse_str(v).is_ok())
+        }
+        _ => None,
+    };
+    let Some(principal_id) = principal_id else {
+        return graph_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!(
+                "Invalid filter clause '{filter}': the emulator supports $filter=principalId eq '<guid>'."
+            ),
+            &headers,
+        );
+    };
+    if !principal_id.eq_ignore_ascii_case(&caller.oid) {
+        return forbidden(&headers);
+    }
+    let expand = query
+        .get("$expand")
+        .is_some_and(|e| e.split(',').any(|x| x.trim() == "roleDefinition"));
+    let inner = state.lock();
+    let roles = inner
+        .principal_by_oid(&caller.oid)
+        .map(|p| p.catalog_roles.clone())
+        .unwrap_or_default();
+    drop(inner);
+    let value: Vec<Value> = roles
+        .iter()
+        .map(|role| {
+            let definition_id = principals::catalog_role_definition_id(&role.role).unwrap_or("");
+            let mut item = json!({
+                "id": principals::assignment_id(&caller.oid, role),
+                "principalId": caller.oid,
+                "roleDefinitionId": definition_id,
+                "appScopeId": format!("/AccessPackageCatalog/{}", role.catalog_id),
+                "directoryScopeId": "/",
+            });
+            if expand && let Some(obj) = item.as_object_mut() {
+                obj.insert(
+                    "roleDefinition".into(),
+                    json!({"id": definition_id, "displayName": role.role}),
+                );
+            }
+            item
+        })
+        .collect();
+    let context = if expand {
+        "roleManagement/entitlementManagement/roleAssignments(roleDefinition())"
+    } else {
+        "roleManagement/entitlementManagement/roleAssignments"
+    };
+    Json(json!({
+        "@odata.context": format!("{}/{version}/$metadata#{context}", state.base_url),
+        "value": value,
+    }))
+    .into_response()
 }
 
 async fn get_request(
@@ -541,11 +767,23 @@ async fn get_request(
     if let Some(resp) = faults::apply(&state, FaultTarget::Graph).await {
         return resp;
     }
-    if let Err(err) = entra::verify_graph_token(&state, &headers) {
-        return auth_error(&err, &headers);
-    }
+    let caller = match entra::verify_graph_token(&state, &headers) {
+        Ok(caller) => caller,
+        Err(err) => return auth_error(&err, &headers),
+    };
     let mut inner = state.lock();
     sweep(&mut inner, Instant::now());
+    let catalog = inner.requests.get(&id).map(|r| r.catalog_id.clone());
+    if !authorized(
+        &inner,
+        &caller,
+        catalog.as_deref(),
+        &GET_PERMISSIONS,
+        &GET_CATALOG_ROLES,
+    ) {
+        drop(inner);
+        return forbidden(&headers);
+    }
     let Some(request) = inner.requests.get(&id) else {
         return graph_error(
             StatusCode::NOT_FOUND,
@@ -600,15 +838,31 @@ async fn resume(
     if let Some(resp) = faults::apply(&state, FaultTarget::Graph).await {
         return resp;
     }
-    if let Err(err) = entra::verify_graph_token(&state, &headers) {
-        state.lock().stats.resume_rejected += 1;
-        tracing::info!(request_id = %id, reason = %err, "resume rejected: authentication");
-        return auth_error(&err, &headers);
-    }
+    let caller = match entra::verify_graph_token(&state, &headers) {
+        Ok(caller) => caller,
+        Err(err) => {
+            state.lock().stats.resume_rejected += 1;
+            tracing::info!(request_id = %id, reason = %err, "resume rejected: authentication");
+            return auth_error(&err, &headers);
+        }
+    };
     let parsed = validate_resume_body(&body);
 
     let mut inner = state.lock();
-    let outcome = apply_resume(&mut inner, &id, parsed, version);
+    let catalog = inner.requests.get(&id).map(|r| r.catalog_id.clone());
+    if !authorized(
+        &inner,
+        &caller,
+        catalog.as_deref(),
+        &[principals::READ_WRITE_ALL],
+        &principals::RESUME_CATALOG_ROLES,
+    ) {
+        inner.stats.resume_rejected += 1;
+        drop(inner);
+        tracing::info!(request_id = %id, client_id = %caller.client_id, "resume rejected: insufficient privileges");
+        return forbidden(&headers);
+    }
+    let outcome = apply_resume(&mut inner, &id, parsed, version, &caller.client_id);
     match outcome {
         Ok(()) => {
             inner.stats.resume_accepted += 1;
@@ -632,6 +886,7 @@ fn apply_resume(
     id: &str,
     parsed: Result<ResumeBody, String>,
     version: &str,
+    client_id: &str,
 ) -> Result<(), Rejection> {
     let bad = |message: String| (StatusCode::BAD_REQUEST, "BadRequest", message);
     sweep(inner, Instant::now());
@@ -669,6 +924,11 @@ fn apply_resume(
         )));
     }
     callout.status = CalloutStatus::CallbackReceived;
+    let deadline_key = (
+        callout.deadline,
+        id.to_owned(),
+        callout.stage_instance_id.clone(),
+    );
     callout.decision = Some(body.state.clone().unwrap_or_else(|| "continue".into()));
     callout.detail.clone_from(&body.detail);
     let (new_state, new_status) = match body.state.as_deref() {
@@ -690,7 +950,9 @@ fn apply_resume(
         at: jiff::Timestamp::now().to_string(),
         source: body.source,
         api_version: version.to_owned(),
+        client_id: client_id.to_owned(),
     });
+    inner.deadlines.remove(&deadline_key);
     Ok(())
 }
 

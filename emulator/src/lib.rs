@@ -26,7 +26,10 @@ mod control;
 pub mod entra;
 pub mod faults;
 pub mod graph;
+pub mod keyvault;
+mod msi;
 pub mod pop;
+pub mod principals;
 pub mod sender;
 mod state;
 
@@ -41,7 +44,12 @@ use tokio::task::JoinHandle;
 
 pub use entra::{IssuerVersion, MintOptions, SignWith};
 pub use faults::{FaultSpec, FaultTarget};
-pub use graph::{CalloutView, RegisterRequest, RequestView, ResumeRecord};
+pub use graph::{CalloutView, GraphCall, RegisterRequest, RequestView, ResumeRecord};
+pub use keyvault::{CertificateInfo, CertificateOptions};
+pub use principals::{CatalogRole, Grants, Principal, PrincipalKind};
+
+/// Catalog of requests registered without one (`cccccccc-0000-0000-0000-000000000001`).
+pub const DEFAULT_CATALOG: &str = graph::DEFAULT_CATALOG_ID;
 pub use pop::{PopKey, PopKeyKind, PopOptions};
 pub use sender::{AuthScheme, SendOptions, SendReport, Shape};
 pub use state::Stats;
@@ -63,6 +71,34 @@ pub struct EmulatorConfig {
     /// `p` of minted PoP tokens: the ARM id of the Logic App the extension names.
     #[serde(default = "default_logic_app_resource")]
     pub logic_app_resource: String,
+    /// Client id of the system-assigned managed identity (`GET /msi/token` without selector).
+    #[serde(default = "default_managed_identity_client_id")]
+    pub managed_identity_client_id: String,
+    /// Client id of the user-assigned managed identity (also has a federated credential).
+    #[serde(default = "default_user_assigned_client_id")]
+    pub user_assigned_client_id: String,
+    /// `X-IDENTITY-HEADER` value the managed identity endpoint requires (`IDENTITY_HEADER`).
+    #[serde(default = "default_identity_header")]
+    pub identity_header: String,
+    /// `sub` the federated credentials accept (the Kubernetes service account).
+    #[serde(default = "default_federated_subject")]
+    pub federated_subject: String,
+}
+
+fn default_managed_identity_client_id() -> String {
+    "aaaaaaaa-0000-0000-0000-000000000002".to_owned()
+}
+
+fn default_user_assigned_client_id() -> String {
+    "aaaaaaaa-0000-0000-0000-000000000003".to_owned()
+}
+
+fn default_identity_header() -> String {
+    "emulator-identity-header".to_owned()
+}
+
+fn default_federated_subject() -> String {
+    "system:serviceaccount:accessgate:accessgate".to_owned()
 }
 
 fn default_pop_host() -> String {
@@ -81,6 +117,10 @@ impl Default for EmulatorConfig {
             graph_client_secret: "emulator-graph-secret".to_owned(),
             pop_host: default_pop_host(),
             logic_app_resource: default_logic_app_resource(),
+            managed_identity_client_id: default_managed_identity_client_id(),
+            user_assigned_client_id: default_user_assigned_client_id(),
+            identity_header: default_identity_header(),
+            federated_subject: default_federated_subject(),
         }
     }
 }
@@ -282,7 +322,88 @@ impl Emulator {
 
     /// Registers (or adds a callout to) an assignment request waiting for a callback.
     pub fn register_request(&self, reg: &RegisterRequest) -> anyhow::Result<RequestView> {
-        graph::register(&self.state, reg)
+        graph::register(&self.state, reg, None)
+    }
+
+    /// Registers a request like [`Emulator::register_request`], in catalog `catalog_id`
+    /// (catalog roles authorize resume per catalog).
+    pub fn register_request_in_catalog(
+        &self,
+        reg: &RegisterRequest,
+        catalog_id: &str,
+    ) -> anyhow::Result<RequestView> {
+        graph::register(&self.state, reg, Some(catalog_id))
+    }
+
+    /// Every service principal with its object id and grants.
+    pub fn principals(&self) -> Vec<Principal> {
+        principals::list(&self.state)
+    }
+
+    /// Object id of the service principal with `client_id`.
+    pub fn principal_object_id(&self, client_id: &str) -> Option<String> {
+        self.state
+            .lock()
+            .principals
+            .get(client_id)
+            .map(|p| p.object_id.clone())
+    }
+
+    /// Replaces the grant lists present in `grants` for the principal `client_id`.
+    pub fn set_grants(&self, client_id: &str, grants: &Grants) -> anyhow::Result<()> {
+        principals::set_grants(&self.state, client_id, grants)
+    }
+
+    /// Replaces the client secret the Graph app accepts (the old one then fails with
+    /// AADSTS7000215).
+    pub fn set_client_secret(&self, secret: &str) -> anyhow::Result<()> {
+        entra::set_client_secret(&self.state, secret)
+    }
+
+    /// A projected Kubernetes service-account token (issuer `{base}/workload-identity`, `sub` =
+    /// `federated_subject`, `aud` `api://AzureADTokenExchange`), as written to
+    /// `AZURE_FEDERATED_TOKEN_FILE`; negative `expires_in_secs` gives an expired one.
+    pub fn mint_federated_token(&self, expires_in_secs: i64) -> anyhow::Result<String> {
+        entra::mint_federated_token(&self.state, expires_in_secs, None)
+    }
+
+    /// An access token as the token endpoint or the managed identity endpoint would issue it to
+    /// principal `client_id` for `resource` (Graph, Key Vault or Storage).
+    pub fn mint_access_token(&self, client_id: &str, resource: &str) -> anyhow::Result<String> {
+        let audience = entra::audience_of_resource(resource)
+            .ok_or_else(|| anyhow::anyhow!("no tokens for resource {resource:?}"))?;
+        entra::mint_access_token(&self.state, client_id, audience)
+    }
+
+    /// `{base}/msi/token` (`IDENTITY_ENDPOINT`).
+    pub fn managed_identity_url(&self) -> String {
+        format!("{}/msi/token", self.state.base_url)
+    }
+
+    /// `{base}/vaults/accessgate`.
+    pub fn key_vault_url(&self) -> String {
+        keyvault::vault_url(&self.state)
+    }
+
+    /// Adds a version of Key Vault secret `name` (the latest wins); returns its id.
+    pub fn put_secret(&self, name: &str, value: &str) -> anyhow::Result<String> {
+        keyvault::put_secret(&self.state, name, value, None)
+    }
+
+    /// Creates a version of Key Vault certificate `name` (RSA-2048, self-signed), its key and
+    /// its PEM secret; registers it on the Graph app unless told not to. RSA key generation
+    /// takes tens of milliseconds.
+    pub fn create_certificate(
+        &self,
+        name: &str,
+        opts: CertificateOptions,
+    ) -> anyhow::Result<CertificateInfo> {
+        keyvault::create_certificate(&self.state, name, &opts)
+    }
+
+    /// Every Graph call (at most the last 100000), oldest first.
+    pub fn graph_calls(&self) -> Vec<GraphCall> {
+        graph::graph_calls(&self.state)
     }
 
     /// State of a request and every callout it received, or `None` when unknown.

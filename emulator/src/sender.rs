@@ -363,13 +363,23 @@ pub(crate) enum Backend<'a> {
 }
 
 impl Backend<'_> {
-    async fn register(&self, http: &reqwest::Client, reg: &RegisterRequest) -> anyhow::Result<()> {
+    /// Registers the request in Graph, in the catalog its callout names.
+    async fn register(
+        &self,
+        http: &reqwest::Client,
+        reg: &RegisterRequest,
+        catalog_id: &str,
+    ) -> anyhow::Result<()> {
         match self {
-            Backend::Local(emulator) => emulator.register_request(reg).map(drop),
+            Backend::Local(emulator) => emulator
+                .register_request_in_catalog(reg, catalog_id)
+                .map(drop),
             Backend::Remote { base_url } => {
+                let mut body = serde_json::to_value(reg).context("encoding the registration")?;
+                body["catalog_id"] = serde_json::Value::String(catalog_id.to_owned());
                 let resp = http
                     .post(format!("{base_url}/_emulator/requests"))
-                    .json(reg)
+                    .json(&body)
                     .send()
                     .await
                     .context("registering the request with the emulator")?;
@@ -471,7 +481,7 @@ pub(crate) async fn send_callout_with(
             timeout: Some(fields.timeout.clone()),
             request_type: Some(fields.request_type.clone()),
         };
-        backend.register(&control, &reg).await?;
+        backend.register(&control, &reg, &fields.catalog_id).await?;
     }
     // A raw header is sent as is; a bearer token is minted once (Entra reuses it); a PoP signed
     // request is minted per attempt, because the receiver accepts each one once.

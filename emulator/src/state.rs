@@ -4,16 +4,19 @@
 //! One `std::sync::Mutex` guards it all: every operation is short and synchronous, and the lock
 //! is never held across an `.await` (handlers copy what they need out, then await).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 use crate::EmulatorConfig;
 use crate::entra::SigningKey;
 use crate::faults::Faults;
-use crate::graph::{RequestRecord, ResumeRecord};
+use crate::graph::{GraphCall, RequestRecord, ResumeRecord};
+use crate::keyvault::{CertVersion, Vault};
 use crate::pop::{PopKey, PopKeys};
+use crate::principals::{Principal, PrincipalKind};
 
 pub(crate) type AppState = Arc<Shared>;
 
@@ -25,8 +28,6 @@ pub(crate) struct Shared {
     /// Object id of the entitlement-management service principal in this tenant (`oid`/`sub`
     /// of callout tokens).
     pub elm_object_id: String,
-    /// Object id of the Graph client's service principal (`oid`/`sub` of Graph tokens).
-    pub graph_client_object_id: String,
     /// A key that signs tokens but is never published (`sign_with: "unknown"`).
     pub unknown_key: Arc<SigningKey>,
     /// PoP keys: the default one made at start, the others on first use.
@@ -41,6 +42,18 @@ pub(crate) struct Inner {
     pub resumes: Vec<ResumeRecord>,
     pub stats: Stats,
     pub faults: Faults,
+    /// Service principals by client id.
+    pub principals: BTreeMap<String, Principal>,
+    /// The client secret the Graph app accepts (rotatable).
+    pub client_secret: String,
+    /// Certificates registered on the Graph app (keyCredentials), oldest first.
+    pub app_certs: Vec<Arc<CertVersion>>,
+    /// The one emulated Key Vault.
+    pub vault: Vault,
+    /// Every Graph call, oldest first, bounded to [`crate::graph::GRAPH_CALL_LOG_LIMIT`].
+    pub graph_calls: VecDeque<GraphCall>,
+    /// Deadlines of waiting callouts: (deadline, request id, stage instance id).
+    pub deadlines: BTreeSet<(Instant, String, String)>,
 }
 
 pub(crate) struct KeySlot {
@@ -60,6 +73,12 @@ pub struct Stats {
     pub resume_accepted: u64,
     /// Calls answered 4xx by validation or authentication (not injected faults).
     pub resume_rejected: u64,
+    /// Calls to the managed identity endpoint (`GET /msi/token`).
+    #[serde(default)]
+    pub managed_identity_requests: u64,
+    /// Calls to the Key Vault routes (`/vaults/accessgate/...`).
+    #[serde(default)]
+    pub key_vault_requests: u64,
 }
 
 impl Shared {
@@ -70,11 +89,33 @@ impl Shared {
         unknown: SigningKey,
         pop_key: PopKey,
     ) -> Self {
+        let mut principals = BTreeMap::new();
+        for (client_id, object_id, kind) in [
+            (
+                cfg.graph_client_id.clone(),
+                uuid::Uuid::new_v4().to_string(),
+                PrincipalKind::Application,
+            ),
+            (
+                cfg.managed_identity_client_id.clone(),
+                uuid::Uuid::new_v4().to_string(),
+                PrincipalKind::SystemAssignedManagedIdentity,
+            ),
+            (
+                cfg.user_assigned_client_id.clone(),
+                uuid::Uuid::new_v4().to_string(),
+                PrincipalKind::UserAssignedManagedIdentity,
+            ),
+        ] {
+            principals
+                .entry(client_id.clone())
+                .or_insert_with(|| Principal::new(client_id, object_id, kind));
+        }
+        let client_secret = cfg.graph_client_secret.clone();
         Self {
             cfg,
             base_url,
             elm_object_id: uuid::Uuid::new_v4().to_string(),
-            graph_client_object_id: uuid::Uuid::new_v4().to_string(),
             unknown_key: Arc::new(unknown),
             pop_keys: PopKeys::new(pop_key),
             inner: Mutex::new(Inner {
@@ -86,6 +127,12 @@ impl Shared {
                 resumes: Vec::new(),
                 stats: Stats::default(),
                 faults: Faults::default(),
+                principals,
+                client_secret,
+                app_certs: Vec::new(),
+                vault: Vault::default(),
+                graph_calls: VecDeque::new(),
+                deadlines: BTreeSet::new(),
             }),
         }
     }
@@ -111,6 +158,11 @@ impl Inner {
     /// The key that signs new tokens.
     pub fn current_key(&self) -> Option<Arc<SigningKey>> {
         self.keys.last().map(|slot| slot.key.clone())
+    }
+
+    /// The principal whose object id is `oid`.
+    pub fn principal_by_oid(&self, oid: &str) -> Option<&Principal> {
+        self.principals.values().find(|p| p.object_id == oid)
     }
 
     pub fn published_keys(&self) -> Vec<Arc<SigningKey>> {

@@ -600,6 +600,7 @@ async fn token_fault_and_delay_then_clear() {
         retry_after_secs: None,
         count: None,
         delay_ms: None,
+        ..FaultSpec::default()
     })
     .unwrap();
     for _ in 0..3 {

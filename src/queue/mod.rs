@@ -4,6 +4,9 @@
 //! Storage Queue message written by the host's output binding. Either way the message carries its
 //! own correlation (request id, stage, stage instance id), so any instance can run it.
 
+pub mod azure;
+pub mod azure_backend;
+pub mod shared_key;
 pub mod sqlite;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -104,4 +107,38 @@ pub enum StoreError {
     Commit(String),
     #[error("this host has no local queue")]
     NoLocalQueue,
+    #[error("Azure Storage queue: {0}")]
+    Azure(String),
+}
+
+/// Where the standalone server keeps its jobs.
+#[derive(Clone)]
+pub enum WorkQueue {
+    Sqlite(sqlite::SqliteQueue),
+    Azure(azure_backend::AzureJobs),
+}
+
+impl WorkQueue {
+    /// One durable enqueue: the `202` is sent only after this returns.
+    pub async fn enqueue(&self, msg: &JobMessage) -> Result<EnqueueOutcome, StoreError> {
+        match self {
+            WorkQueue::Sqlite(q) => q.enqueue(msg).await,
+            WorkQueue::Azure(q) => q
+                .enqueue(msg)
+                .await
+                .map(|()| EnqueueOutcome::Enqueued)
+                .map_err(|e| StoreError::Azure(e.to_string())),
+        }
+    }
+
+    /// Jobs per status, for `/healthz`.
+    pub async fn counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        match self {
+            WorkQueue::Sqlite(q) => q.counts().await,
+            WorkQueue::Azure(q) => q
+                .counts()
+                .await
+                .map_err(|e| StoreError::Azure(e.to_string())),
+        }
+    }
 }

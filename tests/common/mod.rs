@@ -10,9 +10,18 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 pub use accessgate_emulator::{
-    AuthScheme, Emulator, EmulatorConfig, FaultSpec, FaultTarget, IssuerVersion, MintOptions,
-    PopKeyKind, PopOptions, RunningEmulator, SendOptions, SendReport, Shape, SignWith,
+    AuthScheme, CatalogRole, CertificateOptions, DEFAULT_CATALOG, Emulator, EmulatorConfig,
+    FaultSpec, FaultTarget, Grants, IssuerVersion, MintOptions, PopKeyKind, PopOptions,
+    RunningEmulator, SendOptions, SendReport, Shape, SignWith,
 };
+
+/// The catalog the emulator's sender puts in callouts unless told otherwise.
+pub const SENDER_CATALOG: &str = "c0000000-0000-0000-0000-000000000001";
+
+/// A fault spec to complete with `..graph_fault()`.
+pub fn graph_fault() -> FaultSpec {
+    FaultSpec::default()
+}
 
 pub const AUDIENCE: &str = "api://accessgate";
 
@@ -65,7 +74,7 @@ resource = "{resource}"
 [graph]
 base_url = "{base}"
 scope = "https://graph.microsoft.com/.default"
-client_id = "{client}"
+{credentials}
 
 [worker]
 retry_base_ms = 100
@@ -80,8 +89,13 @@ level = "info,accessgate=debug"
 "#,
         base = emu.base_url(),
         tenant = cfg.tenant_id,
-        client = cfg.graph_client_id,
         resource = cfg.logic_app_resource,
+        // A test that brings its own [credentials] section replaces the default one.
+        credentials = if extra.contains("[credentials]") {
+            String::new()
+        } else {
+            format!("[credentials]\nclient_id = \"{}\"", cfg.graph_client_id)
+        },
     );
     let path = dir.join("accessgate.toml");
     std::fs::write(&path, text).unwrap();
@@ -101,14 +115,23 @@ impl Harness {
 
     /// Emulator + accessgate serve with `inbound` lines in `[inbound]` and `extra` appended.
     pub async fn start_with(inbound: &str, extra: &str) -> Harness {
+        Self::start_env(inbound, extra, Vec::new()).await
+    }
+
+    /// Like [`Harness::start_with`], with environment overrides (`ACCESSGATE_GRAPH__…`) added.
+    pub async fn start_env(inbound: &str, extra: &str, env: Vec<(String, String)>) -> Harness {
         let emu = start_emulator().await;
         let dir = tempfile::tempdir().unwrap();
         let config_path = write_config_with(dir.path(), &emu.handle(), inbound, extra);
-        let env = vec![(
-            "ACCESSGATE_GRAPH__CLIENT_SECRET".to_string(),
-            emu.handle().config().graph_client_secret.clone(),
-        )];
-        let ag = Accessgate::spawn(&config_path, env, &["serve"]).await;
+        let mut all = Vec::new();
+        if !extra.contains("[credentials]") {
+            all.push((
+                "ACCESSGATE_CREDENTIALS__CLIENT_SECRET".to_string(),
+                emu.handle().config().graph_client_secret.clone(),
+            ));
+        }
+        all.extend(env);
+        let ag = Accessgate::spawn(&config_path, all, &["serve"]).await;
         Harness { emu, ag, dir }
     }
 
@@ -235,9 +258,59 @@ impl Accessgate {
     }
 }
 
+/// Values no log line, error or panic message may contain: the emulator's secrets (client
+/// secret, managed identity header, Key Vault secret values the tests store) and the Azurite
+/// account key. Tokens are caught by shape ([`find_jwt`]).
+pub const KNOWN_SECRETS: &[&str] = &[
+    "emulator-graph-secret",
+    "emulator-identity-header",
+    "kv-secret-",
+    "rotated-secret-",
+    "PRIVATE KEY",
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq",
+];
+
+/// The first thing in `line` shaped like a signed JWT (`eyJ….….…`), which in a log is a leak.
+pub fn find_jwt(line: &str) -> Option<String> {
+    let b64 = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    let mut rest = line;
+    while let Some(i) = rest.find("eyJ") {
+        let cand = &rest[i..];
+        let end = cand
+            .find(|c: char| !(b64(c) || c == '.'))
+            .unwrap_or(cand.len());
+        let tok = &cand[..end];
+        let parts: Vec<&str> = tok.split('.').collect();
+        if parts.len() >= 3 && parts[..3].iter().all(|p| p.len() >= 8) {
+            return Some(tok.chars().take(24).collect());
+        }
+        rest = &cand[3..];
+    }
+    None
+}
+
+/// Every line that leaks a known secret or a token.
+pub fn leaks(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .filter(|l| KNOWN_SECRETS.iter().any(|s| l.contains(s)) || find_jwt(l).is_some())
+        .map(|l| l.chars().take(300).collect())
+        .collect()
+}
+
 impl Drop for Accessgate {
     fn drop(&mut self) {
         self.kill9();
+        // The secrets scan of the whole suite: every accessgate process any test starts is
+        // checked here, on every outcome of its test.
+        let leaked = leaks(&self.log_lines());
+        if !leaked.is_empty() && !std::thread::panicking() {
+            panic!(
+                "accessgate printed a secret or token ({} line(s)):\n{}",
+                leaked.len(),
+                leaked.join("\n")
+            );
+        }
     }
 }
 
@@ -379,8 +452,7 @@ pub fn graph_down(emu: &Emulator, retry_after_secs: Option<u64>) {
         target: FaultTarget::Graph,
         status: Some(503),
         retry_after_secs,
-        count: None,
-        delay_ms: None,
+        ..Default::default()
     })
     .unwrap();
 }

@@ -1,0 +1,184 @@
+//! Scale-out without Functions: several `accessgate serve` processes share one Azure Storage
+//! queue (Azurite), each callout is resumed once, and a killed instance's work is finished by
+//! another when its lease (the visibility timeout) runs out.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "common/azurite.rs"]
+mod azurite;
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+
+const DEV_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+fn connection_string(endpoint: &str) -> String {
+    format!(
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={DEV_KEY};QueueEndpoint={endpoint};"
+    )
+}
+
+/// One more `accessgate serve` on the same config (its own data dir), sharing the queue.
+async fn instance(
+    emu: &Emulator,
+    dir: &std::path::Path,
+    queue: &str,
+    endpoint: &str,
+) -> Accessgate {
+    let extra = format!("[queue]\nbackend = \"azure_storage\"\nname = \"{queue}\"\n");
+    let cfg = write_config(dir, emu, &extra);
+    let env = vec![
+        (
+            "ACCESSGATE_CREDENTIALS__CLIENT_SECRET".to_string(),
+            emu.config().graph_client_secret.clone(),
+        ),
+        (
+            "ACCESSGATE_QUEUE__CONNECTION_STRING".to_string(),
+            connection_string(endpoint),
+        ),
+        ("ACCESSGATE_GRAPH__TIMEOUT_SECONDS".into(), "1".into()),
+        ("ACCESSGATE_WORKER__LEASE_SECONDS".into(), "8".into()),
+        ("ACCESSGATE_WORKER__POLL_INTERVAL_MS".into(), "50".into()),
+    ];
+    Accessgate::spawn(&cfg, env, &["serve"]).await
+}
+
+fn resumes_by_sid(emu: &Emulator) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for r in emu.resumes() {
+        *m.entry(r.stage_instance_id).or_default() += 1;
+    }
+    m
+}
+
+fn resumed_by(ag: &Accessgate) -> usize {
+    ag.log_json()
+        .iter()
+        .filter(|l| l["message"] == "resumed")
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_one_storage_queue_and_survive_a_kill() {
+    let az = azurite::Azurite::start();
+    let queue = azurite::unique_queue_name("ag-share");
+    let emu = start_emulator().await;
+    let e = emu.handle();
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = instance(&e, d1.path(), &queue, &az.endpoint).await;
+    let b = instance(&e, d2.path(), &queue, &az.endpoint).await;
+    a.wait_log("azure queue", |l| {
+        l["message"] == "accessgate listening" && l["queue"] == "azure_storage"
+    })
+    .await;
+
+    // Callouts arrive at both instances.
+    let mut sids = Vec::new();
+    for i in 0..40 {
+        let target = if i % 2 == 0 { &a } else { &b };
+        let r = e
+            .send_callout(&SendOptions {
+                target_url: target.url("/api/elm"),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(r.status, Some(202), "{:?}", r.error);
+        sids.push(r.stage_instance_id);
+    }
+    let want = sids.clone();
+    eventually(60, "all 40 resumed", || {
+        let c = resumes_by_sid(&e);
+        want.iter().all(|s| c.contains_key(s)).then_some(())
+    })
+    .await;
+    let (ra, rb) = (resumed_by(&a), resumed_by(&b));
+    assert_eq!(
+        ra + rb,
+        40,
+        "each resumed once by one of them ({ra} + {rb})"
+    );
+    assert!(ra > 0 && rb > 0, "both instances took work ({ra} / {rb})");
+
+    // Graph down, callouts queued, then instance a dies holding leases: b finishes everything
+    // once Graph is back and a's leases run out.
+    graph_down(&e, Some(1));
+    let mut late = Vec::new();
+    for _ in 0..10 {
+        let r = e
+            .send_callout(&SendOptions {
+                target_url: a.url("/api/elm"),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(r.status, Some(202));
+        late.push(r.stage_instance_id);
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    a.kill9();
+    e.clear_faults();
+    let want = late.clone();
+    eventually(
+        60,
+        "the killed instance's work finished by the other",
+        || {
+            let c = resumes_by_sid(&e);
+            want.iter().all(|s| c.contains_key(s)).then_some(())
+        },
+    )
+    .await;
+    let counts = resumes_by_sid(&e);
+    let duplicates = counts.values().filter(|n| **n > 1).count();
+    let lost = sids
+        .iter()
+        .chain(&late)
+        .filter(|s| !counts.contains_key(*s))
+        .count();
+    println!(
+        "azure storage figures: callouts acknowledged=50, resumed={}, by a={ra}, by b (first round)={rb}, duplicates={duplicates}, lost={lost}",
+        counts.len()
+    );
+    assert_eq!(duplicates, 0);
+    assert_eq!(lost, 0);
+    drop(b);
+}
+
+#[tokio::test]
+async fn an_unreachable_storage_account_gets_503_and_says_why() {
+    let emu = start_emulator().await;
+    let e = emu.handle();
+    let d = tempfile::tempdir().unwrap();
+    // Nothing listens on port 9 of loopback.
+    let ag = instance(
+        &e,
+        d.path(),
+        "ag-unreachable",
+        "http://127.0.0.1:9/devstoreaccount1",
+    )
+    .await;
+    let r = e
+        .send_callout(&SendOptions {
+            target_url: ag.url("/api/elm"),
+            maximum_retries: Some(0),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status,
+        Some(503),
+        "not acknowledged when it cannot be stored"
+    );
+    ag.wait_log("the reason", |l| {
+        l["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Azure Storage")
+            || l["error"].as_str().unwrap_or("").contains("Azure Storage")
+    })
+    .await;
+}

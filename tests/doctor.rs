@@ -1,0 +1,180 @@
+//! `accessgate doctor` against the emulator: a healthy setup passes every check; each broken
+//! piece fails its own check with the fix, and the report never shows a secret.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+struct Report {
+    code: Option<i32>,
+    out: String,
+}
+
+fn doctor(config: &std::path::Path, env: &[(String, String)]) -> Report {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_accessgate"));
+    cmd.arg("doctor").arg("--config").arg(config);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    assert!(leaks(&lines).is_empty(), "doctor printed a secret:\n{text}");
+    Report {
+        code: out.status.code(),
+        out: text,
+    }
+}
+
+fn line<'a>(r: &'a Report, name: &str) -> &'a str {
+    r.out
+        .lines()
+        .find(|l| l.get(6..).is_some_and(|rest| rest.starts_with(name)))
+        .unwrap_or_else(|| panic!("no {name} line in:\n{}", r.out))
+}
+
+fn mi_env(emu: &Emulator) -> Vec<(String, String)> {
+    vec![
+        (
+            "IDENTITY_ENDPOINT".into(),
+            format!("{}/msi/token", emu.base_url()),
+        ),
+        (
+            "IDENTITY_HEADER".into(),
+            emu.config().identity_header.clone(),
+        ),
+    ]
+}
+
+fn cert_config(dir: &std::path::Path, emu: &Emulator, catalog: &str) -> std::path::PathBuf {
+    let extra = format!(
+        "[credentials]\nmode = \"key_vault_certificate\"\nclient_id = \"{}\"\nkey_vault_url = \"{}\"\ncertificate_name = \"graph-cert\"\n",
+        emu.config().graph_client_id,
+        emu.key_vault_url()
+    );
+    let path = write_config_with(dir, emu, "", &extra);
+    // Name the catalog the extension serves, so doctor can check the role on it.
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "[extensions.elm]\n",
+        &format!("[extensions.elm]\ncatalog_ids = [\"{catalog}\"]\n"),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn a_healthy_setup_passes_every_check() {
+    let emu = start_emulator().await;
+    let e = emu.handle();
+    e.create_certificate("graph-cert", CertificateOptions::default())
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cert_config(dir.path(), &e, DEFAULT_CATALOG);
+    let r = tokio::task::spawn_blocking({
+        let env = mi_env(&e);
+        move || doctor(&cfg, &env)
+    })
+    .await
+    .unwrap();
+    assert_eq!(r.code, Some(0), "{}", r.out);
+    for name in [
+        "configuration",
+        "identity host",
+        "managed identity",
+        "key vault",
+        "graph token",
+        "resume permission",
+        "queue",
+    ] {
+        assert!(line(&r, name).starts_with("PASS"), "{name}:\n{}", r.out);
+    }
+    assert!(
+        line(&r, "key vault").contains("signed by Key Vault"),
+        "{}",
+        r.out
+    );
+}
+
+#[tokio::test]
+async fn each_broken_piece_fails_with_its_fix() {
+    let emu = start_emulator().await;
+    let e = emu.handle();
+    e.create_certificate("graph-cert", CertificateOptions::default())
+        .unwrap();
+    // The app has neither the Graph permission nor a catalog role.
+    e.set_grants(
+        &e.config().graph_client_id,
+        &Grants {
+            graph_permissions: Some(vec![]),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cert_config(dir.path(), &e, DEFAULT_CATALOG);
+    let env = mi_env(&e);
+    let run = |cfg: std::path::PathBuf, env: Vec<(String, String)>| {
+        tokio::task::spawn_blocking(move || doctor(&cfg, &env))
+    };
+    let r = run(cfg.clone(), env.clone()).await.unwrap();
+    assert_eq!(r.code, Some(1), "{}", r.out);
+    let perm = line(&r, "resume permission");
+    assert!(perm.starts_with("FAIL"), "{}", r.out);
+    assert!(perm.contains(DEFAULT_CATALOG), "{}", r.out);
+    assert!(
+        r.out.contains("fix: in Entra ID Governance > Catalogs"),
+        "{}",
+        r.out
+    );
+
+    // Granting the catalog role (least privilege) makes the check pass.
+    e.set_grants(
+        &e.config().graph_client_id,
+        &Grants {
+            catalog_roles: Some(vec![CatalogRole {
+                catalog_id: DEFAULT_CATALOG.into(),
+                role: "Access package assignment manager".into(),
+            }]),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let r = run(cfg.clone(), env.clone()).await.unwrap();
+    assert!(
+        line(&r, "resume permission").starts_with("PASS"),
+        "{}",
+        r.out
+    );
+
+    // The managed identity may not use the key: the Key Vault check names the role.
+    e.set_grants(
+        &e.config().managed_identity_client_id,
+        &Grants {
+            key_vault_roles: Some(vec![]),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let r = run(cfg.clone(), env.clone()).await.unwrap();
+    let kv = line(&r, "key vault");
+    assert!(kv.starts_with("FAIL"), "{}", r.out);
+    assert!(kv.contains("Key Vault Certificate User"), "{}", r.out);
+    assert!(line(&r, "graph token").starts_with("FAIL"), "{}", r.out);
+
+    // No managed identity at all.
+    let r = run(cfg, Vec::new()).await.unwrap();
+    let mi = line(&r, "managed identity");
+    assert!(
+        mi.starts_with("FAIL") && mi.contains("IDENTITY_ENDPOINT"),
+        "{}",
+        r.out
+    );
+    assert_eq!(r.code, Some(1));
+}
