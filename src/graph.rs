@@ -46,6 +46,10 @@ pub enum GraphError {
         retry_in: Duration,
         last_failure: String,
     },
+    /// Our own request-rate bound has no free slot soon enough (a backlog larger than
+    /// `graph.max_requests_per_second` can serve within a lease).
+    #[error("Graph request rate bound reached (graph.max_requests_per_second); the job waits")]
+    RateBound { retry_after: Duration },
     /// No token (credentials, managed identity, Key Vault); the message names the setting.
     #[error("no Graph token: {0}")]
     Credential(#[from] CredentialError),
@@ -84,6 +88,7 @@ impl GraphError {
                 *retry_after
             }
             Self::CircuitOpen { retry_in, .. } => Some(*retry_in),
+            Self::RateBound { retry_after } => Some(*retry_after),
             Self::Credential(e) => e.retry_after(),
             _ => None,
         }
@@ -170,8 +175,17 @@ impl GraphClient {
                     .map(|l| l.clone())
                     .unwrap_or_default(),
             })?;
-        if !self.limiter.acquire(deadline).await {
-            return Err(GraphError::DeadlinePassed);
+        // A slot is waited for at most two request timeouts (well inside a worker's lease);
+        // beyond that the job goes back to the queue rather than hold its lease while waiting.
+        let wait_limit = deadline.min(now + self.cfg.timeout * 2);
+        if !self.limiter.acquire(wait_limit).await {
+            return Err(if wait_limit == deadline {
+                GraphError::DeadlinePassed
+            } else {
+                GraphError::RateBound {
+                    retry_after: self.cfg.timeout,
+                }
+            });
         }
         let token = self.credentials.token(Audience::Graph).await?;
         let left = deadline.saturating_duration_since(Instant::now());

@@ -182,3 +182,50 @@ async fn an_unreachable_storage_account_gets_503_and_says_why() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_unreadable_message_goes_to_the_poison_queue_with_its_reason() {
+    use accessgate::queue::azure::{
+        AzureQueue, AzureQueueSettings, StorageAuth, parse_connection_string,
+    };
+    let az = azurite::Azurite::start();
+    let name = azurite::unique_queue_name("ag-poison");
+    let (endpoint, account, key) =
+        parse_connection_string(&connection_string(&az.endpoint)).unwrap();
+    let q = AzureQueue::new(
+        reqwest::Client::new(),
+        AzureQueueSettings {
+            queue_url_base: endpoint,
+            queue: name.clone(),
+            poison_queue: format!("{name}-poison"),
+        },
+        StorageAuth::SharedKey { account, key },
+    );
+    q.ensure_queues().await.unwrap();
+    q.send("this is not a job", None).await.unwrap();
+
+    let emu = start_emulator().await;
+    let d = tempfile::tempdir().unwrap();
+    let _ag = instance(&emu.handle(), d.path(), &name, &az.endpoint).await;
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    let poisoned = loop {
+        if let Some(m) = q.peek(true, 1).await.unwrap().into_iter().next() {
+            break m.text;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "nothing reached the poison queue"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(poisoned.contains("unreadable job message"), "{poisoned}");
+    assert!(poisoned.contains("this is not a job"), "{poisoned}");
+    // ... and it leaves the work queue (the delete follows the poison send).
+    while q.approximate_count(false).await.unwrap() != 0 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the message stayed in the work queue"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -199,3 +199,18 @@ async fn secrets_and_tokens_never_appear_in_logs() {
         "a Graph access token leaked"
     );
 }
+
+/// The suite-wide secrets scan (every accessgate process's output, checked when it ends) must be
+/// able to fail: it finds tokens by shape and the known secret values.
+#[test]
+fn the_secrets_scan_finds_tokens_and_known_secrets() {
+    let token_line =
+        "error: refused eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJhcGk6Ly94In0.c2lnbmF0dXJlLWJ5dGVz"
+            .to_string();
+    let secret_line = format!("client secret {}", KNOWN_SECRETS[0]);
+    let clean = "callout accepted token=5f1c2a9b kid=abc eyJ short".to_string();
+    assert_eq!(leaks(std::slice::from_ref(&token_line)).len(), 1);
+    assert_eq!(leaks(&[secret_line]).len(), 1);
+    assert!(leaks(&[clean]).is_empty());
+    assert!(find_jwt(&token_line).is_some());
+}

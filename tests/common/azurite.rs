@@ -1,5 +1,5 @@
 //! Azurite (the Azure Storage emulator) for queue tests: the one CI started
-//! (`ACCESSGATE_TEST_AZURITE_QUEUE`), or a private `azurite-queue` child on a free loopback port,
+//! (`AZURITE_QUEUE_ENDPOINT`), or a private `azurite-queue` child on a free loopback port,
 //! killed on drop. Tests share one account; give each its own queues ([`unique_queue_name`]).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
@@ -24,7 +24,7 @@ pub struct Azurite {
 impl Azurite {
     pub fn start() -> Azurite {
         let dir = tempfile::tempdir().expect("temp dir for Azurite");
-        if let Ok(endpoint) = std::env::var("ACCESSGATE_TEST_AZURITE_QUEUE")
+        if let Ok(endpoint) = std::env::var("AZURITE_QUEUE_ENDPOINT")
             && !endpoint.trim().is_empty()
         {
             return Azurite {
