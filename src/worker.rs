@@ -194,10 +194,19 @@ pub async fn run_azure_pool(ctx: Arc<WorkerCtx>, jobs: AzureJobs, cancel: Cancel
     for n in 0..ctx.cfg.concurrency {
         let (ctx, jobs, cancel) = (ctx.clone(), jobs.clone(), cancel.clone());
         tasks.push(tokio::spawn(async move {
+            // An empty queue is polled less and less often (each poll is a billed Storage
+            // transaction), up to 2 s or the poll interval if larger; work resets it.
+            let idle_cap = ctx.cfg.poll_interval.max(Duration::from_secs(2));
+            let mut idle = ctx.cfg.poll_interval;
             while !cancel.is_cancelled() {
                 let pause = match jobs.receive(1, ctx.cfg.lease).await {
-                    Ok(ds) if ds.is_empty() => ctx.cfg.poll_interval,
+                    Ok(ds) if ds.is_empty() => {
+                        let p = idle;
+                        idle = (idle * 2).min(idle_cap);
+                        p
+                    }
                     Ok(ds) => {
+                        idle = ctx.cfg.poll_interval;
                         for d in ds {
                             run_delivery(&ctx, &jobs, d).await;
                         }

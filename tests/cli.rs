@@ -214,3 +214,43 @@ fn the_secrets_scan_finds_tokens_and_known_secrets() {
     assert!(leaks(&[clean]).is_empty());
     assert!(find_jwt(&token_line).is_some());
 }
+
+#[test]
+fn check_config_shows_the_credentials_and_warns_about_a_missing_managed_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("mi.toml");
+    std::fs::write(
+        &cfg,
+        r#"
+[identity]
+tenant_id = "11111111-2222-3333-4444-555555555555"
+[inbound]
+audiences = ["api://accessgate"]
+[credentials]
+mode = "key_vault_certificate"
+client_id = "aaaaaaaa-0000-0000-0000-000000000001"
+key_vault_url = "https://contoso-ag.vault.azure.net"
+certificate_name = "accessgate-graph"
+[queue]
+backend = "azure_storage"
+account_url = "https://contosoag.queue.core.windows.net"
+"#,
+    )
+    .unwrap();
+    let out = accessgate(
+        &["check-config", "--config", cfg.to_str().unwrap()],
+        &[("IDENTITY_ENDPOINT", ""), ("IDENTITY_HEADER", "")],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a warning is not a failure:\n{text}"
+    );
+    assert!(
+        text.contains("key_vault_certificate mode: app aaaaaaaa-0000-0000-0000-000000000001 with certificate accessgate-graph from https://contoso-ag.vault.azure.net, signed by Key Vault"),
+        "{text}"
+    );
+    assert!(text.contains("Azure Storage https://contosoag.queue.core.windows.net/accessgate-jobs (poison: accessgate-jobs-poison), managed identity"), "{text}");
+    assert!(text.contains("warning: IDENTITY_ENDPOINT"), "{text}");
+}

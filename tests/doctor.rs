@@ -2,6 +2,8 @@
 //! piece fails its own check with the fix, and the report never shows a secret.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/azurite.rs"]
+mod azurite;
 mod common;
 
 use std::process::Command;
@@ -177,4 +179,37 @@ async fn each_broken_piece_fails_with_its_fix() {
         r.out
     );
     assert_eq!(r.code, Some(1));
+}
+
+#[tokio::test]
+async fn the_storage_queue_is_checked_too() {
+    let az = azurite::Azurite::start();
+    let emu = start_emulator().await;
+    let e = emu.handle();
+    let dir = tempfile::tempdir().unwrap();
+    let name = azurite::unique_queue_name("ag-doctor");
+    let cfg = write_config(
+        dir.path(),
+        &e,
+        &format!("[queue]\nbackend = \"azure_storage\"\nname = \"{name}\"\n"),
+    );
+    let conn = format!(
+        "DefaultEndpointsProtocol=http;AccountName={};AccountKey={};QueueEndpoint={};",
+        azurite::ACCOUNT,
+        azurite::ACCOUNT_KEY,
+        az.endpoint
+    );
+    let env = vec![
+        (
+            "ACCESSGATE_CREDENTIALS__CLIENT_SECRET".to_string(),
+            e.config().graph_client_secret.clone(),
+        ),
+        ("ACCESSGATE_QUEUE__CONNECTION_STRING".to_string(), conn),
+    ];
+    let r = tokio::task::spawn_blocking(move || doctor(&cfg, &env))
+        .await
+        .unwrap();
+    let q = line(&r, "queue");
+    assert!(q.starts_with("PASS") && q.contains(&name), "{}", r.out);
+    assert_eq!(r.code, Some(0), "{}", r.out);
 }
