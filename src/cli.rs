@@ -251,7 +251,7 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
                     q.poison_name,
                     match q.auth {
                         crate::config::StorageAuthConfig::SharedKey { .. } => "account key",
-                        crate::config::StorageAuthConfig::ManagedIdentity => "managed identity",
+                        crate::config::StorageAuthConfig::Entra => "Entra token",
                     }
                 ),
             }

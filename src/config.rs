@@ -316,9 +316,9 @@ pub struct AzureQueueConfig {
 pub enum StorageAuthConfig {
     /// Account key from a connection string (Azurite, or where Entra auth is not possible).
     SharedKey { account: String, key: Secret },
-    /// An Entra token for `https://storage.azure.com/` from the configured credentials' managed
-    /// identity.
-    ManagedIdentity,
+    /// An Entra token for `https://storage.azure.com/`: the managed identity's when the host has
+    /// one, else the app registration's.
+    Entra,
 }
 
 #[derive(Debug, Clone)]
@@ -898,7 +898,7 @@ pub fn from_sources(
     );
 
     // queue
-    let queue_cfg = parse_queue(queue, &credentials_cfg, &mut p);
+    let queue_cfg = parse_queue(queue, &mut p);
 
     // worker
     let concurrency = worker.concurrency.unwrap_or(4);
@@ -1266,7 +1266,7 @@ fn valid_queue_name(n: &str) -> bool {
         && !n.contains("--")
 }
 
-fn parse_queue(raw: RawQueue, creds: &CredentialsConfig, p: &mut Problems<'_>) -> QueueConfig {
+fn parse_queue(raw: RawQueue, p: &mut Problems<'_>) -> QueueConfig {
     match raw.backend.as_deref().unwrap_or("sqlite") {
         "sqlite" => {
             if raw.connection_string.is_some() || raw.account_url.is_some() {
@@ -1312,19 +1312,14 @@ fn parse_queue(raw: RawQueue, creds: &CredentialsConfig, p: &mut Problems<'_>) -
                     }
                 }
                 (None, Some(url)) => {
-                    if !creds.mode.uses_managed_identity()
-                        && creds.platform.identity_endpoint.is_none()
-                    {
-                        p.push(
-                            "queue.account_url",
-                            "Entra auth to Storage uses the managed identity: turn it on (IDENTITY_ENDPOINT) or use queue.connection_string",
-                        );
-                    }
+                    // Storage tokens come from the managed identity, or without one from the
+                    // app registration; a mode that needs the managed identity but has none is
+                    // already warned about (IDENTITY_ENDPOINT).
                     p.check(
                         "queue.account_url",
                         EndpointUrl::parse(&url).map_err(|e| e.to_string()),
                     )
-                    .map(|u| (u, StorageAuthConfig::ManagedIdentity))
+                    .map(|u| (u, StorageAuthConfig::Entra))
                 }
                 (Some(_), Some(_)) => {
                     p.push(

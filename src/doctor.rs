@@ -153,7 +153,8 @@ pub async fn run(config: &Config) -> Vec<Check> {
     let mode = &config.credentials.mode;
     let needs_mi = mode.uses_managed_identity()
         || matches!(&config.queue, QueueConfig::AzureStorage(q)
-            if matches!(q.auth, crate::config::StorageAuthConfig::ManagedIdentity));
+            if matches!(q.auth, crate::config::StorageAuthConfig::Entra)
+                && config.credentials.platform.identity_endpoint.is_some());
 
     // Managed identity.
     let mut mi_ok = true;

@@ -251,6 +251,6 @@ account_url = "https://contosoag.queue.core.windows.net"
         text.contains("key_vault_certificate mode: app aaaaaaaa-0000-0000-0000-000000000001 with certificate accessgate-graph from https://contoso-ag.vault.azure.net, signed by Key Vault"),
         "{text}"
     );
-    assert!(text.contains("Azure Storage https://contosoag.queue.core.windows.net/accessgate-jobs (poison: accessgate-jobs-poison), managed identity"), "{text}");
+    assert!(text.contains("Azure Storage https://contosoag.queue.core.windows.net/accessgate-jobs (poison: accessgate-jobs-poison), Entra token"), "{text}");
     assert!(text.contains("warning: IDENTITY_ENDPOINT"), "{text}");
 }

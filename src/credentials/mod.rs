@@ -247,10 +247,9 @@ impl Credentials {
         let resource = scope.trim_end_matches(".default").trim_end_matches('/');
         match &self.mode {
             CredentialMode::ManagedIdentity => self.mi.token(resource).await,
-            // The Function's own identity reaches Storage in the Key Vault modes.
-            CredentialMode::KeyVaultSecret { .. } | CredentialMode::KeyVaultCertificate { .. }
-                if aud == Audience::Storage =>
-            {
+            // Storage is reached as the host's own managed identity when it has one (like the
+            // Functions host's own storage connection); otherwise as the app registration.
+            _ if aud == Audience::Storage && self.mi.is_configured() => {
                 self.mi.token(STORAGE_RESOURCE).await
             }
             CredentialMode::ClientSecret { client_id, secret } => self

@@ -71,7 +71,7 @@ pub fn connect(
             account: account.clone(),
             key: key.clone(),
         },
-        StorageAuthConfig::ManagedIdentity => StorageAuth::Bearer(Arc::new(StorageToken(creds))),
+        StorageAuthConfig::Entra => StorageAuth::Bearer(Arc::new(StorageToken(creds))),
     };
     AzureQueue::new(
         http,
