@@ -86,20 +86,22 @@ fn load_or_report(path: Option<PathBuf>) -> Result<Config, ExitCode> {
     })
 }
 
+fn runtime(b: tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut b = b;
+    b.enable_all().build().map_err(|e| {
+        eprintln!("accessgate: cannot start the runtime: {e}");
+        ExitCode::FAILURE
+    })
+}
+
 fn doctor(path: Option<PathBuf>) -> ExitCode {
     let cfg = match load_or_report(path) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime(tokio::runtime::Builder::new_current_thread()) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("accessgate: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let checks = rt.block_on(crate::doctor::run(&cfg));
     if crate::doctor::print(&checks) {
@@ -115,15 +117,9 @@ fn run(path: Option<PathBuf>, functions_port: Option<u16>) -> ExitCode {
         Err(code) => return code,
     };
     crate::telemetry::init(&cfg.log);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime(tokio::runtime::Builder::new_multi_thread()) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("accessgate: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let result = rt.block_on(async move {
         match functions_port {

@@ -170,13 +170,7 @@ async fn run_one(ctx: &WorkerCtx, queue: &SqliteQueue, job: crate::queue::sqlite
             Step::RetryAt { at_ms, reason } => queue.retry_at(&job, *at_ms, reason.clone()).await,
             Step::Dead(reason) => queue.dead(&job, reason.clone()).await,
         };
-        match &step {
-            Step::Done(_) => {}
-            Step::RetryAt { at_ms, reason } => {
-                tracing::warn!(reason = %reason, retry_in_ms = at_ms - now_ms(), "resume failed; will retry");
-            }
-            Step::Dead(reason) => tracing::error!(reason = %reason, "job moved to dead letters"),
-        }
+        log_step(&step);
         match stored {
             Ok(true) => {}
             Ok(false) => tracing::warn!("lease was lost before the outcome was stored"),
@@ -185,6 +179,17 @@ async fn run_one(ctx: &WorkerCtx, queue: &SqliteQueue, job: crate::queue::sqlite
     }
     .instrument(span)
     .await
+}
+
+/// Logs an attempt's outcome (after it is stored: a "dead letter" line must be true when read).
+fn log_step(step: &Step) {
+    match step {
+        Step::Done(_) => {}
+        Step::RetryAt { at_ms, reason } => {
+            tracing::warn!(reason = %reason, retry_in_ms = at_ms - now_ms(), "resume failed; will retry");
+        }
+        Step::Dead(reason) => tracing::error!(reason = %reason, "job moved to dead letters"),
+    }
 }
 
 /// The pool over a shared Azure Storage queue: each task receives one message at a time under a
@@ -267,13 +272,7 @@ async fn run_delivery(ctx: &WorkerCtx, jobs: &AzureJobs, d: Delivery) {
             }
             Step::Dead(reason) => jobs.dead(&received, reason.clone()).await,
         };
-        match &step {
-            Step::Done(_) => {}
-            Step::RetryAt { at_ms, reason } => {
-                tracing::warn!(reason = %reason, retry_in_ms = at_ms - now_ms(), "resume failed; will retry");
-            }
-            Step::Dead(reason) => tracing::error!(reason = %reason, "job moved to dead letters"),
-        }
+        log_step(&step);
         if let Err(e) = stored {
             tracing::warn!(error = %e, "cannot store the job outcome; the message becomes visible again when its lease ends");
         }

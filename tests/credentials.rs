@@ -10,20 +10,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// The platform variables App Service / Functions set when the managed identity is on.
-fn mi_env(emu: &Emulator) -> Vec<(String, String)> {
-    vec![
-        (
-            "IDENTITY_ENDPOINT".into(),
-            format!("{}/msi/token", emu.base_url()),
-        ),
-        (
-            "IDENTITY_HEADER".into(),
-            emu.config().identity_header.clone(),
-        ),
-    ]
-}
-
 /// Emulator + accessgate with `credentials` as the `[credentials]` section and `env`; the
 /// emulator is started first so that the section can name its URLs.
 async fn start(

@@ -42,19 +42,6 @@ fn line<'a>(r: &'a Report, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {name} line in:\n{}", r.out))
 }
 
-fn mi_env(emu: &Emulator) -> Vec<(String, String)> {
-    vec![
-        (
-            "IDENTITY_ENDPOINT".into(),
-            format!("{}/msi/token", emu.base_url()),
-        ),
-        (
-            "IDENTITY_HEADER".into(),
-            emu.config().identity_header.clone(),
-        ),
-    ]
-}
-
 fn cert_config(dir: &std::path::Path, emu: &Emulator, catalog: &str) -> std::path::PathBuf {
     let extra = format!(
         "[credentials]\nmode = \"key_vault_certificate\"\nclient_id = \"{}\"\nkey_vault_url = \"{}\"\ncertificate_name = \"graph-cert\"\n",

@@ -15,6 +15,17 @@ pub use accessgate_emulator::{
     RunningEmulator, SendOptions, SendReport, Shape, SignWith,
 };
 
+/// The platform variables App Service / Functions set when the managed identity is on.
+pub fn mi_env(emu: &Emulator) -> Vec<(String, String)> {
+    vec![
+        ("IDENTITY_ENDPOINT".into(), emu.managed_identity_url()),
+        (
+            "IDENTITY_HEADER".into(),
+            emu.config().identity_header.clone(),
+        ),
+    ]
+}
+
 /// The catalog the emulator's sender puts in callouts unless told otherwise.
 pub const SENDER_CATALOG: &str = "c0000000-0000-0000-0000-000000000001";
 
