@@ -42,6 +42,8 @@ async fn instance(
         ("ACCESSGATE_GRAPH__TIMEOUT_SECONDS".into(), "1".into()),
         ("ACCESSGATE_WORKER__LEASE_SECONDS".into(), "8".into()),
         ("ACCESSGATE_WORKER__POLL_INTERVAL_MS".into(), "50".into()),
+        // One worker each, so that neither instance can drain the queue alone.
+        ("ACCESSGATE_WORKER__CONCURRENCY".into(), "1".into()),
     ];
     Accessgate::spawn(&cfg, env, &["serve"]).await
 }
@@ -75,7 +77,13 @@ async fn two_instances_share_one_storage_queue_and_survive_a_kill() {
     })
     .await;
 
-    // Callouts arrive at both instances.
+    // Callouts arrive at both instances. Each resume takes 200 ms, so one worker alone would
+    // need 8 s for all of them: the other instance's (backed-off, at most 2 s) poll finds work.
+    e.set_fault(&FaultSpec {
+        delay_ms: Some(200),
+        ..Default::default()
+    })
+    .unwrap();
     let mut sids = Vec::new();
     for i in 0..40 {
         let target = if i % 2 == 0 { &a } else { &b };
@@ -95,6 +103,7 @@ async fn two_instances_share_one_storage_queue_and_survive_a_kill() {
         want.iter().all(|s| c.contains_key(s)).then_some(())
     })
     .await;
+    e.clear_faults();
     let (ra, rb) = (resumed_by(&a), resumed_by(&b));
     assert_eq!(
         ra + rb,
