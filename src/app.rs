@@ -127,7 +127,8 @@ async fn shutdown_signal(cancel: CancellationToken) {
     cancel.cancel();
 }
 
-fn credentials_for(config: &Config, http: &reqwest::Client) -> Arc<Credentials> {
+/// The credential chain a configuration asks for (shared by both hosts and `doctor`).
+pub fn credentials_for(config: &Config, http: &reqwest::Client) -> Arc<Credentials> {
     Arc::new(Credentials::new(
         http.clone(),
         &config.identity,

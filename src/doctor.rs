@@ -138,18 +138,13 @@ pub async fn run(config: &Config) -> Vec<Check> {
             format!(
                 "{} unreachable: {}",
                 config.identity.authority,
-                crate::credentials::transport(&e)
+                crate::outbound::transport_error(&e)
             ),
             "allow outbound HTTPS to the identity host (login.microsoftonline.com or your cloud's)",
         )),
     }
 
-    let creds = Arc::new(Credentials::new(
-        http.clone(),
-        &config.identity,
-        &config.credentials,
-        &config.graph,
-    ));
+    let creds = crate::app::credentials_for(config, &http);
     let mode = &config.credentials.mode;
     let needs_mi = mode.uses_managed_identity()
         || matches!(&config.queue, QueueConfig::AzureStorage(q)

@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 
 use crate::callout::{Callout, callback_path_names_request};
 use crate::config::GraphConfig;
-use crate::credentials::{self, Audience, CredentialError, Credentials};
+use crate::credentials::{Audience, CredentialError, Credentials};
+use crate::outbound::{retry_after, transport_error};
 use crate::policy::{Action, Decision};
 use crate::queue::now_ms;
 use crate::resilience::{CircuitBreaker, RateLimiter};
@@ -201,7 +202,7 @@ impl GraphClient {
             Ok(r) => r,
             Err(e) => {
                 self.breaker.failure(Instant::now());
-                let detail = without_url(&e);
+                let detail = transport_error(&e).to_owned();
                 self.failed(&detail);
                 return Err(GraphError::Unavailable {
                     detail,
@@ -210,7 +211,7 @@ impl GraphClient {
             }
         };
         let status = resp.status().as_u16();
-        let ra = credentials::retry_after(resp.headers());
+        let ra = retry_after(resp.headers());
         match status {
             429 => {
                 self.breaker.throttled(Instant::now(), ra);
@@ -445,17 +446,4 @@ enum CalloutState {
     NotListed,
     /// `customExtensionCalloutInstance.status` of our callout.
     Status(String),
-}
-
-/// A short, uniform description of a transport error (reqwest's text repeats the whole URL).
-fn without_url(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "timed out".into()
-    } else if e.is_connect() {
-        "connection failed".into()
-    } else if e.is_decode() || e.is_body() {
-        "unreadable response".into()
-    } else {
-        "request failed".into()
-    }
 }

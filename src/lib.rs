@@ -19,6 +19,7 @@ pub mod functions;
 pub mod graph;
 pub mod ingress;
 pub mod intake;
+pub mod outbound;
 pub mod policy;
 pub mod queue;
 pub mod resilience;

@@ -26,6 +26,25 @@ async fn start(
     Harness { emu, ag, dir }
 }
 
+/// `[credentials]` lines: the emulator's app with its client secret in Key Vault secret
+/// `graph-secret`.
+fn key_vault_secret_section(e: &Emulator) -> String {
+    format!(
+        "mode = \"key_vault_secret\"\nclient_id = \"{}\"\nkey_vault_url = \"{}\"\nsecret_name = \"graph-secret\"",
+        e.config().graph_client_id,
+        e.key_vault_url()
+    )
+}
+
+/// `[credentials]` lines: the emulator's app with Key Vault certificate `graph-cert`.
+fn key_vault_certificate_section(e: &Emulator, sign_with: &str) -> String {
+    format!(
+        "mode = \"key_vault_certificate\"\nclient_id = \"{}\"\nkey_vault_url = \"{}\"\ncertificate_name = \"graph-cert\"\nsign_with = \"{sign_with}\"",
+        e.config().graph_client_id,
+        e.key_vault_url()
+    )
+}
+
 fn with_timeout(mut env: Vec<(String, String)>) -> Vec<(String, String)> {
     env.push(("ACCESSGATE_GRAPH__TIMEOUT_SECONDS".into(), "1".into()));
     env
@@ -97,11 +116,7 @@ async fn key_vault_secret_is_read_with_the_managed_identity_and_refetched_after_
         |e| {
             e.put_secret("graph-secret", "kv-secret-1").unwrap();
             e.set_client_secret("kv-secret-1").unwrap();
-            format!(
-                "mode = \"key_vault_secret\"\nclient_id = \"{}\"\nkey_vault_url = \"{}\"\nsecret_name = \"graph-secret\"",
-                e.config().graph_client_id,
-                e.key_vault_url()
-            )
+            key_vault_secret_section(e)
         },
         mi_env,
     )
@@ -137,11 +152,7 @@ async fn certificate_mode_resumes(sign_with: &str) {
         |e| {
             e.create_certificate("graph-cert", CertificateOptions::default())
                 .unwrap();
-            format!(
-                "mode = \"key_vault_certificate\"\nclient_id = \"{}\"\nkey_vault_url = \"{}\"\ncertificate_name = \"graph-cert\"\nsign_with = \"{sign_with}\"",
-                e.config().graph_client_id,
-                e.key_vault_url()
-            )
+            key_vault_certificate_section(e, sign_with)
         },
         mi_env,
     )
@@ -173,11 +184,7 @@ async fn an_expired_certificate_names_the_setting_and_callouts_wait() {
                 },
             )
             .unwrap();
-            format!(
-                "mode = \"key_vault_certificate\"\nclient_id = \"{}\"\nkey_vault_url = \"{}\"\ncertificate_name = \"graph-cert\"",
-                e.config().graph_client_id,
-                e.key_vault_url()
-            )
+            key_vault_certificate_section(e, "key_vault")
         },
         mi_env,
     )
@@ -242,11 +249,7 @@ async fn a_malformed_key_vault_answer_names_the_setting_then_recovers() {
                 ..graph_fault()
             })
             .unwrap();
-            format!(
-                "mode = \"key_vault_secret\"\nclient_id = \"{}\"\nkey_vault_url = \"{}\"\nsecret_name = \"graph-secret\"",
-                e.config().graph_client_id,
-                e.key_vault_url()
-            )
+            key_vault_secret_section(e)
         },
         mi_env,
     )
@@ -272,11 +275,7 @@ async fn a_managed_identity_without_the_key_vault_role_is_told_which_role() {
                 },
             )
             .unwrap();
-            format!(
-                "mode = \"key_vault_secret\"\nclient_id = \"{}\"\nkey_vault_url = \"{}\"\nsecret_name = \"graph-secret\"",
-                e.config().graph_client_id,
-                e.key_vault_url()
-            )
+            key_vault_secret_section(e)
         },
         mi_env,
     )

@@ -7,8 +7,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{CredentialError, ManagedIdentity, retry_after, transport, under};
+use super::{CredentialError, ManagedIdentity, under};
 use crate::endpoint::EndpointUrl;
+use crate::outbound::{retry_after, transport_error};
 use crate::secret::Secret;
 
 const API_VERSION: &str = "7.5";
@@ -131,7 +132,7 @@ impl KeyVault {
             .await
             .map_err(|e| CredentialError::Unavailable {
                 what: "Key Vault",
-                detail: transport(&e),
+                detail: transport_error(&e).into(),
                 retry_after: None,
             })?;
         let status = resp.status();

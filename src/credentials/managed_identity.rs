@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
-use super::{AccessToken, CredentialError, refresh_in, retry_after, transport};
+use super::{AccessToken, CredentialError, refresh_in};
 use crate::endpoint::EndpointUrl;
+use crate::outbound::{retry_after, transport_error};
 use crate::secret::Secret;
 
 pub struct ManagedIdentity {
@@ -143,7 +144,7 @@ impl ManagedIdentity {
             .await
             .map_err(|e| CredentialError::Unavailable {
                 what: "managed identity endpoint",
-                detail: transport(&e),
+                detail: transport_error(&e).into(),
                 retry_after: None,
             })?;
         let status = resp.status();

@@ -19,6 +19,7 @@ use tokio::sync::Mutex;
 
 use crate::config::{CredentialMode, CredentialsConfig, GraphConfig, IdentityConfig, SignWith};
 use crate::endpoint::EndpointUrl;
+use crate::outbound::{retry_after, transport_error};
 use crate::secret::Secret;
 
 pub use assertion::Certificate;
@@ -64,37 +65,6 @@ impl CredentialError {
             message: message.into(),
         }
     }
-}
-
-/// A transport error in a few words (reqwest's text repeats the URL).
-pub(crate) fn transport(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "timed out".into()
-    } else if e.is_connect() {
-        "connection failed".into()
-    } else if e.is_decode() || e.is_body() {
-        "the connection broke while reading the answer".into()
-    } else {
-        "request failed".into()
-    }
-}
-
-/// `Retry-After` as delta-seconds or an HTTP-date (RFC 9110 §10.2.3), capped at an hour.
-pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    parse_retry_after(v, jiff::Timestamp::now())
-}
-
-pub fn parse_retry_after(v: &str, now: jiff::Timestamp) -> Option<Duration> {
-    let v = v.trim();
-    let secs = match v.parse::<u64>() {
-        Ok(s) => s,
-        Err(_) => {
-            let at = jiff::fmt::rfc2822::parse(v).ok()?.timestamp();
-            u64::try_from(at.as_second().saturating_sub(now.as_second())).unwrap_or(0)
-        }
-    };
-    Some(Duration::from_secs(secs.min(3600)))
 }
 
 /// A token and when to fetch the next one.
@@ -430,7 +400,7 @@ impl Credentials {
             .timeout(self.timeout)
             .send()
             .await
-            .map_err(|e| TokenEndpointError::Unavailable(transport(&e), None))?;
+            .map_err(|e| TokenEndpointError::Unavailable(transport_error(&e).into(), None))?;
         let status = resp.status();
         let ra = retry_after(resp.headers());
         if status.is_success() {
@@ -568,27 +538,6 @@ pub(crate) fn under(base: &EndpointUrl, url: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retry_after_reads_seconds_and_http_dates() {
-        let now: jiff::Timestamp = "2026-11-23T10:00:00Z"
-            .parse()
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
-        assert_eq!(
-            parse_retry_after("Mon, 23 Nov 2026 10:00:30 GMT", now),
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(
-            parse_retry_after("Mon, 23 Nov 2026 09:00:00 GMT", now),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(
-            parse_retry_after("99999", now),
-            Some(Duration::from_secs(3600))
-        );
-        assert_eq!(parse_retry_after("soon", now), None);
-    }
 
     #[test]
     fn refresh_is_early_but_not_too_early() {

@@ -434,12 +434,7 @@ impl AzureQueue {
             .get("x-ms-error-code")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = crate::outbound::retry_after(resp.headers());
         let body = resp.text().await.unwrap_or_default();
         let parsed = parse_error(&body);
         let code = header_code
@@ -517,13 +512,7 @@ pub fn encode_text(text: &str) -> String {
 }
 
 fn transport_error(method: &Method, url: &url::Url, e: &reqwest::Error) -> QueueError {
-    let what = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else {
-        "request failed"
-    };
+    let what = crate::outbound::transport_error(e);
     // The URL is the endpoint and path only (no credentials are ever in it).
     let mut detail = format!(
         "{method} {}{}: {what}",
