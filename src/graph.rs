@@ -438,6 +438,102 @@ impl GraphClient {
     }
 }
 
+/// One request of a JSON batch: a GET of a URL relative to the version root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchGet {
+    pub id: &'static str,
+    pub url: String,
+}
+
+/// One answer of a JSON batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchAnswer {
+    pub id: String,
+    pub status: u16,
+    pub body: Value,
+}
+
+/// Graph's limit on requests in one `$batch`.
+pub const MAX_BATCH: usize = 20;
+
+impl GraphClient {
+    /// GETs up to [`MAX_BATCH`] URLs in one `POST /$batch` (JSON batching): one HTTP call under
+    /// the rate bound and breaker. Inner failures come back as statuses, not errors.
+    pub async fn batch_get(
+        &self,
+        gets: &[BatchGet],
+        deadline: Instant,
+    ) -> Result<Vec<BatchAnswer>, GraphError> {
+        let url = self
+            .cfg
+            .base_url
+            .join(&format!("/{}/$batch", self.cfg.api_version.segment()));
+        let requests: Vec<Value> = gets
+            .iter()
+            .take(MAX_BATCH)
+            .map(|g| json!({ "id": g.id, "method": "GET", "url": g.url }))
+            .collect();
+        let resp = self
+            .send(
+                self.http.post(&url).json(&json!({ "requests": requests })),
+                deadline,
+            )
+            .await?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = graph_error_text(&resp.text().await.unwrap_or_default());
+            return Err(GraphError::Rejected {
+                status: status.as_u16(),
+                detail: format!("$batch: {text}"),
+            });
+        }
+        let v: Value = resp.json().await.map_err(|_| GraphError::Unavailable {
+            detail: "$batch: the answer is not JSON".into(),
+            retry_after: None,
+        })?;
+        let answers = v["responses"]
+            .as_array()
+            .ok_or_else(|| GraphError::Unavailable {
+                detail: "$batch: the answer has no responses array".into(),
+                retry_after: None,
+            })?;
+        Ok(answers
+            .iter()
+            .map(|a| BatchAnswer {
+                id: a["id"].as_str().unwrap_or_default().to_owned(),
+                status: a["status"]
+                    .as_u64()
+                    .and_then(|s| u16::try_from(s).ok())
+                    .unwrap_or(0),
+                body: a["body"].clone(),
+            })
+            .collect())
+    }
+
+    /// GETs a follow-up page (`@odata.nextLink`). The link must lie under the configured Graph
+    /// base URL, so an answer can never send our token elsewhere.
+    pub async fn get_page(
+        &self,
+        next_link: &str,
+        deadline: Instant,
+    ) -> Result<(u16, Value), GraphError> {
+        let base = self.cfg.base_url.join("/");
+        if !next_link.starts_with(&base) {
+            return Err(GraphError::Rejected {
+                status: 0,
+                detail: format!("nextLink {next_link:?} is not under {base}; not followed"),
+            });
+        }
+        let resp = self.send(self.http.get(next_link), deadline).await?;
+        let status = resp.status().as_u16();
+        let v: Value = resp.json().await.map_err(|_| GraphError::Unavailable {
+            detail: format!("a nextLink page answered HTTP {status} with a body that is not JSON"),
+            retry_after: None,
+        })?;
+        Ok((status, v))
+    }
+}
+
 /// What a read of the request says about our callout.
 enum CalloutState {
     /// The request does not exist (any more).

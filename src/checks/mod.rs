@@ -65,6 +65,10 @@ impl Verdict {
 pub struct Finding {
     pub verdict: Verdict,
     pub explanation: Vec<String>,
+    /// A short approver-facing remark on an allow (e.g. the SoD exception that turned a deny
+    /// into an allow); the policy's `{notes}` placeholder shows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl Finding {
@@ -72,7 +76,14 @@ impl Finding {
         Finding {
             verdict,
             explanation,
+            note: None,
         }
+    }
+
+    /// The same finding with an approver-facing remark.
+    pub fn with_note(mut self, note: impl Into<String>) -> Finding {
+        self.note = Some(note.into());
+        self
     }
 }
 

@@ -1,1 +1,542 @@
-//! (being written)
+//! A world file (docs/world-format.md) as a [`Directory`] and a [`TicketSystem`]: what
+//! `accessgate explain --fixtures DIR` and `accessgate policy test` decide against, offline.
+//!
+//! It answers what Graph and ServiceNow would: transitive groups through nesting, held means a
+//! delivered (or delivering) assignment, pending means a request in `pendingApproval` other than
+//! the one being decided. The emulator loads the same file and serves it over HTTP, which is how
+//! the two are held to each other.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::{
+    Answer, Directory, Facts, Fetched, Held, HeldAppRole, Holdings, Needs, RequestFacts, UserFacts,
+};
+use crate::callout::Callout;
+use crate::tickets::{TicketError, TicketRecord, TicketSystem};
+
+/// The file inside a fixtures directory.
+pub const WORLD_FILE: &str = "world.json";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct World {
+    #[serde(default)]
+    pub users: Vec<WorldUser>,
+    #[serde(default)]
+    pub groups: Vec<WorldGroup>,
+    #[serde(default)]
+    pub access_packages: Vec<WorldPackage>,
+    #[serde(default)]
+    pub assignments: Vec<WorldAssignment>,
+    #[serde(default)]
+    pub requests: Vec<WorldRequest>,
+    #[serde(default)]
+    pub servicenow: WorldServiceNow,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorldUser {
+    pub id: String,
+    #[serde(default)]
+    pub manager: Option<String>,
+    #[serde(default)]
+    pub sponsors: Vec<String>,
+    #[serde(default)]
+    pub app_role_assignments: Vec<HeldAppRole>,
+    /// Every other property, as Graph would return it.
+    #[serde(flatten)]
+    pub properties: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorldGroup {
+    pub id: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub members: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorldPackage {
+    pub id: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub catalog_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorldAssignment {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub access_package_id: String,
+    pub target_id: String,
+    #[serde(default)]
+    pub state: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorldAnswer {
+    #[serde(default)]
+    pub question_id: Option<String>,
+    #[serde(default)]
+    pub question: Option<String>,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorldRequest {
+    pub id: String,
+    pub access_package_id: String,
+    pub target_id: String,
+    #[serde(default)]
+    pub requestor_id: Option<String>,
+    #[serde(default)]
+    pub state: Option<String>,
+    #[serde(default)]
+    pub justification: Option<String>,
+    #[serde(default)]
+    pub answers: Vec<WorldAnswer>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct WorldServiceNow {
+    #[serde(default)]
+    pub tables: BTreeMap<String, Vec<Map<String, Value>>>,
+}
+
+/// Assignment states in which the package counts as held.
+const HELD_STATES: [&str; 3] = ["delivered", "delivering", "partiallyDelivered"];
+
+impl World {
+    /// Reads `DIR/world.json` (or the file itself when `path` is a file).
+    pub fn load(path: &Path) -> Result<World, String> {
+        let file = if path.is_dir() {
+            path.join(WORLD_FILE)
+        } else {
+            path.to_path_buf()
+        };
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        serde_json::from_str(&text)
+            .map_err(|e| format!("{} is not a world file: {e}", file.display()))
+    }
+
+    fn user(&self, id: &str) -> Option<&WorldUser> {
+        self.users.iter().find(|u| {
+            u.id.eq_ignore_ascii_case(id)
+                || u.properties
+                    .get("userPrincipalName")
+                    .and_then(Value::as_str)
+                    .is_some_and(|p| p.eq_ignore_ascii_case(id))
+        })
+    }
+
+    fn package(&self, id: &str) -> Held {
+        let name = self
+            .access_packages
+            .iter()
+            .find(|p| p.id.eq_ignore_ascii_case(id))
+            .and_then(|p| p.display_name.clone());
+        Held {
+            id: id.to_owned(),
+            display_name: name,
+        }
+    }
+
+    /// Groups `member` belongs to directly or through nesting (cycle-safe).
+    fn transitive_groups(&self, member: &str) -> Vec<Held> {
+        let mut parents: HashMap<String, Vec<&WorldGroup>> = HashMap::new();
+        for g in &self.groups {
+            for m in &g.members {
+                parents.entry(m.to_ascii_lowercase()).or_default().push(g);
+            }
+        }
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        let mut todo = vec![member.to_ascii_lowercase()];
+        while let Some(m) = todo.pop() {
+            for g in parents.get(&m).into_iter().flatten() {
+                if seen.insert(g.id.to_ascii_lowercase()) {
+                    out.push(Held {
+                        id: g.id.clone(),
+                        display_name: g.display_name.clone(),
+                    });
+                    todo.push(g.id.to_ascii_lowercase());
+                }
+            }
+        }
+        out
+    }
+
+    /// A user's facts as Graph would give them.
+    pub fn user_facts(&self, id: &str) -> Result<UserFacts, String> {
+        let u = self
+            .user(id)
+            .ok_or_else(|| format!("user {id} does not exist (Graph would answer 404)"))?;
+        let s = |k: &str| {
+            u.properties
+                .get(k)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        let date = |k: &str| -> Result<Option<jiff::Timestamp>, String> {
+            match u.properties.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(t)) => parse_graph_time(t)
+                    .map(Some)
+                    .ok_or_else(|| format!("user {id}: {k} {t:?} is not a date-time")),
+                Some(other) => Err(format!("user {id}: {k} is {other}, not a date-time")),
+            }
+        };
+        Ok(UserFacts {
+            id: u.id.clone(),
+            user_principal_name: s("userPrincipalName"),
+            mail: s("mail"),
+            display_name: s("displayName"),
+            user_type: s("userType"),
+            account_enabled: u.properties.get("accountEnabled").and_then(Value::as_bool),
+            employee_hire_date: date("employeeHireDate")?,
+            employee_leave_date_time: date("employeeLeaveDateTime")?,
+            employee_type: s("employeeType"),
+            department: s("department"),
+            company_name: s("companyName"),
+            manager: u.manager.clone(),
+            sponsors: u.sponsors.clone(),
+        })
+    }
+
+    /// A user's holdings; `exclude_request` is the request being decided.
+    pub fn holdings(
+        &self,
+        id: &str,
+        exclude_request: &str,
+        external_attribute: Option<&str>,
+    ) -> Result<Holdings, String> {
+        let u = self
+            .user(id)
+            .ok_or_else(|| format!("user {id} does not exist (Graph would answer 404)"))?;
+        let uid = u.id.as_str();
+        let access_packages = self
+            .assignments
+            .iter()
+            .filter(|a| a.target_id.eq_ignore_ascii_case(uid))
+            .filter(|a| {
+                a.state
+                    .as_deref()
+                    .is_none_or(|s| HELD_STATES.iter().any(|h| h.eq_ignore_ascii_case(s)))
+            })
+            .map(|a| self.package(&a.access_package_id))
+            .collect();
+        // Graph's documented list filter is on the requestor, so that is what counts here too.
+        let pending_access_packages = self
+            .requests
+            .iter()
+            .filter(|r| {
+                r.requestor_id
+                    .as_deref()
+                    .unwrap_or(&r.target_id)
+                    .eq_ignore_ascii_case(uid)
+            })
+            .filter(|r| r.state.as_deref() == Some("pendingApproval"))
+            .filter(|r| !r.id.eq_ignore_ascii_case(exclude_request))
+            .map(|r| self.package(&r.access_package_id))
+            .collect();
+        let external_entitlements = match external_attribute {
+            None => Vec::new(),
+            Some(attr) => external_values(u.properties.get(attr)),
+        };
+        Ok(Holdings {
+            access_packages,
+            pending_access_packages,
+            groups: self.transitive_groups(uid),
+            app_roles: u.app_role_assignments.clone(),
+            external_entitlements,
+        })
+    }
+
+    pub fn request_facts(&self, id: &str) -> Result<RequestFacts, String> {
+        let r = self
+            .requests
+            .iter()
+            .find(|r| r.id.eq_ignore_ascii_case(id))
+            .ok_or_else(|| format!("request {id} does not exist (Graph would answer 404)"))?;
+        Ok(RequestFacts {
+            justification: r.justification.clone(),
+            answers: r
+                .answers
+                .iter()
+                .map(|a| Answer {
+                    question_id: a.question_id.clone(),
+                    question: a.question.clone(),
+                    value: a.value.clone(),
+                })
+                .collect(),
+        })
+    }
+}
+
+/// A multi-valued attribute (a JSON array of strings) or a single comma-separated string.
+pub fn external_values(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        Some(Value::String(s)) => s
+            .split([',', ';'])
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Graph's `DateTimeOffset` ("2024-02-01T00:00:00Z"), also accepting a bare date (some HR
+/// connectors write one) as midnight UTC.
+pub fn parse_graph_time(t: &str) -> Option<jiff::Timestamp> {
+    t.parse::<jiff::Timestamp>().ok().or_else(|| {
+        t.parse::<jiff::civil::Date>()
+            .ok()
+            .and_then(|d| d.to_zoned_datetime(jiff::tz::TimeZone::UTC).ok())
+            .map(|z| z.timestamp())
+    })
+}
+
+fn fetched<T>(r: Result<T, String>) -> Fetched<T> {
+    match r {
+        Ok(v) => Fetched::Ok(v),
+        Err(e) => Fetched::Failed(e),
+    }
+}
+
+/// The world as a directory.
+pub struct FixtureDirectory {
+    pub world: World,
+    pub external_attribute: Option<String>,
+}
+
+/// The target's object id from a callout (`ObjectId`, else `Id`).
+pub fn target_id(c: &Callout) -> Option<String> {
+    c.target.object_id.clone().or_else(|| c.target.id.clone())
+}
+
+#[async_trait::async_trait]
+impl Directory for FixtureDirectory {
+    async fn facts(&self, callout: &Callout, needs: Needs, _deadline: Instant) -> Facts {
+        let target = target_id(callout);
+        let mut facts = Facts::none(target.clone());
+        let no_target = || "the callout names no target user".to_string();
+        if needs.user {
+            facts.user = fetched(
+                target
+                    .as_deref()
+                    .ok_or_else(no_target)
+                    .and_then(|t| self.world.user_facts(t)),
+            );
+        }
+        if needs.holdings {
+            facts.holdings = fetched(target.as_deref().ok_or_else(no_target).and_then(|t| {
+                self.world.holdings(
+                    t,
+                    callout.request_id.as_str(),
+                    self.external_attribute.as_deref(),
+                )
+            }));
+        }
+        if needs.request {
+            facts.request = fetched(self.world.request_facts(callout.request_id.as_str()));
+        }
+        facts
+    }
+}
+
+#[async_trait::async_trait]
+impl TicketSystem for World {
+    async fn find(
+        &self,
+        table: &str,
+        number_field: &str,
+        number: &str,
+        fields: &[String],
+        _deadline: Instant,
+    ) -> Result<Vec<TicketRecord>, TicketError> {
+        let rows = self.servicenow.tables.get(table).ok_or_else(|| {
+            TicketError::Unavailable(format!(
+                "Invalid table {table} (ServiceNow would answer 400)"
+            ))
+        })?;
+        Ok(rows
+            .iter()
+            .filter(|r| {
+                r.get(number_field)
+                    .and_then(stored)
+                    .is_some_and(|v| v.eq_ignore_ascii_case(number))
+            })
+            .map(|r| TicketRecord {
+                fields: self.project(r, number_field, fields),
+            })
+            .collect())
+    }
+}
+
+/// The stored value of a field: a string, or the `value` of a `{value, display_value}` object.
+fn stored(v: &Value) -> Option<&str> {
+    match v {
+        Value::String(s) => Some(s),
+        Value::Object(o) => o.get("value").and_then(Value::as_str),
+        _ => None,
+    }
+}
+
+impl World {
+    /// The record's fields as the Table API returns them with `sysparm_display_value=all`:
+    /// `sys_id`, the number field and each requested field, dot-walking references.
+    fn project(
+        &self,
+        row: &Map<String, Value>,
+        number_field: &str,
+        fields: &[String],
+    ) -> Map<String, Value> {
+        let mut out = Map::new();
+        let names = ["sys_id", number_field]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(fields.iter().cloned());
+        for name in names {
+            if let Some(v) = self.walk(row, &name) {
+                let v = match v {
+                    Value::Object(_) => v.clone(),
+                    other => serde_json::json!({ "value": other, "display_value": other }),
+                };
+                out.insert(name, v);
+            }
+        }
+        out
+    }
+
+    fn walk<'a>(&'a self, row: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+        let mut parts = path.split('.');
+        let mut v = row.get(parts.next()?)?;
+        for part in parts {
+            let id = stored(v)?;
+            let target = self
+                .servicenow
+                .tables
+                .values()
+                .flatten()
+                .find(|r| r.get("sys_id").and_then(Value::as_str) == Some(id))?;
+            v = target.get(part)?;
+        }
+        Some(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WORLD: &str = r#"{
+      "users": [
+        {"id": "u1", "userPrincipalName": "alice@contoso.example", "accountEnabled": true,
+         "employeeHireDate": "2024-02-01", "manager": "u2", "ext_ents": ["SAP:FK01"]},
+        {"id": "u2", "userPrincipalName": "bob@contoso.example"}
+      ],
+      "groups": [
+        {"id": "g1", "displayName": "AP Clerks", "members": ["u1"]},
+        {"id": "g2", "displayName": "Finance Ops", "members": ["g1", "g3"]},
+        {"id": "g3", "displayName": "Loop", "members": ["g2"]}
+      ],
+      "accessPackages": [{"id": "p1", "displayName": "Vendor master"}, {"id": "p2", "displayName": "Payments"}],
+      "assignments": [{"accessPackageId": "p1", "targetId": "u1"}, {"accessPackageId": "p2", "targetId": "u1", "state": "expired"}],
+      "requests": [
+        {"id": "r1", "accessPackageId": "p2", "targetId": "u1", "state": "pendingApproval", "justification": "see RITM0010001"},
+        {"id": "r2", "accessPackageId": "p2", "targetId": "u1", "state": "pendingApproval"}
+      ],
+      "servicenow": {"tables": {
+        "sys_user": [{"sys_id": "s1", "email": "alice@contoso.example"}],
+        "sc_req_item": [{"sys_id": "t1", "number": "RITM0010001", "state": {"value": "2", "display_value": "Work in Progress"}, "opened_for": "s1"}]
+      }}
+    }"#;
+
+    fn world() -> World {
+        serde_json::from_str(WORLD).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn holdings_follow_nesting_states_and_pending() {
+        let h = world()
+            .holdings("alice@contoso.example", "r1", Some("ext_ents"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            h.access_packages.len(),
+            1,
+            "the expired assignment is not held"
+        );
+        assert_eq!(
+            h.access_packages[0].display_name.as_deref(),
+            Some("Vendor master")
+        );
+        let groups: BTreeSet<_> = h.groups.iter().map(|g| g.id.as_str()).collect();
+        assert_eq!(groups, BTreeSet::from(["g1", "g2", "g3"]));
+        assert_eq!(
+            h.pending_access_packages.len(),
+            1,
+            "r1 is the request itself"
+        );
+        assert_eq!(h.external_entitlements, vec!["SAP:FK01"]);
+    }
+
+    #[test]
+    fn user_facts_parse_dates_and_manager() {
+        let u = world().user_facts("u1").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(u.manager.as_deref(), Some("u2"));
+        assert_eq!(
+            u.employee_hire_date.map(|t| t.to_string()),
+            Some("2024-02-01T00:00:00Z".into())
+        );
+        assert!(world().user_facts("nobody").is_err());
+    }
+
+    #[tokio::test]
+    async fn tickets_dot_walk_references() {
+        let w = world();
+        let recs = w
+            .find(
+                "sc_req_item",
+                "number",
+                "ritm0010001",
+                &["state".into(), "opened_for.email".into()],
+                Instant::now(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(recs.len(), 1);
+        let email = recs[0].field("opened_for.email").map(|f| f.value);
+        assert_eq!(email.as_deref(), Some("alice@contoso.example"));
+        assert!(
+            recs[0]
+                .field("state")
+                .is_some_and(|s| s.matches("Work in progress"))
+        );
+        assert!(
+            w.find("nope", "number", "x", &[], Instant::now())
+                .await
+                .is_err()
+        );
+    }
+}

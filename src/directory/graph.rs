@@ -1,1 +1,452 @@
-//! (being written)
+//! Directory facts from Microsoft Graph: every read a decision needs goes in one JSON `$batch`
+//! (one HTTP call), then `@odata.nextLink` pages are followed within a per-decision call bound
+//! (`directory.max_graph_calls_per_decision`). The calls are counted in [`Facts::graph_calls`].
+//!
+//! Reads and the permissions they need (README lists them):
+//! - `/users/{id}?$select=…` (User.Read.All; `employeeLeaveDateTime` also needs
+//!   User-LifeCycleInfo.Read.All), `/users/{id}/manager`, `/users/{id}/sponsors`;
+//! - `/identityGovernance/entitlementManagement/assignments?$filter=target/objectId eq …` and
+//!   `assignmentRequests?$filter=requestor/objectId eq … and state eq 'pendingApproval'`
+//!   (EntitlementManagement.Read.All);
+//! - `/users/{id}/transitiveMemberOf/microsoft.graph.group` (GroupMember.Read.All);
+//! - `/users/{id}/appRoleAssignments` (Directory.Read.All);
+//! - `assignmentRequests/{id}?$select=justification,answers` (EntitlementManagement.Read.All).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::Value;
+
+use super::fixtures::{external_values, parse_graph_time, target_id};
+use super::{
+    Answer, Directory, Facts, Fetched, Held, HeldAppRole, Holdings, Needs, RequestFacts, UserFacts,
+};
+use crate::callout::Callout;
+use crate::graph::{BatchAnswer, BatchGet, GraphClient};
+
+/// Settings of the directory reads (`[directory]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectoryConfig {
+    /// A multi-valued user attribute (e.g. a directory extension) listing entitlements held in
+    /// other systems, for SoD sets' `entitlements`.
+    pub external_entitlements_attribute: Option<String>,
+    /// The most Graph HTTP calls one decision may make (the batch plus nextLink pages).
+    pub max_graph_calls_per_decision: u32,
+}
+
+impl Default for DirectoryConfig {
+    fn default() -> Self {
+        DirectoryConfig {
+            external_entitlements_attribute: None,
+            max_graph_calls_per_decision: 10,
+        }
+    }
+}
+
+pub struct GraphDirectory {
+    graph: Arc<GraphClient>,
+    cfg: DirectoryConfig,
+}
+
+const USER_SELECT: &str = "id,displayName,userPrincipalName,mail,userType,accountEnabled,employeeHireDate,employeeLeaveDateTime,employeeType,department,companyName";
+
+/// Object ids and UPNs are all we put in URLs; anything else is refused rather than escaped
+/// into a path or an OData literal.
+fn safe_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 256
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
+}
+
+/// Graph's error text from a batch answer's body.
+fn inner_error(what: &str, a: &BatchAnswer) -> String {
+    let code = a.body["error"]["code"].as_str().unwrap_or("");
+    let msg: String = a.body["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .chars()
+        .take(200)
+        .collect();
+    let hint = match a.status {
+        403 => " (the Graph permission for this read is missing; README lists them)",
+        429 => " (throttled; the decision is retried)",
+        _ => "",
+    };
+    format!("Graph {what}: HTTP {} {code} {msg}{hint}", a.status)
+        .trim_end()
+        .to_owned()
+}
+
+impl GraphDirectory {
+    pub fn new(graph: Arc<GraphClient>, cfg: DirectoryConfig) -> Self {
+        GraphDirectory { graph, cfg }
+    }
+
+    fn requests(&self, target: &str, request_id: &str, needs: Needs) -> Vec<BatchGet> {
+        let mut gets = Vec::new();
+        let mut select = USER_SELECT.to_owned();
+        if let Some(a) = &self.cfg.external_entitlements_attribute {
+            select.push(',');
+            select.push_str(a);
+        }
+        if needs.user || (needs.holdings && self.cfg.external_entitlements_attribute.is_some()) {
+            gets.push(BatchGet {
+                id: "user",
+                url: format!("/users/{target}?$select={select}"),
+            });
+        }
+        if needs.user {
+            gets.push(BatchGet {
+                id: "manager",
+                url: format!("/users/{target}/manager?$select=id"),
+            });
+            gets.push(BatchGet {
+                id: "sponsors",
+                url: format!("/users/{target}/sponsors?$select=id"),
+            });
+        }
+        if needs.holdings {
+            let em = "/identityGovernance/entitlementManagement";
+            gets.push(BatchGet {
+                id: "assignments",
+                url: format!(
+                    "{em}/assignments?$filter=target/objectId eq '{target}'&$expand=accessPackage"
+                ),
+            });
+            gets.push(BatchGet {
+                id: "pending",
+                url: format!("{em}/assignmentRequests?$filter=requestor/objectId eq '{target}' and state eq 'pendingApproval'&$expand=accessPackage"),
+            });
+            gets.push(BatchGet {
+                id: "groups",
+                url: format!("/users/{target}/transitiveMemberOf/microsoft.graph.group?$select=id,displayName&$top=999"),
+            });
+            gets.push(BatchGet {
+                id: "appRoles",
+                url: format!("/users/{target}/appRoleAssignments?$select=resourceId,resourceDisplayName,appRoleId&$top=999"),
+            });
+        }
+        if needs.request {
+            gets.push(BatchGet {
+                id: "request",
+                url: format!("/identityGovernance/entitlementManagement/assignmentRequests/{request_id}?$select=id,justification,answers"),
+            });
+        }
+        gets
+    }
+
+    /// A collection answer with all its pages, within the call budget.
+    async fn all_pages(
+        &self,
+        what: &str,
+        first: &BatchAnswer,
+        calls: &mut u32,
+        deadline: Instant,
+    ) -> Result<Vec<Value>, String> {
+        if first.status != 200 {
+            return Err(inner_error(what, first));
+        }
+        let mut items = values(what, &first.body)?;
+        let mut next = first.body["@odata.nextLink"].as_str().map(str::to_owned);
+        while let Some(link) = next {
+            if *calls >= self.cfg.max_graph_calls_per_decision {
+                return Err(format!(
+                    "Graph {what}: more pages than directory.max_graph_calls_per_decision ({}) allows",
+                    self.cfg.max_graph_calls_per_decision
+                ));
+            }
+            *calls += 1;
+            let (status, body) = self
+                .graph
+                .get_page(&link, deadline)
+                .await
+                .map_err(|e| format!("Graph {what} (next page): {e}"))?;
+            if status != 200 {
+                return Err(inner_error(
+                    what,
+                    &BatchAnswer {
+                        id: String::new(),
+                        status,
+                        body,
+                    },
+                ));
+            }
+            items.extend(values(what, &body)?);
+            next = body["@odata.nextLink"].as_str().map(str::to_owned);
+        }
+        Ok(items)
+    }
+}
+
+fn values(what: &str, body: &Value) -> Result<Vec<Value>, String> {
+    body["value"]
+        .as_array()
+        .cloned()
+        .ok_or_else(|| format!("Graph {what}: the answer has no value array"))
+}
+
+fn held(v: &Value) -> Option<Held> {
+    Some(Held {
+        id: v["id"].as_str()?.to_owned(),
+        display_name: v["displayName"].as_str().map(str::to_owned),
+    })
+}
+
+fn package_of(v: &Value) -> Option<Held> {
+    held(&v["accessPackage"])
+}
+
+fn user_facts(
+    a: &BatchAnswer,
+    manager: Option<&BatchAnswer>,
+    sponsors: Option<&BatchAnswer>,
+) -> Result<UserFacts, String> {
+    if a.status != 200 {
+        return Err(inner_error("user", a));
+    }
+    let u = &a.body;
+    let s = |k: &str| u[k].as_str().map(str::to_owned);
+    let date = |k: &str| -> Result<Option<jiff::Timestamp>, String> {
+        match &u[k] {
+            Value::Null => Ok(None),
+            Value::String(t) => parse_graph_time(t)
+                .map(Some)
+                .ok_or_else(|| format!("Graph user: {k} {t:?} is not a date-time")),
+            other => Err(format!("Graph user: {k} is {other}, not a date-time")),
+        }
+    };
+    let id = s("id").ok_or("Graph user: the answer has no id")?;
+    let manager = match manager {
+        None => None,
+        Some(m) if m.status == 404 => None,
+        Some(m) if m.status == 200 => Some(
+            m.body["id"]
+                .as_str()
+                .ok_or("Graph manager: the answer has no id")?
+                .to_owned(),
+        ),
+        Some(m) => return Err(inner_error("manager", m)),
+    };
+    let sponsors = match sponsors {
+        None => Vec::new(),
+        Some(sp) if sp.status == 200 => values("sponsors", &sp.body)?
+            .iter()
+            .filter_map(|v| v["id"].as_str().map(str::to_owned))
+            .collect(),
+        Some(sp) => return Err(inner_error("sponsors", sp)),
+    };
+    Ok(UserFacts {
+        id,
+        user_principal_name: s("userPrincipalName"),
+        mail: s("mail"),
+        display_name: s("displayName"),
+        user_type: s("userType"),
+        account_enabled: u["accountEnabled"].as_bool(),
+        employee_hire_date: date("employeeHireDate")?,
+        employee_leave_date_time: date("employeeLeaveDateTime")?,
+        employee_type: s("employeeType"),
+        department: s("department"),
+        company_name: s("companyName"),
+        manager,
+        sponsors,
+    })
+}
+
+/// Answers in either Graph shape (`answeredQuestion.text`) or the callout's PascalCase.
+pub fn answer_of(v: &Value) -> Option<Answer> {
+    let get = |o: &Value, k: &str| -> Option<Value> {
+        o.as_object()?
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v.clone())
+    };
+    let value = get(v, "value")?;
+    let value = match value {
+        Value::String(s) => s,
+        Value::Null => return None,
+        other => other.to_string(),
+    };
+    let q = get(v, "answeredQuestion").unwrap_or(Value::Null);
+    Some(Answer {
+        question_id: get(&q, "id").and_then(|v| v.as_str().map(str::to_owned)),
+        question: get(&q, "text").and_then(|v| v.as_str().map(str::to_owned)),
+        value,
+    })
+}
+
+#[async_trait::async_trait]
+impl Directory for GraphDirectory {
+    async fn facts(&self, callout: &Callout, needs: Needs, deadline: Instant) -> Facts {
+        let target = target_id(callout);
+        let mut facts = Facts::none(target.clone());
+        if !needs.any() {
+            return facts;
+        }
+        let fail_all = |facts: &mut Facts, why: String| {
+            if needs.user {
+                facts.user = Fetched::Failed(why.clone());
+            }
+            if needs.holdings {
+                facts.holdings = Fetched::Failed(why.clone());
+            }
+            if needs.request {
+                facts.request = Fetched::Failed(why);
+            }
+        };
+        let Some(t) = target.as_deref().filter(|t| safe_id(t)) else {
+            fail_all(
+                &mut facts,
+                "the callout names no usable target user id".into(),
+            );
+            return facts;
+        };
+        let gets = self.requests(t, callout.request_id.as_str(), needs);
+        let mut calls = 1u32;
+        let answers = match self.graph.batch_get(&gets, deadline).await {
+            Ok(a) => a,
+            Err(e) => {
+                facts.graph_calls = calls;
+                fail_all(&mut facts, format!("Graph $batch: {e}"));
+                return facts;
+            }
+        };
+        let find = |id: &str| answers.iter().find(|a| a.id == id);
+        let missing = |id: &str| format!("Graph $batch: no answer for {id}");
+
+        if needs.user {
+            facts.user = match find("user") {
+                None => Fetched::Failed(missing("user")),
+                Some(u) => match user_facts(u, find("manager"), find("sponsors")) {
+                    Ok(f) => Fetched::Ok(f),
+                    Err(e) => Fetched::Failed(e),
+                },
+            };
+        }
+        if needs.holdings {
+            let mut h = Holdings::default();
+            let mut result: Result<(), String> = Ok(());
+            for (id, what) in [
+                ("assignments", "assignments"),
+                ("pending", "pending requests"),
+                ("groups", "transitive groups"),
+                ("appRoles", "app role assignments"),
+            ] {
+                let Some(first) = find(id) else {
+                    result = Err(missing(id));
+                    break;
+                };
+                match self.all_pages(what, first, &mut calls, deadline).await {
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                    Ok(items) => match id {
+                        "assignments" => {
+                            h.access_packages = items
+                                .iter()
+                                .filter(|a| {
+                                    a["state"].as_str().is_none_or(|s| {
+                                        ["delivered", "delivering", "partiallyDelivered"]
+                                            .iter()
+                                            .any(|h| h.eq_ignore_ascii_case(s))
+                                    })
+                                })
+                                .filter_map(package_of)
+                                .collect()
+                        }
+                        "pending" => {
+                            h.pending_access_packages = items
+                                .iter()
+                                .filter(|r| {
+                                    !r["id"].as_str().is_some_and(|i| {
+                                        i.eq_ignore_ascii_case(callout.request_id.as_str())
+                                    })
+                                })
+                                .filter_map(package_of)
+                                .collect()
+                        }
+                        "groups" => h.groups = items.iter().filter_map(held).collect(),
+                        _ => {
+                            h.app_roles = items
+                                .iter()
+                                .filter_map(|r| {
+                                    Some(HeldAppRole {
+                                        resource_id: r["resourceId"].as_str()?.to_owned(),
+                                        resource_display_name: r["resourceDisplayName"]
+                                            .as_str()
+                                            .map(str::to_owned),
+                                        app_role_id: r["appRoleId"].as_str()?.to_owned(),
+                                    })
+                                })
+                                .collect()
+                        }
+                    },
+                }
+            }
+            if result.is_ok()
+                && let Some(attr) = &self.cfg.external_entitlements_attribute
+            {
+                match find("user") {
+                    Some(u) if u.status == 200 => {
+                        h.external_entitlements = external_values(u.body.get(attr));
+                    }
+                    Some(u) => result = Err(inner_error("user", u)),
+                    None => result = Err(missing("user")),
+                }
+            }
+            facts.holdings = match result {
+                Ok(()) => Fetched::Ok(h),
+                Err(e) => Fetched::Failed(e),
+            };
+        }
+        if needs.request {
+            facts.request = match find("request") {
+                None => Fetched::Failed(missing("request")),
+                Some(r) if r.status != 200 => Fetched::Failed(inner_error("request", r)),
+                Some(r) => Fetched::Ok(RequestFacts {
+                    justification: r.body["justification"].as_str().map(str::to_owned),
+                    answers: r.body["answers"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(answer_of)
+                        .collect(),
+                }),
+            };
+        }
+        facts.graph_calls = calls;
+        facts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_that_could_escape_a_url_are_refused() {
+        assert!(safe_id("11111111-0000-0000-0000-000000000001"));
+        assert!(safe_id("alice@contoso.example"));
+        for bad in ["", "a'b", "a/b", "a b", "a?x=1", "a%2f"] {
+            assert!(!safe_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn answers_in_both_casings() {
+        let graph = serde_json::json!({"value": "RITM1", "answeredQuestion": {"id": "q1", "text": "Ticket"}});
+        let pascal = serde_json::json!({"Value": "RITM1", "AnsweredQuestion": {"Id": "q1", "Text": "Ticket"}});
+        for v in [graph, pascal] {
+            let a = answer_of(&v).unwrap_or_default();
+            assert_eq!(
+                (
+                    a.value.as_str(),
+                    a.question.as_deref(),
+                    a.question_id.as_deref()
+                ),
+                ("RITM1", Some("Ticket"), Some("q1"))
+            );
+        }
+    }
+}
