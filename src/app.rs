@@ -65,7 +65,10 @@ fn build_state(
         &config.inbound,
         &config.extensions,
     );
-    let graph = GraphClient::new(http, config.graph.clone(), credentials);
+    let graph = Arc::new(GraphClient::new(http, config.graph.clone(), credentials));
+    let directory: Arc<dyn crate::directory::Directory> = Arc::new(
+        crate::directory::graph::GraphDirectory::new(graph.clone(), config.directory.clone()),
+    );
     for w in &config.warnings {
         tracing::warn!(setting = %w.setting, "{}", w.message);
     }
@@ -84,6 +87,9 @@ fn build_state(
             .filter_map(|e| Some((e.name.clone(), e.policy.clone()?)))
             .collect(),
         graph,
+        directory,
+        tickets: Arc::new(crate::tickets::NoTickets),
+        decision_timeout: config.decision_timeout,
         cfg: config.worker.clone(),
     });
     Ok(Arc::new(AppState {

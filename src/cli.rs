@@ -1,4 +1,5 @@
-//! The command line: `serve` (default), `functions`, `check-config`, `jobs list|show|retry`.
+//! The command line: `serve` (default), `functions`, `check-config`, `doctor`, `explain`,
+//! `policy check|test`, `jobs list|show|retry`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config};
+use crate::policy::Policy;
 use crate::queue::sqlite::{JobStatus, MIN_RETRY_WINDOW, Requeue, SqliteQueue};
 
 #[derive(Parser)]
@@ -34,10 +36,55 @@ enum Command {
     /// Check the whole path to a resume (identity host, managed identity, Key Vault, Graph
     /// token and permission, queue) and print a pass/fail report with fixes.
     Doctor,
+    /// Decide one callout offline against a world file (docs/world-format.md) and print every
+    /// check's reasoning, the decision and the detail text approvers would see.
+    Explain(ExplainArgs),
+    /// Policy tools: check a policy file, run its test cases.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
     /// Inspect and retry queued, done and dead jobs of the standalone queue.
     Jobs {
         #[command(subcommand)]
         action: JobsAction,
+    },
+}
+
+#[derive(clap::Args)]
+struct ExplainArgs {
+    /// The callout body (either wire shape), as Entra sends it.
+    callout: PathBuf,
+    /// A directory holding world.json, or the world file itself.
+    #[arg(long)]
+    fixtures: PathBuf,
+    /// The policy file; default: the configuration's policy.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Use this extension's policy from the configuration.
+    #[arg(long)]
+    extension: Option<String>,
+    /// The clock the checks see (RFC 3339 or a date); default: now.
+    #[arg(long)]
+    now: Option<String>,
+    /// The user attribute that lists external entitlements (default: the configuration's).
+    #[arg(long)]
+    external_entitlements_attribute: Option<String>,
+    /// Print the decision as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum PolicyAction {
+    /// Load a policy file and list every error and warning.
+    Check { file: PathBuf },
+    /// Run policy test cases (callout + world -> expected decision), like `opa test`.
+    Test {
+        file: PathBuf,
+        /// Print every case's check outcomes, not only failures'.
+        #[arg(long, short)]
+        verbose: bool,
     },
 }
 
@@ -64,6 +111,13 @@ pub fn main() -> ExitCode {
         Command::CheckConfig => check_config(cli.config),
         Command::Doctor => doctor(cli.config),
         Command::Jobs { action } => jobs(cli.config, action),
+        Command::Explain(args) => explain(cli.config, args),
+        Command::Policy {
+            action: PolicyAction::Check { file },
+        } => policy_check(&file),
+        Command::Policy {
+            action: PolicyAction::Test { file, verbose },
+        } => policy_test(&file, verbose),
         Command::Serve if functions_port.is_none() => run(cli.config, None),
         Command::Serve | Command::Functions => {
             match functions_port.as_deref().map(str::parse::<u16>) {
@@ -255,8 +309,10 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
                 println!("  warning: {w}");
             }
             println!(
-                "  policy            {} rule(s){}",
+                "  policy            {} rule(s), {} check(s), {} SoD risk(s){}",
                 c.policy.rule_count(),
+                c.policy.check_count(),
+                c.policy.risk_count(),
                 c.policy_file
                     .as_ref()
                     .map(|p| format!(" from {}", p.display()))
@@ -265,6 +321,15 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
             for w in &c.policy.warnings {
                 println!("  warning: {w}");
             }
+            println!(
+                "  directory         max {} Graph call(s) per decision; external entitlements from {}; decision timeout {} s",
+                c.directory.max_graph_calls_per_decision,
+                c.directory
+                    .external_entitlements_attribute
+                    .as_deref()
+                    .unwrap_or("(none)"),
+                c.decision_timeout.as_secs()
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -369,4 +434,170 @@ fn data_dir_only(path: Option<&std::path::Path>) -> Option<PathBuf> {
         });
     let d = PathBuf::from(from_env.or(from_file).unwrap_or_else(|| "data".into()));
     Some(if d.is_absolute() { d } else { base.join(d) })
+}
+
+fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, ExitCode> {
+    Ok(runtime(tokio::runtime::Builder::new_current_thread())?.block_on(f))
+}
+
+/// `accessgate explain`: the policy comes from `--policy`, else from the configuration (the
+/// extension's own policy with `--extension`).
+fn explain(config_path: Option<PathBuf>, args: ExplainArgs) -> ExitCode {
+    use crate::policy::testing;
+    let (policy, external) = match &args.policy {
+        Some(p) => match Policy::load(p) {
+            Ok(pol) => (pol, args.external_entitlements_attribute.clone()),
+            Err(errs) => {
+                eprintln!("accessgate: policy {} is not valid:", p.display());
+                for e in errs {
+                    eprintln!("  - {e}");
+                }
+                return ExitCode::from(2);
+            }
+        },
+        None => {
+            let cfg = match load_or_report(config_path) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let pol = match &args.extension {
+                None => cfg.policy.clone(),
+                Some(name) => match cfg.extensions.iter().find(|e| &e.name == name) {
+                    Some(e) => e.policy.clone().unwrap_or_else(|| cfg.policy.clone()),
+                    None => {
+                        eprintln!("accessgate: no extension {name:?} in the configuration");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            let ext = args
+                .external_entitlements_attribute
+                .clone()
+                .or(cfg.directory.external_entitlements_attribute.clone());
+            (pol, ext)
+        }
+    };
+    let callout = match testing::read_callout(&args.callout) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("accessgate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let world = match crate::directory::fixtures::World::load(&args.fixtures) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("accessgate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let now = match args.now.as_deref().map(testing::parse_now) {
+        None => jiff::Timestamp::now(),
+        Some(Ok(n)) => n,
+        Some(Err(e)) => {
+            eprintln!("accessgate: --now {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let decision = match block_on(testing::decide_offline(
+        &policy, &callout, world, external, now,
+    )) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    if args.json {
+        match serde_json::to_string_pretty(&decision) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("accessgate: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{}", testing::explain_text(&callout, &decision));
+    }
+    ExitCode::SUCCESS
+}
+
+/// `accessgate policy test FILE`: exit 0 when every case passes, 1 when one fails, 2 when the
+/// file (or its policy or world) cannot be loaded.
+fn policy_test(file: &std::path::Path, verbose: bool) -> ExitCode {
+    use crate::policy::testing;
+    let results = match block_on(testing::run_suite(file)) {
+        Ok(Ok(r)) => r,
+        Ok(Err(errs)) => {
+            eprintln!("accessgate policy test: cannot run {}:", file.display());
+            for e in errs {
+                eprintln!("  - {e}");
+            }
+            return ExitCode::from(2);
+        }
+        Err(code) => return code,
+    };
+    let failed = results.iter().filter(|r| !r.failures.is_empty()).count();
+    for r in &results {
+        if r.failures.is_empty() {
+            println!("PASS  {}", r.name);
+        } else {
+            println!("FAIL  {}", r.name);
+            for f in &r.failures {
+                println!("      {f}");
+            }
+        }
+        if (verbose || !r.failures.is_empty())
+            && let Some(d) = &r.decision
+        {
+            for o in &d.outcomes {
+                println!(
+                    "      {} ({}): {}{}",
+                    o.check,
+                    o.kind,
+                    o.finding.verdict.word(),
+                    o.finding
+                        .verdict
+                        .reason()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
+                );
+            }
+            println!("      detail: {}", d.detail);
+        }
+    }
+    println!(
+        "{} passed, {} failed ({} cases)",
+        results.len() - failed,
+        failed,
+        results.len()
+    );
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `accessgate policy check FILE`: loads a policy alone and lists every error and warning.
+fn policy_check(file: &std::path::Path) -> ExitCode {
+    match Policy::load(file) {
+        Ok(p) => {
+            println!(
+                "policy {} is valid: {} rule(s), {} check(s), {} SoD risk(s)",
+                file.display(),
+                p.rule_count(),
+                p.check_count(),
+                p.risk_count()
+            );
+            for w in &p.warnings {
+                println!("  warning: {w}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(errs) => {
+            eprintln!("policy {} has {} error(s):", file.display(), errs.len());
+            for e in errs {
+                eprintln!("  - {e}");
+            }
+            ExitCode::from(2)
+        }
+    }
 }

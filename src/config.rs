@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::directory::graph::DirectoryConfig;
 use crate::endpoint::EndpointUrl;
 use crate::policy::Policy;
 use crate::secret::Secret;
@@ -33,6 +34,10 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub policy: Policy,
     pub policy_file: Option<PathBuf>,
+    /// How long one decision (directory reads + checks) may take, before the callout's deadline
+    /// cuts it shorter (`policy.decision_timeout_seconds`).
+    pub decision_timeout: Duration,
+    pub directory: DirectoryConfig,
     /// The custom extensions this deployment serves, keyed by the resource id their PoP tokens
     /// are bound to.
     pub extensions: Vec<Extension>,
@@ -469,6 +474,14 @@ struct RawWorker {
 #[serde(deny_unknown_fields, default)]
 struct RawPolicy {
     file: Option<String>,
+    decision_timeout_seconds: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawDirectory {
+    external_entitlements_attribute: Option<String>,
+    max_graph_calls_per_decision: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -495,6 +508,7 @@ const SECTIONS: &[&str] = &[
     "queue",
     "worker",
     "policy",
+    "directory",
     "capture",
     "log",
 ];
@@ -590,6 +604,7 @@ pub fn from_sources(
     let queue: RawQueue = section(&root, "queue", &mut problems);
     let worker: RawWorker = section(&root, "worker", &mut problems);
     let policy: RawPolicy = section(&root, "policy", &mut problems);
+    let directory: RawDirectory = section(&root, "directory", &mut problems);
     let capture: RawCapture = section(&root, "capture", &mut problems);
     let log: RawLog = section(&root, "log", &mut problems);
 
@@ -956,6 +971,38 @@ pub fn from_sources(
         },
     };
 
+    let decision_timeout = Duration::from_secs(policy.decision_timeout_seconds.unwrap_or(30));
+    if !(1..=600).contains(&decision_timeout.as_secs()) {
+        p.push(
+            "policy.decision_timeout_seconds",
+            "must be between 1 and 600",
+        );
+    }
+
+    // directory
+    let external_entitlements_attribute = directory
+        .external_entitlements_attribute
+        .filter(|a| !a.trim().is_empty());
+    if let Some(a) = &external_entitlements_attribute
+        && !a.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        p.push(
+            "directory.external_entitlements_attribute",
+            "must be a Graph property name (letters, digits, _), e.g. extension_<appId>_entitlements",
+        );
+    }
+    let max_graph_calls = directory.max_graph_calls_per_decision.unwrap_or(10);
+    if !(1..=100).contains(&max_graph_calls) {
+        p.push(
+            "directory.max_graph_calls_per_decision",
+            "must be between 1 and 100",
+        );
+    }
+    let directory_cfg = DirectoryConfig {
+        external_entitlements_attribute,
+        max_graph_calls_per_decision: max_graph_calls as u32,
+    };
+
     // capture
     let capture = CaptureConfig {
         enabled: capture.enabled.unwrap_or(false),
@@ -1036,6 +1083,8 @@ pub fn from_sources(
                 },
                 policy: loaded_policy,
                 policy_file,
+                decision_timeout,
+                directory: directory_cfg,
                 extensions,
                 capture,
                 log: LogConfig { format, level },
@@ -1458,6 +1507,7 @@ const STRING_KEYS: &[&str] = &[
     "queue.poison_name",
     "worker.default_callback_timeout",
     "policy.file",
+    "directory.external_entitlements_attribute",
     "capture.dir",
     "log.format",
     "log.level",

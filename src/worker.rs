@@ -12,12 +12,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::config::WorkerConfig;
+use crate::directory::Directory;
 use crate::graph::{GraphClient, GraphError, ResumeOutcome};
-use crate::policy::{Action, Policy};
+use crate::policy::{DecideEnv, Decision, Mode, Policy};
 use crate::queue::azure::QueueError;
 use crate::queue::azure_backend::{AzureJobs, Delivery};
 use crate::queue::sqlite::SqliteQueue;
 use crate::queue::{JobMessage, now_ms};
+use crate::tickets::TicketSystem;
 
 /// What one attempt at a job came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +34,12 @@ pub struct WorkerCtx {
     pub policy: Policy,
     /// Extension name → its own policy.
     pub extension_policies: std::collections::HashMap<String, Policy>,
-    pub graph: GraphClient,
+    pub graph: Arc<GraphClient>,
+    /// Where checks read directory facts (Graph in service, a world file offline).
+    pub directory: Arc<dyn Directory>,
+    pub tickets: Arc<dyn TicketSystem>,
+    /// `policy.decision_timeout_seconds`.
+    pub decision_timeout: Duration,
     pub cfg: WorkerConfig,
 }
 
@@ -64,11 +71,45 @@ pub async fn process(
     last_error: Option<&str>,
 ) -> Step {
     let c = &msg.callout;
-    let decision = ctx.policy_for(msg.extension.as_deref()).decide(c);
-    let verdict = match decision.action {
-        Action::Continue => "continue",
-        Action::Deny => "deny",
+    let policy = ctx.policy_for(msg.extension.as_deref());
+    let started = now_ms();
+    // The decision gets its own budget, and always leaves time for the resume itself.
+    let budget_ms = i64::try_from(ctx.decision_timeout.as_millis()).unwrap_or(i64::MAX);
+    let decide_by_ms = started
+        .saturating_add(budget_ms)
+        .min(msg.deadline_at_ms.saturating_sub(2000))
+        .max(started);
+    let env = DecideEnv {
+        directory: ctx.directory.as_ref(),
+        tickets: ctx.tickets.as_ref(),
+        now: jiff::Timestamp::now(),
+        deadline: std::time::Instant::now()
+            + Duration::from_millis(u64::try_from(decide_by_ms - started).unwrap_or(0)),
     };
+    let decision = policy.decide(c, &env).await;
+    log_decision(&decision, attempt);
+    let verdict = decision.action.word();
+    // A check errored and the outcome hangs on it: decide again later, while time allows,
+    // before the policy's on_error becomes final.
+    if let Some(why) = &decision.incomplete
+        && attempt < policy.check_attempts
+        && c.expects_resume()
+    {
+        let at = now_ms().saturating_add(backoff(&ctx.cfg, attempt).as_millis() as i64);
+        if at
+            < msg
+                .deadline_at_ms
+                .saturating_sub(budget_ms.saturating_add(2000))
+        {
+            return Step::RetryAt {
+                at_ms: at,
+                reason: format!(
+                    "checks errored ({why}); deciding again (attempt {attempt} of {})",
+                    policy.check_attempts
+                ),
+            };
+        }
+    }
     if !c.expects_resume() {
         tracing::info!(decision = verdict, rule = ?decision.rule, "notification only: this stage gets no resume");
         return Step::Done(format!(
@@ -118,6 +159,35 @@ pub async fn process(
             }
         }
     }
+}
+
+/// Every check's outcome and the decision, in the job's span (so with its correlation id).
+fn log_decision(d: &Decision, attempt: u32) {
+    for o in &d.outcomes {
+        tracing::info!(
+            check = %o.check,
+            kind = %o.kind,
+            verdict = o.finding.verdict.word(),
+            reason = o.finding.verdict.reason().unwrap_or(""),
+            elapsed_ms = o.elapsed_ms,
+            "check"
+        );
+        for line in &o.finding.explanation {
+            tracing::debug!(check = %o.check, "{line}");
+        }
+    }
+    let audit = d.mode == Mode::Audit;
+    tracing::info!(
+        decision = d.action.word(),
+        rule = ?d.rule,
+        audit,
+        can_deny = d.can_deny,
+        graph_calls = d.graph_calls,
+        incomplete = d.incomplete.as_deref().unwrap_or(""),
+        attempt,
+        detail = %d.detail,
+        "decided"
+    );
 }
 
 /// The standalone worker pool: `concurrency` tasks claiming from SQLite until cancelled. A job

@@ -86,9 +86,7 @@ file = "policy.toml"
     );
     assert!(stdout.contains("configuration OK") && stdout.contains("1 rule(s)"));
     assert!(
-        stdout.contains(
-            "warning: rule \"x\" denies, but Entra cannot deny at assignmentRequestGranted"
-        ),
+        stdout.contains("warning: rule \"x\": at assignmentRequestGranted"),
         "{stdout}"
     );
     assert!(!stdout.contains("not-printed-7f3a"));

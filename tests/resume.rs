@@ -10,13 +10,18 @@ fn policy(dir: &std::path::Path) -> String {
     std::fs::write(
         &path,
         r#"
-default_detail = "Checked by accessgate."
+[packages.finance]
+display_name = "Finance Reports"
 [[rules]]
 name = "no-finance"
-access_package = "Finance Reports"
+access_packages = ["finance"]
 stages = ["assignmentRequestCreated"]
 decision = "deny"
 detail = "Finance Reports needs a ticket."
+[[rules]]
+name = "rest"
+decision = "continue"
+detail = "Checked by accessgate."
 "#,
     )
     .unwrap();

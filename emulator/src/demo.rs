@@ -49,11 +49,12 @@ fn write_files(dir: &Path, emu: &Emulator, port: u16) -> anyhow::Result<PathBuf>
     let policy = dir.join("policy.toml");
     std::fs::write(
         &policy,
-        r#"default_detail = "Checked by accessgate: no rule objects."
+        r#"[packages.finance-reports]
+display_name = "Finance Reports"
 
 [[rules]]
 name = "finance-needs-ticket"
-access_package = "Finance Reports"
+access_packages = ["finance-reports"]
 stages = ["assignmentRequestCreated", "assignmentRequestApproved"]
 decision = "deny"
 detail = "Finance Reports requires an approved ServiceNow ticket; none was given."

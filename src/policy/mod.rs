@@ -1,94 +1,298 @@
-//! Policy: which decision a callout gets, per catalog / access package / stage.
+//! Policy: which checks run for which catalog / access package / stage, in which mode, what an
+//! error means, and the text approvers see. The file format is documented in docs/policy.md
+//! and described by schema/policy.schema.json; examples live in examples/policies/.
 //!
-//! This is the walking-skeleton policy (a static `continue` or `deny` with a detail text); real
-//! checks plug in behind it later. Pure: no IO besides loading the file.
+//! Loading is all-or-nothing and lists every problem at once (unknown check, package, risk or
+//! placeholder, invalid pattern, a cycle in SoD functions). Deciding is [`Policy::decide`]:
+//! it picks the first matching rule, fetches the directory facts its checks need in one go,
+//! runs the checks in parallel under per-check timeouts, and combines their verdicts.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::callout::{Callout, Named, Stage};
+mod sod_stub;
+use crate::checks::{Check, CheckCtx, Finding, Verdict};
+use crate::directory::{Directory, Facts, Needs};
+use crate::tickets::TicketSystem;
+use sod_stub::{PackageRef, RawException, RawFunction, RawRisk, SodRules};
 
-/// Graph shows `customExtensionStageInstanceDetail` to approvers; keep it short.
+mod registry;
+pub mod template;
+pub mod testing;
+
+use template::Template;
+
+/// Graph documents no length for `customExtensionStageInstanceDetail`; approvers read it in My
+/// Access, so it is kept to a paragraph. Rendered texts are cut to this many characters.
 pub const MAX_DETAIL_CHARS: usize = 1000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     Continue,
     Deny,
 }
 
-/// What the worker tells Entra.
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl Action {
+    pub fn word(self) -> &'static str {
+        match self {
+            Action::Continue => "continue",
+            Action::Deny => "deny",
+        }
+    }
+}
+
+/// `enforce`: the checks decide. `audit`: every check runs and what it would have decided is
+/// logged and shown, but the request continues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Enforce,
+    Audit,
+}
+
+/// What a check error (or a check still running when the deadline nears) means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    Deny,
+    Continue,
+}
+
+/// One check's outcome within a decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Outcome {
+    pub check: String,
+    pub kind: String,
+    #[serde(flatten)]
+    pub finding: Finding,
+    pub elapsed_ms: u64,
+}
+
+/// What the worker tells Entra, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {
     pub action: Action,
     pub detail: String,
-    /// The rule that decided, or `None` for the default.
+    /// The rule that applied, or `None` when none matched.
     pub rule: Option<String>,
+    pub mode: Mode,
+    /// Every check's outcome, in the rule's order.
+    pub outcomes: Vec<Outcome>,
+    /// Set when a check errored and the outcome depended on it: the worker may retry the
+    /// decision before the policy's `on_error` becomes final.
+    pub incomplete: Option<String>,
+    /// Graph calls made for this decision's directory facts.
+    pub graph_calls: u32,
+    /// Whether the stage lets Entra deny; when not, checks are notifications only.
+    pub can_deny: bool,
+}
+
+/// Where a decision gets its facts, and when.
+pub struct DecideEnv<'a> {
+    pub directory: &'a dyn Directory,
+    pub tickets: &'a dyn TicketSystem,
+    pub now: jiff::Timestamp,
+    /// The decision's own budget (before the callout's deadline).
+    pub deadline: Instant,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file format
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDetail {
+    allow: Option<String>,
+    deny: Option<String>,
+    error: Option<String>,
+    audit: Option<String>,
+    notify: Option<String>,
+}
+
+/// `detail = "text"` (one text for every outcome) or a table per outcome.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum RawDetailField {
+    One(String),
+    Each(RawDetail),
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    mode: Option<Mode>,
+    on_error: Option<OnError>,
+    check_timeout: Option<String>,
+    check_attempts: Option<u32>,
+    detail: Option<RawDetail>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPackage {
+    id: Option<String>,
+    display_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRule {
     name: String,
-    catalog: Option<String>,
-    access_package: Option<String>,
+    #[serde(default)]
+    catalogs: Vec<String>,
+    #[serde(default)]
+    access_packages: Vec<String>,
     stages: Option<Vec<String>>,
-    decision: Action,
-    detail: Option<String>,
+    #[serde(default)]
+    checks: Vec<String>,
+    decision: Option<Action>,
+    mode: Option<Mode>,
+    on_error: Option<OnError>,
+    detail: Option<RawDetailField>,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
-    default_detail: Option<String>,
+    version: Option<u32>,
+    #[serde(default)]
+    defaults: RawDefaults,
+    #[serde(default)]
+    packages: BTreeMap<String, RawPackage>,
+    #[serde(default)]
+    checks: BTreeMap<String, toml::Table>,
+    #[serde(default)]
+    functions: BTreeMap<String, RawFunction>,
+    #[serde(default)]
+    risks: Vec<RawRisk>,
+    #[serde(default)]
+    exceptions: Vec<RawException>,
     #[serde(default)]
     rules: Vec<RawRule>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The loaded policy
+
+/// The five texts of a rule (or of the defaults).
+#[derive(Debug, Clone)]
+struct Texts {
+    allow: Template,
+    deny: Template,
+    error: Template,
+    audit: Template,
+    notify: Template,
+}
+
+const DEFAULT_ALLOW: &str = "accessgate: checks passed ({checks}).{notes}";
+const DEFAULT_DENY: &str = "accessgate denied this request: {reasons}";
+const DEFAULT_ERROR: &str =
+    "accessgate could not complete its checks ({errors}); by policy the request is {outcome}.";
+const DEFAULT_AUDIT: &str =
+    "accessgate audit mode (no effect): enforce mode would {would}. {reasons}{errors}";
+const DEFAULT_NOTIFY: &str =
+    "accessgate report ({stage} cannot be denied): enforce mode would {would}. {reasons}{errors}";
+const NO_RULE: &str = "Checked by accessgate: no policy rule applies to {package} at {stage}.";
+
+impl Texts {
+    fn defaults() -> Texts {
+        let t = |s: &str| Template::parse(s).unwrap_or_else(|_| unreachable_template());
+        Texts {
+            allow: t(DEFAULT_ALLOW),
+            deny: t(DEFAULT_DENY),
+            error: t(DEFAULT_ERROR),
+            audit: t(DEFAULT_AUDIT),
+            notify: t(DEFAULT_NOTIFY),
+        }
+    }
+}
+
+/// The built-in templates are tested to parse; this keeps `decide` free of panics anyway.
+fn unreachable_template() -> Template {
+    Template::parse("accessgate").unwrap_or_else(|_| unreachable_template())
+}
+
+/// A configured check with its name and timeout.
+#[derive(Debug, Clone)]
+pub struct CheckEntry {
+    pub name: String,
+    pub timeout: Duration,
+    pub check: Arc<dyn Check>,
 }
 
 #[derive(Debug, Clone)]
 struct Rule {
     name: String,
-    catalog: Option<String>,
-    access_package: Option<String>,
+    catalogs: Vec<String>,
+    packages: Vec<PackageRef>,
     stages: Option<Vec<Stage>>,
-    action: Action,
-    detail: String,
+    checks: Vec<usize>,
+    decision: Option<Action>,
+    mode: Mode,
+    on_error: OnError,
+    texts: Texts,
 }
 
-/// A loaded policy: rules in file order, first match wins, else continue.
+/// A loaded policy.
 #[derive(Debug, Clone)]
 pub struct Policy {
-    default_detail: String,
     rules: Vec<Rule>,
-    /// Things that load but will not act as written (e.g. deny on a stage that cannot deny).
+    checks: Vec<CheckEntry>,
+    no_rule: Template,
+    /// Attempts at a decision whose checks errored before `on_error` is final.
+    pub check_attempts: u32,
+    /// Things that load but act differently than one might read them (a check that can only
+    /// report at a stage that cannot deny, an unused check, an expired exception).
     pub warnings: Vec<String>,
+    sod_risks: usize,
 }
 
 impl Default for Policy {
     fn default() -> Self {
         Policy {
-            default_detail: "Checked by accessgate: no rule objects.".into(),
             rules: Vec::new(),
+            checks: Vec::new(),
+            no_rule: Template::parse(NO_RULE).unwrap_or_else(|_| unreachable_template()),
+            check_attempts: 3,
             warnings: Vec::new(),
+            sod_risks: 0,
         }
     }
 }
 
-/// Matches by id or display name, case-insensitively (ids are GUIDs, names are what admins know).
-fn matches(want: &Option<String>, have: &Named) -> bool {
-    match want {
-        None => true,
-        Some(w) => [&have.id, &have.display_name]
-            .into_iter()
-            .flatten()
-            .any(|h| h.eq_ignore_ascii_case(w)),
+/// "5s", "1500ms", "2m": the durations the policy file uses.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    match unit.trim() {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" | "min" => Some(Duration::from_secs(n * 60)),
+        _ => None,
     }
 }
 
-fn truncate(s: &str) -> String {
-    s.chars().take(MAX_DETAIL_CHARS).collect()
+/// Matches by id or display name, case-insensitively (ids are GUIDs, names are what admins know).
+fn named_is(want: &str, have: &Named) -> bool {
+    [&have.id, &have.display_name]
+        .into_iter()
+        .flatten()
+        .any(|h| h.eq_ignore_ascii_case(want))
+}
+
+fn package_is(p: &PackageRef, have: &Named) -> bool {
+    [&p.id, &p.display_name]
+        .into_iter()
+        .flatten()
+        .any(|w| named_is(w, have))
 }
 
 impl Policy {
@@ -98,198 +302,457 @@ impl Policy {
         Policy::parse(&text)
     }
 
-    /// Parses policy TOML, reporting every error at once.
+    /// Parses a policy, reporting every error at once.
     pub fn parse(text: &str) -> Result<Policy, Vec<String>> {
         let raw: RawPolicy = toml::from_str(text)
-            .map_err(|e| vec![format!("not a valid policy: {}", e.message())])?;
+            .map_err(|e| vec![format!("not a valid policy: {}", e.message().trim())])?;
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
-        let mut rules = Vec::new();
-        let mut names = std::collections::HashSet::new();
-        for r in raw.rules {
-            if !names.insert(r.name.clone()) {
-                errors.push(format!("rule {:?} is defined twice", r.name));
+        if let Some(v) = raw.version
+            && v != 1
+        {
+            errors.push(format!(
+                "version {v} is not supported (this accessgate reads version 1)"
+            ));
+        }
+
+        // Packages: aliases that rules and SoD sets refer to.
+        let mut packages = BTreeMap::new();
+        for (alias, p) in &raw.packages {
+            if p.id.is_none() && p.display_name.is_none() {
+                errors.push(format!(
+                    "packages.{alias}: give id or display_name (or both)"
+                ));
             }
-            let stages = match &r.stages {
-                None => None,
-                Some(list) => {
-                    let mut out = Vec::new();
-                    for s in list {
-                        match Stage::parse(s) {
-                            Some(st) => out.push(st),
-                            None => errors.push(format!("rule {:?}: unknown stage {s:?}", r.name)),
+            packages.insert(
+                alias.clone(),
+                PackageRef {
+                    alias: alias.clone(),
+                    id: p.id.clone(),
+                    display_name: p.display_name.clone(),
+                },
+            );
+        }
+
+        // SoD rules, when there are any risks or functions.
+        let sod = if raw.risks.is_empty() && raw.functions.is_empty() && raw.exceptions.is_empty() {
+            None
+        } else {
+            match SodRules::build(&raw.functions, &raw.risks, &raw.exceptions, &packages) {
+                Ok(rules) => {
+                    warnings.extend(rules.warnings(jiff::Timestamp::now()));
+                    Some(Arc::new(rules))
+                }
+                Err(e) => {
+                    errors.extend(e);
+                    None
+                }
+            }
+        };
+        let sod_risks = sod.as_ref().map_or(0, |s| s.risk_count());
+
+        // Defaults.
+        let d = &raw.defaults;
+        let mut default_timeout = Duration::from_secs(5);
+        if let Some(t) = &d.check_timeout {
+            match parse_duration(t) {
+                Some(v) if !v.is_zero() => default_timeout = v,
+                _ => errors.push(format!(
+                    "defaults.check_timeout {t:?} is not a duration such as \"5s\" or \"1500ms\""
+                )),
+            }
+        }
+        let check_attempts = d.check_attempts.unwrap_or(3);
+        if check_attempts == 0 {
+            errors.push("defaults.check_attempts must be at least 1".into());
+        }
+        let default_texts = texts(
+            "defaults.detail",
+            d.detail.as_ref(),
+            &Texts::defaults(),
+            &mut errors,
+        );
+
+        // Checks.
+        let mut checks = Vec::new();
+        let mut index = BTreeMap::new();
+        for (name, table) in &raw.checks {
+            match registry::build(name, table, sod.as_ref(), default_timeout) {
+                Ok(entry) => {
+                    index.insert(name.clone(), checks.len());
+                    checks.push(entry);
+                }
+                Err(e) => errors.extend(e),
+            }
+        }
+
+        // Rules.
+        let mut rules = Vec::new();
+        let mut names = BTreeSet::new();
+        let mut used = BTreeSet::new();
+        for r in &raw.rules {
+            let at = format!("rule {:?}", r.name);
+            if !names.insert(r.name.clone()) {
+                errors.push(format!("{at} is defined twice"));
+            }
+            let stages = r.stages.as_ref().map(|list| {
+                list.iter()
+                    .filter_map(|s| {
+                        let st = Stage::parse(s);
+                        if st.is_none() {
+                            errors.push(format!("{at}: unknown stage {s:?}"));
                         }
+                        st
+                    })
+                    .collect::<Vec<_>>()
+            });
+            let mut rule_packages = Vec::new();
+            for a in &r.access_packages {
+                match packages.get(a) {
+                    Some(p) => rule_packages.push(p.clone()),
+                    None => errors.push(format!(
+                        "{at}: unknown access package {a:?} (declare it under [packages.{a}])"
+                    )),
+                }
+            }
+            let mut rule_checks = Vec::new();
+            for c in &r.checks {
+                match index.get(c) {
+                    Some(i) => {
+                        used.insert(c.clone());
+                        rule_checks.push(*i);
                     }
-                    Some(out)
+                    None if raw.checks.contains_key(c) => {} // its own error is already listed
+                    None => errors.push(format!(
+                        "{at}: unknown check {c:?} (define it under [checks.{c}])"
+                    )),
+                }
+            }
+            match (r.decision, r.checks.is_empty()) {
+                (None, true) => errors.push(format!(
+                    "{at}: give checks = [...] or a fixed decision = \"continue\" | \"deny\""
+                )),
+                (Some(_), false) => errors.push(format!(
+                    "{at}: a rule has either checks or a fixed decision, not both"
+                )),
+                _ => {}
+            }
+            let rule_texts = match &r.detail {
+                None => default_texts.clone(),
+                Some(RawDetailField::Each(each)) => texts(
+                    &format!("{at} detail"),
+                    Some(each),
+                    &default_texts,
+                    &mut errors,
+                ),
+                Some(RawDetailField::One(one)) => {
+                    let all = RawDetail {
+                        allow: Some(one.clone()),
+                        deny: Some(one.clone()),
+                        error: Some(one.clone()),
+                        audit: Some(one.clone()),
+                        notify: Some(one.clone()),
+                    };
+                    texts(
+                        &format!("{at} detail"),
+                        Some(&all),
+                        &default_texts,
+                        &mut errors,
+                    )
                 }
             };
-            if r.action_is_deny() {
-                let cannot: Vec<&str> = stages
-                    .as_deref()
-                    .unwrap_or(&Stage::ALL)
-                    .iter()
-                    .filter(|s| !s.can_deny())
-                    .map(|s| s.as_graph())
-                    .collect();
-                if !cannot.is_empty() {
-                    warnings.push(format!(
-                        "rule {:?} denies, but Entra cannot deny at {}: there it continues and only reports",
-                        r.name,
-                        cannot.join(", ")
-                    ));
-                }
-            }
-            let detail = r.detail.clone().unwrap_or_else(|| match r.decision {
-                Action::Continue => format!("Approved by accessgate rule {}.", r.name),
-                Action::Deny => format!("Denied by accessgate rule {}.", r.name),
-            });
-            if detail.chars().count() > MAX_DETAIL_CHARS {
-                errors.push(format!(
-                    "rule {:?}: detail is longer than {MAX_DETAIL_CHARS} characters",
-                    r.name
+            let mode = r.mode.or(d.mode).unwrap_or(Mode::Enforce);
+            let on_error = r.on_error.or(d.on_error).unwrap_or(OnError::Deny);
+            let reported: Vec<&str> = stages
+                .as_deref()
+                .unwrap_or(&Stage::ALL)
+                .iter()
+                .filter(|s| !s.can_deny())
+                .map(|s| s.as_graph())
+                .collect();
+            if !reported.is_empty() && (r.decision == Some(Action::Deny) || !r.checks.is_empty()) {
+                warnings.push(format!(
+                    "{at}: at {} Entra cannot deny, so its checks run as notifications only (the request continues; the detail reports what they found)",
+                    reported.join(", ")
                 ));
             }
             rules.push(Rule {
-                name: r.name,
-                catalog: r.catalog,
-                access_package: r.access_package,
+                name: r.name.clone(),
+                catalogs: r.catalogs.clone(),
+                packages: rule_packages,
                 stages,
-                action: r.decision,
-                detail,
+                checks: rule_checks,
+                decision: r.decision,
+                mode,
+                on_error,
+                texts: rule_texts,
             });
+        }
+        for name in raw.checks.keys() {
+            if !used.contains(name) && index.contains_key(name) {
+                warnings.push(format!("check {name:?} is defined but no rule uses it"));
+            }
         }
         if !errors.is_empty() {
             return Err(errors);
         }
         Ok(Policy {
-            default_detail: raw
-                .default_detail
-                .unwrap_or_else(|| Policy::default().default_detail),
             rules,
+            checks,
+            check_attempts,
             warnings,
+            sod_risks,
+            ..Policy::default()
         })
-    }
-
-    /// Decides a callout. A deny on a stage that cannot be denied becomes a continue whose detail
-    /// says so, because Entra would reject the resume otherwise.
-    pub fn decide(&self, c: &Callout) -> Decision {
-        let rule = self.rules.iter().find(|r| {
-            matches(&r.catalog, &c.catalog)
-                && matches(&r.access_package, &c.access_package)
-                && r.stages.as_ref().is_none_or(|s| s.contains(&c.stage))
-        });
-        match rule {
-            None => Decision {
-                action: Action::Continue,
-                detail: truncate(&self.default_detail),
-                rule: None,
-            },
-            Some(r) if r.action == Action::Deny && !c.stage.can_deny() => Decision {
-                action: Action::Continue,
-                detail: truncate(&format!(
-                    "{} (reported only: {} cannot be denied)",
-                    r.detail, c.stage
-                )),
-                rule: Some(r.name.clone()),
-            },
-            Some(r) => Decision {
-                action: r.action,
-                detail: truncate(&r.detail),
-                rule: Some(r.name.clone()),
-            },
-        }
     }
 
     pub fn rule_count(&self) -> usize {
         self.rules.len()
     }
+
+    pub fn check_count(&self) -> usize {
+        self.checks.len()
+    }
+
+    pub fn risk_count(&self) -> usize {
+        self.sod_risks
+    }
+
+    /// The first rule that matches the callout.
+    fn rule_for(&self, c: &Callout) -> Option<&Rule> {
+        self.rules.iter().find(|r| {
+            (r.catalogs.is_empty() || r.catalogs.iter().any(|w| named_is(w, &c.catalog)))
+                && (r.packages.is_empty()
+                    || r.packages.iter().any(|p| package_is(p, &c.access_package)))
+                && r.stages.as_ref().is_none_or(|s| s.contains(&c.stage))
+        })
+    }
+
+    /// The facts the matching rule's checks need (for callers that want to know before deciding).
+    pub fn needs(&self, c: &Callout) -> Needs {
+        self.rule_for(c)
+            .map(|r| {
+                r.checks
+                    .iter()
+                    .filter_map(|i| self.checks.get(*i))
+                    .fold(Needs::default(), |n, e| n.union(e.check.needs()))
+            })
+            .unwrap_or_default()
+    }
+
+    /// Decides a callout: rule, facts, checks in parallel, verdicts combined.
+    pub async fn decide(&self, c: &Callout, env: &DecideEnv<'_>) -> Decision {
+        let can_deny = c.stage.can_deny();
+        let Some(rule) = self.rule_for(c) else {
+            return Decision {
+                action: Action::Continue,
+                detail: self.no_rule.render(
+                    |v| value(v, c, None, &[], Action::Continue, Action::Continue),
+                    MAX_DETAIL_CHARS,
+                ),
+                rule: None,
+                mode: Mode::Enforce,
+                outcomes: Vec::new(),
+                incomplete: None,
+                graph_calls: 0,
+                can_deny,
+            };
+        };
+        let entries: Vec<&CheckEntry> = rule
+            .checks
+            .iter()
+            .filter_map(|i| self.checks.get(*i))
+            .collect();
+        let needs = entries
+            .iter()
+            .fold(Needs::default(), |n, e| n.union(e.check.needs()));
+        let facts = if needs.any() {
+            env.directory.facts(c, needs, env.deadline).await
+        } else {
+            Facts::none(None)
+        };
+        let ctx = CheckCtx {
+            callout: c,
+            now: env.now,
+            facts: &facts,
+            tickets: env.tickets,
+            deadline: env.deadline,
+        };
+        let outcomes =
+            futures_util::future::join_all(entries.iter().map(|e| run_check(e, &ctx))).await;
+        combine(rule, c, outcomes, facts.graph_calls, can_deny)
+    }
 }
 
-impl RawRule {
-    fn action_is_deny(&self) -> bool {
-        self.decision == Action::Deny
+/// One check under its timeout (cut to the decision's deadline).
+async fn run_check(e: &CheckEntry, ctx: &CheckCtx<'_>) -> Outcome {
+    let started = Instant::now();
+    let budget = e
+        .timeout
+        .min(ctx.deadline.saturating_duration_since(started));
+    let finding = match tokio::time::timeout(budget, e.check.evaluate(ctx)).await {
+        Ok(f) => f,
+        Err(_) => Finding::new(
+            Verdict::error(format!(
+                "no answer within {} ms (check timeout {} ms, or the decision's deadline)",
+                budget.as_millis(),
+                e.timeout.as_millis()
+            )),
+            Vec::new(),
+        ),
+    };
+    Outcome {
+        check: e.name.clone(),
+        kind: e.check.kind().to_owned(),
+        finding,
+        elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     }
+}
+
+fn join_reasons(outcomes: &[Outcome], word: &str) -> String {
+    outcomes
+        .iter()
+        .filter(|o| o.finding.verdict.word() == word)
+        .filter_map(|o| {
+            o.finding
+                .verdict
+                .reason()
+                .map(|r| format!("{}: {r}", o.check))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A placeholder's value.
+fn value(
+    name: &str,
+    c: &Callout,
+    rule: Option<&str>,
+    outcomes: &[Outcome],
+    outcome: Action,
+    would: Action,
+) -> String {
+    let shown = |n: &Named| {
+        n.display_name
+            .clone()
+            .or_else(|| n.id.clone())
+            .unwrap_or_else(|| "(unnamed)".into())
+    };
+    match name {
+        "package" => shown(&c.access_package),
+        "catalog" => shown(&c.catalog),
+        "stage" => c.stage.as_graph().to_owned(),
+        "target" => c
+            .target
+            .display_name
+            .clone()
+            .or_else(|| c.target.object_id.clone())
+            .or_else(|| c.target.id.clone())
+            .unwrap_or_else(|| "(unknown)".into()),
+        "rule" => rule.unwrap_or("(none)").to_owned(),
+        "reasons" => join_reasons(outcomes, "deny"),
+        "errors" => join_reasons(outcomes, "error"),
+        "notes" => {
+            let notes: Vec<String> = outcomes
+                .iter()
+                .filter_map(|o| {
+                    o.finding
+                        .note
+                        .as_ref()
+                        .map(|n| format!(" {}: {n}", o.check))
+                })
+                .collect();
+            notes.concat()
+        }
+        "checks" => outcomes
+            .iter()
+            .map(|o| format!("{}: {}", o.check, o.finding.verdict.word()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        "outcome" => outcome.word().to_owned(),
+        "would" => would.word().to_owned(),
+        _ => String::new(),
+    }
+}
+
+/// Verdicts → decision. Enforce: any deny denies; else any error applies `on_error`; else
+/// continue. Audit and stages that cannot deny always continue and say what enforce would do.
+fn combine(
+    rule: &Rule,
+    c: &Callout,
+    outcomes: Vec<Outcome>,
+    graph_calls: u32,
+    can_deny: bool,
+) -> Decision {
+    let denied = outcomes
+        .iter()
+        .any(|o| matches!(o.finding.verdict, Verdict::Deny { .. }));
+    let errored = outcomes
+        .iter()
+        .any(|o| matches!(o.finding.verdict, Verdict::Error { .. }));
+    let (would, template) = match (rule.decision, denied, errored) {
+        (Some(Action::Deny), ..) => (Action::Deny, &rule.texts.deny),
+        (Some(Action::Continue), ..) => (Action::Continue, &rule.texts.allow),
+        (None, true, _) => (Action::Deny, &rule.texts.deny),
+        (None, false, true) => (
+            match rule.on_error {
+                OnError::Deny => Action::Deny,
+                OnError::Continue => Action::Continue,
+            },
+            &rule.texts.error,
+        ),
+        (None, false, false) => (Action::Continue, &rule.texts.allow),
+    };
+    // A retry can only change the outcome if no check denied outright.
+    let incomplete = (errored && !denied && rule.mode == Mode::Enforce && can_deny)
+        .then(|| join_reasons(&outcomes, "error"));
+    let (action, template) = if !can_deny {
+        (Action::Continue, &rule.texts.notify)
+    } else if rule.mode == Mode::Audit {
+        (Action::Continue, &rule.texts.audit)
+    } else {
+        (would, template)
+    };
+    let detail = template.render(
+        |v| value(v, c, Some(&rule.name), &outcomes, action, would),
+        MAX_DETAIL_CHARS,
+    );
+    Decision {
+        action,
+        detail,
+        rule: Some(rule.name.clone()),
+        mode: rule.mode,
+        outcomes,
+        incomplete,
+        graph_calls,
+        can_deny,
+    }
+}
+
+/// Parses a set of detail templates over `base`, checking each fits [`MAX_DETAIL_CHARS`].
+fn texts(at: &str, raw: Option<&RawDetail>, base: &Texts, errors: &mut Vec<String>) -> Texts {
+    let mut out = base.clone();
+    let Some(raw) = raw else {
+        return out;
+    };
+    for (name, src, slot) in [
+        ("allow", &raw.allow, &mut out.allow),
+        ("deny", &raw.deny, &mut out.deny),
+        ("error", &raw.error, &mut out.error),
+        ("audit", &raw.audit, &mut out.audit),
+        ("notify", &raw.notify, &mut out.notify),
+    ] {
+        let Some(src) = src else { continue };
+        match Template::parse(src) {
+            Ok(t) if t.literal_len() > MAX_DETAIL_CHARS => errors.push(format!(
+                "{at}.{name}: the text alone is longer than {MAX_DETAIL_CHARS} characters"
+            )),
+            Ok(t) => *slot = t,
+            Err(e) => errors.push(format!("{at}.{name}: {e}")),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::callout::{Parsed, parse};
-
-    fn callout(stage: &str, catalog: &str, package: &str) -> Callout {
-        let body = format!(
-            r#"{{"Stage":"{stage}","CustomExtensionStageInstanceId":"s","AccessPackageAssignmentRequestId":"r",
-            "AccessPackageCatalog":{{"Id":"{catalog}","DisplayName":"Catalog {catalog}"}},"AccessPackage":{{"Id":"{package}","DisplayName":"Package {package}"}}}}"#
-        );
-        match parse(body.as_bytes()) {
-            Ok(Parsed::Callout(c)) => *c,
-            other => panic!("{other:?}"),
-        }
-    }
-
-    const POLICY: &str = r#"
-default_detail = "ok"
-[[rules]]
-name = "no-finance"
-catalog = "Catalog fin"
-stages = ["assignmentRequestCreated", "assignmentRequestGranted"]
-decision = "deny"
-detail = "Finance access needs a ticket."
-[[rules]]
-name = "sales"
-access_package = "sales-id"
-decision = "continue"
-"#;
-
-    #[test]
-    fn first_matching_rule_decides_by_name_or_id() {
-        let p = Policy::parse(POLICY).unwrap_or_else(|e| panic!("{e:?}"));
-        let d = p.decide(&callout("assignmentRequestCreated", "fin", "x"));
-        assert_eq!(d.action, Action::Deny);
-        assert_eq!(d.detail, "Finance access needs a ticket.");
-        let d = p.decide(&callout("assignmentRequestCreated", "other", "sales-id"));
-        assert_eq!(
-            (d.action, d.rule.as_deref()),
-            (Action::Continue, Some("sales"))
-        );
-        let d = p.decide(&callout("assignmentRequestApproved", "fin", "x"));
-        assert_eq!(
-            (d.action, d.rule, d.detail.as_str()),
-            (Action::Continue, None, "ok")
-        );
-    }
-
-    #[test]
-    fn deny_on_a_stage_that_cannot_deny_continues_and_warns() {
-        let p = Policy::parse(POLICY).unwrap_or_else(|e| panic!("{e:?}"));
-        assert!(
-            p.warnings
-                .iter()
-                .any(|w| w.contains("assignmentRequestGranted")),
-            "{:?}",
-            p.warnings
-        );
-        let d = p.decide(&callout("assignmentRequestGranted", "fin", "x"));
-        assert_eq!(d.action, Action::Continue);
-        assert!(d.detail.contains("cannot be denied"));
-    }
-
-    #[test]
-    fn bad_policies_list_every_error() {
-        let errs = Policy::parse(
-            r#"
-[[rules]]
-name = "a"
-stages = ["nope"]
-decision = "deny"
-[[rules]]
-name = "a"
-decision = "continue"
-"#,
-        )
-        .err()
-        .unwrap_or_default();
-        assert_eq!(errs.len(), 2, "{errs:?}");
-        assert!(Policy::parse("[[rules]]\nname='x'\ndecision='maybe'\n").is_err());
-    }
-}
+mod tests;

@@ -1,0 +1,359 @@
+//! Engine tests with stand-in checks: how verdicts combine, timeouts, modes, stages, texts; and
+//! load errors of the format.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::callout::{Parsed, parse};
+use crate::checks::{Check, CheckCtx, Finding, Verdict};
+use crate::directory::fixtures::{FixtureDirectory, World};
+use crate::tickets::NoTickets;
+
+#[derive(Debug)]
+struct Fixed {
+    verdict: Verdict,
+    delay: Duration,
+    needs: Needs,
+    note: Option<&'static str>,
+}
+
+#[async_trait::async_trait]
+impl Check for Fixed {
+    fn kind(&self) -> &'static str {
+        "fixed"
+    }
+    fn needs(&self) -> Needs {
+        self.needs
+    }
+    async fn evaluate(&self, _ctx: &CheckCtx<'_>) -> Finding {
+        tokio::time::sleep(self.delay).await;
+        let f = Finding::new(self.verdict.clone(), vec!["stand-in".into()]);
+        match self.note {
+            Some(n) => f.with_note(n),
+            None => f,
+        }
+    }
+}
+
+fn entry(name: &str, verdict: Verdict, delay_ms: u64) -> CheckEntry {
+    CheckEntry {
+        name: name.into(),
+        timeout: Duration::from_millis(200),
+        check: Arc::new(Fixed {
+            verdict,
+            delay: Duration::from_millis(delay_ms),
+            needs: Needs::default(),
+            note: None,
+        }),
+    }
+}
+
+fn callout(stage: &str) -> Callout {
+    let body = format!(
+        r#"{{"Stage":"{stage}","CustomExtensionStageInstanceId":"s","AccessPackageAssignmentRequestId":"r",
+        "AccessPackageCatalog":{{"Id":"c1","DisplayName":"Finance"}},"AccessPackage":{{"Id":"p1","DisplayName":"Payments run"}},
+        "Assignment":{{"Target":{{"ObjectId":"u1","DisplayName":"Alice"}}}}}}"#
+    );
+    match parse(body.as_bytes()) {
+        Ok(Parsed::Callout(c)) => *c,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn policy_with(checks: Vec<CheckEntry>, mode: Mode, on_error: OnError) -> Policy {
+    let n = checks.len();
+    Policy {
+        rules: vec![Rule {
+            name: "r".into(),
+            catalogs: vec![],
+            packages: vec![],
+            stages: None,
+            checks: (0..n).collect(),
+            decision: None,
+            mode,
+            on_error,
+            texts: Texts::defaults(),
+        }],
+        checks,
+        ..Policy::default()
+    }
+}
+
+async fn decide(p: &Policy, c: &Callout) -> Decision {
+    let dir = FixtureDirectory {
+        world: World::default(),
+        external_attribute: None,
+    };
+    let env = DecideEnv {
+        directory: &dir,
+        tickets: &NoTickets,
+        now: jiff::Timestamp::now(),
+        deadline: Instant::now() + Duration::from_secs(5),
+    };
+    p.decide(c, &env).await
+}
+
+#[test]
+fn built_in_texts_parse() {
+    for t in [
+        DEFAULT_ALLOW,
+        DEFAULT_DENY,
+        DEFAULT_ERROR,
+        DEFAULT_AUDIT,
+        DEFAULT_NOTIFY,
+        NO_RULE,
+    ] {
+        assert!(Template::parse(t).is_ok(), "{t}");
+    }
+}
+
+#[tokio::test]
+async fn any_deny_denies_and_every_outcome_is_listed() {
+    let p = policy_with(
+        vec![
+            entry("a", Verdict::Allow, 0),
+            entry("b", Verdict::deny("holds X"), 0),
+            entry("c", Verdict::error("down"), 0),
+        ],
+        Mode::Enforce,
+        OnError::Continue,
+    );
+    let d = decide(&p, &callout("assignmentRequestCreated")).await;
+    assert_eq!(d.action, Action::Deny);
+    assert_eq!(d.outcomes.len(), 3);
+    assert_eq!(d.detail, "accessgate denied this request: b: holds X");
+    assert!(
+        d.incomplete.is_none(),
+        "a deny is final whatever the error would say"
+    );
+}
+
+#[tokio::test]
+async fn errors_follow_on_error_and_mark_the_decision_incomplete() {
+    for (on_error, want) in [
+        (OnError::Deny, Action::Deny),
+        (OnError::Continue, Action::Continue),
+    ] {
+        let p = policy_with(
+            vec![
+                entry("a", Verdict::Allow, 0),
+                entry("c", Verdict::error("down"), 0),
+            ],
+            Mode::Enforce,
+            on_error,
+        );
+        let d = decide(&p, &callout("assignmentRequestCreated")).await;
+        assert_eq!(d.action, want);
+        assert_eq!(d.incomplete.as_deref(), Some("c: down"));
+        assert!(
+            d.detail
+                .contains(&format!("the request is {}", want.word())),
+            "{}",
+            d.detail
+        );
+    }
+}
+
+#[tokio::test]
+async fn checks_run_in_parallel_and_a_slow_one_times_out_as_an_error() {
+    let p = policy_with(
+        vec![
+            entry("slow1", Verdict::Allow, 150),
+            entry("slow2", Verdict::Allow, 150),
+            entry("stuck", Verdict::Allow, 10_000),
+        ],
+        Mode::Enforce,
+        OnError::Deny,
+    );
+    let started = Instant::now();
+    let d = decide(&p, &callout("assignmentRequestCreated")).await;
+    // Bounded by the 200 ms timeout, not the sum of the checks (310 ms) or the stuck one.
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let stuck = d
+        .outcomes
+        .iter()
+        .find(|o| o.check == "stuck")
+        .map(|o| o.finding.verdict.clone());
+    assert!(matches!(stuck, Some(Verdict::Error { .. })), "{stuck:?}");
+    assert_eq!(d.action, Action::Deny);
+    assert!(
+        d.outcomes
+            .iter()
+            .filter(|o| o.finding.verdict == Verdict::Allow)
+            .count()
+            == 2
+    );
+}
+
+#[tokio::test]
+async fn audit_mode_continues_and_says_what_enforce_would_do() {
+    let p = policy_with(
+        vec![entry("b", Verdict::deny("holds X"), 0)],
+        Mode::Audit,
+        OnError::Deny,
+    );
+    let d = decide(&p, &callout("assignmentRequestCreated")).await;
+    assert_eq!((d.action, d.mode), (Action::Continue, Mode::Audit));
+    assert!(d.detail.contains("would deny"), "{}", d.detail);
+    assert!(d.detail.contains("holds X"), "{}", d.detail);
+}
+
+#[tokio::test]
+async fn stages_that_cannot_deny_only_report() {
+    let p = policy_with(
+        vec![entry("b", Verdict::deny("holds X"), 0)],
+        Mode::Enforce,
+        OnError::Deny,
+    );
+    let d = decide(&p, &callout("assignmentRequestGranted")).await;
+    assert_eq!(d.action, Action::Continue);
+    assert!(!d.can_deny);
+    assert!(
+        d.detail.contains("cannot be denied") && d.detail.contains("would deny"),
+        "{}",
+        d.detail
+    );
+}
+
+#[tokio::test]
+async fn allow_texts_carry_notes() {
+    let mut e = entry("sod", Verdict::Allow, 0);
+    e.check = Arc::new(Fixed {
+        verdict: Verdict::Allow,
+        delay: Duration::ZERO,
+        needs: Needs::default(),
+        note: Some("exception EX-1 by cfo@contoso.example applies"),
+    });
+    let p = policy_with(vec![e], Mode::Enforce, OnError::Deny);
+    let d = decide(&p, &callout("assignmentRequestCreated")).await;
+    assert_eq!(d.action, Action::Continue);
+    assert!(d.detail.contains("sod: exception EX-1"), "{}", d.detail);
+}
+
+#[tokio::test]
+async fn no_rule_continues_and_says_so() {
+    let p = Policy::default();
+    let d = decide(&p, &callout("assignmentRequestCreated")).await;
+    assert_eq!((d.action, d.rule.as_deref()), (Action::Continue, None));
+    assert!(
+        d.detail.contains("no policy rule applies to Payments run"),
+        "{}",
+        d.detail
+    );
+}
+
+#[tokio::test]
+async fn first_matching_rule_by_alias_catalog_and_stage() {
+    let p = Policy::parse(
+        r#"
+[packages.pay]
+display_name = "Payments run"
+[packages.other]
+id = "p9"
+[[rules]]
+name = "other"
+access_packages = ["other"]
+decision = "deny"
+[[rules]]
+name = "fin-created"
+catalogs = ["finance"]
+access_packages = ["pay"]
+stages = ["assignmentRequestCreated"]
+decision = "deny"
+detail = "No payments for {target} at {stage}."
+[[rules]]
+name = "rest"
+decision = "continue"
+"#,
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    let d = decide(&p, &callout("assignmentRequestCreated")).await;
+    assert_eq!(
+        (d.action, d.rule.as_deref()),
+        (Action::Deny, Some("fin-created"))
+    );
+    assert_eq!(
+        d.detail,
+        "No payments for Alice at assignmentRequestCreated."
+    );
+    let d = decide(&p, &callout("assignmentRequestApproved")).await;
+    assert_eq!(
+        (d.action, d.rule.as_deref()),
+        (Action::Continue, Some("rest"))
+    );
+}
+
+#[test]
+fn a_bad_policy_lists_every_error() {
+    let errs = Policy::parse(
+        r#"
+version = 2
+[defaults]
+check_timeout = "soon"
+[defaults.detail]
+deny = "Denied: {reasonz}"
+[packages.empty]
+[checks.hr]
+type = "hr"
+bogus_setting = 1
+[checks.mystery]
+type = "astrology"
+[[rules]]
+name = "a"
+access_packages = ["nope"]
+stages = ["someday"]
+checks = ["missing-check"]
+[[rules]]
+name = "a"
+[[rules]]
+name = "b"
+checks = ["hr"]
+decision = "deny"
+"#,
+    )
+    .err()
+    .unwrap_or_default();
+    let all = errs.join("\n");
+    for want in [
+        "version 2",
+        "check_timeout",
+        "unknown placeholder {reasonz}",
+        "packages.empty",
+        "checks.hr",
+        "bogus_setting",
+        "unknown check type \"astrology\"",
+        "unknown access package \"nope\"",
+        "unknown stage \"someday\"",
+        "unknown check \"missing-check\"",
+        "rule \"a\" is defined twice",
+        "give checks = [...] or a fixed decision",
+        "either checks or a fixed decision",
+    ] {
+        assert!(all.contains(want), "missing {want:?} in:\n{all}");
+    }
+}
+
+#[test]
+fn stages_that_cannot_deny_are_named_at_load() {
+    let p = Policy::parse(
+        "[[rules]]\nname = \"x\"\nstages = [\"assignmentRequestCreated\", \"assignmentRequestGranted\"]\ndecision = \"deny\"\n",
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(
+        p.warnings
+            .iter()
+            .any(|w| w.contains("assignmentRequestGranted") && w.contains("notifications only")),
+        "{:?}",
+        p.warnings
+    );
+}
+
+#[test]
+fn durations_parse() {
+    assert_eq!(parse_duration("5s"), Some(Duration::from_secs(5)));
+    assert_eq!(parse_duration("1500ms"), Some(Duration::from_millis(1500)));
+    assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+    assert_eq!(parse_duration("soon"), None);
+    assert_eq!(parse_duration("5"), None);
+}
