@@ -15,11 +15,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::callout::{Callout, Named, Stage};
-mod sod_stub;
+use crate::checks::sod::{PackageRef, RawException, RawFunction, RawRisk, SodRules};
 use crate::checks::{Check, CheckCtx, Finding, Verdict};
 use crate::directory::{Directory, Facts, Needs};
 use crate::tickets::TicketSystem;
-use sod_stub::{PackageRef, RawException, RawFunction, RawRisk, SodRules};
 
 mod registry;
 pub mod template;

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::sod_stub::SodRules;
 use super::{CheckEntry, parse_duration};
-use crate::checks::Check;
+use crate::checks::sod::SodRules;
+use crate::checks::{Check, hr, sod};
 
 /// The check types a policy may name, with what they do (for errors and docs).
 pub const TYPES: [(&str, &str); 3] = [
@@ -59,15 +59,29 @@ pub(super) fn build(
         }
     };
     let value = toml::Value::Table(settings);
-    let _prefix = |e: Vec<String>| {
+    let prefix = |e: Vec<String>| {
         e.into_iter()
             .map(|m| format!("{at}: {m}"))
             .collect::<Vec<_>>()
     };
-    let _settings_error = |e: toml::de::Error| vec![format!("{at}: {}", e.message().trim())];
-    let _ = (&value, sod_rules);
+    let settings_error = |e: toml::de::Error| vec![format!("{at}: {}", e.message().trim())];
     let check: Result<Arc<dyn Check>, Vec<String>> = match kind.as_str() {
-        "sod" | "hr" | "servicenow_ticket" => Err(vec![format!("{at}: {kind} not yet wired")]),
+        "sod" => match sod_rules {
+            None => Err(vec![format!(
+                "{at}: a sod check needs [[risks]] in the policy"
+            )]),
+            Some(rules) => value
+                .try_into::<sod::SodSettings>()
+                .map_err(settings_error)
+                .and_then(|s| sod::check(name, rules.clone(), s).map_err(prefix))
+                .map(|c| Arc::new(c) as Arc<dyn Check>),
+        },
+        "hr" => value
+            .try_into::<hr::HrSettings>()
+            .map_err(settings_error)
+            .and_then(|s| hr::check(name, s).map_err(prefix))
+            .map(|c| Arc::new(c) as Arc<dyn Check>),
+        "servicenow_ticket" => Err(vec![format!("{at}: servicenow_ticket not yet wired")]),
         other => Err(vec![format!(
             "{at}: unknown check type {other:?} (known: {})",
             TYPES.iter().map(|(t, _)| *t).collect::<Vec<_>>().join(", ")

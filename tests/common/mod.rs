@@ -63,9 +63,11 @@ pub fn write_config(dir: &Path, emu: &Emulator, extra: &str) -> PathBuf {
     write_config_with(dir, emu, "", extra)
 }
 
-/// Like [`write_config`], with `inbound` lines added to the `[inbound]` section.
+/// Like [`write_config`], with `inbound` lines added to the `[inbound]` section. `@EMULATOR_URL@`
+/// in `extra` becomes the emulator's base URL (known only once it runs).
 pub fn write_config_with(dir: &Path, emu: &Emulator, inbound: &str, extra: &str) -> PathBuf {
     let cfg = emu.config();
+    let extra = extra.replace("@EMULATOR_URL@", &emu.base_url());
     let text = format!(
         r#"
 [server]
@@ -275,6 +277,7 @@ impl Accessgate {
 pub const KNOWN_SECRETS: &[&str] = &[
     "emulator-graph-secret",
     "emulator-identity-header",
+    "sn-e2e-password-",
     "kv-secret-",
     "rotated-secret-",
     "PRIVATE KEY",
