@@ -65,6 +65,14 @@ fn build_state(
         &config.inbound,
         &config.extensions,
     );
+    let tickets: Arc<dyn crate::tickets::TicketSystem> = match &config.servicenow {
+        Some(s) => Arc::new(crate::tickets::servicenow::ServiceNow::new(
+            http.clone(),
+            s.clone(),
+            Some(credentials.clone()),
+        )),
+        None => Arc::new(crate::tickets::NoTickets),
+    };
     let graph = Arc::new(GraphClient::new(http, config.graph.clone(), credentials));
     let directory: Arc<dyn crate::directory::Directory> = Arc::new(
         crate::directory::graph::GraphDirectory::new(graph.clone(), config.directory.clone()),
@@ -88,7 +96,7 @@ fn build_state(
             .collect(),
         graph,
         directory,
-        tickets: Arc::new(crate::tickets::NoTickets),
+        tickets,
         decision_timeout: config.decision_timeout,
         cfg: config.worker.clone(),
     });

@@ -322,6 +322,12 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
                 println!("  warning: {w}");
             }
             println!(
+                "  servicenow        {}",
+                c.servicenow
+                    .as_ref()
+                    .map_or_else(|| "(not configured)".to_string(), |s| s.describe())
+            );
+            println!(
                 "  directory         max {} Graph call(s) per decision; external entitlements from {}; decision timeout {} s",
                 c.directory.max_graph_calls_per_decision,
                 c.directory

@@ -14,6 +14,7 @@ use crate::directory::graph::DirectoryConfig;
 use crate::endpoint::EndpointUrl;
 use crate::policy::Policy;
 use crate::secret::Secret;
+use crate::tickets::servicenow::{RawServiceNow, ServiceNowSettings};
 
 /// First-party app id of entitlement management (protocol.md §4.2).
 pub const ELM_APP_ID: &str = "810dcf14-1858-4bf2-8134-4c369fa3235b";
@@ -38,6 +39,8 @@ pub struct Config {
     /// cuts it shorter (`policy.decision_timeout_seconds`).
     pub decision_timeout: Duration,
     pub directory: DirectoryConfig,
+    /// `[servicenow]`: the Table API for ticket checks; `None` when not configured.
+    pub servicenow: Option<ServiceNowSettings>,
     /// The custom extensions this deployment serves, keyed by the resource id their PoP tokens
     /// are bound to.
     pub extensions: Vec<Extension>,
@@ -258,6 +261,15 @@ impl CredentialMode {
             Self::WorkloadIdentity { .. } => "workload_identity",
             Self::KeyVaultSecret { .. } => "key_vault_secret",
             Self::KeyVaultCertificate { .. } => "key_vault_certificate",
+        }
+    }
+    /// The Key Vault of the Key Vault modes (where other secrets, such as ServiceNow's, live).
+    pub fn vault(&self) -> Option<&EndpointUrl> {
+        match self {
+            Self::KeyVaultSecret { vault, .. } | Self::KeyVaultCertificate { vault, .. } => {
+                Some(vault)
+            }
+            _ => None,
         }
     }
     /// The app registration's client id, for the modes that have one.
@@ -509,6 +521,7 @@ const SECTIONS: &[&str] = &[
     "worker",
     "policy",
     "directory",
+    "servicenow",
     "capture",
     "log",
 ];
@@ -605,6 +618,9 @@ pub fn from_sources(
     let worker: RawWorker = section(&root, "worker", &mut problems);
     let policy: RawPolicy = section(&root, "policy", &mut problems);
     let directory: RawDirectory = section(&root, "directory", &mut problems);
+    let servicenow_raw: Option<RawServiceNow> = root
+        .contains_key("servicenow")
+        .then(|| section(&root, "servicenow", &mut problems));
     let capture: RawCapture = section(&root, "capture", &mut problems);
     let log: RawLog = section(&root, "log", &mut problems);
 
@@ -1003,6 +1019,32 @@ pub fn from_sources(
         max_graph_calls_per_decision: max_graph_calls as u32,
     };
 
+    // servicenow
+    let servicenow = match servicenow_raw.map(ServiceNowSettings::parse) {
+        None => None,
+        Some(Ok(s)) => {
+            if s.uses_key_vault() && credentials_cfg.mode.vault().is_none() {
+                p.push(
+                    "servicenow",
+                    "a *_secret setting names a Key Vault secret, but there is no vault: use credentials.mode key_vault_secret or key_vault_certificate with credentials.key_vault_url, or set the value through ACCESSGATE_SERVICENOW__PASSWORD / __CLIENT_SECRET",
+                );
+            }
+            Some(s)
+        }
+        Some(Err(errs)) => {
+            for (setting, message) in errs {
+                p.push(&setting, &message);
+            }
+            None
+        }
+    };
+    if servicenow.is_none() && loaded_policy.uses_check_type("servicenow_ticket") {
+        warnings.push(ConfigProblem {
+            setting: "servicenow".into(),
+            message: "the policy has a servicenow_ticket check but [servicenow] is not configured: that check will error".into(),
+        });
+    }
+
     // capture
     let capture = CaptureConfig {
         enabled: capture.enabled.unwrap_or(false),
@@ -1085,6 +1127,7 @@ pub fn from_sources(
                 policy_file,
                 decision_timeout,
                 directory: directory_cfg,
+                servicenow,
                 extensions,
                 capture,
                 log: LogConfig { format, level },
@@ -1508,6 +1551,14 @@ const STRING_KEYS: &[&str] = &[
     "worker.default_callback_timeout",
     "policy.file",
     "directory.external_entitlements_attribute",
+    "servicenow.instance_url",
+    "servicenow.auth",
+    "servicenow.username",
+    "servicenow.password",
+    "servicenow.password_secret",
+    "servicenow.client_id",
+    "servicenow.client_secret",
+    "servicenow.client_secret_secret",
     "capture.dir",
     "log.format",
     "log.level",

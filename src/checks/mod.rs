@@ -63,6 +63,7 @@ impl Verdict {
 /// prints these; the worker logs them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Finding {
+    #[serde(flatten)]
     pub verdict: Verdict,
     pub explanation: Vec<String>,
     /// A short approver-facing remark on an allow (e.g. the SoD exception that turned a deny

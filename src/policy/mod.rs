@@ -513,6 +513,11 @@ impl Policy {
         self.checks.len()
     }
 
+    /// Whether any configured check is of this type (e.g. to warn that its system is missing).
+    pub fn uses_check_type(&self, kind: &str) -> bool {
+        self.checks.iter().any(|c| c.check.kind() == kind)
+    }
+
     pub fn risk_count(&self) -> usize {
         self.sod_risks
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::{CheckEntry, parse_duration};
 use crate::checks::sod::SodRules;
-use crate::checks::{Check, hr, sod};
+use crate::checks::{Check, hr, sod, ticket};
 
 /// The check types a policy may name, with what they do (for errors and docs).
 pub const TYPES: [(&str, &str); 3] = [
@@ -81,7 +81,11 @@ pub(super) fn build(
             .map_err(settings_error)
             .and_then(|s| hr::check(name, s).map_err(prefix))
             .map(|c| Arc::new(c) as Arc<dyn Check>),
-        "servicenow_ticket" => Err(vec![format!("{at}: servicenow_ticket not yet wired")]),
+        "servicenow_ticket" => value
+            .try_into::<ticket::TicketSettings>()
+            .map_err(settings_error)
+            .and_then(|s| ticket::check(name, s).map_err(prefix))
+            .map(|c| Arc::new(c) as Arc<dyn Check>),
         other => Err(vec![format!(
             "{at}: unknown check type {other:?} (known: {})",
             TYPES.iter().map(|(t, _)| *t).collect::<Vec<_>>().join(", ")

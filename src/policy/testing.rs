@@ -78,9 +78,12 @@ pub fn explain_text(c: &Callout, d: &Decision) -> String {
     );
     let _ = writeln!(
         s,
-        "rule      {}  (mode {:?}{})",
+        "rule      {}  (mode {}{})",
         d.rule.as_deref().unwrap_or("(none matched)"),
-        d.mode,
+        match d.mode {
+            super::Mode::Enforce => "enforce",
+            super::Mode::Audit => "audit",
+        },
         if d.can_deny {
             ""
         } else {

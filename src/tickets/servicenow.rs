@@ -1,1 +1,688 @@
-//! (being written)
+//! The ServiceNow Table API (anchors.md §5): `GET /api/now/table/{table}?sysparm_query=…` with
+//! Basic auth or an OAuth bearer from `/oauth_token.do`. Passwords and client secrets come from
+//! Key Vault (read with the managed identity, cached, re-read once after a 401 so a rotation
+//! needs no restart) or, for local runs, from the environment.
+//!
+//! Hand-written: there is no maintained Rust ServiceNow client, and the three calls used here
+//! (query, token) are plain REST.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use super::{TicketError, TicketRecord, TicketSystem};
+use crate::credentials::Credentials;
+use crate::endpoint::EndpointUrl;
+use crate::outbound::{retry_after, transport_error};
+use crate::secret::Secret;
+
+/// `[servicenow]` as written.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServiceNow {
+    pub instance_url: Option<String>,
+    pub auth: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub password_secret: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<Secret>,
+    pub client_secret_secret: Option<String>,
+    pub timeout_seconds: Option<u64>,
+}
+
+/// Where a secret comes from.
+#[derive(Clone)]
+pub enum SecretSource {
+    Value(Secret),
+    /// A Key Vault secret name.
+    KeyVault(String),
+}
+
+impl SecretSource {
+    fn describe(&self) -> String {
+        match self {
+            SecretSource::Value(_) => "(set directly)".into(),
+            SecretSource::KeyVault(n) => format!("Key Vault secret {n}"),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub enum Auth {
+    Basic {
+        username: String,
+        password: SecretSource,
+    },
+    /// `grant_type=client_credentials`, or `password` when a user is given.
+    OAuth {
+        client_id: String,
+        client_secret: SecretSource,
+        user: Option<(String, SecretSource)>,
+    },
+}
+
+/// `[servicenow]`, validated.
+#[derive(Clone)]
+pub struct ServiceNowSettings {
+    pub instance: EndpointUrl,
+    pub auth: Auth,
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for ServiceNowSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+fn source(
+    value: Option<Secret>,
+    secret: Option<String>,
+    setting: &str,
+    problems: &mut Vec<(String, String)>,
+) -> Option<SecretSource> {
+    match (
+        value.filter(|v| !v.is_empty()),
+        secret.filter(|s| !s.trim().is_empty()),
+    ) {
+        (Some(v), None) => Some(SecretSource::Value(v)),
+        (None, Some(n)) => Some(SecretSource::KeyVault(n)),
+        (Some(_), Some(_)) => {
+            problems.push((
+                format!("servicenow.{setting}"),
+                format!("give {setting} or {setting}_secret, not both"),
+            ));
+            None
+        }
+        (None, None) => {
+            problems.push((
+                format!("servicenow.{setting}_secret"),
+                format!(
+                    "required: the Key Vault secret holding the {setting} (or ACCESSGATE_SERVICENOW__{} for local runs)",
+                    setting.to_uppercase()
+                ),
+            ));
+            None
+        }
+    }
+}
+
+impl ServiceNowSettings {
+    /// Validates `[servicenow]`; every problem is (setting, message).
+    pub fn parse(raw: RawServiceNow) -> Result<ServiceNowSettings, Vec<(String, String)>> {
+        let mut p = Vec::new();
+        let instance = match raw.instance_url.as_deref() {
+            None => {
+                p.push((
+                    "servicenow.instance_url".into(),
+                    "required, e.g. https://contoso.service-now.com".into(),
+                ));
+                None
+            }
+            Some(u) => match EndpointUrl::parse(u) {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    p.push(("servicenow.instance_url".into(), e.to_string()));
+                    None
+                }
+            },
+        };
+        let auth = match raw.auth.as_deref().unwrap_or("basic") {
+            "basic" => {
+                let username = raw.username.filter(|u| !u.trim().is_empty());
+                if username.is_none() {
+                    p.push((
+                        "servicenow.username".into(),
+                        "required for basic auth".into(),
+                    ));
+                }
+                let password = source(raw.password, raw.password_secret, "password", &mut p);
+                username
+                    .zip(password)
+                    .map(|(username, password)| Auth::Basic { username, password })
+            }
+            "oauth" => {
+                let client_id = raw.client_id.filter(|c| !c.trim().is_empty());
+                if client_id.is_none() {
+                    p.push(("servicenow.client_id".into(), "required for oauth".into()));
+                }
+                let secret = source(
+                    raw.client_secret,
+                    raw.client_secret_secret,
+                    "client_secret",
+                    &mut p,
+                );
+                let user = match raw.username.filter(|u| !u.trim().is_empty()) {
+                    None => None,
+                    Some(u) => source(raw.password, raw.password_secret, "password", &mut p)
+                        .map(|s| (u, s)),
+                };
+                client_id
+                    .zip(secret)
+                    .map(|(client_id, client_secret)| Auth::OAuth {
+                        client_id,
+                        client_secret,
+                        user,
+                    })
+            }
+            _ => {
+                p.push(("servicenow.auth".into(), "must be basic or oauth".into()));
+                None
+            }
+        };
+        let secs = raw.timeout_seconds.unwrap_or(10);
+        if !(1..=120).contains(&secs) {
+            p.push((
+                "servicenow.timeout_seconds".into(),
+                "must be between 1 and 120".into(),
+            ));
+        }
+        match (instance, auth) {
+            (Some(instance), Some(auth)) if p.is_empty() => Ok(ServiceNowSettings {
+                instance,
+                auth,
+                timeout: Duration::from_secs(secs),
+            }),
+            _ => Err(p),
+        }
+    }
+
+    /// For `check-config`: no secret values.
+    pub fn describe(&self) -> String {
+        match &self.auth {
+            Auth::Basic { username, password } => format!(
+                "{} with basic auth as {username}, password from {}",
+                self.instance.base(),
+                password.describe()
+            ),
+            Auth::OAuth {
+                client_id,
+                client_secret,
+                user,
+            } => format!(
+                "{} with OAuth client {client_id} (secret from {}){}",
+                self.instance.base(),
+                client_secret.describe(),
+                user.as_ref()
+                    .map(|(u, s)| format!(
+                        ", password grant as {u} (password from {})",
+                        s.describe()
+                    ))
+                    .unwrap_or_else(|| ", client_credentials grant".into())
+            ),
+        }
+    }
+
+    pub fn uses_key_vault(&self) -> bool {
+        let kv = |s: &SecretSource| matches!(s, SecretSource::KeyVault(_));
+        match &self.auth {
+            Auth::Basic { password, .. } => kv(password),
+            Auth::OAuth {
+                client_secret,
+                user,
+                ..
+            } => kv(client_secret) || user.as_ref().is_some_and(|(_, s)| kv(s)),
+        }
+    }
+}
+
+/// The client.
+pub struct ServiceNow {
+    http: reqwest::Client,
+    s: ServiceNowSettings,
+    credentials: Option<Arc<Credentials>>,
+    /// Secrets read from Key Vault, by name.
+    secrets: Mutex<std::collections::HashMap<String, Secret>>,
+    token: Mutex<Option<(Secret, Instant)>>,
+    calls: AtomicU64,
+}
+
+impl ServiceNow {
+    pub fn new(
+        http: reqwest::Client,
+        s: ServiceNowSettings,
+        credentials: Option<Arc<Credentials>>,
+    ) -> ServiceNow {
+        ServiceNow {
+            http,
+            s,
+            credentials,
+            secrets: Mutex::default(),
+            token: Mutex::new(None),
+            calls: AtomicU64::new(0),
+        }
+    }
+
+    /// Table API and token calls made so far.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    async fn secret(&self, src: &SecretSource, fresh: bool) -> Result<Secret, TicketError> {
+        let name = match src {
+            SecretSource::Value(v) => return Ok(v.clone()),
+            SecretSource::KeyVault(n) => n,
+        };
+        if !fresh && let Some(s) = self.secrets.lock().await.get(name) {
+            return Ok(s.clone());
+        }
+        let (Some(creds), Some(vault)) = (
+            self.credentials.as_ref(),
+            self.credentials.as_ref().and_then(|c| c.key_vault()),
+        ) else {
+            return Err(TicketError::Credential(format!(
+                "Key Vault secret {name} is named, but credentials.key_vault_url is not set"
+            )));
+        };
+        let v = vault
+            .secret(creds.managed_identity(), name)
+            .await
+            .map_err(|e| TicketError::Credential(e.to_string()))?;
+        self.secrets
+            .lock()
+            .await
+            .insert(name.clone(), v.value.clone());
+        Ok(v.value)
+    }
+
+    fn left(deadline: Instant) -> Result<Duration, TicketError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            Err(TicketError::DeadlinePassed)
+        } else {
+            Ok(left)
+        }
+    }
+
+    async fn oauth_token(&self, fresh: bool, deadline: Instant) -> Result<Secret, TicketError> {
+        let Auth::OAuth {
+            client_id,
+            client_secret,
+            user,
+        } = &self.s.auth
+        else {
+            return Err(TicketError::Credential("not in oauth mode".into()));
+        };
+        if !fresh
+            && let Some((t, until)) = self.token.lock().await.as_ref()
+            && Instant::now() < *until
+        {
+            return Ok(t.clone());
+        }
+        let secret = self.secret(client_secret, fresh).await?;
+        let mut form: Vec<(&str, String)> = vec![
+            ("client_id", client_id.clone()),
+            ("client_secret", secret.expose().to_owned()),
+        ];
+        match user {
+            None => form.push(("grant_type", "client_credentials".into())),
+            Some((u, pw)) => {
+                let pw = self.secret(pw, fresh).await?;
+                form.extend([
+                    ("grant_type", "password".into()),
+                    ("username", u.clone()),
+                    ("password", pw.expose().to_owned()),
+                ]);
+            }
+        }
+        let left = Self::left(deadline)?;
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let resp = self
+            .http
+            .post(self.s.instance.join("/oauth_token.do"))
+            .form(&form)
+            .timeout(self.s.timeout.min(left))
+            .send()
+            .await
+            .map_err(|e| {
+                TicketError::Unavailable(format!("OAuth token request {}", transport_error(&e)))
+            })?;
+        let status = resp.status().as_u16();
+        if status == 401 || status == 400 {
+            return Err(TicketError::Unauthorized(format!(
+                "the OAuth token endpoint answered HTTP {status}: check servicenow.client_id and the client secret"
+            )));
+        }
+        if status != 200 {
+            return Err(TicketError::Unavailable(format!(
+                "the OAuth token endpoint answered HTTP {status}"
+            )));
+        }
+        let v: Value = resp
+            .json()
+            .await
+            .map_err(|_| TicketError::Malformed("the OAuth token answer is not JSON".into()))?;
+        let token = v["access_token"].as_str().ok_or_else(|| {
+            TicketError::Malformed("the OAuth token answer has no access_token".into())
+        })?;
+        let life = v["expires_in"]
+            .as_u64()
+            .unwrap_or(300)
+            .saturating_sub(60)
+            .max(30);
+        let t = Secret::new(token);
+        *self.token.lock().await = Some((t.clone(), Instant::now() + Duration::from_secs(life)));
+        Ok(t)
+    }
+
+    async fn get(
+        &self,
+        url: &str,
+        query: &[(&str, String)],
+        fresh: bool,
+        deadline: Instant,
+    ) -> Result<reqwest::Response, TicketError> {
+        let req = self.http.get(url).query(query);
+        let req = match &self.s.auth {
+            Auth::Basic { username, password } => {
+                let pw = self.secret(password, fresh).await?;
+                req.basic_auth(username, Some(pw.expose()))
+            }
+            Auth::OAuth { .. } => {
+                req.bearer_auth(self.oauth_token(fresh, deadline).await?.expose())
+            }
+        };
+        let left = Self::left(deadline)?;
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        req.timeout(self.s.timeout.min(left))
+            .send()
+            .await
+            .map_err(|e| TicketError::Unavailable(format!("ServiceNow {}", transport_error(&e))))
+    }
+}
+
+fn safe_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+}
+
+/// ServiceNow's `{"error":{"message"}}`.
+fn error_message(body: &str) -> String {
+    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    v["error"]["message"]
+        .as_str()
+        .or_else(|| v["error"].as_str())
+        .unwrap_or("")
+        .chars()
+        .take(200)
+        .collect()
+}
+
+#[async_trait::async_trait]
+impl TicketSystem for ServiceNow {
+    async fn find(
+        &self,
+        table: &str,
+        number_field: &str,
+        number: &str,
+        fields: &[String],
+        deadline: Instant,
+    ) -> Result<Vec<TicketRecord>, TicketError> {
+        // Query injection guard: `^` joins conditions, so nothing but a plain number goes in.
+        if !safe_name(table)
+            || table.contains('.')
+            || !safe_name(number_field)
+            || fields.iter().any(|f| !safe_name(f))
+        {
+            return Err(TicketError::Malformed(format!(
+                "refusing table or field names that are not [A-Za-z0-9_.]: {table}, {number_field}"
+            )));
+        }
+        if number.is_empty()
+            || !number
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(TicketError::Malformed(format!(
+                "refusing ticket number {number:?}: letters, digits, - and _ only"
+            )));
+        }
+        let mut want = vec![number_field.to_owned(), "sys_id".to_owned()];
+        want.extend(fields.iter().cloned());
+        let query = [
+            ("sysparm_query", format!("{number_field}={number}")),
+            ("sysparm_fields", want.join(",")),
+            ("sysparm_limit", "10".to_owned()),
+            ("sysparm_display_value", "all".to_owned()),
+            ("sysparm_exclude_reference_link", "true".to_owned()),
+        ];
+        let url = self.s.instance.join(&format!("/api/now/table/{table}"));
+        let started = Instant::now();
+        let mut resp = self.get(&url, &query, false, deadline).await?;
+        if resp.status().as_u16() == 401 {
+            // A rotated secret or an expired token: read both afresh, once.
+            resp = self.get(&url, &query, true, deadline).await?;
+        }
+        let status = resp.status().as_u16();
+        tracing::debug!(
+            table,
+            status,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "servicenow"
+        );
+        match status {
+            200 => {}
+            401 | 403 => {
+                let how = match &self.s.auth {
+                    Auth::Basic { .. } => "basic auth: check servicenow.username and the password",
+                    Auth::OAuth { .. } => {
+                        "OAuth: check the client, and the user's roles on the table"
+                    }
+                };
+                return Err(TicketError::Unauthorized(format!("HTTP {status} ({how})")));
+            }
+            400 => {
+                let msg = error_message(&resp.text().await.unwrap_or_default());
+                return Err(TicketError::Unavailable(format!("HTTP 400 {msg}")));
+            }
+            _ => {
+                let ra = retry_after(resp.headers())
+                    .map(|d| format!(", Retry-After {} s", d.as_secs()))
+                    .unwrap_or_default();
+                return Err(TicketError::Unavailable(format!("HTTP {status}{ra}")));
+            }
+        }
+        let v: Value = resp
+            .json()
+            .await
+            .map_err(|_| TicketError::Malformed("the Table API answer is not JSON".into()))?;
+        let rows = v["result"].as_array().ok_or_else(|| {
+            TicketError::Malformed("the Table API answer has no result array".into())
+        })?;
+        rows.iter()
+            .map(|r| {
+                r.as_object()
+                    .map(|o| TicketRecord { fields: o.clone() })
+                    .ok_or_else(|| TicketError::Malformed("a result entry is not an object".into()))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use axum::extract::{Query, State};
+    use axum::http::HeaderMap;
+    use axum::routing::{get, post};
+    use axum::{Json, Router};
+    use serde_json::json;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Seen {
+        tokens: AtomicUsize,
+        gets: AtomicUsize,
+        last_query: std::sync::Mutex<String>,
+        last_auth: std::sync::Mutex<String>,
+    }
+
+    async fn stub(fail_first: bool, body: Value) -> (String, Arc<Seen>) {
+        let seen = Arc::new(Seen::default());
+        let s2 = seen.clone();
+        let app = Router::new()
+            .route("/oauth_token.do", post(|State(s): State<Arc<Seen>>| async move {
+                s.tokens.fetch_add(1, Ordering::SeqCst);
+                Json(json!({"access_token": "tok-123", "token_type": "Bearer", "expires_in": 1799}))
+            }))
+            .route("/api/now/table/{table}", get(move |State(s): State<Arc<Seen>>, Query(q): Query<Vec<(String, String)>>, h: HeaderMap| {
+                let body = body.clone();
+                async move {
+                    let n = s.gets.fetch_add(1, Ordering::SeqCst);
+                    if let Ok(mut l) = s.last_query.lock() { *l = format!("{q:?}"); }
+                    if let Ok(mut l) = s.last_auth.lock() { *l = h.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned(); }
+                    if fail_first && n == 0 {
+                        return (axum::http::StatusCode::UNAUTHORIZED, Json(json!({"error": {"message": "User Not Authenticated"}, "status": "failure"})));
+                    }
+                    (axum::http::StatusCode::OK, Json(body))
+                }
+            }))
+            .with_state(s2);
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = l.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        tokio::spawn(async move { axum::serve(l, app).await });
+        (format!("http://{addr}"), seen)
+    }
+
+    fn settings(toml_text: &str) -> Result<ServiceNowSettings, Vec<(String, String)>> {
+        ServiceNowSettings::parse(toml::from_str(toml_text).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    fn deadline() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
+    #[tokio::test]
+    async fn basic_auth_query_shape_and_records() {
+        let (url, seen) = stub(
+            false,
+            json!({"result": [{"number": "RITM0010001", "sys_id": "s1"}]}),
+        )
+        .await;
+        let s = settings(&format!(
+            "instance_url = \"{url}\"\nusername = \"ag\"\npassword = \"pw-not-printed\""
+        ))
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let sn = ServiceNow::new(reqwest::Client::new(), s, None);
+        let recs = sn
+            .find(
+                "sc_req_item",
+                "number",
+                "RITM0010001",
+                &["state".into(), "opened_for.email".into()],
+                deadline(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(recs.len(), 1);
+        let q = seen
+            .last_query
+            .lock()
+            .map(|q| q.clone())
+            .unwrap_or_default();
+        for want in [
+            "number=RITM0010001",
+            "number,sys_id,state,opened_for.email",
+            "sysparm_display_value\", \"all",
+            "sysparm_exclude_reference_link",
+        ] {
+            assert!(q.contains(want), "{want}: {q}");
+        }
+        assert!(
+            seen.last_auth
+                .lock()
+                .map(|a| a.starts_with("Basic "))
+                .unwrap_or(false)
+        );
+    }
+
+    #[tokio::test]
+    async fn oauth_tokens_are_cached_and_a_401_retries_once() {
+        let (url, seen) = stub(true, json!({"result": []})).await;
+        let s = settings(&format!("instance_url = \"{url}\"\nauth = \"oauth\"\nclient_id = \"c\"\nclient_secret = \"cs-not-printed\"")).unwrap_or_else(|e| panic!("{e:?}"));
+        let sn = ServiceNow::new(reqwest::Client::new(), s, None);
+        for _ in 0..2 {
+            sn.find("incident", "number", "INC0000001", &[], deadline())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        // First find: token, 401, fresh token, retry; second find: the cached token.
+        assert_eq!(seen.tokens.load(Ordering::SeqCst), 2);
+        assert_eq!(seen.gets.load(Ordering::SeqCst), 3);
+        assert_eq!(
+            seen.last_auth.lock().map(|a| a.clone()).unwrap_or_default(),
+            "Bearer tok-123"
+        );
+    }
+
+    #[tokio::test]
+    async fn failures_map_to_clear_errors() {
+        let (url, _) = stub(false, json!({"oops": 1})).await;
+        let s = settings(&format!(
+            "instance_url = \"{url}\"\nusername = \"ag\"\npassword = \"pw-not-printed\""
+        ))
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let sn = ServiceNow::new(reqwest::Client::new(), s.clone(), None);
+        assert!(matches!(
+            sn.find("t", "number", "X1", &[], deadline()).await,
+            Err(TicketError::Malformed(_))
+        ));
+        assert!(
+            matches!(
+                sn.find("t", "number", "X1^ORactive=true", &[], deadline())
+                    .await,
+                Err(TicketError::Malformed(_))
+            ),
+            "injection guard"
+        );
+        assert!(matches!(
+            sn.find("t;drop", "number", "X1", &[], deadline()).await,
+            Err(TicketError::Malformed(_))
+        ));
+        assert!(matches!(
+            sn.find("t", "number", "X1", &[], Instant::now()).await,
+            Err(TicketError::DeadlinePassed)
+        ));
+        let (down, _) = ("http://127.0.0.1:9".to_owned(), ());
+        let s = settings(&format!(
+            "instance_url = \"{down}\"\nusername = \"ag\"\npassword = \"pw-not-printed\""
+        ))
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let e = ServiceNow::new(reqwest::Client::new(), s.clone(), None)
+            .find("t", "number", "X1", &[], deadline())
+            .await
+            .err();
+        assert!(matches!(e, Some(TicketError::Unavailable(_))), "{e:?}");
+        let printed = format!("{s:?} {} {e:?}", s.describe());
+        assert!(!printed.contains("pw-not-printed"), "{printed}");
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        let errs = settings("instance_url = \"http://servicenow.example.com\"\nauth = \"oauth\"")
+            .err()
+            .unwrap_or_default();
+        let all = format!("{errs:?}");
+        for want in [
+            "servicenow.instance_url",
+            "servicenow.client_id",
+            "client_secret_secret",
+        ] {
+            assert!(all.contains(want), "{want}: {all}");
+        }
+        let s = settings("instance_url = \"https://x.service-now.com\"\nusername = \"u\"\npassword_secret = \"sn-pw\"").unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(s.uses_key_vault());
+        assert!(s.describe().contains("Key Vault secret sn-pw"));
+        assert!(settings("instance_url = \"https://x\"\nusername = \"u\"\npassword = \"a\"\npassword_secret = \"b\"").is_err());
+    }
+}
