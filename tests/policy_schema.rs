@@ -51,13 +51,28 @@ fn bad_policies_are_refused_by_schema_and_loader() {
     for (why, text) in [
         ("unknown top-level key", "colour = \"blue\"\n"),
         ("unknown mode", "[defaults]\nmode = \"maybe\"\n"),
-        ("rule with checks and a decision", "[checks.hr]\n[[rules]]\nname = \"r\"\nchecks = [\"hr\"]\ndecision = \"deny\"\n"),
+        (
+            "rule with checks and a decision",
+            "[checks.hr]\n[[rules]]\nname = \"r\"\nchecks = [\"hr\"]\ndecision = \"deny\"\n",
+        ),
         ("rule with neither", "[[rules]]\nname = \"r\"\n"),
-        ("unknown stage", "[[rules]]\nname = \"r\"\nstages = [\"later\"]\ndecision = \"deny\"\n"),
-        ("risk with one set", "[packages.a]\nid = \"1\"\n[[risks]]\nname = \"x\"\nseverity = \"low\"\nowner = \"o\"\nsets = [{ access_packages = [\"a\"] }]\n"),
+        (
+            "unknown stage",
+            "[[rules]]\nname = \"r\"\nstages = [\"later\"]\ndecision = \"deny\"\n",
+        ),
+        (
+            "risk with one set",
+            "[packages.a]\nid = \"1\"\n[[risks]]\nname = \"x\"\nseverity = \"low\"\nowner = \"o\"\nsets = [{ access_packages = [\"a\"] }]\n",
+        ),
         ("unknown check type", "[checks.x]\ntype = \"astrology\"\n"),
-        ("unknown hr setting", "[checks.hr]\ntype = \"hr\"\nbogus = true\n"),
-        ("ticket without states", "[checks.t]\ntype = \"servicenow_ticket\"\ntable = \"incident\"\n"),
+        (
+            "unknown hr setting",
+            "[checks.hr]\ntype = \"hr\"\nbogus = true\n",
+        ),
+        (
+            "ticket without states",
+            "[checks.t]\ntype = \"servicenow_ticket\"\ntable = \"incident\"\n",
+        ),
     ] {
         assert!(!v.is_valid(&as_json(text)), "schema accepted: {why}");
         assert!(Policy::parse(text).is_err(), "loader accepted: {why}");

@@ -48,6 +48,13 @@ pub(crate) fn router(state: AppState) -> Router {
             post(kv_certificate),
         )
         .route("/_emulator/graph-calls", get(graph_calls))
+        .route("/_emulator/world", post(world))
+        .route(
+            "/_emulator/servicenow/credentials",
+            put(sn_credentials).get(sn_credentials_get),
+        )
+        .route("/_emulator/servicenow/settings", put(sn_settings))
+        .route("/_emulator/servicenow/calls", get(sn_calls))
         .nest(
             "/v1.0",
             graph::routes("v1.0").route_layer(middleware::from_fn_with_state(
@@ -65,6 +72,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .merge(entra::routes())
         .merge(msi::routes())
         .merge(keyvault::routes())
+        .merge(crate::servicenow::routes())
         .fallback(not_found)
         .with_state(state)
 }
@@ -329,4 +337,49 @@ async fn kv_certificate(
 
 async fn graph_calls(State(state): State<AppState>) -> Response {
     Json(graph::graph_calls(&state)).into_response()
+}
+
+async fn world(State(state): State<AppState>, body: Bytes) -> Response {
+    let world: crate::directory::World = match serde_json::from_slice(&body) {
+        Ok(w) => w,
+        Err(err) => return bad_json(&err),
+    };
+    match crate::directory::load(&state, &world) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(err) => control_error(StatusCode::BAD_REQUEST, format!("{err:#}")),
+    }
+}
+
+async fn sn_credentials(State(state): State<AppState>, body: Bytes) -> Response {
+    let creds: crate::servicenow::ServiceNowCredentials = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(err) => return bad_json(&err),
+    };
+    let mut inner = state.lock();
+    inner.servicenow.creds = creds;
+    inner.servicenow.tokens.clear();
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn sn_credentials_get(State(state): State<AppState>) -> Response {
+    Json(state.lock().servicenow.creds.clone()).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct SnSettings {
+    invalid_query_returns_no_rows: bool,
+}
+
+async fn sn_settings(State(state): State<AppState>, body: Bytes) -> Response {
+    match serde_json::from_slice::<SnSettings>(&body) {
+        Ok(s) => {
+            state.lock().servicenow.invalid_query_returns_no_rows = s.invalid_query_returns_no_rows;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(err) => bad_json(&err),
+    }
+}
+
+async fn sn_calls(State(state): State<AppState>) -> Response {
+    Json(state.lock().servicenow.calls.clone()).into_response()
 }

@@ -13,6 +13,58 @@ use accessgate_emulator::{
     Emulator, EmulatorConfig, MintOptions, PopOptions, SendOptions, SendReport, Shape, SignWith,
 };
 
+/// The demo tenant's policy and directory (also the repository's examples).
+const POLICY: &str = include_str!("../../examples/policies/contoso.toml");
+const WORLD: &str = include_str!("../../examples/world/world.json");
+
+/// Looks up the demo world's ids by display name, so the story reads in names.
+struct Names(serde_json::Value);
+
+impl Names {
+    fn find(&self, list: &str, name: &str) -> anyhow::Result<serde_json::Value> {
+        self.0[list]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["displayName"].as_str() == Some(name))
+            .cloned()
+            .with_context(|| format!("the demo world has no {list} entry {name:?}"))
+    }
+
+    fn id(&self, list: &str, name: &str) -> anyhow::Result<String> {
+        Ok(self.find(list, name)?["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned())
+    }
+
+    /// A callout for `user`'s request of `package` (the world's request when there is one).
+    fn callout(&self, user: &str, package: &str, stage: &str) -> anyhow::Result<SendOptions> {
+        let uid = self.id("users", user)?;
+        let pkg = self.find("accessPackages", package)?;
+        let pid = pkg["id"].as_str().unwrap_or_default().to_owned();
+        let request = self.0["requests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| {
+                r["targetId"].as_str() == Some(uid.as_str())
+                    && r["accessPackageId"].as_str() == Some(pid.as_str())
+            })
+            .and_then(|r| r["id"].as_str().map(str::to_owned));
+        Ok(SendOptions {
+            stage: Some(stage.into()),
+            request_id: request,
+            target_object_id: Some(uid),
+            target_display_name: Some(user.into()),
+            access_package_id: Some(pid),
+            access_package_name: Some(package.into()),
+            catalog_id: pkg["catalogId"].as_str().map(str::to_owned),
+            ..Default::default()
+        })
+    }
+}
+
 struct Guard(Child);
 
 impl Drop for Guard {
@@ -47,19 +99,7 @@ fn free_port() -> anyhow::Result<u16> {
 
 fn write_files(dir: &Path, emu: &Emulator, port: u16) -> anyhow::Result<PathBuf> {
     let policy = dir.join("policy.toml");
-    std::fs::write(
-        &policy,
-        r#"[packages.finance-reports]
-display_name = "Finance Reports"
-
-[[rules]]
-name = "finance-needs-ticket"
-access_packages = ["finance-reports"]
-stages = ["assignmentRequestCreated", "assignmentRequestApproved"]
-decision = "deny"
-detail = "Finance Reports requires an approved ServiceNow ticket; none was given."
-"#,
-    )?;
+    std::fs::write(&policy, POLICY)?;
     let cfg = emu.config();
     let config = dir.join("accessgate.toml");
     std::fs::write(
@@ -94,6 +134,14 @@ certificate_name = "accessgate-graph"
 [policy]
 file = "policy.toml"
 
+# The ticket check reads ServiceNow's Table API; its password is a Key Vault secret, read with
+# the managed identity like the Graph certificate.
+[servicenow]
+instance_url = "{base}"
+auth = "basic"
+username = "{sn_user}"
+password_secret = "servicenow-password"
+
 [log]
 format = "text"
 "#,
@@ -102,6 +150,7 @@ format = "text"
             client = cfg.graph_client_id,
             vault = emu.key_vault_url(),
             resource = cfg.logic_app_resource,
+            sn_user = emu.servicenow_credentials().username,
         ),
     )?;
     Ok(config)
@@ -162,6 +211,24 @@ pub async fn run(accessgate: Option<PathBuf>) -> anyhow::Result<()> {
     let log = std::fs::File::create(&log_path)?;
     // The certificate registered on the app, in the emulated vault.
     let cert = emu.create_certificate("accessgate-graph", Default::default())?;
+    // The directory and ServiceNow of the demo tenant, plus one request that cites a closed ticket.
+    let mut world: serde_json::Value =
+        serde_json::from_str(WORLD).context("examples/world/world.json")?;
+    let names = Names(world.clone());
+    let chen = names.id("users", "Chen")?;
+    let crm = names.id("accessPackages", "Sales CRM")?;
+    let closed_request = uuid::Uuid::new_v4().to_string();
+    if let Some(list) = world["requests"].as_array_mut() {
+        list.push(serde_json::json!({
+            "id": closed_request, "accessPackageId": crm, "targetId": chen,
+            "state": "pendingApproval", "justification": "Still needed, see RITM0010002"
+        }));
+    }
+    emu.load_world(&serde_json::from_value(world)?)?;
+    emu.put_secret(
+        "servicenow-password",
+        &emu.servicenow_credentials().password,
+    )?;
     println!(
         "accessgate calls Graph as app {} with Key Vault certificate accessgate-graph (x5t#S256 {}), read through the managed identity\n",
         emu.config().graph_client_id,
@@ -199,8 +266,9 @@ pub async fn run(accessgate: Option<PathBuf>) -> anyhow::Result<()> {
         ready.as_secs_f64() * 1000.0
     );
     println!(
-        "  policy: deny \"Finance Reports\" at request created/approved; everything else continues\n"
+        "  policy: examples/policies/contoso.toml (SoD, HR and ServiceNow checks; \"Finance Reports\" always denied at request created/approved)"
     );
+    println!("  directory and ServiceNow: examples/world/world.json, served by the emulator\n");
 
     let captured = format!("PoP {}", emu.mint_pop(&PopOptions::default())?);
     let sales = uuid::Uuid::new_v4().to_string();
@@ -335,7 +403,53 @@ pub async fn run(accessgate: Option<PathBuf>) -> anyhow::Result<()> {
             None,
             "refused: each signed request is accepted once",
         ),
+        base(
+            "Alice, who maintains vendors, requests \"Payments run\" (separation of duties)",
+            names.callout("Alice", "Payments run", "assignmentRequestCreated")?,
+            202,
+            Some(Some("denied")),
+            "",
+        ),
+        base(
+            "Chen, a contractor with a pending request for \"Vendor master data\", requests \"Payments run\" (HR status and SoD)",
+            names.callout("Chen", "Payments run", "assignmentRequestCreated")?,
+            202,
+            Some(Some("denied")),
+            "",
+        ),
+        base(
+            "Chen requests \"Sales CRM\" and answers \"ServiceNow ticket\" with RITM0010001 (open, opened for Chen)",
+            names.callout("Chen", "Sales CRM", "assignmentRequestCreated")?,
+            202,
+            Some(None),
+            "",
+        ),
+        base(
+            "Chen requests \"Sales CRM\" again, citing RITM0010002 in the justification (a closed ticket)",
+            SendOptions {
+                request_id: Some(closed_request.clone()),
+                ..names.callout("Chen", "Sales CRM", "assignmentRequestCreated")?
+            },
+            202,
+            Some(Some("denied")),
+            "",
+        ),
+        base(
+            "Lena, who leaves on 1 December, requests \"Finance reporting\" (rule in audit mode)",
+            names.callout("Lena", "Finance reporting", "assignmentRequestCreated")?,
+            202,
+            Some(None),
+            "",
+        ),
+        base(
+            "Alice's \"Payments run\" is granted anyway by an admin (granted: checks only report)",
+            names.callout("Alice", "Payments run", "assignmentRequestGranted")?,
+            202,
+            Some(None),
+            "",
+        ),
     ];
+    let expected_resumes = steps.iter().filter(|s| s.expect_resume.is_some()).count();
 
     let mut latencies = Vec::new();
     let mut failures = Vec::new();
@@ -401,9 +515,9 @@ pub async fn run(accessgate: Option<PathBuf>) -> anyhow::Result<()> {
             "Ada's request was resumed {dupes} times, expected once"
         ));
     }
-    if resumes.len() != 4 {
+    if resumes.len() != expected_resumes {
         failures.push(format!(
-            "expected 4 resumes in Graph, saw {}",
+            "expected {expected_resumes} resumes in Graph, saw {}",
             resumes.len()
         ));
     }

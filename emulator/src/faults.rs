@@ -35,6 +35,9 @@ pub enum FaultTarget {
     Keyvault,
     /// The managed identity endpoint (`GET /msi/token`).
     ManagedIdentity,
+    /// The ServiceNow Table API (`/api/now/table/...`).
+    #[serde(rename = "servicenow")]
+    ServiceNow,
 }
 
 /// Body of `POST /_emulator/faults`.
@@ -210,6 +213,11 @@ pub(crate) async fn apply(state: &Shared, target: FaultTarget) -> Option<Respons
             )
                 .into_response()
         }
+        FaultTarget::ServiceNow => (
+            status,
+            Json(json!({"error": {"message": format!("Injected fault: {status}"), "detail": null}, "status": "failure"})),
+        )
+            .into_response(),
         FaultTarget::ManagedIdentity => (
             status,
             Json(json!({"statusCode": status.as_u16(), "message": format!("Injected fault: {status}"), "correlationId": uuid::Uuid::new_v4()})),

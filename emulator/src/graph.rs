@@ -501,7 +501,12 @@ fn optional_string(obj: &Map<String, Value>, name: &str) -> Result<Option<String
     }
 }
 
-fn graph_error(status: StatusCode, code: &str, message: &str, headers: &HeaderMap) -> Response {
+pub(crate) fn graph_error(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    headers: &HeaderMap,
+) -> Response {
     let client_request_id = headers
         .get("client-request-id")
         .and_then(|v| v.to_str().ok())
@@ -518,7 +523,7 @@ fn graph_error(status: StatusCode, code: &str, message: &str, headers: &HeaderMa
     (status, Json(body)).into_response()
 }
 
-fn auth_error(err: &TokenError, headers: &HeaderMap) -> Response {
+pub(crate) fn auth_error(err: &TokenError, headers: &HeaderMap) -> Response {
     let mut resp = graph_error(
         StatusCode::UNAUTHORIZED,
         "InvalidAuthenticationToken",
@@ -570,6 +575,7 @@ pub(crate) fn routes(version: &'static str) -> Router<AppState> {
                 post(resume_route),
             );
     }
+    router = router.merge(crate::directory::routes(version));
     router.route(
         "/roleManagement/entitlementManagement/roleAssignments",
         get(
@@ -758,7 +764,7 @@ async fn role_assignments(
     .into_response()
 }
 
-async fn get_request(
+pub(crate) async fn get_request(
     state: AppState,
     id: String,
     headers: HeaderMap,
@@ -771,27 +777,44 @@ async fn get_request(
         Ok(caller) => caller,
         Err(err) => return auth_error(&err, &headers),
     };
+    let (status, body) = get_request_inner(&state, &id, &caller, version);
+    if status.is_success() {
+        Json(body).into_response()
+    } else {
+        let code = body["error"]["code"].as_str().unwrap_or("").to_owned();
+        let msg = body["error"]["message"].as_str().unwrap_or("").to_owned();
+        graph_error(status, &code, &msg, &headers)
+    }
+}
+
+/// GET of a request (also answered inside `$batch`): status and body.
+pub(crate) fn get_request_inner(
+    state: &Shared,
+    id: &str,
+    caller: &Caller,
+    version: &str,
+) -> (StatusCode, Value) {
     let mut inner = state.lock();
     sweep(&mut inner, Instant::now());
-    let catalog = inner.requests.get(&id).map(|r| r.catalog_id.clone());
+    let catalog = inner.requests.get(id).map(|r| r.catalog_id.clone());
     if !authorized(
         &inner,
-        &caller,
+        caller,
         catalog.as_deref(),
         &GET_PERMISSIONS,
         &GET_CATALOG_ROLES,
     ) {
-        drop(inner);
-        return forbidden(&headers);
+        return (
+            StatusCode::FORBIDDEN,
+            json!({"error": {"code": "Authorization_RequestDenied", "message": "Insufficient privileges to complete the operation."}}),
+        );
     }
-    let Some(request) = inner.requests.get(&id) else {
-        return graph_error(
+    let Some(request) = inner.requests.get(id) else {
+        return (
             StatusCode::NOT_FOUND,
-            "ResourceNotFound",
-            &format!(
+            json!({"error": {"code": "ResourceNotFound", "message": format!(
                 "Resource '{id}' does not exist or one of its queried reference-property objects are not present."
-            ),
-            &headers,
+            )}}),
         );
     };
     let instances: Vec<Value> = request
@@ -807,7 +830,7 @@ async fn get_request(
             })
         })
         .collect();
-    let body = json!({
+    let mut body = json!({
         "@odata.context": format!("{}/{version}/$metadata#identityGovernance/entitlementManagement/assignmentRequests/$entity", state.base_url),
         "id": request.id,
         "requestType": request.request_type,
@@ -816,9 +839,25 @@ async fn get_request(
         "createdDateTime": request.created.to_string(),
         "completedDateTime": request.completed.map(|t| t.to_string()),
         "justification": Value::Null,
+        "answers": [],
         "customExtensionCalloutInstances": instances,
     });
-    Json(body).into_response()
+    // A request of the loaded world carries its justification and answers.
+    if let Some(w) = inner
+        .world
+        .requests
+        .iter()
+        .find(|r| r.id.eq_ignore_ascii_case(id))
+    {
+        body["justification"] = json!(w.justification);
+        body["answers"] = Value::Array(
+            w.answers
+                .iter()
+                .map(crate::directory::answer_json)
+                .collect(),
+        );
+    }
+    (StatusCode::OK, body)
 }
 
 async fn resume(

@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 mod control;
+pub mod directory;
 pub mod entra;
 pub mod faults;
 pub mod graph;
@@ -31,6 +32,7 @@ mod msi;
 pub mod pop;
 pub mod principals;
 pub mod sender;
+pub mod servicenow;
 mod state;
 
 use std::net::SocketAddr;
@@ -50,8 +52,10 @@ pub use principals::{CatalogRole, Grants, Principal, PrincipalKind};
 
 /// Catalog of requests registered without one (`cccccccc-0000-0000-0000-000000000001`).
 pub const DEFAULT_CATALOG: &str = graph::DEFAULT_CATALOG_ID;
+pub use directory::World;
 pub use pop::{PopKey, PopKeyKind, PopOptions};
 pub use sender::{AuthScheme, SendOptions, SendReport, Shape};
+pub use servicenow::{ServiceNowCall, ServiceNowCredentials};
 pub use state::Stats;
 
 use state::{AppState, Shared};
@@ -429,6 +433,39 @@ impl Emulator {
     /// Removes every fault.
     pub fn clear_faults(&self) {
         faults::clear(&self.state);
+    }
+
+    /// Replaces the directory and ServiceNow data with a world file's (docs/world-format.md).
+    pub fn load_world(&self, world: &World) -> anyhow::Result<()> {
+        directory::load(&self.state, world)
+    }
+
+    /// The credentials the emulated ServiceNow accepts (Basic user/password, OAuth client).
+    pub fn servicenow_credentials(&self) -> ServiceNowCredentials {
+        self.state.lock().servicenow.creds.clone()
+    }
+
+    /// Replaces the ServiceNow credentials; issued OAuth tokens are revoked.
+    pub fn set_servicenow_credentials(&self, creds: &ServiceNowCredentials) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !creds.username.is_empty() && !creds.password.is_empty(),
+            "username and password must not be empty"
+        );
+        let mut inner = self.state.lock();
+        inner.servicenow.creds = creds.clone();
+        inner.servicenow.tokens.clear();
+        Ok(())
+    }
+
+    /// ServiceNow's `glide.invalid_query.returns_no_rows`: when set, a query naming an unknown
+    /// field returns nothing instead of ignoring that part.
+    pub fn set_servicenow_invalid_query_returns_no_rows(&self, on: bool) {
+        self.state.lock().servicenow.invalid_query_returns_no_rows = on;
+    }
+
+    /// Every ServiceNow call (at most 10000), oldest first.
+    pub fn servicenow_calls(&self) -> Vec<ServiceNowCall> {
+        self.state.lock().servicenow.calls.clone()
     }
 
     /// Sends a callout like Entra, minting the token and registering the request in-process.

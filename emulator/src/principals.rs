@@ -16,6 +16,15 @@ use crate::state::Shared;
 pub const READ_WRITE_ALL: &str = "EntitlementManagement.ReadWrite.All";
 /// The Graph application permission that allows reading requests everywhere.
 pub const READ_ALL: &str = "EntitlementManagement.Read.All";
+/// What a new principal holds: resume everywhere, and the directory reads accessgate's checks
+/// make (users with lifecycle attributes, group memberships, app role assignments).
+pub const DEFAULT_GRAPH_PERMISSIONS: [&str; 5] = [
+    READ_WRITE_ALL,
+    "User.Read.All",
+    "User-LifeCycleInfo.Read.All",
+    "GroupMember.Read.All",
+    "Directory.Read.All",
+];
 /// Key Vault RBAC role that may read secrets.
 pub const KV_SECRETS_USER: &str = "Key Vault Secrets User";
 /// Key Vault RBAC role that may read certificates.
@@ -96,7 +105,10 @@ impl Principal {
             client_id,
             object_id,
             kind,
-            graph_permissions: vec![READ_WRITE_ALL.to_owned()],
+            graph_permissions: DEFAULT_GRAPH_PERMISSIONS
+                .iter()
+                .map(|p| (*p).to_owned())
+                .collect(),
             catalog_roles: Vec::new(),
             key_vault_roles,
         }

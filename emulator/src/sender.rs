@@ -65,6 +65,8 @@ pub struct SendOptions {
     pub access_package_id: Option<String>,
     pub access_package_name: Option<String>,
     pub target_object_id: Option<String>,
+    /// Extension: the target's display name (default `Emulator User`).
+    pub target_display_name: Option<String>,
     /// Callback timeout, ISO 8601; default `PT1H`.
     pub timeout: Option<String>,
     /// PoP (default) or bearer.
@@ -116,6 +118,7 @@ pub struct CalloutFields {
     pub access_package_id: String,
     pub access_package_name: String,
     pub target_object_id: String,
+    pub target_display_name: String,
     pub timeout: String,
 }
 
@@ -142,6 +145,7 @@ impl CalloutFields {
                 &opts.target_object_id,
                 "0b000000-0000-0000-0000-000000000001",
             ),
+            target_display_name: or(&opts.target_display_name, "Emulator User"),
             timeout: or(&opts.timeout, "PT1H"),
         }
     }
@@ -210,7 +214,7 @@ pub fn flat_body(f: &CalloutFields) -> Value {
             "ConnectedOrganization": null,
             "Id": REQUESTOR_SUBJECT_ID,
             "ObjectId": f.target_object_id,
-            "DisplayName": "Emulator User",
+            "DisplayName": f.target_display_name,
         },
         "State": assignment_state,
         "Status": assignment_status,
@@ -243,7 +247,7 @@ pub fn flat_body(f: &CalloutFields) -> Value {
             "Requestor": {
                 "Id": REQUESTOR_SUBJECT_ID,
                 "ObjectId": f.target_object_id,
-                "DisplayName": "Emulator User",
+                "DisplayName": f.target_display_name,
             },
         }),
         StageKind::PreExpiration => json!({
@@ -278,7 +282,7 @@ pub fn envelope_body(f: &CalloutFields) -> Value {
             "connectedOrganization": null,
             "id": REQUESTOR_SUBJECT_ID,
             "objectId": f.target_object_id,
-            "displayName": "Emulator User",
+            "displayName": f.target_display_name,
         },
         "assignmentPolicy": {"id": POLICY_ID, "displayName": "Emulator Policy"},
     });
@@ -315,7 +319,7 @@ pub fn envelope_body(f: &CalloutFields) -> Value {
                 "requestor": {
                     "id": REQUESTOR_SUBJECT_ID,
                     "objectId": f.target_object_id,
-                    "displayName": "Emulator User",
+                    "displayName": f.target_display_name,
                 },
             });
             if f.kind() == StageKind::ConnectionTest

@@ -54,6 +54,9 @@ pub(crate) struct Inner {
     pub graph_calls: VecDeque<GraphCall>,
     /// Deadlines of waiting callouts: (deadline, request id, stage instance id).
     pub deadlines: BTreeSet<(Instant, String, String)>,
+    /// Directory and ServiceNow data (`load_world`).
+    pub world: crate::directory::World,
+    pub servicenow: crate::servicenow::ServiceNowState,
 }
 
 pub(crate) struct KeySlot {
@@ -79,6 +82,12 @@ pub struct Stats {
     /// Calls to the Key Vault routes (`/vaults/accessgate/...`).
     #[serde(default)]
     pub key_vault_requests: u64,
+    /// Requests inside `$batch` calls (the batch itself is one Graph call).
+    #[serde(default)]
+    pub graph_batch_inner_requests: u64,
+    /// Calls to the ServiceNow routes (Table API and token).
+    #[serde(default)]
+    pub servicenow_calls: u64,
 }
 
 impl Shared {
@@ -133,6 +142,8 @@ impl Shared {
                 vault: Vault::default(),
                 graph_calls: VecDeque::new(),
                 deadlines: BTreeSet::new(),
+                world: crate::directory::World::default(),
+                servicenow: crate::servicenow::ServiceNowState::new(),
             }),
         }
     }

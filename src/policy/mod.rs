@@ -189,14 +189,14 @@ struct Texts {
     notify: Template,
 }
 
-const DEFAULT_ALLOW: &str = "accessgate: checks passed ({checks}).{notes}";
+const DEFAULT_ALLOW: &str = "accessgate: checks passed ({checks}). {notes}";
 const DEFAULT_DENY: &str = "accessgate denied this request: {reasons}";
 const DEFAULT_ERROR: &str =
     "accessgate could not complete its checks ({errors}); by policy the request is {outcome}.";
 const DEFAULT_AUDIT: &str =
-    "accessgate audit mode (no effect): enforce mode would {would}. {reasons}{errors}";
+    "accessgate audit mode (no effect): enforce mode would {would}. {reasons} {errors}";
 const DEFAULT_NOTIFY: &str =
-    "accessgate report ({stage} cannot be denied): enforce mode would {would}. {reasons}{errors}";
+    "accessgate report ({stage} cannot be denied): enforce mode would {would}. {reasons} {errors}";
 const NO_RULE: &str = "Checked by accessgate: no policy rule applies to {package} at {stage}.";
 
 impl Texts {
@@ -659,14 +659,9 @@ fn value(
         "notes" => {
             let notes: Vec<String> = outcomes
                 .iter()
-                .filter_map(|o| {
-                    o.finding
-                        .note
-                        .as_ref()
-                        .map(|n| format!(" {}: {n}", o.check))
-                })
+                .filter_map(|o| o.finding.note.as_ref().map(|n| format!("{}: {n}", o.check)))
                 .collect();
-            notes.concat()
+            notes.join("; ")
         }
         "checks" => outcomes
             .iter()

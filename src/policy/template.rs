@@ -131,7 +131,8 @@ impl Template {
                 Piece::Var(v) => out.push_str(&value(v)),
             }
         }
-        cut(&out, max)
+        // An empty placeholder at either end leaves a stray space.
+        cut(out.trim(), max)
     }
 }
 

@@ -228,7 +228,12 @@ async fn allow_texts_carry_notes() {
     let p = policy_with(vec![e], Mode::Enforce, OnError::Deny);
     let d = decide(&p, &callout("assignmentRequestCreated")).await;
     assert_eq!(d.action, Action::Continue);
-    assert!(d.detail.contains("sod: exception EX-1"), "{}", d.detail);
+    assert!(
+        d.detail
+            .ends_with(". sod: exception EX-1 by cfo@contoso.example applies"),
+        "{}",
+        d.detail
+    );
 }
 
 #[tokio::test]

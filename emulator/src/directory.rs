@@ -1,0 +1,664 @@
+//! The tenant's directory as Graph serves it, from a world file (docs/world-format.md): users
+//! with `$select`, manager, sponsors, transitive group memberships (nesting, cycle-safe), app
+//! role assignments, access package assignments and pending requests with their `$filter`s,
+//! paging with `$top` / `@odata.nextLink`, and JSON batching (`POST /$batch`).
+//!
+//! Emulator choices where Graph is silent or varies: `employeeLeaveDateTime` in `$select`
+//! without `User-LifeCycleInfo.Read.All` is a 403 (Graph documents the permission, not the
+//! failure); a `$batch` is one entry in the call log, its inner requests are counted in
+//! `graph_batch_inner_requests`; faults apply to the outer HTTP call.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::entra::{self, Caller};
+use crate::faults::{self, FaultTarget};
+use crate::graph::{auth_error, graph_error};
+use crate::state::{AppState, Inner, Shared};
+
+/// A world file: the directory and ServiceNow data of an emulated tenant.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct World {
+    /// Graph user objects; `manager`, `sponsors` and `appRoleAssignments` are relationships.
+    #[serde(default)]
+    pub users: Vec<Map<String, Value>>,
+    #[serde(default)]
+    pub groups: Vec<WorldGroup>,
+    #[serde(default)]
+    pub access_packages: Vec<WorldPackage>,
+    #[serde(default)]
+    pub assignments: Vec<WorldAssignment>,
+    #[serde(default)]
+    pub requests: Vec<WorldRequest>,
+    #[serde(default)]
+    pub servicenow: WorldServiceNow,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorldGroup {
+    pub id: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub members: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorldPackage {
+    pub id: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub catalog_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorldAssignment {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub access_package_id: String,
+    pub target_id: String,
+    #[serde(default)]
+    pub state: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorldAnswer {
+    #[serde(default)]
+    pub question_id: Option<String>,
+    #[serde(default)]
+    pub question: Option<String>,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorldRequest {
+    pub id: String,
+    pub access_package_id: String,
+    pub target_id: String,
+    #[serde(default)]
+    pub requestor_id: Option<String>,
+    #[serde(default)]
+    pub state: Option<String>,
+    #[serde(default)]
+    pub justification: Option<String>,
+    #[serde(default)]
+    pub answers: Vec<WorldAnswer>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorldServiceNow {
+    #[serde(default)]
+    pub tables: BTreeMap<String, Vec<Map<String, Value>>>,
+}
+
+fn sid(v: &Map<String, Value>, k: &str) -> Option<String> {
+    v.get(k).and_then(Value::as_str).map(str::to_owned)
+}
+
+impl World {
+    pub fn from_file(path: &Path) -> anyhow::Result<World> {
+        let text = std::fs::read_to_string(path)?;
+        let w: World = serde_json::from_str(&text)?;
+        w.validate()?;
+        Ok(w)
+    }
+
+    /// Every id a relationship names must exist.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let users: BTreeSet<String> = self
+            .users
+            .iter()
+            .filter_map(|u| sid(u, "id"))
+            .map(|s| s.to_lowercase())
+            .collect();
+        if users.len() != self.users.len() {
+            anyhow::bail!("every user needs a unique id");
+        }
+        let groups: BTreeSet<String> = self.groups.iter().map(|g| g.id.to_lowercase()).collect();
+        let packages: BTreeSet<String> = self
+            .access_packages
+            .iter()
+            .map(|p| p.id.to_lowercase())
+            .collect();
+        let mut bad = Vec::new();
+        let mut need = |what: &str, id: &str, set: &[&BTreeSet<String>]| {
+            if !set.iter().any(|s| s.contains(&id.to_lowercase())) {
+                bad.push(format!("{what} {id}"));
+            }
+        };
+        for u in &self.users {
+            if let Some(m) = sid(u, "manager") {
+                need("manager", &m, &[&users]);
+            }
+            for s in u
+                .get("sponsors")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                need("sponsor", s.as_str().unwrap_or(""), &[&users, &groups]);
+            }
+        }
+        for g in &self.groups {
+            for m in &g.members {
+                need("group member", m, &[&users, &groups]);
+            }
+        }
+        for a in &self.assignments {
+            need("assignment package", &a.access_package_id, &[&packages]);
+            need("assignment target", &a.target_id, &[&users]);
+        }
+        for r in &self.requests {
+            need("request package", &r.access_package_id, &[&packages]);
+            need("request target", &r.target_id, &[&users]);
+        }
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("the world names ids that do not exist: {}", bad.join(", "))
+        }
+    }
+
+    fn user(&self, id: &str) -> Option<&Map<String, Value>> {
+        self.users.iter().find(|u| {
+            sid(u, "id").is_some_and(|i| i.eq_ignore_ascii_case(id))
+                || sid(u, "userPrincipalName").is_some_and(|p| p.eq_ignore_ascii_case(id))
+        })
+    }
+
+    fn package(&self, id: &str) -> Value {
+        let p = self
+            .access_packages
+            .iter()
+            .find(|p| p.id.eq_ignore_ascii_case(id));
+        json!({"id": id, "displayName": p.and_then(|p| p.display_name.clone())})
+    }
+}
+
+/// Graph's JSON for a world answer.
+pub(crate) fn answer_json(a: &WorldAnswer) -> Value {
+    json!({
+        "@odata.type": "#microsoft.graph.accessPackageAnswerString",
+        "value": a.value,
+        "displayValue": a.value,
+        "answeredQuestion": {
+            "@odata.type": "#microsoft.graph.accessPackageTextInputQuestion",
+            "id": a.question_id,
+            "text": a.question,
+        }
+    })
+}
+
+pub(crate) fn load(state: &Shared, world: &World) -> anyhow::Result<()> {
+    world.validate()?;
+    state.lock().world = world.clone();
+    tracing::info!(
+        users = world.users.len(),
+        groups = world.groups.len(),
+        requests = world.requests.len(),
+        "world loaded"
+    );
+    Ok(())
+}
+
+type GraphResult = Result<Value, (StatusCode, &'static str, String)>;
+
+fn not_found(what: &str) -> (StatusCode, &'static str, String) {
+    (
+        StatusCode::NOT_FOUND,
+        "Request_ResourceNotFound",
+        format!(
+            "Resource '{what}' does not exist or one of its queried reference-property objects are not present."
+        ),
+    )
+}
+
+fn denied() -> (StatusCode, &'static str, String) {
+    (
+        StatusCode::FORBIDDEN,
+        "Authorization_RequestDenied",
+        "Insufficient privileges to complete the operation.".into(),
+    )
+}
+
+fn bad_request(msg: String) -> (StatusCode, &'static str, String) {
+    (StatusCode::BAD_REQUEST, "BadRequest", msg)
+}
+
+fn has(caller: &Caller, any: &[&str]) -> bool {
+    caller.roles.iter().any(|r| any.contains(&r.as_str()))
+}
+
+const USER_READ: [&str; 3] = ["User.Read.All", "User.ReadWrite.All", "Directory.Read.All"];
+const GROUP_READ: [&str; 3] = [
+    "GroupMember.Read.All",
+    "Group.Read.All",
+    "Directory.Read.All",
+];
+const APP_ROLE_READ: [&str; 2] = ["Directory.Read.All", "AppRoleAssignment.ReadWrite.All"];
+const EM_READ: [&str; 2] = [
+    "EntitlementManagement.Read.All",
+    "EntitlementManagement.ReadWrite.All",
+];
+
+/// A user object with `$select` applied (Graph's default set without it).
+fn project(u: &Map<String, Value>, query: &HashMap<String, String>) -> Value {
+    let select: Vec<String> = match query.get("$select") {
+        Some(s) => s.split(',').map(|p| p.trim().to_owned()).collect(),
+        None => ["id", "displayName", "userPrincipalName", "mail"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect(),
+    };
+    let mut out = Map::new();
+    out.insert("@odata.type".into(), json!("#microsoft.graph.user"));
+    out.insert("id".into(), u.get("id").cloned().unwrap_or(Value::Null));
+    for k in select {
+        if ["manager", "sponsors", "appRoleAssignments"].contains(&k.as_str()) {
+            continue;
+        }
+        out.insert(k.clone(), u.get(&k).cloned().unwrap_or(Value::Null));
+    }
+    Value::Object(out)
+}
+
+/// One page of a collection: `$top` (default 100, at most 999) and `$skiptoken` (an offset).
+fn page(items: Vec<Value>, query: &HashMap<String, String>, next_base: &str) -> GraphResult {
+    let top: usize = match query.get("$top") {
+        None => 100,
+        Some(t) => match t.parse::<usize>() {
+            Ok(n) if (1..=999).contains(&n) => n,
+            _ => {
+                return Err(bad_request(format!(
+                    "Invalid page size specified: '{t}'. Must be between 1 and 999 inclusive."
+                )));
+            }
+        },
+    };
+    let skip: usize = query
+        .get("$skiptoken")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let total = items.len();
+    let value: Vec<Value> = items.into_iter().skip(skip).take(top).collect();
+    let mut body = json!({ "value": value });
+    if skip + top < total {
+        let mut params: Vec<(String, String)> = query
+            .iter()
+            .filter(|(k, _)| k.as_str() != "$skiptoken")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        params.sort();
+        params.push(("$skiptoken".into(), (skip + top).to_string()));
+        if let Ok(url) = reqwest::Url::parse_with_params(next_base, &params) {
+            body["@odata.nextLink"] = json!(url.to_string());
+        }
+    }
+    Ok(body)
+}
+
+/// `field eq 'value'` clauses joined by `and`, parentheses allowed; field names lower-cased.
+fn filter_clauses(filter: &str) -> Option<Vec<(String, String)>> {
+    let cleaned = filter.replace(['(', ')'], " ");
+    let mut out = Vec::new();
+    for clause in cleaned.split(" and ").flat_map(|c| c.split(" AND ")) {
+        let parts: Vec<&str> = clause.split_whitespace().collect();
+        match parts.as_slice() {
+            [field, op, value @ ..] if op.eq_ignore_ascii_case("eq") && !value.is_empty() => {
+                let v = value.join(" ");
+                let v = v.trim().strip_prefix('\'')?.strip_suffix('\'')?.to_owned();
+                out.push((field.to_lowercase(), v));
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+fn transitive_groups(w: &World, member: &str) -> Vec<Value> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    let mut todo = vec![member.to_lowercase()];
+    while let Some(m) = todo.pop() {
+        for g in &w.groups {
+            if g.members.iter().any(|x| x.eq_ignore_ascii_case(&m))
+                && seen.insert(g.id.to_lowercase())
+            {
+                out.push(json!({"@odata.type": "#microsoft.graph.group", "id": g.id, "displayName": g.display_name}));
+                todo.push(g.id.to_lowercase());
+            }
+        }
+    }
+    out
+}
+
+/// One Graph GET against the world (an HTTP route or an inner `$batch` request).
+fn read(
+    inner: &Inner,
+    base_url: &str,
+    version: &str,
+    caller: &Caller,
+    path: &str,
+    query: &HashMap<String, String>,
+) -> GraphResult {
+    let w = &inner.world;
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let next_base = format!("{base_url}/{version}/{}", path.trim_matches('/'));
+    match segs.as_slice() {
+        ["users", id, rest @ ..] => {
+            let needs_group = matches!(rest, ["transitiveMemberOf", ..]);
+            let needs_app = matches!(rest, ["appRoleAssignments"]);
+            let allowed = if needs_group {
+                has(caller, &GROUP_READ)
+            } else if needs_app {
+                has(caller, &APP_ROLE_READ)
+            } else {
+                has(caller, &USER_READ)
+            };
+            if !allowed {
+                return Err(denied());
+            }
+            let u = w.user(id).ok_or_else(|| not_found(id))?;
+            let uid = sid(u, "id").unwrap_or_default();
+            match rest {
+                [] => {
+                    let lifecycle = query.get("$select").is_some_and(|s| {
+                        s.split(',')
+                            .any(|p| p.trim().eq_ignore_ascii_case("employeeLeaveDateTime"))
+                    });
+                    if lifecycle
+                        && !has(
+                            caller,
+                            &[
+                                "User-LifeCycleInfo.Read.All",
+                                "User-LifeCycleInfo.ReadWrite.All",
+                            ],
+                        )
+                    {
+                        return Err(denied());
+                    }
+                    Ok(project(u, query))
+                }
+                ["manager"] => {
+                    let m = sid(u, "manager").ok_or_else(|| not_found("manager"))?;
+                    let mu = w.user(&m).ok_or_else(|| not_found(&m))?;
+                    Ok(project(mu, query))
+                }
+                ["sponsors"] => {
+                    let items = u
+                        .get("sponsors")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .filter_map(|s| w.user(s))
+                        .map(|s| project(s, query))
+                        .collect();
+                    page(items, query, &next_base)
+                }
+                ["transitiveMemberOf"] | ["transitiveMemberOf", "microsoft.graph.group"] => {
+                    page(transitive_groups(w, &uid), query, &next_base)
+                }
+                ["appRoleAssignments"] => {
+                    let items = u
+                        .get("appRoleAssignments")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .map(|a| {
+                            json!({
+                                "id": uuid::Uuid::new_v4().to_string(),
+                                "appRoleId": a["appRoleId"],
+                                "principalId": uid,
+                                "principalType": "User",
+                                "resourceId": a["resourceId"],
+                                "resourceDisplayName": a["resourceDisplayName"],
+                            })
+                        })
+                        .collect();
+                    page(items, query, &next_base)
+                }
+                _ => Err(not_found(path)),
+            }
+        }
+        [
+            "identityGovernance",
+            "entitlementManagement",
+            collection @ ("assignments" | "assignmentRequests"),
+        ] => {
+            if !has(caller, &EM_READ) {
+                return Err(denied());
+            }
+            let filter = query.get("$filter").map(String::as_str).unwrap_or("");
+            let clauses = filter_clauses(filter)
+                .ok_or_else(|| bad_request(format!("Invalid filter clause: {filter}")))?;
+            let expand = query.get("$expand").is_some_and(|e| {
+                e.split(',')
+                    .any(|x| x.trim().eq_ignore_ascii_case("accessPackage"))
+            });
+            let field = if *collection == "assignments" {
+                "target/objectid"
+            } else {
+                "requestor/objectid"
+            };
+            let mut who = None;
+            let mut state_eq = None;
+            for (f, v) in clauses {
+                match f.as_str() {
+                    f2 if f2 == field => who = Some(v),
+                    "state" => state_eq = Some(v),
+                    other => {
+                        return Err(bad_request(format!(
+                            "Invalid filter clause: unsupported property {other}"
+                        )));
+                    }
+                }
+            }
+            let who = who.ok_or_else(|| {
+                bad_request(format!("this emulator needs $filter={field} eq '<id>'"))
+            })?;
+            let items: Vec<Value> = if *collection == "assignments" {
+                w.assignments
+                    .iter()
+                    .filter(|a| a.target_id.eq_ignore_ascii_case(&who))
+                    .map(|a| {
+                        let state = a.state.clone().unwrap_or_else(|| "delivered".into());
+                        let mut v = json!({"id": a.id.clone().unwrap_or_else(|| format!("{}-{}", a.target_id, a.access_package_id)),
+                            "state": state, "status": "Delivered", "target": {"objectId": a.target_id}});
+                        if expand {
+                            v["accessPackage"] = w.package(&a.access_package_id);
+                        }
+                        v
+                    })
+                    .filter(|v| state_eq.as_deref().is_none_or(|s| v["state"].as_str() == Some(s)))
+                    .collect()
+            } else {
+                w.requests
+                    .iter()
+                    .filter(|r| r.requestor_id.as_deref().unwrap_or(&r.target_id).eq_ignore_ascii_case(&who))
+                    .map(|r| {
+                        let mut v = json!({"id": r.id, "state": r.state.clone().unwrap_or_else(|| "pendingApproval".into()),
+                            "status": "Accepted", "justification": r.justification, "requestType": "userAdd"});
+                        if expand {
+                            v["accessPackage"] = w.package(&r.access_package_id);
+                        }
+                        v
+                    })
+                    .filter(|v| state_eq.as_deref().is_none_or(|s| v["state"].as_str() == Some(s)))
+                    .collect()
+            };
+            page(items, query, &next_base)
+        }
+        _ => Err(not_found(path)),
+    }
+}
+
+fn respond(r: GraphResult, headers: &HeaderMap) -> Response {
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err((status, code, msg)) => graph_error(status, code, &msg, headers),
+    }
+}
+
+async fn http_get(
+    state: AppState,
+    version: &'static str,
+    uri: Uri,
+    query: HashMap<String, String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(resp) = faults::apply(&state, FaultTarget::Graph).await {
+        return resp;
+    }
+    let caller = match entra::verify_graph_token(&state, &headers) {
+        Ok(c) => c,
+        Err(e) => return auth_error(&e, &headers),
+    };
+    let inner = state.lock();
+    let r = read(
+        &inner,
+        &state.base_url,
+        version,
+        &caller,
+        uri.path(),
+        &query,
+    );
+    drop(inner);
+    respond(r, &headers)
+}
+
+/// `POST /$batch`: up to 20 GETs, each answered as its own route would.
+async fn batch(
+    state: AppState,
+    version: &'static str,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(resp) = faults::apply(&state, FaultTarget::Graph).await {
+        return resp;
+    }
+    let caller = match entra::verify_graph_token(&state, &headers) {
+        Ok(c) => c,
+        Err(e) => return auth_error(&e, &headers),
+    };
+    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+        return graph_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "Invalid batch payload format.",
+            &headers,
+        );
+    };
+    let Some(requests) = v["requests"].as_array() else {
+        return graph_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "Invalid batch payload format.",
+            &headers,
+        );
+    };
+    if requests.len() > 20 {
+        return graph_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "Too many requests. The number of requests in a batch is limited to 20.",
+            &headers,
+        );
+    }
+    let ids: BTreeSet<&str> = requests.iter().filter_map(|r| r["id"].as_str()).collect();
+    if ids.len() != requests.len() {
+        return graph_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "Every batch request needs a unique id.",
+            &headers,
+        );
+    }
+    let mut responses = Vec::new();
+    for r in requests {
+        let id = r["id"].as_str().unwrap_or_default().to_owned();
+        let url = r["url"].as_str().unwrap_or_default();
+        let method = r["method"].as_str().unwrap_or_default();
+        let (path, qs) = url.split_once('?').unwrap_or((url, ""));
+        let query: HashMap<String, String> = qs
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .filter_map(|p| {
+                p.split_once('=')
+                    .map(|(k, v)| (k.to_owned(), v.replace("%20", " ").replace("%27", "'")))
+            })
+            .collect();
+        let (status, body) = if !method.eq_ignore_ascii_case("GET") {
+            (
+                405,
+                json!({"error": {"code": "BadRequest", "message": "this emulator batches GETs only"}}),
+            )
+        } else if let Some(req_id) = path
+            .strip_prefix("/identityGovernance/entitlementManagement/assignmentRequests/")
+            .filter(|r| !r.contains('/'))
+        {
+            let resp = crate::graph::get_request_inner(&state, req_id, &caller, version);
+            (resp.0.as_u16(), resp.1)
+        } else {
+            let inner = state.lock();
+            let r = read(&inner, &state.base_url, version, &caller, path, &query);
+            drop(inner);
+            match r {
+                Ok(v) => (200, v),
+                Err((s, code, msg)) => {
+                    (s.as_u16(), json!({"error": {"code": code, "message": msg}}))
+                }
+            }
+        };
+        responses.push(json!({"id": id, "status": status, "headers": {"Content-Type": "application/json"}, "body": body}));
+    }
+    state.lock().stats.graph_batch_inner_requests += requests.len() as u64;
+    Json(json!({"responses": responses})).into_response()
+}
+
+/// The directory routes of one Graph version (nested under `/{version}` with the call log).
+pub(crate) fn routes(version: &'static str) -> Router<AppState> {
+    let reader =
+        move |State(state): State<AppState>,
+              uri: Uri,
+              Query(q): Query<HashMap<String, String>>,
+              headers: HeaderMap| async move { http_get(state, version, uri, q, headers).await };
+    let mut r = Router::new();
+    for path in [
+        "/users/{id}",
+        "/users/{id}/manager",
+        "/users/{id}/sponsors",
+        "/users/{id}/transitiveMemberOf",
+        "/users/{id}/transitiveMemberOf/microsoft.graph.group",
+        "/users/{id}/appRoleAssignments",
+        "/identityGovernance/entitlementManagement/assignments",
+        "/identityGovernance/entitlementManagement/assignmentRequests",
+    ] {
+        r = r.route(path, get(reader));
+    }
+    r.route(
+        "/$batch",
+        post(
+            move |State(state): State<AppState>, headers: HeaderMap, body: Bytes| async move {
+                batch(state, version, headers, body).await
+            },
+        ),
+    )
+}
