@@ -179,7 +179,7 @@ fn log_decision(d: &Decision, attempt: u32) {
     let audit = d.mode == Mode::Audit;
     tracing::info!(
         decision = d.action.word(),
-        rule = ?d.rule,
+        rule = d.rule.as_deref().unwrap_or(""),
         audit,
         can_deny = d.can_deny,
         graph_calls = d.graph_calls,
@@ -256,7 +256,7 @@ fn log_step(step: &Step) {
     match step {
         Step::Done(_) => {}
         Step::RetryAt { at_ms, reason } => {
-            tracing::warn!(reason = %reason, retry_in_ms = at_ms - now_ms(), "resume failed; will retry");
+            tracing::warn!(reason = %reason, retry_in_ms = at_ms - now_ms(), "attempt failed; will retry");
         }
         Step::Dead(reason) => tracing::error!(reason = %reason, "job moved to dead letters"),
     }

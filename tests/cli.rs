@@ -171,7 +171,7 @@ async fn secrets_and_tokens_never_appear_in_logs() {
         .await
         .unwrap();
     bad.wait_log("token refused", |l| {
-        l["message"] == "resume failed; will retry"
+        l["message"] == "attempt failed; will retry"
             && l["reason"]
                 .as_str()
                 .unwrap_or("")

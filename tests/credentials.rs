@@ -54,7 +54,7 @@ fn with_timeout(mut env: Vec<(String, String)>) -> Vec<(String, String)> {
 async fn retry_reason(h: &Harness, needle: &str) -> String {
     let v =
         h.ag.wait_log(needle, |l| {
-            l["message"] == "resume failed; will retry"
+            l["message"] == "attempt failed; will retry"
                 && l["reason"].as_str().unwrap_or("").contains(needle)
         })
         .await;

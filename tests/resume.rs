@@ -140,7 +140,7 @@ async fn graph_throttling_is_retried_honouring_retry_after() {
     // Three resume calls, one Graph token: it is cached until shortly before it expires.
     assert_eq!(s.token_requests, 1);
     h.ag.wait_log("retry", |l| {
-        l["message"] == "resume failed; will retry"
+        l["message"] == "attempt failed; will retry"
             && l["reason"].as_str().unwrap_or("").contains("429")
     })
     .await;

@@ -242,6 +242,12 @@ impl Check for TicketCheck {
 
     async fn evaluate(&self, ctx: &CheckCtx<'_>) -> Finding {
         let (found, mut lines) = self.number(ctx);
+        // Without the request's answers and justification, "no number" would be a guess.
+        if found.is_none()
+            && let Err(why) = ctx.facts.request.get()
+        {
+            return Finding::new(Verdict::error(why), lines);
+        }
         let Some((number, from)) = found else {
             let place = match &self.s.number_from_answer {
                 Some(q) if self.s.search_justification => {
@@ -585,6 +591,32 @@ mod tests {
             .verdict,
             Verdict::Error { .. }
         ));
+    }
+
+    #[tokio::test]
+    async fn a_request_that_could_not_be_read_is_an_error_not_a_missing_number() {
+        let body = br#"{"Stage":"assignmentRequestCreated","CustomExtensionStageInstanceId":"s","AccessPackageAssignmentRequestId":"r"}"#;
+        let c = match parse(body) {
+            Ok(Parsed::Callout(c)) => *c,
+            other => panic!("{other:?}"),
+        };
+        let mut facts = Facts::none(None);
+        facts.request = Fetched::Failed("Graph $batch: HTTP 503".into());
+        let s: TicketSettings = toml::from_str("table = \"sc_req_item\"\nallowed_states = [\"2\"]")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let chk = check("t", s).unwrap_or_else(|e| panic!("{e:?}"));
+        let tickets = Fixed(Ok(vec![]));
+        let ctx = CheckCtx {
+            callout: &c,
+            now: jiff::Timestamp::now(),
+            facts: &facts,
+            tickets: &tickets,
+            deadline: Instant::now() + Duration::from_secs(5),
+        };
+        assert_eq!(
+            chk.evaluate(&ctx).await.verdict,
+            Verdict::error("Graph $batch: HTTP 503")
+        );
     }
 
     #[tokio::test]

@@ -1,0 +1,267 @@
+//! Checks end to end: the real `accessgate serve` decides callouts with Graph directory reads and
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! ServiceNow lookups served by the emulator from a world file, and its decisions equal what
+//! `accessgate explain` decides offline from the same file.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use accessgate_emulator::{FaultSpec, FaultTarget, Grants, SendOptions, World};
+use common::*;
+
+/// The ServiceNow password the tests give accessgate (through the environment) and the emulator.
+const SN_PASSWORD: &str = "sn-e2e-password-not-printed";
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/policy")
+}
+
+fn world() -> World {
+    World::from_file(&fixtures().join("world.json")).unwrap()
+}
+
+/// accessgate with the fixture policy (or `policy` TOML), the emulator's ServiceNow, and the
+/// fixture world loaded.
+async fn start(policy: Option<&str>) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let policy_path = match policy {
+        None => fixtures().join("policy.toml"),
+        Some(text) => {
+            let p = dir.path().join("policy.toml");
+            std::fs::write(&p, text).unwrap();
+            p
+        }
+    };
+    let h = Harness::start_env(
+        "",
+        &format!(
+            "[policy]\nfile = \"{}\"\ndecision_timeout_seconds = 20\n[servicenow]\ninstance_url = \"@EMULATOR_URL@\"\nauth = \"basic\"\nusername = \"accessgate\"\n",
+            policy_path.display()
+        ),
+        vec![("ACCESSGATE_SERVICENOW__PASSWORD".into(), SN_PASSWORD.into())],
+    )
+    .await;
+    let emu = h.emu();
+    let mut creds = emu.servicenow_credentials();
+    creds.username = "accessgate".into();
+    creds.password = SN_PASSWORD.into();
+    emu.set_servicenow_credentials(&creds).unwrap();
+    emu.load_world(&world()).unwrap();
+    // The policy file must outlive this function; the harness keeps its own directory.
+    std::mem::forget(dir);
+    h
+}
+
+/// A callout fixture file as the emulator's sender sends it.
+fn send_options(name: &str) -> SendOptions {
+    let v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join(format!("callouts/{name}.json"))).unwrap(),
+    )
+    .unwrap();
+    SendOptions {
+        request_id: v["AccessPackageAssignmentRequestId"]
+            .as_str()
+            .map(str::to_owned),
+        target_object_id: v["Assignment"]["Target"]["ObjectId"]
+            .as_str()
+            .map(str::to_owned),
+        access_package_id: v["AccessPackage"]["Id"].as_str().map(str::to_owned),
+        access_package_name: v["AccessPackage"]["DisplayName"]
+            .as_str()
+            .map(str::to_owned),
+        catalog_id: v["AccessPackageCatalog"]["Id"].as_str().map(str::to_owned),
+        ..Default::default()
+    }
+}
+
+fn explain(name: &str) -> serde_json::Value {
+    let f = fixtures();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_accessgate"))
+        .arg("explain")
+        .arg(f.join(format!("callouts/{name}.json")))
+        .arg("--fixtures")
+        .arg(&f)
+        .arg("--policy")
+        .arg(f.join("policy.toml"))
+        .arg("--json")
+        .env_remove("ACCESSGATE_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn batch_calls(h: &Harness) -> usize {
+    h.emu()
+        .graph_calls()
+        .iter()
+        .filter(|c| c.path.ends_with("/$batch"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn live_decisions_equal_offline_explanations() {
+    let h = start(None).await;
+    for name in [
+        "alice-payments",
+        "hugo-vendor",
+        "bob-sales-open",
+        "bob-sales-closed",
+    ] {
+        let report = h.send(send_options(name)).await;
+        assert_eq!(report.status, Some(202), "{name}");
+        let live = resumed(&h.emu(), &report.stage_instance_id).await;
+        let offline = explain(name);
+        let live_action = if live.state.as_deref() == Some("denied") {
+            "deny"
+        } else {
+            "continue"
+        };
+        assert_eq!(
+            live_action, offline["action"],
+            "{name}: live {live:?} vs offline {offline}"
+        );
+        assert_eq!(live.detail.as_deref(), offline["detail"].as_str(), "{name}");
+    }
+    // One $batch per decision, and the decision log says so.
+    assert_eq!(batch_calls(&h), 4, "{:?}", h.emu().graph_calls());
+    let decided: Vec<_> =
+        h.ag.log_json()
+            .into_iter()
+            .filter(|l| l["message"] == "decided")
+            .collect();
+    assert_eq!(decided.len(), 4, "{decided:?}");
+    assert!(decided.iter().all(|l| l["graph_calls"] == 1), "{decided:?}");
+    // Every check's outcome is logged with its verdict.
+    let checks =
+        h.ag.log_json()
+            .into_iter()
+            .filter(|l| l["message"] == "check")
+            .count();
+    assert_eq!(checks, 8);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_directory_read_is_retried_before_on_error_decides() {
+    let policy = std::fs::read_to_string(fixtures().join("policy.toml"))
+        .unwrap()
+        .replace(
+            "[checks.sod]",
+            "[defaults]\ncheck_attempts = 2\n\n[checks.sod]",
+        );
+    let h = start(Some(&policy)).await;
+    // One failed $batch: the second attempt decides normally.
+    h.emu()
+        .set_fault(&FaultSpec {
+            target: FaultTarget::Graph,
+            status: Some(503),
+            count: Some(1),
+            ..Default::default()
+        })
+        .unwrap();
+    let r = h.send(send_options("alice-payments")).await;
+    let d = resumed(&h.emu(), &r.stage_instance_id).await;
+    assert_eq!(d.state.as_deref(), Some("denied"));
+    assert!(
+        d.detail.as_deref().unwrap_or("").contains("vendor-fraud"),
+        "{d:?}"
+    );
+    // Two failed $batches: on_error (deny by default) decides, and says why.
+    h.emu()
+        .set_fault(&FaultSpec {
+            target: FaultTarget::Graph,
+            status: Some(503),
+            count: Some(2),
+            ..Default::default()
+        })
+        .unwrap();
+    let r = h.send(send_options("bob-sales-open")).await;
+    let d = resumed(&h.emu(), &r.stage_instance_id).await;
+    assert_eq!(d.state.as_deref(), Some("denied"), "{d:?}");
+    let detail = d.detail.unwrap_or_default();
+    assert!(
+        detail.contains("could not complete its checks") && detail.contains("503"),
+        "{detail}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_servicenow_answer_that_does_not_parse_errors_the_ticket_check() {
+    let policy = std::fs::read_to_string(fixtures().join("policy.toml"))
+        .unwrap()
+        .replace(
+            "[checks.sod]",
+            "[defaults]\ncheck_attempts = 1\n\n[checks.sod]",
+        )
+        .replace(
+            "name = \"sales\"",
+            "name = \"sales\"\non_error = \"continue\"",
+        );
+    let h = start(Some(&policy)).await;
+    h.emu()
+        .set_fault(&FaultSpec {
+            target: FaultTarget::ServiceNow,
+            malformed: true,
+            ..Default::default()
+        })
+        .unwrap();
+    let r = h.send(send_options("bob-sales-open")).await;
+    let d = resumed(&h.emu(), &r.stage_instance_id).await;
+    assert_eq!(d.state, None, "on_error = continue: {d:?}");
+    let detail = d.detail.unwrap_or_default();
+    assert!(
+        detail.contains("ticket:") && detail.contains("the request is continue"),
+        "{detail}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_mode_continues_and_reports_the_deny() {
+    let policy = std::fs::read_to_string(fixtures().join("policy.toml"))
+        .unwrap()
+        .replace("name = \"finance\"", "name = \"finance\"\nmode = \"audit\"");
+    let h = start(Some(&policy)).await;
+    let r = h.send(send_options("alice-payments")).await;
+    let d = resumed(&h.emu(), &r.stage_instance_id).await;
+    assert_eq!(d.state, None, "{d:?}");
+    let detail = d.detail.unwrap_or_default();
+    assert!(
+        detail.contains("audit mode")
+            && detail.contains("would deny")
+            && detail.contains("vendor-fraud"),
+        "{detail}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_graph_permission_is_named_in_the_error() {
+    let policy = std::fs::read_to_string(fixtures().join("policy.toml"))
+        .unwrap()
+        .replace(
+            "[checks.sod]",
+            "[defaults]\ncheck_attempts = 1\n\n[checks.sod]",
+        );
+    let h = start(Some(&policy)).await;
+    let emu = h.emu();
+    emu.set_grants(
+        &emu.config().graph_client_id,
+        &Grants {
+            graph_permissions: Some(vec!["EntitlementManagement.ReadWrite.All".into()]),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let r = h.send(send_options("hugo-vendor")).await;
+    let d = resumed(&emu, &r.stage_instance_id).await;
+    assert_eq!(d.state.as_deref(), Some("denied"));
+    let detail = d.detail.unwrap_or_default();
+    assert!(
+        detail.contains("403") && detail.contains("permission"),
+        "{detail}"
+    );
+}
