@@ -13,6 +13,7 @@
 mod baseline;
 mod load;
 mod procinfo;
+mod sod;
 mod stats;
 mod tokens;
 
@@ -43,6 +44,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Time per separation-of-duties decision: the index against a scan, in one run.
+    Sod(sod::SodArgs),
     /// The baseline server (started by the benchmark itself).
     #[command(hide = true)]
     Baseline {
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Cmd::Baseline { port, jwks_url }) => baseline::run(port, &jwks_url),
+        Some(Cmd::Sod(a)) => sod::run(&a),
         None => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

@@ -152,8 +152,12 @@ struct Exception {
 #[derive(Debug)]
 pub struct SodRules {
     risks: Vec<Risk>,
-    /// Lower-case key ("p:", "g:", "r:", "e:" + id or name) → (risk, set).
+    /// Lower-case key ("p:" package id, "pn:" package name, "g:", "r:", "e:") → (risk, set).
+    /// A package with an id is also indexed by its name, so a callout naming the requested
+    /// package by display name only still finds its risks.
     index: foldhash::HashMap<String, Vec<(u32, u8)>>,
+    /// Per risk, per set: its keys (ids only for packages that have one).
+    set_keys: Vec<Vec<Vec<String>>>,
     exceptions: Vec<Exception>,
 }
 
@@ -220,6 +224,20 @@ pub struct SodReport {
     pub violations: Vec<Violation>,
     /// Risks the requested package takes part in.
     pub candidates: usize,
+}
+
+/// `prefix` + `s` lower-cased, into a reused buffer (ASCII in place: ids and names nearly
+/// always are).
+fn lower_into(buf: &mut String, prefix: &str, s: &str) {
+    buf.clear();
+    buf.push_str(prefix);
+    let s = s.trim();
+    if s.is_ascii() {
+        buf.push_str(s);
+        buf.make_ascii_lowercase();
+    } else {
+        buf.extend(s.chars().flat_map(char::to_lowercase));
+    }
 }
 
 fn lower_key(prefix: &str, s: &str) -> String {
@@ -296,11 +314,17 @@ fn add_items(
 ) {
     for a in access_packages {
         match packages.get(a) {
-            Some(p) => {
-                for v in [&p.id, &p.display_name].into_iter().flatten() {
-                    out.insert(lower_key("p:", v));
+            // Ids are authoritative: a package with an id is matched by id ("p:"), one declared
+            // by display name only by name ("pn:").
+            Some(p) => match (&p.id, &p.display_name) {
+                (Some(id), _) => {
+                    out.insert(lower_key("p:", id));
                 }
-            }
+                (None, Some(name)) => {
+                    out.insert(lower_key("pn:", name));
+                }
+                (None, None) => {}
+            },
             None => {
                 errors.insert(format!(
                     "{at}: unknown access package {a:?} (declare it under [packages.{a}])"
@@ -352,7 +376,18 @@ impl SodRules {
             );
         }
         let mut out_risks = Vec::new();
+        let mut set_keys = Vec::new();
         let mut index: foldhash::HashMap<String, Vec<(u32, u8)>> = Default::default();
+        // "p:<id>" → "pn:<name>" for packages declared with both.
+        let pkg_names: BTreeMap<String, String> = packages
+            .values()
+            .filter_map(|p| {
+                Some((
+                    lower_key("p:", p.id.as_ref()?),
+                    lower_key("pn:", p.display_name.as_ref()?),
+                ))
+            })
+            .collect();
         let mut names = BTreeSet::new();
         for r in risks {
             let at = format!("risk {:?}", r.name);
@@ -376,6 +411,7 @@ impl SodRules {
             }
             let risk_idx = out_risks.len() as u32;
             let mut set_names = Vec::new();
+            let mut risk_keys = Vec::new();
             for (i, s) in r.sets.iter().enumerate() {
                 let set_at = format!("{at} set {}", i + 1);
                 let mut keys = BTreeSet::new();
@@ -412,12 +448,23 @@ impl SodRules {
                     errors.insert(format!("{set_at}: the set is empty"));
                 }
                 if i < MAX_SETS {
-                    for k in keys {
-                        index.entry(k).or_default().push((risk_idx, i as u8));
+                    for k in &keys {
+                        index
+                            .entry(k.clone())
+                            .or_default()
+                            .push((risk_idx, i as u8));
+                        if let Some(alias) = pkg_names.get(k) {
+                            index
+                                .entry(alias.clone())
+                                .or_default()
+                                .push((risk_idx, i as u8));
+                        }
                     }
                 }
+                risk_keys.push(keys.into_iter().collect::<Vec<_>>());
                 set_names.push(s.name.clone().unwrap_or_else(|| format!("set {}", i + 1)));
             }
+            set_keys.push(risk_keys);
             out_risks.push(Risk {
                 name: r.name.clone(),
                 severity: r.severity,
@@ -466,6 +513,7 @@ impl SodRules {
         Ok(SodRules {
             risks: out_risks,
             index,
+            set_keys,
             exceptions: out_exceptions,
         })
     }
@@ -501,15 +549,6 @@ impl SodRules {
         count_pending: bool,
         now: jiff::Timestamp,
     ) -> SodReport {
-        let mut buf = String::with_capacity(64);
-        let mut lookup = |prefix: &str, s: &str| -> Option<&Vec<(u32, u8)>> {
-            buf.clear();
-            buf.push_str(prefix);
-            for c in s.trim().chars() {
-                buf.extend(c.to_lowercase());
-            }
-            self.index.get(buf.as_str())
-        };
         // Candidates: risks the requested package is in. (risk, satisfied mask, requested mask)
         let mut cands: Vec<(u32, u64, u64)> = Vec::new();
         let requested_name = requested
@@ -517,11 +556,11 @@ impl SodRules {
             .clone()
             .or_else(|| requested.id.clone())
             .unwrap_or_default();
-        for v in [&requested.id, &requested.display_name]
-            .into_iter()
-            .flatten()
-        {
-            for &(r, s) in lookup("p:", v).into_iter().flatten() {
+        let mut buf = String::with_capacity(64);
+        for (prefix, v) in [("p:", &requested.id), ("pn:", &requested.display_name)] {
+            let Some(v) = v else { continue };
+            lower_into(&mut buf, prefix, v);
+            for &(r, s) in self.index.get(buf.as_str()).into_iter().flatten() {
                 match cands.iter_mut().find(|c| c.0 == r) {
                     Some(c) => {
                         c.1 |= 1 << s;
@@ -535,18 +574,53 @@ impl SodRules {
         if cands.is_empty() {
             return SodReport::default();
         }
-        cands.sort_unstable_by_key(|c| c.0);
-        // Which item satisfied which (risk, set) first, recorded only on a hit.
-        let mut first: Vec<(u32, u8, String, Source)> = Vec::new();
-        let mut mark = |hits: Option<&Vec<(u32, u8)>>, item: &dyn Fn() -> String, how: Source| {
-            for &(r, s) in hits.into_iter().flatten() {
-                if let Ok(i) = cands.binary_search_by_key(&r, |c| c.0) {
-                    let bit = 1u64 << s;
-                    if cands[i].1 & bit == 0 {
-                        cands[i].1 |= bit;
-                        first.push((r, s, item(), how));
-                    }
+        // The keys of the candidates' other sets: the only keys a holding can matter for. A
+        // small map per decision, so each holding costs one lookup in it and nothing else.
+        // Entries chain through `links` (no allocation per key): key → first link index.
+        // One map per kind (p:, pn:, g:, r:, e:), keyed without the prefix, so a holding that is
+        // already lower case (Graph's ids are) is looked up without being copied.
+        let mut wanted: [foldhash::HashMap<&str, u32>; 5] = Default::default();
+        let mut links: Vec<(u16, u8, u32)> = Vec::new();
+        let mut kinds = [false; 5];
+        for (ci, c) in cands.iter().enumerate() {
+            for (si, keys) in self.set_keys[c.0 as usize].iter().enumerate() {
+                if c.2 & (1 << si) != 0 {
+                    continue;
                 }
+                for k in keys {
+                    let (kind, bare) = match k.as_bytes() {
+                        [b'p', b'n', b':', ..] => (1, &k[3..]),
+                        [b'p', ..] => (0, &k[2..]),
+                        [b'g', ..] => (2, &k[2..]),
+                        [b'r', ..] => (3, &k[2..]),
+                        _ => (4, &k[2..]),
+                    };
+                    kinds[kind] = true;
+                    let next = wanted[kind].get(bare).copied().unwrap_or(u32::MAX);
+                    links.push((ci as u16, si as u8, next));
+                    wanted[kind].insert(bare, (links.len() - 1) as u32);
+                }
+            }
+        }
+        // Which item satisfied which (candidate, set) first, recorded only on a hit.
+        let mut first: Vec<(u16, u8, String, Source)> = Vec::new();
+        let mut mark = |kind: usize, key: &str, item: &dyn Fn() -> String, how: Source| {
+            let key = key.trim();
+            let bare = if key.bytes().any(|b| b.is_ascii_uppercase() || !b.is_ascii()) {
+                lower_into(&mut buf, "", key);
+                buf.as_str()
+            } else {
+                key
+            };
+            let mut at = wanted[kind].get(bare).copied().unwrap_or(u32::MAX);
+            while let Some(&(ci, s, next)) = links.get(at as usize) {
+                let bit = 1u64 << s;
+                let c = &mut cands[usize::from(ci)];
+                if c.1 & bit == 0 {
+                    c.1 |= bit;
+                    first.push((ci, s, item(), how));
+                }
+                at = next;
             }
         };
         let held =
@@ -559,19 +633,24 @@ impl SodRules {
                 continue;
             }
             for h in list {
-                mark(lookup("p:", &h.id), &|| held(h), how);
-                if let Some(n) = &h.display_name {
-                    mark(lookup("p:", n), &|| held(h), how);
+                if kinds[0] {
+                    mark(0, &h.id, &|| held(h), how);
+                }
+                if kinds[1]
+                    && let Some(n) = &h.display_name
+                {
+                    mark(1, n, &|| held(h), how);
                 }
             }
         }
-        for g in &holdings.groups {
-            mark(lookup("g:", &g.id), &|| held(g), Source::Group);
+        for g in holdings.groups.iter().filter(|_| kinds[2]) {
+            mark(2, &g.id, &|| held(g), Source::Group);
             if let Some(n) = &g.display_name {
-                mark(lookup("g:", n), &|| held(g), Source::Group);
+                mark(2, n, &|| held(g), Source::Group);
             }
         }
-        for a in &holdings.app_roles {
+        let mut key = String::with_capacity(80);
+        for a in holdings.app_roles.iter().filter(|_| kinds[3]) {
             let label = || {
                 format!(
                     "{}/{}",
@@ -579,22 +658,21 @@ impl SodRules {
                     a.app_role_id
                 )
             };
-            let mut key = String::with_capacity(a.resource_id.len() + a.app_role_id.len() + 1);
-            key.push_str(&a.resource_id);
-            key.push('/');
-            key.push_str(&a.app_role_id);
-            mark(lookup("r:", &key), &label, Source::AppRole);
-            if let Some(n) = &a.resource_display_name {
+            for res in std::iter::once(&a.resource_id).chain(a.resource_display_name.as_ref()) {
                 key.clear();
-                key.push_str(n);
+                key.push_str(res);
                 key.push('/');
                 key.push_str(&a.app_role_id);
-                mark(lookup("r:", &key), &label, Source::AppRole);
+                mark(3, &key, &label, Source::AppRole);
             }
         }
-        for e in &holdings.external_entitlements {
-            mark(lookup("e:", e), &|| e.clone(), Source::External);
+        for e in holdings.external_entitlements.iter().filter(|_| kinds[4]) {
+            mark(4, e, &|| e.clone(), Source::External);
         }
+        let first: Vec<(u32, u8, String, Source)> = first
+            .into_iter()
+            .map(|(ci, s, item, how)| (cands[usize::from(ci)].0, s, item, how))
+            .collect();
         let mut violations = Vec::new();
         for &(r, mask, req) in &cands {
             let risk = &self.risks[r as usize];
@@ -658,18 +736,71 @@ impl SodRules {
         holdings: &Holdings,
         count_pending: bool,
     ) -> Vec<String> {
-        let mut keys: BTreeSet<String> = BTreeSet::new();
-        let mut req_keys = BTreeSet::new();
-        for v in [&requested.id, &requested.display_name]
-            .into_iter()
-            .flatten()
-        {
+        self.scan_model()
+            .evaluate(requested, holdings, count_pending)
+    }
+
+    /// The rules as a scan would keep them: per risk, per set, its keys (and, for matching the
+    /// requested package, its keys with package-name aliases).
+    pub fn scan_model(&self) -> ScanModel {
+        let mut aliases: Vec<Vec<foldhash::HashSet<String>>> = self
+            .set_keys
+            .iter()
+            .map(|sets| vec![foldhash::HashSet::default(); sets.len()])
+            .collect();
+        for (k, posts) in &self.index {
+            for &(r, s) in posts {
+                aliases[r as usize][usize::from(s)].insert(k.clone());
+            }
+        }
+        ScanModel {
+            risks: self
+                .risks
+                .iter()
+                .zip(&self.set_keys)
+                .zip(aliases)
+                .map(|((r, sets), req)| {
+                    let sets = sets.iter().map(|k| k.iter().cloned().collect()).collect();
+                    (r.name.clone(), r.symmetric, sets, req)
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A naive evaluator: every risk, every set, against the user's keys (the benchmark baseline).
+pub struct ScanModel {
+    risks: Vec<ScanRisk>,
+}
+
+/// Name, symmetric, each set's keys, each set's keys with package-name aliases.
+type ScanRisk = (
+    String,
+    bool,
+    Vec<foldhash::HashSet<String>>,
+    Vec<foldhash::HashSet<String>>,
+);
+
+impl ScanModel {
+    /// Names of the risks this request would complete (exceptions not applied).
+    pub fn evaluate(
+        &self,
+        requested: &Named,
+        holdings: &Holdings,
+        count_pending: bool,
+    ) -> Vec<String> {
+        let mut keys: foldhash::HashSet<String> = foldhash::HashSet::default();
+        let mut req_keys: foldhash::HashSet<String> = foldhash::HashSet::default();
+        if let Some(v) = &requested.id {
             req_keys.insert(lower_key("p:", v));
         }
-        let pk = |h: &crate::directory::Held, p: &str, keys: &mut BTreeSet<String>| {
+        if let Some(v) = &requested.display_name {
+            req_keys.insert(lower_key("pn:", v));
+        }
+        let pk = |h: &crate::directory::Held, p: &str, keys: &mut foldhash::HashSet<String>| {
             keys.insert(lower_key(p, &h.id));
             if let Some(n) = &h.display_name {
-                keys.insert(lower_key(p, n));
+                keys.insert(lower_key(if p == "p:" { "pn:" } else { p }, n));
             }
         };
         for h in &holdings.access_packages {
@@ -695,32 +826,21 @@ impl SodRules {
         for e in &holdings.external_entitlements {
             keys.insert(lower_key("e:", e));
         }
-        // Per risk and set: the keys in it (inverted from the index, as a rule set is written).
-        let mut sets: Vec<Vec<BTreeSet<&str>>> = self
-            .risks
-            .iter()
-            .map(|r| vec![BTreeSet::new(); r.set_names.len()])
-            .collect();
-        for (k, posts) in &self.index {
-            for &(r, s) in posts {
-                sets[r as usize][usize::from(s)].insert(k.as_str());
-            }
-        }
         let mut out = Vec::new();
-        for (r, risk) in self.risks.iter().enumerate() {
-            let in_req: Vec<bool> = sets[r]
+        for (name, symmetric, sets, req_sets) in &self.risks {
+            let in_req: Vec<bool> = req_sets
                 .iter()
-                .map(|set| set.iter().any(|k| req_keys.contains(*k)))
+                .map(|set| req_keys.iter().any(|k| set.contains(k)))
                 .collect();
-            if !in_req.iter().any(|b| *b) || (!risk.symmetric && !in_req[0]) {
+            if !in_req.iter().any(|b| *b) || (!symmetric && !in_req[0]) {
                 continue;
             }
-            let all = sets[r]
+            let all = sets
                 .iter()
                 .zip(&in_req)
-                .all(|(set, req)| *req || set.iter().any(|k| keys.contains(*k)));
+                .all(|(set, req)| *req || set.iter().any(|k| keys.contains(k)));
             if all {
-                out.push(risk.name.clone());
+                out.push(name.clone());
             }
         }
         out
