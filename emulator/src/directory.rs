@@ -510,6 +510,27 @@ fn read(
     }
 }
 
+/// `%XX` escapes decoded (a guest's UPN carries `#EXT#` as `%23EXT%23` in a path).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let Some(v) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn respond(r: GraphResult, headers: &HeaderMap) -> Response {
     match r {
         Ok(v) => Json(v).into_response(),
@@ -537,7 +558,7 @@ async fn http_get(
         &state.base_url,
         version,
         &caller,
-        uri.path(),
+        &percent_decode(uri.path()),
         &query,
     );
     drop(inner);

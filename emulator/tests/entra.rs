@@ -363,7 +363,7 @@ async fn token_endpoint_issues_graph_tokens() {
     assert_eq!(claims["tid"], cfg.tenant_id.as_str());
     assert_eq!(
         claims["roles"],
-        json!(["EntitlementManagement.ReadWrite.All"])
+        json!(accessgate_emulator::principals::DEFAULT_GRAPH_PERMISSIONS)
     );
     assert_eq!(emu.stats().token_requests, 1);
 

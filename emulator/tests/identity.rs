@@ -71,7 +71,7 @@ async fn managed_identity_endpoint() {
     );
     assert_eq!(
         claims["roles"],
-        json!(["EntitlementManagement.ReadWrite.All"])
+        json!(accessgate_emulator::principals::DEFAULT_GRAPH_PERMISSIONS)
     );
 
     // User-assigned by client_id and by principal_id.
