@@ -274,6 +274,29 @@ fn render(
     Value::Object(out)
 }
 
+/// Faults, then authentication: the answer to send instead, if any (recorded in the call log).
+async fn admit(state: &AppState, headers: &HeaderMap, target: &str) -> Option<Response> {
+    if let Some(resp) = faults::apply(state, FaultTarget::ServiceNow).await {
+        record(&mut state.lock(), "GET", target.to_owned(), resp.status());
+        return Some(resp);
+    }
+    let mut inner = state.lock();
+    if authenticated(&inner, headers) {
+        return None;
+    }
+    record(
+        &mut inner,
+        "GET",
+        target.to_owned(),
+        StatusCode::UNAUTHORIZED,
+    );
+    Some(failure(
+        StatusCode::UNAUTHORIZED,
+        "User Not Authenticated",
+        Some("Required to provide Auth information"),
+    ))
+}
+
 async fn table(
     State(state): State<AppState>,
     Path(table): Path<String>,
@@ -282,19 +305,10 @@ async fn table(
     uri: axum::http::Uri,
 ) -> Response {
     let target = uri.to_string();
-    if let Some(resp) = faults::apply(&state, FaultTarget::ServiceNow).await {
-        record(&mut state.lock(), "GET", target, resp.status());
+    if let Some(resp) = admit(&state, &headers, &target).await {
         return resp;
     }
     let mut inner = state.lock();
-    if !authenticated(&inner, &headers) {
-        record(&mut inner, "GET", target, StatusCode::UNAUTHORIZED);
-        return failure(
-            StatusCode::UNAUTHORIZED,
-            "User Not Authenticated",
-            Some("Required to provide Auth information"),
-        );
-    }
     let Some(rows) = inner.world.servicenow.tables.get(&table) else {
         record(&mut inner, "GET", target, StatusCode::BAD_REQUEST);
         return failure(
@@ -340,19 +354,10 @@ async fn record_by_id(
     uri: axum::http::Uri,
 ) -> Response {
     let target = uri.to_string();
-    if let Some(resp) = faults::apply(&state, FaultTarget::ServiceNow).await {
-        record(&mut state.lock(), "GET", target, resp.status());
+    if let Some(resp) = admit(&state, &headers, &target).await {
         return resp;
     }
     let mut inner = state.lock();
-    if !authenticated(&inner, &headers) {
-        record(&mut inner, "GET", target, StatusCode::UNAUTHORIZED);
-        return failure(
-            StatusCode::UNAUTHORIZED,
-            "User Not Authenticated",
-            Some("Required to provide Auth information"),
-        );
-    }
     let found = inner
         .world
         .servicenow
