@@ -194,3 +194,12 @@ checks = ["ticket", "sod-missing"]
         assert!(t.contains(want), "missing {want:?} in:\n{t}");
     }
 }
+
+#[test]
+fn the_example_policy_passes_its_own_tests() {
+    let suite = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/policies/contoso-tests.toml");
+    let o = accessgate(&["policy", "test", suite.to_str().unwrap()]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{t}");
+    assert!(t.contains("6 passed, 0 failed"), "{t}");
+}
