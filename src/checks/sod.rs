@@ -242,8 +242,7 @@ fn lower_into(buf: &mut String, prefix: &str, s: &str) {
 
 fn lower_key(prefix: &str, s: &str) -> String {
     let mut k = String::with_capacity(prefix.len() + s.len());
-    k.push_str(prefix);
-    k.extend(s.trim().chars().flat_map(char::to_lowercase));
+    lower_into(&mut k, prefix, s);
     k
 }
 
