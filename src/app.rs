@@ -12,7 +12,7 @@ use crate::capture::Capture;
 use crate::config::{Config, QueueConfig};
 use crate::credentials::Credentials;
 use crate::graph::GraphClient;
-use crate::queue::WorkQueue;
+use crate::queue::JobStore;
 use crate::queue::azure_backend::{self, AzureJobs};
 use crate::queue::sqlite::{DataDirLock, SqliteQueue};
 use crate::worker::{self, WorkerCtx};
@@ -22,7 +22,10 @@ pub struct AppState {
     pub auth: Authenticator,
     pub capture: Option<Capture>,
     /// The standalone queue; `None` under Functions, where the host's queue binding carries jobs.
-    pub queue: Option<WorkQueue>,
+    pub queue: Option<Arc<dyn JobStore>>,
+    /// Under Functions with `queue.backend = "azure_storage"`: where a queue-trigger job parks
+    /// (the host's own queue, reached directly).
+    pub storage: Option<AzureJobs>,
     pub worker: Arc<WorkerCtx>,
 }
 
@@ -56,7 +59,8 @@ fn build_state(
     config: Config,
     http: reqwest::Client,
     credentials: Arc<Credentials>,
-    queue: Option<WorkQueue>,
+    queue: Option<Arc<dyn JobStore>>,
+    storage: Option<AzureJobs>,
 ) -> anyhow::Result<Arc<AppState>> {
     let auth = Authenticator::new(
         http.clone(),
@@ -105,6 +109,7 @@ fn build_state(
         auth,
         capture,
         queue,
+        storage,
         worker,
     }))
 }
@@ -151,6 +156,25 @@ pub fn credentials_for(config: &Config, http: &reqwest::Client) -> Arc<Credentia
     ))
 }
 
+/// The Storage backend: queues and wait table created if missing. Not fatal when Storage is
+/// unreachable: the service still starts and says why on each enqueue (503, Entra retries)
+/// until it is back.
+async fn connect_storage(
+    http: &reqwest::Client,
+    q: &crate::config::AzureQueueConfig,
+    credentials: &Arc<Credentials>,
+) -> AzureJobs {
+    let jobs = AzureJobs::new(
+        azure_backend::connect(http.clone(), q, credentials.clone()),
+        azure_backend::connect_waits(http.clone(), q, credentials.clone()),
+        q,
+    );
+    if let Err(e) = jobs.ensure().await {
+        tracing::error!(error = %e, "cannot create or reach the Azure Storage queues and wait table");
+    }
+    jobs
+}
+
 /// `accessgate serve`: axum + a durable queue (SQLite, or a shared Azure Storage queue) +
 /// in-process worker pool.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
@@ -170,38 +194,22 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                     "recovered jobs that were running when the previous process stopped"
                 );
             }
-            let state = build_state(
-                config,
-                http,
-                credentials,
-                Some(WorkQueue::Sqlite(queue.clone())),
-            )?;
+            let store: Arc<dyn JobStore> = Arc::new(queue);
+            let state = build_state(config, http, credentials, Some(store.clone()), None)?;
             let pool = tokio::spawn(worker::run_pool(
                 state.worker.clone(),
-                queue,
+                store,
                 cancel.clone(),
             ));
             (state, pool, Some(lock), "sqlite")
         }
         QueueConfig::AzureStorage(q) => {
-            let jobs = AzureJobs::new(
-                azure_backend::connect(http.clone(), q, credentials.clone()),
-                q,
-            );
-            // Not fatal: with Storage unreachable the service still starts and says why on
-            // each enqueue (503, Entra retries) until it is back.
-            if let Err(e) = jobs.queue.ensure_queues().await {
-                tracing::error!(error = %e, "cannot create or reach the Azure Storage queues");
-            }
-            let state = build_state(
-                config,
-                http,
-                credentials,
-                Some(WorkQueue::Azure(jobs.clone())),
-            )?;
-            let pool = tokio::spawn(worker::run_azure_pool(
+            let jobs = connect_storage(&http, q, &credentials).await;
+            let store: Arc<dyn JobStore> = Arc::new(jobs.clone());
+            let state = build_state(config, http, credentials, Some(store.clone()), Some(jobs))?;
+            let pool = tokio::spawn(worker::run_pool(
                 state.worker.clone(),
-                jobs,
+                store,
                 cancel.clone(),
             ));
             (state, pool, None, "azure_storage")
@@ -229,7 +237,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 pub async fn functions(config: Config, port: u16) -> anyhow::Result<()> {
     let http = http_client()?;
     let credentials = credentials_for(&config, &http);
-    let state = build_state(config, http, credentials, None)?;
+    // Jobs arrive through the host's queue trigger; the Storage client is only for parking.
+    let storage = match &config.queue {
+        QueueConfig::AzureStorage(q) => Some(connect_storage(&http, q, &credentials).await),
+        QueueConfig::Sqlite => None,
+    };
+    let state = build_state(config, http, credentials, None, storage)?;
     prefetch_keys(&state);
     // The host always calls 127.0.0.1 (functions.md §1).
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))

@@ -1,5 +1,5 @@
 //! The command line: `serve` (default), `functions`, `check-config`, `doctor`, `explain`,
-//! `policy check|test`, `jobs list|show|retry`.
+//! `policy check|test`, `jobs list|show|retry|waiting|wake`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -92,7 +92,7 @@ enum PolicyAction {
 enum JobsAction {
     /// List jobs, newest first.
     List {
-        /// queued, running, done or dead
+        /// queued, running, waiting, done or dead
         #[arg(long)]
         status: Option<String>,
         #[arg(long, default_value_t = 50)]
@@ -102,6 +102,16 @@ enum JobsAction {
     Show { id: String },
     /// Send a dead job back to the queue.
     Retry { id: String },
+    /// Parked jobs, soonest wake-up first: what each waits for and until when (both backends).
+    Waiting {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wake the jobs parked on KEY now, as the event they wait for would (both backends).
+    Wake { key: String },
 }
 
 pub fn main() -> ExitCode {
@@ -345,14 +355,87 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
     }
 }
 
+/// `jobs waiting` and `jobs wake` through the [`crate::queue::JobStore`] of either backend.
+fn jobs_store(store: &dyn crate::queue::JobStore, action: JobsAction) -> ExitCode {
+    let rt = match runtime(tokio::runtime::Builder::new_current_thread()) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let result = rt.block_on(async {
+        match action {
+            JobsAction::Waiting { limit, json } => store.waiting(limit).await.map(|rows| {
+                if json {
+                    for w in rows {
+                        println!("{}", serde_json::to_string(&w).unwrap_or_default());
+                    }
+                    return;
+                }
+                println!(
+                    "{:<40} {:<28} {:<25} {:<32} reason",
+                    "stage instance id", "stage", "until", "key"
+                );
+                for w in rows {
+                    println!(
+                        "{:<40} {:<28} {:<25} {:<32} {}",
+                        w.stage_instance_id,
+                        w.stage,
+                        w.until.to_string(),
+                        w.key.as_ref().map_or("-", |k| k.as_str()),
+                        w.reason
+                    );
+                }
+            }),
+            JobsAction::Wake { key } => match crate::queue::WaitKey::parse(&key) {
+                Err(e) => {
+                    eprintln!("accessgate jobs wake: {e}");
+                    return Err(None);
+                }
+                Ok(k) => store
+                    .wake(&k)
+                    .await
+                    .map(|n| println!("woke {n} job(s) waiting for {k}")),
+            },
+            _ => Ok(()),
+        }
+        .map_err(Some)
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(None) => ExitCode::from(2),
+        Err(Some(e)) => {
+            eprintln!("accessgate jobs: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn jobs(path: Option<PathBuf>, action: JobsAction) -> ExitCode {
     // Only the data directory matters here; read it without requiring a complete config.
     let data_dir = match config::load(path.as_deref()) {
         Ok(c) if matches!(c.queue, config::QueueConfig::AzureStorage(_)) => {
-            eprintln!(
-                "accessgate jobs: works on the SQLite queue; with queue.backend = azure_storage, dead letters are messages in the poison queue (queue.poison_name), each with its reason: read them with Azure Storage Explorer or `az storage message peek`, and send a job back by putting its `message` on the work queue"
+            let config::QueueConfig::AzureStorage(q) = &c.queue else {
+                return ExitCode::FAILURE;
+            };
+            if !matches!(action, JobsAction::Waiting { .. } | JobsAction::Wake { .. }) {
+                eprintln!(
+                    "accessgate jobs list|show|retry: work on the SQLite queue; with queue.backend = azure_storage, `jobs waiting` and `jobs wake` work, and dead letters are messages in the poison queue (queue.poison_name), each with its reason: read them with Azure Storage Explorer or `az storage message peek`, and send a job back by putting its `message` on the work queue"
+                );
+                return ExitCode::from(2);
+            }
+            let http = match crate::app::http_client() {
+                Ok(h) => h,
+                Err(e) => {
+                    eprintln!("accessgate jobs: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let creds = crate::app::credentials_for(&c, &http);
+            let jobs = crate::queue::azure_backend::AzureJobs::new(
+                crate::queue::azure_backend::connect(http.clone(), q, creds.clone()),
+                crate::queue::azure_backend::connect_waits(http, q, creds),
+                q,
             );
-            return ExitCode::from(2);
+            return jobs_store(&jobs, action);
         }
         Ok(c) => c.server.data_dir,
         Err(_) => match data_dir_only(path.as_deref()) {
@@ -376,7 +459,7 @@ fn jobs(path: Option<PathBuf>, action: JobsAction) -> ExitCode {
         JobsAction::List { status, limit } => {
             let st = match status.as_deref().map(JobStatus::parse) {
                 Some(None) => {
-                    eprintln!("--status must be queued, running, done or dead");
+                    eprintln!("--status must be queued, running, waiting, done or dead");
                     return ExitCode::from(2);
                 }
                 Some(s) => s,
@@ -388,7 +471,15 @@ fn jobs(path: Option<PathBuf>, action: JobsAction) -> ExitCode {
                     "id", "status", "try", "stage instance id", "stage"
                 );
                 for r in rows {
-                    let note = r.outcome.or(r.last_error).unwrap_or_default();
+                    let note = match (&r.wait_reason, r.status.as_str()) {
+                        (Some(why), "waiting") => format!(
+                            "waits until {} for {}{}",
+                            crate::queue::Deadline::from_unix_ms(r.visible_at_ms),
+                            why,
+                            r.wait_key.as_deref().map(|k| format!(" (key {k})")).unwrap_or_default()
+                        ),
+                        _ => r.outcome.or(r.last_error).unwrap_or_default(),
+                    };
                     println!(
                         "{:>6}  {:<8} {:>3}  {:<40} {:<28} {}",
                         r.id, r.status, r.attempts, r.stage_instance_id, r.stage, note
@@ -403,6 +494,11 @@ fn jobs(path: Option<PathBuf>, action: JobsAction) -> ExitCode {
             }
             None => println!("no job {id}"),
         }),
+        a @ (JobsAction::Waiting { .. } | JobsAction::Wake { .. }) => {
+            // The data directory is locked by a running server only against a second server;
+            // these reads and the wake are single transactions, safe beside it.
+            return jobs_store(&q, a);
+        }
         JobsAction::Retry { id } => q.requeue(&id).map(|r| match r {
             Requeue::Queued => println!("job {id} queued again"),
             Requeue::NotFound => println!("no job {id}"),

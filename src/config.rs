@@ -314,7 +314,7 @@ pub enum QueueConfig {
     /// The embedded SQLite queue in `server.data_dir` (one process).
     Sqlite,
     /// An Azure Storage queue shared by several `accessgate serve` instances.
-    AzureStorage(AzureQueueConfig),
+    AzureStorage(Box<AzureQueueConfig>),
 }
 
 #[derive(Debug, Clone)]
@@ -327,6 +327,11 @@ pub struct AzureQueueConfig {
     /// Deliveries that ended without a recorded attempt (the worker died or could not read the
     /// message) before the message is moved to the poison queue.
     pub max_unhandled_deliveries: u32,
+    /// The account's table endpoint, for the index of parked jobs.
+    pub table_endpoint: EndpointUrl,
+    pub wait_table: String,
+    /// A parked message hides at most this long before it checks for a missed wake.
+    pub wait_recheck: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -468,6 +473,9 @@ struct RawQueue {
     name: Option<String>,
     poison_name: Option<String>,
     max_unhandled_deliveries: Option<u64>,
+    table_endpoint: Option<String>,
+    wait_table: Option<String>,
+    wait_recheck_seconds: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1358,6 +1366,12 @@ fn valid_queue_name(n: &str) -> bool {
         && !n.contains("--")
 }
 
+fn valid_table_name(n: &str) -> bool {
+    (3..=63).contains(&n.len())
+        && n.starts_with(|c: char| c.is_ascii_alphabetic())
+        && n.chars().all(|c| c.is_ascii_alphanumeric())
+}
+
 fn parse_queue(raw: RawQueue, p: &mut Problems<'_>) -> QueueConfig {
     match raw.backend.as_deref().unwrap_or("sqlite") {
         "sqlite" => {
@@ -1391,8 +1405,24 @@ fn parse_queue(raw: RawQueue, p: &mut Problems<'_>) -> QueueConfig {
                     "must be between 1 and 100",
                 );
             }
+            let wait_table = raw.wait_table.unwrap_or_else(|| "accessgatewaits".into());
+            if !valid_table_name(&wait_table) {
+                p.push(
+                    "queue.wait_table",
+                    "3-63 letters and digits, starting with a letter",
+                );
+            }
+            let recheck = raw.wait_recheck_seconds.unwrap_or(3600);
+            if !(10..=7 * 24 * 3600).contains(&recheck) {
+                p.push(
+                    "queue.wait_recheck_seconds",
+                    "must be between 10 and 604800 (7 days, the longest a message can hide)",
+                );
+            }
+            let mut cs_table = None;
             let target = match (raw.connection_string, raw.account_url) {
                 (Some(cs), None) => {
+                    cs_table = crate::queue::azure::connection_string_table_endpoint(cs.expose());
                     match crate::queue::azure::parse_connection_string(cs.expose()) {
                         Ok((endpoint, account, key)) => {
                             Some((endpoint, StorageAuthConfig::SharedKey { account, key }))
@@ -1428,15 +1458,36 @@ fn parse_queue(raw: RawQueue, p: &mut Problems<'_>) -> QueueConfig {
                     None
                 }
             };
-            match target {
-                Some((endpoint, auth)) => QueueConfig::AzureStorage(AzureQueueConfig {
-                    endpoint,
-                    auth,
-                    name,
-                    poison_name,
-                    max_unhandled_deliveries: max_unhandled_deliveries as u32,
+            let table = match raw.table_endpoint.or(cs_table) {
+                Some(t) => p.check(
+                    "queue.table_endpoint",
+                    EndpointUrl::parse(&t).map_err(|e| e.to_string()),
+                ),
+                None => target.as_ref().and_then(|(q, _)| {
+                    let derived = crate::queue::azure::table_endpoint_for(q);
+                    if derived.is_none() {
+                        p.push(
+                            "queue.table_endpoint",
+                            "cannot be derived from the queue endpoint: set it (https://ACCOUNT.table.core.windows.net)",
+                        );
+                    }
+                    derived
                 }),
-                None => QueueConfig::Sqlite,
+            };
+            match (target, table) {
+                (Some((endpoint, auth)), Some(table_endpoint)) => {
+                    QueueConfig::AzureStorage(Box::new(AzureQueueConfig {
+                        endpoint,
+                        auth,
+                        name,
+                        poison_name,
+                        max_unhandled_deliveries: max_unhandled_deliveries as u32,
+                        table_endpoint,
+                        wait_table,
+                        wait_recheck: Duration::from_secs(recheck),
+                    }))
+                }
+                _ => QueueConfig::Sqlite,
             }
         }
         _ => {

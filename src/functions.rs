@@ -27,8 +27,12 @@ use tracing::Instrument as _;
 
 use crate::app::AppState;
 use crate::intake::{self, Admission, IntakeError, IntakeRequest};
-use crate::queue::{JobMessage, now_ms};
-use crate::worker::{self, Step};
+use crate::queue::azure_backend::AzureJobs;
+use crate::queue::store::LeaseToken;
+use crate::queue::{
+    Deadline, JobMessage, Lease, Outcome, Settle, Step, StoreError, Stored, Wait, now_ms,
+};
+use crate::worker;
 
 /// Output binding names, as in function-app/*/function.json.
 pub const OUT_HTTP: &str = "res";
@@ -235,6 +239,77 @@ fn dead_letter(reason: &str, message: Value, dequeue_count: u32) -> Value {
     )
 }
 
+/// How the queue trigger answers the host once the job's step is stored.
+enum HostAnswer {
+    /// 200: the host deletes the message.
+    Finished(String),
+    /// 200 with a dead letter in the blob output.
+    DeadLetter(String),
+    /// Non-2xx: the host makes the message visible again later.
+    RetryLater(String),
+}
+
+/// [`Settle`] for a message the Functions host delivered: finishing is answering the host;
+/// parking puts a new, hidden message on the same queue (the host deletes the one it gave us).
+struct HostSettle<'a> {
+    storage: Option<&'a AzureJobs>,
+    dequeue_count: u32,
+    claimed_at: Deadline,
+    answer: std::sync::Mutex<Option<HostAnswer>>,
+}
+
+impl HostSettle<'_> {
+    fn answer(&self, a: HostAnswer) -> Result<Stored, StoreError> {
+        if let Ok(mut slot) = self.answer.lock() {
+            *slot = Some(a);
+        }
+        Ok(Stored::Yes)
+    }
+
+    fn take(&self) -> Option<HostAnswer> {
+        self.answer.lock().ok().and_then(|mut s| s.take())
+    }
+}
+
+#[async_trait::async_trait]
+impl Settle for HostSettle<'_> {
+    async fn complete(&self, _lease: &Lease, outcome: &Outcome) -> Result<Stored, StoreError> {
+        self.answer(HostAnswer::Finished(outcome.to_string()))
+    }
+
+    async fn retry_at(
+        &self,
+        _l: &Lease,
+        _at: Deadline,
+        reason: &str,
+    ) -> Result<Stored, StoreError> {
+        tracing::warn!(reason = %reason, "attempt failed; leaving the message for the host to retry");
+        self.answer(HostAnswer::RetryLater(reason.to_owned()))
+    }
+
+    async fn dead(&self, _lease: &Lease, reason: &str) -> Result<Stored, StoreError> {
+        self.answer(HostAnswer::DeadLetter(reason.to_owned()))
+    }
+
+    async fn wait(&self, lease: &Lease, wait: &Wait) -> Result<Stored, StoreError> {
+        let Some(storage) = self.storage else {
+            let e = StoreError::WaitNeedsStorage;
+            self.answer(HostAnswer::RetryLater(e.to_string()))?;
+            return Err(e);
+        };
+        match storage.park_new(&lease.job, wait, self.claimed_at).await {
+            Ok(()) => self.answer(HostAnswer::Finished(format!(
+                "parked until {} ({}); dequeue count {}",
+                wait.until, wait.reason, self.dequeue_count
+            ))),
+            Err(e) => {
+                self.answer(HostAnswer::RetryLater(format!("cannot park the job: {e}")))?;
+                Err(e)
+            }
+        }
+    }
+}
+
 async fn process_job(State(app): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
     let inv: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let count = dequeue_count(&inv);
@@ -246,7 +321,9 @@ async fn process_job(State(app): State<Arc<AppState>>, body: axum::body::Bytes) 
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    let msg = match JobMessage::from_queue_text(&text) {
+    // The host's message is a job as the HTTP function wrote it, or an envelope this handler
+    // parked (with its wait); both read as an envelope.
+    let envelope = match crate::queue::azure_backend::Envelope::from_queue_text(&text) {
         Ok(m) => m,
         Err(e) => {
             // Retrying cannot fix an unreadable message: dead-letter it now.
@@ -262,45 +339,105 @@ async fn process_job(State(app): State<Arc<AppState>>, body: axum::body::Bytes) 
             );
         }
     };
-    let c = &msg.callout;
-    let span = tracing::info_span!("job", correlation_id = %msg.correlation_id, request_id = %c.request_id,
-        stage = %c.stage, stage_instance_id = %c.stage_instance_id, dequeue_count = count, host = "functions");
-    async {
-        let started = Instant::now();
-        let mut attempt = count;
-        let mut last_error: Option<String> = None;
-        loop {
-            match worker::process(&app.worker, &msg, attempt, last_error.as_deref()).await {
-                Step::Done(outcome) => {
-                    return json_response(StatusCode::OK, invocation(Map::new(), vec![outcome]));
+    let settle = HostSettle {
+        storage: app.storage.as_ref(),
+        dequeue_count: count,
+        claimed_at: Deadline::from_unix_ms(now_ms()),
+        answer: std::sync::Mutex::new(None),
+    };
+    let woken_by = match &envelope.parked {
+        None => None,
+        Some(p) => match app.storage.as_ref() {
+            Some(s) => match s.woken_check(p).await {
+                Ok(Some(w)) => Some(w),
+                // Delivered early (a recheck): park it again, unchanged.
+                Ok(None) => {
+                    let lease = host_lease(&envelope, count, None);
+                    worker::settle(&settle, &lease, &Step::Wait(p.wait.clone())).await;
+                    return host_response(&settle, &envelope.job, count);
                 }
-                Step::Dead(reason) => {
-                    tracing::error!(reason = %reason, "job moved to dead letters");
-                    let mut out = Map::new();
-                    let m = serde_json::to_value(&msg).unwrap_or(Value::Null);
-                    out.insert(OUT_DEAD_LETTER.into(), dead_letter(&reason, m, count));
-                    return json_response(StatusCode::OK, invocation(out, vec![format!("dead letter: {reason}")]));
-                }
-                Step::RetryAt { at_ms, reason } => {
-                    let wait = Duration::from_millis((at_ms - now_ms()).max(0) as u64);
-                    if wait <= IN_PROCESS_MAX_WAIT && started.elapsed() + wait < IN_PROCESS_BUDGET {
-                        tracing::warn!(reason = %reason, wait_ms = wait.as_millis() as u64, "resume failed; retrying in process");
-                        tokio::time::sleep(wait).await;
-                        attempt += 1;
-                        last_error = Some(reason);
-                        continue;
-                    }
-                    tracing::warn!(reason = %reason, "resume failed; leaving the message for the host to retry");
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the wait index; the host will deliver the job again");
                     return json_response(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        invocation(Map::new(), vec![format!("retry later: {reason}")]),
+                        invocation(Map::new(), vec![format!("retry later: {e}")]),
                     );
                 }
+            },
+            None => Some(crate::queue::WokenBy::Timer),
+        },
+    };
+    let mut lease = host_lease(&envelope, count, woken_by);
+    let span = worker::job_span(&lease);
+    async {
+        let started = Instant::now();
+        loop {
+            let step = worker::process(&app.worker, &lease).await;
+            // Short waits are retried here; a longer one goes back to the host's queue.
+            if let Step::RetryAt { at, reason } = &step {
+                let wait = at.remaining();
+                if wait <= IN_PROCESS_MAX_WAIT && started.elapsed() + wait < IN_PROCESS_BUDGET {
+                    tracing::warn!(reason = %reason, wait_ms = wait.as_millis() as u64, "attempt failed; retrying in process");
+                    tokio::time::sleep(wait).await;
+                    lease.attempt += 1;
+                    lease.last_error = Some(reason.clone());
+                    lease.woken_by = None;
+                    continue;
+                }
             }
+            worker::settle(&settle, &lease, &step).await;
+            return host_response(&settle, &lease.job, count);
         }
     }
     .instrument(span)
     .await
+}
+
+fn host_lease(
+    envelope: &crate::queue::azure_backend::Envelope,
+    dequeue_count: u32,
+    woken_by: Option<crate::queue::WokenBy>,
+) -> Lease {
+    Lease {
+        job: envelope.job.clone(),
+        // The host's dequeue count counts attempts; a parked job starts again at 1.
+        attempt: if envelope.parked.is_some() {
+            1
+        } else {
+            dequeue_count.max(1)
+        },
+        last_error: envelope.last_error.clone(),
+        woken_by,
+        token: LeaseToken::Host,
+    }
+}
+
+fn host_response(settle: &HostSettle<'_>, job: &JobMessage, count: u32) -> Response {
+    match settle.take() {
+        Some(HostAnswer::Finished(note)) => {
+            json_response(StatusCode::OK, invocation(Map::new(), vec![note]))
+        }
+        Some(HostAnswer::DeadLetter(reason)) => {
+            let mut out = Map::new();
+            let m = serde_json::to_value(job).unwrap_or(Value::Null);
+            out.insert(OUT_DEAD_LETTER.into(), dead_letter(&reason, m, count));
+            json_response(
+                StatusCode::OK,
+                invocation(out, vec![format!("dead letter: {reason}")]),
+            )
+        }
+        Some(HostAnswer::RetryLater(reason)) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            invocation(Map::new(), vec![format!("retry later: {reason}")]),
+        ),
+        None => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            invocation(
+                Map::new(),
+                vec!["retry later: the outcome was not stored".into()],
+            ),
+        ),
+    }
 }
 
 async fn poison_job(body: axum::body::Bytes) -> Response {

@@ -12,7 +12,7 @@ use crate::config::GraphConfig;
 use crate::credentials::{Audience, CredentialError, Credentials};
 use crate::outbound::{retry_after, transport_error};
 use crate::policy::{Action, Decision};
-use crate::queue::now_ms;
+use crate::queue::Deadline;
 use crate::resilience::{CircuitBreaker, RateLimiter};
 
 /// How a resume ended, when it ended well.
@@ -118,11 +118,6 @@ fn graph_error_text(body: &str) -> String {
     let s = format!("{code}: {msg}");
     let s = s.trim_matches(|c| c == ':' || c == ' ');
     s.chars().take(300).collect()
-}
-
-fn deadline_instant(deadline_ms: i64) -> Instant {
-    let left = deadline_ms.saturating_sub(now_ms());
-    Instant::now() + Duration::from_millis(u64::try_from(left).unwrap_or(0))
 }
 
 impl GraphClient {
@@ -287,15 +282,15 @@ impl GraphClient {
         })
     }
 
-    /// Posts the resume, never after `deadline_ms` (unix ms). Idempotent in effect: a request
-    /// that no longer waits is `NotWaiting`.
+    /// Posts the resume, never after `deadline`. Idempotent in effect: a request that no
+    /// longer waits is `NotWaiting`.
     pub async fn resume(
         &self,
         c: &Callout,
         d: &Decision,
-        deadline_ms: i64,
+        deadline: Deadline,
     ) -> Result<ResumeOutcome, GraphError> {
-        let deadline = deadline_instant(deadline_ms);
+        let deadline = deadline.instant();
         let url = self.resume_url(c);
         let body = self.resume_body(c, d);
         let resp = self

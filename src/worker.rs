@@ -1,8 +1,11 @@
-//! Runs jobs: policy → decision → Graph resume, with retries (exponential backoff with jitter,
-//! at least `Retry-After`) until the callout's deadline, then a dead letter with the reason.
+//! The one job runner: policy → decision → Graph resume, with retries (exponential backoff with
+//! jitter, at least `Retry-After`) until the callout's deadline, then a dead letter with the
+//! reason.
 //!
-//! [`process`] is one attempt and is shared by the standalone pool ([`run_pool`]) and the
-//! Functions queue trigger.
+//! [`process`] is one attempt at a leased job and returns a [`Step`]; [`settle`] stores it
+//! through the backend's [`Settle`] and then logs it. [`run_pool`] claims from any [`JobStore`]
+//! (SQLite, or an Azure Storage queue shared by several processes); the Functions queue trigger
+//! calls the same two functions with the host's delivery.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,19 +18,8 @@ use crate::config::WorkerConfig;
 use crate::directory::Directory;
 use crate::graph::{GraphClient, GraphError, ResumeOutcome};
 use crate::policy::{DecideEnv, Decision, Mode, Policy};
-use crate::queue::azure::QueueError;
-use crate::queue::azure_backend::{AzureJobs, Delivery};
-use crate::queue::sqlite::SqliteQueue;
-use crate::queue::{JobMessage, now_ms};
+use crate::queue::{Deadline, JobStore, Lease, Outcome, Settle, Step, Stored};
 use crate::tickets::TicketSystem;
-
-/// What one attempt at a job came to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step {
-    Done(String),
-    RetryAt { at_ms: i64, reason: String },
-    Dead(String),
-}
 
 pub struct WorkerCtx {
     /// `[policy]`, for callouts of no extension or of one without its own policy file.
@@ -63,28 +55,20 @@ pub fn backoff(cfg: &WorkerConfig, attempt: u32) -> Duration {
     half + Duration::from_millis(jitter)
 }
 
-/// One attempt at a job.
-pub async fn process(
-    ctx: &WorkerCtx,
-    msg: &JobMessage,
-    attempt: u32,
-    last_error: Option<&str>,
-) -> Step {
+/// One attempt at a leased job.
+pub async fn process(ctx: &WorkerCtx, lease: &Lease) -> Step {
+    let msg = &lease.job;
+    let (attempt, last_error) = (lease.attempt, lease.last_error.as_deref());
     let c = &msg.callout;
     let policy = ctx.policy_for(msg.extension.as_deref());
-    let started = now_ms();
     // The decision gets its own budget, and always leaves time for the resume itself.
-    let budget_ms = i64::try_from(ctx.decision_timeout.as_millis()).unwrap_or(i64::MAX);
-    let decide_by_ms = started
-        .saturating_add(budget_ms)
-        .min(msg.deadline_at_ms.saturating_sub(2000))
-        .max(started);
+    let decide_by =
+        Deadline::in_(ctx.decision_timeout).min(msg.deadline.earlier_by(Duration::from_secs(2)));
     let env = DecideEnv {
         directory: ctx.directory.as_ref(),
         tickets: ctx.tickets.as_ref(),
         now: jiff::Timestamp::now(),
-        deadline: std::time::Instant::now()
-            + Duration::from_millis(u64::try_from(decide_by_ms - started).unwrap_or(0)),
+        deadline: decide_by.instant(),
     };
     let decision = policy.decide(c, &env).await;
     log_decision(&decision, attempt);
@@ -95,14 +79,13 @@ pub async fn process(
         && attempt < policy.check_attempts
         && c.expects_resume()
     {
-        let at = now_ms().saturating_add(backoff(&ctx.cfg, attempt).as_millis() as i64);
-        if at
-            < msg
-                .deadline_at_ms
-                .saturating_sub(budget_ms.saturating_add(2000))
-        {
+        let at = Deadline::in_(backoff(&ctx.cfg, attempt));
+        let latest = msg
+            .deadline
+            .earlier_by(ctx.decision_timeout + Duration::from_secs(2));
+        if at < latest {
             return Step::RetryAt {
-                at_ms: at,
+                at,
                 reason: format!(
                     "checks errored ({why}); deciding again (attempt {attempt} of {})",
                     policy.check_attempts
@@ -112,27 +95,28 @@ pub async fn process(
     }
     if !c.expects_resume() {
         tracing::info!(decision = verdict, rule = ?decision.rule, "notification only: this stage gets no resume");
-        return Step::Done(format!(
-            "notified ({verdict}); stage {} gets no resume",
-            c.stage
-        ));
+        return Step::Done(Outcome::Notified {
+            action: verdict.to_owned(),
+            stage: c.stage.to_string(),
+        });
     }
-    let now = now_ms();
-    if now >= msg.deadline_at_ms {
+    if msg.deadline.has_passed() {
         return Step::Dead(format!(
             "deadline passed ({} s after receipt) before a resume was delivered; last error: {}",
-            (msg.deadline_at_ms - msg.received_at_ms) / 1000,
+            msg.deadline.unix_ms().saturating_sub(msg.received_at_ms) / 1000,
             last_error.unwrap_or("none (the job never ran)")
         ));
     }
-    match ctx.graph.resume(c, &decision, msg.deadline_at_ms).await {
+    match ctx.graph.resume(c, &decision, msg.deadline).await {
         Ok(ResumeOutcome::Resumed) => {
             tracing::info!(decision = verdict, rule = ?decision.rule, attempt, "resumed");
-            Step::Done(format!("resumed: {verdict}"))
+            Step::Done(Outcome::Resumed {
+                action: verdict.to_owned(),
+            })
         }
         Ok(ResumeOutcome::NotWaiting(why)) => {
             tracing::info!(%why, "request no longer waiting; nothing to resume");
-            Step::Done(format!("not waiting: {why}"))
+            Step::Done(Outcome::NotWaiting { why })
         }
         Err(GraphError::DeadlinePassed) => Step::Dead(format!(
             "deadline reached before a resume could be delivered; last error: {}",
@@ -141,20 +125,20 @@ pub async fn process(
         Err(e) if e.is_permanent() => Step::Dead(e.to_string()),
         Err(e) => {
             let delay = backoff(&ctx.cfg, attempt).max(e.retry_after().unwrap_or_default());
-            let at = now.saturating_add(delay.as_millis() as i64);
-            if at >= msg.deadline_at_ms {
+            let at = Deadline::in_(delay);
+            if at >= msg.deadline {
                 // One last try just before the deadline rather than giving up early.
-                let last = msg.deadline_at_ms - 1000;
-                if last > now {
+                let last = msg.deadline.earlier_by(Duration::from_secs(1));
+                if !last.has_passed() {
                     return Step::RetryAt {
-                        at_ms: last,
+                        at: last,
                         reason: e.to_string(),
                     };
                 }
                 return Step::Dead(format!("deadline reached while retrying; last error: {e}"));
             }
             Step::RetryAt {
-                at_ms: at,
+                at,
                 reason: e.to_string(),
             }
         }
@@ -190,111 +174,95 @@ fn log_decision(d: &Decision, attempt: u32) {
     );
 }
 
-/// The standalone worker pool: `concurrency` tasks claiming from SQLite until cancelled. A job
-/// in flight at shutdown finishes its attempt; its lease protects it if the process dies.
-pub async fn run_pool(ctx: Arc<WorkerCtx>, queue: SqliteQueue, cancel: CancellationToken) {
-    let mut tasks = Vec::new();
-    for n in 0..ctx.cfg.concurrency {
-        let (ctx, queue, cancel) = (ctx.clone(), queue.clone(), cancel.clone());
-        tasks.push(tokio::spawn(async move {
-            while !cancel.is_cancelled() {
-                match queue.claim(ctx.cfg.lease).await {
-                    Ok(Some(job)) => run_one(&ctx, &queue, job).await,
-                    Ok(None) => {
-                        tokio::select! {
-                            _ = cancel.cancelled() => break,
-                            _ = tokio::time::sleep(ctx.cfg.poll_interval) => {}
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(worker = n, error = %e, "cannot claim jobs");
-                        tokio::select! {
-                            _ = cancel.cancelled() => break,
-                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        }
-                    }
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-}
-
-async fn run_one(ctx: &WorkerCtx, queue: &SqliteQueue, job: crate::queue::sqlite::Claimed) {
-    let c = &job.message.callout;
-    let span = tracing::info_span!(
+/// The span every attempt runs in, so each log line carries the job's correlation.
+pub fn job_span(lease: &Lease) -> tracing::Span {
+    let c = &lease.job.callout;
+    tracing::info_span!(
         "job",
-        correlation_id = %job.message.correlation_id,
+        correlation_id = %lease.job.correlation_id,
         request_id = %c.request_id,
         stage = %c.stage,
         stage_instance_id = %c.stage_instance_id,
-        attempt = job.attempts,
-    );
-    async {
-        let step = process(ctx, &job.message, job.attempts, job.last_error.as_deref()).await;
-        // Store first, log after: a log line that says "dead letter" must be true when read.
-        let stored = match &step {
-            Step::Done(o) => queue.complete(&job, o.clone()).await,
-            Step::RetryAt { at_ms, reason } => queue.retry_at(&job, *at_ms, reason.clone()).await,
-            Step::Dead(reason) => queue.dead(&job, reason.clone()).await,
-        };
-        log_step(&step);
-        match stored {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!("lease was lost before the outcome was stored"),
-            Err(e) => tracing::error!(error = %e, "cannot store job outcome; the lease will expire and it will run again"),
-        }
-    }
-    .instrument(span)
-    .await
+        attempt = lease.attempt,
+        woken_by = lease.woken_by.map(|w| match w {
+            crate::queue::WokenBy::Event => "event",
+            crate::queue::WokenBy::Timer => "timer",
+        }),
+    )
 }
 
-/// Logs an attempt's outcome (after it is stored: a "dead letter" line must be true when read).
+/// Stores an attempt's outcome through the backend, then logs it: a log line that says "dead
+/// letter" must be true when read.
+pub async fn settle(store: &dyn Settle, lease: &Lease, step: &Step) {
+    let stored = match step {
+        Step::Done(o) => store.complete(lease, o).await,
+        Step::RetryAt { at, reason } => store.retry_at(lease, *at, reason).await,
+        Step::Dead(reason) => store.dead(lease, reason).await,
+        Step::Wait(w) => store.wait(lease, w).await,
+    };
+    log_step(step);
+    match stored {
+        Ok(Stored::Yes) => {}
+        Ok(Stored::LeaseLost) => tracing::warn!("lease was lost before the outcome was stored"),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot store job outcome; the lease will expire and it will run again")
+        }
+    }
+}
+
+/// Logs an attempt's outcome (after it is stored).
 fn log_step(step: &Step) {
     match step {
         Step::Done(_) => {}
-        Step::RetryAt { at_ms, reason } => {
-            tracing::warn!(reason = %reason, retry_in_ms = at_ms - now_ms(), "attempt failed; will retry");
+        Step::RetryAt { at, reason } => {
+            tracing::warn!(reason = %reason, retry_in_ms = at.remaining().as_millis() as u64, "attempt failed; will retry");
         }
         Step::Dead(reason) => tracing::error!(reason = %reason, "job moved to dead letters"),
+        Step::Wait(w) => tracing::info!(
+            until = %w.until,
+            key = w.key.as_ref().map(|k| k.as_str()),
+            reason = %w.reason,
+            "job parked"
+        ),
     }
 }
 
-/// The pool over a shared Azure Storage queue: each task receives one message at a time under a
-/// lease (the visibility timeout); several processes may run this against the same queue.
-pub async fn run_azure_pool(ctx: Arc<WorkerCtx>, jobs: AzureJobs, cancel: CancellationToken) {
+/// The worker pool: `concurrency` tasks claiming from the store until cancelled. A job in flight
+/// at shutdown finishes its attempt; its lease protects it if the process dies. A backend whose
+/// polls are billed (Azure Storage) is polled less and less often while empty, up to 2 s or the
+/// poll interval if larger; work resets it.
+pub async fn run_pool(ctx: Arc<WorkerCtx>, store: Arc<dyn JobStore>, cancel: CancellationToken) {
     let mut tasks = Vec::new();
     for n in 0..ctx.cfg.concurrency {
-        let (ctx, jobs, cancel) = (ctx.clone(), jobs.clone(), cancel.clone());
+        let (ctx, store, cancel) = (ctx.clone(), store.clone(), cancel.clone());
         tasks.push(tokio::spawn(async move {
-            // An empty queue is polled less and less often (each poll is a billed Storage
-            // transaction), up to 2 s or the poll interval if larger; work resets it.
-            let idle_cap = ctx.cfg.poll_interval.max(Duration::from_secs(2));
+            let idle_cap = if store.billed_polls() {
+                ctx.cfg.poll_interval.max(Duration::from_secs(2))
+            } else {
+                ctx.cfg.poll_interval
+            };
             let mut idle = ctx.cfg.poll_interval;
             while !cancel.is_cancelled() {
-                let pause = match jobs.receive(1, ctx.cfg.lease).await {
-                    Ok(ds) if ds.is_empty() => {
+                let pause = match store.claim(ctx.cfg.lease).await {
+                    Ok(Some(lease)) => {
+                        idle = ctx.cfg.poll_interval;
+                        let span = job_span(&lease);
+                        async {
+                            let step = process(&ctx, &lease).await;
+                            settle(store.as_ref(), &lease, &step).await;
+                        }
+                        .instrument(span)
+                        .await;
+                        Duration::ZERO
+                    }
+                    Ok(None) => {
                         let p = idle;
                         idle = (idle * 2).min(idle_cap);
                         p
                     }
-                    Ok(ds) => {
-                        idle = ctx.cfg.poll_interval;
-                        for d in ds {
-                            run_delivery(&ctx, &jobs, d).await;
-                        }
-                        Duration::ZERO
-                    }
                     Err(e) => {
-                        tracing::error!(worker = n, error = %e, "cannot receive jobs from the Azure Storage queue");
-                        match e {
-                            QueueError::Throttled { retry_after } => {
-                                retry_after.unwrap_or(Duration::from_secs(1))
-                            }
-                            _ => Duration::from_secs(1),
-                        }
+                        tracing::error!(worker = n, backend = store.backend(), error = %e, "cannot claim jobs");
+                        e.retry_after().unwrap_or(Duration::from_secs(1))
                     }
                 };
                 if !pause.is_zero() {
@@ -309,46 +277,6 @@ pub async fn run_azure_pool(ctx: Arc<WorkerCtx>, jobs: AzureJobs, cancel: Cancel
     for t in tasks {
         let _ = t.await;
     }
-}
-
-async fn run_delivery(ctx: &WorkerCtx, jobs: &AzureJobs, d: Delivery) {
-    let (received, envelope) = match d {
-        Delivery::Poison { received, reason } => {
-            tracing::error!(message_id = %received.message_id, reason = %reason, "job message moved to the poison queue");
-            if let Err(e) = jobs.dead(&received, reason).await {
-                tracing::error!(error = %e, "cannot move the message to the poison queue; it will be delivered again");
-            }
-            return;
-        }
-        Delivery::Job { received, envelope } => (received, envelope),
-    };
-    let c = &envelope.job.callout;
-    let attempt = envelope.attempts.saturating_add(1);
-    let span = tracing::info_span!(
-        "job",
-        correlation_id = %envelope.job.correlation_id,
-        request_id = %c.request_id,
-        stage = %c.stage,
-        stage_instance_id = %c.stage_instance_id,
-        attempt,
-        message_id = %received.message_id,
-    );
-    async {
-        let step = process(ctx, &envelope.job, attempt, envelope.last_error.as_deref()).await;
-        let stored = match &step {
-            Step::Done(_) => jobs.complete(&received).await,
-            Step::RetryAt { at_ms, reason } => {
-                jobs.retry_at(&received, &envelope, *at_ms, reason.clone()).await
-            }
-            Step::Dead(reason) => jobs.dead(&received, reason.clone()).await,
-        };
-        log_step(&step);
-        if let Err(e) = stored {
-            tracing::warn!(error = %e, "cannot store the job outcome; the message becomes visible again when its lease ends");
-        }
-    }
-    .instrument(span)
-    .await
 }
 
 #[cfg(test)]

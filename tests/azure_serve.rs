@@ -15,18 +15,12 @@ use common::*;
 const DEV_KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
-fn connection_string(endpoint: &str) -> String {
-    format!(
-        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={DEV_KEY};QueueEndpoint={endpoint};"
-    )
-}
-
 /// One more `accessgate serve` on the same config (its own data dir), sharing the queue.
 async fn instance(
     emu: &Emulator,
     dir: &std::path::Path,
     queue: &str,
-    endpoint: &str,
+    connection_string: &str,
 ) -> Accessgate {
     let extra = format!("[queue]\nbackend = \"azure_storage\"\nname = \"{queue}\"\n");
     let cfg = write_config(dir, emu, &extra);
@@ -37,7 +31,7 @@ async fn instance(
         ),
         (
             "ACCESSGATE_QUEUE__CONNECTION_STRING".to_string(),
-            connection_string(endpoint),
+            connection_string.to_owned(),
         ),
         ("ACCESSGATE_GRAPH__TIMEOUT_SECONDS".into(), "1".into()),
         ("ACCESSGATE_WORKER__LEASE_SECONDS".into(), "8".into()),
@@ -70,8 +64,8 @@ async fn two_instances_share_one_storage_queue_and_survive_a_kill() {
     let emu = start_emulator().await;
     let e = emu.handle();
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut a = instance(&e, d1.path(), &queue, &az.endpoint).await;
-    let b = instance(&e, d2.path(), &queue, &az.endpoint).await;
+    let mut a = instance(&e, d1.path(), &queue, &az.connection_string()).await;
+    let b = instance(&e, d2.path(), &queue, &az.connection_string()).await;
     a.wait_log("azure queue", |l| {
         l["message"] == "accessgate listening" && l["queue"] == "azure_storage"
     })
@@ -166,7 +160,9 @@ async fn an_unreachable_storage_account_gets_503_and_says_why() {
         &e,
         d.path(),
         "ag-unreachable",
-        "http://127.0.0.1:9/devstoreaccount1",
+        &format!(
+            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={DEV_KEY};QueueEndpoint=http://127.0.0.1:9/devstoreaccount1;TableEndpoint=http://127.0.0.1:9/devstoreaccount1;"
+        ),
     )
     .await;
     let r = e
@@ -199,8 +195,7 @@ async fn an_unreadable_message_goes_to_the_poison_queue_with_its_reason() {
     };
     let az = azurite::Azurite::start();
     let name = azurite::unique_queue_name("ag-poison");
-    let (endpoint, account, key) =
-        parse_connection_string(&connection_string(&az.endpoint)).unwrap();
+    let (endpoint, account, key) = parse_connection_string(&az.connection_string()).unwrap();
     let q = AzureQueue::new(
         reqwest::Client::new(),
         AzureQueueSettings {
@@ -215,7 +210,7 @@ async fn an_unreadable_message_goes_to_the_poison_queue_with_its_reason() {
 
     let emu = start_emulator().await;
     let d = tempfile::tempdir().unwrap();
-    let _ag = instance(&emu.handle(), d.path(), &name, &az.endpoint).await;
+    let _ag = instance(&emu.handle(), d.path(), &name, &az.connection_string()).await;
     let until = std::time::Instant::now() + Duration::from_secs(30);
     let poisoned = loop {
         if let Some(m) = q.peek(true, 1).await.unwrap().into_iter().next() {

@@ -180,12 +180,7 @@ async fn the_storage_queue_is_checked_too() {
         &e,
         &format!("[queue]\nbackend = \"azure_storage\"\nname = \"{name}\"\n"),
     );
-    let conn = format!(
-        "DefaultEndpointsProtocol=http;AccountName={};AccountKey={};QueueEndpoint={};",
-        azurite::ACCOUNT,
-        azurite::ACCOUNT_KEY,
-        az.endpoint
-    );
+    let conn = az.connection_string();
     let env = vec![
         (
             "ACCESSGATE_CREDENTIALS__CLIENT_SECRET".to_string(),

@@ -211,11 +211,35 @@ impl AzureQueue {
     ) -> Result<(), QueueError> {
         self.put_message(Which::Main, text, initial_visibility)
             .await
+            .map(|_| ())
+    }
+
+    /// Like [`AzureQueue::send`], and returns the message with its id and pop receipt, so it
+    /// can be updated (made visible early) without receiving it.
+    pub async fn send_returning(
+        &self,
+        text: &str,
+        initial_visibility: Option<Duration>,
+    ) -> Result<Received, QueueError> {
+        let xml = self
+            .put_message(Which::Main, text, initial_visibility)
+            .await?;
+        let mut got = parse_messages(&xml)?;
+        let mut m = got
+            .pop()
+            .filter(|m| !m.pop_receipt.is_empty())
+            .ok_or_else(|| {
+                QueueError::Malformed("put message answered without a pop receipt".into())
+            })?;
+        m.text = text.to_owned();
+        Ok(m)
     }
 
     /// Puts a message on the poison queue.
     pub async fn send_poison(&self, text: &str) -> Result<(), QueueError> {
-        self.put_message(Which::Poison, text, None).await
+        self.put_message(Which::Poison, text, None)
+            .await
+            .map(|_| ())
     }
 
     /// Up to `max` (1..=32) messages, each hidden from other receivers for `visibility`
@@ -329,16 +353,17 @@ impl AzureQueue {
         which: Which,
         text: &str,
         visibility: Option<Duration>,
-    ) -> Result<(), QueueError> {
+    ) -> Result<String, QueueError> {
         let path = format!("/{}/messages", self.name(which));
         let vis = visibility.map(|v| visibility_secs(v).to_string());
         let mut query: Vec<(&str, &str)> = vec![("messagettl", "-1")];
         if let Some(v) = &vis {
             query.push(("visibilitytimeout", v));
         }
-        self.call(Method::POST, &path, &query, Some(message_xml(text)))
-            .await
-            .map(|_| ())
+        let resp = self
+            .call(Method::POST, &path, &query, Some(message_xml(text)))
+            .await?;
+        read_body(resp).await
     }
 
     fn name(&self, which: Which) -> &str {
@@ -592,6 +617,41 @@ fn http_date_ms(s: &str) -> Option<i64> {
         .parse_timestamp(s.trim())
         .ok()
         .map(|t| t.as_millisecond())
+}
+
+/// The `TableEndpoint` of a connection string, or Azurite's table endpoint for
+/// `UseDevelopmentStorage=true`; `None` when it names neither.
+pub fn connection_string_table_endpoint(s: &str) -> Option<String> {
+    let mut dev = false;
+    for part in s.split(';') {
+        let Some((k, v)) = part.split_once('=') else {
+            continue;
+        };
+        if k.trim().eq_ignore_ascii_case("TableEndpoint") && !v.trim().is_empty() {
+            return Some(v.trim().trim_end_matches('/').to_owned());
+        }
+        if k.trim().eq_ignore_ascii_case("UseDevelopmentStorage")
+            && v.trim().eq_ignore_ascii_case("true")
+        {
+            dev = true;
+        }
+    }
+    dev.then(|| "http://127.0.0.1:10002/devstoreaccount1".to_owned())
+}
+
+/// The table endpoint of the account a queue endpoint belongs to: `ACCOUNT.queue.SUFFIX` →
+/// `ACCOUNT.table.SUFFIX`, and Azurite's default port 10001 → 10002.
+pub fn table_endpoint_for(queue: &EndpointUrl) -> Option<EndpointUrl> {
+    let mut u = url::Url::parse(queue.base()).ok()?;
+    let host = u.host_str()?.to_owned();
+    if let Some((account, rest)) = host.split_once(".queue.") {
+        u.set_host(Some(&format!("{account}.table.{rest}"))).ok()?;
+    } else if u.port() == Some(10001) {
+        u.set_port(Some(10002)).ok()?;
+    } else {
+        return None;
+    }
+    EndpointUrl::parse(u.as_str().trim_end_matches('/')).ok()
 }
 
 /// Parses an Azure Storage connection string into the queue endpoint, account and key.

@@ -6,20 +6,26 @@
 
 pub mod azure;
 pub mod azure_backend;
+pub mod job;
 pub mod shared_key;
 pub mod sqlite;
+pub mod store;
+pub mod table;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::callout::Callout;
+pub use job::{Deadline, Outcome, Step, Wait, WaitKey, WokenBy, now_ms};
+pub use store::{JobStore, Lease, Settle, Stored, WaitingJob};
 
 /// Version of the message format, so an old message in a queue is recognised after an upgrade.
 pub const MESSAGE_VERSION: u32 = 1;
 
 /// The longest callback timeout entitlement management allows.
-pub const MAX_CALLBACK_TIMEOUT: Duration = Duration::from_secs(14 * 24 * 3600);
+pub const MAX_CALLBACK_TIMEOUT: Duration = job::MAX_WAIT;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -28,7 +34,8 @@ pub struct JobMessage {
     pub correlation_id: String,
     pub received_at_ms: i64,
     /// Past this instant a resume is pointless (Entra has timed the callout out).
-    pub deadline_at_ms: i64,
+    #[serde(rename = "deadlineAtMs")]
+    pub deadline: Deadline,
     /// The extension (`[extensions.NAME]`) a PoP callout came through; selects its policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extension: Option<String>,
@@ -57,7 +64,7 @@ impl JobMessage {
             v: MESSAGE_VERSION,
             correlation_id,
             received_at_ms: now,
-            deadline_at_ms: now.saturating_add(usable.as_millis() as i64),
+            deadline: Deadline::from_unix_ms(now).later_by(usable),
             extension,
             callout,
         }
@@ -74,13 +81,6 @@ impl JobMessage {
         }
         serde_json::from_str(&s)
     }
-}
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Result of putting a callout on the queue.
@@ -103,42 +103,34 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("store task failed")]
     Join,
+    /// One failed group commit fails every enqueue in it, so the cause is shared.
     #[error("committing a batch of enqueues failed: {0}")]
-    Commit(String),
+    Commit(Arc<rusqlite::Error>),
     #[error("this host has no local queue")]
     NoLocalQueue,
-    #[error("Azure Storage queue: {0}")]
-    Azure(String),
+    #[error(transparent)]
+    Azure(#[from] azure::QueueError),
+    #[error("Azure Table (wait index): {0}")]
+    Table(#[from] table::TableError),
+    /// A lease handed to a backend that did not issue it (a bug, never a user error).
+    #[error("this lease belongs to another job backend")]
+    ForeignLease,
+    #[error(
+        "parking a job needs the Azure Storage queue settings (queue.backend = \"azure_storage\") on this host"
+    )]
+    WaitNeedsStorage,
+    #[error("job message cannot be encoded: {0}")]
+    Encode(#[from] serde_json::Error),
 }
 
-/// Where the standalone server keeps its jobs.
-#[derive(Clone)]
-pub enum WorkQueue {
-    Sqlite(sqlite::SqliteQueue),
-    Azure(azure_backend::AzureJobs),
-}
-
-impl WorkQueue {
-    /// One durable enqueue: the `202` is sent only after this returns.
-    pub async fn enqueue(&self, msg: &JobMessage) -> Result<EnqueueOutcome, StoreError> {
+impl StoreError {
+    /// How long the backend asked us to back off, if it throttled.
+    pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            WorkQueue::Sqlite(q) => q.enqueue(msg).await,
-            WorkQueue::Azure(q) => q
-                .enqueue(msg)
-                .await
-                .map(|()| EnqueueOutcome::Enqueued)
-                .map_err(|e| StoreError::Azure(e.to_string())),
-        }
-    }
-
-    /// Jobs per status, for `/healthz`.
-    pub async fn counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        match self {
-            WorkQueue::Sqlite(q) => q.counts().await,
-            WorkQueue::Azure(q) => q
-                .counts()
-                .await
-                .map_err(|e| StoreError::Azure(e.to_string())),
+            StoreError::Azure(azure::QueueError::Throttled { retry_after }) => {
+                Some(retry_after.unwrap_or(Duration::from_secs(1)))
+            }
+            _ => None,
         }
     }
 }

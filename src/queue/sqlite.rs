@@ -17,16 +17,25 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
-use super::{EnqueueOutcome, JobMessage, StoreError, now_ms};
+use async_trait::async_trait;
 
-const SCHEMA: &str = "
+use super::store::LeaseToken;
+use super::{
+    Deadline, EnqueueOutcome, JobMessage, JobStore, Lease, Outcome, Settle, StoreError, Stored,
+    Wait, WaitKey, WaitingJob, WokenBy, now_ms,
+};
+
+/// Schema version 2 added parked jobs (`waiting`, the wait columns and `wake_events`).
+const SCHEMA_VERSION: i64 = 2;
+
+const JOBS_TABLE: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     stage_instance_id TEXT NOT NULL UNIQUE,
     request_id TEXT NOT NULL,
     stage TEXT NOT NULL,
     message TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('queued','running','done','dead')),
+    status TEXT NOT NULL CHECK (status IN ('queued','running','done','dead','waiting')),
     attempts INTEGER NOT NULL DEFAULT 0,
     received_at INTEGER NOT NULL,
     deadline_at INTEGER NOT NULL,
@@ -34,10 +43,50 @@ CREATE TABLE IF NOT EXISTS jobs (
     lease TEXT,
     outcome TEXT,
     last_error TEXT,
-    updated_at INTEGER NOT NULL
+    updated_at INTEGER NOT NULL,
+    claimed_at INTEGER,
+    wait_key TEXT,
+    wait_reason TEXT,
+    woken_by TEXT
 );
-CREATE INDEX IF NOT EXISTS jobs_ready ON jobs(status, visible_at);
 ";
+
+const INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS jobs_ready ON jobs(status, visible_at);
+CREATE INDEX IF NOT EXISTS jobs_wait_key ON jobs(wait_key) WHERE wait_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS wake_events (key TEXT PRIMARY KEY, woken_at INTEGER NOT NULL);
+";
+
+/// The columns a version-1 table has, copied over when it is rebuilt.
+const V1_COLUMNS: &str = "id, stage_instance_id, request_id, stage, message, status, attempts, received_at, deadline_at, visible_at, lease, outcome, last_error, updated_at";
+
+/// Creates the schema, or upgrades a version-1 database in place (SQLite cannot change a CHECK
+/// constraint, so the table is rebuilt in one transaction).
+fn migrate(c: &mut Connection) -> Result<(), StoreError> {
+    let version: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version >= SCHEMA_VERSION {
+        return Ok(());
+    }
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)?;
+    let has_jobs: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type='table' AND name='jobs')",
+        [],
+        |r| r.get(0),
+    )?;
+    if has_jobs && version < 2 {
+        tx.execute_batch("DROP INDEX IF EXISTS jobs_ready; ALTER TABLE jobs RENAME TO jobs_v1;")?;
+        tx.execute_batch(JOBS_TABLE)?;
+        tx.execute_batch(&format!(
+            "INSERT INTO jobs ({V1_COLUMNS}) SELECT {V1_COLUMNS} FROM jobs_v1; DROP TABLE jobs_v1;"
+        ))?;
+    } else {
+        tx.execute_batch(JOBS_TABLE)?;
+    }
+    tx.execute_batch(INDEXES)?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    Ok(())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -46,6 +95,7 @@ pub enum JobStatus {
     Running,
     Done,
     Dead,
+    Waiting,
 }
 
 impl JobStatus {
@@ -55,6 +105,7 @@ impl JobStatus {
             JobStatus::Running => "running",
             JobStatus::Done => "done",
             JobStatus::Dead => "dead",
+            JobStatus::Waiting => "waiting",
         }
     }
     pub fn parse(s: &str) -> Option<JobStatus> {
@@ -63,6 +114,7 @@ impl JobStatus {
             JobStatus::Running,
             JobStatus::Done,
             JobStatus::Dead,
+            JobStatus::Waiting,
         ]
         .into_iter()
         .find(|st| st.as_str() == s)
@@ -83,6 +135,9 @@ pub struct JobRow {
     pub visible_at_ms: i64,
     pub outcome: Option<String>,
     pub last_error: Option<String>,
+    /// For a `waiting` job: the key it waits for and why.
+    pub wait_key: Option<String>,
+    pub wait_reason: Option<String>,
 }
 
 /// A requeued job needs at least this long before its deadline to be worth running.
@@ -96,17 +151,6 @@ pub enum Requeue {
     NotDead(String),
     /// The callout's deadline (unix ms) has passed or is too close for another attempt.
     TooLate(i64),
-}
-
-/// A job a worker holds under a lease.
-#[derive(Debug, Clone)]
-pub struct Claimed {
-    pub id: i64,
-    pub lease: String,
-    pub attempts: u32,
-    pub message: JobMessage,
-    /// Why the previous attempt failed, if one did.
-    pub last_error: Option<String>,
 }
 
 #[derive(Clone)]
@@ -145,7 +189,7 @@ fn writer_loop(conn: Arc<Mutex<Connection>>, mut rx: tokio::sync::mpsc::Receiver
         }
         let results = match conn.lock() {
             Ok(mut c) => insert_batch(&mut c, &batch),
-            Err(_) => Err("the database lock is poisoned".to_string()),
+            Err(_) => Err(rusqlite::Error::InvalidQuery),
         };
         match results {
             Ok(outcomes) => {
@@ -154,6 +198,7 @@ fn writer_loop(conn: Arc<Mutex<Connection>>, mut rx: tokio::sync::mpsc::Receiver
                 }
             }
             Err(e) => {
+                let e = Arc::new(e);
                 for ins in batch.drain(..) {
                     let _ = ins.reply.send(Err(StoreError::Commit(e.clone())));
                 }
@@ -164,10 +209,8 @@ fn writer_loop(conn: Arc<Mutex<Connection>>, mut rx: tokio::sync::mpsc::Receiver
 
 type Outcomes = Vec<Result<EnqueueOutcome, StoreError>>;
 
-fn insert_batch(c: &mut Connection, batch: &[Insert]) -> Result<Outcomes, String> {
-    let tx = c
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(|e| e.to_string())?;
+fn insert_batch(c: &mut Connection, batch: &[Insert]) -> Result<Outcomes, rusqlite::Error> {
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut out = Vec::with_capacity(batch.len());
     {
         let mut stmt = tx
@@ -175,8 +218,7 @@ fn insert_batch(c: &mut Connection, batch: &[Insert]) -> Result<Outcomes, String
                 "INSERT INTO jobs (stage_instance_id, request_id, stage, message, status, received_at, deadline_at, visible_at, updated_at)
                  VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?5, ?5)
                  ON CONFLICT(stage_instance_id) DO NOTHING",
-            )
-            .map_err(|e| e.to_string())?;
+        )?;
         for i in batch {
             // A statement error fails only its own enqueue; the transaction goes on.
             out.push(
@@ -199,7 +241,7 @@ fn insert_batch(c: &mut Connection, batch: &[Insert]) -> Result<Outcomes, String
             );
         }
     }
-    tx.commit().map_err(|e| e.to_string())?;
+    tx.commit()?;
     Ok(out)
 }
 
@@ -231,7 +273,8 @@ impl SqliteQueue {
         // FULL: a committed enqueue survives power loss, which is the promise behind the 202.
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
+        let mut conn = conn;
+        migrate(&mut conn)?;
         let conn = Arc::new(Mutex::new(conn));
         let (writer, rx) = tokio::sync::mpsc::channel(WRITER_QUEUE);
         let wconn = conn.clone();
@@ -264,8 +307,8 @@ impl SqliteQueue {
 
     /// Persists the job (returns after the commit that holds it); `Duplicate` when this stage
     /// instance id was seen before.
-    pub async fn enqueue(&self, msg: &JobMessage) -> Result<EnqueueOutcome, StoreError> {
-        let text = serde_json::to_string(msg).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    async fn insert(&self, msg: &JobMessage) -> Result<EnqueueOutcome, StoreError> {
+        let text = serde_json::to_string(msg)?;
         let (reply, answer) = tokio::sync::oneshot::channel();
         let insert = Insert {
             sid: msg.callout.stage_instance_id.to_string(),
@@ -273,7 +316,7 @@ impl SqliteQueue {
             stage: msg.callout.stage.to_string(),
             text,
             received_at: msg.received_at_ms,
-            deadline_at: msg.deadline_at_ms,
+            deadline_at: msg.deadline.unix_ms(),
             reply,
         };
         self.writer
@@ -284,25 +327,26 @@ impl SqliteQueue {
     }
 
     /// Takes the next visible job under a lease. A `running` job whose lease ran out (its worker
-    /// died) is visible again.
-    pub async fn claim(&self, lease: Duration) -> Result<Option<Claimed>, StoreError> {
+    /// died) is visible again, and so is a `waiting` job whose wake-up time has come.
+    async fn take(&self, lease: Duration) -> Result<Option<Lease>, StoreError> {
         let token = uuid::Uuid::new_v4().to_string();
         self.run(move |c| {
             let now = now_ms();
             let row = c
                 .query_row(
-                    "UPDATE jobs SET status='running', attempts=attempts+1, lease=?1, visible_at=?2, updated_at=?3
-                     WHERE id = (SELECT id FROM jobs WHERE status IN ('queued','running') AND visible_at <= ?3
+                    "UPDATE jobs SET status='running', attempts=attempts+1, lease=?1, visible_at=?2, updated_at=?3, claimed_at=?3,
+                            woken_by = CASE WHEN status='waiting' THEN 'timer' ELSE woken_by END
+                     WHERE id = (SELECT id FROM jobs WHERE status IN ('queued','running','waiting') AND visible_at <= ?3
                                  ORDER BY visible_at, id LIMIT 1)
-                     RETURNING id, attempts, message, last_error",
-                    params![token, now + lease.as_millis() as i64, now],
-                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, Option<String>>(3)?)),
+                     RETURNING id, attempts, message, last_error, woken_by",
+                    params![token, now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)), now],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, Option<String>>(3)?, r.get::<_, Option<String>>(4)?)),
                 )
                 .optional()?;
             match row {
                 None => Ok(None),
-                Some((id, attempts, text, last_error)) => {
-                    let message = match serde_json::from_str(&text) {
+                Some((id, attempts, text, last_error, woken_by)) => {
+                    let job = match serde_json::from_str(&text) {
                         Ok(m) => m,
                         Err(e) => {
                             // Retrying cannot make it readable: dead-letter it now, or it would be
@@ -314,53 +358,46 @@ impl SqliteQueue {
                             return Err(StoreError::Corrupt(format!("job {id}: {e}")));
                         }
                     };
-                    Ok(Some(Claimed { id, lease: token, attempts: attempts as u32, message, last_error }))
+                    let woken_by = match woken_by.as_deref() {
+                        Some("event") => Some(WokenBy::Event),
+                        Some("timer") => Some(WokenBy::Timer),
+                        _ => None,
+                    };
+                    Ok(Some(Lease {
+                        job,
+                        attempt: u32::try_from(attempts).unwrap_or(u32::MAX),
+                        last_error,
+                        woken_by,
+                        token: LeaseToken::Sqlite { id, lease: token },
+                    }))
                 }
             }
         })
         .await
     }
 
-    /// Marks a job done. Returns false if the lease was lost (another worker owns it now).
-    pub async fn complete(&self, job: &Claimed, outcome: String) -> Result<bool, StoreError> {
-        self.finish(job, "done", Some(outcome), None, None).await
-    }
-
-    /// Puts a job back, visible again at `at_ms`.
-    pub async fn retry_at(
-        &self,
-        job: &Claimed,
-        at_ms: i64,
-        error: String,
-    ) -> Result<bool, StoreError> {
-        self.finish(job, "queued", None, Some(error), Some(at_ms))
-            .await
-    }
-
-    /// Moves a job to the dead letters with the reason.
-    pub async fn dead(&self, job: &Claimed, reason: String) -> Result<bool, StoreError> {
-        self.finish(job, "dead", Some(reason.clone()), Some(reason), None)
-            .await
-    }
-
     async fn finish(
         &self,
-        job: &Claimed,
+        lease: &Lease,
         status: &'static str,
         outcome: Option<String>,
         error: Option<String>,
         visible_at: Option<i64>,
-    ) -> Result<bool, StoreError> {
-        let (id, lease) = (job.id, job.lease.clone());
+    ) -> Result<Stored, StoreError> {
+        let LeaseToken::Sqlite { id, lease } = &lease.token else {
+            return Err(StoreError::ForeignLease);
+        };
+        let (id, lease) = (*id, lease.clone());
         self.run(move |c| {
             let now = now_ms();
             let n = c.execute(
                 "UPDATE jobs SET status=?1, outcome=COALESCE(?2, outcome), last_error=COALESCE(?3, last_error),
-                        visible_at=COALESCE(?4, visible_at), lease=NULL, updated_at=?5
+                        visible_at=COALESCE(?4, visible_at), lease=NULL, updated_at=?5,
+                        wait_key=NULL, wait_reason=NULL, woken_by=NULL
                  WHERE id=?6 AND lease=?7",
                 params![status, outcome, error, visible_at, now, id, lease],
             )?;
-            Ok(n == 1)
+            Ok(if n == 1 { Stored::Yes } else { Stored::LeaseLost })
         })
         .await
     }
@@ -379,7 +416,7 @@ impl SqliteQueue {
     pub fn list(&self, status: Option<JobStatus>, limit: usize) -> Result<Vec<JobRow>, StoreError> {
         self.run_sync(|c| {
             let mut stmt = c.prepare(
-                "SELECT id, stage_instance_id, request_id, stage, status, attempts, received_at, deadline_at, visible_at, outcome, last_error
+                "SELECT id, stage_instance_id, request_id, stage, status, attempts, received_at, deadline_at, visible_at, outcome, last_error, wait_key, wait_reason
                  FROM jobs WHERE (?1 IS NULL OR status = ?1) ORDER BY id DESC LIMIT ?2",
             )?;
             let rows = stmt
@@ -394,10 +431,10 @@ impl SqliteQueue {
         self.run_sync(|c| {
             let found = c
                 .query_row(
-                    "SELECT id, stage_instance_id, request_id, stage, status, attempts, received_at, deadline_at, visible_at, outcome, last_error, message
+                    "SELECT id, stage_instance_id, request_id, stage, status, attempts, received_at, deadline_at, visible_at, outcome, last_error, wait_key, wait_reason, message
                      FROM jobs WHERE stage_instance_id = ?1 OR CAST(id AS TEXT) = ?1",
                     params![key],
-                    |r| Ok((row(r)?, r.get::<_, String>(11)?)),
+                    |r| Ok((row(r)?, r.get::<_, String>(13)?)),
                 )
                 .optional()?;
             match found {
@@ -441,7 +478,7 @@ impl SqliteQueue {
     }
 
     /// Counts per status, for health and the demo.
-    pub async fn counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+    async fn count(&self) -> Result<Vec<(String, i64)>, StoreError> {
         self.run(|c| {
             let mut stmt =
                 c.prepare("SELECT status, COUNT(*) FROM jobs GROUP BY status ORDER BY status")?;
@@ -467,7 +504,166 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
         visible_at_ms: r.get(8)?,
         outcome: r.get(9)?,
         last_error: r.get(10)?,
+        wait_key: r.get(11)?,
+        wait_reason: r.get(12)?,
     })
+}
+
+/// How long a wake event is kept: longer than any wait can last.
+const WAKE_EVENT_TTL_MS: i64 = 15 * 24 * 3600 * 1000;
+
+#[async_trait]
+impl Settle for SqliteQueue {
+    async fn complete(&self, lease: &Lease, outcome: &Outcome) -> Result<Stored, StoreError> {
+        self.finish(lease, "done", Some(outcome.to_string()), None, None)
+            .await
+    }
+
+    async fn retry_at(
+        &self,
+        lease: &Lease,
+        at: Deadline,
+        reason: &str,
+    ) -> Result<Stored, StoreError> {
+        self.finish(
+            lease,
+            "queued",
+            None,
+            Some(reason.to_owned()),
+            Some(at.unix_ms()),
+        )
+        .await
+    }
+
+    async fn dead(&self, lease: &Lease, reason: &str) -> Result<Stored, StoreError> {
+        self.finish(
+            lease,
+            "dead",
+            Some(reason.to_owned()),
+            Some(reason.to_owned()),
+            None,
+        )
+        .await
+    }
+
+    async fn wait(&self, lease: &Lease, wait: &Wait) -> Result<Stored, StoreError> {
+        let LeaseToken::Sqlite { id, lease } = &lease.token else {
+            return Err(StoreError::ForeignLease);
+        };
+        let (id, lease, wait) = (*id, lease.clone(), wait.clone());
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let now = now_ms();
+            // A wake that came while this attempt ran (after it was claimed) must not be missed.
+            let woken_meanwhile: bool = match &wait.key {
+                None => false,
+                Some(k) => tx.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM wake_events e JOIN jobs j ON j.id = ?2
+                                    WHERE e.key = ?1 AND e.woken_at >= COALESCE(j.claimed_at, 0))",
+                    params![k.as_str(), id],
+                    |r| r.get(0),
+                )?,
+            };
+            let n = if woken_meanwhile {
+                tx.execute(
+                    "UPDATE jobs SET status='queued', visible_at=?1, lease=NULL, updated_at=?1, attempts=0,
+                            wait_key=NULL, wait_reason=NULL, woken_by='event'
+                     WHERE id=?2 AND lease=?3",
+                    params![now, id, lease],
+                )?
+            } else {
+                tx.execute(
+                    "UPDATE jobs SET status='waiting', visible_at=?1, lease=NULL, updated_at=?2, attempts=0,
+                            wait_key=?3, wait_reason=?4, woken_by=NULL
+                     WHERE id=?5 AND lease=?6",
+                    params![wait.until.unix_ms(), now, wait.key.as_ref().map(WaitKey::as_str), wait.reason, id, lease],
+                )?
+            };
+            tx.commit()?;
+            Ok(if n == 1 { Stored::Yes } else { Stored::LeaseLost })
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl JobStore for SqliteQueue {
+    async fn enqueue(&self, job: &JobMessage) -> Result<EnqueueOutcome, StoreError> {
+        self.insert(job).await
+    }
+
+    async fn claim(&self, lease: Duration) -> Result<Option<Lease>, StoreError> {
+        self.take(lease).await
+    }
+
+    async fn wake(&self, key: &WaitKey) -> Result<usize, StoreError> {
+        let key = key.as_str().to_owned();
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let now = now_ms();
+            tx.execute(
+                "INSERT INTO wake_events (key, woken_at) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET woken_at = excluded.woken_at",
+                params![key, now],
+            )?;
+            tx.execute(
+                "DELETE FROM wake_events WHERE woken_at < ?1",
+                params![now - WAKE_EVENT_TTL_MS],
+            )?;
+            let n = tx.execute(
+                "UPDATE jobs SET status='queued', visible_at=?1, updated_at=?1, woken_by='event'
+                 WHERE status='waiting' AND wait_key=?2",
+                params![now, key],
+            )?;
+            tx.commit()?;
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn waiting(&self, limit: usize) -> Result<Vec<WaitingJob>, StoreError> {
+        self.run(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT message, visible_at, wait_key, wait_reason FROM jobs
+                 WHERE status='waiting' ORDER BY visible_at, id LIMIT ?1",
+            )?;
+            let rows = stmt
+                .query_map(params![i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows
+                .into_iter()
+                .filter_map(|(text, until, key, reason)| {
+                    let m: JobMessage = serde_json::from_str(&text).ok()?;
+                    Some(WaitingJob {
+                        stage_instance_id: m.callout.stage_instance_id.to_string(),
+                        request_id: m.callout.request_id.to_string(),
+                        stage: m.callout.stage.to_string(),
+                        correlation_id: m.correlation_id.clone(),
+                        until: Deadline::from_unix_ms(until),
+                        key: key.and_then(|k| WaitKey::parse(&k).ok()),
+                        reason: reason.unwrap_or_default(),
+                        deadline: m.deadline,
+                    })
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.count().await
+    }
+
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
 }
 
 #[cfg(test)]
@@ -505,19 +701,25 @@ mod tests {
             EnqueueOutcome::Duplicate
         );
         let c = q.claim(Duration::from_secs(60)).await.unwrap().unwrap();
-        assert_eq!(c.attempts, 1);
+        assert_eq!(c.attempt, 1);
         assert!(
             q.claim(Duration::from_secs(60)).await.unwrap().is_none(),
             "leased job must be invisible"
         );
-        assert!(q.retry_at(&c, now_ms() - 1, "boom".into()).await.unwrap());
+        let past = Deadline::from_unix_ms(now_ms() - 1);
+        assert_eq!(q.retry_at(&c, past, "boom").await.unwrap(), Stored::Yes);
         let c2 = q.claim(Duration::from_secs(60)).await.unwrap().unwrap();
-        assert_eq!(c2.attempts, 2);
-        assert!(
-            !q.complete(&c, "stale lease".into()).await.unwrap(),
+        assert_eq!(c2.attempt, 2);
+        assert_eq!(c2.last_error.as_deref(), Some("boom"));
+        let stale = Outcome::NotWaiting {
+            why: "stale lease".into(),
+        };
+        assert_eq!(
+            q.complete(&c, &stale).await.unwrap(),
+            Stored::LeaseLost,
             "old lease must not finish the job"
         );
-        assert!(q.dead(&c2, "gave up".into()).await.unwrap());
+        assert_eq!(q.dead(&c2, "gave up").await.unwrap(), Stored::Yes);
         let (row, _) = q.get("a").unwrap().unwrap();
         assert_eq!(row.status, "dead");
         assert_eq!(q.requeue("a").unwrap(), Requeue::Queued);
@@ -563,7 +765,132 @@ mod tests {
         q.enqueue(&msg("b")).await.unwrap();
         let _lost = q.claim(Duration::from_millis(0)).await.unwrap().unwrap();
         let again = q.claim(Duration::from_secs(60)).await.unwrap().unwrap();
-        assert_eq!(again.attempts, 2);
+        assert_eq!(again.attempt, 2);
+    }
+
+    fn wait_for(key: &str, secs: u64, m: &JobMessage) -> Wait {
+        Wait::new(
+            Deadline::in_(Duration::from_secs(secs)),
+            Some(WaitKey::parse(key).unwrap()),
+            format!("ticket {key} to close"),
+            m.deadline,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_parked_job_wakes_on_its_key_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = msg("w1");
+        {
+            let q = SqliteQueue::open(dir.path()).unwrap();
+            q.enqueue(&m).await.unwrap();
+            let l = q.claim(Duration::from_secs(60)).await.unwrap().unwrap();
+            let w = wait_for("sn:INC1", 3600, &m);
+            assert_eq!(q.wait(&l, &w).await.unwrap(), Stored::Yes);
+            assert!(q.claim(Duration::from_secs(60)).await.unwrap().is_none());
+            assert_eq!(q.get("w1").unwrap().unwrap().0.status, "waiting");
+        }
+        // A new process on the same data directory still knows the wait.
+        let q = SqliteQueue::open(dir.path()).unwrap();
+        let parked = q.waiting(10).await.unwrap();
+        assert_eq!(parked.len(), 1);
+        assert_eq!(parked[0].stage_instance_id, "w1");
+        assert_eq!(parked[0].key.as_ref().unwrap().as_str(), "sn:INC1");
+        assert_eq!(parked[0].reason, "ticket sn:INC1 to close");
+        assert_eq!(
+            q.wake(&WaitKey::parse("sn:other").unwrap()).await.unwrap(),
+            0
+        );
+        assert!(q.claim(Duration::from_secs(60)).await.unwrap().is_none());
+        assert_eq!(
+            q.wake(&WaitKey::parse("sn:INC1").unwrap()).await.unwrap(),
+            1
+        );
+        let l = q.claim(Duration::from_secs(60)).await.unwrap().unwrap();
+        assert_eq!(l.woken_by, Some(WokenBy::Event));
+        assert_eq!(l.attempt, 1, "a wait is not a failed attempt");
+        let done = Outcome::Resumed {
+            action: "continue".into(),
+        };
+        assert_eq!(q.complete(&l, &done).await.unwrap(), Stored::Yes);
+        assert!(q.waiting(10).await.unwrap().is_empty());
+        assert_eq!(
+            q.get("w1").unwrap().unwrap().0.outcome.as_deref(),
+            Some("resumed: continue")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_parked_job_wakes_when_its_time_comes() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = SqliteQueue::open(dir.path()).unwrap();
+        let m = msg("w2");
+        q.enqueue(&m).await.unwrap();
+        let l = q.claim(Duration::from_secs(60)).await.unwrap().unwrap();
+        let w = Wait::new(
+            Deadline::in_(Duration::from_millis(50)),
+            None,
+            "timer".into(),
+            m.deadline,
+        );
+        q.wait(&l, &w).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let l = q.claim(Duration::from_secs(60)).await.unwrap().unwrap();
+        assert_eq!(l.woken_by, Some(WokenBy::Timer));
+        // A retry after the wake is an ordinary attempt again.
+        q.retry_at(&l, Deadline::from_unix_ms(now_ms() - 1), "x")
+            .await
+            .unwrap();
+        let l = q.claim(Duration::from_secs(60)).await.unwrap().unwrap();
+        assert_eq!(l.woken_by, None);
+    }
+
+    #[tokio::test]
+    async fn a_wake_during_the_attempt_that_parks_is_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = SqliteQueue::open(dir.path()).unwrap();
+        let m = msg("w3");
+        q.enqueue(&m).await.unwrap();
+        let l = q.claim(Duration::from_secs(60)).await.unwrap().unwrap();
+        // The ticket closes before the job has written down that it waits for it.
+        q.wake(&WaitKey::parse("sn:INC3").unwrap()).await.unwrap();
+        q.wait(&l, &wait_for("sn:INC3", 3600, &m)).await.unwrap();
+        let l = q.claim(Duration::from_secs(60)).await.unwrap().unwrap();
+        assert_eq!(l.woken_by, Some(WokenBy::Event));
+        // An old wake event does not wake a later wait on the same key.
+        q.wait(&l, &wait_for("sn:INC3", 3600, &m)).await.unwrap();
+        assert!(q.claim(Duration::from_secs(60)).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_version_1_database_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = msg("old");
+        {
+            let c = Connection::open(dir.path().join("queue.db")).unwrap();
+            c.execute_batch(
+                "CREATE TABLE jobs (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    stage_instance_id TEXT NOT NULL UNIQUE, request_id TEXT NOT NULL, stage TEXT NOT NULL,
+                    message TEXT NOT NULL,
+                    status TEXT NOT NULL CHECK (status IN ('queued','running','done','dead')),
+                    attempts INTEGER NOT NULL DEFAULT 0, received_at INTEGER NOT NULL, deadline_at INTEGER NOT NULL,
+                    visible_at INTEGER NOT NULL, lease TEXT, outcome TEXT, last_error TEXT, updated_at INTEGER NOT NULL);
+                 CREATE INDEX jobs_ready ON jobs(status, visible_at);",
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO jobs (stage_instance_id, request_id, stage, message, status, received_at, deadline_at, visible_at, updated_at)
+                 VALUES ('old', 'r', 'assignmentRequestCreated', ?1, 'queued', 1, ?2, 1, 1)",
+                params![serde_json::to_string(&m).unwrap(), m.deadline.unix_ms()],
+            )
+            .unwrap();
+        }
+        let q = SqliteQueue::open(dir.path()).unwrap();
+        let l = q.claim(Duration::from_secs(60)).await.unwrap().unwrap();
+        assert_eq!(l.job, m);
+        q.wait(&l, &wait_for("k", 60, &m)).await.unwrap();
+        assert_eq!(q.get("old").unwrap().unwrap().0.status, "waiting");
     }
 
     #[test]

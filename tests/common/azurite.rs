@@ -1,6 +1,6 @@
 //! Azurite (the Azure Storage emulator) for queue tests: the one CI started
-//! (`AZURITE_QUEUE_ENDPOINT`), or a private `azurite-queue` child on a free loopback port,
-//! killed on drop. Tests share one account; give each its own queues ([`unique_queue_name`]).
+//! (`AZURITE_QUEUE_ENDPOINT` and `AZURITE_TABLE_ENDPOINT`), or a private `azurite` child (queue,
+//! table and blob services) on free loopback ports, killed on drop. Tests share one account; give each its own queues ([`unique_queue_name`]).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -17,6 +17,8 @@ pub const ACCOUNT_KEY: &str =
 pub struct Azurite {
     /// `http://127.0.0.1:PORT/devstoreaccount1`
     pub endpoint: String,
+    /// The table service (the wait index of parked jobs), same form.
+    pub table_endpoint: String,
     child: Option<Child>,
     dir: tempfile::TempDir,
 }
@@ -24,27 +26,35 @@ pub struct Azurite {
 impl Azurite {
     pub fn start() -> Azurite {
         let dir = tempfile::tempdir().expect("temp dir for Azurite");
-        if let Ok(endpoint) = std::env::var("AZURITE_QUEUE_ENDPOINT")
-            && !endpoint.trim().is_empty()
+        if let (Ok(endpoint), Ok(table)) = (
+            std::env::var("AZURITE_QUEUE_ENDPOINT"),
+            std::env::var("AZURITE_TABLE_ENDPOINT"),
+        ) && !endpoint.trim().is_empty()
+            && !table.trim().is_empty()
         {
             return Azurite {
                 endpoint: endpoint.trim().trim_end_matches('/').to_owned(),
+                table_endpoint: table.trim().trim_end_matches('/').to_owned(),
                 child: None,
                 dir,
             };
         }
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let exe = root.join("tools/azurite/node_modules/.bin/azurite-queue");
+        let exe = root.join("tools/azurite/node_modules/.bin/azurite");
         if !exe.exists() {
             panic!(
                 "Azurite is not installed: run `npm ci --prefix tools/azurite` (bash .ci/run does it)"
             );
         }
-        let port = free_port();
+        let (port, table_port, blob_port) = (free_port(), free_port(), free_port());
         let log = std::fs::File::create(dir.path().join("azurite.log")).expect("Azurite log");
         let child = Command::new(&exe)
             .args(["--queueHost", "127.0.0.1", "--queuePort"])
             .arg(port.to_string())
+            .args(["--tableHost", "127.0.0.1", "--tablePort"])
+            .arg(table_port.to_string())
+            .args(["--blobHost", "127.0.0.1", "--blobPort"])
+            .arg(blob_port.to_string())
             .arg("--location")
             .arg(dir.path())
             .args(["--silent", "--skipApiVersionCheck", "--loose"])
@@ -55,13 +65,17 @@ impl Azurite {
             .unwrap_or_else(|e| panic!("starting {}: {e}", exe.display()));
         let mut az = Azurite {
             endpoint: format!("http://127.0.0.1:{port}/{ACCOUNT}"),
+            table_endpoint: format!("http://127.0.0.1:{table_port}/{ACCOUNT}"),
             child: Some(child),
             dir,
         };
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let table_addr: SocketAddr = ([127, 0, 0, 1], table_port).into();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+                && TcpStream::connect_timeout(&table_addr, Duration::from_millis(200)).is_ok()
+            {
                 return az;
             }
             if let Some(status) = az.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
@@ -72,6 +86,14 @@ impl Azurite {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// A Shared Key connection string naming both services.
+    pub fn connection_string(&self) -> String {
+        format!(
+            "DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};QueueEndpoint={};TableEndpoint={};",
+            self.endpoint, self.table_endpoint
+        )
     }
 
     fn log(&self) -> String {
