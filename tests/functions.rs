@@ -280,3 +280,133 @@ async fn callouts_too_large_for_a_queue_message_are_trimmed_or_refused_in_res() 
         "PoP, Bearer"
     );
 }
+
+#[path = "common/azurite.rs"]
+mod azurite;
+
+/// The `accessgate` command line with the test's config and environment.
+fn cli(cfg: &std::path::Path, env: &[(String, String)], args: &[&str]) -> (i32, String) {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_accessgate"));
+    c.args(args).arg("--config").arg(cfg);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_parked_job_is_parked_again_when_delivered_early_and_runs_once_its_key_is_woken() {
+    use accessgate::endpoint::EndpointUrl;
+    use accessgate::queue::azure::{AzureQueue, AzureQueueSettings, StorageAuth};
+    use accessgate::secret::Secret;
+    let az = tokio::task::spawn_blocking(azurite::Azurite::start)
+        .await
+        .unwrap();
+    let queue = azurite::unique_queue_name("ag-fn-park");
+    let table = format!("w{}", queue.replace('-', ""));
+    let table: String = table.chars().take(63).collect();
+    let emu = start_emulator().await;
+    let e = emu.handle();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &e,
+        &format!(
+            "[queue]\nbackend = \"azure_storage\"\nname = \"{queue}\"\nwait_table = \"{table}\"\n"
+        ),
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let env = vec![
+        (
+            "ACCESSGATE_CREDENTIALS__CLIENT_SECRET".to_string(),
+            e.config().graph_client_secret.clone(),
+        ),
+        (
+            "ACCESSGATE_QUEUE__CONNECTION_STRING".to_string(),
+            az.connection_string(),
+        ),
+        ("FUNCTIONS_CUSTOMHANDLER_PORT".to_string(), port.to_string()),
+    ];
+    let ag = Accessgate::spawn(&cfg, env.clone(), &["functions"]).await;
+
+    // A job as this handler parks it: the callout, and a wait on a ticket key for an hour.
+    let (_req, sid, body) = waiting_callout(&e);
+    let (_, out) = invoke(&ag, "ElmCallout", &http_payload(&e, &body)).await;
+    let mut job: Value = serde_json::from_str(out["Outputs"]["job"].as_str().unwrap()).unwrap();
+    let now = jiff::Timestamp::now().as_millisecond();
+    job["parked"] = json!({
+        "wait": {"until": now + 3_600_000, "key": "sn:FN1", "reason": "ticket FN1 to close"},
+        "since": now - 1000,
+    });
+    let mut q = fixture("queue-trigger-single.json");
+    q["Data"]["job"] = Value::String(job.to_string());
+
+    // Delivered before its time and with no wake: parked again as a hidden message.
+    let (status, out) = invoke(&ag, "ProcessJob", &q).await;
+    assert_eq!(status, 200, "{out}");
+    assert!(
+        out["Logs"][0].as_str().unwrap().contains("parked until"),
+        "{out}"
+    );
+    assert!(e.resumes().is_empty(), "a parked job is not decided");
+    let client = AzureQueue::new(
+        accessgate::app::http_client().unwrap(),
+        AzureQueueSettings {
+            queue_url_base: EndpointUrl::parse(&az.endpoint).unwrap(),
+            queue: queue.clone(),
+            poison_queue: format!("{queue}-poison"),
+        },
+        StorageAuth::SharedKey {
+            account: azurite::ACCOUNT.into(),
+            key: Secret::new(azurite::ACCOUNT_KEY),
+        },
+    );
+    assert!(
+        client
+            .receive(1, std::time::Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_empty(),
+        "the parked message is hidden"
+    );
+
+    // The operator's view, then the wake (as the ticket's webhook will do).
+    let cli_env = env[..2].to_vec();
+    let (code, text) = cli(&cfg, &cli_env, &["jobs", "waiting", "--json"]);
+    assert_eq!(code, 0, "{text}");
+    let row: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(row["stageInstanceId"], sid.as_str());
+    assert_eq!(row["key"], "sn:FN1");
+    assert_eq!(row["reason"], "ticket FN1 to close");
+    let (code, text) = cli(&cfg, &cli_env, &["jobs", "wake", "sn:FN1"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("woke 1 job"), "{text}");
+    let (code, text) = cli(&cfg, &cli_env, &["jobs", "wake", "bad key/"]);
+    assert_eq!(code, 2, "{text}");
+
+    // Now visible at once; the host delivers it and it is decided and resumed.
+    let got = client
+        .receive(1, std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1, "woken message is visible");
+    q["Data"]["job"] = Value::String(got[0].text.clone());
+    let (status, out) = invoke(&ag, "ProcessJob", &q).await;
+    assert_eq!(status, 200, "{out}");
+    resumed(&e, &sid).await;
+    let woken = ag
+        .log_json()
+        .into_iter()
+        .any(|l| l["message"] == "resumed" && l["span"]["woken_by"] == "event");
+    assert!(woken, "the attempt's log says it was woken by the event");
+}

@@ -294,3 +294,50 @@ async fn a_parked_azure_message_rechecks_and_hides_again_until_it_is_due() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_lists_and_wakes_parked_jobs_of_the_sqlite_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    {
+        let q = SqliteQueue::open(&data).unwrap();
+        let j = job("cli-1");
+        q.enqueue(&j).await.unwrap();
+        let l = q.claim(LEASE).await.unwrap().unwrap();
+        q.wait(&l, &wait(3600, Some("sn:CLI1"), &j)).await.unwrap();
+    }
+    let cfg = dir.path().join("accessgate.toml");
+    std::fs::write(
+        &cfg,
+        format!("[server]\ndata_dir = {:?}\n", data.to_str().unwrap()),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_accessgate"))
+            .args(args)
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (code, text) = run(&["jobs", "list", "--status", "waiting"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("cli-1") && text.contains("waiting"), "{text}");
+    assert!(text.contains("the ticket to close (key sn:CLI1)"), "{text}");
+    let (code, text) = run(&["jobs", "waiting"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("cli-1") && text.contains("sn:CLI1"), "{text}");
+    let (code, text) = run(&["jobs", "wake", "sn:CLI1"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("woke 1 job(s) waiting for sn:CLI1"), "{text}");
+    let (_, text) = run(&["jobs", "list", "--status", "queued"]);
+    assert!(text.contains("cli-1"), "woken jobs are queued: {text}");
+}
