@@ -1428,7 +1428,7 @@ fn parse_queue(raw: RawQueue, p: &mut Problems<'_>) -> QueueConfig {
                             Some((endpoint, StorageAuthConfig::SharedKey { account, key }))
                         }
                         Err(e) => {
-                            p.push("queue.connection_string", &e);
+                            p.push("queue.connection_string", &e.to_string());
                             None
                         }
                     }

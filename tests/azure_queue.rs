@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use accessgate::credentials::CredentialError;
 use accessgate::endpoint::EndpointUrl;
 use accessgate::queue::azure::{
     AzureQueue, AzureQueueSettings, QueueError, StorageAuth, TokenSource, parse_connection_string,
@@ -296,15 +297,21 @@ async fn wrong_shared_key_is_an_auth_error_without_the_key() {
 struct FailingToken;
 
 impl TokenSource for FailingToken {
-    fn token(&self) -> Pin<Box<dyn Future<Output = Result<Secret, String>> + Send + '_>> {
-        Box::pin(async { Err("no managed identity endpoint".to_owned()) })
+    fn token(&self) -> Pin<Box<dyn Future<Output = Result<Secret, CredentialError>> + Send + '_>> {
+        Box::pin(async {
+            Err(CredentialError::Unavailable {
+                what: "managed identity",
+                detail: "no managed identity endpoint".to_owned(),
+                retry_after: None,
+            })
+        })
     }
 }
 
 struct FixedToken;
 
 impl TokenSource for FixedToken {
-    fn token(&self) -> Pin<Box<dyn Future<Output = Result<Secret, String>> + Send + '_>> {
+    fn token(&self) -> Pin<Box<dyn Future<Output = Result<Secret, CredentialError>> + Send + '_>> {
         Box::pin(async { Ok(Secret::new("eyJ0eXAiOiJKV1QifQ.not-a-real-token.sig")) })
     }
 }

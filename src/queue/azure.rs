@@ -27,7 +27,8 @@ use base64::engine::general_purpose::STANDARD;
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 
-use super::shared_key::{AccountKey, SignedRequest, string_to_sign};
+use super::shared_key::{AccountKey, KeyError, SignedRequest, string_to_sign};
+use crate::credentials::CredentialError;
 use crate::endpoint::EndpointUrl;
 use crate::secret::Secret;
 
@@ -61,7 +62,7 @@ pub struct AzureQueueSettings {
 
 /// An Entra access token for `https://storage.azure.com/`.
 pub trait TokenSource: Send + Sync {
-    fn token(&self) -> Pin<Box<dyn Future<Output = Result<Secret, String>> + Send + '_>>;
+    fn token(&self) -> Pin<Box<dyn Future<Output = Result<Secret, CredentialError>> + Send + '_>>;
 }
 
 /// How requests are authorized.
@@ -138,7 +139,7 @@ struct Inner {
 enum Auth {
     SharedKey {
         account: String,
-        key: Result<AccountKey, String>,
+        key: Result<AccountKey, KeyError>,
     },
     Bearer(Arc<dyn TokenSource>),
 }
@@ -661,7 +662,30 @@ pub fn table_endpoint_for(queue: &EndpointUrl) -> Option<EndpointUrl> {
 /// `QueueEndpoint` is used when present, else `https://{account}.queue.{EndpointSuffix}`
 /// (`core.windows.net` by default, with `DefaultEndpointsProtocol`, https by default). Errors
 /// name the missing or bad part and never repeat the string or the key.
-pub fn parse_connection_string(s: &str) -> Result<(EndpointUrl, String, Secret), String> {
+/// Why a connection string cannot be used. The text names the part, never its value.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectionStringError {
+    #[error("connection string: every part must be Name=Value")]
+    Shape,
+    #[error(
+        "connection string: SharedAccessSignature is not supported; use AccountKey or managed identity"
+    )]
+    SharedAccessSignature,
+    #[error("connection string: AccountName is missing")]
+    NoAccount,
+    #[error("connection string: AccountName must be lower-case letters and digits")]
+    BadAccount,
+    #[error("connection string: AccountKey is missing")]
+    NoKey,
+    #[error("connection string: AccountKey is not valid base64")]
+    BadKey,
+    #[error("connection string: queue endpoint: {0}")]
+    Endpoint(#[from] crate::endpoint::EndpointError),
+}
+
+pub fn parse_connection_string(
+    s: &str,
+) -> Result<(EndpointUrl, String, Secret), ConnectionStringError> {
     let mut account = None;
     let mut key = None;
     let mut endpoint = None;
@@ -670,7 +694,7 @@ pub fn parse_connection_string(s: &str) -> Result<(EndpointUrl, String, Secret),
     let mut dev = false;
     for part in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
         let Some((name, value)) = part.split_once('=') else {
-            return Err("connection string: every part must be Name=Value".into());
+            return Err(ConnectionStringError::Shape);
         };
         let value = value.trim();
         match name.trim().to_ascii_lowercase().as_str() {
@@ -680,33 +704,28 @@ pub fn parse_connection_string(s: &str) -> Result<(EndpointUrl, String, Secret),
             "queueendpoint" => endpoint = Some(value.to_owned()),
             "endpointsuffix" => suffix = Some(value.to_owned()),
             "defaultendpointsprotocol" => protocol = Some(value.to_ascii_lowercase()),
-            "sharedaccesssignature" => {
-                return Err(
-                    "connection string: SharedAccessSignature is not supported; use AccountKey or managed identity"
-                        .into(),
-                );
-            }
+            "sharedaccesssignature" => return Err(ConnectionStringError::SharedAccessSignature),
             _ => {}
         }
     }
     if dev {
-        let url = EndpointUrl::parse(DEV_QUEUE_ENDPOINT).map_err(|e| e.to_string())?;
+        let url = EndpointUrl::parse(DEV_QUEUE_ENDPOINT)?;
         return Ok((url, DEV_ACCOUNT.to_owned(), Secret::new(DEV_ACCOUNT_KEY)));
     }
     let account = account
         .filter(|a| !a.is_empty())
-        .ok_or("connection string: AccountName is missing")?;
+        .ok_or(ConnectionStringError::NoAccount)?;
     if !account
         .chars()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
     {
-        return Err("connection string: AccountName must be lower-case letters and digits".into());
+        return Err(ConnectionStringError::BadAccount);
     }
     let key = key
         .filter(|k| !k.is_empty())
-        .ok_or("connection string: AccountKey is missing")?;
+        .ok_or(ConnectionStringError::NoKey)?;
     if STANDARD.decode(key.expose()).is_err() {
-        return Err("connection string: AccountKey is not valid base64".into());
+        return Err(ConnectionStringError::BadKey);
     }
     let raw = match endpoint.filter(|e| !e.is_empty()) {
         Some(e) => e,
@@ -716,8 +735,7 @@ pub fn parse_connection_string(s: &str) -> Result<(EndpointUrl, String, Secret),
             format!("{protocol}://{account}.queue.{suffix}")
         }
     };
-    let url =
-        EndpointUrl::parse(&raw).map_err(|e| format!("connection string: queue endpoint: {e}"))?;
+    let url = EndpointUrl::parse(&raw)?;
     Ok((url, account, key))
 }
 
@@ -828,13 +846,14 @@ mod tests {
             format!("AccountName=acct1;AccountKey={key};SharedAccessSignature=sv=1&sig=x"),
             format!("garbage{key}"),
         ] {
-            let e = parse_connection_string(&s).unwrap_err();
+            let e = parse_connection_string(&s).unwrap_err().to_string();
             assert!(!e.contains(key), "{e}");
             assert!(!e.contains("c2VjcmV0"), "{e}");
         }
         assert!(
             parse_connection_string("AccountName=acct1")
                 .unwrap_err()
+                .to_string()
                 .contains("AccountKey is missing")
         );
     }

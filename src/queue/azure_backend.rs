@@ -36,7 +36,7 @@ use super::{
     Wait, WaitKey, WaitingJob, WokenBy, now_ms,
 };
 use crate::config::{AzureQueueConfig, StorageAuthConfig};
-use crate::credentials::{Audience, Credentials};
+use crate::credentials::{Audience, CredentialError, Credentials};
 use crate::secret::Secret;
 
 /// What travels in the queue.
@@ -100,14 +100,10 @@ struct StorageToken(Arc<Credentials>);
 impl TokenSource for StorageToken {
     fn token(
         &self,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Secret, String>> + Send + '_>>
-    {
-        Box::pin(async move {
-            self.0
-                .token(Audience::Storage)
-                .await
-                .map_err(|e| e.to_string())
-        })
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Secret, CredentialError>> + Send + '_>,
+    > {
+        Box::pin(async move { self.0.token(Audience::Storage).await })
     }
 }
 
