@@ -147,12 +147,12 @@ async fn elm_callout(State(app): State<Arc<AppState>>, body: axum::body::Bytes) 
             correlation_id: correlation_id.as_str(),
         };
         let max = app.config.server.max_body_bytes;
-        let admitted = match intake::authenticate(&app.auth, max, &call).await {
-            Ok(caller) => intake::admit_verified(&app.auth, &caller, max, app.capture.as_ref(), &ireq)
-                .await
-                .map(|a| (a, caller)),
-            Err(e) => Err(e),
-        };
+        let admitted = async {
+            let caller = intake::authenticate(&app.auth, max, &call).await?;
+            let admission = intake::admit_verified(&app.auth, &caller, max, app.capture.as_ref(), &ireq).await?;
+            Ok::<_, IntakeError>((admission, caller))
+        }
+        .await;
         let answer = match admitted {
             Ok((Admission::Callout(c), caller)) => {
                 let job = intake::job_for(*c, correlation_id.as_str(), &app.config.worker, caller.extension().map(str::to_owned));

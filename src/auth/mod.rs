@@ -31,8 +31,17 @@ use replay::{ReplayCache, ReplayError};
 /// `VerifiedCaller` means the checks ran.
 ///
 /// ```compile_fail
-/// // Outside `auth` the proof cannot be forged.
-/// let _ = accessgate::auth::VerifiedCaller { app_id: String::new() };
+/// // Outside `auth` the proof cannot be forged: this compiles only if the fields are public.
+/// use accessgate::auth::{Scheme, TokenSummary, VerifiedCaller};
+/// let _ = VerifiedCaller {
+///     app_id: String::new(),
+///     tenant_id: String::new(),
+///     scheme: Scheme::Pop,
+///     token_hash: String::new(),
+///     extension: None,
+///     body_hash: None,
+///     summary: TokenSummary::default(),
+/// };
 /// ```
 #[derive(Debug, Clone)]
 pub struct VerifiedCaller {
