@@ -392,6 +392,44 @@ mod tests {
     }
 
     #[test]
+    fn callout_headers_see_a_second_authorization_and_the_declared_length() {
+        let mut h = HeaderMap::new();
+        h.append(header::AUTHORIZATION, HeaderValue::from_static("PoP a"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
+        let c = CalloutHeaders::from_http(&h);
+        assert_eq!(c.authorization, Some(&b"PoP a"[..]));
+        assert!(!c.duplicate_authorization);
+        assert_eq!(c.content_length, Some(12));
+        h.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer b"));
+        assert!(CalloutHeaders::from_http(&h).duplicate_authorization);
+        assert!(
+            CalloutHeaders::from_http(&HeaderMap::new())
+                .authorization
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_request_keeps_the_correlation_id_it_was_first_given() {
+        let h = HeaderMap::new();
+        let mut ext = axum::http::Extensions::new();
+        let first = CorrelationId::of_request(&h, &mut ext);
+        assert_eq!(CorrelationId::of_request(&h, &mut ext), first);
+    }
+
+    #[test]
+    fn a_refusal_names_its_correlation_id_in_the_body_and_header() {
+        let id = CorrelationId::from_client_request_id(Some("cid-1"));
+        let resp = IntakeError::Auth(AuthError::Missing)
+            .refuse(&id)
+            .into_response();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(resp.headers()["x-correlation-id"], "cid-1");
+        assert_eq!(resp.headers()[header::WWW_AUTHENTICATE], "PoP, Bearer");
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+    }
+
+    #[test]
     fn correlation_ids_are_sanitized() {
         assert_eq!(correlation_id(Some("abc-123")), "abc-123");
         assert_ne!(correlation_id(Some("a\nb")), "a\nb");
