@@ -123,7 +123,8 @@ fn prefetch_keys(state: &Arc<AppState>) {
     });
 }
 
-async fn shutdown_signal(cancel: CancellationToken) {
+/// SIGINT or SIGTERM: how the CLI asks either host to stop.
+async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -141,6 +142,14 @@ async fn shutdown_signal(cancel: CancellationToken) {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+/// Completes when `shutdown` does (or something cancelled `cancel` already), then cancels
+/// `cancel` so the worker pool stops with the listener.
+async fn stopping(shutdown: impl Future<Output = ()>, cancel: CancellationToken) {
+    tokio::select! {
+        _ = shutdown => {},
         _ = cancel.cancelled() => {},
     }
     cancel.cancel();
@@ -175,13 +184,26 @@ async fn connect_storage(
     jobs
 }
 
-/// `accessgate serve`: axum + a durable queue (SQLite, or a shared Azure Storage queue) +
-/// in-process worker pool.
+/// `accessgate serve`: binds `server.listen` and [`run`]s until SIGINT or SIGTERM.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let listen = config.server.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    run(config, listener, shutdown_signal()).await
+}
+
+/// The standalone server on a bound `listener` until `shutdown` completes: axum + a durable
+/// queue (SQLite, or a shared Azure Storage queue) + in-process worker pool. Returns once the
+/// open requests are answered and the worker pool has stopped.
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let http = http_client()?;
     let credentials = credentials_for(&config, &http);
     let cancel = CancellationToken::new();
-    let listen = config.server.listen;
     let (state, pool, _lock, backend) = match &config.queue {
         QueueConfig::Sqlite => {
             let lock = DataDirLock::acquire(&config.server.data_dir)?;
@@ -216,16 +238,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     };
     prefetch_keys(&state);
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
     let addr: SocketAddr = listener.local_addr()?;
     tracing::info!(%addr, queue = backend, "accessgate listening");
     // The callout route bounds its own body read (ingress::BODY_TIMEOUT) so a slow client gets
     // the JSON error format with a correlation id.
     let app = crate::ingress::router(state).layer(tower_http::catch_panic::CatchPanicLayer::new());
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal(cancel.clone()))
+        .with_graceful_shutdown(stopping(shutdown, cancel.clone()))
         .await?;
     cancel.cancel();
     let _ = pool.await;
@@ -233,8 +252,22 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Under Azure Functions: the custom-handler invocation protocol on `FUNCTIONS_CUSTOMHANDLER_PORT`.
+/// Under Azure Functions: binds `FUNCTIONS_CUSTOMHANDLER_PORT` and [`run_functions`] until
+/// SIGINT or SIGTERM.
 pub async fn functions(config: Config, port: u16) -> anyhow::Result<()> {
+    // The host always calls 127.0.0.1 (functions.md §1).
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .with_context(|| format!("binding 127.0.0.1:{port}"))?;
+    run_functions(config, listener, shutdown_signal()).await
+}
+
+/// The custom-handler invocation protocol on a bound `listener` until `shutdown` completes.
+pub async fn run_functions(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let http = http_client()?;
     let credentials = credentials_for(&config, &http);
     // Jobs arrive through the host's queue trigger; the Storage client is only for parking.
@@ -244,17 +277,12 @@ pub async fn functions(config: Config, port: u16) -> anyhow::Result<()> {
     };
     let state = build_state(config, http, credentials, None, storage)?;
     prefetch_keys(&state);
-    // The host always calls 127.0.0.1 (functions.md §1).
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .with_context(|| format!("binding 127.0.0.1:{port}"))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, mode = "functions", "accessgate listening");
-    let cancel = CancellationToken::new();
     let app =
         crate::functions::router(state).layer(tower_http::catch_panic::CatchPanicLayer::new());
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal(cancel))
+        .with_graceful_shutdown(shutdown)
         .await?;
     Ok(())
 }

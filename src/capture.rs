@@ -22,9 +22,9 @@ impl Capture {
         let record = serde_json::json!({
             "receivedAt": jiff::Timestamp::now().to_string(),
             "correlationId": correlation_id,
-            "scheme": caller.scheme,
-            "tokenHash": caller.token_hash,
-            "token": caller.summary,
+            "scheme": caller.scheme(),
+            "tokenHash": caller.token_hash(),
+            "token": caller.summary(),
             "body": body_json,
         });
         let name = format!(

@@ -26,7 +26,7 @@ use serde_json::{Map, Value, json};
 use tracing::Instrument as _;
 
 use crate::app::AppState;
-use crate::intake::{self, Admission, IntakeError, IntakeRequest};
+use crate::intake::{self, Admission, CalloutHeaders, CorrelationId, IntakeError, IntakeRequest};
 use crate::queue::azure_backend::AzureJobs;
 use crate::queue::store::LeaseToken;
 use crate::queue::{
@@ -128,71 +128,103 @@ async fn elm_callout(State(app): State<Arc<AppState>>, body: axum::body::Bytes) 
         .and_then(objectish)
         .unwrap_or(Value::Null);
     let headers = get_ci(&req, "Headers");
-    let correlation_id = intake::correlation_id(
+    let correlation_id = CorrelationId::from_client_request_id(
         header(headers, "client-request-id").or_else(|| header(headers, "x-ms-client-request-id")),
     );
     let span = tracing::info_span!("callout", %correlation_id, host = "functions");
     async {
-        let body_text = get_ci(&req, "Body").and_then(Value::as_str).unwrap_or("");
-        let auth = header(headers, "Authorization").map(str::as_bytes);
-        let ireq = IntakeRequest {
-            authorization: auth,
+        let mut outputs = Map::new();
+        let mut logs = Vec::new();
+        // The same header-level checks as the standalone server's extractor, on the headers the
+        // host put in the payload.
+        let call = CalloutHeaders {
+            authorization: header(headers, "Authorization").map(str::as_bytes),
             duplicate_authorization: headers
                 .and_then(|h| get_ci(h, "Authorization"))
                 .and_then(Value::as_array)
                 .is_some_and(|a| a.len() > 1),
-            content_type: header(headers, "Content-Type"),
             content_length: header(headers, "Content-Length").and_then(|v| v.parse().ok()),
-            body: body_text.as_bytes(),
-            correlation_id: &correlation_id,
         };
-        let mut outputs = Map::new();
-        let mut logs = Vec::new();
-        let admitted = intake::admit(&app.auth, app.config.server.max_body_bytes, app.capture.as_ref(), &ireq).await;
-        let challenge = admitted.as_ref().err().and_then(IntakeError::challenge);
-        let (status, body): (u16, Value) = match admitted {
+        let ireq = IntakeRequest {
+            content_type: header(headers, "Content-Type"),
+            body: get_ci(&req, "Body").and_then(Value::as_str).unwrap_or("").as_bytes(),
+            correlation_id: correlation_id.as_str(),
+        };
+        let max = app.config.server.max_body_bytes;
+        let admitted = async {
+            let caller = intake::authenticate(&app.auth, max, &call).await?;
+            let admission = intake::admit_verified(&app.auth, &caller, max, app.capture.as_ref(), &ireq).await?;
+            Ok::<_, IntakeError>((admission, caller))
+        }
+        .await;
+        let answer = match admitted {
             Ok((Admission::Callout(c), caller)) => {
-                let job = intake::job_for(*c, &correlation_id, &app.config.worker, caller.extension.clone());
+                let job = intake::job_for(*c, correlation_id.as_str(), &app.config.worker, caller.extension().map(str::to_owned));
                 match queue_text(job) {
                     Ok((text, job)) => {
-                        tracing::info!(caller = %caller.app_id, request_id = %job.callout.request_id,
+                        tracing::info!(caller = %caller.app_id(), request_id = %job.callout.request_id,
                             stage = %job.callout.stage, stage_instance_id = %job.callout.stage_instance_id, "callout accepted and queued");
                         logs.push(format!("accepted stage instance {}", job.callout.stage_instance_id));
                         outputs.insert(OUT_JOB.into(), Value::String(text));
-                        (202, intake::accepted_body("accepted", &correlation_id))
+                        intake::accepted("accepted", &correlation_id)
                     }
-                    Err(err) => {
-                        err.log();
-                        (err.status(), err.body(&correlation_id))
-                    }
+                    Err(err) => err.refuse(&correlation_id).into_response(),
                 }
             }
             Ok((Admission::ConnectionTest, _)) => {
                 tracing::info!("connection test acknowledged");
-                (202, intake::accepted_body("connection-test", &correlation_id))
+                intake::accepted("connection-test", &correlation_id)
             }
             Ok((Admission::UnknownStage(s), _)) => {
                 tracing::warn!(stage = %s, "unknown stage acknowledged and ignored");
-                (202, intake::accepted_body("ignored", &correlation_id))
+                intake::accepted("ignored", &correlation_id)
             }
             Err(e) => {
-                e.log();
                 logs.push(format!("rejected: {}", e.code()));
-                (e.status(), e.body(&correlation_id))
+                e.refuse(&correlation_id).into_response()
             }
         };
-        let mut res_headers = json!({"Content-Type": "application/json", "x-correlation-id": correlation_id});
-        if let Some(ch) = challenge {
-            res_headers["WWW-Authenticate"] = json!(ch);
-        }
-        outputs.insert(
-            OUT_HTTP.into(),
-            json!({"statusCode": status, "headers": res_headers, "body": body.to_string()}),
-        );
+        outputs.insert(OUT_HTTP.into(), http_output(answer).await);
         json_response(StatusCode::OK, invocation(outputs, logs))
     }
     .instrument(span)
     .await
+}
+
+/// The HTTP output binding (`res`) for an answer built as for the standalone server: the same
+/// status, headers and body bytes, so the two hosts cannot drift apart.
+async fn http_output(resp: Response) -> Value {
+    let (parts, body) = resp.into_parts();
+    // Our own answers are small, in-memory bodies: this cannot fail or wait.
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let headers: Map<String, Value> = parts
+        .headers
+        .iter()
+        .filter_map(|(name, value)| {
+            let value = value.to_str().ok()?;
+            Some((
+                output_header_name(name.as_str()),
+                Value::String(value.into()),
+            ))
+        })
+        .collect();
+    json!({
+        "statusCode": parts.status.as_u16(),
+        "headers": headers,
+        "body": String::from_utf8_lossy(&body),
+    })
+}
+
+/// HTTP header names are case-insensitive, but `res.headers` is a JSON object: keep the spelling
+/// this output has always used (`Content-Type`, `WWW-Authenticate`, `x-correlation-id`).
+fn output_header_name(lower: &str) -> String {
+    match lower {
+        "content-type" => "Content-Type".into(),
+        "www-authenticate" => "WWW-Authenticate".into(),
+        other => other.into(),
+    }
 }
 
 /// Azure Storage queue messages hold 64 KiB, base64-encoded by the host: about 48 KiB of text.

@@ -1,21 +1,28 @@
 //! The standalone HTTP surface (axum): `POST /api/elm` for callouts, health, and the OpenAPI
-//! description. Errors become responses in one place, [`error_response`].
+//! description. Refusals are answered by [`intake::Refusal`], the same for both hosts.
 //!
-//! Invariant: the callout handler answers after one durable enqueue and never awaits Graph.
+//! Invariants: the callout handler takes a [`VerifiedCaller`] extractor, so it cannot run
+//! unauthenticated, and the body is read only after it; the handler answers after one durable
+//! enqueue and never awaits Graph.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 use tracing::Instrument as _;
 
 use crate::app::AppState;
-use crate::intake::{self, Admission, IntakeError, IntakeRequest};
+use crate::auth::VerifiedCaller;
+use crate::intake::{
+    self, Admission, CalloutHeaders, CorrelationId, IntakeError, IntakeRequest, Refusal,
+};
 use crate::queue::EnqueueOutcome;
 
 /// Entra gives up after 2 s; a body still arriving after 10 s is stuck or hostile.
@@ -34,7 +41,10 @@ pub const ROUTES: &[(&str, &str)] = &[
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/api/elm", post(elm_callout))
+        .route(
+            "/api/elm",
+            post(elm_callout).layer(axum::middleware::from_fn(callout_span)),
+        )
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi))
         .route("/", get(healthz))
@@ -54,91 +64,61 @@ async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
-fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    h.get(name).and_then(|v| v.to_str().ok())
-}
-
-/// Turns an intake error into the response: status, reason code, correlation id; a
-/// `WWW-Authenticate` challenge on 401. Logs the specific reason.
-pub fn error_response(e: &IntakeError, correlation_id: &str) -> Response {
-    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
-    e.log();
-    let mut resp = (status, axum::Json(e.body(correlation_id))).into_response();
-    if let Some(ch) = e.challenge() {
-        resp.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(ch));
-    }
-    resp
-}
-
-fn accepted(correlation_id: &str, what: &str) -> Response {
-    (
-        StatusCode::ACCEPTED,
-        axum::Json(intake::accepted_body(what, correlation_id)),
-    )
-        .into_response()
-}
-
-async fn elm_callout(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    let correlation_id = intake::correlation_id(
-        header_str(&headers, "client-request-id")
-            .or_else(|| header_str(&headers, "x-ms-client-request-id")),
-    );
+/// One span per callout around the extractors as well as the handler, so a refusal by the
+/// [`VerifiedCaller`] extractor is logged under the correlation id its answer names.
+async fn callout_span(mut req: Request, next: Next) -> Response {
+    let correlation_id = CorrelationId::from_http(req.headers());
+    req.extensions_mut().insert(correlation_id.clone());
     let span = tracing::info_span!("callout", %correlation_id, request_id = tracing::field::Empty,
         stage = tracing::field::Empty, stage_instance_id = tracing::field::Empty);
-    let resp = async {
-        let max = app.config.server.max_body_bytes;
-        let content_length =
-            header_str(&headers, "content-length").and_then(|v| v.parse::<u64>().ok());
-        if content_length.is_some_and(|l| l > max as u64) {
-            return error_response(&IntakeError::TooLarge, &correlation_id);
-        }
-        // Two Authorization headers: which one would a proxy in front have checked? Refuse.
-        if headers
-            .get_all(header::AUTHORIZATION)
-            .iter()
-            .nth(1)
-            .is_some()
-        {
-            let e = IntakeError::Auth(crate::auth::AuthError::DuplicateAuthorization);
-            return error_response(&e, &correlation_id);
-        }
-        // Authenticate from the headers before reading the body: an anonymous client cannot make
-        // us buffer up to max_body_bytes.
-        let caller = match app
-            .auth
-            .verify(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()))
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => return error_response(&IntakeError::Auth(e), &correlation_id),
-        };
-        let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, max)).await
-        {
-            Err(_) => return error_response(&IntakeError::Timeout, &correlation_id),
-            Ok(Err(_)) => return error_response(&IntakeError::TooLarge, &correlation_id),
-            Ok(Ok(b)) => b,
-        };
-        let req = IntakeRequest {
-            authorization: None,
-            duplicate_authorization: false,
-            content_type: header_str(&headers, "content-type"),
-            content_length,
-            body: &bytes,
-            correlation_id: &correlation_id,
-        };
-        match app.admit_and_enqueue(&caller, &req).await {
-            Ok(outcome) => accepted(&correlation_id, outcome),
-            Err(e) => error_response(&e, &correlation_id),
-        }
+    next.run(req).instrument(span).await
+}
+
+/// The caller of a callout, authenticated from the headers alone (size, duplicate
+/// `Authorization`, token: [`intake::authenticate`], as under Functions) before anything reads
+/// the body.
+impl FromRequestParts<Arc<AppState>> for VerifiedCaller {
+    type Rejection = Refusal;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let correlation_id = CorrelationId::of_request(&parts.headers, &mut parts.extensions);
+        intake::authenticate(
+            &app.auth,
+            app.config.server.max_body_bytes,
+            &CalloutHeaders::from_http(&parts.headers),
+        )
+        .await
+        .map_err(|e| e.refuse(&correlation_id))
     }
-    .instrument(span)
-    .await;
-    let mut resp = resp;
-    if let Ok(v) = HeaderValue::from_str(&correlation_id) {
-        resp.headers_mut().insert("x-correlation-id", v);
+}
+
+async fn elm_callout(
+    State(app): State<Arc<AppState>>,
+    correlation_id: CorrelationId,
+    caller: VerifiedCaller,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Refusal> {
+    let max = app.config.server.max_body_bytes;
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, max)).await {
+        Err(_) => return Err(IntakeError::Timeout.refuse(&correlation_id)),
+        Ok(Err(_)) => return Err(IntakeError::TooLarge.refuse(&correlation_id)),
+        Ok(Ok(b)) => b,
+    };
+    let req = IntakeRequest {
+        content_type: headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+        body: &bytes,
+        correlation_id: correlation_id.as_str(),
+    };
+    match app.admit_and_enqueue(&caller, &req).await {
+        Ok(outcome) => Ok(intake::accepted(outcome, &correlation_id)),
+        Err(e) => Err(e.refuse(&correlation_id)),
     }
-    resp
 }
 
 impl AppState {
@@ -146,7 +126,7 @@ impl AppState {
     /// 202 follows it.
     pub async fn admit_and_enqueue(
         &self,
-        caller: &crate::auth::VerifiedCaller,
+        caller: &VerifiedCaller,
         req: &IntakeRequest<'_>,
     ) -> Result<&'static str, IntakeError> {
         let admission = intake::admit_verified(
@@ -160,7 +140,7 @@ impl AppState {
         let span = tracing::Span::current();
         match admission {
             Admission::ConnectionTest => {
-                tracing::info!(caller = %caller.app_id, "connection test acknowledged");
+                tracing::info!(caller = %caller.app_id(), "connection test acknowledged");
                 Ok("connection-test")
             }
             Admission::UnknownStage(s) => {
@@ -175,14 +155,14 @@ impl AppState {
                     *c,
                     req.correlation_id,
                     &self.config.worker,
-                    caller.extension.clone(),
+                    caller.extension().map(str::to_owned),
                 );
                 let Some(queue) = &self.queue else {
                     return Err(IntakeError::Store(crate::queue::StoreError::NoLocalQueue));
                 };
                 match queue.enqueue(&job).await? {
                     EnqueueOutcome::Enqueued => {
-                        tracing::info!(caller = %caller.app_id, scheme = caller.scheme.as_str(), extension = caller.extension.as_deref(), token = %caller.token_hash, "callout accepted and queued");
+                        tracing::info!(caller = %caller.app_id(), scheme = caller.scheme().as_str(), extension = caller.extension(), token = %caller.token_hash(), "callout accepted and queued");
                         Ok("accepted")
                     }
                     EnqueueOutcome::Duplicate => {

@@ -1,22 +1,48 @@
 //! The acknowledge path shared by the standalone server and the Functions HTTP trigger:
-//! size limit → authentication → content type → parse → (capture). Queueing is the caller's,
+//! [`authenticate`] (size limit, duplicate `Authorization`, token: headers only), then
+//! [`admit_verified`] (content type, body hash, parse, capture). Queueing is the caller's,
 //! because the two hosts queue differently; nothing here waits on Graph.
 //!
-//! [`IntakeError`] is the one error enum of this boundary; [`IntakeError::status`] and
-//! [`IntakeError::code`] are the single mapping to HTTP used by both hosts.
+//! [`IntakeError`] is the one error enum of this boundary; [`Refusal`] is its one HTTP answer
+//! (status, body, challenge, correlation header, log line) and [`accepted`] the one 202, used by
+//! both hosts.
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 
 use crate::auth::{AuthError, Authenticator, PopFault, VerifiedCaller};
 use crate::callout::{self, CalloutError, Parsed};
 use crate::capture::Capture;
 use crate::queue::{JobMessage, StoreError};
 
-/// What the hosts need from a request.
-pub struct IntakeRequest<'a> {
+/// The header-level facts of a callout: everything [`authenticate`] looks at, read before any
+/// body.
+pub struct CalloutHeaders<'a> {
     pub authorization: Option<&'a [u8]>,
     /// The request carried more than one `Authorization` header.
     pub duplicate_authorization: bool,
-    pub content_type: Option<&'a str>,
     pub content_length: Option<u64>,
+}
+
+impl<'a> CalloutHeaders<'a> {
+    /// From the headers of an HTTP request (the standalone server).
+    pub fn from_http(h: &'a HeaderMap) -> Self {
+        let mut auth = h.get_all(header::AUTHORIZATION).iter();
+        let authorization = auth.next().map(HeaderValue::as_bytes);
+        CalloutHeaders {
+            authorization,
+            duplicate_authorization: auth.next().is_some(),
+            content_length: h
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
+        }
+    }
+}
+
+/// What the hosts need from an authenticated request.
+pub struct IntakeRequest<'a> {
+    pub content_type: Option<&'a str>,
     pub body: &'a [u8],
     pub correlation_id: &'a str,
 }
@@ -120,6 +146,14 @@ impl IntakeError {
         }
     }
 
+    /// This error as the answer to the request with `correlation_id`.
+    pub fn refuse(self, correlation_id: &CorrelationId) -> Refusal {
+        Refusal {
+            error: self,
+            correlation_id: correlation_id.clone(),
+        }
+    }
+
     /// The `WWW-Authenticate` challenge for 401s (RFC 6750 §3), in the scheme that was
     /// expected: `PoP` unless the caller presented a bearer token or relay mode refused PoP.
     pub fn challenge(&self) -> Option<&'static str> {
@@ -151,28 +185,27 @@ fn is_json(ct: &str) -> bool {
     media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
 }
 
-/// Runs the acknowledge-path checks. The order matters: nothing about the body is looked at
-/// before the caller is authenticated.
-pub async fn admit(
+/// The header-level checks, in the one order both hosts use: the declared size, two
+/// `Authorization` headers, then the token. Nothing about the body is looked at before this
+/// succeeds, and the standalone server runs it before reading the body, so an anonymous client
+/// cannot make it buffer up to `max_body` bytes.
+pub async fn authenticate(
     auth: &Authenticator,
     max_body: usize,
-    capture: Option<&Capture>,
-    req: &IntakeRequest<'_>,
-) -> Result<(Admission, VerifiedCaller), IntakeError> {
-    if req.content_length.is_some_and(|l| l > max_body as u64) {
+    h: &CalloutHeaders<'_>,
+) -> Result<VerifiedCaller, IntakeError> {
+    if h.content_length.is_some_and(|l| l > max_body as u64) {
         return Err(IntakeError::TooLarge);
     }
-    if req.duplicate_authorization {
+    // Two Authorization headers: which one would a proxy in front have checked? Refuse.
+    if h.duplicate_authorization {
         return Err(IntakeError::Auth(AuthError::DuplicateAuthorization));
     }
-    let caller = auth.verify(req.authorization).await?;
-    let admission = admit_verified(auth, &caller, max_body, capture, req).await?;
-    Ok((admission, caller))
+    Ok(auth.verify(h.authorization).await?)
 }
 
-/// The checks after authentication: size, content type, the PoP body hash, parse, the
-/// extension's catalogs, capture. The standalone server authenticates from the headers first so
-/// an anonymous client cannot make it buffer a body.
+/// The checks after [`authenticate`]: size, content type, the PoP body hash, parse, the
+/// extension's catalogs, capture.
 pub async fn admit_verified(
     auth: &Authenticator,
     caller: &VerifiedCaller,
@@ -188,8 +221,7 @@ pub async fn admit_verified(
         return Err(IntakeError::UnsupportedMediaType);
     }
     if caller
-        .body_hash
-        .as_deref()
+        .body_hash()
         .is_some_and(|b| b != crate::auth::pop::body_hash(req.body))
     {
         return Err(IntakeError::Auth(AuthError::Pop(
@@ -197,12 +229,12 @@ pub async fn admit_verified(
         )));
     }
     let parsed = callout::parse(req.body)?;
-    if let (Parsed::Callout(c), Some(name)) = (&parsed, &caller.extension)
+    if let (Parsed::Callout(c), Some(name)) = (&parsed, caller.extension())
         && auth
             .extension(name)
             .is_some_and(|e| !e.serves_catalog(c.catalog.id.as_deref()))
     {
-        return Err(IntakeError::CatalogNotServed(name.clone()));
+        return Err(IntakeError::CatalogNotServed(name.to_owned()));
     }
     if let Some(cap) = capture {
         cap.record(req.correlation_id, req.body, caller).await;
@@ -221,6 +253,42 @@ pub fn accepted_body(status: &str, correlation_id: &str) -> serde_json::Value {
     serde_json::json!({"status": status, "correlationId": correlation_id})
 }
 
+/// The 202 both hosts answer once a callout is safe (queued, or nothing to queue).
+pub fn accepted(status: &str, correlation_id: &CorrelationId) -> Response {
+    let mut resp = (
+        StatusCode::ACCEPTED,
+        axum::Json(accepted_body(status, correlation_id.as_str())),
+    )
+        .into_response();
+    correlation_id.set_header(&mut resp);
+    resp
+}
+
+/// A refused callout and the correlation id it is answered under: the one HTTP form of an
+/// [`IntakeError`], for both hosts (the Functions host copies its parts into `res`).
+#[derive(Debug)]
+pub struct Refusal {
+    pub error: IntakeError,
+    pub correlation_id: CorrelationId,
+}
+
+impl IntoResponse for Refusal {
+    /// Status, JSON body (public code, message, correlation id), `WWW-Authenticate` on 401,
+    /// `x-correlation-id`; and the one log line with the specific reason.
+    fn into_response(self) -> Response {
+        let e = &self.error;
+        e.log();
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+        let mut resp = (status, axum::Json(e.body(self.correlation_id.as_str()))).into_response();
+        if let Some(ch) = e.challenge() {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(ch));
+        }
+        self.correlation_id.set_header(&mut resp);
+        resp
+    }
+}
+
 /// Builds the durable job for an admitted callout.
 pub fn job_for(
     c: callout::Callout,
@@ -235,6 +303,64 @@ pub fn job_for(
         cfg.default_callback_timeout,
         cfg.deadline_margin,
     )
+}
+
+/// The id a callout's logs and answer carry. Decided once per request: the standalone server's
+/// extractor keeps it in the request extensions so refusals and the handler agree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorrelationId(String);
+
+impl CorrelationId {
+    /// From the `client-request-id` (or `x-ms-client-request-id`) the caller sent, if sane.
+    pub fn from_client_request_id(client_request_id: Option<&str>) -> Self {
+        CorrelationId(correlation_id(client_request_id))
+    }
+
+    /// From HTTP request headers.
+    pub fn from_http(h: &HeaderMap) -> Self {
+        let get = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
+        Self::from_client_request_id(
+            get("client-request-id").or_else(|| get("x-ms-client-request-id")),
+        )
+    }
+
+    /// The id already decided for this request, or a new one remembered in `extensions`.
+    pub fn of_request(h: &HeaderMap, extensions: &mut axum::http::Extensions) -> Self {
+        if let Some(id) = extensions.get::<CorrelationId>() {
+            return id.clone();
+        }
+        let id = Self::from_http(h);
+        extensions.insert(id.clone());
+        id
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn set_header(&self, resp: &mut Response) {
+        // Always a valid header value: sanitized or a UUID.
+        if let Ok(v) = HeaderValue::from_str(&self.0) {
+            resp.headers_mut().insert("x-correlation-id", v);
+        }
+    }
+}
+
+impl std::fmt::Display for CorrelationId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for CorrelationId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self::of_request(&parts.headers, &mut parts.extensions))
+    }
 }
 
 /// Entra sends `client-request-id`; use it as our correlation id when it is a sane token, so an
@@ -263,6 +389,44 @@ mod tests {
         assert!(is_json("application/cloudevents+json"));
         assert!(!is_json("text/plain"));
         assert!(!is_json("application/x-www-form-urlencoded"));
+    }
+
+    #[test]
+    fn callout_headers_see_a_second_authorization_and_the_declared_length() {
+        let mut h = HeaderMap::new();
+        h.append(header::AUTHORIZATION, HeaderValue::from_static("PoP a"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
+        let c = CalloutHeaders::from_http(&h);
+        assert_eq!(c.authorization, Some(&b"PoP a"[..]));
+        assert!(!c.duplicate_authorization);
+        assert_eq!(c.content_length, Some(12));
+        h.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer b"));
+        assert!(CalloutHeaders::from_http(&h).duplicate_authorization);
+        assert!(
+            CalloutHeaders::from_http(&HeaderMap::new())
+                .authorization
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_request_keeps_the_correlation_id_it_was_first_given() {
+        let h = HeaderMap::new();
+        let mut ext = axum::http::Extensions::new();
+        let first = CorrelationId::of_request(&h, &mut ext);
+        assert_eq!(CorrelationId::of_request(&h, &mut ext), first);
+    }
+
+    #[test]
+    fn a_refusal_names_its_correlation_id_in_the_body_and_header() {
+        let id = CorrelationId::from_client_request_id(Some("cid-1"));
+        let resp = IntakeError::Auth(AuthError::Missing)
+            .refuse(&id)
+            .into_response();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(resp.headers()["x-correlation-id"], "cid-1");
+        assert_eq!(resp.headers()[header::WWW_AUTHENTICATE], "PoP, Bearer");
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
     }
 
     #[test]

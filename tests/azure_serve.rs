@@ -98,6 +98,11 @@ async fn two_instances_share_one_storage_queue_and_survive_a_kill() {
     })
     .await;
     e.clear_faults();
+    // Graph records a resume a moment before the instance logs it: wait for the log lines.
+    eventually(10, "the 40 resumes logged", || {
+        (resumed_by(&a) + resumed_by(&b) >= 40).then_some(())
+    })
+    .await;
     let (ra, rb) = (resumed_by(&a), resumed_by(&b));
     assert_eq!(
         ra + rb,

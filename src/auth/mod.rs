@@ -26,20 +26,67 @@ use access_token::{Rules, Verifier};
 use jwks::Jwks;
 use replay::{ReplayCache, ReplayError};
 
-/// Proof that a request carried a valid token; only the authenticator builds it.
+/// Proof that a request carried a valid token. Only [`Authenticator::verify`] builds one: the
+/// fields are private and there is no public constructor or `Default`, so holding a
+/// `VerifiedCaller` means the checks ran.
+///
+/// ```compile_fail
+/// // Outside `auth` the proof cannot be forged: this compiles only if the fields are public.
+/// use accessgate::auth::{Scheme, TokenSummary, VerifiedCaller};
+/// let _ = VerifiedCaller {
+///     app_id: String::new(),
+///     tenant_id: String::new(),
+///     scheme: Scheme::Pop,
+///     token_hash: String::new(),
+///     extension: None,
+///     body_hash: None,
+///     summary: TokenSummary::default(),
+/// };
+/// ```
 #[derive(Debug, Clone)]
 pub struct VerifiedCaller {
-    pub app_id: String,
-    pub tenant_id: String,
-    pub scheme: Scheme,
+    app_id: String,
+    tenant_id: String,
+    scheme: Scheme,
+    token_hash: String,
+    extension: Option<String>,
+    body_hash: Option<String>,
+    summary: TokenSummary,
+}
+
+impl VerifiedCaller {
+    /// The caller's application (client) id: the token's `appid` (v1) or `azp` (v2).
+    pub fn app_id(&self) -> &str {
+        &self.app_id
+    }
+
+    pub fn tenant_id(&self) -> &str {
+        &self.tenant_id
+    }
+
+    pub fn scheme(&self) -> Scheme {
+        self.scheme
+    }
+
     /// SHA-256 of the token (base64url, first 16 chars): safe to log, useful to correlate.
-    pub token_hash: String,
+    pub fn token_hash(&self) -> &str {
+        &self.token_hash
+    }
+
     /// The extension a PoP token is bound to (its `p`); `None` for bearer callers.
-    pub extension: Option<String>,
+    pub fn extension(&self) -> Option<&str> {
+        self.extension.as_deref()
+    }
+
     /// The `b` claim (body hash) when the signer bound the body; intake checks it.
-    pub body_hash: Option<String>,
+    pub fn body_hash(&self) -> Option<&str> {
+        self.body_hash.as_deref()
+    }
+
     /// The non-secret parts of the token, for capture mode.
-    pub summary: TokenSummary,
+    pub fn summary(&self) -> &TokenSummary {
+        &self.summary
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
