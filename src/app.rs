@@ -9,12 +9,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
 use crate::capture::Capture;
-use crate::config::{Config, QueueConfig};
+use crate::config::Config;
 use crate::credentials::Credentials;
 use crate::graph::GraphClient;
-use crate::queue::WorkQueue;
 use crate::queue::azure_backend::{self, AzureJobs};
 use crate::queue::sqlite::{DataDirLock, SqliteQueue};
+use crate::queue::{self, WorkQueue};
 use crate::worker::{self, WorkerCtx};
 
 pub struct AppState {
@@ -159,7 +159,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let listen = config.server.listen;
     let (state, pool, _lock, backend) = match &config.queue {
-        QueueConfig::Sqlite => {
+        queue::Settings::Sqlite => {
             let lock = DataDirLock::acquire(&config.server.data_dir)?;
             let queue =
                 SqliteQueue::open(&config.server.data_dir).context("opening the job queue")?;
@@ -183,7 +183,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             ));
             (state, pool, Some(lock), "sqlite")
         }
-        QueueConfig::AzureStorage(q) => {
+        queue::Settings::AzureStorage(q) => {
             let jobs = AzureJobs::new(
                 azure_backend::connect(http.clone(), q, credentials.clone()),
                 q,

@@ -202,7 +202,7 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
                 c.identity.authority, c.identity.tenant_id
             );
             match c.inbound.mode {
-                config::IngressMode::Direct => {
+                crate::auth::IngressMode::Direct => {
                     println!(
                         "  ingress           direct: PoP ({}; lifetime {} s, future skew {} s, replay cache {} entries)",
                         crate::auth::pop_algorithm_names(&c.inbound.pop.algorithms).join(", "),
@@ -217,7 +217,7 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
                         println!("  legacy bearer     audiences {:?}", c.inbound.audiences);
                     }
                 }
-                config::IngressMode::Relay => {
+                crate::auth::IngressMode::Relay => {
                     println!(
                         "  ingress           relay: bearer of {:?} for audiences {:?}; PoP refused",
                         c.inbound.relay.caller_ids, c.inbound.relay.audiences
@@ -253,19 +253,21 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
                 c.graph.circuit_open.as_secs()
             );
             let who = match &c.credentials.mode {
-                crate::config::CredentialMode::ClientSecret { client_id, .. } => {
+                crate::credentials::CredentialMode::ClientSecret { client_id, .. } => {
                     format!("app {client_id} with a client secret")
                 }
-                crate::config::CredentialMode::ManagedIdentity => "the managed identity".into(),
-                crate::config::CredentialMode::WorkloadIdentity { client_id, .. } => {
+                crate::credentials::CredentialMode::ManagedIdentity => {
+                    "the managed identity".into()
+                }
+                crate::credentials::CredentialMode::WorkloadIdentity { client_id, .. } => {
                     format!("app {client_id} through workload identity federation")
                 }
-                crate::config::CredentialMode::KeyVaultSecret {
+                crate::credentials::CredentialMode::KeyVaultSecret {
                     client_id,
                     vault,
                     secret_name,
                 } => format!("app {client_id} with secret {secret_name} from {vault}"),
-                crate::config::CredentialMode::KeyVaultCertificate {
+                crate::credentials::CredentialMode::KeyVaultCertificate {
                     client_id,
                     vault,
                     certificate_name,
@@ -273,8 +275,8 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
                 } => format!(
                     "app {client_id} with certificate {certificate_name} from {vault}, signed {}",
                     match sign_with {
-                        crate::config::SignWith::KeyVault => "by Key Vault",
-                        crate::config::SignWith::Local => "locally",
+                        crate::credentials::SignWith::KeyVault => "by Key Vault",
+                        crate::credentials::SignWith::Local => "locally",
                     }
                 ),
             };
@@ -288,20 +290,21 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
                     .unwrap_or_default()
             );
             match &c.queue {
-                crate::config::QueueConfig::Sqlite => {
+                crate::queue::Settings::Sqlite => {
                     println!(
                         "  queue             sqlite in {}",
                         c.server.data_dir.display()
                     );
                 }
-                crate::config::QueueConfig::AzureStorage(q) => println!(
+                crate::queue::Settings::AzureStorage(q) => println!(
                     "  queue             Azure Storage {}/{} (poison: {}), {}",
                     q.endpoint,
                     q.name,
                     q.poison_name,
                     match q.auth {
-                        crate::config::StorageAuthConfig::SharedKey { .. } => "account key",
-                        crate::config::StorageAuthConfig::Entra => "Entra token",
+                        crate::queue::settings::StorageAuthSettings::SharedKey { .. } =>
+                            "account key",
+                        crate::queue::settings::StorageAuthSettings::Entra => "Entra token",
                     }
                 ),
             }
@@ -348,7 +351,7 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
 fn jobs(path: Option<PathBuf>, action: JobsAction) -> ExitCode {
     // Only the data directory matters here; read it without requiring a complete config.
     let data_dir = match config::load(path.as_deref()) {
-        Ok(c) if matches!(c.queue, config::QueueConfig::AzureStorage(_)) => {
+        Ok(c) if matches!(c.queue, crate::queue::Settings::AzureStorage(_)) => {
             eprintln!(
                 "accessgate jobs: works on the SQLite queue; with queue.backend = azure_storage, dead letters are messages in the poison queue (queue.poison_name), each with its reason: read them with Azure Storage Explorer or `az storage message peek`, and send a job back by putting its `message` on the work queue"
             );

@@ -225,7 +225,7 @@ pub fn accepted_body(status: &str, correlation_id: &str) -> serde_json::Value {
 pub fn job_for(
     c: callout::Callout,
     correlation_id: &str,
-    cfg: &crate::config::WorkerConfig,
+    cfg: &crate::worker::Settings,
     extension: Option<String>,
 ) -> JobMessage {
     JobMessage::new(

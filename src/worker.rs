@@ -11,7 +11,6 @@ use rand::Rng as _;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::config::WorkerConfig;
 use crate::directory::Directory;
 use crate::graph::{GraphClient, GraphError, ResumeOutcome};
 use crate::policy::{DecideEnv, Decision, Mode, Policy};
@@ -20,6 +19,9 @@ use crate::queue::azure_backend::{AzureJobs, Delivery};
 use crate::queue::sqlite::SqliteQueue;
 use crate::queue::{JobMessage, now_ms};
 use crate::tickets::TicketSystem;
+
+pub mod settings;
+pub use settings::Settings;
 
 /// What one attempt at a job came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +42,7 @@ pub struct WorkerCtx {
     pub tickets: Arc<dyn TicketSystem>,
     /// `policy.decision_timeout_seconds`.
     pub decision_timeout: Duration,
-    pub cfg: WorkerConfig,
+    pub cfg: Settings,
 }
 
 impl WorkerCtx {
@@ -53,7 +55,7 @@ impl WorkerCtx {
 
 /// Backoff before attempt `attempt + 1`: exponential, capped, with "equal jitter" (half fixed,
 /// half random) so many failing jobs do not retry in lockstep.
-pub fn backoff(cfg: &WorkerConfig, attempt: u32) -> Duration {
+pub fn backoff(cfg: &Settings, attempt: u32) -> Duration {
     let exp = cfg
         .retry_base
         .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
@@ -355,8 +357,8 @@ async fn run_delivery(ctx: &WorkerCtx, jobs: &AzureJobs, d: Delivery) {
 mod tests {
     use super::*;
 
-    fn cfg() -> WorkerConfig {
-        WorkerConfig {
+    fn cfg() -> Settings {
+        Settings {
             concurrency: 1,
             retry_base: Duration::from_millis(100),
             retry_max: Duration::from_secs(10),

@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use super::azure::{
     AzureQueue, AzureQueueSettings, QueueError, Received, StorageAuth, TokenSource,
 };
+use super::settings::{AzureStorageSettings, StorageAuthSettings};
 use super::{JobMessage, now_ms};
-use crate::config::{AzureQueueConfig, StorageAuthConfig};
 use crate::credentials::{Audience, Credentials};
 use crate::secret::Secret;
 
@@ -63,15 +63,15 @@ impl TokenSource for StorageToken {
 /// The queue client for a configuration.
 pub fn connect(
     http: reqwest::Client,
-    cfg: &AzureQueueConfig,
+    cfg: &AzureStorageSettings,
     creds: Arc<Credentials>,
 ) -> AzureQueue {
     let auth = match &cfg.auth {
-        StorageAuthConfig::SharedKey { account, key } => StorageAuth::SharedKey {
+        StorageAuthSettings::SharedKey { account, key } => StorageAuth::SharedKey {
             account: account.clone(),
             key: key.clone(),
         },
-        StorageAuthConfig::Entra => StorageAuth::Bearer(Arc::new(StorageToken(creds))),
+        StorageAuthSettings::Entra => StorageAuth::Bearer(Arc::new(StorageToken(creds))),
     };
     AzureQueue::new(
         http,
@@ -103,7 +103,7 @@ pub struct AzureJobs {
 }
 
 impl AzureJobs {
-    pub fn new(queue: AzureQueue, cfg: &AzureQueueConfig) -> Self {
+    pub fn new(queue: AzureQueue, cfg: &AzureStorageSettings) -> Self {
         AzureJobs {
             queue,
             max_unhandled: cfg.max_unhandled_deliveries,

@@ -6,6 +6,7 @@
 
 pub mod azure;
 pub mod azure_backend;
+pub mod settings;
 pub mod shared_key;
 pub mod sqlite;
 
@@ -14,6 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::callout::Callout;
+
+pub use settings::Settings;
 
 /// Version of the message format, so an old message in a queue is recognised after an upgrade.
 pub const MESSAGE_VERSION: u32 = 1;
