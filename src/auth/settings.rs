@@ -36,6 +36,9 @@ pub struct Raw {
     relay_caller_ids: Option<Vec<String>>,
 }
 
+/// Keys of `[inbound]` whose environment values stay strings (`config` layers them verbatim).
+pub const STRING_KEYS: &[&str] = &["mode"];
+
 /// `[extensions.NAME]` as written.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -395,6 +398,78 @@ fn check_resource(r: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::ConfigProblem;
+
+    const RES: &str = "/subscriptions/22222222-3333-4444-5555-666666666666/resourceGroups/rg/providers/Microsoft.Logic/workflows/la";
+
+    /// `[inbound]` (with a legacy audience, as config's tests have) plus `lines`, and the
+    /// `[extensions.*]` tables in `extensions`.
+    fn parse(lines: &str, extensions: &str) -> (Settings, Vec<Extension>, Vec<ConfigProblem>) {
+        let raw: Raw = toml::from_str(&format!("audiences = [\"api://accessgate\"]\n{lines}\n"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let exts: BTreeMap<String, RawExtension> =
+            toml::from_str(extensions).unwrap_or_else(|e| panic!("{e}"));
+        let mut p = Problems::default();
+        let s = Settings::from_raw(raw, &mut p);
+        let e = Extension::all_from_raw(exts, &s, Path::new("."), &mut p);
+        (s, e, p.into_parts().0)
+    }
+
+    #[test]
+    fn bad_extensions_and_pop_settings_are_each_named() {
+        let (_, _, errs) = parse(
+            r#"pop_algorithms = ["RS256", "HS256", "none"]
+pop_lifetime_seconds = 5"#,
+            &format!(
+                r#"
+[a]
+resource = "{RES}"
+[b]
+resource = "{RES}/"
+[c]
+resource = "/subscriptions/x/../y"
+catalog_ids = ["finance"]
+[d]
+host = "management.azure.com/x"
+"#
+            ),
+        );
+        let all = format!("{errs:?}");
+        for s in [
+            "inbound.pop_algorithms",
+            "inbound.pop_lifetime_seconds",
+            "extensions.b.resource",
+            "extensions.c.resource",
+            "extensions.c.catalog_ids",
+            "extensions.d.resource",
+            "extensions.d.host",
+        ] {
+            assert!(errs.iter().any(|p| p.setting == s), "missing {s} in {all}");
+        }
+        assert_eq!(
+            errs.iter()
+                .filter(|p| p.setting == "inbound.pop_algorithms")
+                .count(),
+            2,
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn relay_mode_needs_its_audience_and_caller() {
+        let (_, _, errs) = parse("mode = \"relay\"", "");
+        assert!(
+            errs.iter().any(|p| p.setting == "inbound.relay_audiences"),
+            "{errs:?}"
+        );
+        let (s, _, errs) = parse(
+            "mode = \"relay\"\nrelay_audiences = [\"api://accessgate\"]\nrelay_caller_ids = [\"0A000000-0000-0000-0000-000000000001\"]",
+            "",
+        );
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(s.mode, IngressMode::Relay);
+        assert_eq!(s.relay.caller_ids, ["0a000000-0000-0000-0000-000000000001"]);
+    }
 
     #[test]
     fn resource_normalisation_is_exactly_case_slashes_and_unreserved_escapes() {

@@ -14,6 +14,9 @@ pub struct Raw {
     dir: Option<String>,
 }
 
+/// Keys of `[capture]` whose environment values stay strings (`config` layers them verbatim).
+pub const STRING_KEYS: &[&str] = &["dir"];
+
 /// `[capture]`, validated.
 #[derive(Debug, Clone)]
 pub struct Settings {

@@ -70,6 +70,9 @@ pub struct RawIdentity {
     tenant_id: Option<String>,
 }
 
+/// Keys of `[identity]` whose environment values stay strings (`config` layers them verbatim).
+pub const IDENTITY_STRING_KEYS: &[&str] = &["cloud", "authority", "tenant_id"];
+
 /// `[identity]`, validated.
 #[derive(Debug, Clone)]
 pub struct IdentitySettings {
@@ -120,6 +123,19 @@ pub struct Raw {
     certificate_name: Option<String>,
     sign_with: Option<String>,
 }
+
+/// Keys of `[credentials]` whose environment values stay strings (`config` layers them verbatim).
+pub const STRING_KEYS: &[&str] = &[
+    "mode",
+    "client_id",
+    "client_secret",
+    "managed_identity_client_id",
+    "federated_token_file",
+    "key_vault_url",
+    "secret_name",
+    "certificate_name",
+    "sign_with",
+];
 
 /// How accessgate proves its identity to Entra for Graph (and Storage) tokens.
 #[derive(Debug, Clone)]
@@ -412,5 +428,154 @@ impl Settings {
             key_vault_resource: cloud.key_vault.to_owned(),
             platform,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::ConfigProblem;
+
+    const APP: &str = "aaaaaaaa-0000-0000-0000-000000000001";
+
+    /// `[credentials]` from `lines` with the platform variables `vars`: the settings and the
+    /// warnings, or the problems.
+    fn creds(
+        lines: &str,
+        vars: &[(&str, &str)],
+    ) -> Result<(Settings, Vec<ConfigProblem>), Vec<ConfigProblem>> {
+        let raw: Raw = toml::from_str(lines).unwrap_or_else(|e| panic!("{e}"));
+        let env = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut p = Problems::default();
+        let s = Settings::from_raw(
+            raw,
+            &env,
+            Path::new("/etc/accessgate"),
+            &Cloud::GLOBAL,
+            &mut p,
+        );
+        match p.into_parts() {
+            (errors, warnings) if errors.is_empty() => Ok((s, warnings)),
+            (errors, _) => Err(errors),
+        }
+    }
+
+    #[test]
+    fn every_credential_mode_parses() {
+        let mi = [
+            ("IDENTITY_ENDPOINT", "http://127.0.0.1:41741/msi/token"),
+            ("IDENTITY_HEADER", "hdr-secret"),
+        ];
+        let (c, warnings) =
+            creds("mode = \"managed_identity\"", &mi).unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(matches!(c.mode, CredentialMode::ManagedIdentity));
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert!(!format!("{c:?}").contains("hdr-secret"));
+
+        let (c, _) = creds(
+            &format!("mode = \"key_vault_certificate\"\nclient_id = \"{APP}\"\nkey_vault_url = \"https://v.vault.azure.net\"\ncertificate_name = \"graph-cert\""),
+            &mi,
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        match &c.mode {
+            CredentialMode::KeyVaultCertificate {
+                sign_with,
+                certificate_name,
+                ..
+            } => {
+                assert_eq!(
+                    *sign_with,
+                    SignWith::KeyVault,
+                    "the key stays in the vault by default"
+                );
+                assert_eq!(certificate_name, "graph-cert");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.key_vault_resource, "https://vault.azure.net");
+
+        let (c, _) = creds(
+            "mode = \"workload_identity\"",
+            &[
+                ("AZURE_CLIENT_ID", APP),
+                (
+                    "AZURE_FEDERATED_TOKEN_FILE",
+                    "/var/run/secrets/azure/tokens/azure-identity-token",
+                ),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        match &c.mode {
+            CredentialMode::WorkloadIdentity {
+                client_id,
+                token_file,
+            } => {
+                assert_eq!(client_id, APP);
+                assert!(token_file.is_some());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn credential_problems_name_their_setting() {
+        let errs = creds("mode = \"key_vault_secret\"", &[])
+            .err()
+            .unwrap_or_default();
+        for s in [
+            "credentials.client_id",
+            "credentials.key_vault_url",
+            "credentials.secret_name",
+        ] {
+            assert!(
+                errs.iter().any(|p| p.setting == s),
+                "missing {s} in {errs:?}"
+            );
+        }
+        let errs = creds(
+            &format!("mode = \"key_vault_secret\"\nclient_id = \"{APP}\"\nkey_vault_url = \"http://vault.example.com\"\nsecret_name = \"a b\"\nclient_secret = \"x\""),
+            &[],
+        )
+        .err()
+        .unwrap_or_default();
+        for s in [
+            "credentials.key_vault_url",
+            "credentials.secret_name",
+            "credentials.client_secret",
+        ] {
+            assert!(
+                errs.iter().any(|p| p.setting == s),
+                "missing {s} in {errs:?}"
+            );
+        }
+        let errs = creds("mode = \"magic\"", &[]).err().unwrap_or_default();
+        assert!(
+            errs.iter().any(|p| p.setting == "credentials.mode"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn a_missing_managed_identity_is_a_warning_not_a_failure() {
+        let (_, warnings) =
+            creds("mode = \"managed_identity\"", &[]).unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(
+            warnings.iter().any(|w| w.setting == "IDENTITY_ENDPOINT"),
+            "{warnings:?}"
+        );
+        // Plain http off the machine is refused for the identity endpoint too.
+        let errs = creds(
+            "mode = \"managed_identity\"",
+            &[("IDENTITY_ENDPOINT", "http://169.254.169.254/msi/token")],
+        )
+        .err()
+        .unwrap_or_default();
+        assert!(
+            errs.iter().any(|p| p.setting == "IDENTITY_ENDPOINT"),
+            "{errs:?}"
+        );
     }
 }

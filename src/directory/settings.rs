@@ -12,6 +12,9 @@ pub struct Raw {
     max_graph_calls_per_decision: Option<u64>,
 }
 
+/// Keys of `[directory]` whose environment values stay strings (`config` layers them verbatim).
+pub const STRING_KEYS: &[&str] = &["external_entitlements_attribute"];
+
 /// Settings of the directory reads (`[directory]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {

@@ -29,6 +29,9 @@ pub struct Raw {
     circuit_open_seconds: Option<u64>,
 }
 
+/// Keys of `[graph]` whose environment values stay strings (`config` layers them verbatim).
+pub const STRING_KEYS: &[&str] = &["base_url", "api_version", "scope", "resume_source"];
+
 impl Raw {
     /// `graph.timeout_seconds` as configured, unchecked: the worker's lease is bounded by it even
     /// when `[graph]` has other problems.
@@ -151,5 +154,47 @@ impl Settings {
             circuit_failure_threshold: circuit_failure_threshold as u32,
             circuit_open,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::ConfigProblem;
+
+    fn problems(text: &str) -> Vec<ConfigProblem> {
+        let raw: Raw = toml::from_str(text).unwrap_or_else(|e| panic!("{e}"));
+        let mut p = Problems::default();
+        Settings::from_raw(raw, &Cloud::GLOBAL, &mut p);
+        p.into_parts().0
+    }
+
+    #[test]
+    fn graph_resilience_settings_have_bounds() {
+        let errs = problems(
+            "max_requests_per_second = 0\ncircuit_failure_threshold = 0\ncircuit_open_seconds = 0\n",
+        );
+        for s in [
+            "graph.max_requests_per_second",
+            "graph.circuit_failure_threshold",
+            "graph.circuit_open_seconds",
+        ] {
+            assert!(
+                errs.iter().any(|p| p.setting == s),
+                "missing {s} in {errs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn moved_credentials_name_their_new_place() {
+        // The old place is named, not just refused.
+        let errs = problems("client_id = \"aaaaaaaa-0000-0000-0000-000000000001\"\n");
+        assert!(
+            errs.iter()
+                .any(|p| p.setting == "graph.client_id"
+                    && p.message.contains("credentials.client_id")),
+            "{errs:?}"
+        );
     }
 }

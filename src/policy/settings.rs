@@ -17,6 +17,9 @@ pub struct Raw {
     decision_timeout_seconds: Option<u64>,
 }
 
+/// Keys of `[policy]` whose environment values stay strings (`config` layers them verbatim).
+pub const STRING_KEYS: &[&str] = &["file"];
+
 /// `[policy]`, validated: the loaded policy (the default policy when no file is set).
 #[derive(Debug, Clone)]
 pub struct Settings {

@@ -18,6 +18,15 @@ pub struct Raw {
     max_unhandled_deliveries: Option<u64>,
 }
 
+/// Keys of `[queue]` whose environment values stay strings (`config` layers them verbatim).
+pub const STRING_KEYS: &[&str] = &[
+    "backend",
+    "connection_string",
+    "account_url",
+    "name",
+    "poison_name",
+];
+
 /// Where jobs wait between the `202` and the worker.
 #[derive(Debug, Clone)]
 pub enum Settings {

@@ -12,6 +12,9 @@ pub struct Raw {
     level: Option<String>,
 }
 
+/// Keys of `[log]` whose environment values stay strings (`config` layers them verbatim).
+pub const STRING_KEYS: &[&str] = &["format", "level"];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,

@@ -19,6 +19,9 @@ pub struct Raw {
     poll_interval_ms: Option<u64>,
 }
 
+/// Keys of `[worker]` whose environment values stay strings (`config` layers them verbatim).
+pub const STRING_KEYS: &[&str] = &["default_callback_timeout"];
+
 /// `[worker]`, validated.
 #[derive(Debug, Clone)]
 pub struct Settings {

@@ -23,6 +23,18 @@ pub struct Raw {
     pub timeout_seconds: Option<u64>,
 }
 
+/// Keys of `[servicenow]` whose environment values stay strings (`config` layers them verbatim).
+pub const STRING_KEYS: &[&str] = &[
+    "instance_url",
+    "auth",
+    "username",
+    "password",
+    "password_secret",
+    "client_id",
+    "client_secret",
+    "client_secret_secret",
+];
+
 /// Where a secret comes from.
 #[derive(Clone)]
 pub enum SecretSource {
