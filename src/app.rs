@@ -14,7 +14,7 @@ use crate::credentials::Credentials;
 use crate::graph::GraphClient;
 use crate::queue::azure_backend::{self, AzureJobs};
 use crate::queue::sqlite::{DataDirLock, SqliteQueue};
-use crate::queue::{self, WorkQueue};
+use crate::queue::{Settings as QueueSettings, WorkQueue};
 use crate::worker::{self, WorkerCtx};
 
 pub struct AppState {
@@ -159,7 +159,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let listen = config.server.listen;
     let (state, pool, _lock, backend) = match &config.queue {
-        queue::Settings::Sqlite => {
+        QueueSettings::Sqlite => {
             let lock = DataDirLock::acquire(&config.server.data_dir)?;
             let queue =
                 SqliteQueue::open(&config.server.data_dir).context("opening the job queue")?;
@@ -183,7 +183,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             ));
             (state, pool, Some(lock), "sqlite")
         }
-        queue::Settings::AzureStorage(q) => {
+        QueueSettings::AzureStorage(q) => {
             let jobs = AzureJobs::new(
                 azure_backend::connect(http.clone(), q, credentials.clone()),
                 q,

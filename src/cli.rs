@@ -6,8 +6,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::auth::IngressMode;
 use crate::config::{self, Config};
+use crate::credentials::{CredentialMode, SignWith};
 use crate::policy::Policy;
+use crate::queue::Settings as QueueSettings;
+use crate::queue::settings::StorageAuthSettings;
 use crate::queue::sqlite::{JobStatus, MIN_RETRY_WINDOW, Requeue, SqliteQueue};
 
 #[derive(Parser)]
@@ -202,7 +206,7 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
                 c.identity.authority, c.identity.tenant_id
             );
             match c.inbound.mode {
-                crate::auth::IngressMode::Direct => {
+                IngressMode::Direct => {
                     println!(
                         "  ingress           direct: PoP ({}; lifetime {} s, future skew {} s, replay cache {} entries)",
                         crate::auth::pop_algorithm_names(&c.inbound.pop.algorithms).join(", "),
@@ -217,7 +221,7 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
                         println!("  legacy bearer     audiences {:?}", c.inbound.audiences);
                     }
                 }
-                crate::auth::IngressMode::Relay => {
+                IngressMode::Relay => {
                     println!(
                         "  ingress           relay: bearer of {:?} for audiences {:?}; PoP refused",
                         c.inbound.relay.caller_ids, c.inbound.relay.audiences
@@ -253,21 +257,19 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
                 c.graph.circuit_open.as_secs()
             );
             let who = match &c.credentials.mode {
-                crate::credentials::CredentialMode::ClientSecret { client_id, .. } => {
+                CredentialMode::ClientSecret { client_id, .. } => {
                     format!("app {client_id} with a client secret")
                 }
-                crate::credentials::CredentialMode::ManagedIdentity => {
-                    "the managed identity".into()
-                }
-                crate::credentials::CredentialMode::WorkloadIdentity { client_id, .. } => {
+                CredentialMode::ManagedIdentity => "the managed identity".into(),
+                CredentialMode::WorkloadIdentity { client_id, .. } => {
                     format!("app {client_id} through workload identity federation")
                 }
-                crate::credentials::CredentialMode::KeyVaultSecret {
+                CredentialMode::KeyVaultSecret {
                     client_id,
                     vault,
                     secret_name,
                 } => format!("app {client_id} with secret {secret_name} from {vault}"),
-                crate::credentials::CredentialMode::KeyVaultCertificate {
+                CredentialMode::KeyVaultCertificate {
                     client_id,
                     vault,
                     certificate_name,
@@ -275,8 +277,8 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
                 } => format!(
                     "app {client_id} with certificate {certificate_name} from {vault}, signed {}",
                     match sign_with {
-                        crate::credentials::SignWith::KeyVault => "by Key Vault",
-                        crate::credentials::SignWith::Local => "locally",
+                        SignWith::KeyVault => "by Key Vault",
+                        SignWith::Local => "locally",
                     }
                 ),
             };
@@ -290,21 +292,20 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
                     .unwrap_or_default()
             );
             match &c.queue {
-                crate::queue::Settings::Sqlite => {
+                QueueSettings::Sqlite => {
                     println!(
                         "  queue             sqlite in {}",
                         c.server.data_dir.display()
                     );
                 }
-                crate::queue::Settings::AzureStorage(q) => println!(
+                QueueSettings::AzureStorage(q) => println!(
                     "  queue             Azure Storage {}/{} (poison: {}), {}",
                     q.endpoint,
                     q.name,
                     q.poison_name,
                     match q.auth {
-                        crate::queue::settings::StorageAuthSettings::SharedKey { .. } =>
-                            "account key",
-                        crate::queue::settings::StorageAuthSettings::Entra => "Entra token",
+                        StorageAuthSettings::SharedKey { .. } => "account key",
+                        StorageAuthSettings::Entra => "Entra token",
                     }
                 ),
             }
@@ -351,7 +352,7 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
 fn jobs(path: Option<PathBuf>, action: JobsAction) -> ExitCode {
     // Only the data directory matters here; read it without requiring a complete config.
     let data_dir = match config::load(path.as_deref()) {
-        Ok(c) if matches!(c.queue, crate::queue::Settings::AzureStorage(_)) => {
+        Ok(c) if matches!(c.queue, QueueSettings::AzureStorage(_)) => {
             eprintln!(
                 "accessgate jobs: works on the SQLite queue; with queue.backend = azure_storage, dead letters are messages in the poison queue (queue.poison_name), each with its reason: read them with Azure Storage Explorer or `az storage message peek`, and send a job back by putting its `message` on the work queue"
             );
