@@ -9,12 +9,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
 use crate::capture::Capture;
-use crate::config::{Config, QueueConfig};
+use crate::config::Config;
 use crate::credentials::Credentials;
 use crate::graph::GraphClient;
-use crate::queue::JobStore;
 use crate::queue::azure_backend::{self, AzureJobs};
 use crate::queue::sqlite::{DataDirLock, SqliteQueue};
+use crate::queue::{JobStore, Settings as QueueSettings};
 use crate::worker::{self, WorkerCtx};
 
 pub struct AppState {
@@ -170,7 +170,7 @@ pub fn credentials_for(config: &Config, http: &reqwest::Client) -> Arc<Credentia
 /// until it is back.
 async fn connect_storage(
     http: &reqwest::Client,
-    q: &crate::config::AzureQueueConfig,
+    q: &crate::queue::settings::AzureStorageSettings,
     credentials: &Arc<Credentials>,
 ) -> AzureJobs {
     let jobs = AzureJobs::new(
@@ -205,7 +205,7 @@ pub async fn run(
     let credentials = credentials_for(&config, &http);
     let cancel = CancellationToken::new();
     let (state, pool, _lock, backend) = match &config.queue {
-        QueueConfig::Sqlite => {
+        QueueSettings::Sqlite => {
             let lock = DataDirLock::acquire(&config.server.data_dir)?;
             let queue =
                 SqliteQueue::open(&config.server.data_dir).context("opening the job queue")?;
@@ -225,7 +225,7 @@ pub async fn run(
             ));
             (state, pool, Some(lock), "sqlite")
         }
-        QueueConfig::AzureStorage(q) => {
+        QueueSettings::AzureStorage(q) => {
             let jobs = connect_storage(&http, q, &credentials).await;
             let store: Arc<dyn JobStore> = Arc::new(jobs.clone());
             let state = build_state(config, http, credentials, Some(store.clone()), Some(jobs))?;
@@ -272,8 +272,8 @@ pub async fn run_functions(
     let credentials = credentials_for(&config, &http);
     // Jobs arrive through the host's queue trigger; the Storage client is only for parking.
     let storage = match &config.queue {
-        QueueConfig::AzureStorage(q) => Some(connect_storage(&http, q, &credentials).await),
-        QueueConfig::Sqlite => None,
+        QueueSettings::AzureStorage(q) => Some(connect_storage(&http, q, &credentials).await),
+        QueueSettings::Sqlite => None,
     };
     let state = build_state(config, http, credentials, None, storage)?;
     prefetch_keys(&state);

@@ -6,6 +6,9 @@ use std::path::PathBuf;
 
 use crate::auth::VerifiedCaller;
 
+pub mod settings;
+pub use settings::Settings;
+
 pub struct Capture {
     dir: PathBuf,
 }

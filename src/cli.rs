@@ -6,8 +6,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::auth::IngressMode;
 use crate::config::{self, Config};
+use crate::credentials::{CredentialMode, SignWith};
 use crate::policy::Policy;
+use crate::queue::Settings as QueueSettings;
+use crate::queue::settings::StorageAuthSettings;
 use crate::queue::sqlite::{JobStatus, MIN_RETRY_WINDOW, Requeue, SqliteQueue};
 
 #[derive(Parser)]
@@ -212,7 +216,7 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
                 c.identity.authority, c.identity.tenant_id
             );
             match c.inbound.mode {
-                config::IngressMode::Direct => {
+                IngressMode::Direct => {
                     println!(
                         "  ingress           direct: PoP ({}; lifetime {} s, future skew {} s, replay cache {} entries)",
                         crate::auth::pop_algorithm_names(&c.inbound.pop.algorithms).join(", "),
@@ -227,7 +231,7 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
                         println!("  legacy bearer     audiences {:?}", c.inbound.audiences);
                     }
                 }
-                config::IngressMode::Relay => {
+                IngressMode::Relay => {
                     println!(
                         "  ingress           relay: bearer of {:?} for audiences {:?}; PoP refused",
                         c.inbound.relay.caller_ids, c.inbound.relay.audiences
@@ -263,19 +267,19 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
                 c.graph.circuit_open.as_secs()
             );
             let who = match &c.credentials.mode {
-                crate::config::CredentialMode::ClientSecret { client_id, .. } => {
+                CredentialMode::ClientSecret { client_id, .. } => {
                     format!("app {client_id} with a client secret")
                 }
-                crate::config::CredentialMode::ManagedIdentity => "the managed identity".into(),
-                crate::config::CredentialMode::WorkloadIdentity { client_id, .. } => {
+                CredentialMode::ManagedIdentity => "the managed identity".into(),
+                CredentialMode::WorkloadIdentity { client_id, .. } => {
                     format!("app {client_id} through workload identity federation")
                 }
-                crate::config::CredentialMode::KeyVaultSecret {
+                CredentialMode::KeyVaultSecret {
                     client_id,
                     vault,
                     secret_name,
                 } => format!("app {client_id} with secret {secret_name} from {vault}"),
-                crate::config::CredentialMode::KeyVaultCertificate {
+                CredentialMode::KeyVaultCertificate {
                     client_id,
                     vault,
                     certificate_name,
@@ -283,8 +287,8 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
                 } => format!(
                     "app {client_id} with certificate {certificate_name} from {vault}, signed {}",
                     match sign_with {
-                        crate::config::SignWith::KeyVault => "by Key Vault",
-                        crate::config::SignWith::Local => "locally",
+                        SignWith::KeyVault => "by Key Vault",
+                        SignWith::Local => "locally",
                     }
                 ),
             };
@@ -298,20 +302,20 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
                     .unwrap_or_default()
             );
             match &c.queue {
-                crate::config::QueueConfig::Sqlite => {
+                QueueSettings::Sqlite => {
                     println!(
                         "  queue             sqlite in {}",
                         c.server.data_dir.display()
                     );
                 }
-                crate::config::QueueConfig::AzureStorage(q) => println!(
+                QueueSettings::AzureStorage(q) => println!(
                     "  queue             Azure Storage {}/{} (poison: {}), {}",
                     q.endpoint,
                     q.name,
                     q.poison_name,
                     match q.auth {
-                        crate::config::StorageAuthConfig::SharedKey { .. } => "account key",
-                        crate::config::StorageAuthConfig::Entra => "Entra token",
+                        StorageAuthSettings::SharedKey { .. } => "account key",
+                        StorageAuthSettings::Entra => "Entra token",
                     }
                 ),
             }
@@ -412,8 +416,8 @@ fn jobs_store(store: &dyn crate::queue::JobStore, action: JobsAction) -> ExitCod
 fn jobs(path: Option<PathBuf>, action: JobsAction) -> ExitCode {
     // Only the data directory matters here; read it without requiring a complete config.
     let data_dir = match config::load(path.as_deref()) {
-        Ok(c) if matches!(c.queue, config::QueueConfig::AzureStorage(_)) => {
-            let config::QueueConfig::AzureStorage(q) = &c.queue else {
+        Ok(c) if matches!(c.queue, QueueSettings::AzureStorage(_)) => {
+            let QueueSettings::AzureStorage(q) = &c.queue else {
                 return ExitCode::FAILURE;
             };
             if !matches!(action, JobsAction::Waiting { .. } | JobsAction::Wake { .. }) {

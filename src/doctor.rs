@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 
-use crate::config::{Config, CredentialMode, QueueConfig, SignWith};
+use crate::config::Config;
 use crate::credentials::{Audience, Certificate, CredentialError, Credentials, STORAGE_RESOURCE};
+use crate::credentials::{CredentialMode, SignWith};
 use crate::graph::GraphClient;
+use crate::queue::Settings as QueueSettings;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -147,8 +149,8 @@ pub async fn run(config: &Config) -> Vec<Check> {
     let creds = crate::app::credentials_for(config, &http);
     let mode = &config.credentials.mode;
     let needs_mi = mode.uses_managed_identity()
-        || matches!(&config.queue, QueueConfig::AzureStorage(q)
-            if matches!(q.auth, crate::config::StorageAuthConfig::Entra)
+        || matches!(&config.queue, QueueSettings::AzureStorage(q)
+            if matches!(q.auth, crate::queue::settings::StorageAuthSettings::Entra)
                 && config.credentials.platform.identity_endpoint.is_some());
 
     // Managed identity.
@@ -387,7 +389,7 @@ async fn resume_permission(
 
 async fn queue_check(config: &Config, http: &reqwest::Client, creds: &Arc<Credentials>) -> Check {
     match &config.queue {
-        QueueConfig::Sqlite => {
+        QueueSettings::Sqlite => {
             let dir = &config.server.data_dir;
             match std::fs::create_dir_all(dir).and_then(|()| {
                 let probe = dir.join(".doctor-probe");
@@ -402,7 +404,7 @@ async fn queue_check(config: &Config, http: &reqwest::Client, creds: &Arc<Creden
                 ),
             }
         }
-        QueueConfig::AzureStorage(q) => {
+        QueueSettings::AzureStorage(q) => {
             let queue = crate::queue::azure_backend::connect(http.clone(), q, creds.clone());
             match queue.ensure_queues().await {
                 Ok(()) => match queue.approximate_count(false).await {

@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::callout::{Callout, callback_path_names_request};
-use crate::config::GraphConfig;
 use crate::credentials::{Audience, CredentialError, Credentials};
 use crate::outbound::{retry_after, transport_error};
 use crate::policy::{Action, Decision};
 use crate::queue::Deadline;
 use crate::resilience::{CircuitBreaker, RateLimiter};
+
+pub mod settings;
+pub use settings::Settings;
 
 /// How a resume ended, when it ended well.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,7 +104,7 @@ impl GraphError {
 
 pub struct GraphClient {
     http: reqwest::Client,
-    cfg: GraphConfig,
+    cfg: Settings,
     credentials: Arc<Credentials>,
     limiter: RateLimiter,
     breaker: CircuitBreaker,
@@ -121,7 +123,7 @@ fn graph_error_text(body: &str) -> String {
 }
 
 impl GraphClient {
-    pub fn new(http: reqwest::Client, cfg: GraphConfig, credentials: Arc<Credentials>) -> Self {
+    pub fn new(http: reqwest::Client, cfg: Settings, credentials: Arc<Credentials>) -> Self {
         GraphClient {
             http,
             limiter: RateLimiter::new(cfg.max_requests_per_second),

@@ -293,7 +293,7 @@ impl IntoResponse for Refusal {
 pub fn job_for(
     c: callout::Callout,
     correlation_id: &str,
-    cfg: &crate::config::WorkerConfig,
+    cfg: &crate::worker::Settings,
     extension: Option<String>,
 ) -> JobMessage {
     JobMessage::new(

@@ -26,6 +26,7 @@ pub mod policy;
 pub mod queue;
 pub mod resilience;
 pub mod secret;
+pub mod settings;
 pub mod telemetry;
 pub mod tickets;
 pub mod worker;

@@ -3,9 +3,10 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{LogConfig, LogFormat};
+pub mod settings;
+pub use settings::{LogFormat, Settings};
 
-pub fn init(cfg: &LogConfig) {
+pub fn init(cfg: &Settings) {
     let filter =
         EnvFilter::try_from_env("ACCESSGATE_LOG").unwrap_or_else(|_| EnvFilter::new(&cfg.level));
     let builder = tracing_subscriber::fmt()

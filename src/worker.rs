@@ -14,12 +14,14 @@ use rand::Rng as _;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::config::WorkerConfig;
 use crate::directory::Directory;
 use crate::graph::{GraphClient, GraphError, ResumeOutcome};
 use crate::policy::{DecideEnv, Decision, Mode, Policy};
 use crate::queue::{Deadline, JobStore, Lease, Outcome, Settle, Step, Stored};
 use crate::tickets::TicketSystem;
+
+pub mod settings;
+pub use settings::Settings;
 
 pub struct WorkerCtx {
     /// `[policy]`, for callouts of no extension or of one without its own policy file.
@@ -32,7 +34,7 @@ pub struct WorkerCtx {
     pub tickets: Arc<dyn TicketSystem>,
     /// `policy.decision_timeout_seconds`.
     pub decision_timeout: Duration,
-    pub cfg: WorkerConfig,
+    pub cfg: Settings,
 }
 
 impl WorkerCtx {
@@ -45,7 +47,7 @@ impl WorkerCtx {
 
 /// Backoff before attempt `attempt + 1`: exponential, capped, with "equal jitter" (half fixed,
 /// half random) so many failing jobs do not retry in lockstep.
-pub fn backoff(cfg: &WorkerConfig, attempt: u32) -> Duration {
+pub fn backoff(cfg: &Settings, attempt: u32) -> Duration {
     let exp = cfg
         .retry_base
         .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
@@ -283,8 +285,8 @@ pub async fn run_pool(ctx: Arc<WorkerCtx>, store: Arc<dyn JobStore>, cancel: Can
 mod tests {
     use super::*;
 
-    fn cfg() -> WorkerConfig {
-        WorkerConfig {
+    fn cfg() -> Settings {
+        Settings {
             concurrency: 1,
             retry_base: Duration::from_millis(100),
             retry_max: Duration::from_secs(10),

@@ -13,6 +13,7 @@ pub mod jwks;
 pub mod pop;
 mod pop_key;
 pub mod replay;
+pub mod settings;
 pub mod strict_json;
 
 use std::collections::HashSet;
@@ -20,11 +21,11 @@ use std::collections::HashSet;
 use base64::Engine as _;
 use sha2::Digest as _;
 
-use crate::config::{Extension, InboundConfig, IngressMode, PopAlgorithm, PopConfig};
 use crate::endpoint::EndpointUrl;
 use access_token::{Rules, Verifier};
 use jwks::Jwks;
 use replay::{ReplayCache, ReplayError};
+pub use settings::{Extension, IngressMode, PopAlgorithm, PopSettings, Settings};
 
 /// Proof that a request carried a valid token. Only [`Authenticator::verify`] builds one: the
 /// fields are private and there is no public constructor or `Default`, so holding a
@@ -420,7 +421,7 @@ pub struct Authenticator {
     leeway_secs: u64,
     bearer_audiences: Vec<String>,
     allowed_callers: HashSet<String>,
-    pop: PopConfig,
+    pop: PopSettings,
     extensions: Vec<Extension>,
     relay_audiences: Vec<String>,
     relay_callers: HashSet<String>,
@@ -432,7 +433,7 @@ impl Authenticator {
         http: reqwest::Client,
         authority: &EndpointUrl,
         tenant: &uuid::Uuid,
-        cfg: &InboundConfig,
+        cfg: &Settings,
         extensions: &[Extension],
     ) -> Self {
         Authenticator {

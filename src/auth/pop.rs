@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use super::pop_key::{KeyFault, PopKey};
 use super::strict_json::{self, StrictError};
 use super::{AuthError, PopFault};
-use crate::config::{Extension, PopAlgorithm, PopConfig};
+use super::{Extension, PopAlgorithm, PopSettings};
 
 /// Header members that would let the token choose its own verification key.
 const HEADER_KEY_MEMBERS: &[&str] = &["jku", "x5u", "jwk", "x5c"];
@@ -101,7 +101,7 @@ fn kid_matches(kid: &str, thumbprint: &str) -> bool {
 /// Structure, header and claims; no signature is checked here.
 pub fn parse<'t>(
     token: &'t str,
-    cfg: &PopConfig,
+    cfg: &PopSettings,
     extensions: &[Extension],
     now: i64,
 ) -> Result<Unverified<'t>, AuthError> {
@@ -167,7 +167,7 @@ pub fn parse<'t>(
     if !extensions.iter().any(|e| host_matches(u, &e.host)) {
         return Err(fault(PopFault::WrongHost));
     }
-    let p_key = crate::config::normalize_resource(p_claim);
+    let p_key = super::settings::normalize_resource(p_claim);
     let extension = extensions
         .iter()
         .position(|e| host_matches(u, &e.host) && e.resource_key == p_key)

@@ -7,7 +7,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value};
 use sha2::Digest as _;
 
-use crate::config::PopAlgorithm;
+use super::PopAlgorithm;
 
 /// Why a `cnf.jwk` is not an acceptable key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,8 +8,7 @@ use base64::Engine as _;
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
-use super::{CredentialError, KeyVault, ManagedIdentity};
-use crate::config::SignWith;
+use super::{CredentialError, KeyVault, ManagedIdentity, SignWith};
 use crate::secret::Secret;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;

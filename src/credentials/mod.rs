@@ -10,6 +10,7 @@
 mod assertion;
 mod key_vault;
 mod managed_identity;
+pub mod settings;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -17,7 +18,6 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
-use crate::config::{CredentialMode, CredentialsConfig, GraphConfig, IdentityConfig, SignWith};
 use crate::endpoint::EndpointUrl;
 use crate::outbound::{retry_after, transport_error};
 use crate::secret::Secret;
@@ -25,6 +25,14 @@ use crate::secret::Secret;
 pub use assertion::Certificate;
 pub use key_vault::KeyVault;
 pub use managed_identity::ManagedIdentity;
+pub use settings::{CredentialMode, IdentitySettings, Settings, SignWith};
+
+/// What the chain needs from `[graph]`: the scope it asks tokens for and the time bound of a
+/// token request. A trait (implemented by `graph::Settings`) because graph imports credentials.
+pub trait GraphTokenSettings {
+    fn scope(&self) -> &str;
+    fn timeout(&self) -> Duration;
+}
 
 /// What a token is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -125,9 +133,9 @@ pub const STORAGE_RESOURCE: &str = "https://storage.azure.com/";
 impl Credentials {
     pub fn new(
         http: reqwest::Client,
-        identity: &IdentityConfig,
-        creds: &CredentialsConfig,
-        graph: &GraphConfig,
+        identity: &IdentitySettings,
+        creds: &Settings,
+        graph: &impl GraphTokenSettings,
     ) -> Self {
         let token_url = identity
             .authority
@@ -137,7 +145,7 @@ impl Credentials {
             creds.platform.identity_endpoint.clone(),
             creds.platform.identity_header.clone(),
             creds.managed_identity_client_id.clone(),
-            graph.timeout,
+            graph.timeout(),
         );
         let kv = match &creds.mode {
             CredentialMode::KeyVaultSecret { vault, .. }
@@ -145,7 +153,7 @@ impl Credentials {
                 http.clone(),
                 vault.clone(),
                 creds.key_vault_resource.clone(),
-                graph.timeout,
+                graph.timeout(),
             )),
             _ => None,
         };
@@ -153,8 +161,8 @@ impl Credentials {
             http,
             mode: creds.mode.clone(),
             token_url,
-            graph_scope: graph.scope.clone(),
-            timeout: graph.timeout,
+            graph_scope: graph.scope().to_owned(),
+            timeout: graph.timeout(),
             mi,
             kv,
             cache: Mutex::new(HashMap::new()),

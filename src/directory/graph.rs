@@ -19,33 +19,15 @@ use serde_json::Value;
 
 use super::fixtures::{external_values, parse_graph_time, target_id};
 use super::{
-    Answer, Directory, Facts, Fetched, Held, HeldAppRole, Holdings, Needs, RequestFacts, UserFacts,
+    Answer, Directory, Facts, Fetched, Held, HeldAppRole, Holdings, Needs, RequestFacts, Settings,
+    UserFacts,
 };
 use crate::callout::Callout;
 use crate::graph::{BatchAnswer, BatchGet, GraphClient};
 
-/// Settings of the directory reads (`[directory]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DirectoryConfig {
-    /// A multi-valued user attribute (e.g. a directory extension) listing entitlements held in
-    /// other systems, for SoD sets' `entitlements`.
-    pub external_entitlements_attribute: Option<String>,
-    /// The most Graph HTTP calls one decision may make (the batch plus nextLink pages).
-    pub max_graph_calls_per_decision: u32,
-}
-
-impl Default for DirectoryConfig {
-    fn default() -> Self {
-        DirectoryConfig {
-            external_entitlements_attribute: None,
-            max_graph_calls_per_decision: 10,
-        }
-    }
-}
-
 pub struct GraphDirectory {
     graph: Arc<GraphClient>,
-    cfg: DirectoryConfig,
+    cfg: Settings,
 }
 
 const USER_SELECT: &str = "id,displayName,userPrincipalName,mail,userType,accountEnabled,employeeHireDate,employeeLeaveDateTime,employeeType,department,companyName";
@@ -79,7 +61,7 @@ fn inner_error(what: &str, a: &BatchAnswer) -> String {
 }
 
 impl GraphDirectory {
-    pub fn new(graph: Arc<GraphClient>, cfg: DirectoryConfig) -> Self {
+    pub fn new(graph: Arc<GraphClient>, cfg: Settings) -> Self {
         GraphDirectory { graph, cfg }
     }
 

@@ -11,6 +11,9 @@ use crate::callout::Callout;
 
 pub mod fixtures;
 pub mod graph;
+pub mod settings;
+
+pub use settings::Settings;
 
 /// Which facts a check reads. The engine fetches the union of its checks' needs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

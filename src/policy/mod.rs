@@ -21,9 +21,11 @@ use crate::directory::{Directory, Facts, Needs};
 use crate::tickets::TicketSystem;
 
 mod registry;
+pub mod settings;
 pub mod template;
 pub mod testing;
 
+pub use settings::Settings;
 use template::Template;
 
 /// Graph documents no length for `customExtensionStageInstanceDetail`; approvers read it in My

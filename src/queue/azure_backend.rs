@@ -29,13 +29,13 @@ use sha2::Digest as _;
 use super::azure::{
     AzureQueue, AzureQueueSettings, MAX_VISIBILITY, QueueError, Received, StorageAuth, TokenSource,
 };
+use super::settings::{AzureStorageSettings, StorageAuthSettings};
 use super::store::LeaseToken;
 use super::table::Table;
 use super::{
     Deadline, EnqueueOutcome, JobMessage, JobStore, Lease, Outcome, Settle, StoreError, Stored,
     Wait, WaitKey, WaitingJob, WokenBy, now_ms,
 };
-use crate::config::{AzureQueueConfig, StorageAuthConfig};
 use crate::credentials::{Audience, CredentialError, Credentials};
 use crate::secret::Secret;
 
@@ -107,20 +107,20 @@ impl TokenSource for StorageToken {
     }
 }
 
-fn storage_auth(cfg: &AzureQueueConfig, creds: Arc<Credentials>) -> StorageAuth {
+fn storage_auth(cfg: &AzureStorageSettings, creds: Arc<Credentials>) -> StorageAuth {
     match &cfg.auth {
-        StorageAuthConfig::SharedKey { account, key } => StorageAuth::SharedKey {
+        StorageAuthSettings::SharedKey { account, key } => StorageAuth::SharedKey {
             account: account.clone(),
             key: key.clone(),
         },
-        StorageAuthConfig::Entra => StorageAuth::Bearer(Arc::new(StorageToken(creds))),
+        StorageAuthSettings::Entra => StorageAuth::Bearer(Arc::new(StorageToken(creds))),
     }
 }
 
 /// The queue client for a configuration.
 pub fn connect(
     http: reqwest::Client,
-    cfg: &AzureQueueConfig,
+    cfg: &AzureStorageSettings,
     creds: Arc<Credentials>,
 ) -> AzureQueue {
     AzureQueue::new(
@@ -137,7 +137,7 @@ pub fn connect(
 /// The wait-index table client for a configuration.
 pub fn connect_waits(
     http: reqwest::Client,
-    cfg: &AzureQueueConfig,
+    cfg: &AzureStorageSettings,
     creds: Arc<Credentials>,
 ) -> Table {
     Table::new(
@@ -192,7 +192,7 @@ pub struct AzureJobs {
 }
 
 impl AzureJobs {
-    pub fn new(queue: AzureQueue, waits: Table, cfg: &AzureQueueConfig) -> Self {
+    pub fn new(queue: AzureQueue, waits: Table, cfg: &AzureStorageSettings) -> Self {
         Self::from_parts(queue, waits, cfg.max_unhandled_deliveries, cfg.wait_recheck)
     }
 

@@ -7,6 +7,7 @@
 pub mod azure;
 pub mod azure_backend;
 pub mod job;
+pub mod settings;
 pub mod shared_key;
 pub mod sqlite;
 pub mod store;
@@ -20,6 +21,8 @@ use serde::{Deserialize, Serialize};
 use crate::callout::Callout;
 pub use job::{Deadline, Outcome, Step, Wait, WaitKey, WokenBy, now_ms};
 pub use store::{JobStore, Lease, Settle, Stored, WaitingJob};
+
+pub use settings::Settings;
 
 /// Version of the message format, so an old message in a queue is recognised after an upgrade.
 pub const MESSAGE_VERSION: u32 = 1;

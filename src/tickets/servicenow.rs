@@ -10,231 +10,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
 use super::{TicketError, TicketRecord, TicketSystem};
 use crate::credentials::Credentials;
-use crate::endpoint::EndpointUrl;
 use crate::outbound::{retry_after, transport_error};
 use crate::secret::Secret;
 
-/// `[servicenow]` as written.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawServiceNow {
-    pub instance_url: Option<String>,
-    pub auth: Option<String>,
-    pub username: Option<String>,
-    pub password: Option<Secret>,
-    pub password_secret: Option<String>,
-    pub client_id: Option<String>,
-    pub client_secret: Option<Secret>,
-    pub client_secret_secret: Option<String>,
-    pub timeout_seconds: Option<u64>,
-}
-
-/// Where a secret comes from.
-#[derive(Clone)]
-pub enum SecretSource {
-    Value(Secret),
-    /// A Key Vault secret name.
-    KeyVault(String),
-}
-
-impl SecretSource {
-    fn describe(&self) -> String {
-        match self {
-            SecretSource::Value(_) => "(set directly)".into(),
-            SecretSource::KeyVault(n) => format!("Key Vault secret {n}"),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub enum Auth {
-    Basic {
-        username: String,
-        password: SecretSource,
-    },
-    /// `grant_type=client_credentials`, or `password` when a user is given.
-    OAuth {
-        client_id: String,
-        client_secret: SecretSource,
-        user: Option<(String, SecretSource)>,
-    },
-}
-
-/// `[servicenow]`, validated.
-#[derive(Clone)]
-pub struct ServiceNowSettings {
-    pub instance: EndpointUrl,
-    pub auth: Auth,
-    pub timeout: Duration,
-}
-
-impl std::fmt::Debug for ServiceNowSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.describe())
-    }
-}
-
-fn source(
-    value: Option<Secret>,
-    secret: Option<String>,
-    setting: &str,
-    problems: &mut Vec<(String, String)>,
-) -> Option<SecretSource> {
-    match (
-        value.filter(|v| !v.is_empty()),
-        secret.filter(|s| !s.trim().is_empty()),
-    ) {
-        (Some(v), None) => Some(SecretSource::Value(v)),
-        (None, Some(n)) => Some(SecretSource::KeyVault(n)),
-        (Some(_), Some(_)) => {
-            problems.push((
-                format!("servicenow.{setting}"),
-                format!("give {setting} or {setting}_secret, not both"),
-            ));
-            None
-        }
-        (None, None) => {
-            problems.push((
-                format!("servicenow.{setting}_secret"),
-                format!(
-                    "required: the Key Vault secret holding the {setting} (or ACCESSGATE_SERVICENOW__{} for local runs)",
-                    setting.to_uppercase()
-                ),
-            ));
-            None
-        }
-    }
-}
-
-impl ServiceNowSettings {
-    /// Validates `[servicenow]`; every problem is (setting, message).
-    pub fn parse(raw: RawServiceNow) -> Result<ServiceNowSettings, Vec<(String, String)>> {
-        let mut p = Vec::new();
-        let instance = match raw.instance_url.as_deref() {
-            None => {
-                p.push((
-                    "servicenow.instance_url".into(),
-                    "required, e.g. https://contoso.service-now.com".into(),
-                ));
-                None
-            }
-            Some(u) => match EndpointUrl::parse(u) {
-                Ok(e) => Some(e),
-                Err(e) => {
-                    p.push(("servicenow.instance_url".into(), e.to_string()));
-                    None
-                }
-            },
-        };
-        let auth = match raw.auth.as_deref().unwrap_or("basic") {
-            "basic" => {
-                let username = raw.username.filter(|u| !u.trim().is_empty());
-                if username.is_none() {
-                    p.push((
-                        "servicenow.username".into(),
-                        "required for basic auth".into(),
-                    ));
-                }
-                let password = source(raw.password, raw.password_secret, "password", &mut p);
-                username
-                    .zip(password)
-                    .map(|(username, password)| Auth::Basic { username, password })
-            }
-            "oauth" => {
-                let client_id = raw.client_id.filter(|c| !c.trim().is_empty());
-                if client_id.is_none() {
-                    p.push(("servicenow.client_id".into(), "required for oauth".into()));
-                }
-                let secret = source(
-                    raw.client_secret,
-                    raw.client_secret_secret,
-                    "client_secret",
-                    &mut p,
-                );
-                let user = match raw.username.filter(|u| !u.trim().is_empty()) {
-                    None => None,
-                    Some(u) => source(raw.password, raw.password_secret, "password", &mut p)
-                        .map(|s| (u, s)),
-                };
-                client_id
-                    .zip(secret)
-                    .map(|(client_id, client_secret)| Auth::OAuth {
-                        client_id,
-                        client_secret,
-                        user,
-                    })
-            }
-            _ => {
-                p.push(("servicenow.auth".into(), "must be basic or oauth".into()));
-                None
-            }
-        };
-        let secs = raw.timeout_seconds.unwrap_or(10);
-        if !(1..=120).contains(&secs) {
-            p.push((
-                "servicenow.timeout_seconds".into(),
-                "must be between 1 and 120".into(),
-            ));
-        }
-        match (instance, auth) {
-            (Some(instance), Some(auth)) if p.is_empty() => Ok(ServiceNowSettings {
-                instance,
-                auth,
-                timeout: Duration::from_secs(secs),
-            }),
-            _ => Err(p),
-        }
-    }
-
-    /// For `check-config`: no secret values.
-    pub fn describe(&self) -> String {
-        match &self.auth {
-            Auth::Basic { username, password } => format!(
-                "{} with basic auth as {username}, password from {}",
-                self.instance.base(),
-                password.describe()
-            ),
-            Auth::OAuth {
-                client_id,
-                client_secret,
-                user,
-            } => format!(
-                "{} with OAuth client {client_id} (secret from {}){}",
-                self.instance.base(),
-                client_secret.describe(),
-                user.as_ref()
-                    .map(|(u, s)| format!(
-                        ", password grant as {u} (password from {})",
-                        s.describe()
-                    ))
-                    .unwrap_or_else(|| ", client_credentials grant".into())
-            ),
-        }
-    }
-
-    pub fn uses_key_vault(&self) -> bool {
-        let kv = |s: &SecretSource| matches!(s, SecretSource::KeyVault(_));
-        match &self.auth {
-            Auth::Basic { password, .. } => kv(password),
-            Auth::OAuth {
-                client_secret,
-                user,
-                ..
-            } => kv(client_secret) || user.as_ref().is_some_and(|(_, s)| kv(s)),
-        }
-    }
-}
+pub mod settings;
+pub use settings::{Auth, SecretSource, Settings};
 
 /// The client.
 pub struct ServiceNow {
     http: reqwest::Client,
-    s: ServiceNowSettings,
+    s: Settings,
     credentials: Option<Arc<Credentials>>,
     /// Secrets read from Key Vault, by name.
     secrets: Mutex<std::collections::HashMap<String, Secret>>,
@@ -245,7 +35,7 @@ pub struct ServiceNow {
 impl ServiceNow {
     pub fn new(
         http: reqwest::Client,
-        s: ServiceNowSettings,
+        s: Settings,
         credentials: Option<Arc<Credentials>>,
     ) -> ServiceNow {
         ServiceNow {
@@ -515,6 +305,8 @@ mod tests {
     use axum::{Json, Router};
     use serde_json::json;
 
+    use crate::endpoint::EndpointUrl;
+
     use super::*;
 
     #[derive(Default)]
@@ -554,8 +346,18 @@ mod tests {
         (format!("http://{addr}"), seen)
     }
 
-    fn settings(toml_text: &str) -> Result<ServiceNowSettings, Vec<(String, String)>> {
-        ServiceNowSettings::parse(toml::from_str(toml_text).unwrap_or_else(|e| panic!("{e}")))
+    /// `[servicenow]` from TOML, with a vault configured (as credentials' Key Vault modes do).
+    fn settings(toml_text: &str) -> Result<Settings, Vec<(String, String)>> {
+        let vault =
+            EndpointUrl::parse("https://v.vault.azure.net").unwrap_or_else(|e| panic!("{e}"));
+        let mut p = crate::settings::Problems::default();
+        let raw = toml::from_str(toml_text).unwrap_or_else(|e| panic!("{e}"));
+        let s = Settings::from_raw(raw, Some(&vault), &mut p);
+        let (errors, _) = p.into_parts();
+        match s {
+            Some(s) if errors.is_empty() => Ok(s),
+            _ => Err(errors.into_iter().map(|e| (e.setting, e.message)).collect()),
+        }
     }
 
     fn deadline() -> Instant {

@@ -1,0 +1,221 @@
+//! config's own tests: the layering of file and environment, and the assembled `Config`.
+//! Each section's own checks are tested next to its `Settings`.
+
+use super::*;
+use crate::auth::settings::{ELM_APP_ID, LCW_APP_ID, normalize_resource};
+use crate::auth::{IngressMode, PopAlgorithm};
+use crate::credentials::CredentialMode;
+
+const GOOD: &str = r#"
+[identity]
+tenant_id = "11111111-2222-3333-4444-555555555555"
+[inbound]
+audiences = ["api://accessgate"]
+[credentials]
+client_id = "aaaaaaaa-0000-0000-0000-000000000001"
+"#;
+
+fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn good_config_with_secret_from_env_loads_with_defaults() {
+    let c = from_sources(
+        GOOD,
+        &env(&[("ACCESSGATE_CREDENTIALS__CLIENT_SECRET", "s3cret")]),
+        Path::new("."),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    match &c.credentials.mode {
+        CredentialMode::ClientSecret { secret, .. } => assert_eq!(secret.expose(), "s3cret"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.graph.base_url.base(), "https://graph.microsoft.com");
+    assert_eq!(
+        c.identity.authority.base(),
+        "https://login.microsoftonline.com"
+    );
+    assert_eq!(c.inbound.allowed_app_ids, vec![ELM_APP_ID, LCW_APP_ID]);
+    assert_eq!(c.server.max_body_bytes, 1024 * 1024);
+    assert!(!format!("{c:?}").contains("s3cret"));
+}
+
+#[test]
+fn env_overrides_win_and_parse_numbers() {
+    let c = from_sources(
+        GOOD,
+        &env(&[
+            ("ACCESSGATE_CREDENTIALS__CLIENT_SECRET", "x"),
+            ("ACCESSGATE_WORKER__CONCURRENCY", "7"),
+            ("ACCESSGATE_IDENTITY__CLOUD", "usgov"),
+        ]),
+        Path::new("."),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.worker.concurrency, 7);
+    assert_eq!(c.graph.base_url.base(), "https://graph.microsoft.us");
+    assert_eq!(c.graph.scope, "https://graph.microsoft.us/.default");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let bad = r#"
+[identity]
+tenant_id = "contoso.onmicrosoft.com"
+authority = "http://login.example.com"
+[graph]
+base_url = "http://graph.example.com"
+[worker]
+default_callback_timeout = "an hour"
+[nonsense]
+x = 1
+"#;
+    let errs = from_sources(bad, &env(&[]), Path::new("."))
+        .err()
+        .map(|e| e.0)
+        .unwrap_or_default();
+    let settings: Vec<&str> = errs.iter().map(|p| p.setting.as_str()).collect();
+    for s in [
+        "identity.tenant_id",
+        "identity.authority",
+        "graph.base_url",
+        "credentials.client_id",
+        "credentials.client_secret",
+        "extensions",
+        "worker.default_callback_timeout",
+        "nonsense",
+    ] {
+        assert!(settings.contains(&s), "missing {s} in {settings:?}");
+    }
+}
+
+const RES: &str = "/subscriptions/22222222-3333-4444-5555-666666666666/resourceGroups/rg/providers/Microsoft.Logic/workflows/la";
+
+#[test]
+fn extensions_from_file_and_environment() {
+    let text = format!(
+        "{GOOD}[extensions.finance]\nresource = \"{RES}\"\ncatalog_ids = [\"C0000000-0000-0000-0000-000000000001\"]\n"
+    );
+    let c = from_sources(
+        &text,
+        &env(&[
+            ("ACCESSGATE_CREDENTIALS__CLIENT_SECRET", "x"),
+            ("ACCESSGATE_EXTENSIONS__HR__RESOURCE", &format!("{RES}-hr")),
+            ("ACCESSGATE_EXTENSIONS__HR__HOST", "Management.Azure.com"),
+        ]),
+        Path::new("."),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<&str> = c.extensions.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["finance", "hr"]);
+    let fin = &c.extensions[0];
+    assert_eq!(fin.host, "management.azure.com");
+    assert_eq!(fin.resource_key, normalize_resource(RES));
+    assert!(fin.serves_catalog(Some("c0000000-0000-0000-0000-000000000001")));
+    assert!(!fin.serves_catalog(Some("c0000000-0000-0000-0000-000000000002")));
+    assert!(!fin.serves_catalog(None));
+    assert!(c.extensions[1].serves_catalog(None));
+    assert_eq!(c.extensions[1].host, "management.azure.com");
+    assert_eq!(c.inbound.mode, IngressMode::Direct);
+    assert_eq!(
+        c.inbound.pop.algorithms,
+        [PopAlgorithm::Rs256, PopAlgorithm::Ps256]
+    );
+    assert_eq!(c.inbound.pop.lifetime, Duration::from_secs(300));
+    assert_eq!(c.inbound.pop.future_skew, Duration::from_secs(60));
+}
+
+#[test]
+fn every_string_key_is_a_setting_of_its_section() {
+    for (sec, keys) in STRING_KEYS {
+        for key in *keys {
+            let var = format!("ACCESSGATE_{}__{}", sec.to_uppercase(), key.to_uppercase());
+            let errs = from_sources("", &env(&[(&var, "x")]), Path::new("."))
+                .err()
+                .map(|e| e.0)
+                .unwrap_or_default();
+            assert!(
+                !errs.iter().any(|p| p.message.contains("unknown field")),
+                "{var}: {errs:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn unknown_key_in_a_section_is_named() {
+    let errs = from_sources("[server]\nlisten_addr = \"x\"\n", &env(&[]), Path::new("."))
+        .err()
+        .map(|e| e.0)
+        .unwrap_or_default();
+    assert!(
+        errs.iter()
+            .any(|p| p.setting == "server" && p.message.contains("listen_addr")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn reserved_variables_are_not_overrides_and_numeric_secrets_stay_strings() {
+    let c = from_sources(
+        GOOD,
+        &env(&[
+            ("ACCESSGATE_CONFIG", "x.toml"),
+            ("ACCESSGATE_LOG", "debug"),
+            ("ACCESSGATE_EMULATOR_PORT", "7700"),
+            ("ACCESSGATE_CREDENTIALS__CLIENT_SECRET", "12345678"),
+        ]),
+        Path::new("."),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    match &c.credentials.mode {
+        CredentialMode::ClientSecret { secret, .. } => assert_eq!(secret.expose(), "12345678"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn type_errors_never_print_the_value() {
+    let text = format!("{GOOD}client_secret = 987654321\n");
+    let errs = from_sources(&text, &env(&[]), Path::new("."))
+        .err()
+        .map(|e| e.0)
+        .unwrap_or_default();
+    let all = format!("{errs:?}");
+    assert!(errs.iter().any(|p| p.setting == "credentials"), "{all}");
+    assert!(!all.contains("987654321"), "{all}");
+}
+
+const BASE: &str = r#"
+[identity]
+tenant_id = "11111111-2222-3333-4444-555555555555"
+[inbound]
+audiences = ["api://accessgate"]
+"#;
+const APP: &str = "aaaaaaaa-0000-0000-0000-000000000001";
+
+#[test]
+fn national_clouds_pick_their_key_vault_audience() {
+    let c = from_sources(
+        &format!("{BASE}[credentials]\nclient_id = \"{APP}\"\n"),
+        &env(&[
+            ("ACCESSGATE_CREDENTIALS__CLIENT_SECRET", "x"),
+            ("ACCESSGATE_IDENTITY__CLOUD", "china"),
+        ]),
+        Path::new("."),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.credentials.key_vault_resource, "https://vault.azure.cn");
+    assert_eq!(
+        c.graph.base_url.base(),
+        "https://microsoftgraph.chinacloudapi.cn"
+    );
+    assert_eq!(
+        c.identity.authority.base(),
+        "https://login.chinacloudapi.cn"
+    );
+}

@@ -1,0 +1,232 @@
+//! `[servicenow]`: the Table API instance and how accessgate signs in to it.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::endpoint::EndpointUrl;
+use crate::secret::Secret;
+use crate::settings::{self, Problems};
+
+/// `[servicenow]` as written.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Raw {
+    pub instance_url: Option<String>,
+    pub auth: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub password_secret: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<Secret>,
+    pub client_secret_secret: Option<String>,
+    pub timeout_seconds: Option<u64>,
+}
+
+/// Keys of `[servicenow]` whose environment values stay strings (`config` layers them verbatim).
+pub const STRING_KEYS: &[&str] = &[
+    "instance_url",
+    "auth",
+    "username",
+    "password",
+    "password_secret",
+    "client_id",
+    "client_secret",
+    "client_secret_secret",
+];
+
+/// Where a secret comes from.
+#[derive(Clone)]
+pub enum SecretSource {
+    Value(Secret),
+    /// A Key Vault secret name.
+    KeyVault(String),
+}
+
+impl SecretSource {
+    fn describe(&self) -> String {
+        match self {
+            SecretSource::Value(_) => "(set directly)".into(),
+            SecretSource::KeyVault(n) => format!("Key Vault secret {n}"),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub enum Auth {
+    Basic {
+        username: String,
+        password: SecretSource,
+    },
+    /// `grant_type=client_credentials`, or `password` when a user is given.
+    OAuth {
+        client_id: String,
+        client_secret: SecretSource,
+        user: Option<(String, SecretSource)>,
+    },
+}
+
+/// `[servicenow]`, validated.
+#[derive(Clone)]
+pub struct Settings {
+    pub instance: EndpointUrl,
+    pub auth: Auth,
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+fn source(
+    value: Option<Secret>,
+    secret: Option<String>,
+    setting: &str,
+    p: &mut Problems,
+) -> Option<SecretSource> {
+    match (
+        value.filter(|v| !v.is_empty()),
+        secret.filter(|s| !s.trim().is_empty()),
+    ) {
+        (Some(v), None) => Some(SecretSource::Value(v)),
+        (None, Some(n)) => Some(SecretSource::KeyVault(n)),
+        (Some(_), Some(_)) => {
+            p.push(
+                &format!("servicenow.{setting}"),
+                &format!("give {setting} or {setting}_secret, not both"),
+            );
+            None
+        }
+        (None, None) => {
+            p.push(
+                &format!("servicenow.{setting}_secret"),
+                &format!(
+                    "required: the Key Vault secret holding the {setting} (or ACCESSGATE_SERVICENOW__{} for local runs)",
+                    setting.to_uppercase()
+                ),
+            );
+            None
+        }
+    }
+}
+
+impl Settings {
+    /// Validates `[servicenow]`; `None` when it has problems. `vault` is credentials' Key Vault,
+    /// where `*_secret` settings are read.
+    pub fn from_raw(raw: Raw, vault: Option<&EndpointUrl>, p: &mut Problems) -> Option<Settings> {
+        let before = p.count();
+        let instance = match raw.instance_url.as_deref() {
+            None => {
+                p.push(
+                    "servicenow.instance_url",
+                    "required, e.g. https://contoso.service-now.com",
+                );
+                None
+            }
+            Some(u) => settings::endpoint(p, "servicenow.instance_url", u),
+        };
+        let auth = match raw.auth.as_deref().unwrap_or("basic") {
+            "basic" => {
+                let username = raw.username.filter(|u| !u.trim().is_empty());
+                if username.is_none() {
+                    p.push("servicenow.username", "required for basic auth");
+                }
+                let password = source(raw.password, raw.password_secret, "password", p);
+                username
+                    .zip(password)
+                    .map(|(username, password)| Auth::Basic { username, password })
+            }
+            "oauth" => {
+                let client_id = raw.client_id.filter(|c| !c.trim().is_empty());
+                if client_id.is_none() {
+                    p.push("servicenow.client_id", "required for oauth");
+                }
+                let secret = source(
+                    raw.client_secret,
+                    raw.client_secret_secret,
+                    "client_secret",
+                    p,
+                );
+                let user = match raw.username.filter(|u| !u.trim().is_empty()) {
+                    None => None,
+                    Some(u) => {
+                        source(raw.password, raw.password_secret, "password", p).map(|s| (u, s))
+                    }
+                };
+                client_id
+                    .zip(secret)
+                    .map(|(client_id, client_secret)| Auth::OAuth {
+                        client_id,
+                        client_secret,
+                        user,
+                    })
+            }
+            _ => {
+                p.push("servicenow.auth", "must be basic or oauth");
+                None
+            }
+        };
+        let timeout = settings::seconds(
+            p,
+            "servicenow.timeout_seconds",
+            raw.timeout_seconds,
+            10,
+            1..=120,
+        );
+        let s = match (instance, auth) {
+            (Some(instance), Some(auth)) if p.count() == before => Settings {
+                instance,
+                auth,
+                timeout,
+            },
+            _ => return None,
+        };
+        if s.uses_key_vault() && vault.is_none() {
+            p.push(
+                "servicenow",
+                "a *_secret setting names a Key Vault secret, but there is no vault: use credentials.mode key_vault_secret or key_vault_certificate with credentials.key_vault_url, or set the value through ACCESSGATE_SERVICENOW__PASSWORD / __CLIENT_SECRET",
+            );
+        }
+        Some(s)
+    }
+
+    /// For `check-config`: no secret values.
+    pub fn describe(&self) -> String {
+        match &self.auth {
+            Auth::Basic { username, password } => format!(
+                "{} with basic auth as {username}, password from {}",
+                self.instance.base(),
+                password.describe()
+            ),
+            Auth::OAuth {
+                client_id,
+                client_secret,
+                user,
+            } => format!(
+                "{} with OAuth client {client_id} (secret from {}){}",
+                self.instance.base(),
+                client_secret.describe(),
+                user.as_ref()
+                    .map(|(u, s)| format!(
+                        ", password grant as {u} (password from {})",
+                        s.describe()
+                    ))
+                    .unwrap_or_else(|| ", client_credentials grant".into())
+            ),
+        }
+    }
+
+    pub fn uses_key_vault(&self) -> bool {
+        let kv = |s: &SecretSource| matches!(s, SecretSource::KeyVault(_));
+        match &self.auth {
+            Auth::Basic { password, .. } => kv(password),
+            Auth::OAuth {
+                client_secret,
+                user,
+                ..
+            } => kv(client_secret) || user.as_ref().is_some_and(|(_, s)| kv(s)),
+        }
+    }
+}
