@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::json_lookup::get_ci;
+
 /// An entitlement-management custom extension stage (`accessPackageCustomExtensionStage`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -223,15 +225,9 @@ impl CalloutError {
     }
 }
 
-/// Case-insensitive lookup of a key in an object.
+/// Case-insensitive lookup of a key in an object; a `null` counts as absent.
 fn get<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    obj.get(key)
-        .or_else(|| {
-            obj.iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(key))
-                .map(|(_, v)| v)
-        })
-        .filter(|v| !v.is_null())
+    get_ci(obj, key).filter(|v| !v.is_null())
 }
 
 fn get_obj<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Map<String, Value>> {

@@ -23,6 +23,7 @@ use super::{
 };
 use crate::callout::Callout;
 use crate::graph::{BatchAnswer, BatchGet, GraphClient};
+use crate::json_lookup::get_ci_value;
 
 /// Settings of the directory reads (`[directory]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -255,12 +256,7 @@ fn user_facts(
 
 /// Answers in either Graph shape (`answeredQuestion.text`) or the callout's PascalCase.
 pub fn answer_of(v: &Value) -> Option<Answer> {
-    let get = |o: &Value, k: &str| -> Option<Value> {
-        o.as_object()?
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(k))
-            .map(|(_, v)| v.clone())
-    };
+    let get = |o: &Value, k: &str| get_ci_value(o, k).cloned();
     let value = get(v, "value")?;
     let value = match value {
         Value::String(s) => s,
