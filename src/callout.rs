@@ -85,13 +85,19 @@ impl fmt::Display for Stage {
     }
 }
 
-/// An identifier that goes into a Graph URL path or a database key: non-empty, at most 128
-/// characters of `[A-Za-z0-9._-]`, not `.` or `..`.
+/// The one rule for an identifier that goes into a Graph URL (a path segment or an OData
+/// string literal) or a database key: non-empty, at most 128 characters of `[A-Za-z0-9._@-]`,
+/// not `.` or `..`. Object ids and UPNs (at most 113 characters) fit; anything else is refused
+/// rather than escaped. `@` is a plain path character (RFC 3986 `pchar`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Id(String);
 
+/// What [`Id::parse`] accepts, for error messages.
+pub const ID_RULE: &str = "must be 1-128 characters of A-Z a-z 0-9 . _ - @";
+
 impl Id {
+    /// The id in `s` (surrounding whitespace trimmed), or `None` when it breaks the rule.
     pub fn parse(s: &str) -> Option<Id> {
         let s = s.trim();
         let ok = !s.is_empty()
@@ -99,7 +105,7 @@ impl Id {
             && s != "."
             && s != ".."
             && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'));
         ok.then(|| Id(s.to_owned()))
     }
     pub fn as_str(&self) -> &str {
@@ -340,19 +346,13 @@ pub fn parse(body: &[u8]) -> Result<Parsed, CalloutError> {
     let stage_instance_id = match get_str(obj, "customExtensionStageInstanceId") {
         None => return Err(CalloutError::Missing("customExtensionStageInstanceId")),
         Some(s) => Id::parse(&s).ok_or_else(|| {
-            CalloutError::Invalid(
-                "customExtensionStageInstanceId",
-                "must be 1-128 characters of A-Z a-z 0-9 . _ -".into(),
-            )
+            CalloutError::Invalid("customExtensionStageInstanceId", ID_RULE.into())
         })?,
     };
     let request_id = match get_str(obj, "accessPackageAssignmentRequestId") {
         None => return Err(CalloutError::Missing("accessPackageAssignmentRequestId")),
         Some(s) => Id::parse(&s).ok_or_else(|| {
-            CalloutError::Invalid(
-                "accessPackageAssignmentRequestId",
-                "must be 1-128 characters of A-Z a-z 0-9 . _ -".into(),
-            )
+            CalloutError::Invalid("accessPackageAssignmentRequestId", ID_RULE.into())
         })?,
     };
 
