@@ -9,7 +9,6 @@ use serde::Deserialize;
 
 use super::{Check, CheckCtx, Finding, Verdict};
 use crate::directory::Needs;
-use crate::directory::graph::answer_of;
 use crate::tickets::TicketRecord;
 
 /// Numbers of the common task tables (incident, requested item, request, change, task).
@@ -122,19 +121,14 @@ impl TicketCheck {
         let mut lines = Vec::new();
         let request = ctx.facts.request.get().ok();
         if let Some(q) = &self.s.number_from_answer {
-            let matches = |qid: &Option<String>, qtext: &Option<String>| {
-                [qid, qtext]
-                    .into_iter()
-                    .flatten()
-                    .any(|v| v.trim().eq_ignore_ascii_case(q.trim()))
-            };
+            // The callout's answers first, then the request's as Graph holds it.
             let answer = ctx
                 .callout
                 .answers
+                .parsed()
                 .iter()
-                .filter_map(answer_of)
-                .chain(request.iter().flat_map(|r| r.answers.iter().cloned()))
-                .find(|a| matches(&a.question_id, &a.question));
+                .chain(request.iter().flat_map(|r| r.answers.iter()))
+                .find(|a| a.answers(q));
             match answer {
                 Some(a) => {
                     // The answer may be the bare number or a sentence around it.

@@ -19,11 +19,10 @@ use serde_json::Value;
 
 use super::fixtures::{external_values, parse_graph_time, target_id};
 use super::{
-    Answer, Directory, Facts, Fetched, Held, HeldAppRole, Holdings, Needs, RequestFacts, UserFacts,
+    Directory, Facts, Fetched, Held, HeldAppRole, Holdings, Needs, RequestFacts, UserFacts,
 };
-use crate::callout::{Callout, Id};
+use crate::callout::{Answer, Callout, Id};
 use crate::graph::{BatchAnswer, BatchGet, GraphClient};
-use crate::json_lookup::get_ci_value;
 
 /// Settings of the directory reads (`[directory]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,23 +244,6 @@ fn user_facts(
     })
 }
 
-/// Answers in either Graph shape (`answeredQuestion.text`) or the callout's PascalCase.
-pub fn answer_of(v: &Value) -> Option<Answer> {
-    let get = |o: &Value, k: &str| get_ci_value(o, k).cloned();
-    let value = get(v, "value")?;
-    let value = match value {
-        Value::String(s) => s,
-        Value::Null => return None,
-        other => other.to_string(),
-    };
-    let q = get(v, "answeredQuestion").unwrap_or(Value::Null);
-    Some(Answer {
-        question_id: get(&q, "id").and_then(|v| v.as_str().map(str::to_owned)),
-        question: get(&q, "text").and_then(|v| v.as_str().map(str::to_owned)),
-        value,
-    })
-}
-
 #[async_trait::async_trait]
 impl Directory for GraphDirectory {
     async fn facts(&self, callout: &Callout, needs: Needs, deadline: Instant) -> Facts {
@@ -398,7 +380,7 @@ impl Directory for GraphDirectory {
                         .as_array()
                         .into_iter()
                         .flatten()
-                        .filter_map(answer_of)
+                        .filter_map(Answer::from_json)
                         .collect(),
                 }),
             };
@@ -419,23 +401,6 @@ mod tests {
         assert!(safe_id("alice@contoso.example"));
         for bad in ["", "a'b", "a/b", "a b", "a?x=1", "a%2f", ".", "..", "a#b"] {
             assert!(!safe_id(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn answers_in_both_casings() {
-        let graph = serde_json::json!({"value": "RITM1", "answeredQuestion": {"id": "q1", "text": "Ticket"}});
-        let pascal = serde_json::json!({"Value": "RITM1", "AnsweredQuestion": {"Id": "q1", "Text": "Ticket"}});
-        for v in [graph, pascal] {
-            let a = answer_of(&v).unwrap_or_default();
-            assert_eq!(
-                (
-                    a.value.as_str(),
-                    a.question.as_deref(),
-                    a.question_id.as_deref()
-                ),
-                ("RITM1", Some("Ticket"), Some("q1"))
-            );
         }
     }
 }

@@ -117,15 +117,8 @@ pub struct Holdings {
     pub external_entitlements: Vec<String>,
 }
 
-/// One answer the requestor gave.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Answer {
-    pub question_id: Option<String>,
-    /// The question's text as the requestor saw it.
-    pub question: Option<String>,
-    pub value: String,
-}
+/// One answer the requestor gave (parsed where callouts are, for both sources).
+pub use crate::callout::Answer;
 
 /// The request being decided, as Graph holds it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
