@@ -221,10 +221,7 @@ pub fn parse_graph_time(t: &str) -> Option<jiff::Timestamp> {
 }
 
 fn fetched<T>(r: Result<T, FixtureError>) -> Fetched<T> {
-    match r {
-        Ok(v) => Fetched::Ok(v),
-        Err(e) => Fetched::Failed(e.to_string()),
-    }
+    r.map_or_else(Fetched::failed, Fetched::Ok)
 }
 
 /// The world as a directory.
@@ -409,7 +406,18 @@ mod tests {
             u.employee_hire_date.map(|t| t.to_string()),
             Some("2024-02-01T00:00:00Z".into())
         );
-        assert!(world().user_facts("nobody").is_err());
+        assert_eq!(
+            world().user_facts("nobody").err(),
+            Some(FixtureError::NoSuchUser("nobody".into()))
+        );
+        assert_eq!(
+            FixtureError::NoSuchUser("nobody".into()).to_string(),
+            "user nobody does not exist (Graph would answer 404)"
+        );
+        assert_eq!(
+            world().request_facts("r9").err().map(|e| e.to_string()),
+            Some("request r9 does not exist (Graph would answer 404)".into())
+        );
     }
 
     #[tokio::test]
