@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::json_lookup::{get_ci, get_ci_value};
+
 /// An entitlement-management custom extension stage (`accessPackageCustomExtensionStage`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -83,13 +85,19 @@ impl fmt::Display for Stage {
     }
 }
 
-/// An identifier that goes into a Graph URL path or a database key: non-empty, at most 128
-/// characters of `[A-Za-z0-9._-]`, not `.` or `..`.
+/// The one rule for an identifier that goes into a Graph URL (a path segment or an OData
+/// string literal) or a database key: non-empty, at most 128 characters of `[A-Za-z0-9._@-]`,
+/// not `.` or `..`. Object ids and UPNs (at most 113 characters) fit; anything else is refused
+/// rather than escaped. `@` is a plain path character (RFC 3986 `pchar`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Id(String);
 
+/// What [`Id::parse`] accepts, for error messages.
+pub const ID_RULE: &str = "must be 1-128 characters of A-Z a-z 0-9 . _ - @";
+
 impl Id {
+    /// The id in `s` (surrounding whitespace trimmed), or `None` when it breaks the rule.
     pub fn parse(s: &str) -> Option<Id> {
         let s = s.trim();
         let ok = !s.is_empty()
@@ -97,7 +105,7 @@ impl Id {
             && s != "."
             && s != ".."
             && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'));
         ok.then(|| Id(s.to_owned()))
     }
     pub fn as_str(&self) -> &str {
@@ -151,6 +159,81 @@ pub struct Subject {
     pub display_name: Option<String>,
 }
 
+/// One answer the requestor gave, from the callout's `answers` or Graph's request object.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Answer {
+    pub question_id: Option<String>,
+    /// The question's text as the requestor saw it.
+    pub question: Option<String>,
+    pub value: String,
+}
+
+impl Answer {
+    /// An `accessPackageAnswer` in Graph's camelCase or the callout's PascalCase
+    /// (`value`, `answeredQuestion.{id,text}`). `None` when it has no value.
+    pub fn from_json(v: &Value) -> Option<Answer> {
+        let text = |o: &Value, k: &str| {
+            get_ci_value(o, k)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        let value = match get_ci_value(v, "value")? {
+            Value::String(s) => s.clone(),
+            Value::Null => return None,
+            other => other.to_string(),
+        };
+        let q = get_ci_value(v, "answeredQuestion").unwrap_or(&Value::Null);
+        Some(Answer {
+            question_id: text(q, "id"),
+            question: text(q, "text"),
+            value,
+        })
+    }
+
+    /// Whether this answers `question`, named by its text or its id (trimmed, any ASCII case).
+    pub fn answers(&self, question: &str) -> bool {
+        let want = question.trim();
+        [&self.question_id, &self.question]
+            .into_iter()
+            .flatten()
+            .any(|v| v.trim().eq_ignore_ascii_case(want))
+    }
+}
+
+/// The callout's `answers`: kept as sent (queue messages carry them so) and parsed once into
+/// [`Answer`]s, on parse and on every deserialization.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "Vec<Value>", into = "Vec<Value>")]
+pub struct Answers {
+    raw: Vec<Value>,
+    parsed: Vec<Answer>,
+}
+
+impl Answers {
+    /// The answers as received, including any that carry no value.
+    pub fn raw(&self) -> &[Value] {
+        &self.raw
+    }
+    /// The answers that carry a value.
+    pub fn parsed(&self) -> &[Answer] {
+        &self.parsed
+    }
+}
+
+impl From<Vec<Value>> for Answers {
+    fn from(raw: Vec<Value>) -> Answers {
+        let parsed = raw.iter().filter_map(Answer::from_json).collect();
+        Answers { raw, parsed }
+    }
+}
+
+impl From<Answers> for Vec<Value> {
+    fn from(a: Answers) -> Vec<Value> {
+        a.raw
+    }
+}
+
 /// The normalized callout: everything the worker needs, plus the original object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -167,7 +250,7 @@ pub struct Callout {
     pub assignment_policy: Named,
     pub target: Subject,
     pub requestor: Subject,
-    pub answers: Vec<Value>,
+    pub answers: Answers,
     pub shape: WireShape,
     /// The callout object exactly as received (the `data` object for the envelope shape).
     pub raw: Value,
@@ -223,15 +306,9 @@ impl CalloutError {
     }
 }
 
-/// Case-insensitive lookup of a key in an object.
+/// Case-insensitive lookup of a key in an object; a `null` counts as absent.
 fn get<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    obj.get(key)
-        .or_else(|| {
-            obj.iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(key))
-                .map(|(_, v)| v)
-        })
-        .filter(|v| !v.is_null())
+    get_ci(obj, key).filter(|v| !v.is_null())
 }
 
 fn get_obj<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Map<String, Value>> {
@@ -344,19 +421,13 @@ pub fn parse(body: &[u8]) -> Result<Parsed, CalloutError> {
     let stage_instance_id = match get_str(obj, "customExtensionStageInstanceId") {
         None => return Err(CalloutError::Missing("customExtensionStageInstanceId")),
         Some(s) => Id::parse(&s).ok_or_else(|| {
-            CalloutError::Invalid(
-                "customExtensionStageInstanceId",
-                "must be 1-128 characters of A-Z a-z 0-9 . _ -".into(),
-            )
+            CalloutError::Invalid("customExtensionStageInstanceId", ID_RULE.into())
         })?,
     };
     let request_id = match get_str(obj, "accessPackageAssignmentRequestId") {
         None => return Err(CalloutError::Missing("accessPackageAssignmentRequestId")),
         Some(s) => Id::parse(&s).ok_or_else(|| {
-            CalloutError::Invalid(
-                "accessPackageAssignmentRequestId",
-                "must be 1-128 characters of A-Z a-z 0-9 . _ -".into(),
-            )
+            CalloutError::Invalid("accessPackageAssignmentRequestId", ID_RULE.into())
         })?,
     };
 
@@ -382,8 +453,8 @@ pub fn parse(body: &[u8]) -> Result<Parsed, CalloutError> {
     let callback_uri_path = get_str(obj, "callbackUriPath");
     let assignment = get_obj(obj, "assignment");
     let answers = match get(obj, "answers") {
-        Some(Value::Array(a)) => a.clone(),
-        _ => Vec::new(),
+        Some(Value::Array(a)) => Answers::from(a.clone()),
+        _ => Answers::default(),
     };
 
     Ok(Parsed::Callout(Box::new(Callout {
@@ -432,7 +503,11 @@ mod tests {
         assert_eq!(c.target.object_id.as_deref(), Some("u1"));
         assert_eq!(c.assignment_policy.id.as_deref(), Some("p"));
         assert_eq!(c.shape, WireShape::Flat);
-        assert_eq!(c.answers.len(), 1);
+        assert_eq!(c.answers.raw().len(), 1);
+        assert!(
+            c.answers.parsed().is_empty(),
+            "an answer without a value is kept raw only"
+        );
         assert_eq!(c.raw["SomethingNew"], Value::Bool(true));
         assert!(c.expects_resume());
     }
@@ -513,6 +588,44 @@ mod tests {
         assert!(!names(
             "https://evil/identityGovernance/entitlementManagement/assignmentRequests/r1/resume"
         ));
+    }
+
+    #[test]
+    fn answers_in_both_casings() {
+        let graph = serde_json::json!({"value": "RITM1", "answeredQuestion": {"id": "q1", "text": "Ticket"}});
+        let pascal = serde_json::json!({"Value": "RITM1", "AnsweredQuestion": {"Id": "q1", "Text": "Ticket"}});
+        for v in [graph, pascal] {
+            let a = Answer::from_json(&v).unwrap_or_default();
+            assert_eq!(
+                (
+                    a.value.as_str(),
+                    a.question.as_deref(),
+                    a.question_id.as_deref()
+                ),
+                ("RITM1", Some("Ticket"), Some("q1"))
+            );
+            assert!(a.answers(" ticket ") && a.answers("Q1") && !a.answers("other"));
+        }
+        assert_eq!(Answer::from_json(&serde_json::json!({"value": null})), None);
+        let n = Answer::from_json(&serde_json::json!({"value": 7})).unwrap_or_default();
+        assert_eq!(n.value, "7");
+    }
+
+    #[test]
+    fn answers_survive_a_queue_round_trip_as_sent() {
+        let raw = vec![
+            serde_json::json!({"Value": "x", "AnsweredQuestion": {"Text": "T"}}),
+            serde_json::json!({"x": 1}),
+        ];
+        let a = Answers::from(raw.clone());
+        let text = serde_json::to_string(&a).unwrap_or_default();
+        assert_eq!(
+            serde_json::from_str::<Value>(&text).ok(),
+            Some(Value::Array(raw))
+        );
+        let back: Answers = serde_json::from_str(&text).unwrap_or_default();
+        assert_eq!(back, a);
+        assert_eq!(back.parsed().len(), 1);
     }
 
     #[test]

@@ -74,14 +74,7 @@ fn invocation(outputs: Map<String, Value>, logs: Vec<String>) -> Value {
 }
 
 /// Case-insensitive object lookup.
-fn get_ci<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
-    let o = v.as_object()?;
-    o.get(key).or_else(|| {
-        o.iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v)
-    })
-}
+use crate::json_lookup::get_ci_value as get_ci;
 
 /// Values may arrive JSON-encoded once more (`"\"abc\""`); strips that layer.
 fn unquote(v: &Value) -> Option<String> {

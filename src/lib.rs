@@ -21,6 +21,7 @@ pub mod functions;
 pub mod graph;
 pub mod ingress;
 pub mod intake;
+pub mod json_lookup;
 pub mod outbound;
 pub mod policy;
 pub mod queue;

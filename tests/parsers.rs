@@ -80,12 +80,14 @@ fn json_value() -> impl Strategy<Value = Value> {
     })
 }
 
+/// One path segment: unreserved characters and `@` (an RFC 3986 `pchar`, for UPNs); no `/`,
+/// `%`, `?`, `#`, and never `.` or `..`.
 fn url_safe(s: &str) -> bool {
     !s.is_empty()
         && s != "."
         && s != ".."
         && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
 }
 
 proptest! {
@@ -101,7 +103,7 @@ proptest! {
     #[test]
     fn callout_shaped_json_parses_to_safe_ids_or_a_clear_error(
         edits in prop::collection::vec((prop::sample::select(KEYS), json_value()), 0..6),
-        ids in ("[A-Za-z0-9._/%-]{0,12}", "[A-Za-z0-9._/%-]{0,12}"),
+        ids in ("[A-Za-z0-9._/%@-]{0,12}", "[A-Za-z0-9._/%@-]{0,12}"),
     ) {
         // Start from a valid callout and corrupt it, so most cases reach the deep checks.
         let mut v = serde_json::json!({

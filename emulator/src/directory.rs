@@ -8,8 +8,7 @@
 //! failure); a `$batch` is one entry in the call log, its inner requests are counted in
 //! `graph_batch_inner_requests`; faults apply to the outer HTTP call.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
+use std::collections::{BTreeSet, HashMap};
 
 use axum::Json;
 use axum::Router;
@@ -18,7 +17,6 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::entra::{self, Caller};
@@ -26,170 +24,15 @@ use crate::faults::{self, FaultTarget};
 use crate::graph::{auth_error, graph_error};
 use crate::state::{AppState, Inner, Shared};
 
-/// A world file: the directory and ServiceNow data of an emulated tenant.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct World {
-    /// Graph user objects; `manager`, `sponsors` and `appRoleAssignments` are relationships.
-    #[serde(default)]
-    pub users: Vec<Map<String, Value>>,
-    #[serde(default)]
-    pub groups: Vec<WorldGroup>,
-    #[serde(default)]
-    pub access_packages: Vec<WorldPackage>,
-    #[serde(default)]
-    pub assignments: Vec<WorldAssignment>,
-    #[serde(default)]
-    pub requests: Vec<WorldRequest>,
-    #[serde(default)]
-    pub servicenow: WorldServiceNow,
-}
+pub use accessgate_world::{
+    World, WorldAnswer, WorldAssignment, WorldError, WorldGroup, WorldPackage, WorldRequest,
+    WorldServiceNow, WorldUser,
+};
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WorldGroup {
-    pub id: String,
-    #[serde(default)]
-    pub display_name: Option<String>,
-    #[serde(default)]
-    pub members: Vec<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WorldPackage {
-    pub id: String,
-    #[serde(default)]
-    pub display_name: Option<String>,
-    #[serde(default)]
-    pub catalog_id: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WorldAssignment {
-    #[serde(default)]
-    pub id: Option<String>,
-    pub access_package_id: String,
-    pub target_id: String,
-    #[serde(default)]
-    pub state: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WorldAnswer {
-    #[serde(default)]
-    pub question_id: Option<String>,
-    #[serde(default)]
-    pub question: Option<String>,
-    pub value: String,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WorldRequest {
-    pub id: String,
-    pub access_package_id: String,
-    pub target_id: String,
-    #[serde(default)]
-    pub requestor_id: Option<String>,
-    #[serde(default)]
-    pub state: Option<String>,
-    #[serde(default)]
-    pub justification: Option<String>,
-    #[serde(default)]
-    pub answers: Vec<WorldAnswer>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct WorldServiceNow {
-    #[serde(default)]
-    pub tables: BTreeMap<String, Vec<Map<String, Value>>>,
-}
-
-fn sid(v: &Map<String, Value>, k: &str) -> Option<String> {
-    v.get(k).and_then(Value::as_str).map(str::to_owned)
-}
-
-impl World {
-    pub fn from_file(path: &Path) -> anyhow::Result<World> {
-        let text = std::fs::read_to_string(path)?;
-        let w: World = serde_json::from_str(&text)?;
-        w.validate()?;
-        Ok(w)
-    }
-
-    /// Every id a relationship names must exist.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        let users: BTreeSet<String> = self
-            .users
-            .iter()
-            .filter_map(|u| sid(u, "id"))
-            .map(|s| s.to_lowercase())
-            .collect();
-        if users.len() != self.users.len() {
-            anyhow::bail!("every user needs a unique id");
-        }
-        let groups: BTreeSet<String> = self.groups.iter().map(|g| g.id.to_lowercase()).collect();
-        let packages: BTreeSet<String> = self
-            .access_packages
-            .iter()
-            .map(|p| p.id.to_lowercase())
-            .collect();
-        let mut bad = Vec::new();
-        let mut need = |what: &str, id: &str, set: &[&BTreeSet<String>]| {
-            if !set.iter().any(|s| s.contains(&id.to_lowercase())) {
-                bad.push(format!("{what} {id}"));
-            }
-        };
-        for u in &self.users {
-            if let Some(m) = sid(u, "manager") {
-                need("manager", &m, &[&users]);
-            }
-            for s in u
-                .get("sponsors")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                need("sponsor", s.as_str().unwrap_or(""), &[&users, &groups]);
-            }
-        }
-        for g in &self.groups {
-            for m in &g.members {
-                need("group member", m, &[&users, &groups]);
-            }
-        }
-        for a in &self.assignments {
-            need("assignment package", &a.access_package_id, &[&packages]);
-            need("assignment target", &a.target_id, &[&users]);
-        }
-        for r in &self.requests {
-            need("request package", &r.access_package_id, &[&packages]);
-            need("request target", &r.target_id, &[&users]);
-        }
-        if bad.is_empty() {
-            Ok(())
-        } else {
-            anyhow::bail!("the world names ids that do not exist: {}", bad.join(", "))
-        }
-    }
-
-    fn user(&self, id: &str) -> Option<&Map<String, Value>> {
-        self.users.iter().find(|u| {
-            sid(u, "id").is_some_and(|i| i.eq_ignore_ascii_case(id))
-                || sid(u, "userPrincipalName").is_some_and(|p| p.eq_ignore_ascii_case(id))
-        })
-    }
-
-    fn package(&self, id: &str) -> Value {
-        let p = self
-            .access_packages
-            .iter()
-            .find(|p| p.id.eq_ignore_ascii_case(id));
-        json!({"id": id, "displayName": p.and_then(|p| p.display_name.clone())})
-    }
+/// An access package as `$expand=accessPackage` shows it (the id alone when it is unknown).
+fn package_json(w: &World, id: &str) -> Value {
+    let p = w.package(id);
+    json!({"id": id, "displayName": p.and_then(|p| p.display_name.clone())})
 }
 
 /// Graph's JSON for a world answer.
@@ -259,7 +102,7 @@ const EM_READ: [&str; 2] = [
 ];
 
 /// A user object with `$select` applied (Graph's default set without it).
-fn project(u: &Map<String, Value>, query: &HashMap<String, String>) -> Value {
+fn project(u: &WorldUser, query: &HashMap<String, String>) -> Value {
     let select: Vec<String> = match query.get("$select") {
         Some(s) => s.split(',').map(|p| p.trim().to_owned()).collect(),
         None => ["id", "displayName", "userPrincipalName", "mail"]
@@ -269,12 +112,15 @@ fn project(u: &Map<String, Value>, query: &HashMap<String, String>) -> Value {
     };
     let mut out = Map::new();
     out.insert("@odata.type".into(), json!("#microsoft.graph.user"));
-    out.insert("id".into(), u.get("id").cloned().unwrap_or(Value::Null));
+    out.insert("id".into(), json!(u.id));
     for k in select {
-        if ["manager", "sponsors", "appRoleAssignments"].contains(&k.as_str()) {
+        if ["id", "manager", "sponsors", "appRoleAssignments"].contains(&k.as_str()) {
             continue;
         }
-        out.insert(k.clone(), u.get(&k).cloned().unwrap_or(Value::Null));
+        out.insert(
+            k.clone(),
+            u.properties.get(&k).cloned().unwrap_or(Value::Null),
+        );
     }
     Value::Object(out)
 }
@@ -333,20 +179,10 @@ fn filter_clauses(filter: &str) -> Option<Vec<(String, String)>> {
 }
 
 fn transitive_groups(w: &World, member: &str) -> Vec<Value> {
-    let mut seen = BTreeSet::new();
-    let mut out = Vec::new();
-    let mut todo = vec![member.to_lowercase()];
-    while let Some(m) = todo.pop() {
-        for g in &w.groups {
-            if g.members.iter().any(|x| x.eq_ignore_ascii_case(&m))
-                && seen.insert(g.id.to_lowercase())
-            {
-                out.push(json!({"@odata.type": "#microsoft.graph.group", "id": g.id, "displayName": g.display_name}));
-                todo.push(g.id.to_lowercase());
-            }
-        }
-    }
-    out
+    w.transitive_groups(member)
+        .into_iter()
+        .map(|g| json!({"@odata.type": "#microsoft.graph.group", "id": g.id, "displayName": g.display_name}))
+        .collect()
 }
 
 /// One Graph GET against the world (an HTTP route or an inner `$batch` request).
@@ -376,7 +212,7 @@ fn read(
                 return Err(denied());
             }
             let u = w.user(id).ok_or_else(|| not_found(id))?;
-            let uid = sid(u, "id").unwrap_or_default();
+            let uid = u.id.clone();
             match rest {
                 [] => {
                     let lifecycle = query.get("$select").is_some_and(|s| {
@@ -397,17 +233,14 @@ fn read(
                     Ok(project(u, query))
                 }
                 ["manager"] => {
-                    let m = sid(u, "manager").ok_or_else(|| not_found("manager"))?;
-                    let mu = w.user(&m).ok_or_else(|| not_found(&m))?;
+                    let m = u.manager.as_deref().ok_or_else(|| not_found("manager"))?;
+                    let mu = w.user(m).ok_or_else(|| not_found(m))?;
                     Ok(project(mu, query))
                 }
                 ["sponsors"] => {
                     let items = u
-                        .get("sponsors")
-                        .and_then(Value::as_array)
-                        .into_iter()
-                        .flatten()
-                        .filter_map(Value::as_str)
+                        .sponsors
+                        .iter()
                         .filter_map(|s| w.user(s))
                         .map(|s| project(s, query))
                         .collect();
@@ -418,18 +251,16 @@ fn read(
                 }
                 ["appRoleAssignments"] => {
                     let items = u
-                        .get("appRoleAssignments")
-                        .and_then(Value::as_array)
-                        .into_iter()
-                        .flatten()
+                        .app_role_assignments
+                        .iter()
                         .map(|a| {
                             json!({
                                 "id": uuid::Uuid::new_v4().to_string(),
-                                "appRoleId": a["appRoleId"],
+                                "appRoleId": a.app_role_id,
                                 "principalId": uid,
                                 "principalType": "User",
-                                "resourceId": a["resourceId"],
-                                "resourceDisplayName": a["resourceDisplayName"],
+                                "resourceId": a.resource_id,
+                                "resourceDisplayName": a.resource_display_name,
                             })
                         })
                         .collect();
@@ -483,7 +314,7 @@ fn read(
                         let mut v = json!({"id": a.id.clone().unwrap_or_else(|| format!("{}-{}", a.target_id, a.access_package_id)),
                             "state": state, "status": "Delivered", "target": {"objectId": a.target_id}});
                         if expand {
-                            v["accessPackage"] = w.package(&a.access_package_id);
+                            v["accessPackage"] = package_json(w, &a.access_package_id);
                         }
                         v
                     })
@@ -492,12 +323,12 @@ fn read(
             } else {
                 w.requests
                     .iter()
-                    .filter(|r| r.requestor_id.as_deref().unwrap_or(&r.target_id).eq_ignore_ascii_case(&who))
+                    .filter(|r| r.requestor().eq_ignore_ascii_case(&who))
                     .map(|r| {
                         let mut v = json!({"id": r.id, "state": r.state.clone().unwrap_or_else(|| "pendingApproval".into()),
                             "status": "Accepted", "justification": r.justification, "requestType": "userAdd"});
                         if expand {
-                            v["accessPackage"] = w.package(&r.access_package_id);
+                            v["accessPackage"] = package_json(w, &r.access_package_id);
                         }
                         v
                     })

@@ -125,11 +125,7 @@ fn display(v: &Value) -> Option<String> {
 
 /// The record whose `sys_id` is `id`, in any table, with its table name.
 fn by_sys_id<'a>(inner: &'a Inner, id: &str) -> Option<(&'a str, &'a Map<String, Value>)> {
-    inner.world.servicenow.tables.iter().find_map(|(t, rows)| {
-        rows.iter()
-            .find(|r| r.get("sys_id").and_then(Value::as_str) == Some(id))
-            .map(|r| (t.as_str(), r))
-    })
+    inner.world.servicenow.by_sys_id(id)
 }
 
 /// A field, following references for dot-walked names; with the referenced table, if any.

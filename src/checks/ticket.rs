@@ -8,8 +8,7 @@ use regex::Regex;
 use serde::Deserialize;
 
 use super::{Check, CheckCtx, Finding, Verdict};
-use crate::directory::Needs;
-use crate::directory::graph::answer_of;
+use crate::directory::{FactError, Needs};
 use crate::tickets::TicketRecord;
 
 /// Numbers of the common task tables (incident, requested item, request, change, task).
@@ -56,6 +55,20 @@ pub struct TicketSettings {
     /// The reference field naming whom the ticket is for. Default `opened_for`.
     #[serde(default = "opened_for")]
     pub opened_for_field: String,
+}
+
+/// Why a found record cannot be judged: the check's verdict is then an error, not a deny.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum RecordError {
+    #[error("{0}")]
+    Fact(#[from] FactError),
+    #[error("the record has no {0}.email or {0}.user_name")]
+    NoOpenedFor(String),
+    #[error("field {field} is {value}")]
+    BadField {
+        field: String,
+        value: serde_json::Value,
+    },
 }
 
 #[derive(Debug)]
@@ -122,19 +135,14 @@ impl TicketCheck {
         let mut lines = Vec::new();
         let request = ctx.facts.request.get().ok();
         if let Some(q) = &self.s.number_from_answer {
-            let matches = |qid: &Option<String>, qtext: &Option<String>| {
-                [qid, qtext]
-                    .into_iter()
-                    .flatten()
-                    .any(|v| v.trim().eq_ignore_ascii_case(q.trim()))
-            };
+            // The callout's answers first, then the request's as Graph holds it.
             let answer = ctx
                 .callout
                 .answers
+                .parsed()
                 .iter()
-                .filter_map(answer_of)
-                .chain(request.iter().flat_map(|r| r.answers.iter().cloned()))
-                .find(|a| matches(&a.question_id, &a.question));
+                .chain(request.iter().flat_map(|r| r.answers.iter()))
+                .find(|a| a.answers(q));
             match answer {
                 Some(a) => {
                     // The answer may be the bare number or a sentence around it.
@@ -179,14 +187,18 @@ impl TicketCheck {
     }
 
     /// The opened-for rule against the target's mail / UPN.
-    fn opened_for_matches(&self, rec: &TicketRecord, ctx: &CheckCtx<'_>) -> Result<bool, String> {
+    fn opened_for_matches(
+        &self,
+        rec: &TicketRecord,
+        ctx: &CheckCtx<'_>,
+    ) -> Result<bool, RecordError> {
         let user = ctx.facts.user.get()?;
         let of = &self.s.opened_for_field;
         let email = rec.field(&format!("{of}.email")).map(|f| f.value);
         let uname = rec.field(&format!("{of}.user_name")).map(|f| f.value);
         if email.as_deref().is_none_or(str::is_empty) && uname.as_deref().is_none_or(str::is_empty)
         {
-            return Err(format!("the record has no {of}.email or {of}.user_name"));
+            return Err(RecordError::NoOpenedFor(of.clone()));
         }
         let ids: Vec<&str> = [&user.mail, &user.user_principal_name]
             .into_iter()
@@ -209,7 +221,7 @@ impl TicketCheck {
 }
 
 /// Every field we read must be a string or a `{value, display_value}` object.
-fn parses(rec: &TicketRecord) -> Result<(), String> {
+fn parses(rec: &TicketRecord) -> Result<(), RecordError> {
     for (k, v) in &rec.fields {
         let ok = match v {
             serde_json::Value::String(_) | serde_json::Value::Null => true,
@@ -220,7 +232,10 @@ fn parses(rec: &TicketRecord) -> Result<(), String> {
             serde_json::Value::Array(_) => false,
         };
         if !ok {
-            return Err(format!("field {k} is {v}"));
+            return Err(RecordError::BadField {
+                field: k.clone(),
+                value: v.clone(),
+            });
         }
     }
     Ok(())
@@ -348,7 +363,7 @@ impl Check for TicketCheck {
         }
         if self.s.opened_for_target {
             match self.opened_for_matches(rec, ctx) {
-                Err(e) => return Finding::new(Verdict::error(e), lines),
+                Err(e) => return Finding::new(Verdict::error(e.to_string()), lines),
                 Ok(false) => {
                     return Finding::new(
                         Verdict::deny(format!("ticket {number} was opened for someone else")),

@@ -6,11 +6,13 @@
 //! the one being decided. The emulator loads the same file and serves it over HTTP, which is how
 //! the two are held to each other.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::time::Instant;
 
-use serde::Deserialize;
+pub use accessgate_world::{
+    WORLD_FILE, WorldAnswer, WorldAppRole, WorldAssignment, WorldError, WorldGroup, WorldPackage,
+    WorldRequest, WorldServiceNow, WorldUser,
+};
 use serde_json::{Map, Value};
 
 use super::{
@@ -19,186 +21,85 @@ use super::{
 use crate::callout::Callout;
 use crate::tickets::{TicketError, TicketRecord, TicketSystem};
 
-/// The file inside a fixtures directory.
-pub const WORLD_FILE: &str = "world.json";
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct World {
-    #[serde(default)]
-    pub users: Vec<WorldUser>,
-    #[serde(default)]
-    pub groups: Vec<WorldGroup>,
-    #[serde(default)]
-    pub access_packages: Vec<WorldPackage>,
-    #[serde(default)]
-    pub assignments: Vec<WorldAssignment>,
-    #[serde(default)]
-    pub requests: Vec<WorldRequest>,
-    #[serde(default)]
-    pub servicenow: WorldServiceNow,
+/// Why a fact cannot be read from the world: what Graph would have answered instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FixtureError {
+    #[error("user {0} does not exist (Graph would answer 404)")]
+    NoSuchUser(String),
+    #[error("request {0} does not exist (Graph would answer 404)")]
+    NoSuchRequest(String),
+    #[error("user {user}: {key} {value:?} is not a date-time")]
+    BadDate {
+        user: String,
+        key: &'static str,
+        value: String,
+    },
+    #[error("user {user}: {key} is {value}, not a date-time")]
+    NotADate {
+        user: String,
+        key: &'static str,
+        value: Value,
+    },
+    #[error("the callout names no target user")]
+    NoTarget,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WorldUser {
-    pub id: String,
-    #[serde(default)]
-    pub manager: Option<String>,
-    #[serde(default)]
-    pub sponsors: Vec<String>,
-    #[serde(default)]
-    pub app_role_assignments: Vec<HeldAppRole>,
-    /// Every other property, as Graph would return it.
-    #[serde(flatten)]
-    pub properties: Map<String, Value>,
+/// A world file (docs/world-format.md), the same types the emulator serves.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct World(pub accessgate_world::World);
+
+impl std::ops::Deref for World {
+    type Target = accessgate_world::World;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WorldGroup {
-    pub id: String,
-    #[serde(default)]
-    pub display_name: Option<String>,
-    #[serde(default)]
-    pub members: Vec<String>,
+impl<'de> serde::Deserialize<'de> for World {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<World, D::Error> {
+        accessgate_world::World::deserialize(d).map(World)
+    }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WorldPackage {
-    pub id: String,
-    #[serde(default)]
-    pub display_name: Option<String>,
-    #[serde(default)]
-    pub catalog_id: Option<String>,
+fn held_of(id: &str, p: Option<&WorldPackage>) -> Held {
+    Held {
+        id: id.to_owned(),
+        display_name: p.and_then(|p| p.display_name.clone()),
+    }
 }
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WorldAssignment {
-    #[serde(default)]
-    pub id: Option<String>,
-    pub access_package_id: String,
-    pub target_id: String,
-    #[serde(default)]
-    pub state: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WorldAnswer {
-    #[serde(default)]
-    pub question_id: Option<String>,
-    #[serde(default)]
-    pub question: Option<String>,
-    pub value: String,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WorldRequest {
-    pub id: String,
-    pub access_package_id: String,
-    pub target_id: String,
-    #[serde(default)]
-    pub requestor_id: Option<String>,
-    #[serde(default)]
-    pub state: Option<String>,
-    #[serde(default)]
-    pub justification: Option<String>,
-    #[serde(default)]
-    pub answers: Vec<WorldAnswer>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct WorldServiceNow {
-    #[serde(default)]
-    pub tables: BTreeMap<String, Vec<Map<String, Value>>>,
-}
-
-/// Assignment states in which the package counts as held.
-const HELD_STATES: [&str; 3] = ["delivered", "delivering", "partiallyDelivered"];
 
 impl World {
-    /// Reads `DIR/world.json` (or the file itself when `path` is a file).
-    pub fn load(path: &Path) -> Result<World, String> {
-        let file = if path.is_dir() {
-            path.join(WORLD_FILE)
-        } else {
-            path.to_path_buf()
-        };
-        let text = std::fs::read_to_string(&file)
-            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-        serde_json::from_str(&text)
-            .map_err(|e| format!("{} is not a world file: {e}", file.display()))
+    /// Reads and validates `DIR/world.json` (or the file itself when `path` is a file).
+    pub fn load(path: &Path) -> Result<World, WorldError> {
+        accessgate_world::World::load(path).map(World)
     }
 
-    fn user(&self, id: &str) -> Option<&WorldUser> {
-        self.users.iter().find(|u| {
-            u.id.eq_ignore_ascii_case(id)
-                || u.properties
-                    .get("userPrincipalName")
-                    .and_then(Value::as_str)
-                    .is_some_and(|p| p.eq_ignore_ascii_case(id))
-        })
-    }
-
-    fn package(&self, id: &str) -> Held {
-        let name = self
-            .access_packages
-            .iter()
-            .find(|p| p.id.eq_ignore_ascii_case(id))
-            .and_then(|p| p.display_name.clone());
-        Held {
-            id: id.to_owned(),
-            display_name: name,
-        }
-    }
-
-    /// Groups `member` belongs to directly or through nesting (cycle-safe).
-    fn transitive_groups(&self, member: &str) -> Vec<Held> {
-        let mut parents: HashMap<String, Vec<&WorldGroup>> = HashMap::new();
-        for g in &self.groups {
-            for m in &g.members {
-                parents.entry(m.to_ascii_lowercase()).or_default().push(g);
-            }
-        }
-        let mut seen = BTreeSet::new();
-        let mut out = Vec::new();
-        let mut todo = vec![member.to_ascii_lowercase()];
-        while let Some(m) = todo.pop() {
-            for g in parents.get(&m).into_iter().flatten() {
-                if seen.insert(g.id.to_ascii_lowercase()) {
-                    out.push(Held {
-                        id: g.id.clone(),
-                        display_name: g.display_name.clone(),
-                    });
-                    todo.push(g.id.to_ascii_lowercase());
-                }
-            }
-        }
-        out
+    fn find_user(&self, id: &str) -> Result<&WorldUser, FixtureError> {
+        self.user(id)
+            .ok_or_else(|| FixtureError::NoSuchUser(id.to_owned()))
     }
 
     /// A user's facts as Graph would give them.
-    pub fn user_facts(&self, id: &str) -> Result<UserFacts, String> {
-        let u = self
-            .user(id)
-            .ok_or_else(|| format!("user {id} does not exist (Graph would answer 404)"))?;
-        let s = |k: &str| {
-            u.properties
-                .get(k)
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        };
-        let date = |k: &str| -> Result<Option<jiff::Timestamp>, String> {
-            match u.properties.get(k) {
+    pub fn user_facts(&self, id: &str) -> Result<UserFacts, FixtureError> {
+        let u = self.find_user(id)?;
+        let s = |k: &str| u.str(k).map(str::to_owned);
+        let date = |key: &'static str| -> Result<Option<jiff::Timestamp>, FixtureError> {
+            match u.properties.get(key) {
                 None | Some(Value::Null) => Ok(None),
-                Some(Value::String(t)) => parse_graph_time(t)
-                    .map(Some)
-                    .ok_or_else(|| format!("user {id}: {k} {t:?} is not a date-time")),
-                Some(other) => Err(format!("user {id}: {k} is {other}, not a date-time")),
+                Some(Value::String(t)) => {
+                    parse_graph_time(t)
+                        .map(Some)
+                        .ok_or_else(|| FixtureError::BadDate {
+                            user: id.to_owned(),
+                            key,
+                            value: t.clone(),
+                        })
+                }
+                Some(other) => Err(FixtureError::NotADate {
+                    user: id.to_owned(),
+                    key,
+                    value: other.clone(),
+                }),
             }
         };
         Ok(UserFacts {
@@ -224,35 +125,24 @@ impl World {
         id: &str,
         exclude_request: &str,
         external_attribute: Option<&str>,
-    ) -> Result<Holdings, String> {
-        let u = self
-            .user(id)
-            .ok_or_else(|| format!("user {id} does not exist (Graph would answer 404)"))?;
+    ) -> Result<Holdings, FixtureError> {
+        let u = self.find_user(id)?;
         let uid = u.id.as_str();
         let access_packages = self
             .assignments
             .iter()
             .filter(|a| a.target_id.eq_ignore_ascii_case(uid))
-            .filter(|a| {
-                a.state
-                    .as_deref()
-                    .is_none_or(|s| HELD_STATES.iter().any(|h| h.eq_ignore_ascii_case(s)))
-            })
-            .map(|a| self.package(&a.access_package_id))
+            .filter(|a| a.is_held())
+            .map(|a| held_of(&a.access_package_id, self.package(&a.access_package_id)))
             .collect();
         // Graph's documented list filter is on the requestor, so that is what counts here too.
         let pending_access_packages = self
             .requests
             .iter()
-            .filter(|r| {
-                r.requestor_id
-                    .as_deref()
-                    .unwrap_or(&r.target_id)
-                    .eq_ignore_ascii_case(uid)
-            })
-            .filter(|r| r.state.as_deref() == Some("pendingApproval"))
+            .filter(|r| r.requestor().eq_ignore_ascii_case(uid))
+            .filter(|r| r.state.as_deref() == Some(accessgate_world::PENDING_STATE))
             .filter(|r| !r.id.eq_ignore_ascii_case(exclude_request))
-            .map(|r| self.package(&r.access_package_id))
+            .map(|r| held_of(&r.access_package_id, self.package(&r.access_package_id)))
             .collect();
         let external_entitlements = match external_attribute {
             None => Vec::new(),
@@ -261,18 +151,31 @@ impl World {
         Ok(Holdings {
             access_packages,
             pending_access_packages,
-            groups: self.transitive_groups(uid),
-            app_roles: u.app_role_assignments.clone(),
+            groups: self
+                .transitive_groups(uid)
+                .into_iter()
+                .map(|g| Held {
+                    id: g.id.clone(),
+                    display_name: g.display_name.clone(),
+                })
+                .collect(),
+            app_roles: u
+                .app_role_assignments
+                .iter()
+                .map(|a| HeldAppRole {
+                    resource_id: a.resource_id.clone(),
+                    resource_display_name: a.resource_display_name.clone(),
+                    app_role_id: a.app_role_id.clone(),
+                })
+                .collect(),
             external_entitlements,
         })
     }
 
-    pub fn request_facts(&self, id: &str) -> Result<RequestFacts, String> {
+    pub fn request_facts(&self, id: &str) -> Result<RequestFacts, FixtureError> {
         let r = self
-            .requests
-            .iter()
-            .find(|r| r.id.eq_ignore_ascii_case(id))
-            .ok_or_else(|| format!("request {id} does not exist (Graph would answer 404)"))?;
+            .request(id)
+            .ok_or_else(|| FixtureError::NoSuchRequest(id.to_owned()))?;
         Ok(RequestFacts {
             justification: r.justification.clone(),
             answers: r
@@ -317,11 +220,8 @@ pub fn parse_graph_time(t: &str) -> Option<jiff::Timestamp> {
     })
 }
 
-fn fetched<T>(r: Result<T, String>) -> Fetched<T> {
-    match r {
-        Ok(v) => Fetched::Ok(v),
-        Err(e) => Fetched::Failed(e),
-    }
+fn fetched<T>(r: Result<T, FixtureError>) -> Fetched<T> {
+    r.map_or_else(Fetched::failed, Fetched::Ok)
 }
 
 /// The world as a directory.
@@ -340,7 +240,7 @@ impl Directory for FixtureDirectory {
     async fn facts(&self, callout: &Callout, needs: Needs, _deadline: Instant) -> Facts {
         let target = target_id(callout);
         let mut facts = Facts::none(target.clone());
-        let no_target = || "the callout names no target user".to_string();
+        let no_target = || FixtureError::NoTarget;
         if needs.user {
             facts.user = fetched(
                 target
@@ -434,12 +334,7 @@ impl World {
         let mut v = row.get(parts.next()?)?;
         for part in parts {
             let id = stored(v)?;
-            let target = self
-                .servicenow
-                .tables
-                .values()
-                .flatten()
-                .find(|r| r.get("sys_id").and_then(Value::as_str) == Some(id))?;
+            let (_, target) = self.servicenow.by_sys_id(id)?;
             v = target.get(part)?;
         }
         Some(v)
@@ -448,6 +343,8 @@ impl World {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     const WORLD: &str = r#"{
@@ -509,7 +406,18 @@ mod tests {
             u.employee_hire_date.map(|t| t.to_string()),
             Some("2024-02-01T00:00:00Z".into())
         );
-        assert!(world().user_facts("nobody").is_err());
+        assert_eq!(
+            world().user_facts("nobody").err(),
+            Some(FixtureError::NoSuchUser("nobody".into()))
+        );
+        assert_eq!(
+            FixtureError::NoSuchUser("nobody".into()).to_string(),
+            "user nobody does not exist (Graph would answer 404)"
+        );
+        assert_eq!(
+            world().request_facts("r9").err().map(|e| e.to_string()),
+            Some("request r9 does not exist (Graph would answer 404)".into())
+        );
     }
 
     #[tokio::test]

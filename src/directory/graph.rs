@@ -19,10 +19,10 @@ use serde_json::Value;
 
 use super::fixtures::{external_values, parse_graph_time, target_id};
 use super::{
-    Answer, Directory, Facts, Fetched, Held, HeldAppRole, Holdings, Needs, RequestFacts, Settings,
+    Directory, Facts, Fetched, Held, HeldAppRole, Holdings, Needs, RequestFacts, Settings,
     UserFacts,
 };
-use crate::callout::Callout;
+use crate::callout::{Answer, Callout, Id};
 use crate::graph::{BatchAnswer, BatchGet, GraphClient};
 
 pub struct GraphDirectory {
@@ -32,32 +32,63 @@ pub struct GraphDirectory {
 
 const USER_SELECT: &str = "id,displayName,userPrincipalName,mail,userType,accountEnabled,employeeHireDate,employeeLeaveDateTime,employeeType,department,companyName";
 
-/// Object ids and UPNs are all we put in URLs; anything else is refused rather than escaped
-/// into a path or an OData literal.
-fn safe_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 256
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
+/// Why a directory fact could not be read from Graph. Its text is what the check's error
+/// verdict shows (and what [`Fetched::Failed`] keeps).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GraphFactError {
+    /// Graph answered the read with an error status.
+    #[error("{}", answer_text(what, *status, code, message))]
+    Answer {
+        what: String,
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("Graph {what}: more pages than directory.max_graph_calls_per_decision ({max}) allows")]
+    TooManyPages { what: String, max: u32 },
+    #[error("Graph {what} (next page): {reason}")]
+    NextPage { what: String, reason: String },
+    #[error("Graph {0}: the answer has no value array")]
+    NoValueArray(String),
+    #[error("Graph {0}: the answer has no id")]
+    NoId(&'static str),
+    #[error("Graph user: {key} {value:?} is not a date-time")]
+    BadDate { key: &'static str, value: String },
+    #[error("Graph user: {key} is {value}, not a date-time")]
+    NotADate { key: &'static str, value: Value },
+    #[error("Graph $batch: no answer for {0}")]
+    NoAnswer(&'static str),
+    #[error("Graph $batch: {0}")]
+    Batch(String),
+    #[error("the callout names no usable target user id")]
+    NoTarget,
 }
 
-/// Graph's error text from a batch answer's body.
-fn inner_error(what: &str, a: &BatchAnswer) -> String {
-    let code = a.body["error"]["code"].as_str().unwrap_or("");
-    let msg: String = a.body["error"]["message"]
-        .as_str()
-        .unwrap_or("")
-        .chars()
-        .take(200)
-        .collect();
-    let hint = match a.status {
+/// `Graph {what}: HTTP {status} {code} {message}` with a hint for the statuses that have one.
+fn answer_text(what: &str, status: u16, code: &str, message: &str) -> String {
+    let hint = match status {
         403 => " (the Graph permission for this read is missing; README lists them)",
         429 => " (throttled; the decision is retried)",
         _ => "",
     };
-    format!("Graph {what}: HTTP {} {code} {msg}{hint}", a.status)
+    format!("Graph {what}: HTTP {status} {code} {message}{hint}")
         .trim_end()
         .to_owned()
+}
+
+/// The error of a batch answer (or page) that is not a 200, from Graph's `error` body.
+fn inner_error(what: &str, a: &BatchAnswer) -> GraphFactError {
+    GraphFactError::Answer {
+        what: what.to_owned(),
+        status: a.status,
+        code: a.body["error"]["code"].as_str().unwrap_or("").to_owned(),
+        message: a.body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .chars()
+            .take(200)
+            .collect(),
+    }
 }
 
 impl GraphDirectory {
@@ -65,7 +96,7 @@ impl GraphDirectory {
         GraphDirectory { graph, cfg }
     }
 
-    fn requests(&self, target: &str, request_id: &str, needs: Needs) -> Vec<BatchGet> {
+    fn requests(&self, target: &Id, request_id: &Id, needs: Needs) -> Vec<BatchGet> {
         let mut gets = Vec::new();
         let mut select = USER_SELECT.to_owned();
         if let Some(a) = &self.cfg.external_entitlements_attribute {
@@ -125,7 +156,7 @@ impl GraphDirectory {
         first: &BatchAnswer,
         calls: &mut u32,
         deadline: Instant,
-    ) -> Result<Vec<Value>, String> {
+    ) -> Result<Vec<Value>, GraphFactError> {
         if first.status != 200 {
             return Err(inner_error(what, first));
         }
@@ -133,17 +164,18 @@ impl GraphDirectory {
         let mut next = first.body["@odata.nextLink"].as_str().map(str::to_owned);
         while let Some(link) = next {
             if *calls >= self.cfg.max_graph_calls_per_decision {
-                return Err(format!(
-                    "Graph {what}: more pages than directory.max_graph_calls_per_decision ({}) allows",
-                    self.cfg.max_graph_calls_per_decision
-                ));
+                return Err(GraphFactError::TooManyPages {
+                    what: what.to_owned(),
+                    max: self.cfg.max_graph_calls_per_decision,
+                });
             }
             *calls += 1;
-            let (status, body) = self
-                .graph
-                .get_page(&link, deadline)
-                .await
-                .map_err(|e| format!("Graph {what} (next page): {e}"))?;
+            let (status, body) = self.graph.get_page(&link, deadline).await.map_err(|e| {
+                GraphFactError::NextPage {
+                    what: what.to_owned(),
+                    reason: e.to_string(),
+                }
+            })?;
             if status != 200 {
                 return Err(inner_error(
                     what,
@@ -161,11 +193,11 @@ impl GraphDirectory {
     }
 }
 
-fn values(what: &str, body: &Value) -> Result<Vec<Value>, String> {
+fn values(what: &str, body: &Value) -> Result<Vec<Value>, GraphFactError> {
     body["value"]
         .as_array()
         .cloned()
-        .ok_or_else(|| format!("Graph {what}: the answer has no value array"))
+        .ok_or_else(|| GraphFactError::NoValueArray(what.to_owned()))
 }
 
 fn held(v: &Value) -> Option<Held> {
@@ -183,29 +215,37 @@ fn user_facts(
     a: &BatchAnswer,
     manager: Option<&BatchAnswer>,
     sponsors: Option<&BatchAnswer>,
-) -> Result<UserFacts, String> {
+) -> Result<UserFacts, GraphFactError> {
     if a.status != 200 {
         return Err(inner_error("user", a));
     }
     let u = &a.body;
     let s = |k: &str| u[k].as_str().map(str::to_owned);
-    let date = |k: &str| -> Result<Option<jiff::Timestamp>, String> {
-        match &u[k] {
+    let date = |key: &'static str| -> Result<Option<jiff::Timestamp>, GraphFactError> {
+        match &u[key] {
             Value::Null => Ok(None),
-            Value::String(t) => parse_graph_time(t)
-                .map(Some)
-                .ok_or_else(|| format!("Graph user: {k} {t:?} is not a date-time")),
-            other => Err(format!("Graph user: {k} is {other}, not a date-time")),
+            Value::String(t) => {
+                parse_graph_time(t)
+                    .map(Some)
+                    .ok_or_else(|| GraphFactError::BadDate {
+                        key,
+                        value: t.clone(),
+                    })
+            }
+            other => Err(GraphFactError::NotADate {
+                key,
+                value: other.clone(),
+            }),
         }
     };
-    let id = s("id").ok_or("Graph user: the answer has no id")?;
+    let id = s("id").ok_or(GraphFactError::NoId("user"))?;
     let manager = match manager {
         None => None,
         Some(m) if m.status == 404 => None,
         Some(m) if m.status == 200 => Some(
             m.body["id"]
                 .as_str()
-                .ok_or("Graph manager: the answer has no id")?
+                .ok_or(GraphFactError::NoId("manager"))?
                 .to_owned(),
         ),
         Some(m) => return Err(inner_error("manager", m)),
@@ -235,28 +275,6 @@ fn user_facts(
     })
 }
 
-/// Answers in either Graph shape (`answeredQuestion.text`) or the callout's PascalCase.
-pub fn answer_of(v: &Value) -> Option<Answer> {
-    let get = |o: &Value, k: &str| -> Option<Value> {
-        o.as_object()?
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(k))
-            .map(|(_, v)| v.clone())
-    };
-    let value = get(v, "value")?;
-    let value = match value {
-        Value::String(s) => s,
-        Value::Null => return None,
-        other => other.to_string(),
-    };
-    let q = get(v, "answeredQuestion").unwrap_or(Value::Null);
-    Some(Answer {
-        question_id: get(&q, "id").and_then(|v| v.as_str().map(str::to_owned)),
-        question: get(&q, "text").and_then(|v| v.as_str().map(str::to_owned)),
-        value,
-    })
-}
-
 #[async_trait::async_trait]
 impl Directory for GraphDirectory {
     async fn facts(&self, callout: &Callout, needs: Needs, deadline: Instant) -> Facts {
@@ -265,7 +283,8 @@ impl Directory for GraphDirectory {
         if !needs.any() {
             return facts;
         }
-        let fail_all = |facts: &mut Facts, why: String| {
+        let fail_all = |facts: &mut Facts, why: GraphFactError| {
+            let why = why.to_string();
             if needs.user {
                 facts.user = Fetched::Failed(why.clone());
             }
@@ -276,38 +295,36 @@ impl Directory for GraphDirectory {
                 facts.request = Fetched::Failed(why);
             }
         };
-        let Some(t) = target.as_deref().filter(|t| safe_id(t)) else {
-            fail_all(
-                &mut facts,
-                "the callout names no usable target user id".into(),
-            );
+        // Only an id that passes the one URL rule goes into the batch's paths and filters.
+        let Some(t) = target.as_deref().and_then(Id::parse) else {
+            fail_all(&mut facts, GraphFactError::NoTarget);
             return facts;
         };
-        let gets = self.requests(t, callout.request_id.as_str(), needs);
+        let gets = self.requests(&t, &callout.request_id, needs);
         let mut calls = 1u32;
         let answers = match self.graph.batch_get(&gets, deadline).await {
             Ok(a) => a,
             Err(e) => {
                 facts.graph_calls = calls;
-                fail_all(&mut facts, format!("Graph $batch: {e}"));
+                fail_all(&mut facts, GraphFactError::Batch(e.to_string()));
                 return facts;
             }
         };
         let find = |id: &str| answers.iter().find(|a| a.id == id);
-        let missing = |id: &str| format!("Graph $batch: no answer for {id}");
+        let missing = GraphFactError::NoAnswer;
 
         if needs.user {
             facts.user = match find("user") {
-                None => Fetched::Failed(missing("user")),
+                None => Fetched::failed(missing("user")),
                 Some(u) => match user_facts(u, find("manager"), find("sponsors")) {
                     Ok(f) => Fetched::Ok(f),
-                    Err(e) => Fetched::Failed(e),
+                    Err(e) => Fetched::failed(e),
                 },
             };
         }
         if needs.holdings {
             let mut h = Holdings::default();
-            let mut result: Result<(), String> = Ok(());
+            let mut result: Result<(), GraphFactError> = Ok(());
             for (id, what) in [
                 ("assignments", "assignments"),
                 ("pending", "pending requests"),
@@ -379,20 +396,20 @@ impl Directory for GraphDirectory {
             }
             facts.holdings = match result {
                 Ok(()) => Fetched::Ok(h),
-                Err(e) => Fetched::Failed(e),
+                Err(e) => Fetched::failed(e),
             };
         }
         if needs.request {
             facts.request = match find("request") {
-                None => Fetched::Failed(missing("request")),
-                Some(r) if r.status != 200 => Fetched::Failed(inner_error("request", r)),
+                None => Fetched::failed(missing("request")),
+                Some(r) if r.status != 200 => Fetched::failed(inner_error("request", r)),
                 Some(r) => Fetched::Ok(RequestFacts {
                     justification: r.body["justification"].as_str().map(str::to_owned),
                     answers: r.body["answers"]
                         .as_array()
                         .into_iter()
                         .flatten()
-                        .filter_map(answer_of)
+                        .filter_map(Answer::from_json)
                         .collect(),
                 }),
             };
@@ -407,28 +424,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_that_could_escape_a_url_are_refused() {
-        assert!(safe_id("11111111-0000-0000-0000-000000000001"));
-        assert!(safe_id("alice@contoso.example"));
-        for bad in ["", "a'b", "a/b", "a b", "a?x=1", "a%2f"] {
-            assert!(!safe_id(bad), "{bad}");
-        }
+    fn graph_error_texts_name_the_read_and_hint() {
+        let a = BatchAnswer {
+            id: "user".into(),
+            status: 403,
+            body: serde_json::json!({"error": {"code": "Authorization_RequestDenied", "message": "Insufficient privileges"}}),
+        };
+        assert_eq!(
+            inner_error("user", &a).to_string(),
+            "Graph user: HTTP 403 Authorization_RequestDenied Insufficient privileges (the Graph permission for this read is missing; README lists them)"
+        );
+        let bare = BatchAnswer {
+            id: String::new(),
+            status: 500,
+            body: Value::Null,
+        };
+        assert_eq!(
+            inner_error("groups", &bare).to_string(),
+            "Graph groups: HTTP 500"
+        );
+        assert_eq!(
+            GraphFactError::NoAnswer("request").to_string(),
+            "Graph $batch: no answer for request"
+        );
     }
 
     #[test]
-    fn answers_in_both_casings() {
-        let graph = serde_json::json!({"value": "RITM1", "answeredQuestion": {"id": "q1", "text": "Ticket"}});
-        let pascal = serde_json::json!({"Value": "RITM1", "AnsweredQuestion": {"Id": "q1", "Text": "Ticket"}});
-        for v in [graph, pascal] {
-            let a = answer_of(&v).unwrap_or_default();
-            assert_eq!(
-                (
-                    a.value.as_str(),
-                    a.question.as_deref(),
-                    a.question_id.as_deref()
-                ),
-                ("RITM1", Some("Ticket"), Some("q1"))
-            );
+    fn ids_that_could_escape_a_url_are_refused() {
+        let safe_id = |s: &str| Id::parse(s).is_some();
+        assert!(safe_id("11111111-0000-0000-0000-000000000001"));
+        assert!(safe_id("alice@contoso.example"));
+        for bad in ["", "a'b", "a/b", "a b", "a?x=1", "a%2f", ".", "..", "a#b"] {
+            assert!(!safe_id(bad), "{bad}");
         }
     }
 }

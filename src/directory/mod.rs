@@ -50,15 +50,35 @@ pub enum Fetched<T> {
 }
 
 impl<T> Fetched<T> {
+    /// A failed fact, keeping the error's text (what an error verdict shows).
+    pub fn failed(why: impl std::fmt::Display) -> Fetched<T> {
+        Fetched::Failed(why.to_string())
+    }
+
     /// The fact, or why it is not there (for a check's error verdict).
-    pub fn get(&self) -> Result<&T, String> {
+    pub fn get(&self) -> Result<&T, FactError> {
         match self {
             Fetched::Ok(t) => Ok(t),
-            Fetched::Failed(why) => Err(why.clone()),
-            Fetched::NotFetched => {
-                Err("not fetched (the check did not declare it needs it)".into())
-            }
+            Fetched::Failed(why) => Err(FactError::Failed(why.clone())),
+            Fetched::NotFetched => Err(FactError::NotFetched),
         }
+    }
+}
+
+/// Why a check has no fact to read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FactError {
+    /// The read failed; the text says why (Graph's answer, a missing user…).
+    #[error("{0}")]
+    Failed(String),
+    #[error("not fetched (the check did not declare it needs it)")]
+    NotFetched,
+}
+
+/// Verdicts carry text: a fact's error becomes its message.
+impl From<FactError> for String {
+    fn from(e: FactError) -> String {
+        e.to_string()
     }
 }
 
@@ -120,15 +140,8 @@ pub struct Holdings {
     pub external_entitlements: Vec<String>,
 }
 
-/// One answer the requestor gave.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Answer {
-    pub question_id: Option<String>,
-    /// The question's text as the requestor saw it.
-    pub question: Option<String>,
-    pub value: String,
-}
+/// One answer the requestor gave (parsed where callouts are, for both sources).
+pub use crate::callout::Answer;
 
 /// The request being decided, as Graph holds it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

@@ -35,6 +35,26 @@ pub const PLACEHOLDERS: [(&str, &str); 11] = [
     ),
 ];
 
+/// Why a template does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    /// `{name` without its `}` (`name` is what followed the brace).
+    #[error("unclosed {{{0}")]
+    Unclosed(String),
+    #[error("unknown placeholder {{{0}}} (known: {known})", known = known_names())]
+    Unknown(String),
+    #[error("a lone }} (write }}}} for a literal brace)")]
+    LoneBrace,
+}
+
+fn known_names() -> String {
+    PLACEHOLDERS
+        .iter()
+        .map(|(n, _)| *n)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Piece {
     Text(String),
@@ -56,7 +76,7 @@ impl fmt::Display for Template {
 
 impl Template {
     /// Parses `{name}` placeholders; `{{` and `}}` are literal braces.
-    pub fn parse(source: &str) -> Result<Template, String> {
+    pub fn parse(source: &str) -> Result<Template, TemplateError> {
         let mut pieces = Vec::new();
         let mut text = String::new();
         let mut chars = source.chars().peekable();
@@ -76,29 +96,20 @@ impl Template {
                         match chars.next() {
                             Some('}') => break,
                             Some(c) => name.push(c),
-                            None => return Err(format!("unclosed {{{name}")),
+                            None => return Err(TemplateError::Unclosed(name)),
                         }
                     }
                     let known = PLACEHOLDERS
                         .iter()
                         .find(|(n, _)| *n == name.trim())
                         .map(|(n, _)| *n)
-                        .ok_or_else(|| {
-                            format!(
-                                "unknown placeholder {{{name}}} (known: {})",
-                                PLACEHOLDERS
-                                    .iter()
-                                    .map(|(n, _)| *n)
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            )
-                        })?;
+                        .ok_or_else(|| TemplateError::Unknown(name.clone()))?;
                     if !text.is_empty() {
                         pieces.push(Piece::Text(std::mem::take(&mut text)));
                     }
                     pieces.push(Piece::Var(known));
                 }
-                '}' => return Err("a lone } (write }} for a literal brace)".into()),
+                '}' => return Err(TemplateError::LoneBrace),
                 c => text.push(c),
             }
         }
@@ -161,14 +172,15 @@ mod tests {
 
     #[test]
     fn unknown_and_broken_placeholders_are_errors() {
-        assert!(
-            Template::parse("{pakage}")
+        let text = |s: &str| {
+            Template::parse(s)
                 .err()
+                .map(|e| e.to_string())
                 .unwrap_or_default()
-                .contains("unknown placeholder {pakage}")
-        );
-        assert!(Template::parse("{reasons").is_err());
-        assert!(Template::parse("a } b").is_err());
+        };
+        assert!(text("{pakage}").contains("unknown placeholder {pakage} (known: package, catalog"));
+        assert_eq!(text("{reasons"), "unclosed {reasons");
+        assert_eq!(text("a } b"), "a lone } (write }} for a literal brace)");
     }
 
     #[test]

@@ -12,25 +12,72 @@ use serde::Deserialize;
 
 use super::{Action, DecideEnv, Decision, Policy};
 use crate::callout::{Callout, Parsed};
-use crate::directory::fixtures::{FixtureDirectory, World};
+use crate::directory::fixtures::{FixtureDirectory, World, WorldError};
+
+/// Why `explain` or a test case cannot use a callout file or a "now".
+#[derive(Debug, thiserror::Error)]
+pub enum OfflineError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Parsed, but not into a callout of a stage accessgate decides (`parsed` is what it was).
+    #[error("{} is not a callout with a stage accessgate decides ({parsed})", path.display())]
+    NotDecided { path: PathBuf, parsed: String },
+    #[error("{}: {source}", path.display())]
+    Callout {
+        path: PathBuf,
+        source: crate::callout::CalloutError,
+    },
+    #[error("{0:?} is not a timestamp such as 2026-11-23T12:00:00Z")]
+    BadNow(String),
+}
+
+/// Why a test file cannot be run at all (each failing case is reported instead).
+#[derive(Debug, thiserror::Error)]
+pub enum SuiteError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Syntax { path: PathBuf, message: String },
+    /// One problem of the suite's policy file (`policy` as the suite names it).
+    #[error("policy {policy}: {problem}")]
+    Policy { policy: String, problem: String },
+    #[error(transparent)]
+    World(#[from] WorldError),
+    #[error("now: {0}")]
+    Now(OfflineError),
+    #[error("{}: no [[tests]]", .0.display())]
+    NoTests(PathBuf),
+}
 
 /// Reads a callout body (either wire shape) from a file.
-pub fn read_callout(path: &Path) -> Result<Callout, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+pub fn read_callout(path: &Path) -> Result<Callout, OfflineError> {
+    let bytes = std::fs::read(path).map_err(|source| OfflineError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     match crate::callout::parse(&bytes) {
         Ok(Parsed::Callout(c)) => Ok(*c),
-        Ok(other) => Err(format!(
-            "{} is not a callout with a stage accessgate decides ({other:?})",
-            path.display()
-        )),
-        Err(e) => Err(format!("{}: {e}", path.display())),
+        Ok(other) => Err(OfflineError::NotDecided {
+            path: path.to_path_buf(),
+            parsed: format!("{other:?}"),
+        }),
+        Err(source) => Err(OfflineError::Callout {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
 /// Parses "now" for reproducible decisions: an RFC 3339 timestamp or a date.
-pub fn parse_now(s: &str) -> Result<jiff::Timestamp, String> {
+pub fn parse_now(s: &str) -> Result<jiff::Timestamp, OfflineError> {
     crate::directory::fixtures::parse_graph_time(s)
-        .ok_or_else(|| format!("{s:?} is not a timestamp such as 2026-11-23T12:00:00Z"))
+        .ok_or_else(|| OfflineError::BadNow(s.to_owned()))
 }
 
 /// Decides `c` against a world, offline.
@@ -158,25 +205,36 @@ pub struct CaseResult {
 
 /// Runs a test file: every case, even after a failure. `Err` when the file itself (or its
 /// policy or world) cannot be loaded.
-pub async fn run_suite(path: &Path) -> Result<Vec<CaseResult>, Vec<String>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| vec![format!("cannot read {}: {e}", path.display())])?;
-    let suite: RawSuite = toml::from_str(&text)
-        .map_err(|e| vec![format!("{}: {}", path.display(), e.message().trim())])?;
+pub async fn run_suite(path: &Path) -> Result<Vec<CaseResult>, Vec<SuiteError>> {
+    let text = std::fs::read_to_string(path).map_err(|source| {
+        vec![SuiteError::Read {
+            path: path.to_path_buf(),
+            source,
+        }]
+    })?;
+    let suite: RawSuite = toml::from_str(&text).map_err(|e| {
+        vec![SuiteError::Syntax {
+            path: path.to_path_buf(),
+            message: e.message().trim().to_owned(),
+        }]
+    })?;
     let base = path.parent().unwrap_or(Path::new("."));
     let rel = |p: &str| -> PathBuf { base.join(p) };
     let policy = Policy::load(&rel(&suite.policy)).map_err(|errs| {
         errs.into_iter()
-            .map(|e| format!("policy {}: {e}", suite.policy))
+            .map(|e| SuiteError::Policy {
+                policy: suite.policy.clone(),
+                problem: e.to_string(),
+            })
             .collect::<Vec<_>>()
     })?;
-    let world = World::load(&rel(&suite.fixtures)).map_err(|e| vec![e])?;
+    let world = World::load(&rel(&suite.fixtures)).map_err(|e| vec![SuiteError::World(e)])?;
     let default_now = match &suite.now {
-        Some(n) => parse_now(n).map_err(|e| vec![format!("now: {e}")])?,
+        Some(n) => parse_now(n).map_err(|e| vec![SuiteError::Now(e)])?,
         None => jiff::Timestamp::now(),
     };
     if suite.tests.is_empty() {
-        return Err(vec![format!("{}: no [[tests]]", path.display())]);
+        return Err(vec![SuiteError::NoTests(path.to_path_buf())]);
     }
     let mut results = Vec::new();
     for case in &suite.tests {
@@ -192,7 +250,7 @@ pub async fn run_suite(path: &Path) -> Result<Vec<CaseResult>, Vec<String>> {
         let callout = match read_callout(&rel(&case.callout)) {
             Ok(c) => c,
             Err(e) => {
-                failures.push(e);
+                failures.push(e.to_string());
                 results.push(CaseResult {
                     name: case.name.clone(),
                     failures,
