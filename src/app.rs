@@ -1,4 +1,5 @@
-//! Start-up: builds the shared state from a validated config and runs one of the two hosts.
+//! Start-up, the composition root: builds the shared [`AppState`] from a validated config and
+//! runs one of the two hosts (it imports them; they import only `state`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,34 +16,8 @@ use crate::graph::GraphClient;
 use crate::queue::azure_backend::{self, AzureJobs};
 use crate::queue::sqlite::{DataDirLock, SqliteQueue};
 use crate::queue::{JobStore, Settings as QueueSettings};
+use crate::state::AppState;
 use crate::worker::{self, WorkerCtx};
-
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub auth: Authenticator,
-    pub capture: Option<Capture>,
-    /// The standalone queue; `None` under Functions, where the host's queue binding carries jobs.
-    pub queue: Option<Arc<dyn JobStore>>,
-    /// Under Functions with `queue.backend = "azure_storage"`: where a queue-trigger job parks
-    /// (the host's own queue, reached directly).
-    pub storage: Option<AzureJobs>,
-    pub worker: Arc<WorkerCtx>,
-}
-
-impl AppState {
-    /// Jobs per status (off the async threads: SQLite calls block).
-    pub async fn queue_counts(&self) -> serde_json::Value {
-        let Some(q) = &self.queue else {
-            return serde_json::Value::Null;
-        };
-        match q.counts().await {
-            Ok(rows) => {
-                serde_json::Value::Object(rows.into_iter().map(|(k, v)| (k, v.into())).collect())
-            }
-            Err(_) => serde_json::Value::Null,
-        }
-    }
-}
 
 /// The one outbound HTTP client: no redirects (a token must never follow one), bounded time.
 pub fn http_client() -> anyhow::Result<reqwest::Client> {

@@ -25,13 +25,13 @@ use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
 use tracing::Instrument as _;
 
-use crate::app::AppState;
 use crate::intake::{self, Admission, CalloutHeaders, CorrelationId, IntakeError, IntakeRequest};
 use crate::queue::azure_backend::AzureJobs;
 use crate::queue::store::LeaseToken;
 use crate::queue::{
     Deadline, JobMessage, Lease, Outcome, Settle, Step, StoreError, Stored, Wait, now_ms,
 };
+use crate::state::AppState;
 use crate::worker;
 
 /// Output binding names, as in function-app/*/function.json.

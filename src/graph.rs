@@ -10,7 +10,6 @@ use serde_json::{Value, json};
 use crate::callout::{Callout, callback_path_names_request};
 use crate::credentials::{Audience, CredentialError, Credentials};
 use crate::outbound::{retry_after, transport_error};
-use crate::policy::{Action, Decision};
 use crate::queue::Deadline;
 use crate::resilience::{CircuitBreaker, RateLimiter};
 
@@ -120,6 +119,14 @@ fn graph_error_text(body: &str) -> String {
     let s = format!("{code}: {msg}");
     let s = s.trim_matches(|c| c == ':' || c == ' ');
     s.chars().take(300).collect()
+}
+
+/// What a resume says, in Graph's terms: deny (sent only where the stage takes one) or
+/// continue, and the detail text approvers see.
+#[derive(Debug, Clone, Copy)]
+pub struct Resume<'a> {
+    pub deny: bool,
+    pub detail: &'a str,
 }
 
 impl GraphClient {
@@ -267,14 +274,14 @@ impl GraphClient {
     }
 
     /// The body Graph documents for `resume` (accessPackageAssignmentRequestCallbackData).
-    pub fn resume_body(&self, c: &Callout, d: &Decision) -> Value {
+    pub fn resume_body(&self, c: &Callout, r: &Resume<'_>) -> Value {
         let mut data = json!({
             "@odata.type": "#microsoft.graph.accessPackageAssignmentRequestCallbackData",
             "stage": c.stage.as_graph(),
             "customExtensionStageInstanceId": c.stage_instance_id.as_str(),
-            "customExtensionStageInstanceDetail": d.detail,
+            "customExtensionStageInstanceDetail": r.detail,
         });
-        if d.action == Action::Deny && c.stage.can_deny() {
+        if r.deny && c.stage.can_deny() {
             data["state"] = json!("denied");
         }
         json!({
@@ -289,12 +296,12 @@ impl GraphClient {
     pub async fn resume(
         &self,
         c: &Callout,
-        d: &Decision,
+        r: &Resume<'_>,
         deadline: Deadline,
     ) -> Result<ResumeOutcome, GraphError> {
         let deadline = deadline.instant();
         let url = self.resume_url(c);
-        let body = self.resume_body(c, d);
+        let body = self.resume_body(c, r);
         let resp = self
             .send(self.http.post(&url).json(&body), deadline)
             .await?;

@@ -18,12 +18,12 @@ use axum::routing::{get, post};
 use serde_json::json;
 use tracing::Instrument as _;
 
-use crate::app::AppState;
 use crate::auth::VerifiedCaller;
 use crate::intake::{
     self, Admission, CalloutHeaders, CorrelationId, IntakeError, IntakeRequest, Refusal,
 };
 use crate::queue::EnqueueOutcome;
+use crate::state::AppState;
 
 /// Entra gives up after 2 s; a body still arriving after 10 s is stuck or hostile.
 const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

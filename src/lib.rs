@@ -28,6 +28,7 @@ pub mod queue;
 pub mod resilience;
 pub mod secret;
 pub mod settings;
+pub mod state;
 pub mod telemetry;
 pub mod tickets;
 pub mod worker;

@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::directory::Directory;
-use crate::graph::{GraphClient, GraphError, ResumeOutcome};
-use crate::policy::{DecideEnv, Decision, Mode, Policy};
+use crate::graph::{GraphClient, GraphError, Resume, ResumeOutcome};
+use crate::policy::{Action, DecideEnv, Decision, Mode, Policy};
 use crate::queue::{Deadline, JobStore, Lease, Outcome, Settle, Step, Stored};
 use crate::tickets::TicketSystem;
 
@@ -109,7 +109,11 @@ pub async fn process(ctx: &WorkerCtx, lease: &Lease) -> Step {
             last_error.unwrap_or("none (the job never ran)")
         ));
     }
-    match ctx.graph.resume(c, &decision, msg.deadline).await {
+    let resume = Resume {
+        deny: decision.action == Action::Deny,
+        detail: &decision.detail,
+    };
+    match ctx.graph.resume(c, &resume, msg.deadline).await {
         Ok(ResumeOutcome::Resumed) => {
             tracing::info!(decision = verdict, rule = ?decision.rule, attempt, "resumed");
             Step::Done(Outcome::Resumed {
