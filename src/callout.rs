@@ -494,7 +494,7 @@ mod tests {
             "AccessPackage":{"Id":"ap","DisplayName":"Sales"},"AccessPackageCatalog":{"Id":"cat","DisplayName":"General"},
             "Assignment":{"Id":"a","Target":{"ObjectId":"u1","DisplayName":"Ada"},"AssignmentPolicy":{"Id":"p","DisplayName":"pol"}},
             "Requestor":{"ObjectId":"u2"},"Answers":[{"x":1}],"SomethingNew":true}"#;
-        let c = callout(parse(body).unwrap_or_else(|e| panic!("{e}")));
+        let c = callout(parse(body).unwrap());
         assert_eq!(c.request_id.as_str(), "r1");
         assert_eq!(c.stage, Stage::AssignmentRequestCreated);
         assert_eq!(c.callback_timeout_secs, Some(3600));
@@ -517,7 +517,7 @@ mod tests {
         let body = br##"{"source":"x","type":"t","data":{"@odata.type":"#microsoft.graph.accessPackageAssignmentRequestCalloutData",
             "accessPackageAssignmentRequestId":"r2","customExtensionStageInstanceId":"s2","stage":"AssignmentRequestApproved",
             "callbackConfiguration":{"timeoutDuration":"P1DT2H"}}}"##;
-        let c = callout(parse(body).unwrap_or_else(|e| panic!("{e}")));
+        let c = callout(parse(body).unwrap());
         assert_eq!(c.stage, Stage::AssignmentRequestApproved);
         assert_eq!(c.callback_timeout_secs, Some(26 * 3600));
         assert_eq!(c.shape, WireShape::Envelope);
@@ -565,9 +565,9 @@ mod tests {
 
     #[test]
     fn pre_expiration_and_no_callback_config_expect_no_resume() {
-        let c = callout(parse(br#"{"Stage":"assignmentOneDayBeforeExpiration","CustomExtensionStageInstanceId":"s","AccessPackageAssignmentRequestId":"r","CallbackConfiguration":{"DurationBeforeTimeout":"PT1H"}}"#).unwrap_or_else(|e| panic!("{e}")));
+        let c = callout(parse(br#"{"Stage":"assignmentOneDayBeforeExpiration","CustomExtensionStageInstanceId":"s","AccessPackageAssignmentRequestId":"r","CallbackConfiguration":{"DurationBeforeTimeout":"PT1H"}}"#).unwrap());
         assert!(!c.expects_resume());
-        let c = callout(parse(br#"{"Stage":"assignmentRequestGranted","CustomExtensionStageInstanceId":"s","AccessPackageAssignmentRequestId":"r"}"#).unwrap_or_else(|e| panic!("{e}")));
+        let c = callout(parse(br#"{"Stage":"assignmentRequestGranted","CustomExtensionStageInstanceId":"s","AccessPackageAssignmentRequestId":"r"}"#).unwrap());
         assert!(!c.expects_resume());
     }
 

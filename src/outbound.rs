@@ -40,9 +40,7 @@ mod tests {
 
     #[test]
     fn retry_after_reads_seconds_and_http_dates() {
-        let now: jiff::Timestamp = "2026-11-23T10:00:00Z"
-            .parse()
-            .unwrap_or_else(|e| panic!("{e}"));
+        let now: jiff::Timestamp = "2026-11-23T10:00:00Z".parse().unwrap();
         assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
         assert_eq!(
             parse_retry_after("Mon, 23 Nov 2026 10:00:30 GMT", now),

@@ -405,10 +405,9 @@ mod tests {
     /// `[inbound]` (with a legacy audience, as config's tests have) plus `lines`, and the
     /// `[extensions.*]` tables in `extensions`.
     fn parse(lines: &str, extensions: &str) -> (Settings, Vec<Extension>, Vec<ConfigProblem>) {
-        let raw: Raw = toml::from_str(&format!("audiences = [\"api://accessgate\"]\n{lines}\n"))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let exts: BTreeMap<String, RawExtension> =
-            toml::from_str(extensions).unwrap_or_else(|e| panic!("{e}"));
+        let raw: Raw =
+            toml::from_str(&format!("audiences = [\"api://accessgate\"]\n{lines}\n")).unwrap();
+        let exts: BTreeMap<String, RawExtension> = toml::from_str(extensions).unwrap();
         let mut p = Problems::default();
         let s = Settings::from_raw(raw, &mut p);
         let e = Extension::all_from_raw(exts, &s, Path::new("."), &mut p);

@@ -334,13 +334,11 @@ mod tests {
     use crate::tickets::NoTickets;
 
     fn settings(toml_text: &str) -> HrSettings {
-        toml::from_str(toml_text).unwrap_or_else(|e| panic!("{e}"))
+        toml::from_str(toml_text).unwrap()
     }
 
     fn now() -> jiff::Timestamp {
-        "2026-11-23T12:00:00Z"
-            .parse()
-            .unwrap_or_else(|e| panic!("{e}"))
+        "2026-11-23T12:00:00Z".parse().unwrap()
     }
 
     fn user() -> UserFacts {
@@ -364,7 +362,7 @@ mod tests {
         };
         let mut facts = Facts::none(Some("u1".into()));
         facts.user = u;
-        let check = check("hr", settings(s)).unwrap_or_else(|e| panic!("{e:?}"));
+        let check = check("hr", settings(s)).unwrap();
         let ctx = CheckCtx {
             callout: &c,
             now: now(),

@@ -448,8 +448,8 @@ mod tests {
         let s: TicketSettings = toml::from_str(&format!(
             "table = \"sc_req_item\"\nallowed_states = [\"2\", \"New\"]\n{settings}"
         ))
-        .unwrap_or_else(|e| panic!("{e}"));
-        let chk = check("t", s).unwrap_or_else(|e| panic!("{e:?}"));
+        .unwrap();
+        let chk = check("t", s).unwrap();
         let tickets = Fixed(records);
         let ctx = CheckCtx {
             callout: &c,
@@ -617,9 +617,9 @@ mod tests {
         };
         let mut facts = Facts::none(None);
         facts.request = Fetched::Failed("Graph $batch: HTTP 503".into());
-        let s: TicketSettings = toml::from_str("table = \"sc_req_item\"\nallowed_states = [\"2\"]")
-            .unwrap_or_else(|e| panic!("{e}"));
-        let chk = check("t", s).unwrap_or_else(|e| panic!("{e:?}"));
+        let s: TicketSettings =
+            toml::from_str("table = \"sc_req_item\"\nallowed_states = [\"2\"]").unwrap();
+        let chk = check("t", s).unwrap();
         let tickets = Fixed(Ok(vec![]));
         let ctx = CheckCtx {
             callout: &c,
@@ -658,7 +658,7 @@ mod tests {
 
     #[test]
     fn bad_settings_list_every_error() {
-        let s: TicketSettings = toml::from_str("table = \"a b\"\nallowed_states = []\nnumber_pattern = \"(\"\nsearch_justification = false").unwrap_or_else(|e| panic!("{e}"));
+        let s: TicketSettings = toml::from_str("table = \"a b\"\nallowed_states = []\nnumber_pattern = \"(\"\nsearch_justification = false").unwrap();
         let errs = check("t", s).err().unwrap_or_default().join("\n");
         for want in [
             "table",

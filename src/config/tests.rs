@@ -29,7 +29,7 @@ fn good_config_with_secret_from_env_loads_with_defaults() {
         &env(&[("ACCESSGATE_CREDENTIALS__CLIENT_SECRET", "s3cret")]),
         Path::new("."),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     match &c.credentials.mode {
         CredentialMode::ClientSecret { secret, .. } => assert_eq!(secret.expose(), "s3cret"),
         other => panic!("{other:?}"),
@@ -55,7 +55,7 @@ fn env_overrides_win_and_parse_numbers() {
         ]),
         Path::new("."),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     assert_eq!(c.worker.concurrency, 7);
     assert_eq!(c.graph.base_url.base(), "https://graph.microsoft.us");
     assert_eq!(c.graph.scope, "https://graph.microsoft.us/.default");
@@ -109,7 +109,7 @@ fn extensions_from_file_and_environment() {
         ]),
         Path::new("."),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     let names: Vec<&str> = c.extensions.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(names, ["finance", "hr"]);
     let fin = &c.extensions[0];
@@ -171,7 +171,7 @@ fn reserved_variables_are_not_overrides_and_numeric_secrets_stay_strings() {
         ]),
         Path::new("."),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     match &c.credentials.mode {
         CredentialMode::ClientSecret { secret, .. } => assert_eq!(secret.expose(), "12345678"),
         other => panic!("{other:?}"),
@@ -208,7 +208,7 @@ fn national_clouds_pick_their_key_vault_audience() {
         ]),
         Path::new("."),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     assert_eq!(c.credentials.key_vault_resource, "https://vault.azure.cn");
     assert_eq!(
         c.graph.base_url.base(),

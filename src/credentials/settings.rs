@@ -444,7 +444,7 @@ mod tests {
         lines: &str,
         vars: &[(&str, &str)],
     ) -> Result<(Settings, Vec<ConfigProblem>), Vec<ConfigProblem>> {
-        let raw: Raw = toml::from_str(lines).unwrap_or_else(|e| panic!("{e}"));
+        let raw: Raw = toml::from_str(lines).unwrap();
         let env = vars
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -469,8 +469,7 @@ mod tests {
             ("IDENTITY_ENDPOINT", "http://127.0.0.1:41741/msi/token"),
             ("IDENTITY_HEADER", "hdr-secret"),
         ];
-        let (c, warnings) =
-            creds("mode = \"managed_identity\"", &mi).unwrap_or_else(|e| panic!("{e:?}"));
+        let (c, warnings) = creds("mode = \"managed_identity\"", &mi).unwrap();
         assert!(matches!(c.mode, CredentialMode::ManagedIdentity));
         assert!(warnings.is_empty(), "{warnings:?}");
         assert!(!format!("{c:?}").contains("hdr-secret"));
@@ -479,7 +478,7 @@ mod tests {
             &format!("mode = \"key_vault_certificate\"\nclient_id = \"{APP}\"\nkey_vault_url = \"https://v.vault.azure.net\"\ncertificate_name = \"graph-cert\""),
             &mi,
         )
-        .unwrap_or_else(|e| panic!("{e:?}"));
+        .unwrap();
         match &c.mode {
             CredentialMode::KeyVaultCertificate {
                 sign_with,
@@ -507,7 +506,7 @@ mod tests {
                 ),
             ],
         )
-        .unwrap_or_else(|e| panic!("{e:?}"));
+        .unwrap();
         match &c.mode {
             CredentialMode::WorkloadIdentity {
                 client_id,
@@ -560,8 +559,7 @@ mod tests {
 
     #[test]
     fn a_missing_managed_identity_is_a_warning_not_a_failure() {
-        let (_, warnings) =
-            creds("mode = \"managed_identity\"", &[]).unwrap_or_else(|e| panic!("{e:?}"));
+        let (_, warnings) = creds("mode = \"managed_identity\"", &[]).unwrap();
         assert!(
             warnings.iter().any(|w| w.setting == "IDENTITY_ENDPOINT"),
             "{warnings:?}"

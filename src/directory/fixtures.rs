@@ -371,14 +371,14 @@ mod tests {
     }"#;
 
     fn world() -> World {
-        serde_json::from_str(WORLD).unwrap_or_else(|e| panic!("{e}"))
+        serde_json::from_str(WORLD).unwrap()
     }
 
     #[test]
     fn holdings_follow_nesting_states_and_pending() {
         let h = world()
             .holdings("alice@contoso.example", "r1", Some("ext_ents"))
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         assert_eq!(
             h.access_packages.len(),
             1,
@@ -400,7 +400,7 @@ mod tests {
 
     #[test]
     fn user_facts_parse_dates_and_manager() {
-        let u = world().user_facts("u1").unwrap_or_else(|e| panic!("{e}"));
+        let u = world().user_facts("u1").unwrap();
         assert_eq!(u.manager.as_deref(), Some("u2"));
         assert_eq!(
             u.employee_hire_date.map(|t| t.to_string()),
@@ -432,7 +432,7 @@ mod tests {
                 Instant::now(),
             )
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         assert_eq!(recs.len(), 1);
         let email = recs[0].field("opened_for.email").map(|f| f.value);
         assert_eq!(email.as_deref(), Some("alice@contoso.example"));

@@ -163,7 +163,7 @@ mod tests {
     use crate::settings::ConfigProblem;
 
     fn problems(text: &str) -> Vec<ConfigProblem> {
-        let raw: Raw = toml::from_str(text).unwrap_or_else(|e| panic!("{e}"));
+        let raw: Raw = toml::from_str(text).unwrap();
         let mut p = Problems::default();
         Settings::from_raw(raw, &Cloud::GLOBAL, &mut p);
         p.into_parts().0

@@ -163,8 +163,7 @@ mod tests {
 
     #[test]
     fn placeholders_fill_and_braces_escape() {
-        let t = Template::parse("Denied {package}: {reasons} {{literal}}")
-            .unwrap_or_else(|e| panic!("{e}"));
+        let t = Template::parse("Denied {package}: {reasons} {{literal}}").unwrap();
         let s = t.render(|v| format!("<{v}>"), 1000);
         assert_eq!(s, "Denied <package>: <reasons> {literal}");
         assert_eq!(t.literal_len(), "Denied :  {literal}".len());
@@ -185,7 +184,7 @@ mod tests {
 
     #[test]
     fn long_results_are_cut_with_an_ellipsis() {
-        let t = Template::parse("{reasons}").unwrap_or_else(|e| panic!("{e}"));
+        let t = Template::parse("{reasons}").unwrap();
         let s = t.render(|_| "x".repeat(50), 10);
         assert_eq!(s.chars().count(), 10);
         assert!(s.ends_with('…'));

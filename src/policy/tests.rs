@@ -272,7 +272,7 @@ name = "rest"
 decision = "continue"
 "#,
     )
-    .unwrap_or_else(|e| panic!("{e:?}"));
+    .unwrap();
     let d = decide(&p, &callout("assignmentRequestCreated")).await;
     assert_eq!(
         (d.action, d.rule.as_deref()),
@@ -344,7 +344,7 @@ fn stages_that_cannot_deny_are_named_at_load() {
     let p = Policy::parse(
         "[[rules]]\nname = \"x\"\nstages = [\"assignmentRequestCreated\", \"assignmentRequestGranted\"]\ndecision = \"deny\"\n",
     )
-    .unwrap_or_else(|e| panic!("{e:?}"));
+    .unwrap();
     assert!(
         p.warnings
             .iter()

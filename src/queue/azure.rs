@@ -741,7 +741,6 @@ pub fn parse_connection_string(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     /// Captured from Azurite 3.37 (two messages received in one call; the second was written by

@@ -146,7 +146,6 @@ impl std::fmt::Debug for AccountKey {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     /// The Azurite development key (public, documented by Microsoft).

@@ -668,7 +668,6 @@ impl JobStore for SqliteQueue {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::callout::{Parsed, parse};
 

@@ -338,20 +338,17 @@ mod tests {
                 }
             }))
             .with_state(s2);
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let addr = l.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(l, app).await });
         (format!("http://{addr}"), seen)
     }
 
     /// `[servicenow]` from TOML, with a vault configured (as credentials' Key Vault modes do).
     fn settings(toml_text: &str) -> Result<Settings, Vec<(String, String)>> {
-        let vault =
-            EndpointUrl::parse("https://v.vault.azure.net").unwrap_or_else(|e| panic!("{e}"));
+        let vault = EndpointUrl::parse("https://v.vault.azure.net").unwrap();
         let mut p = crate::settings::Problems::default();
-        let raw = toml::from_str(toml_text).unwrap_or_else(|e| panic!("{e}"));
+        let raw = toml::from_str(toml_text).unwrap();
         let s = Settings::from_raw(raw, Some(&vault), &mut p);
         let (errors, _) = p.into_parts();
         match s {
@@ -374,7 +371,7 @@ mod tests {
         let s = settings(&format!(
             "instance_url = \"{url}\"\nusername = \"ag\"\npassword = \"pw-not-printed\""
         ))
-        .unwrap_or_else(|e| panic!("{e:?}"));
+        .unwrap();
         let sn = ServiceNow::new(reqwest::Client::new(), s, None);
         let recs = sn
             .find(
@@ -385,7 +382,7 @@ mod tests {
                 deadline(),
             )
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         assert_eq!(recs.len(), 1);
         let q = seen
             .last_query
@@ -411,12 +408,12 @@ mod tests {
     #[tokio::test]
     async fn oauth_tokens_are_cached_and_a_401_retries_once() {
         let (url, seen) = stub(true, json!({"result": []})).await;
-        let s = settings(&format!("instance_url = \"{url}\"\nauth = \"oauth\"\nclient_id = \"c\"\nclient_secret = \"cs-not-printed\"")).unwrap_or_else(|e| panic!("{e:?}"));
+        let s = settings(&format!("instance_url = \"{url}\"\nauth = \"oauth\"\nclient_id = \"c\"\nclient_secret = \"cs-not-printed\"")).unwrap();
         let sn = ServiceNow::new(reqwest::Client::new(), s, None);
         for _ in 0..2 {
             sn.find("incident", "number", "INC0000001", &[], deadline())
                 .await
-                .unwrap_or_else(|e| panic!("{e}"));
+                .unwrap();
         }
         // First find: token, 401, fresh token, retry; second find: the cached token.
         assert_eq!(seen.tokens.load(Ordering::SeqCst), 2);
@@ -433,7 +430,7 @@ mod tests {
         let s = settings(&format!(
             "instance_url = \"{url}\"\nusername = \"ag\"\npassword = \"pw-not-printed\""
         ))
-        .unwrap_or_else(|e| panic!("{e:?}"));
+        .unwrap();
         let sn = ServiceNow::new(reqwest::Client::new(), s.clone(), None);
         assert!(matches!(
             sn.find("t", "number", "X1", &[], deadline()).await,
@@ -459,7 +456,7 @@ mod tests {
         let s = settings(&format!(
             "instance_url = \"{down}\"\nusername = \"ag\"\npassword = \"pw-not-printed\""
         ))
-        .unwrap_or_else(|e| panic!("{e:?}"));
+        .unwrap();
         let e = ServiceNow::new(reqwest::Client::new(), s.clone(), None)
             .find("t", "number", "X1", &[], deadline())
             .await
@@ -482,7 +479,7 @@ mod tests {
         ] {
             assert!(all.contains(want), "{want}: {all}");
         }
-        let s = settings("instance_url = \"https://x.service-now.com\"\nusername = \"u\"\npassword_secret = \"sn-pw\"").unwrap_or_else(|e| panic!("{e:?}"));
+        let s = settings("instance_url = \"https://x.service-now.com\"\nusername = \"u\"\npassword_secret = \"sn-pw\"").unwrap();
         assert!(s.uses_key_vault());
         assert!(s.describe().contains("Key Vault secret sn-pw"));
         assert!(settings("instance_url = \"https://x\"\nusername = \"u\"\npassword = \"a\"\npassword_secret = \"b\"").is_err());

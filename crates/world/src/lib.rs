@@ -343,7 +343,7 @@ mod tests {
     }"#;
 
     fn world() -> World {
-        serde_json::from_str(WORLD).unwrap_or_else(|e| panic!("{e}"))
+        serde_json::from_str(WORLD).unwrap()
     }
 
     #[test]
@@ -379,7 +379,7 @@ mod tests {
     fn serializing_keeps_the_format() {
         let w = world();
         let text = serde_json::to_string(&w).unwrap_or_default();
-        let back: World = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        let back: World = serde_json::from_str(&text).unwrap();
         assert_eq!(back, w);
         let v: Value = serde_json::from_str(&text).unwrap_or_default();
         assert_eq!(v["users"][0]["userPrincipalName"], "alice@contoso.example");
@@ -410,7 +410,7 @@ mod tests {
                 "assignments": [{"accessPackageId": "p9", "targetId": "u1"}],
                 "requests": [{"id": "r", "accessPackageId": "p9", "targetId": "u7"}]}"#,
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
         let e = w
             .validate()
             .err()
@@ -430,8 +430,7 @@ mod tests {
 
     #[test]
     fn duplicate_or_missing_user_ids_are_refused() {
-        let dup: World = serde_json::from_str(r#"{"users": [{"id": "a"}, {"id": "A"}]}"#)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let dup: World = serde_json::from_str(r#"{"users": [{"id": "a"}, {"id": "A"}]}"#).unwrap();
         assert!(matches!(dup.validate(), Err(WorldError::DuplicateUserId)));
         assert!(serde_json::from_str::<World>(r#"{"users": [{"displayName": "x"}]}"#).is_err());
     }
@@ -439,12 +438,12 @@ mod tests {
     #[test]
     fn load_reads_a_directory_or_a_file_and_names_it_in_errors() {
         let dir = std::env::temp_dir().join(format!("accessgate-world-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join(WORLD_FILE);
-        std::fs::write(&file, WORLD).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&file, WORLD).unwrap();
         assert_eq!(World::load(&dir).ok(), Some(world()));
         assert_eq!(World::load(&file).ok(), Some(world()));
-        std::fs::write(&file, "{\"users\": 1}").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&file, "{\"users\": 1}").unwrap();
         let e = World::load(&dir)
             .err()
             .map(|e| e.to_string())
@@ -454,7 +453,7 @@ mod tests {
             &file,
             r#"{"assignments": [{"accessPackageId": "p", "targetId": "u"}]}"#,
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
         let e = World::load(&dir)
             .err()
             .map(|e| e.to_string())

@@ -37,12 +37,12 @@ struct Doc {
 }
 
 fn build(text: &str) -> Result<SodRules, Vec<String>> {
-    let d: Doc = toml::from_str(text).unwrap_or_else(|e| panic!("{e}"));
+    let d: Doc = toml::from_str(text).unwrap();
     SodRules::build(&d.functions, &d.risks, &d.exceptions, &packages())
 }
 
 fn rules(text: &str) -> SodRules {
-    build(text).unwrap_or_else(|e| panic!("{e:?}"))
+    build(text).unwrap()
 }
 
 fn named(id: &str) -> Named {
@@ -60,9 +60,7 @@ fn held(id: &str, name: &str) -> Held {
 }
 
 fn now() -> jiff::Timestamp {
-    "2026-11-23T12:00:00Z"
-        .parse()
-        .unwrap_or_else(|e| panic!("{e}"))
+    "2026-11-23T12:00:00Z".parse().unwrap()
 }
 
 const BASE: &str = r#"
@@ -321,8 +319,8 @@ async fn run_check(settings: &str, h: Holdings, target: &str) -> Finding {
     };
     let mut facts = Facts::none(Some(target.into()));
     facts.holdings = Fetched::Ok(h);
-    let s: SodSettings = toml::from_str(settings).unwrap_or_else(|e| panic!("{e}"));
-    let chk = check("sod", Arc::new(rules(BASE)), s).unwrap_or_else(|e| panic!("{e:?}"));
+    let s: SodSettings = toml::from_str(settings).unwrap();
+    let chk = check("sod", Arc::new(rules(BASE)), s).unwrap();
     let ctx = CheckCtx {
         callout: &c,
         now: now(),
@@ -367,7 +365,7 @@ async fn the_check_denies_notes_exceptions_and_respects_min_severity() {
         check(
             "sod",
             Arc::new(rules(BASE)),
-            toml::from_str("risks = [\"nope\"]").unwrap_or_else(|e| panic!("{e}"))
+            toml::from_str("risks = [\"nope\"]").unwrap()
         )
         .is_err()
     );
@@ -382,12 +380,7 @@ async fn a_failed_read_is_an_error() {
     };
     let mut facts = Facts::none(None);
     facts.holdings = Fetched::Failed("Graph $batch: HTTP 503".into());
-    let chk = check(
-        "sod",
-        Arc::new(rules(BASE)),
-        toml::from_str("").unwrap_or_else(|e| panic!("{e}")),
-    )
-    .unwrap_or_else(|e| panic!("{e:?}"));
+    let chk = check("sod", Arc::new(rules(BASE)), toml::from_str("").unwrap()).unwrap();
     let ctx = CheckCtx {
         callout: &c,
         now: now(),
