@@ -390,9 +390,7 @@ impl AzureQueue {
                 pairs.append_pair(k, v);
             }
         }
-        let date = jiff::fmt::rfc2822::DateTimePrinter::new()
-            .timestamp_to_rfc9110_string(&jiff::Timestamp::now())
-            .map_err(|e| QueueError::Malformed(format!("formatting the date: {e}")))?;
+        let date = super::shared_key::request_date().map_err(QueueError::Malformed)?;
         let body_len = body.as_ref().map_or(0, String::len);
         let content_type = if body.is_some() {
             "application/xml"
@@ -422,9 +420,8 @@ impl AzureQueue {
                 format!("Bearer {}", token.expose())
             }
         };
-        let mut auth_value = reqwest::header::HeaderValue::from_str(&authorization)
-            .map_err(|_| QueueError::Auth("the credential is not a valid header value".into()))?;
-        auth_value.set_sensitive(true);
+        let auth_value = super::shared_key::authorization_value(&authorization)
+            .ok_or_else(|| QueueError::Auth("the credential is not a valid header value".into()))?;
         let mut req = self
             .inner
             .http

@@ -104,6 +104,21 @@ pub fn string_to_sign(r: &SignedRequest<'_>) -> String {
     s
 }
 
+/// The `x-ms-date` value for a request sent now (RFC 9110 date), shared by the queue and table
+/// clients.
+pub fn request_date() -> Result<String, String> {
+    jiff::fmt::rfc2822::DateTimePrinter::new()
+        .timestamp_to_rfc9110_string(&jiff::Timestamp::now())
+        .map_err(|e| format!("formatting the date: {e}"))
+}
+
+/// The `Authorization` header value, marked sensitive so that no debug output shows it.
+pub fn authorization_value(credential: &str) -> Option<reqwest::header::HeaderValue> {
+    let mut v = reqwest::header::HeaderValue::from_str(credential).ok()?;
+    v.set_sensitive(true);
+    Some(v)
+}
+
 /// Why an account key cannot sign. Never holds the key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {

@@ -247,9 +247,7 @@ impl Table {
                 pairs.append_pair(k, v);
             }
         }
-        let date = jiff::fmt::rfc2822::DateTimePrinter::new()
-            .timestamp_to_rfc9110_string(&jiff::Timestamp::now())
-            .map_err(|e| TableError::Malformed(format!("formatting the date: {e}")))?;
+        let date = super::shared_key::request_date().map_err(TableError::Malformed)?;
         let content_type = if body.is_some() {
             "application/json"
         } else {
@@ -276,9 +274,8 @@ impl Table {
                 format!("Bearer {}", token.expose())
             }
         };
-        let mut auth_value = reqwest::header::HeaderValue::from_str(&authorization)
-            .map_err(|_| TableError::Auth("the credential is not a valid header value".into()))?;
-        auth_value.set_sensitive(true);
+        let auth_value = super::shared_key::authorization_value(&authorization)
+            .ok_or_else(|| TableError::Auth("the credential is not a valid header value".into()))?;
         let mut req = self
             .inner
             .http
