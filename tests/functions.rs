@@ -404,9 +404,9 @@ async fn a_parked_job_is_parked_again_when_delivered_early_and_runs_once_its_key
     let (status, out) = invoke(&ag, "ProcessJob", &q).await;
     assert_eq!(status, 200, "{out}");
     resumed(&e, &sid).await;
-    let woken = ag
-        .log_json()
-        .into_iter()
-        .any(|l| l["message"] == "resumed" && l["span"]["woken_by"] == "event");
-    assert!(woken, "the attempt's log says it was woken by the event");
+    // The log line may reach the pipe after the emulator has seen the resume: wait for it.
+    ag.wait_log("resumed, woken by the event", |l| {
+        l["message"] == "resumed" && l["span"]["woken_by"] == "event"
+    })
+    .await;
 }
