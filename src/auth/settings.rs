@@ -211,7 +211,7 @@ impl Settings {
             p,
             "inbound.replay_cache_entries",
             raw.replay_cache_entries,
-            200_000,
+            1_000_000,
             1000..=10_000_000,
         );
         let relay_audiences = raw.relay_audiences.unwrap_or_default();
