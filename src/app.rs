@@ -199,9 +199,18 @@ pub async fn run(
     let cancel = CancellationToken::new();
     let (state, pool, _lock, backend) = match &config.queue {
         QueueSettings::Sqlite => {
-            let lock = DataDirLock::acquire(&config.server.data_dir)?;
-            let queue =
-                SqliteQueue::open(&config.server.data_dir).context("opening the job queue")?;
+            let dir = config.server.data_dir.clone();
+            // Name the setting and the path: a bare "Read-only file system" says neither.
+            let hint = || {
+                format!(
+                    "server.data_dir = {}: cannot create or write the job queue there; make the directory writable by this user or set server.data_dir to a writable path",
+                    dir.display()
+                )
+            };
+            let lock = DataDirLock::acquire(&dir).with_context(hint)?;
+            let queue = SqliteQueue::open(&dir)
+                .context("opening the job queue")
+                .with_context(hint)?;
             let recovered = queue.recover_running()?;
             if recovered > 0 {
                 tracing::warn!(
