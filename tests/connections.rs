@@ -73,3 +73,41 @@ async fn slow_header_and_idle_connections_are_closed_and_callouts_still_answered
         "idle keep-alive connection kept open"
     );
 }
+
+/// The text log format escapes control characters in every field: a callout cannot forge a line.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_newline_in_a_callout_field_cannot_forge_a_text_log_line() {
+    let h = Harness::start_env(
+        "",
+        "",
+        vec![("ACCESSGATE_LOG__FORMAT".into(), "text".into())],
+    )
+    .await;
+    let r = h
+        .send(SendOptions {
+            stage: Some("assignmentRequestX\n2026-01-01 INFO forged\u{1b}[31m".into()),
+            stage_instance_id: Some("s-forge".into()),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(r.status, Some(202), "{r:?}");
+    eventually(10, "the unknown-stage line", || {
+        h.ag.log_lines()
+            .into_iter()
+            .find(|l| l.contains("unknown stage acknowledged"))
+    })
+    .await;
+    let lines = h.ag.log_lines();
+    assert!(
+        !lines.iter().any(|l| l.starts_with("2026-01-01")),
+        "forged line: {lines:#?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains('\u{1b}')),
+        "raw ESC in logs"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("forged")),
+        "the escaped stage is still logged"
+    );
+}
