@@ -159,8 +159,26 @@ async fn connect_storage(
     jobs
 }
 
+/// `server.max_connections`, or what fits under the open-file limit; logged.
+fn connection_limit(limits: &crate::http_server::Limits) -> usize {
+    let nofile = crate::http_server::nofile_limit();
+    let (max, warning) = crate::http_server::connection_limit(limits.max_connections, nofile);
+    if let Some(w) = warning {
+        tracing::warn!(setting = "server.max_connections", "{w}");
+    }
+    tracing::info!(
+        max_connections = max,
+        open_file_limit = nofile,
+        header_read_timeout_s = limits.header_read_timeout.as_secs(),
+        keep_alive_idle_s = limits.keep_alive_idle.as_secs(),
+        "connection limits"
+    );
+    max
+}
+
 /// `accessgate serve`: binds `server.listen` and [`run`]s until SIGINT or SIGTERM.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    crate::http_server::raise_nofile_limit();
     let listen = config.server.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -181,9 +199,18 @@ pub async fn run(
     let cancel = CancellationToken::new();
     let (state, pool, _lock, backend) = match &config.queue {
         QueueSettings::Sqlite => {
-            let lock = DataDirLock::acquire(&config.server.data_dir)?;
-            let queue =
-                SqliteQueue::open(&config.server.data_dir).context("opening the job queue")?;
+            let dir = config.server.data_dir.clone();
+            // Name the setting and the path: a bare "Read-only file system" says neither.
+            let hint = || {
+                format!(
+                    "server.data_dir = {}: cannot create or write the job queue there; make the directory writable by this user or set server.data_dir to a writable path",
+                    dir.display()
+                )
+            };
+            let lock = DataDirLock::acquire(&dir).with_context(hint)?;
+            let queue = SqliteQueue::open(&dir)
+                .context("opening the job queue")
+                .with_context(hint)?;
             let recovered = queue.recover_running()?;
             if recovered > 0 {
                 tracing::warn!(
@@ -217,10 +244,17 @@ pub async fn run(
     tracing::info!(%addr, queue = backend, "accessgate listening");
     // The callout route bounds its own body read (ingress::BODY_TIMEOUT) so a slow client gets
     // the JSON error format with a correlation id.
+    let limits = state.config.server.connections;
+    let max = connection_limit(&limits);
     let app = crate::ingress::router(state).layer(tower_http::catch_panic::CatchPanicLayer::new());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stopping(shutdown, cancel.clone()))
-        .await?;
+    crate::http_server::serve(
+        listener,
+        app,
+        limits,
+        max,
+        stopping(shutdown, cancel.clone()),
+    )
+    .await?;
     cancel.cancel();
     let _ = pool.await;
     tracing::info!("stopped");
@@ -230,6 +264,7 @@ pub async fn run(
 /// Under Azure Functions: binds `FUNCTIONS_CUSTOMHANDLER_PORT` and [`run_functions`] until
 /// SIGINT or SIGTERM.
 pub async fn functions(config: Config, port: u16) -> anyhow::Result<()> {
+    crate::http_server::raise_nofile_limit();
     // The host always calls 127.0.0.1 (functions.md §1).
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
@@ -254,10 +289,10 @@ pub async fn run_functions(
     prefetch_keys(&state);
     let addr = listener.local_addr()?;
     tracing::info!(%addr, mode = "functions", "accessgate listening");
+    let limits = state.config.server.connections;
+    let max = connection_limit(&limits);
     let app =
         crate::functions::router(state).layer(tower_http::catch_panic::CatchPanicLayer::new());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    crate::http_server::serve(listener, app, limits, max, shutdown).await?;
     Ok(())
 }

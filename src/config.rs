@@ -56,6 +56,8 @@ pub struct ServerSettings {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub max_body_bytes: usize,
+    /// Connection limits of the HTTP listener (`crate::http_server`).
+    pub connections: crate::http_server::Limits,
 }
 
 #[derive(Deserialize, Default)]
@@ -64,6 +66,9 @@ struct RawServer {
     listen: Option<String>,
     data_dir: Option<String>,
     max_body_bytes: Option<u64>,
+    header_read_timeout_seconds: Option<u64>,
+    keep_alive_idle_seconds: Option<u64>,
+    max_connections: Option<u64>,
 }
 
 impl ServerSettings {
@@ -72,7 +77,12 @@ impl ServerSettings {
         raw: RawServer,
         base_dir: &Path,
         p: &mut Problems,
-    ) -> (Option<SocketAddr>, PathBuf, usize) {
+    ) -> (
+        Option<SocketAddr>,
+        PathBuf,
+        usize,
+        crate::http_server::Limits,
+    ) {
         let listen = p.check(
             "server.listen",
             raw.listen
@@ -89,7 +99,32 @@ impl ServerSettings {
             1024 * 1024,
             1024..=16 * 1024 * 1024,
         );
-        (listen, data_dir, max_body_bytes as usize)
+        let connections = crate::http_server::Limits {
+            header_read_timeout: settings::seconds(
+                p,
+                "server.header_read_timeout_seconds",
+                raw.header_read_timeout_seconds,
+                5,
+                1..=60,
+            ),
+            keep_alive_idle: settings::seconds(
+                p,
+                "server.keep_alive_idle_seconds",
+                raw.keep_alive_idle_seconds,
+                60,
+                1..=3600,
+            ),
+            max_connections: raw.max_connections.map(|_| {
+                settings::in_range(
+                    p,
+                    "server.max_connections",
+                    raw.max_connections,
+                    0,
+                    16..=1_000_000,
+                ) as usize
+            }),
+        };
+        (listen, data_dir, max_body_bytes as usize, connections)
     }
 }
 
@@ -174,7 +209,8 @@ pub fn from_sources(
     let capture_raw: capture::settings::Raw = section(&root, "capture", &mut p);
     let log_raw: telemetry::settings::Raw = section(&root, "log", &mut p);
 
-    let (listen, data_dir, max_body_bytes) = ServerSettings::from_raw(server_raw, base_dir, &mut p);
+    let (listen, data_dir, max_body_bytes, connections) =
+        ServerSettings::from_raw(server_raw, base_dir, &mut p);
     let cloud = Cloud::from_raw(&identity_raw, &mut p);
     let identity = IdentitySettings::from_raw(identity_raw, &cloud, &mut p);
     let inbound = auth::Settings::from_raw(inbound_raw, &mut p);
@@ -205,6 +241,7 @@ pub fn from_sources(
                 listen,
                 data_dir,
                 max_body_bytes,
+                connections,
             },
             identity,
             inbound,

@@ -19,6 +19,7 @@ pub mod doctor;
 pub mod endpoint;
 pub mod functions;
 pub mod graph;
+pub mod http_server;
 pub mod ingress;
 pub mod intake;
 pub mod json_lookup;

@@ -360,6 +360,12 @@ fn spawn_child(
                 && let Some(a) = v["addr"].as_str()
             {
                 let _ = tx.send(a.parse::<SocketAddr>().unwrap());
+            } else if line.contains("accessgate listening")
+                && let Some(a) = line.split("addr=").nth(1).and_then(|r| r.split(' ').next())
+                && let Ok(a) = a.parse::<SocketAddr>()
+            {
+                // The text log format (`[log] format = "text"`).
+                let _ = tx.send(a);
             }
             logs.lock().unwrap().push(line);
         }
