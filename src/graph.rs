@@ -11,7 +11,7 @@ use crate::callout::{Callout, callback_path_names_request};
 use crate::credentials::{Audience, CredentialError, Credentials};
 use crate::outbound::{retry_after, transport_error};
 use crate::queue::Deadline;
-use crate::resilience::{CircuitBreaker, RateLimiter};
+use crate::resilience::{CircuitBreaker, Pause, RateLimiter};
 
 pub mod settings;
 pub use settings::Settings;
@@ -26,16 +26,23 @@ pub enum ResumeOutcome {
     NotWaiting(String),
 }
 
+/// How long Graph calls pause after a 429 that names no `Retry-After`.
+const DEFAULT_THROTTLE_PAUSE: Duration = Duration::from_secs(5);
+
 /// Why a Graph call failed. Every variant but `Rejected` and `DeadlinePassed` is retried (the
 /// callout waits in the queue); each message says what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GraphError {
-    /// 429, or 503 with `Retry-After`: Graph asked us to slow down.
-    #[error("Graph throttled the call (HTTP {status}); retrying after {}", fmt_wait(*retry_after))]
+    /// 429, or 503 with `Retry-After`: Graph asked us to slow down; every call of the process
+    /// pauses until then (the circuit breaker does not count a 429).
+    #[error("Graph throttled the call (HTTP {status}); all Graph calls paused for {}", fmt_wait(*retry_after))]
     Throttled {
         status: u16,
         retry_after: Option<Duration>,
     },
+    /// An earlier call was throttled and its pause lasts longer than this call can wait.
+    #[error("Graph calls paused for {} s after Graph throttled a call (Retry-After)", retry_in.as_secs().max(1))]
+    Paused { retry_in: Duration },
     /// 5xx, a timeout or a broken connection.
     #[error("Graph unavailable: {detail}")]
     Unavailable {
@@ -79,7 +86,7 @@ pub enum GraphError {
 }
 
 fn fmt_wait(d: Option<Duration>) -> String {
-    d.map_or_else(|| "a backoff".into(), |d| format!("{} s", d.as_secs()))
+    d.map_or_else(|| "a while".into(), |d| format!("{} s", d.as_secs()))
 }
 
 impl GraphError {
@@ -89,7 +96,7 @@ impl GraphError {
             Self::Throttled { retry_after, .. } | Self::Unavailable { retry_after, .. } => {
                 *retry_after
             }
-            Self::CircuitOpen { retry_in, .. } => Some(*retry_in),
+            Self::CircuitOpen { retry_in, .. } | Self::Paused { retry_in } => Some(*retry_in),
             Self::RateBound { retry_after } => Some(*retry_after),
             Self::Credential(e) => e.retry_after(),
             _ => None,
@@ -107,6 +114,8 @@ pub struct GraphClient {
     credentials: Arc<Credentials>,
     limiter: RateLimiter,
     breaker: CircuitBreaker,
+    /// Throttling: every call waits until the last `Retry-After`.
+    pause: Pause,
     /// What the last failed Graph call said, for the breaker's refusals.
     last_failure: std::sync::Mutex<String>,
 }
@@ -134,7 +143,13 @@ impl GraphClient {
         GraphClient {
             http,
             limiter: RateLimiter::new(cfg.max_requests_per_second),
-            breaker: CircuitBreaker::new(cfg.circuit_failure_threshold, cfg.circuit_open),
+            // A probe takes a token request and the call itself.
+            breaker: CircuitBreaker::new(
+                cfg.circuit_failure_threshold,
+                cfg.circuit_open,
+                cfg.timeout * 2,
+            ),
+            pause: Pause::default(),
             cfg,
             credentials,
             last_failure: std::sync::Mutex::new(String::new()),
@@ -159,8 +174,9 @@ impl GraphClient {
         }
     }
 
-    /// One Graph request under the rate bound, the circuit breaker and the deadline. The
-    /// outcome feeds the breaker: 5xx and transport failures count, throttling pauses everyone.
+    /// One Graph request under the throttling pause, the circuit breaker, the rate bound and the
+    /// deadline. The outcome feeds the breaker: 5xx and transport failures count; throttling
+    /// (429, 503 with `Retry-After`) pauses every call of the process until its `Retry-After`.
     async fn send(
         &self,
         req: reqwest::RequestBuilder,
@@ -170,32 +186,53 @@ impl GraphClient {
         if now >= deadline {
             return Err(GraphError::DeadlinePassed);
         }
-        self.breaker
-            .check(now)
-            .map_err(|retry_in| GraphError::CircuitOpen {
-                retry_in,
-                last_failure: self
-                    .last_failure
-                    .lock()
-                    .map(|l| l.clone())
-                    .unwrap_or_default(),
-            })?;
-        // A slot is waited for at most two request timeouts (well inside a worker's lease);
-        // beyond that the job goes back to the queue rather than hold its lease while waiting.
+        // Waits (for a pause, a probe's verdict, a rate slot) last at most two request
+        // timeouts, well inside a worker's lease; beyond that the job goes back to the queue
+        // rather than hold its lease while waiting.
         let wait_limit = deadline.min(now + self.cfg.timeout * 2);
+        if let Some(until) = self.pause.until(now) {
+            if until > wait_limit {
+                return Err(GraphError::Paused {
+                    retry_in: until - now,
+                });
+            }
+            tokio::time::sleep_until(until.into()).await;
+        }
+        let probe =
+            self.breaker
+                .admit(wait_limit)
+                .await
+                .map_err(|retry_in| GraphError::CircuitOpen {
+                    retry_in,
+                    last_failure: self
+                        .last_failure
+                        .lock()
+                        .map(|l| l.clone())
+                        .unwrap_or_default(),
+                })?;
+        let not_sent = |e: GraphError| {
+            if probe {
+                self.breaker.probe_not_sent(Instant::now());
+            }
+            e
+        };
         if !self.limiter.acquire(wait_limit).await {
-            return Err(if wait_limit == deadline {
+            return Err(not_sent(if wait_limit == deadline {
                 GraphError::DeadlinePassed
             } else {
                 GraphError::RateBound {
                     retry_after: self.cfg.timeout,
                 }
-            });
+            }));
         }
-        let token = self.credentials.token(Audience::Graph).await?;
+        let token = self
+            .credentials
+            .token(Audience::Graph)
+            .await
+            .map_err(|e| not_sent(e.into()))?;
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(GraphError::DeadlinePassed);
+            return Err(not_sent(GraphError::DeadlinePassed));
         }
         let resp = match req
             .bearer_auth(token.expose())
@@ -218,19 +255,22 @@ impl GraphClient {
         let ra = retry_after(resp.headers());
         match status {
             429 => {
-                self.breaker.throttled(Instant::now(), ra);
-                self.failed("HTTP 429 (throttled)");
+                // Graph answered: it is up, only busy. Not a breaker failure.
+                self.breaker.success();
+                let pause = self.throttled(status, ra);
                 Err(GraphError::Throttled {
                     status,
-                    retry_after: ra,
+                    retry_after: Some(pause),
                 })
             }
             503 if ra.is_some() => {
-                self.breaker.throttled(Instant::now(), ra);
+                // Unavailable, with advice on when to come back: both a failure and a pause.
+                self.breaker.failure(Instant::now());
                 self.failed("HTTP 503 with Retry-After");
+                let pause = self.throttled(status, ra);
                 Err(GraphError::Throttled {
                     status,
-                    retry_after: ra,
+                    retry_after: Some(pause),
                 })
             }
             500..=599 => {
@@ -254,6 +294,59 @@ impl GraphClient {
                 Ok(resp)
             }
         }
+    }
+
+    /// Pauses every Graph call of this process for `Retry-After` (or a default), logged once per
+    /// pause it extends; returns the pause.
+    fn throttled(&self, status: u16, retry_after: Option<Duration>) -> Duration {
+        let pause = retry_after
+            .unwrap_or(DEFAULT_THROTTLE_PAUSE)
+            .min(Duration::from_secs(3600));
+        if self.pause.pause(Instant::now(), pause).is_some() {
+            tracing::warn!(
+                status,
+                pause_ms = pause.as_millis() as u64,
+                retry_after_s = retry_after.map(|d| d.as_secs()),
+                "Graph throttled a call: all Graph calls paused until its Retry-After"
+            );
+        }
+        pause
+    }
+
+    /// Until when Graph calls are held back (throttling pause or open breaker), if they are.
+    pub fn blocked_until(&self) -> Option<Instant> {
+        let now = Instant::now();
+        match (self.pause.until(now), self.breaker.open_until(now)) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Returns once Graph calls may be tried (neither paused nor refused by an open breaker);
+    /// at once when they may. The worker pool waits here instead of claiming jobs it could only
+    /// put back, and goes the moment the breaker lets its probe through or the pause ends.
+    pub async fn callable(&self) {
+        loop {
+            let (mut breaker, mut pause) = (self.breaker.subscribe(), self.pause.subscribe());
+            let Some(until) = self.blocked_until() else {
+                return;
+            };
+            tokio::select! {
+                _ = breaker.changed() => {}
+                _ = pause.changed() => {}
+                _ = tokio::time::sleep_until(until.into()) => {}
+            }
+        }
+    }
+
+    /// Sees every later change of the circuit breaker's state.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.breaker.subscribe()
+    }
+
+    /// `closed`, `open` or `half_open`.
+    pub fn breaker_state(&self) -> &'static str {
+        self.breaker.state_name(Instant::now())
     }
 
     /// The URL of the resume action: always the documented

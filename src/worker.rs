@@ -130,7 +130,14 @@ pub async fn process(ctx: &WorkerCtx, lease: &Lease) -> Step {
         )),
         Err(e) if e.is_permanent() => Step::Dead(e.to_string()),
         Err(e) => {
-            let delay = backoff(&ctx.cfg, attempt).max(e.retry_after().unwrap_or_default());
+            // Graph is paused (throttling) or its breaker is open: the job is due when calls may
+            // go again, with no backoff of its own; the pool waits on the breaker and the pause
+            // (not on this time) and takes it the moment the probe succeeds or the pause ends.
+            // Otherwise (a failure while Graph mostly answers) the usual backoff.
+            let delay = match ctx.graph.blocked_until() {
+                Some(until) => until.saturating_duration_since(std::time::Instant::now()),
+                None => backoff(&ctx.cfg, attempt).max(e.retry_after().unwrap_or_default()),
+            };
             let at = Deadline::in_(delay);
             if at >= msg.deadline {
                 // One last try just before the deadline rather than giving up early.
@@ -234,13 +241,19 @@ fn log_step(step: &Step) {
 }
 
 /// The worker pool: `concurrency` tasks claiming from the store until cancelled. A job in flight
-/// at shutdown finishes its attempt; its lease protects it if the process dies. A backend whose
-/// polls are billed (Azure Storage) is polled less and less often while empty, up to 2 s or the
-/// poll interval if larger; work resets it.
+/// at shutdown finishes its attempt; its lease protects it if the process dies.
+///
+/// An idle task sleeps for the poll interval, but wakes at once when the store signals new work
+/// (an enqueue in this process) or when Graph becomes callable again. While Graph calls are
+/// held back (throttling pause, open circuit breaker) no task claims: a claimed job could only
+/// be put back. A backend whose polls are billed (Azure Storage) is polled less and less often
+/// while empty, up to 2 s or the poll interval if larger; work resets it.
 pub async fn run_pool(ctx: Arc<WorkerCtx>, store: Arc<dyn JobStore>, cancel: CancellationToken) {
     let mut tasks = Vec::new();
+    let signal = store.work_signal();
     for n in 0..ctx.cfg.concurrency {
-        let (ctx, store, cancel) = (ctx.clone(), store.clone(), cancel.clone());
+        let (ctx, store, cancel, signal) =
+            (ctx.clone(), store.clone(), cancel.clone(), signal.clone());
         tasks.push(tokio::spawn(async move {
             let idle_cap = if store.billed_polls() {
                 ctx.cfg.poll_interval.max(Duration::from_secs(2))
@@ -249,6 +262,10 @@ pub async fn run_pool(ctx: Arc<WorkerCtx>, store: Arc<dyn JobStore>, cancel: Can
             };
             let mut idle = ctx.cfg.poll_interval;
             while !cancel.is_cancelled() {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = ctx.graph.callable() => {}
+                }
                 let pause = match store.claim(ctx.cfg.lease).await {
                     Ok(Some(lease)) => {
                         idle = ctx.cfg.poll_interval;
@@ -259,22 +276,40 @@ pub async fn run_pool(ctx: Arc<WorkerCtx>, store: Arc<dyn JobStore>, cancel: Can
                         }
                         .instrument(span)
                         .await;
-                        Duration::ZERO
+                        continue;
                     }
                     Ok(None) => {
                         let p = idle;
                         idle = (idle * 2).min(idle_cap);
-                        p
+                        Idle::Empty(p)
                     }
                     Err(e) => {
                         tracing::error!(worker = n, backend = store.backend(), error = %e, "cannot claim jobs");
-                        e.retry_after().unwrap_or(Duration::from_secs(1))
+                        Idle::Failed(e.retry_after().unwrap_or(Duration::from_secs(1)))
                     }
                 };
-                if !pause.is_zero() {
-                    tokio::select! {
-                        _ = cancel.cancelled() => break,
-                        _ = tokio::time::sleep(pause) => {}
+                match pause {
+                    Idle::Empty(p) => {
+                        let mut graph = ctx.graph.subscribe();
+                        tokio::select! {
+                            _ = cancel.cancelled() => break,
+                            _ = tokio::time::sleep(p) => {}
+                            // A job enqueued here: go now (the poll stays for other sources).
+                            _ = async {
+                                match &signal {
+                                    Some(s) => s.notified().await,
+                                    None => std::future::pending().await,
+                                }
+                            } => idle = ctx.cfg.poll_interval,
+                            // The breaker changed: jobs due but held back may go.
+                            _ = graph.changed() => {}
+                        }
+                    }
+                    Idle::Failed(p) => {
+                        tokio::select! {
+                            _ = cancel.cancelled() => break,
+                            _ = tokio::time::sleep(p) => {}
+                        }
                     }
                 }
             }
@@ -283,6 +318,14 @@ pub async fn run_pool(ctx: Arc<WorkerCtx>, store: Arc<dyn JobStore>, cancel: Can
     for t in tasks {
         let _ = t.await;
     }
+}
+
+/// Why a pool task sleeps.
+enum Idle {
+    /// The store had nothing due: until the poll interval, new work or a breaker change.
+    Empty(Duration),
+    /// The store failed: a fixed pause.
+    Failed(Duration),
 }
 
 #[cfg(test)]

@@ -596,6 +596,7 @@ pub(crate) async fn record_call(
     req: Request,
     next: Next,
 ) -> Response {
+    state.lock().graph_in_flight += 1;
     let mut guard = CallGuard {
         state: state.clone(),
         call: Some(GraphCall {
@@ -627,12 +628,18 @@ impl Drop for CallGuard {
     fn drop(&mut self) {
         if let Some(call) = self.call.take() {
             let mut inner = self.state.lock();
+            inner.graph_in_flight = inner.graph_in_flight.saturating_sub(1);
             if inner.graph_calls.len() >= GRAPH_CALL_LOG_LIMIT {
                 inner.graph_calls.pop_front();
             }
             inner.graph_calls.push_back(call);
         }
     }
+}
+
+/// Graph calls that arrived and have no answer yet.
+pub(crate) fn graph_calls_in_flight(state: &Shared) -> u64 {
+    state.lock().graph_in_flight
 }
 
 pub(crate) fn graph_calls(state: &Shared) -> Vec<GraphCall> {

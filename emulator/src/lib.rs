@@ -405,6 +405,12 @@ impl Emulator {
         keyvault::create_certificate(&self.state, name, &opts)
     }
 
+    /// Graph calls that arrived and are not answered yet (for example held by a `delay_ms`
+    /// fault): lets a test act while a call is in flight.
+    pub fn graph_calls_in_flight(&self) -> u64 {
+        graph::graph_calls_in_flight(&self.state)
+    }
+
     /// Every Graph call (at most the last 100000), oldest first.
     pub fn graph_calls(&self) -> Vec<GraphCall> {
         graph::graph_calls(&self.state)

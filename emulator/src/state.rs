@@ -52,6 +52,8 @@ pub(crate) struct Inner {
     pub vault: Vault,
     /// Every Graph call, oldest first, bounded to [`crate::graph::GRAPH_CALL_LOG_LIMIT`].
     pub graph_calls: VecDeque<GraphCall>,
+    /// Graph calls that arrived and are not answered yet (a delay fault holds them).
+    pub graph_in_flight: u64,
     /// Deadlines of waiting callouts: (deadline, request id, stage instance id).
     pub deadlines: BTreeSet<(Instant, String, String)>,
     /// Directory and ServiceNow data (`load_world`).
@@ -141,6 +143,7 @@ impl Shared {
                 app_certs: Vec::new(),
                 vault: Vault::default(),
                 graph_calls: VecDeque::new(),
+                graph_in_flight: 0,
                 deadlines: BTreeSet::new(),
                 world: crate::directory::World::default(),
                 servicenow: crate::servicenow::ServiceNowState::new(),

@@ -67,7 +67,8 @@ pub struct Settings {
     pub max_requests_per_second: u32,
     /// Consecutive transient failures that open the circuit breaker.
     pub circuit_failure_threshold: u32,
-    /// How long an open breaker refuses calls before one probe is let through.
+    /// The longest an open breaker refuses calls before one probe is let through: the first
+    /// open period is 1 s, each failed probe doubles it up to this.
     pub circuit_open: Duration,
 }
 
@@ -137,7 +138,9 @@ impl Settings {
             p,
             "graph.circuit_open_seconds",
             raw.circuit_open_seconds,
-            30,
+            // A probe is one request: probing every 5 s costs nothing and keeps the time from
+            // Graph's return to the first resume short.
+            5,
             1..=600,
         );
         let resume_source = raw.resume_source.unwrap_or_else(|| "accessgate".into());

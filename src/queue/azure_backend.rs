@@ -189,6 +189,9 @@ pub struct AzureJobs {
     max_unhandled: u32,
     /// A parked message hides at most this long before it checks for a missed wake.
     recheck: Duration,
+    /// Told of every message this process enqueues, for its idle workers (other processes
+    /// find it by polling).
+    signal: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl AzureJobs {
@@ -207,6 +210,7 @@ impl AzureJobs {
             waits,
             max_unhandled,
             recheck: recheck.min(MAX_VISIBILITY),
+            signal: std::sync::Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -465,7 +469,12 @@ impl Settle for AzureJobs {
 impl JobStore for AzureJobs {
     async fn enqueue(&self, job: &JobMessage) -> Result<EnqueueOutcome, StoreError> {
         self.put(job).await?;
+        self.signal.notify_one();
         Ok(EnqueueOutcome::Enqueued)
+    }
+
+    fn work_signal(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        Some(self.signal.clone())
     }
 
     async fn claim(&self, lease: Duration) -> Result<Option<Lease>, StoreError> {

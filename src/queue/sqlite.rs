@@ -157,6 +157,8 @@ pub enum Requeue {
 pub struct SqliteQueue {
     conn: Arc<Mutex<Connection>>,
     writer: tokio::sync::mpsc::Sender<Insert>,
+    /// Told of every job this process makes runnable (enqueue, wake), for idle workers.
+    signal: Arc<tokio::sync::Notify>,
 }
 
 /// One enqueue waiting for the group commit.
@@ -177,7 +179,11 @@ const WRITER_QUEUE: usize = 4096;
 
 /// The group-commit writer: takes whatever enqueues are waiting, inserts them in one
 /// transaction, commits once, then answers each. Ends when every queue handle is dropped.
-fn writer_loop(conn: Arc<Mutex<Connection>>, mut rx: tokio::sync::mpsc::Receiver<Insert>) {
+fn writer_loop(
+    conn: Arc<Mutex<Connection>>,
+    mut rx: tokio::sync::mpsc::Receiver<Insert>,
+    signal: Arc<tokio::sync::Notify>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -194,6 +200,11 @@ fn writer_loop(conn: Arc<Mutex<Connection>>, mut rx: tokio::sync::mpsc::Receiver
         match results {
             Ok(outcomes) => {
                 for (ins, outcome) in batch.drain(..).zip(outcomes) {
+                    if matches!(outcome, Ok(EnqueueOutcome::Enqueued)) {
+                        // Committed: an idle worker may claim it now (before the 202 is even
+                        // written; the claim waits for nothing of the intake's).
+                        signal.notify_one();
+                    }
                     let _ = ins.reply.send(outcome);
                 }
             }
@@ -278,10 +289,16 @@ impl SqliteQueue {
         let conn = Arc::new(Mutex::new(conn));
         let (writer, rx) = tokio::sync::mpsc::channel(WRITER_QUEUE);
         let wconn = conn.clone();
+        let signal = Arc::new(tokio::sync::Notify::new());
+        let wsignal = signal.clone();
         std::thread::Builder::new()
             .name("queue-writer".into())
-            .spawn(move || writer_loop(wconn, rx))?;
-        Ok(SqliteQueue { conn, writer })
+            .spawn(move || writer_loop(wconn, rx, wsignal))?;
+        Ok(SqliteQueue {
+            conn,
+            writer,
+            signal,
+        })
     }
 
     async fn run<T: Send + 'static>(
@@ -598,27 +615,36 @@ impl JobStore for SqliteQueue {
 
     async fn wake(&self, key: &WaitKey) -> Result<usize, StoreError> {
         let key = key.as_str().to_owned();
-        self.run(move |c| {
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let now = now_ms();
-            tx.execute(
-                "INSERT INTO wake_events (key, woken_at) VALUES (?1, ?2)
+        let n = self
+            .run(move |c| {
+                let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let now = now_ms();
+                tx.execute(
+                    "INSERT INTO wake_events (key, woken_at) VALUES (?1, ?2)
                  ON CONFLICT(key) DO UPDATE SET woken_at = excluded.woken_at",
-                params![key, now],
-            )?;
-            tx.execute(
-                "DELETE FROM wake_events WHERE woken_at < ?1",
-                params![now - WAKE_EVENT_TTL_MS],
-            )?;
-            let n = tx.execute(
+                    params![key, now],
+                )?;
+                tx.execute(
+                    "DELETE FROM wake_events WHERE woken_at < ?1",
+                    params![now - WAKE_EVENT_TTL_MS],
+                )?;
+                let n = tx.execute(
                 "UPDATE jobs SET status='queued', visible_at=?1, updated_at=?1, woken_by='event'
                  WHERE status='waiting' AND wait_key=?2",
                 params![now, key],
             )?;
-            tx.commit()?;
-            Ok(n)
-        })
-        .await
+                tx.commit()?;
+                Ok(n)
+            })
+            .await?;
+        for _ in 0..n.min(256) {
+            self.signal.notify_one();
+        }
+        Ok(n)
+    }
+
+    fn work_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(self.signal.clone())
     }
 
     async fn waiting(&self, limit: usize) -> Result<Vec<WaitingJob>, StoreError> {

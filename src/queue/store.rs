@@ -97,6 +97,12 @@ pub trait JobStore: Settle {
     async fn counts(&self) -> Result<Vec<(String, i64)>, StoreError>;
     /// `sqlite` or `azure_storage`, for logs.
     fn backend(&self) -> &'static str;
+    /// Notified (one permit per new job) when this process adds runnable work, so that an idle
+    /// worker starts it at once instead of at its next poll; `None` when the backend does not
+    /// signal. The poll stays the fallback for work from elsewhere (timers, other processes).
+    fn work_signal(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
     /// Whether each poll is a billed transaction (the pool then polls an empty store less
     /// often).
     fn billed_polls(&self) -> bool {
