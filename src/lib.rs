@@ -22,6 +22,7 @@ pub mod graph;
 pub mod ingress;
 pub mod intake;
 pub mod json_lookup;
+pub mod lenient;
 pub mod outbound;
 pub mod policy;
 pub mod queue;

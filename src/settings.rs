@@ -69,6 +69,11 @@ impl Problems {
         self.errors.len()
     }
 
+    /// The settings that have an error so far.
+    pub fn settings(&self) -> impl Iterator<Item = &str> {
+        self.errors.iter().map(|e| e.setting.as_str())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.errors.is_empty()
     }
