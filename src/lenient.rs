@@ -504,6 +504,7 @@ mod tests {
             parse("a = 1\n[worker]\n\nconcurrency = 4\n[[risks]]\nname = \"r\"\n").unwrap();
         assert_eq!(s.line("worker.concurrency"), Some(4));
         assert_eq!(s.line("risks.0.name"), Some(6));
+        assert_eq!(s.line("risks.0"), Some(5));
         assert_eq!(s.line("worker.nothing"), Some(2));
     }
 

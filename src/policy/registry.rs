@@ -24,6 +24,7 @@ pub(super) fn build(
     name: &str,
     table: &toml::Table,
     sod_rules: Option<&Arc<SodRules>>,
+    sod_invalid: bool,
     default_timeout: Duration,
 ) -> Result<CheckEntry, Vec<String>> {
     let at = format!("checks.{name}");
@@ -64,9 +65,16 @@ pub(super) fn build(
             .map(|m| format!("{at}: {m}"))
             .collect::<Vec<_>>()
     };
-    let settings_error = |e: toml::de::Error| vec![format!("{at}: {}", e.message().trim())];
+    let settings_error = |e: toml::de::Error| {
+        vec![format!(
+            "{at}: {}",
+            crate::lenient::describe(e.message(), true, false)
+        )]
+    };
     let check: Result<Arc<dyn Check>, Vec<String>> = match kind.as_str() {
         "sod" => match sod_rules {
+            // The risks have errors of their own: "no risks" would be a follow-on.
+            None if sod_invalid => Err(Vec::new()),
             None => Err(vec![format!(
                 "{at}: a sod check needs [[risks]] in the policy"
             )]),

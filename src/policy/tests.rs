@@ -331,7 +331,7 @@ decision = "deny"
         "unknown access package \"nope\"",
         "unknown stage \"someday\"",
         "unknown check \"missing-check\"",
-        "rule \"a\" is defined twice",
+        "[[rules]] \"a\" is defined twice",
         "give checks = [...] or a fixed decision",
         "either checks or a fixed decision",
     ] {
@@ -361,4 +361,40 @@ fn durations_parse() {
     assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
     assert_eq!(parse_duration("soon"), None);
     assert_eq!(parse_duration("5"), None);
+}
+
+#[test]
+fn mistakes_are_reported_once_each_with_line_and_suggestion_and_no_follow_on() {
+    let errs = Policy::parse(
+        r#"[packages.a]
+id = "1"
+[[risks]]
+name = "r"
+severity = "hgh"
+owner = "o"
+sets = [{ acess_packages = ["a"] }, { access_packages = ["a"] }]
+[[exceptions]]
+user = "u"
+risk = "r"
+expires = "2099-01-01"
+approver = "a"
+reason = "b"
+[checks.sod]
+risks = ["r"]
+[[rules]]
+name = "x"
+checks = ["sod"]
+desicion = "deny"
+"#,
+    )
+    .err()
+    .unwrap_or_default();
+    assert_eq!(
+        errs,
+        [
+            "line 5: [[risks]] \"r\": severity: unknown variant `hgh`; did you mean `high`? (expected one of `low`, `medium`, `high`, `critical`)",
+            "line 7: [[risks]] \"r\" set 1: acess_packages: unknown key; did you mean `access_packages`? (expected one of `name`, `functions`, `access_packages`, `groups`, `app_roles`, `entitlements`)",
+            "line 19: [[rules]] \"x\": desicion: unknown key; did you mean `decision`? (expected one of `name`, `catalogs`, `access_packages`, `stages`, `checks`, `decision`, `mode`, `on_error`, `detail`)",
+        ]
+    );
 }
