@@ -167,10 +167,23 @@ pub fn from_sources_in(
             let hint = lenient::did_you_mean(key, SECTIONS)
                 .map(|s| format!("did you mean [{s}]? "))
                 .unwrap_or_default();
+            let vars: Vec<&str> = from_env
+                .iter()
+                .filter(|(s, _)| {
+                    s.strip_prefix(key.as_str())
+                        .is_some_and(|r| r.starts_with('.'))
+                })
+                .map(|(_, v)| v.as_str())
+                .collect();
+            let from = if vars.is_empty() {
+                String::new()
+            } else {
+                format!(" (from {})", vars.join(", "))
+            };
             p.push(
                 key,
                 &format!(
-                    "unknown section; {hint}known sections: {}",
+                    "unknown section; {hint}known sections: {}{from}",
                     SECTIONS.join(", ")
                 ),
             );
@@ -395,9 +408,24 @@ fn apply_env(
             continue;
         };
         let Some((sec, field)) = rest.split_once("__") else {
+            // `ACCESSGATE_WORKER_CONCURRENCY`: one underscore where two belong.
+            let lower = rest.to_ascii_lowercase();
+            let hint = SECTIONS
+                .iter()
+                .find(|s| lower.starts_with(&format!("{s}_")))
+                .map(|s| {
+                    format!(
+                        " (did you mean ACCESSGATE_{}__{}?)",
+                        s.to_ascii_uppercase(),
+                        &rest[s.len() + 1..]
+                    )
+                })
+                .unwrap_or_default();
             p.push(
                 key,
-                "environment overrides are ACCESSGATE_<SECTION>__<KEY>, e.g. ACCESSGATE_CREDENTIALS__CLIENT_SECRET",
+                &format!(
+                    "environment overrides are ACCESSGATE_<SECTION>__<KEY>, e.g. ACCESSGATE_CREDENTIALS__CLIENT_SECRET{hint}"
+                ),
             );
             continue;
         };

@@ -223,3 +223,34 @@ fn national_clouds_pick_their_key_vault_audience() {
         "https://login.chinacloudapi.cn"
     );
 }
+
+#[test]
+fn near_misses_are_suggested_for_values_sections_and_variables() {
+    let errs = from_sources(
+        &format!("{GOOD}[log]\nformat = \"jsn\"\n[wroker]\nx = 1\n"),
+        &env(&[
+            ("ACCESSGATE_WORKER_CONCURRENCY", "4"),
+            ("ACCESSGATE_QUEU__BACKEND", "sqlite"),
+            ("ACCESSGATE_WORKER__CONCURENCY", "4"),
+        ]),
+        Path::new("."),
+    )
+    .err()
+    .map(|e| e.0)
+    .unwrap_or_default();
+    let all: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    for want in [
+        "log.format: must be text or json (did you mean json?) (config file line 9)",
+        "wroker: unknown section; did you mean [worker]?",
+        "ACCESSGATE_WORKER_CONCURRENCY: environment overrides are ACCESSGATE_<SECTION>__<KEY>, e.g. ACCESSGATE_CREDENTIALS__CLIENT_SECRET (did you mean ACCESSGATE_WORKER__CONCURRENCY?)",
+        "queu: unknown section; did you mean [queue]?",
+        "(from ACCESSGATE_QUEU__BACKEND)",
+        "worker.concurency: unknown key; did you mean `concurrency`?",
+        "(from ACCESSGATE_WORKER__CONCURENCY)",
+    ] {
+        assert!(
+            all.iter().any(|l| l.contains(want)),
+            "missing {want:?} in {all:#?}"
+        );
+    }
+}
