@@ -216,9 +216,11 @@ pub fn lenient<T: DeserializeOwned>(
             }
             Err(e) => {
                 bad_keys.insert(k.clone());
+                // "unknown field" may be about a key inside this key's table: then name it.
+                let about_key = backquoted(e.message()).first() == Some(k);
                 problems.push(KeyProblem {
                     key: Some(k.clone()),
-                    message: describe(e.message(), show_values, true),
+                    message: describe(e.message(), show_values, about_key),
                 });
             }
         }
@@ -488,6 +490,26 @@ mod tests {
         assert!(
             msgs[2].starts_with("unknown variant `criticall`; did you mean `critical`?"),
             "{msgs:?}"
+        );
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Outer {
+        inner: Option<Flat>,
+    }
+
+    #[test]
+    fn an_unknown_key_inside_a_key_is_named() {
+        let r: Read<Outer> = lenient(&table("[inner]\nnam = \"x\"\n"), &[], true);
+        assert_eq!(r.problems[0].key.as_deref(), Some("inner"));
+        assert!(
+            r.problems[0]
+                .message
+                .starts_with("unknown key `nam`; did you mean `name`?"),
+            "{:?}",
+            r.problems
         );
     }
 

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::de::DeserializeOwned;
 
-use super::{RawDefaults, RawPackage, RawPolicy, RawRule};
+use super::{RawDefaults, RawDetail, RawPackage, RawPolicy, RawRule};
 use crate::checks::sod::{RawException, RawFunction, RawRisk, RawSet, Severity};
 use crate::lenient::{self, Spans};
 
@@ -356,7 +356,23 @@ pub(super) fn read(root: &toml::Table, e: &mut Errors<'_>) -> Read {
     let mut rules = Vec::new();
     for (i, t) in entries(root, "rules", e) {
         let label = rule_label(&entry_name(t, i));
-        let r = lenient::lenient::<RawRule>(t, &["name"], true);
+        let mut r = lenient::lenient::<RawRule>(t, &["name"], true);
+        for p in &mut r.problems {
+            // `detail` is a text or a table: serde's untagged error says neither, so ask the table.
+            if p.key.as_deref() == Some("detail") && p.message.starts_with("data did not match") {
+                p.message = match t.get("detail") {
+                    Some(v @ toml::Value::Table(_)) => match v.clone().try_into::<RawDetail>() {
+                        Err(err) => lenient::describe(err.message(), true, false),
+                        Ok(_) => p.message.clone(),
+                    },
+                    Some(v) => format!(
+                        "expected a text or a table of allow/deny/error/audit/notify texts, got {}",
+                        lenient::kind_of_value(v)
+                    ),
+                    None => p.message.clone(),
+                };
+            }
+        }
         report(e, &format!("rules.{i}"), &label, r.problems);
         if let Some(raw) = r.value {
             rules.push(ReadRule {

@@ -385,6 +385,10 @@ risks = ["r"]
 name = "x"
 checks = ["sod"]
 desicion = "deny"
+[[rules]]
+name = "y"
+decision = "deny"
+detail = { denny = "no" }
 "#,
     )
     .err()
@@ -395,6 +399,7 @@ desicion = "deny"
             "line 5: [[risks]] \"r\": severity: unknown variant `hgh`; did you mean `high`? (expected one of `low`, `medium`, `high`, `critical`)",
             "line 7: [[risks]] \"r\" set 1: acess_packages: unknown key; did you mean `access_packages`? (expected one of `name`, `functions`, `access_packages`, `groups`, `app_roles`, `entitlements`)",
             "line 19: [[rules]] \"x\": desicion: unknown key; did you mean `decision`? (expected one of `name`, `catalogs`, `access_packages`, `stages`, `checks`, `decision`, `mode`, `on_error`, `detail`)",
+            "line 23: [[rules]] \"y\": detail: unknown key `denny`; did you mean `deny`? (expected one of `allow`, `deny`, `error`, `audit`, `notify`)",
         ]
     );
 }
