@@ -443,7 +443,7 @@ impl Policy {
         for rr in &read.rules {
             let r = &rr.raw;
             let path = format!("rules.{}", rr.index);
-            let at = read::rule_label(&r.name);
+            let at = rr.label.clone();
             if !names.insert(r.name.clone()) {
                 errors.at(&path, format!("{at} is defined twice"));
             }

@@ -49,18 +49,19 @@ impl<'a> Errors<'a> {
     }
 }
 
-/// How a `[[risks]]` entry is named in errors (by its name, else by its position).
-pub(super) fn risk_label(name: &str) -> String {
-    format!("[[risks]] {name:?}")
-}
-
-pub(super) fn rule_label(name: &str) -> String {
-    format!("[[rules]] {name:?}")
+/// How a `[[risks]]` or `[[rules]]` entry is named in errors: by its name, else by its place.
+fn label(section: &str, t: &toml::Table, i: usize) -> String {
+    match t.get("name").and_then(toml::Value::as_str) {
+        Some(name) => format!("[[{section}]] {name:?}"),
+        None => format!("[[{section}]] entry {}", i + 1),
+    }
 }
 
 /// A `[[rules]]` entry as read, with the keys that could not be read.
 pub(super) struct ReadRule {
     pub index: usize,
+    /// How errors name it (`[[rules]] "finance"`, or `[[rules]] entry 3` without a name).
+    pub label: String,
     pub raw: RawRule,
     pub bad: BTreeSet<String>,
 }
@@ -262,7 +263,7 @@ pub(super) fn read(root: &toml::Table, e: &mut Errors<'_>) -> Read {
     let risks_written = !risk_entries.is_empty() || root.contains_key("risks");
     for (i, t) in risk_entries {
         let name = entry_name(t, i);
-        let label = risk_label(&name);
+        let label = label("risks", t, i);
         let path = format!("risks.{i}");
         let mut head = t.clone();
         let sets_value = head.remove("sets");
@@ -355,7 +356,26 @@ pub(super) fn read(root: &toml::Table, e: &mut Errors<'_>) -> Read {
 
     let mut rules = Vec::new();
     for (i, t) in entries(root, "rules", e) {
-        let label = rule_label(&entry_name(t, i));
+        let label = label("rules", t, i);
+        // Without a usable name the rule is still checked, under a stand-in name.
+        let mut t = t.clone();
+        if !t.get("name").is_some_and(toml::Value::is_str) {
+            match t.get("name") {
+                None => e.at(
+                    &format!("rules.{i}"),
+                    format!("{label}: missing field `name`"),
+                ),
+                Some(v) => e.at(
+                    &format!("rules.{i}.name"),
+                    format!(
+                        "{label}: name: expected a string, got {}",
+                        lenient::kind_of_value(v)
+                    ),
+                ),
+            }
+            t.insert("name".into(), toml::Value::String(entry_name(&t, i)));
+        }
+        let t = &t;
         let mut r = lenient::lenient::<RawRule>(t, &["name"], true);
         for p in &mut r.problems {
             // `detail` is a text or a table: serde's untagged error says neither, so ask the table.
@@ -377,6 +397,7 @@ pub(super) fn read(root: &toml::Table, e: &mut Errors<'_>) -> Read {
         if let Some(raw) = r.value {
             rules.push(ReadRule {
                 index: i,
+                label,
                 raw,
                 bad: r.bad_keys,
             });

@@ -403,3 +403,18 @@ detail = { denny = "no" }
         ]
     );
 }
+
+#[test]
+fn a_nameless_rule_and_a_check_setting_are_still_checked_and_located() {
+    let errs = Policy::parse("[checks.hr]\nrequire_manger = true\n[[rules]]\nchecks = [\"hrr\"]\n")
+        .err()
+        .unwrap_or_default();
+    let all = errs.join("\n");
+    for want in [
+        "line 2: checks.hr.require_manger: unknown key; did you mean `require_manager`?",
+        "line 3: [[rules]] entry 1: missing field `name`",
+        "line 4: [[rules]] entry 1: unknown check \"hrr\"; did you mean \"hr\"?",
+    ] {
+        assert!(all.contains(want), "missing {want:?} in:\n{all}");
+    }
+}
