@@ -363,7 +363,9 @@ impl Policy {
                 Err(e) => {
                     sod_invalid = true;
                     for m in e {
-                        if read.quiet.iter().any(|q| m.starts_with(q.as_str())) {
+                        if read.quiet.iter().any(|q| m.starts_with(q.as_str()))
+                            || read::about_stand_in(&m)
+                        {
                             continue;
                         }
                         let path = read::sod_error_path(&m, &read);

@@ -80,6 +80,17 @@ pub(super) struct Read {
     pub quiet: Vec<String>,
 }
 
+const EXCEPTION_FIELDS: [&str; 5] = ["user", "risk", "expires", "approver", "reason"];
+
+/// The stand-in for an exception field that is missing or wrong.
+const NOT_GIVEN: &str = "(not given)";
+
+/// Whether a SoD error is only about a stand-in.
+pub(super) fn about_stand_in(msg: &str) -> bool {
+    msg.ends_with(&format!("unknown risk {NOT_GIVEN:?}"))
+        || msg.contains(&format!("expires {NOT_GIVEN:?} is not"))
+}
+
 const TOP: [&str; 8] = [
     "version",
     "defaults",
@@ -342,16 +353,29 @@ pub(super) fn read(root: &toml::Table, e: &mut Errors<'_>) -> Read {
     let mut exception_index = Vec::new();
     for (i, t) in entries(root, "exceptions", e) {
         let label = format!("[[exceptions]] entry {}", i + 1);
-        let r = lenient::lenient::<RawException>(
-            t,
-            &["user", "risk", "expires", "approver", "reason"],
-            true,
-        );
-        report(e, &format!("exceptions.{i}"), &label, r.problems);
-        if let Some(v) = r.value {
-            exceptions.push(v);
-            exception_index.push(i);
+        let path = format!("exceptions.{i}");
+        let mut t = t.clone();
+        // Liberal in: `expires = 2027-03-31` (a TOML date) means the same as the string.
+        if let Some(toml::Value::Datetime(d)) = t.get("expires") {
+            let s = d.to_string();
+            t.insert("expires".into(), toml::Value::String(s));
         }
+        let r = lenient::lenient::<RawException>(&t, &EXCEPTION_FIELDS, true);
+        report(e, &path, &label, r.problems);
+        // Stand-ins for missing or wrong fields (already reported), so the rest is still
+        // checked (an unknown risk, a bad date); their own complaints are kept quiet.
+        let field = |k: &str| match t.get(k) {
+            Some(toml::Value::String(s)) if !r.bad_keys.contains(k) => s.clone(),
+            _ => NOT_GIVEN.to_owned(),
+        };
+        exceptions.push(r.value.unwrap_or_else(|| RawException {
+            user: field("user"),
+            risk: field("risk"),
+            expires: field("expires"),
+            approver: field("approver"),
+            reason: field("reason"),
+        }));
+        exception_index.push(i);
     }
 
     let mut rules = Vec::new();
@@ -461,7 +485,14 @@ pub(super) fn sod_error_path(msg: &str, read: &Read) -> String {
             .get(n.saturating_sub(1))
             .copied()
             .unwrap_or(0);
-        return format!("exceptions.{i}");
+        let key = if msg.contains("): expires ") {
+            ".expires"
+        } else if msg.contains("): unknown risk ") {
+            ".risk"
+        } else {
+            ""
+        };
+        return format!("exceptions.{i}{key}");
     }
     if let Some(rest) = msg.strip_prefix("functions form a cycle: ") {
         let first = rest.split(" → ").next().unwrap_or("");

@@ -418,3 +418,20 @@ fn a_nameless_rule_and_a_check_setting_are_still_checked_and_located() {
         assert!(all.contains(want), "missing {want:?} in:\n{all}");
     }
 }
+
+#[test]
+fn an_exception_with_missing_fields_is_still_checked() {
+    let errs = Policy::parse(
+        "[packages.a]\nid = \"1\"\n[packages.b]\nid = \"2\"\n[[risks]]\nname = \"r1\"\nseverity = \"high\"\nowner = \"o\"\nsets = [{ access_packages = [\"a\"] }, { access_packages = [\"b\"] }]\n[[exceptions]]\nuser = \"u\"\nrisk = \"r2\"\nexpires = 2099-01-01\n",
+    )
+    .err()
+    .unwrap_or_default();
+    assert_eq!(
+        errs,
+        [
+            "line 10: [[exceptions]] entry 1: missing field `approver`",
+            "line 10: [[exceptions]] entry 1: missing field `reason`",
+            "line 12: [[exceptions]] entry 1 (user \"u\", risk \"r2\"): unknown risk \"r2\"; did you mean \"r1\"?",
+        ]
+    );
+}
