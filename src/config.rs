@@ -153,11 +153,15 @@ pub fn from_sources_in(
     let file = file.unwrap_or("config file");
     let (mut root, spans) = match lenient::parse(toml_text) {
         Ok(t) => t,
-        Err(e) => {
-            return Err(ConfigErrors(vec![ConfigProblem {
-                setting: file.into(),
-                message: e.to_string(),
-            }]));
+        Err(errs) => {
+            return Err(ConfigErrors(
+                errs.iter()
+                    .map(|e| ConfigProblem {
+                        setting: file.into(),
+                        message: e.to_string(),
+                    })
+                    .collect(),
+            ));
         }
     };
     let mut p = Problems::default();

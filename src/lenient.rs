@@ -45,12 +45,26 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// Parses a TOML document into a table and the positions of its keys.
-pub fn parse(text: &str) -> Result<(toml::Table, Spans), SyntaxError> {
-    let doc = toml::de::DeTable::parse(text).map_err(|e| syntax_error(text, &e))?;
+/// Parses a TOML document into a table and the positions of its keys; or every syntax error
+/// (the parser recovers and goes on, so all of them are reported at once).
+pub fn parse(text: &str) -> Result<(toml::Table, Spans), Vec<SyntaxError>> {
+    let doc = match toml::de::DeTable::parse(text) {
+        Ok(doc) => doc,
+        Err(first) => {
+            let (_, all) = toml::de::DeTable::parse_recoverable(text);
+            let mut errs: Vec<SyntaxError> = all.iter().map(|e| syntax_error(text, e)).collect();
+            // One per line: the parser's recovery can find more in a line it misread.
+            errs.sort_by_key(|e| (e.line, e.column));
+            errs.dedup_by_key(|e| e.line);
+            if errs.is_empty() {
+                errs.push(syntax_error(text, &first));
+            }
+            return Err(errs);
+        }
+    };
     let table = text
         .parse::<toml::Table>()
-        .map_err(|e| syntax_error(text, &e))?;
+        .map_err(|e| vec![syntax_error(text, &e)])?;
     let mut spans = Spans::default();
     walk_table(text, "", doc.get_ref(), &mut spans);
     Ok((table, spans))
@@ -515,9 +529,14 @@ mod tests {
 
     #[test]
     fn syntax_errors_have_a_line_and_no_text_of_it() {
-        let e = parse("[worker]\nconcurrency = 4\nsecret = hunter2-value-xyz\n").unwrap_err();
-        assert_eq!(e.line, 3, "{e:?}");
-        assert!(!e.to_string().contains("hunter2"), "{e}");
+        let e = parse("[worker]\nconcurrency = 4\nsecret = hunter2-value-xyz\nother = [1\n")
+            .unwrap_err();
+        assert_eq!(e[0].line, 3, "{e:?}");
+        assert!(e.len() >= 2, "every syntax error at once: {e:?}");
+        assert!(
+            e.iter().all(|e| !e.to_string().contains("hunter2")),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -308,11 +308,15 @@ impl Policy {
     /// Parses a policy, reporting every error at once, each with its line and entry
     /// (`line 12: [[risks]] "pay-vs-approve": severity: unknown variant ...`), in file order.
     pub fn parse(text: &str) -> Result<Policy, Vec<String>> {
-        let (root, spans) = crate::lenient::parse(text).map_err(|e| {
-            vec![format!(
-                "line {}, column {}: not valid TOML: {}",
-                e.line, e.column, e.message
-            )]
+        let (root, spans) = crate::lenient::parse(text).map_err(|errs| {
+            errs.iter()
+                .map(|e| {
+                    format!(
+                        "line {}, column {}: not valid TOML: {}",
+                        e.line, e.column, e.message
+                    )
+                })
+                .collect::<Vec<_>>()
         })?;
         let mut errors = read::Errors::new(&spans);
         let read = read::read(&root, &mut errors);
