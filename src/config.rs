@@ -342,12 +342,22 @@ fn locate(
 ) -> ConfigProblem {
     if let Some(var) = from_env.get(&q.setting) {
         q.message = format!("{} (from {var})", q.message);
-    } else if !q.message.contains(" line ")
+    } else if !has_line(&q.message)
         && let Some((line, _)) = spans.exact(&q.setting)
     {
         q.message = format!("{} ({file} line {line})", q.message);
     }
     q
+}
+
+/// Whether a message already names a line (`policy.toml line 8: ...`).
+fn has_line(msg: &str) -> bool {
+    msg.match_indices(" line ").any(|(i, m)| {
+        msg[i + m.len()..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit())
+    })
 }
 
 /// Per section, the keys whose values are always strings (each module lists its own): an
