@@ -879,7 +879,13 @@ pub fn check(
         .iter()
         .flatten()
         .filter(|r| !rules.has_risk(r))
-        .map(|r| format!("risks: unknown risk {r:?}"))
+        .map(|r| {
+            let known: Vec<&str> = rules.risks.iter().map(|k| k.name.as_str()).collect();
+            let hint = crate::lenient::did_you_mean(r, &known)
+                .map(|near| format!("; did you mean {near:?}?"))
+                .unwrap_or_default();
+            format!("risks: unknown risk {r:?}{hint}")
+        })
         .collect();
     if unknown.is_empty() {
         Ok(SodCheck { rules, settings })

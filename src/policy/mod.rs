@@ -431,6 +431,12 @@ impl Policy {
                                 m.split_once("unknown key `")
                                     .and_then(|(_, r)| r.split('`').next())
                             })
+                            .or_else(|| {
+                                // `checks.sod: risks: unknown risk ...`: a key of the table.
+                                m.strip_prefix(&format!("checks.{name}: "))
+                                    .and_then(|r| r.split(':').next())
+                                    .filter(|k| table.contains_key(*k))
+                            })
                             .map(|k| format!(".{k}"))
                             .unwrap_or_default();
                         errors.at(&format!("checks.{name}{key}"), m);

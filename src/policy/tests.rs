@@ -435,3 +435,18 @@ fn an_exception_with_missing_fields_is_still_checked() {
         ]
     );
 }
+
+#[test]
+fn an_unknown_risk_in_a_sod_check_is_located_with_its_near_miss() {
+    let errs = Policy::parse(
+        "[packages.a]\nid=\"1\"\n[packages.b]\nid=\"2\"\n[[risks]]\nname=\"pay-vs-approve\"\nseverity=\"low\"\nowner=\"o\"\nsets=[{access_packages=[\"a\"]},{access_packages=[\"b\"]}]\n[checks.sod]\nrisks=[\"pay-vs-aprove\"]\n[[rules]]\nname=\"x\"\nchecks=[\"sod\"]\n",
+    )
+    .err()
+    .unwrap_or_default();
+    assert_eq!(
+        errs,
+        [
+            "line 11: checks.sod: risks: unknown risk \"pay-vs-aprove\"; did you mean \"pay-vs-approve\"?"
+        ]
+    );
+}
