@@ -242,7 +242,7 @@ pub fn from_sources_in(
     let problems: Vec<ConfigProblem> = problems
         .into_iter()
         .filter(|q| !unreadable.contains(&q.setting) || reported.insert(q.setting.clone()))
-        .map(|q| locate(q, &from_env, &spans, file))
+        .map(|q| locate(redact(q, &root), &from_env, &spans, file))
         .collect();
     match (listen, identity, graph) {
         (Some(listen), Some(identity), Some(graph)) if problems.is_empty() => Ok(Config {
@@ -346,6 +346,54 @@ fn locate(
         && let Some((line, _)) = spans.exact(&q.setting)
     {
         q.message = format!("{} ({file} line {line})", q.message);
+    }
+    q
+}
+
+/// The string values a setting holds (`inbound.allowed_app_ids` → its entries).
+fn values_of<'a>(root: &'a toml::Table, setting: &str) -> Vec<&'a str> {
+    fn strings<'a>(v: &'a toml::Value, out: &mut Vec<&'a str>) {
+        match v {
+            toml::Value::String(s) => out.push(s),
+            toml::Value::Array(a) => a.iter().for_each(|v| strings(v, out)),
+            toml::Value::Table(t) => t.values().for_each(|v| strings(v, out)),
+            _ => {}
+        }
+    }
+    let mut v: Option<&toml::Value> = None;
+    for part in setting.split('.') {
+        v = match v {
+            None => root.get(part),
+            Some(toml::Value::Table(t)) => t.get(part),
+            Some(_) => None,
+        };
+        if v.is_none() {
+            break;
+        }
+    }
+    let mut out = Vec::new();
+    if let Some(v) = v {
+        strings(v, &mut out);
+    }
+    out
+}
+
+/// The last line of defence for "no value in a problem": a module's message that quotes the
+/// setting's own value (`"x" is not a GUID`) has it replaced. Quoted values always; bare ones
+/// when long enough not to be a word of the message.
+fn redact(mut q: ConfigProblem, root: &toml::Table) -> ConfigProblem {
+    // Paths are no secrets, and their problems must name them (`cannot read ...`).
+    if q.setting.ends_with("file") || q.setting.ends_with("dir") {
+        return q;
+    }
+    for v in values_of(root, &q.setting) {
+        if v.is_empty() {
+            continue;
+        }
+        q.message = q.message.replace(&format!("{v:?}"), "(value not shown)");
+        if v.chars().count() >= 6 {
+            q.message = q.message.replace(v, "(value not shown)");
+        }
     }
     q
 }

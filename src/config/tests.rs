@@ -254,3 +254,33 @@ fn near_misses_are_suggested_for_values_sections_and_variables() {
         );
     }
 }
+
+#[test]
+fn a_module_message_that_quotes_its_value_has_it_redacted() {
+    let errs = from_sources(
+        &GOOD.replace(
+            "[inbound]\n",
+            "[inbound]\nallowed_app_ids = [\"Zq8-pasted-secret\", \"ab\"]\n",
+        ),
+        &env(&[(
+            "ACCESSGATE_INBOUND__POP_ALGORITHMS",
+            "[\"sEcReT-alg-value\"]",
+        )]),
+        Path::new("."),
+    )
+    .err()
+    .map(|e| e.0)
+    .unwrap_or_default();
+    let all = format!("{errs:?}");
+    assert!(
+        errs.iter().any(|p| p.setting == "inbound.allowed_app_ids"),
+        "{all}"
+    );
+    assert!(
+        errs.iter().any(|p| p.setting == "inbound.pop_algorithms"),
+        "{all}"
+    );
+    assert!(!all.contains("Zq8-pasted-secret"), "{all}");
+    assert!(!all.contains("\"ab\""), "{all}");
+    assert!(!all.contains("sEcReT-alg-value"), "{all}");
+}
