@@ -244,6 +244,10 @@ pub fn from_sources_in(
         .filter(|q| !unreadable.contains(&q.setting) || reported.insert(q.setting.clone()))
         .map(|q| locate(redact(q, &root), &from_env, &spans, file))
         .collect();
+    let warnings: Vec<ConfigProblem> = warnings
+        .into_iter()
+        .map(|q| locate(redact(q, &root), &from_env, &spans, file))
+        .collect();
     match (listen, identity, graph) {
         (Some(listen), Some(identity), Some(graph)) if problems.is_empty() => Ok(Config {
             server: ServerSettings {
