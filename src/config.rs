@@ -6,14 +6,16 @@
 //! Invariants: only this module reads the environment for settings; only composition roots
 //! (app, cli, doctor) import it, so no module reaches another's settings through here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use crate::credentials::settings::{Cloud, IdentitySettings, PLATFORM_ENV, RawIdentity};
+use crate::lenient;
 use crate::policy::Policy;
 use crate::settings::{self, Problems};
 use crate::tickets::servicenow;
@@ -162,7 +164,8 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
         .and_then(|p| p.parent())
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
-    from_sources(&text, &env, &base_dir)
+    let label = path.map(|p| p.display().to_string());
+    from_sources_in(&text, &env, &base_dir, label.as_deref())
 }
 
 /// Parses TOML text plus `ACCESSGATE_*` overrides; relative paths resolve against `base_dir`.
@@ -172,22 +175,56 @@ pub fn from_sources(
     env: &BTreeMap<String, String>,
     base_dir: &Path,
 ) -> Result<Config, ConfigErrors> {
-    let mut root: toml::Table = match toml_text.parse::<toml::Table>() {
+    from_sources_in(toml_text, env, base_dir, None)
+}
+
+/// [`from_sources`] for the file named `file` (shown with line numbers in problems).
+pub fn from_sources_in(
+    toml_text: &str,
+    env: &BTreeMap<String, String>,
+    base_dir: &Path,
+    file: Option<&str>,
+) -> Result<Config, ConfigErrors> {
+    let file = file.unwrap_or("config file");
+    let (mut root, spans) = match lenient::parse(toml_text) {
         Ok(t) => t,
-        Err(e) => {
-            return Err(ConfigErrors(vec![ConfigProblem {
-                setting: "config file".into(),
-                message: format!("not valid TOML: {}", e.message()),
-            }]));
+        Err(errs) => {
+            return Err(ConfigErrors(
+                errs.iter()
+                    .map(|e| ConfigProblem {
+                        setting: file.into(),
+                        message: e.to_string(),
+                    })
+                    .collect(),
+            ));
         }
     };
     let mut p = Problems::default();
-    apply_env(&mut root, env, &mut p);
+    let from_env = apply_env(&mut root, env, &mut p);
     for key in root.keys() {
         if !SECTIONS.contains(&key.as_str()) {
+            let hint = lenient::did_you_mean(key, SECTIONS)
+                .map(|s| format!("did you mean [{s}]? "))
+                .unwrap_or_default();
+            let vars: Vec<&str> = from_env
+                .iter()
+                .filter(|(s, _)| {
+                    s.strip_prefix(key.as_str())
+                        .is_some_and(|r| r.starts_with('.'))
+                })
+                .map(|(_, v)| v.as_str())
+                .collect();
+            let from = if vars.is_empty() {
+                String::new()
+            } else {
+                format!(" (from {})", vars.join(", "))
+            };
             p.push(
                 key,
-                &format!("unknown section; known sections: {}", SECTIONS.join(", ")),
+                &format!(
+                    "unknown section; {hint}known sections: {}{from}",
+                    SECTIONS.join(", ")
+                ),
             );
         }
     }
@@ -195,8 +232,7 @@ pub fn from_sources(
     let server_raw: RawServer = section(&root, "server", &mut p);
     let identity_raw: RawIdentity = section(&root, "identity", &mut p);
     let inbound_raw: auth::settings::Raw = section(&root, "inbound", &mut p);
-    let extensions_raw: BTreeMap<String, auth::settings::RawExtension> =
-        section(&root, "extensions", &mut p);
+    let extensions_raw = extensions(&root, &mut p);
     let credentials_raw: credentials::settings::Raw = section(&root, "credentials", &mut p);
     let graph_raw: graph::settings::Raw = section(&root, "graph", &mut p);
     let queue_raw: queue::settings::Raw = section(&root, "queue", &mut p);
@@ -208,6 +244,9 @@ pub fn from_sources(
         .then(|| section(&root, "servicenow", &mut p));
     let capture_raw: capture::settings::Raw = section(&root, "capture", &mut p);
     let log_raw: telemetry::settings::Raw = section(&root, "log", &mut p);
+    // Keys that could not be read: a later check of the same setting (e.g. "is required") would
+    // be a follow-on of the one problem already reported.
+    let unreadable: BTreeSet<String> = p.settings().map(str::to_owned).collect();
 
     let (listen, data_dir, max_body_bytes, connections) =
         ServerSettings::from_raw(server_raw, base_dir, &mut p);
@@ -235,6 +274,16 @@ pub fn from_sources(
     let log = telemetry::Settings::from_raw(log_raw, &mut p);
 
     let (problems, warnings) = p.into_parts();
+    let mut reported = BTreeSet::new();
+    let problems: Vec<ConfigProblem> = problems
+        .into_iter()
+        .filter(|q| !unreadable.contains(&q.setting) || reported.insert(q.setting.clone()))
+        .map(|q| locate(redact(q, &root), &from_env, &spans, file))
+        .collect();
+    let warnings: Vec<ConfigProblem> = warnings
+        .into_iter()
+        .map(|q| locate(redact(q, &root), &from_env, &spans, file))
+        .collect();
     match (listen, identity, graph) {
         (Some(listen), Some(identity), Some(graph)) if problems.is_empty() => Ok(Config {
             server: ServerSettings {
@@ -263,37 +312,141 @@ pub fn from_sources(
     }
 }
 
-/// A section as its module's raw type; a type error or an unknown key is a problem named after
-/// the section, with any quoted value redacted.
-fn section<T: for<'de> Deserialize<'de> + Default>(
-    root: &toml::Table,
-    name: &str,
-    p: &mut Problems,
-) -> T {
+/// A section as its module's raw type, read key by key ([`lenient`]): a key of the wrong type or
+/// an unknown key is a problem named `section.key` (never with its value) and the section's
+/// other keys are still read, so they neither hide nor look missing.
+fn section<T: DeserializeOwned + Default>(root: &toml::Table, name: &str, p: &mut Problems) -> T {
     match root.get(name) {
         None => T::default(),
-        Some(v) => match v.clone().try_into::<T>() {
-            Ok(t) => t,
-            Err(e) => {
-                p.push(name, &redact_values(e.message()));
-                T::default()
-            }
-        },
+        Some(toml::Value::Table(t)) => table(t, name, p),
+        Some(other) => {
+            p.push(
+                name,
+                &format!("expected a table, got {}", lenient::kind_of_value(other)),
+            );
+            T::default()
+        }
     }
 }
 
-/// be a secret; drop it. Other messages quote only field names, which help.
-fn redact_values(msg: &str) -> String {
-    if !(msg.starts_with("invalid type") || msg.starts_with("invalid value")) {
-        return msg.to_owned();
+fn table<T: DeserializeOwned + Default>(t: &toml::Table, at: &str, p: &mut Problems) -> T {
+    let read = lenient::lenient::<T>(t, &[], false);
+    for kp in read.problems {
+        let setting = kp
+            .key
+            .map_or_else(|| at.to_owned(), |k| format!("{at}.{k}"));
+        p.push(&setting, &kp.message);
     }
-    let mut parts = msg.splitn(3, '`');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(before), Some(_value), Some(after)) => {
-            format!("{} (value not shown){after}", before.trim_end())
+    read.value.unwrap_or_default()
+}
+
+/// `[extensions.NAME]`, each read like a section.
+fn extensions(
+    root: &toml::Table,
+    p: &mut Problems,
+) -> BTreeMap<String, auth::settings::RawExtension> {
+    let mut out = BTreeMap::new();
+    match root.get("extensions") {
+        None => {}
+        Some(toml::Value::Table(all)) => {
+            for (name, v) in all {
+                let at = format!("extensions.{name}");
+                match v {
+                    toml::Value::Table(t) => {
+                        out.insert(name.clone(), table(t, &at, p));
+                    }
+                    other => p.push(
+                        &at,
+                        &format!("expected a table, got {}", lenient::kind_of_value(other)),
+                    ),
+                }
+            }
         }
-        _ => msg.to_owned(),
+        Some(other) => p.push(
+            "extensions",
+            &format!(
+                "expected a table of [extensions.NAME], got {}",
+                lenient::kind_of_value(other)
+            ),
+        ),
     }
+    out
+}
+
+/// Says where a problem's setting came from: its environment variable, or its line in the file.
+/// A policy file's problems carry their own location.
+fn locate(
+    mut q: ConfigProblem,
+    from_env: &BTreeMap<String, String>,
+    spans: &lenient::Spans,
+    file: &str,
+) -> ConfigProblem {
+    if let Some(var) = from_env.get(&q.setting) {
+        q.message = format!("{} (from {var})", q.message);
+    } else if !has_line(&q.message)
+        && let Some((line, _)) = spans.exact(&q.setting)
+    {
+        q.message = format!("{} ({file} line {line})", q.message);
+    }
+    q
+}
+
+/// The string values a setting holds (`inbound.allowed_app_ids` → its entries).
+fn values_of<'a>(root: &'a toml::Table, setting: &str) -> Vec<&'a str> {
+    fn strings<'a>(v: &'a toml::Value, out: &mut Vec<&'a str>) {
+        match v {
+            toml::Value::String(s) => out.push(s),
+            toml::Value::Array(a) => a.iter().for_each(|v| strings(v, out)),
+            toml::Value::Table(t) => t.values().for_each(|v| strings(v, out)),
+            _ => {}
+        }
+    }
+    let mut v: Option<&toml::Value> = None;
+    for part in setting.split('.') {
+        v = match v {
+            None => root.get(part),
+            Some(toml::Value::Table(t)) => t.get(part),
+            Some(_) => None,
+        };
+        if v.is_none() {
+            break;
+        }
+    }
+    let mut out = Vec::new();
+    if let Some(v) = v {
+        strings(v, &mut out);
+    }
+    out
+}
+
+/// The last line of defence for "no value in a problem": a module's message that quotes the
+/// setting's own value (`"x" is not a GUID`) has it replaced. Quoted values always; bare ones
+/// when long enough not to be a word of the message.
+fn redact(mut q: ConfigProblem, root: &toml::Table) -> ConfigProblem {
+    // Paths are no secrets, and their problems must name them (`cannot read ...`).
+    if q.setting.ends_with("file") || q.setting.ends_with("dir") {
+        return q;
+    }
+    for v in values_of(root, &q.setting) {
+        if v.is_empty() {
+            continue;
+        }
+        q.message = q.message.replace(&format!("{v:?}"), "(value not shown)");
+        if v.chars().count() >= 6 {
+            q.message = q.message.replace(v, "(value not shown)");
+        }
+    }
+    q
+}
+
+/// Whether a message already names a line (`policy.toml line 8: ...`).
+fn has_line(msg: &str) -> bool {
+    msg.match_indices(" line ").any(|(i, m)| {
+        msg[i + m.len()..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit())
+    })
 }
 
 /// Per section, the keys whose values are always strings (each module lists its own): an
@@ -343,7 +496,13 @@ fn env_value(raw: &str, string_key: bool) -> toml::Value {
 
 /// `ACCESSGATE_CREDENTIALS__CLIENT_SECRET=x` sets `graph.client_secret`. For keys that are not strings,
 /// values that parse as a TOML value (number, bool, array) are taken as such.
-fn apply_env(root: &mut toml::Table, env: &BTreeMap<String, String>, p: &mut Problems) {
+/// Returns which setting each override set (`worker.concurrency` → its variable).
+fn apply_env(
+    root: &mut toml::Table,
+    env: &BTreeMap<String, String>,
+    p: &mut Problems,
+) -> BTreeMap<String, String> {
+    let mut from = BTreeMap::new();
     for (key, raw) in env {
         if is_reserved_env(key) {
             continue;
@@ -352,9 +511,24 @@ fn apply_env(root: &mut toml::Table, env: &BTreeMap<String, String>, p: &mut Pro
             continue;
         };
         let Some((sec, field)) = rest.split_once("__") else {
+            // `ACCESSGATE_WORKER_CONCURRENCY`: one underscore where two belong.
+            let lower = rest.to_ascii_lowercase();
+            let hint = SECTIONS
+                .iter()
+                .find(|s| lower.starts_with(&format!("{s}_")))
+                .map(|s| {
+                    format!(
+                        " (did you mean ACCESSGATE_{}__{}?)",
+                        s.to_ascii_uppercase(),
+                        &rest[s.len() + 1..]
+                    )
+                })
+                .unwrap_or_default();
             p.push(
                 key,
-                "environment overrides are ACCESSGATE_<SECTION>__<KEY>, e.g. ACCESSGATE_CREDENTIALS__CLIENT_SECRET",
+                &format!(
+                    "environment overrides are ACCESSGATE_<SECTION>__<KEY>, e.g. ACCESSGATE_CREDENTIALS__CLIENT_SECRET{hint}"
+                ),
             );
             continue;
         };
@@ -380,6 +554,7 @@ fn apply_env(root: &mut toml::Table, env: &BTreeMap<String, String>, p: &mut Pro
                 });
             match ext.and_then(toml::Value::as_table_mut) {
                 Some(t) => {
+                    from.insert(format!("extensions.{name}.{ext_key}"), key.clone());
                     t.insert(ext_key.to_owned(), value);
                 }
                 None => p.push(&format!("extensions.{name}"), "is not a table"),
@@ -392,11 +567,13 @@ fn apply_env(root: &mut toml::Table, env: &BTreeMap<String, String>, p: &mut Pro
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         match entry.as_table_mut() {
             Some(t) => {
+                from.insert(format!("{sec}.{field}"), key.clone());
                 t.insert(field, value);
             }
             None => p.push(&sec, "is not a table"),
         }
     }
+    from
 }
 
 #[cfg(test)]

@@ -19,10 +19,21 @@ pub enum EndpointError {
         "plain http:// is only allowed to a loopback host (127.0.0.1, ::1, localhost); use https://"
     )]
     InsecureScheme,
-    #[error("unsupported scheme {0:?}; use https://")]
+    #[error("unsupported scheme{}; use https://", known_scheme(.0))]
     Scheme(String),
     #[error("URL must not carry user info, a query or a fragment")]
     Extra,
+}
+
+/// ` "ftp"` for a well-known scheme. Anything else is not repeated: `abc:def` parses as a URL
+/// of scheme `abc`, and a secret pasted into a URL setting must not be echoed, even in part.
+fn known_scheme(s: &str) -> String {
+    const KNOWN: [&str; 8] = ["ftp", "ftps", "ws", "wss", "file", "data", "mailto", "sftp"];
+    if KNOWN.contains(&s) {
+        format!(" {s:?}")
+    } else {
+        String::new()
+    }
 }
 
 impl EndpointUrl {
@@ -114,6 +125,15 @@ mod tests {
             EndpointUrl::parse("ftp://x"),
             Err(EndpointError::Scheme(_))
         ));
+        assert_eq!(
+            EndpointUrl::parse("ftp://x").unwrap_err().to_string(),
+            "unsupported scheme \"ftp\"; use https://"
+        );
+        // A pasted secret with a colon parses as a scheme: not echoed.
+        let e = EndpointUrl::parse("sEcReT7f3a:rest")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.to_lowercase().contains("secret7f3a"), "{e}");
         assert_eq!(
             EndpointUrl::parse("https://u:p@graph.microsoft.com"),
             Err(EndpointError::Extra)

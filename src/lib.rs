@@ -23,6 +23,7 @@ pub mod http_server;
 pub mod ingress;
 pub mod intake;
 pub mod json_lookup;
+pub mod lenient;
 pub mod outbound;
 pub mod policy;
 pub mod queue;

@@ -2,7 +2,8 @@
 //! owns its section (`<module>::Settings::from_raw`); `config` only layers the sources and
 //! assembles the sections.
 //!
-//! Invariant: a leaf. It imports nothing from the crate but [`crate::endpoint`], so any module can
+//! Invariant: a leaf. It imports nothing from the crate but [`crate::endpoint`] and
+//! [`crate::lenient`] (leaves too), so any module can
 //! parse its settings without an import cycle through `config`.
 
 use std::ops::RangeInclusive;
@@ -69,6 +70,11 @@ impl Problems {
         self.errors.len()
     }
 
+    /// The settings that have an error so far.
+    pub fn settings(&self) -> impl Iterator<Item = &str> {
+        self.errors.iter().map(|e| e.setting.as_str())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.errors.is_empty()
     }
@@ -77,6 +83,15 @@ impl Problems {
     pub fn into_parts(self) -> (Vec<ConfigProblem>, Vec<ConfigProblem>) {
         (self.errors, self.warnings)
     }
+}
+
+/// A value outside its choices: `must` ("must be text or json") plus the near miss, if any
+/// ("did you mean json?"). The value itself is never shown.
+pub fn not_one_of(p: &mut Problems, setting: &str, given: &str, must: &str, choices: &[&str]) {
+    let hint = crate::lenient::did_you_mean(given, choices)
+        .map(|s| format!(" (did you mean {s}?)"))
+        .unwrap_or_default();
+    p.push(setting, &format!("{must}{hint}"));
 }
 
 /// `v` (or `default`), with "must be between LO and HI" recorded when outside `range`.

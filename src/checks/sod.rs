@@ -325,8 +325,10 @@ fn add_items(
                 (None, None) => {}
             },
             None => {
+                let known: Vec<&str> = packages.keys().map(String::as_str).collect();
                 errors.insert(format!(
-                    "{at}: unknown access package {a:?} (declare it under [packages.{a}])"
+                    "{at}: unknown access package {a:?}{}",
+                    crate::policy::unknown_package_hint(a, &known)
                 ));
             }
         }
@@ -389,7 +391,7 @@ impl SodRules {
             .collect();
         let mut names = BTreeSet::new();
         for r in risks {
-            let at = format!("risk {:?}", r.name);
+            let at = format!("[[risks]] {:?}", r.name);
             if r.name.trim().is_empty() {
                 errors.insert("a risk has an empty name".into());
             }
@@ -426,7 +428,11 @@ impl SodRules {
                 );
                 for f in &s.functions {
                     if !functions.contains_key(f) {
-                        errors.insert(format!("{set_at}: unknown function {f:?}"));
+                        let known: Vec<&str> = functions.keys().map(String::as_str).collect();
+                        let hint = crate::lenient::did_you_mean(f, &known)
+                            .map(|near| format!("; did you mean {near:?}?"))
+                            .unwrap_or_default();
+                        errors.insert(format!("{set_at}: unknown function {f:?}{hint}"));
                         continue;
                     }
                     expand(
@@ -475,10 +481,19 @@ impl SodRules {
         }
         let mut out_exceptions = Vec::new();
         for (i, e) in exceptions.iter().enumerate() {
-            let at = format!("exception {} (user {:?}, risk {:?})", i + 1, e.user, e.risk);
+            let at = format!(
+                "[[exceptions]] entry {} (user {:?}, risk {:?})",
+                i + 1,
+                e.user,
+                e.risk
+            );
             let risk = out_risks.iter().position(|r| r.name == e.risk);
             if risk.is_none() {
-                errors.insert(format!("{at}: unknown risk {:?}", e.risk));
+                let known: Vec<&str> = out_risks.iter().map(|r| r.name.as_str()).collect();
+                let hint = crate::lenient::did_you_mean(&e.risk, &known)
+                    .map(|near| format!("; did you mean {near:?}?"))
+                    .unwrap_or_default();
+                errors.insert(format!("{at}: unknown risk {:?}{hint}", e.risk));
             }
             let expires = parse_expiry(&e.expires);
             if expires.is_none() {
@@ -864,7 +879,13 @@ pub fn check(
         .iter()
         .flatten()
         .filter(|r| !rules.has_risk(r))
-        .map(|r| format!("risks: unknown risk {r:?}"))
+        .map(|r| {
+            let known: Vec<&str> = rules.risks.iter().map(|k| k.name.as_str()).collect();
+            let hint = crate::lenient::did_you_mean(r, &known)
+                .map(|near| format!("; did you mean {near:?}?"))
+                .unwrap_or_default();
+            format!("risks: unknown risk {r:?}{hint}")
+        })
         .collect();
     if unknown.is_empty() {
         Ok(SodCheck { rules, settings })

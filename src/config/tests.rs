@@ -153,8 +153,8 @@ fn unknown_key_in_a_section_is_named() {
         .map(|e| e.0)
         .unwrap_or_default();
     assert!(
-        errs.iter()
-            .any(|p| p.setting == "server" && p.message.contains("listen_addr")),
+        errs.iter().any(|p| p.setting == "server.listen_addr"
+            && p.message.starts_with("unknown key; did you mean `listen`?")),
         "{errs:?}"
     );
 }
@@ -186,7 +186,11 @@ fn type_errors_never_print_the_value() {
         .map(|e| e.0)
         .unwrap_or_default();
     let all = format!("{errs:?}");
-    assert!(errs.iter().any(|p| p.setting == "credentials"), "{all}");
+    assert!(
+        errs.iter().any(|p| p.setting == "credentials.client_secret"
+            && p.message.starts_with("expected a string, got an integer")),
+        "{all}"
+    );
     assert!(!all.contains("987654321"), "{all}");
 }
 
@@ -218,4 +222,65 @@ fn national_clouds_pick_their_key_vault_audience() {
         c.identity.authority.base(),
         "https://login.chinacloudapi.cn"
     );
+}
+
+#[test]
+fn near_misses_are_suggested_for_values_sections_and_variables() {
+    let errs = from_sources(
+        &format!("{GOOD}[log]\nformat = \"jsn\"\n[wroker]\nx = 1\n"),
+        &env(&[
+            ("ACCESSGATE_WORKER_CONCURRENCY", "4"),
+            ("ACCESSGATE_QUEU__BACKEND", "sqlite"),
+            ("ACCESSGATE_WORKER__CONCURENCY", "4"),
+        ]),
+        Path::new("."),
+    )
+    .err()
+    .map(|e| e.0)
+    .unwrap_or_default();
+    let all: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    for want in [
+        "log.format: must be text or json (did you mean json?) (config file line 9)",
+        "wroker: unknown section; did you mean [worker]?",
+        "ACCESSGATE_WORKER_CONCURRENCY: environment overrides are ACCESSGATE_<SECTION>__<KEY>, e.g. ACCESSGATE_CREDENTIALS__CLIENT_SECRET (did you mean ACCESSGATE_WORKER__CONCURRENCY?)",
+        "queu: unknown section; did you mean [queue]?",
+        "(from ACCESSGATE_QUEU__BACKEND)",
+        "worker.concurency: unknown key; did you mean `concurrency`?",
+        "(from ACCESSGATE_WORKER__CONCURENCY)",
+    ] {
+        assert!(
+            all.iter().any(|l| l.contains(want)),
+            "missing {want:?} in {all:#?}"
+        );
+    }
+}
+
+#[test]
+fn a_module_message_that_quotes_its_value_has_it_redacted() {
+    let errs = from_sources(
+        &GOOD.replace(
+            "[inbound]\n",
+            "[inbound]\nallowed_app_ids = [\"Zq8-pasted-secret\", \"ab\"]\n",
+        ),
+        &env(&[(
+            "ACCESSGATE_INBOUND__POP_ALGORITHMS",
+            "[\"sEcReT-alg-value\"]",
+        )]),
+        Path::new("."),
+    )
+    .err()
+    .map(|e| e.0)
+    .unwrap_or_default();
+    let all = format!("{errs:?}");
+    assert!(
+        errs.iter().any(|p| p.setting == "inbound.allowed_app_ids"),
+        "{all}"
+    );
+    assert!(
+        errs.iter().any(|p| p.setting == "inbound.pop_algorithms"),
+        "{all}"
+    );
+    assert!(!all.contains("Zq8-pasted-secret"), "{all}");
+    assert!(!all.contains("\"ab\""), "{all}");
+    assert!(!all.contains("sEcReT-alg-value"), "{all}");
 }

@@ -51,10 +51,14 @@ impl Cloud {
     /// `identity.cloud`; an unknown name is a problem and the global cloud's hosts stand in, so
     /// the other sections still validate.
     pub fn from_raw(raw: &RawIdentity, p: &mut Problems) -> Cloud {
-        Cloud::named(raw.cloud.as_deref().unwrap_or("global")).unwrap_or_else(|| {
-            p.push(
+        let name = raw.cloud.as_deref().unwrap_or("global");
+        Cloud::named(name).unwrap_or_else(|| {
+            settings::not_one_of(
+                p,
                 "identity.cloud",
+                name,
                 "must be one of global, usgov, usgov-dod, china",
+                &["global", "usgov", "usgov-dod", "china"],
             );
             Self::GLOBAL
         })
@@ -385,8 +389,14 @@ impl Settings {
                 let sign_with = match raw.sign_with.as_deref().unwrap_or("key_vault") {
                     "key_vault" => SignWith::KeyVault,
                     "local" => SignWith::Local,
-                    _ => {
-                        p.push("credentials.sign_with", "must be key_vault or local");
+                    other => {
+                        settings::not_one_of(
+                            p,
+                            "credentials.sign_with",
+                            other,
+                            "must be key_vault or local",
+                            &["key_vault", "local"],
+                        );
                         SignWith::KeyVault
                     }
                 };
@@ -400,10 +410,20 @@ impl Settings {
                     None => CredentialMode::ManagedIdentity,
                 }
             }
-            _ => {
-                p.push(
+            other => {
+                const MODES: [&str; 5] = [
+                    "client_secret",
+                    "managed_identity",
+                    "workload_identity",
+                    "key_vault_secret",
+                    "key_vault_certificate",
+                ];
+                settings::not_one_of(
+                    p,
                     "credentials.mode",
-                    "must be one of client_secret, managed_identity, workload_identity, key_vault_secret, key_vault_certificate",
+                    other,
+                    &format!("must be one of {}", MODES.join(", ")),
+                    &MODES,
                 );
                 CredentialMode::ManagedIdentity
             }

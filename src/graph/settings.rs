@@ -93,8 +93,14 @@ impl Settings {
         let api_version = match raw.api_version.as_deref().unwrap_or("v1.0") {
             "v1.0" => GraphApiVersion::V1,
             "beta" => GraphApiVersion::Beta,
-            _ => {
-                p.push("graph.api_version", "must be v1.0 or beta");
+            other => {
+                crate::settings::not_one_of(
+                    p,
+                    "graph.api_version",
+                    other,
+                    "must be v1.0 or beta",
+                    &["v1.0", "beta"],
+                );
                 GraphApiVersion::V1
             }
         };

@@ -20,6 +20,7 @@ use crate::checks::{Check, CheckCtx, Finding, Verdict};
 use crate::directory::{Directory, Facts, Needs};
 use crate::tickets::TicketSystem;
 
+mod read;
 mod registry;
 pub mod settings;
 pub mod template;
@@ -158,24 +159,17 @@ struct RawRule {
     detail: Option<RawDetailField>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The file as read by [`read`]: every entry that could be read (rules are kept apart, with
+/// the keys that could not be read).
+#[derive(Debug, Clone, Default)]
 struct RawPolicy {
     version: Option<u32>,
-    #[serde(default)]
     defaults: RawDefaults,
-    #[serde(default)]
     packages: BTreeMap<String, RawPackage>,
-    #[serde(default)]
     checks: BTreeMap<String, toml::Table>,
-    #[serde(default)]
     functions: BTreeMap<String, RawFunction>,
-    #[serde(default)]
     risks: Vec<RawRisk>,
-    #[serde(default)]
     exceptions: Vec<RawException>,
-    #[serde(default)]
-    rules: Vec<RawRule>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -300,30 +294,51 @@ impl Policy {
     pub fn load(path: &Path) -> Result<Policy, Vec<String>> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| vec![format!("cannot read {}: {e}", path.display())])?;
-        Policy::parse(&text)
+        // "line 12: ..." becomes "policy.toml line 12: ...": the file is named where it is read.
+        Policy::parse(&text).map_err(|errs| {
+            errs.into_iter()
+                .map(|e| match e.strip_prefix("line ") {
+                    Some(rest) => format!("{} line {rest}", path.display()),
+                    None => format!("{}: {e}", path.display()),
+                })
+                .collect()
+        })
     }
 
-    /// Parses a policy, reporting every error at once.
+    /// Parses a policy, reporting every error at once, each with its line and entry
+    /// (`line 12: [[risks]] "pay-vs-approve": severity: unknown variant ...`), in file order.
     pub fn parse(text: &str) -> Result<Policy, Vec<String>> {
-        let raw: RawPolicy = toml::from_str(text)
-            .map_err(|e| vec![format!("not a valid policy: {}", e.message().trim())])?;
-        let mut errors = Vec::new();
+        let (root, spans) = crate::lenient::parse(text).map_err(|errs| {
+            errs.iter()
+                .map(|e| {
+                    format!(
+                        "line {}, column {}: not valid TOML: {}",
+                        e.line, e.column, e.message
+                    )
+                })
+                .collect::<Vec<_>>()
+        })?;
+        let mut errors = read::Errors::new(&spans);
+        let read = read::read(&root, &mut errors);
+        let raw = &read.raw;
         let mut warnings = Vec::new();
         if let Some(v) = raw.version
             && v != 1
         {
-            errors.push(format!(
-                "version {v} is not supported (this accessgate reads version 1)"
-            ));
+            errors.at(
+                "version",
+                format!("version {v} is not supported (this accessgate reads version 1)"),
+            );
         }
 
         // Packages: aliases that rules and SoD sets refer to.
         let mut packages = BTreeMap::new();
         for (alias, p) in &raw.packages {
             if p.id.is_none() && p.display_name.is_none() {
-                errors.push(format!(
-                    "packages.{alias}: give id or display_name (or both)"
-                ));
+                let m = format!("packages.{alias}: give id or display_name (or both)");
+                if !read.quiet.iter().any(|q| m.starts_with(q.as_str())) {
+                    errors.at(&format!("packages.{alias}"), m);
+                }
             }
             packages.insert(
                 alias.clone(),
@@ -336,7 +351,12 @@ impl Policy {
         }
 
         // SoD rules, when there are any risks or functions.
-        let sod = if raw.risks.is_empty() && raw.functions.is_empty() && raw.exceptions.is_empty() {
+        let mut sod_invalid = false;
+        let sod = if raw.risks.is_empty()
+            && raw.functions.is_empty()
+            && raw.exceptions.is_empty()
+            && !read.risks_written
+        {
             None
         } else {
             match SodRules::build(&raw.functions, &raw.risks, &raw.exceptions, &packages) {
@@ -345,11 +365,22 @@ impl Policy {
                     Some(Arc::new(rules))
                 }
                 Err(e) => {
-                    errors.extend(e);
+                    sod_invalid = true;
+                    for m in e {
+                        if read.quiet.iter().any(|q| m.starts_with(q.as_str()))
+                            || read::about_stand_in(&m)
+                        {
+                            continue;
+                        }
+                        let path = read::sod_error_path(&m, &read);
+                        errors.at(&path, m);
+                    }
                     None
                 }
             }
         };
+        // Risks that could not be read are reported; they are not "no risks".
+        sod_invalid |= read.risks_written && sod.is_none();
         let sod_risks = sod.as_ref().map_or(0, |s| s.risk_count());
 
         // Defaults.
@@ -358,16 +389,23 @@ impl Policy {
         if let Some(t) = &d.check_timeout {
             match parse_duration(t) {
                 Some(v) if !v.is_zero() => default_timeout = v,
-                _ => errors.push(format!(
-                    "defaults.check_timeout {t:?} is not a duration such as \"5s\" or \"1500ms\""
-                )),
+                _ => errors.at(
+                    "defaults.check_timeout",
+                    format!(
+                        "defaults.check_timeout {t:?} is not a duration such as \"5s\" or \"1500ms\""
+                    ),
+                ),
             }
         }
         let check_attempts = d.check_attempts.unwrap_or(3);
         if check_attempts == 0 {
-            errors.push("defaults.check_attempts must be at least 1".into());
+            errors.at(
+                "defaults.check_attempts",
+                "defaults.check_attempts must be at least 1".into(),
+            );
         }
         let default_texts = texts(
+            "defaults.detail",
             "defaults.detail",
             d.detail.as_ref(),
             &Texts::defaults(),
@@ -378,70 +416,124 @@ impl Policy {
         let mut checks = Vec::new();
         let mut index = BTreeMap::new();
         for (name, table) in &raw.checks {
-            match registry::build(name, table, sod.as_ref(), default_timeout) {
+            match registry::build(name, table, sod.as_ref(), sod_invalid, default_timeout) {
                 Ok(entry) => {
                     index.insert(name.clone(), checks.len());
                     checks.push(entry);
                 }
-                Err(e) => errors.extend(e),
+                Err(e) => {
+                    for m in e {
+                        // `checks.hr.timeout ...` or `checks.hr: unknown key `x``: that key.
+                        let key = m
+                            .strip_prefix(&format!("checks.{name}."))
+                            .and_then(|r| r.split([' ', ':']).next())
+                            .or_else(|| {
+                                m.split_once("unknown key `")
+                                    .and_then(|(_, r)| r.split('`').next())
+                            })
+                            .or_else(|| {
+                                // `checks.sod: risks: unknown risk ...`: a key of the table.
+                                m.strip_prefix(&format!("checks.{name}: "))
+                                    .and_then(|r| r.split(':').next())
+                                    .filter(|k| table.contains_key(*k))
+                            })
+                            .map(|k| format!(".{k}"))
+                            .unwrap_or_default();
+                        errors.at(&format!("checks.{name}{key}"), m);
+                    }
+                }
             }
         }
+        let check_names: Vec<&str> = raw.checks.keys().map(String::as_str).collect();
+        let package_names: Vec<&str> = packages.keys().map(String::as_str).collect();
+        let stage_names: Vec<&str> = Stage::ALL.iter().map(|s| s.as_graph()).collect();
 
         // Rules.
         let mut rules = Vec::new();
         let mut names = BTreeSet::new();
         let mut used = BTreeSet::new();
-        for r in &raw.rules {
-            let at = format!("rule {:?}", r.name);
+        for rr in &read.rules {
+            let r = &rr.raw;
+            let path = format!("rules.{}", rr.index);
+            let at = rr.label.clone();
             if !names.insert(r.name.clone()) {
-                errors.push(format!("{at} is defined twice"));
+                errors.at(&path, format!("{at} is defined twice"));
             }
             let stages = r.stages.as_ref().map(|list| {
                 list.iter()
-                    .filter_map(|s| {
+                    .enumerate()
+                    .filter_map(|(i, s)| {
                         let st = Stage::parse(s);
                         if st.is_none() {
-                            errors.push(format!("{at}: unknown stage {s:?}"));
+                            let hint = match crate::lenient::did_you_mean(s, &stage_names) {
+                                Some(near) => format!("; did you mean {near:?}?"),
+                                None => format!(" (known: {})", stage_names.join(", ")),
+                            };
+                            errors.at(
+                                &format!("{path}.stages.{i}"),
+                                format!("{at}: unknown stage {s:?}{hint}"),
+                            );
                         }
                         st
                     })
                     .collect::<Vec<_>>()
             });
             let mut rule_packages = Vec::new();
-            for a in &r.access_packages {
+            for (i, a) in r.access_packages.iter().enumerate() {
                 match packages.get(a) {
                     Some(p) => rule_packages.push(p.clone()),
-                    None => errors.push(format!(
-                        "{at}: unknown access package {a:?} (declare it under [packages.{a}])"
-                    )),
+                    None => errors.at(
+                        &format!("{path}.access_packages.{i}"),
+                        format!(
+                            "{at}: unknown access package {a:?}{}",
+                            unknown_package_hint(a, &package_names)
+                        ),
+                    ),
                 }
             }
             let mut rule_checks = Vec::new();
-            for c in &r.checks {
+            for (i, c) in r.checks.iter().enumerate() {
                 match index.get(c) {
                     Some(i) => {
                         used.insert(c.clone());
                         rule_checks.push(*i);
                     }
                     None if raw.checks.contains_key(c) => {} // its own error is already listed
-                    None => errors.push(format!(
-                        "{at}: unknown check {c:?} (define it under [checks.{c}])"
-                    )),
+                    None => {
+                        let hint = crate::lenient::did_you_mean(c, &check_names)
+                            .map(|near| format!("; did you mean {near:?}?"))
+                            .unwrap_or_else(|| format!(" (define it under [checks.{c}])"));
+                        errors.at(
+                            &format!("{path}.checks.{i}"),
+                            format!("{at}: unknown check {c:?}{hint}"),
+                        );
+                    }
                 }
             }
+            // A key that could not be read is already reported; judging the rule without it
+            // would only repeat that.
+            let unsure = rr.bad.contains("decision") || rr.bad.contains("checks");
             match (r.decision, r.checks.is_empty()) {
-                (None, true) => errors.push(format!(
-                    "{at}: give checks = [...] or a fixed decision = \"continue\" | \"deny\""
-                )),
-                (Some(_), false) => errors.push(format!(
-                    "{at}: a rule has either checks or a fixed decision, not both"
-                )),
+                _ if unsure => {}
+                (None, true) => errors.at(
+                    &path,
+                    format!(
+                        "{at}: give checks = [...] or a fixed decision = \"continue\" | \"deny\""
+                    ),
+                ),
+                (Some(_), false) => errors.at(
+                    &path,
+                    format!("{at}: a rule has either checks or a fixed decision, not both"),
+                ),
                 _ => {}
             }
+            let detail_at = format!("{at} detail");
+            let detail_path = format!("{path}.detail");
             let rule_texts = match &r.detail {
                 None => default_texts.clone(),
                 Some(RawDetailField::Each(each)) => texts(
-                    &format!("{at} detail"),
+                    &detail_at,
+                    &detail_path,
                     Some(each),
                     &default_texts,
                     &mut errors,
@@ -455,7 +547,8 @@ impl Policy {
                         notify: Some(one.clone()),
                     };
                     texts(
-                        &format!("{at} detail"),
+                        &detail_at,
+                        &detail_path,
                         Some(&all),
                         &default_texts,
                         &mut errors,
@@ -473,7 +566,8 @@ impl Policy {
                 .collect();
             if !reported.is_empty() && (r.decision == Some(Action::Deny) || !r.checks.is_empty()) {
                 warnings.push(format!(
-                    "{at}: at {} Entra cannot deny, so its checks run as notifications only (the request continues; the detail reports what they found)",
+                    "rule {:?}: at {} Entra cannot deny, so its checks run as notifications only (the request continues; the detail reports what they found)",
+                    r.name,
                     reported.join(", ")
                 ));
             }
@@ -495,7 +589,7 @@ impl Policy {
             }
         }
         if !errors.is_empty() {
-            return Err(errors);
+            return Err(errors.into_sorted());
         }
         Ok(Policy {
             rules,
@@ -730,8 +824,15 @@ fn combine(
     }
 }
 
-/// Parses a set of detail templates over `base`, checking each fits [`MAX_DETAIL_CHARS`].
-fn texts(at: &str, raw: Option<&RawDetail>, base: &Texts, errors: &mut Vec<String>) -> Texts {
+/// Parses a set of detail templates over `base`, checking each fits [`MAX_DETAIL_CHARS`];
+/// `at` names them in errors, `path` locates them.
+fn texts(
+    at: &str,
+    path: &str,
+    raw: Option<&RawDetail>,
+    base: &Texts,
+    errors: &mut read::Errors<'_>,
+) -> Texts {
     let mut out = base.clone();
     let Some(raw) = raw else {
         return out;
@@ -744,15 +845,25 @@ fn texts(at: &str, raw: Option<&RawDetail>, base: &Texts, errors: &mut Vec<Strin
         ("notify", &raw.notify, &mut out.notify),
     ] {
         let Some(src) = src else { continue };
+        let key = format!("{path}.{name}");
         match Template::parse(src) {
-            Ok(t) if t.literal_len() > MAX_DETAIL_CHARS => errors.push(format!(
-                "{at}.{name}: the text alone is longer than {MAX_DETAIL_CHARS} characters"
-            )),
+            Ok(t) if t.literal_len() > MAX_DETAIL_CHARS => errors.at(
+                &key,
+                format!("{at}.{name}: the text alone is longer than {MAX_DETAIL_CHARS} characters"),
+            ),
             Ok(t) => *slot = t,
-            Err(e) => errors.push(format!("{at}.{name}: {e}")),
+            Err(e) => errors.at(&key, format!("{at}.{name}: {e}")),
         }
     }
     out
+}
+
+/// `; did you mean "payments"?` for a near miss, else how to declare the package.
+pub(crate) fn unknown_package_hint(alias: &str, known: &[&str]) -> String {
+    match crate::lenient::did_you_mean(alias, known) {
+        Some(near) => format!("; did you mean {near:?}? (or declare it under [packages.{alias}])"),
+        None => format!(" (declare it under [packages.{alias}])"),
+    }
 }
 
 #[cfg(test)]

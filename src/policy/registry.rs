@@ -24,6 +24,7 @@ pub(super) fn build(
     name: &str,
     table: &toml::Table,
     sod_rules: Option<&Arc<SodRules>>,
+    sod_invalid: bool,
     default_timeout: Duration,
 ) -> Result<CheckEntry, Vec<String>> {
     let at = format!("checks.{name}");
@@ -58,32 +59,29 @@ pub(super) fn build(
             default_timeout
         }
     };
-    let value = toml::Value::Table(settings);
     let prefix = |e: Vec<String>| {
         e.into_iter()
             .map(|m| format!("{at}: {m}"))
             .collect::<Vec<_>>()
     };
-    let settings_error = |e: toml::de::Error| vec![format!("{at}: {}", e.message().trim())];
     let check: Result<Arc<dyn Check>, Vec<String>> = match kind.as_str() {
         "sod" => match sod_rules {
+            // The risks have errors of their own: "no risks" would be a follow-on. The check's
+            // own settings are still checked.
+            None if sod_invalid => Err(type_settings::<sod::SodSettings>(&at, &settings)
+                .err()
+                .unwrap_or_default()),
             None => Err(vec![format!(
                 "{at}: a sod check needs [[risks]] in the policy"
             )]),
-            Some(rules) => value
-                .try_into::<sod::SodSettings>()
-                .map_err(settings_error)
+            Some(rules) => type_settings::<sod::SodSettings>(&at, &settings)
                 .and_then(|s| sod::check(name, rules.clone(), s).map_err(prefix))
                 .map(|c| Arc::new(c) as Arc<dyn Check>),
         },
-        "hr" => value
-            .try_into::<hr::HrSettings>()
-            .map_err(settings_error)
+        "hr" => type_settings::<hr::HrSettings>(&at, &settings)
             .and_then(|s| hr::check(name, s).map_err(prefix))
             .map(|c| Arc::new(c) as Arc<dyn Check>),
-        "servicenow_ticket" => value
-            .try_into::<ticket::TicketSettings>()
-            .map_err(settings_error)
+        "servicenow_ticket" => type_settings::<ticket::TicketSettings>(&at, &settings)
             .and_then(|s| ticket::check(name, s).map_err(prefix))
             .map(|c| Arc::new(c) as Arc<dyn Check>),
         other => Err(vec![format!(
@@ -102,5 +100,24 @@ pub(super) fn build(
             errors.extend(e);
             Err(errors)
         }
+    }
+}
+
+/// A check type's own settings, key by key: every wrong key is named (`checks.hr.bogus: ...`).
+fn type_settings<T: serde::de::DeserializeOwned>(
+    at: &str,
+    table: &toml::Table,
+) -> Result<T, Vec<String>> {
+    let r = crate::lenient::lenient::<T>(table, &[], true);
+    match r.value {
+        Some(v) if r.problems.is_empty() => Ok(v),
+        _ => Err(r
+            .problems
+            .into_iter()
+            .map(|p| match p.key {
+                Some(k) => format!("{at}.{k}: {}", p.message),
+                None => format!("{at}: {}", p.message),
+            })
+            .collect()),
     }
 }

@@ -331,7 +331,7 @@ decision = "deny"
         "unknown access package \"nope\"",
         "unknown stage \"someday\"",
         "unknown check \"missing-check\"",
-        "rule \"a\" is defined twice",
+        "[[rules]] \"a\" is defined twice",
         "give checks = [...] or a fixed decision",
         "either checks or a fixed decision",
     ] {
@@ -361,4 +361,92 @@ fn durations_parse() {
     assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
     assert_eq!(parse_duration("soon"), None);
     assert_eq!(parse_duration("5"), None);
+}
+
+#[test]
+fn mistakes_are_reported_once_each_with_line_and_suggestion_and_no_follow_on() {
+    let errs = Policy::parse(
+        r#"[packages.a]
+id = "1"
+[[risks]]
+name = "r"
+severity = "hgh"
+owner = "o"
+sets = [{ acess_packages = ["a"] }, { access_packages = ["a"] }]
+[[exceptions]]
+user = "u"
+risk = "r"
+expires = "2099-01-01"
+approver = "a"
+reason = "b"
+[checks.sod]
+risks = ["r"]
+[[rules]]
+name = "x"
+checks = ["sod"]
+desicion = "deny"
+[[rules]]
+name = "y"
+decision = "deny"
+detail = { denny = "no" }
+"#,
+    )
+    .err()
+    .unwrap_or_default();
+    assert_eq!(
+        errs,
+        [
+            "line 5: [[risks]] \"r\": severity: unknown variant `hgh`; did you mean `high`? (expected one of `low`, `medium`, `high`, `critical`)",
+            "line 7: [[risks]] \"r\" set 1: acess_packages: unknown key; did you mean `access_packages`? (expected one of `name`, `functions`, `access_packages`, `groups`, `app_roles`, `entitlements`)",
+            "line 19: [[rules]] \"x\": desicion: unknown key; did you mean `decision`? (expected one of `name`, `catalogs`, `access_packages`, `stages`, `checks`, `decision`, `mode`, `on_error`, `detail`)",
+            "line 23: [[rules]] \"y\": detail: unknown key `denny`; did you mean `deny`? (expected one of `allow`, `deny`, `error`, `audit`, `notify`)",
+        ]
+    );
+}
+
+#[test]
+fn a_nameless_rule_and_a_check_setting_are_still_checked_and_located() {
+    let errs = Policy::parse("[checks.hr]\nrequire_manger = true\n[[rules]]\nchecks = [\"hrr\"]\n")
+        .err()
+        .unwrap_or_default();
+    let all = errs.join("\n");
+    for want in [
+        "line 2: checks.hr.require_manger: unknown key; did you mean `require_manager`?",
+        "line 3: [[rules]] entry 1: missing field `name`",
+        "line 4: [[rules]] entry 1: unknown check \"hrr\"; did you mean \"hr\"?",
+    ] {
+        assert!(all.contains(want), "missing {want:?} in:\n{all}");
+    }
+}
+
+#[test]
+fn an_exception_with_missing_fields_is_still_checked() {
+    let errs = Policy::parse(
+        "[packages.a]\nid = \"1\"\n[packages.b]\nid = \"2\"\n[[risks]]\nname = \"r1\"\nseverity = \"high\"\nowner = \"o\"\nsets = [{ access_packages = [\"a\"] }, { access_packages = [\"b\"] }]\n[[exceptions]]\nuser = \"u\"\nrisk = \"r2\"\nexpires = 2099-01-01\n",
+    )
+    .err()
+    .unwrap_or_default();
+    assert_eq!(
+        errs,
+        [
+            "line 10: [[exceptions]] entry 1: missing field `approver`",
+            "line 10: [[exceptions]] entry 1: missing field `reason`",
+            "line 12: [[exceptions]] entry 1 (user \"u\", risk \"r2\"): unknown risk \"r2\"; did you mean \"r1\"?",
+        ]
+    );
+}
+
+#[test]
+fn an_unknown_risk_in_a_sod_check_is_located_with_its_near_miss() {
+    let errs = Policy::parse(
+        "[packages.a]\nid=\"1\"\n[packages.b]\nid=\"2\"\n[[risks]]\nname=\"pay-vs-approve\"\nseverity=\"low\"\nowner=\"o\"\nsets=[{access_packages=[\"a\"]},{access_packages=[\"b\"]}]\n[checks.sod]\nrisks=[\"pay-vs-aprove\"]\n[[rules]]\nname=\"x\"\nchecks=[\"sod\"]\n",
+    )
+    .err()
+    .unwrap_or_default();
+    assert_eq!(
+        errs,
+        [
+            "line 11: checks.sod: risks: unknown risk \"pay-vs-aprove\"; did you mean \"pay-vs-approve\"?"
+        ]
+    );
 }

@@ -94,8 +94,14 @@ impl Settings {
             }
             "azure_storage" => azure_storage(raw, p)
                 .map_or(Settings::Sqlite, |s| Settings::AzureStorage(Box::new(s))),
-            _ => {
-                p.push("queue.backend", "must be sqlite or azure_storage");
+            other => {
+                crate::settings::not_one_of(
+                    p,
+                    "queue.backend",
+                    other,
+                    "must be sqlite or azure_storage",
+                    &["sqlite", "azure_storage"],
+                );
                 Settings::Sqlite
             }
         }

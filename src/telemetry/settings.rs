@@ -33,8 +33,14 @@ impl Settings {
         let format = match raw.format.as_deref().unwrap_or("text") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
-            _ => {
-                p.push("log.format", "must be text or json");
+            other => {
+                crate::settings::not_one_of(
+                    p,
+                    "log.format",
+                    other,
+                    "must be text or json",
+                    &["text", "json"],
+                );
                 LogFormat::Text
             }
         };

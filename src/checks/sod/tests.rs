@@ -297,7 +297,7 @@ reason = "x"
         "unknown access package \"nope\"",
         "owner is empty",
         "needs two or more sets",
-        "risk \"r1\" is defined twice",
+        "[[risks]] \"r1\" is defined twice",
         "no-slash",
         "the set is empty",
         "unknown function \"ghost\"",

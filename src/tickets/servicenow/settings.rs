@@ -163,8 +163,14 @@ impl Settings {
                         user,
                     })
             }
-            _ => {
-                p.push("servicenow.auth", "must be basic or oauth");
+            other => {
+                crate::settings::not_one_of(
+                    p,
+                    "servicenow.auth",
+                    other,
+                    "must be basic or oauth",
+                    &["basic", "oauth"],
+                );
                 None
             }
         };
