@@ -507,7 +507,7 @@ fn header_and_structure_cases(ctx: &Ctx) -> Table {
     t.add(
         "B header not base64",
         format!("PoP !!!.{p}.{s}"),
-        "pop_malformed_header",
+        "pop_not_base64url",
     );
     t.add(
         "B header base64 of non-JSON",
@@ -527,7 +527,7 @@ fn header_and_structure_cases(ctx: &Ctx) -> Table {
     t.add(
         "B payload not base64",
         format!("PoP {h}.!!!.{s}"),
-        "pop_malformed_payload",
+        "pop_not_base64url",
     );
     t.add(
         "B payload JSON string",
@@ -556,7 +556,7 @@ fn header_and_structure_cases(ctx: &Ctx) -> Table {
     t.add(
         "B signature not base64",
         format!("PoP {h}.{p}.!!!"),
-        "pop_malformed",
+        "pop_not_base64url",
     );
     t.add(
         "B empty signature",
@@ -888,7 +888,7 @@ fn access_token_cases(ctx: &Ctx) -> Table {
             at_token: Some("x.y.z".into()),
             ..o()
         }),
-        "at_malformed_token",
+        "at_not_base64url",
     );
     t.add(
         "D at one segment",
@@ -1087,7 +1087,7 @@ fn claim_cases(ctx: &Ctx) -> Table {
     t.add(
         "E ts a day old, as a string",
         ctx.pop(ts(json!((now() - 86_400).to_string()))),
-        "pop_expired",
+        "pop_ts_not_integer",
     );
     t.add("E ts +120 s", ctx.pop(off(120)), "pop_ts_in_future");
     t.add(
@@ -1114,7 +1114,13 @@ fn claim_cases(ctx: &Ctx) -> Table {
         ("now as a float", json!(now() as f64 + 0.5)),
         ("year 10000", json!(253_402_300_800_i64)),
     ] {
-        t.add(format!("E ts {name}"), ctx.pop(ts(v)), "pop_ts_invalid");
+        // Not an integer at all vs an integer that is no time.
+        let reason = if v.is_i64() || v.is_u64() {
+            "pop_ts_invalid"
+        } else {
+            "pop_ts_not_integer"
+        };
+        t.add(format!("E ts {name}"), ctx.pop(ts(v)), reason);
     }
 
     let m = |v: Value| PopOptions { m: Some(v), ..o() };
@@ -1704,13 +1710,6 @@ fn accepted_variants(ctx: &Ctx) -> Vec<(&'static str, Variant)> {
             }),
         ),
         (
-            "ts as a decimal string",
-            Opts(PopOptions {
-                ts: Some(json!(now().to_string())),
-                ..o()
-            }),
-        ),
-        (
             "ts +30 s",
             Opts(PopOptions {
                 ts_offset_secs: Some(30),
@@ -2099,6 +2098,8 @@ async fn corpus_size() {
         access_token_cases,
         claim_cases,
         key_binding_cases,
+        strictness_cases,
+        attacker_cases,
     ] {
         for c in build(&ctx).0 {
             *by_letter.entry(c.name.chars().next().unwrap()).or_default() += 1;
@@ -2178,7 +2179,7 @@ async fn replay_with_padded_signature_is_refused() {
         ("L replay, signature + '='", format!("{token}=")),
         ("L replay, signature + '=='", format!("{token}==")),
     ];
-    replay_in_other_encodings(&h, &token, &again, &["pop_replayed", "pop_malformed"]).await;
+    replay_in_other_encodings(&h, &token, &again, &["pop_not_base64url"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -2250,4 +2251,704 @@ async fn multibyte_u_is_a_wrong_host_not_a_panic() {
     let a = post(&h.callout_url(), &Auth::Text(auth), &body()).await;
     let failures = check_refusal(&h.ag, "G u multi-byte", &a, 401, "pop_wrong_host").await;
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// O: strictness both tokens share (issue 6/9): JOSE `crit` in the inner token, unpadded
+// base64url in every segment of both tokens, integer times, the caller claim of the version.
+// P: more attacks on the header, the encodings, numbers, the carried key and the bindings.
+
+const ELM_APP: &str = "810dcf14-1858-4bf2-8134-4c369fa3235b";
+
+/// Base64url with `=` padding (RFC 4648 §5 as written, which RFC 7515 §2 forbids).
+fn b64_padded(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE.encode(bytes)
+}
+
+/// Standard alphabet (`+`, `/`) without padding.
+fn b64_std(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes)
+}
+
+impl Ctx {
+    /// Header and claims of a valid inner access token bound to the victim key.
+    fn at_parts(&self) -> (Map<String, Value>, Map<String, Value>) {
+        let at = self.at_with_cnf(json!({"kid": self.victim_tp, "xms_ksl": "sw"}));
+        let mut it = at.split('.');
+        let h = obj(serde_json::from_slice(&unb64(it.next().unwrap())).unwrap());
+        let c = obj(serde_json::from_slice(&unb64(it.next().unwrap())).unwrap());
+        (h, c)
+    }
+
+    /// An inner token of these exact texts, each segment encoded by `enc`, signed by the tenant
+    /// key over exactly those segments (so only the encoding is wrong).
+    fn at_raw(&self, header: &str, payload: &str, enc: fn(&[u8]) -> String) -> String {
+        let input = format!("{}.{}", enc(header.as_bytes()), enc(payload.as_bytes()));
+        let (sig, _) = self.emu.sign_as_tenant(&input).unwrap();
+        format!("{input}.{sig}")
+    }
+
+    /// A valid PoP request by the victim key around a hand-built inner token whose header and
+    /// claims got `hx` and `cx` (null removes a member).
+    fn pop_at_with(&self, hx: Value, cx: Value) -> String {
+        let (mut h, mut c) = self.at_parts();
+        for (m, x) in [(&mut h, hx), (&mut c, cx)] {
+            for (k, v) in obj(x) {
+                if v.is_null() {
+                    m.remove(&k);
+                } else {
+                    m.insert(k, v);
+                }
+            }
+        }
+        let at = self.at_raw(
+            &Value::Object(h).to_string(),
+            &Value::Object(c).to_string(),
+            b64,
+        );
+        self.pop_around(at)
+    }
+
+    /// The emulator's valid PoP request around this inner token.
+    fn pop_around(&self, at: String) -> String {
+        self.pop(PopOptions {
+            at_token: Some(at),
+            ..o()
+        })
+    }
+
+    /// `mine`'s valid request with the given JSON texts, each segment encoded by `enc` and
+    /// signed over exactly those segments; the signature encoded by `sig_enc`.
+    fn mine_encoded(
+        &self,
+        header: &str,
+        payload: &str,
+        enc: fn(&[u8]) -> String,
+        sig_enc: fn(&[u8]) -> String,
+    ) -> String {
+        let input = format!("{}.{}", enc(header.as_bytes()), enc(payload.as_bytes()));
+        let sig = self.mine.sign("RS256", input.as_bytes()).unwrap();
+        format!("PoP {input}.{}", sig_enc(&sig))
+    }
+
+    /// `mine`'s valid request whose payload text has `"ts":<now>` replaced by `"ts":<text>`.
+    fn mine_ts_text(&self, text: &str) -> String {
+        let (h, mut c) = self.parts(&self.mine);
+        c.insert("ts".into(), json!("@TS@"));
+        let payload = Value::Object(c).to_string().replace("\"@TS@\"", text);
+        self.sign_raw(&self.mine, "RS256", &Value::Object(h).to_string(), &payload)
+    }
+}
+
+/// A payload text whose plain and base64url forms need padding and use `+` or `/` in the
+/// standard alphabet (a filler claim is grown until they do).
+fn awkward_payload(c: &Map<String, Value>) -> String {
+    for i in 0..64 {
+        let mut c = c.clone();
+        c.insert("zz".into(), json!(format!("???>>>{}", "~".repeat(i))));
+        let text = Value::Object(c).to_string();
+        let std = b64_std(text.as_bytes());
+        if text.len() % 3 != 0 && (std.contains('+') || std.contains('/')) {
+            return text;
+        }
+    }
+    panic!("no awkward payload")
+}
+
+fn strictness_cases(ctx: &Ctx) -> Table {
+    let mut t = Table::default();
+    let at = |m: MintOptions| PopOptions { at: Some(m), ..o() };
+    let extra = |v: Value| {
+        at(MintOptions {
+            extra_claims: some_obj(v),
+            ..Default::default()
+        })
+    };
+    // 1. crit in the inner token's header.
+    t.add(
+        "O at header crit [exp]",
+        ctx.pop_at_with(json!({"crit": ["exp"]}), json!({})),
+        "at_crit_not_supported",
+    );
+    t.add(
+        "O at header crit []",
+        ctx.pop_at_with(json!({"crit": []}), json!({})),
+        "at_crit_not_supported",
+    );
+    t.add(
+        "O at header crit [b64] with b64 false",
+        ctx.pop_at_with(json!({"crit": ["b64"], "b64": false}), json!({})),
+        "at_crit_not_supported",
+    );
+    // 2. Encodings, both tokens (each signed over the wrongly encoded segments).
+    let (ah, ac) = ctx.at_parts();
+    let ah_text = Value::Object(ah.clone()).to_string();
+    let awkward_at = awkward_payload(&ac);
+    assert!(b64_padded(awkward_at.as_bytes()).ends_with('='));
+    t.add(
+        "O at segments padded",
+        ctx.pop_around(ctx.at_raw(&ah_text, &awkward_at, b64_padded)),
+        "at_not_base64url",
+    );
+    t.add(
+        "O at segments in the standard alphabet",
+        ctx.pop_around(ctx.at_raw(&ah_text, &awkward_at, b64_std)),
+        "at_not_base64url",
+    );
+    let valid_at = ctx.at_with_cnf(json!({"kid": ctx.victim_tp, "xms_ksl": "sw"}));
+    t.add(
+        "O at signature + '='",
+        ctx.pop_around(format!("{valid_at}=")),
+        "at_not_base64url",
+    );
+    let (h, c) = ctx.parts(&ctx.mine);
+    let h_text = Value::Object(h.clone()).to_string();
+    let awkward = awkward_payload(&c);
+    t.add(
+        "O PoP segments padded",
+        ctx.mine_encoded(&h_text, &awkward, b64_padded, b64),
+        "pop_not_base64url",
+    );
+    t.add(
+        "O PoP segments in the standard alphabet",
+        ctx.mine_encoded(&h_text, &awkward, b64_std, b64),
+        "pop_not_base64url",
+    );
+    t.add(
+        "O PoP signature padded",
+        ctx.mine_encoded(&h_text, &awkward, b64, b64_padded),
+        "pop_not_base64url",
+    );
+    let mut sig_std = String::new();
+    for i in 0..32 {
+        let mut c2 = c.clone();
+        c2.insert("zz".into(), json!(i));
+        let p = Value::Object(c2).to_string();
+        let input = format!("{}.{}", b64(h_text.as_bytes()), b64(p.as_bytes()));
+        let sig = ctx.mine.sign("RS256", input.as_bytes()).unwrap();
+        if b64_std(&sig).contains(['+', '/']) {
+            sig_std = format!("PoP {input}.{}", b64_std(&sig));
+            break;
+        }
+    }
+    assert!(!sig_std.is_empty());
+    t.add(
+        "O PoP signature in the standard alphabet",
+        sig_std,
+        "pop_not_base64url",
+    );
+    // 3. Integer times.
+    let ts = |v: Value| PopOptions { ts: Some(v), ..o() };
+    t.add(
+        "O ts now as a numeric string",
+        ctx.pop(ts(json!(now().to_string()))),
+        "pop_ts_not_integer",
+    );
+    t.add(
+        "O ts now as a float with .0",
+        ctx.mine_ts_text(&format!("{}.0", now())),
+        "pop_ts_not_integer",
+    );
+    t.add("O ts true", ctx.pop(ts(json!(true))), "pop_ts_not_integer");
+    let exp = now() + 3600;
+    for (name, claim, v) in [
+        ("exp as a numeric string", "exp", json!(exp.to_string())),
+        ("exp as a float with .0", "exp", json!(exp as f64)),
+        ("exp 1.5 s past an integer", "exp", json!(exp as f64 + 0.5)),
+        ("exp true", "exp", json!(true)),
+        (
+            "nbf as a numeric string",
+            "nbf",
+            json!((now() - 300).to_string()),
+        ),
+        ("nbf as a float", "nbf", json!((now() - 300) as f64)),
+        ("iat as a numeric string", "iat", json!(now().to_string())),
+        ("iat as a float", "iat", json!(now() as f64)),
+        ("iat false", "iat", json!(false)),
+        ("iat an object", "iat", json!({})),
+    ] {
+        t.add(
+            format!("O at {name}"),
+            ctx.pop(extra(json!({ claim: v }))),
+            "at_time_claim_not_integer",
+        );
+    }
+    // 4. The caller claim of the token's version only.
+    t.add(
+        "O v2 at, azp another app, appid the right one",
+        ctx.pop(at(MintOptions {
+            issuer_version: Some(IssuerVersion::V2),
+            app_id: Some(OTHER_APP.into()),
+            extra_claims: some_obj(json!({"appid": ELM_APP})),
+            ..Default::default()
+        })),
+        "at_caller_claim_mismatch",
+    );
+    t.add(
+        "O v1 at, appid another app, azp the right one",
+        ctx.pop(at(MintOptions {
+            app_id: Some(OTHER_APP.into()),
+            extra_claims: some_obj(json!({"azp": ELM_APP})),
+            ..Default::default()
+        })),
+        "at_caller_claim_mismatch",
+    );
+    t.add(
+        "O v2 at with appid only",
+        ctx.pop(at(MintOptions {
+            issuer_version: Some(IssuerVersion::V2),
+            extra_claims: some_obj(json!({"azp": null, "appid": ELM_APP})),
+            ..Default::default()
+        })),
+        "at_missing_claim",
+    );
+    t.add(
+        "O v1 at with azp only",
+        ctx.pop(extra(json!({"appid": null, "azp": ELM_APP}))),
+        "at_missing_claim",
+    );
+    for (name, v) in [
+        ("missing", Value::Null),
+        ("3.0", json!("3.0")),
+        ("2 (a number)", json!(2)),
+        ("\"1.0 \"", json!("1.0 ")),
+    ] {
+        t.add(
+            format!("O at ver {name}"),
+            ctx.pop(extra(json!({ "ver": v }))),
+            "at_token_version_unknown",
+        );
+    }
+    t
+}
+
+fn attacker_cases(ctx: &Ctx) -> Table {
+    let mut t = Table::default();
+    let alg = |a: &str| PopOptions {
+        alg: Some(a.into()),
+        ..o()
+    };
+    let hx = |v: Value| PopOptions {
+        header_extra: some_obj(v),
+        ..o()
+    };
+    // Header.
+    t.add("P alg nOnE", ctx.pop(alg("nOnE")), "pop_alg_none");
+    t.add("P alg hs256", ctx.pop(alg("hs256")), "pop_alg_hmac");
+    t.add(
+        "P alg 'RS256 '",
+        ctx.pop(alg("RS256 ")),
+        "pop_alg_not_allowed",
+    );
+    t.add(
+        "P alg RS256 + NUL",
+        ctx.pop(alg("RS256\u{0}")),
+        "pop_alg_not_allowed",
+    );
+    t.add(
+        "P alg [RS256]",
+        ctx.pop(hx(json!({"alg": ["RS256"]}))),
+        "pop_alg_not_allowed",
+    );
+    t.add(
+        "P header b64 false",
+        ctx.pop(hx(json!({"b64": false}))),
+        "pop_header_param_not_supported",
+    );
+    t.add(
+        "P header b64 false in crit",
+        ctx.pop(hx(json!({"b64": false, "crit": ["b64"]}))),
+        "pop_crit_not_supported",
+    );
+    t.add(
+        "P header zip DEF",
+        ctx.pop(hx(json!({"zip": "DEF"}))),
+        "pop_header_param_not_supported",
+    );
+    t.add(
+        "P header enc (JWE)",
+        ctx.pop(hx(json!({"enc": "A256GCM"}))),
+        "pop_header_param_not_supported",
+    );
+    t.add(
+        "P header x5c empty",
+        ctx.pop(hx(json!({"x5c": []}))),
+        "pop_header_key_not_allowed",
+    );
+    t.add(
+        "P header jwk of the attacker's key",
+        ctx.pop(hx(json!({"jwk": ctx.other.public_jwk()}))),
+        "pop_header_key_not_allowed",
+    );
+    let kid = |v: Value| PopOptions {
+        kid: Some(v),
+        ..o()
+    };
+    t.add(
+        "P kid with a trailing space",
+        ctx.pop(kid(json!(format!("{} ", ctx.victim_tp)))),
+        "pop_kid_mismatch",
+    );
+    t.add(
+        "P kid padded",
+        ctx.pop(kid(json!(format!("{}=", ctx.victim_tp)))),
+        "pop_kid_mismatch",
+    );
+    t.add(
+        "P kid [thumbprint]",
+        ctx.pop(kid(json!([ctx.victim_tp]))),
+        "pop_kid_mismatch",
+    );
+    t.add(
+        "P kid msal-browser form, padded",
+        ctx.pop(kid(json!(b64_padded(
+            json!({"kid": ctx.victim_tp}).to_string().as_bytes()
+        )))),
+        "pop_kid_mismatch",
+    );
+    t.add(
+        "P typ pop + NUL",
+        ctx.pop(PopOptions {
+            typ: Some(json!("pop\u{0}")),
+            ..o()
+        }),
+        "pop_wrong_typ",
+    );
+    let (hj, pj) = ctx.mine_texts();
+    let two_typ = format!("{{\"typ\":\"JWT\",{}", &hj[1..]);
+    t.add(
+        "P duplicated header typ",
+        ctx.sign_raw(&ctx.mine, "RS256", &two_typ, &pj),
+        "pop_duplicate_member",
+    );
+    // Encodings of the outer token.
+    let valid = ctx.raw_pop(o());
+    let (h, p, s) = segments(&format!("PoP {valid}"));
+    t.add(
+        "P space after a dot",
+        format!("PoP {h}. {p}.{s}"),
+        "pop_not_base64url",
+    );
+    t.add(
+        "P tab inside the payload",
+        format!("PoP {h}.{}\t{}.{s}", &p[..10], &p[10..]),
+        "pop_not_base64url",
+    );
+    t.add(
+        "P %2E instead of the second dot",
+        format!("PoP {h}.{p}%2E{s}"),
+        "pop_malformed",
+    );
+    t.add(
+        "P %-encoded character in the payload",
+        format!("PoP {h}.%{:02X}{}.{s}", p.as_bytes()[0], &p[1..]),
+        "pop_not_base64url",
+    );
+    let fullwidth: String = h
+        .chars()
+        .map(|c| match c {
+            'A'..='Z' => char::from_u32(c as u32 - 'A' as u32 + 0xFF21).unwrap(),
+            c => c,
+        })
+        .collect();
+    assert_ne!(fullwidth, h);
+    t.add(
+        "P fullwidth letters in the header",
+        format!("PoP {fullwidth}.{p}.{s}"),
+        "pop_not_base64url",
+    );
+    assert_ne!(s.len() % 4, 0);
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let last = s.as_bytes()[s.len() - 1];
+    let idx = ALPHABET.iter().position(|c| *c == last).unwrap();
+    let non_canonical = format!("{}{}", &s[..s.len() - 1], ALPHABET[idx | 1] as char);
+    assert_ne!(non_canonical, s);
+    t.add(
+        "P signature with non-zero trailing bits",
+        format!("PoP {h}.{p}.{non_canonical}"),
+        "pop_not_base64url",
+    );
+    t.add(
+        "P header segment with a trailing =",
+        format!("PoP {h}=.{p}.{s}"),
+        "pop_not_base64url",
+    );
+    // Encodings of the inner token.
+    let at = ctx.at_with_cnf(json!({"kid": ctx.victim_tp, "xms_ksl": "sw"}));
+    t.add(
+        "P at with a space inside",
+        ctx.pop_around(at.replacen('.', ". ", 1)),
+        "at_not_base64url",
+    );
+    let first_dot = at.find('.').unwrap();
+    t.add(
+        "P at %-encoded character in its payload",
+        ctx.pop_around(format!(
+            "{}.%{:02X}{}",
+            &at[..first_dot],
+            at.as_bytes()[first_dot + 1],
+            &at[first_dot + 2..]
+        )),
+        "at_not_base64url",
+    );
+    // Numbers.
+    let ts = |v: Value| PopOptions { ts: Some(v), ..o() };
+    t.add(
+        "P ts 2^63",
+        ctx.pop(ts(json!(9_223_372_036_854_775_808_u64))),
+        "pop_ts_invalid",
+    );
+    t.add(
+        "P ts i64::MIN",
+        ctx.pop(ts(json!(i64::MIN))),
+        "pop_ts_invalid",
+    );
+    t.add("P ts -0", ctx.mine_ts_text("-0"), "pop_ts_not_integer");
+    t.add(
+        "P ts in exponent form",
+        ctx.mine_ts_text(&format!("{}e0", now())),
+        "pop_ts_not_integer",
+    );
+    t.add(
+        "P ts an integer beyond u64",
+        ctx.mine_ts_text("170000000000000000000000"),
+        "pop_ts_not_integer",
+    );
+    t.add(
+        "P ts 1e400",
+        ctx.mine_ts_text("1e400"),
+        "pop_malformed_payload",
+    );
+    let at_extra = |v: Value| PopOptions {
+        at: Some(MintOptions {
+            extra_claims: some_obj(v),
+            ..Default::default()
+        }),
+        ..o()
+    };
+    t.add(
+        "P at exp 2^63",
+        ctx.pop(at_extra(json!({"exp": 9_223_372_036_854_775_808_u64}))),
+        "at_time_claim_not_integer",
+    );
+    t.add(
+        "P at exp -1",
+        ctx.pop(at_extra(json!({"exp": -1}))),
+        "at_time_claim_not_integer",
+    );
+    t.add(
+        "P at nbf 1e3",
+        ctx.pop(at_extra(json!({"nbf": 1e3}))),
+        "at_time_claim_not_integer",
+    );
+    // Inner header and claims.
+    t.add(
+        "P at header alg HS256",
+        ctx.pop_at_with(json!({"alg": "HS256"}), json!({})),
+        "at_algorithm_not_allowed",
+    );
+    t.add(
+        "P at header alg rs256",
+        ctx.pop_at_with(json!({"alg": "rs256"}), json!({})),
+        "at_algorithm_not_allowed",
+    );
+    t.add(
+        "P at header alg missing",
+        ctx.pop_at_with(json!({"alg": null}), json!({})),
+        "at_malformed_token",
+    );
+    t.add(
+        "P at header without kid",
+        ctx.pop_at_with(json!({"kid": null}), json!({})),
+        "at_missing_kid",
+    );
+    t.add(
+        "P at header jku and an unknown kid",
+        ctx.pop_at_with(
+            json!({"jku": "https://evil.example/keys", "kid": "attacker"}),
+            json!({}),
+        ),
+        "at_unknown_signing_key",
+    );
+    let (ah, ac) = ctx.at_parts();
+    let ah_text = Value::Object(ah).to_string();
+    let ac_text = Value::Object(ac.clone()).to_string();
+    t.add(
+        "P at duplicated header alg",
+        ctx.pop_around(ctx.at_raw(
+            &format!("{{\"alg\":\"none\",{}", &ah_text[1..]),
+            &ac_text,
+            b64,
+        )),
+        "at_malformed_token",
+    );
+    t.add(
+        "P at duplicated appid",
+        ctx.pop_around(ctx.at_raw(
+            &ah_text,
+            &format!("{{\"appid\":\"{OTHER_APP}\",{}", &ac_text[1..]),
+            b64,
+        )),
+        "at_malformed_token",
+    );
+    let iss = ac["iss"].clone();
+    t.add(
+        "P at iss an array with the real issuer",
+        ctx.pop_at_with(json!({}), json!({"iss": ["https://evil.example/", iss]})),
+        "at_wrong_issuer",
+    );
+    t.add(
+        "P at iss upper case",
+        ctx.pop_at_with(
+            json!({}),
+            json!({"iss": iss.as_str().unwrap().to_uppercase()}),
+        ),
+        "at_wrong_issuer",
+    );
+    t.add(
+        "P at iss with a trailing space",
+        ctx.pop_at_with(
+            json!({}),
+            json!({"iss": format!("{} ", iss.as_str().unwrap())}),
+        ),
+        "at_wrong_issuer",
+    );
+    t.add(
+        "P at aud upper case",
+        ctx.pop_at_with(json!({}), json!({"aud": MGMT.to_uppercase()})),
+        "at_wrong_audience",
+    );
+    t.add(
+        "P at aud with two trailing slashes",
+        ctx.pop_at_with(json!({}), json!({"aud": format!("{MGMT}//")})),
+        "at_wrong_audience",
+    );
+    t.add(
+        "P at aud [another]",
+        ctx.pop_at_with(json!({}), json!({"aud": ["api://accessgate"]})),
+        "at_wrong_audience",
+    );
+    t.add(
+        "P at aud missing",
+        ctx.pop_at_with(json!({}), json!({"aud": null})),
+        "at_missing_claim",
+    );
+    // The carried key.
+    let jwk = |v: Value| PopOptions {
+        cnf: Some(json!({ "jwk": v })),
+        ..o()
+    };
+    t.add(
+        "P jwk RSA e = 1",
+        ctx.pop(jwk(ctx.victim_jwk_with(json!({"e": "AQ"})))),
+        "pop_key_weak",
+    );
+    t.add(
+        "P jwk RSA e = 2",
+        ctx.pop(jwk(ctx.victim_jwk_with(json!({"e": "Ag"})))),
+        "pop_key_weak",
+    );
+    t.add(
+        "P jwk RSA e with a leading zero",
+        ctx.pop(jwk(ctx.victim_jwk_with(json!({"e": "AAEAAQ"})))),
+        "pop_key_malformed",
+    );
+    let mut n = unb64(ctx.victim_jwk["n"].as_str().unwrap());
+    n[0] &= 0x7f;
+    t.add(
+        "P jwk RSA 2047-bit modulus",
+        ctx.pop(jwk(ctx.victim_jwk_with(json!({"n": b64(&n)})))),
+        "pop_key_weak",
+    );
+    t.add(
+        "P jwk kty EC with RSA members",
+        ctx.pop(jwk(ctx.victim_jwk_with(json!({"kty": "EC"})))),
+        "pop_key_unsupported",
+    );
+    t.add(
+        "P jwk kty [RSA]",
+        ctx.pop(jwk(ctx.victim_jwk_with(json!({"kty": ["RSA"]})))),
+        "pop_key_malformed",
+    );
+    t.add(
+        "P jwk RSA with oth",
+        ctx.pop(jwk(ctx.victim_jwk_with(json!({"oth": []})))),
+        "pop_key_has_private_part",
+    );
+    let two_kty = pj.replacen("\"kty\":\"", "\"kty\":\"oct\",\"kty\":\"", 1);
+    assert_ne!(two_kty, pj);
+    t.add(
+        "P duplicated cnf.jwk kty",
+        ctx.sign_raw(&ctx.mine, "RS256", &hj, &two_kty),
+        "pop_duplicate_member",
+    );
+    // u, m, p, nonce.
+    let u = |v: &str| PopOptions {
+        u: Some(json!(v)),
+        ..o()
+    };
+    let host = &ctx.host;
+    for (name, v) in [
+        (
+            "upper case, trailing dot, :443",
+            format!("{}.:443", host.to_uppercase()),
+        ),
+        (":0443", format!("{host}:0443")),
+        ("+ NUL", format!("{host}\u{0}")),
+        ("ideographic full stops", host.replace('.', "\u{3002}")),
+    ] {
+        t.add(format!("P u {name}"), ctx.pop(u(&v)), "pop_wrong_host");
+    }
+    let m = |v: &str| PopOptions {
+        m: Some(json!(v)),
+        ..o()
+    };
+    t.add(
+        "P m POST + NUL",
+        ctx.pop(m("POST\u{0}")),
+        "pop_wrong_method",
+    );
+    t.add(
+        "P m fullwidth POST",
+        ctx.pop(m("\u{FF30}\u{FF2F}\u{FF33}\u{FF34}")),
+        "pop_wrong_method",
+    );
+    let p = |v: String| PopOptions {
+        p: Some(json!(v)),
+        ..o()
+    };
+    let r = &ctx.resource;
+    t.add(
+        "P p + %00",
+        ctx.pop(p(format!("{r}%00"))),
+        "pop_unknown_resource",
+    );
+    t.add(
+        "P p + zero-width space",
+        ctx.pop(p(format!("{r}\u{200b}"))),
+        "pop_unknown_resource",
+    );
+    let nonce = |v: Value| PopOptions {
+        nonce: Some(v),
+        ..o()
+    };
+    t.add("P nonce {}", ctx.pop(nonce(json!({}))), "pop_bad_nonce");
+    t.add("P nonce [x]", ctx.pop(nonce(json!(["x"]))), "pop_bad_nonce");
+    t.add("P nonce true", ctx.pop(nonce(json!(true))), "pop_bad_nonce");
+    t.add(
+        "P nonce 257 chars",
+        ctx.pop(nonce(json!("n".repeat(257)))),
+        "pop_bad_nonce",
+    );
+    t
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn o_strictness_both_tokens_share() {
+    run_rejecting("O strictness", strictness_cases).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn p_more_attacks() {
+    run_rejecting("P attacks", attacker_cases).await;
 }

@@ -264,6 +264,19 @@ pub(crate) fn mint_callout_token(state: &Shared, opts: &MintOptions) -> anyhow::
     )
 }
 
+/// See [`crate::Emulator::sign_as_tenant`].
+pub(crate) fn sign_as_tenant(
+    state: &Shared,
+    signing_input: &str,
+) -> anyhow::Result<(String, String)> {
+    let key = state
+        .lock()
+        .current_key()
+        .context("no signing key (internal error)")?;
+    let sig = key.sign("RS256", signing_input.as_bytes())?;
+    Ok((b64url(&sig), key.kid().to_owned()))
+}
+
 /// The audience of a resource (v1 `resource`, managed identity `resource`), or `None` when the
 /// emulator issues no tokens for it.
 pub fn audience_of_resource(resource: &str) -> Option<&'static str> {

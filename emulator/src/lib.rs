@@ -297,6 +297,12 @@ impl Emulator {
         entra::mint_callout_token(&self.state, opts)
     }
 
+    /// RS256 signature (base64url) of `signing_input` by the tenant's current published signing
+    /// key, and that key's kid: for access tokens built by hand (any header, any encoding).
+    pub fn sign_as_tenant(&self, signing_input: &str) -> anyhow::Result<(String, String)> {
+        entra::sign_as_tenant(&self.state, signing_input)
+    }
+
     /// Mints a PoP signed request as Entra sends it (see [`PopOptions`]); the value after `PoP `.
     pub fn mint_pop(&self, opts: &PopOptions) -> anyhow::Result<String> {
         pop::mint_pop(&self.state, opts)

@@ -8,6 +8,7 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
 use super::jwks::{Jwks, Lookup};
+use super::strict_json;
 use super::{AuthError, TokenFault};
 
 /// What a token must say to be accepted in one role.
@@ -23,6 +24,8 @@ pub struct Rules<'a> {
 pub struct Checked {
     pub claims: Map<String, Value>,
     pub kid: String,
+    /// Fingerprint of the tenant key that verified it (see `jwks::TenantKey`).
+    pub key_fingerprint: [u8; 32],
     pub typ: Option<String>,
     pub caller: String,
     pub tenant_id: String,
@@ -42,14 +45,27 @@ impl Verifier<'_> {
         rules: &Rules<'_>,
         wrap: fn(TokenFault) -> AuthError,
     ) -> Result<Checked, AuthError> {
-        // Read `alg` ourselves first: the JWT library cannot even represent `none`, and an
-        // algorithm outside the allow-list must be named as such, not as a malformed token.
-        let alg = token
-            .split('.')
-            .next()
-            .and_then(|h| URL.decode(h.trim_end_matches('=')).ok())
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .and_then(|v| v.get("alg").and_then(|a| a.as_str()).map(str::to_owned))
+        // Shape, encoding and JOSE header by our own strict reading first: the JWT library
+        // tolerates what RFC 7515 does not (a `crit` it ignores, float times) and would name
+        // every such token "malformed" or "missing claim".
+        let mut parts = token.split('.');
+        let (Some(h), Some(p), Some(sig), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(wrap(TokenFault::Malformed));
+        };
+        if h.is_empty() || p.is_empty() {
+            return Err(wrap(TokenFault::Malformed));
+        }
+        let decode = |seg: &str| URL.decode(seg).map_err(|_| wrap(TokenFault::NotBase64Url));
+        let (h_bytes, p_bytes) = (decode(h)?, decode(p)?);
+        decode(sig)?;
+        let jose = strict_json::parse_object(&h_bytes).map_err(|_| wrap(TokenFault::Malformed))?;
+        // Read `alg` ourselves: the JWT library cannot even represent `none`, and an algorithm
+        // outside the allow-list must be named as such, not as a malformed token.
+        let alg = jose
+            .get("alg")
+            .and_then(Value::as_str)
             .ok_or(wrap(TokenFault::Malformed))?;
         // Entra signs access tokens with RS256; everything else (none, HS*, PS*, EC) is refused
         // before any key is looked up.
@@ -58,6 +74,17 @@ impl Verifier<'_> {
         }
         if alg != "RS256" {
             return Err(wrap(TokenFault::AlgorithmNotAllowed));
+        }
+        // RFC 7515 §4.1.11: we understand no extension, so a token that lists any is refused.
+        if jose.contains_key("crit") {
+            return Err(wrap(TokenFault::CritNotSupported));
+        }
+        let payload =
+            strict_json::parse_object(&p_bytes).map_err(|_| wrap(TokenFault::Malformed))?;
+        check_time_claims(&payload).map_err(wrap)?;
+        // One issuer: the library accepts an array if any member matches.
+        if payload.get("iss").is_some_and(|i| !i.is_string()) {
+            return Err(wrap(TokenFault::WrongIssuer));
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| wrap(TokenFault::Malformed))?;
         if header.alg != Algorithm::RS256 {
@@ -79,29 +106,29 @@ impl Verifier<'_> {
         v.set_audience(rules.audiences);
         v.set_issuer(&issuers);
         v.set_required_spec_claims(&["exp", "iss", "aud"]);
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &v).map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind as K;
-            wrap(match e.kind() {
-                K::InvalidSignature => TokenFault::BadSignature,
-                K::ExpiredSignature => TokenFault::Expired,
-                K::ImmatureSignature => TokenFault::NotYetValid,
-                K::InvalidIssuer => TokenFault::WrongIssuer,
-                K::InvalidAudience => TokenFault::WrongAudience,
-                K::InvalidAlgorithm => TokenFault::AlgorithmNotAllowed,
-                K::MissingRequiredClaim(_) | K::InvalidClaimFormat(_) => TokenFault::MissingClaim,
-                _ => TokenFault::Malformed,
-            })
-        })?;
+        let data =
+            jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &v).map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind as K;
+                wrap(match e.kind() {
+                    K::InvalidSignature => TokenFault::BadSignature,
+                    K::ExpiredSignature => TokenFault::Expired,
+                    K::ImmatureSignature => TokenFault::NotYetValid,
+                    K::InvalidIssuer => TokenFault::WrongIssuer,
+                    K::InvalidAudience => TokenFault::WrongAudience,
+                    K::InvalidAlgorithm => TokenFault::AlgorithmNotAllowed,
+                    K::MissingRequiredClaim(_) | K::InvalidClaimFormat(_) => {
+                        TokenFault::MissingClaim
+                    }
+                    _ => TokenFault::Malformed,
+                })
+            })?;
         let claims = data.claims;
         let s = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_owned);
         let tid = s("tid").ok_or(wrap(TokenFault::MissingClaim))?;
         if !tid.eq_ignore_ascii_case(self.tenant) {
             return Err(wrap(TokenFault::WrongTenant));
         }
-        // v1 tokens name the caller in `appid`, v2 tokens in `azp`.
-        let caller = s("appid")
-            .or_else(|| s("azp"))
-            .ok_or(wrap(TokenFault::MissingClaim))?;
+        let caller = caller_of(&claims).map_err(wrap)?;
         let allowed = rules.callers.contains(&caller.to_ascii_lowercase())
             || (rules.match_object_id
                 && s("oid").is_some_and(|o| rules.callers.contains(&o.to_ascii_lowercase())));
@@ -112,10 +139,53 @@ impl Verifier<'_> {
             typ: header.typ,
             claims,
             kid,
+            key_fingerprint: key.fingerprint,
             caller,
             tenant_id: tid,
         })
     }
+}
+
+/// Latest NumericDate we take for a time (9999-12-31T23:59:59Z), as for the PoP `ts`.
+pub const MAX_NUMERIC_DATE: i64 = 253_402_300_799;
+
+/// `exp`, `nbf` and `iat` must be JSON integers (RFC 7519 allows fractions; Entra never writes
+/// them, and a string, float or bool means whoever made the token is not Entra). `1.0` is a
+/// float too: strict, integers only.
+fn check_time_claims(claims: &Map<String, Value>) -> Result<(), TokenFault> {
+    for name in ["exp", "nbf", "iat"] {
+        match claims.get(name) {
+            None => {}
+            Some(Value::Number(n))
+                if n.as_i64()
+                    .is_some_and(|t| (0..=MAX_NUMERIC_DATE).contains(&t)) => {}
+            Some(_) => return Err(TokenFault::TimeClaimNotInteger),
+        }
+    }
+    Ok(())
+}
+
+/// The caller's app id from the claim of the token's version only: `appid` in v1 (`ver`
+/// "1.0"), `azp` in v2 ("2.0"). Entra writes `ver` in every access token; without it (or with
+/// another value) we cannot tell which claim names the caller, so the token is refused. A token
+/// that also carries the other version's claim naming a different app is refused on its own
+/// reason: it names two callers.
+fn caller_of(claims: &Map<String, Value>) -> Result<String, TokenFault> {
+    let (own, other) = match claims.get("ver").and_then(Value::as_str) {
+        Some("1.0") => ("appid", "azp"),
+        Some("2.0") => ("azp", "appid"),
+        _ => return Err(TokenFault::VersionUnknown),
+    };
+    let caller = match claims.get(own) {
+        Some(Value::String(s)) if !s.is_empty() => s,
+        _ => return Err(TokenFault::MissingClaim),
+    };
+    match claims.get(other) {
+        None => {}
+        Some(Value::String(o)) if o.eq_ignore_ascii_case(caller) => {}
+        Some(_) => return Err(TokenFault::CallerClaimMismatch),
+    }
+    Ok(caller.clone())
 }
 
 const URL: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;

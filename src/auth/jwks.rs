@@ -43,10 +43,18 @@ struct Jwk {
     e: Option<String>,
 }
 
+/// One published key: what verifies, and a fingerprint of its material (SHA-256 of `n.e`) so a
+/// cached verdict can tell whether the kid still names the same key.
+#[derive(Clone)]
+pub struct TenantKey {
+    pub key: Arc<DecodingKey>,
+    pub fingerprint: [u8; 32],
+}
+
 /// One snapshot of what the tenant publishes.
 #[derive(Clone, Default)]
 pub struct KeySet {
-    pub keys: HashMap<String, Arc<DecodingKey>>,
+    pub keys: HashMap<String, TenantKey>,
     pub issuers: Vec<String>,
 }
 
@@ -71,7 +79,7 @@ pub struct Jwks {
 const NO_KEYS_RETRY: Duration = Duration::from_secs(5);
 
 pub enum Lookup {
-    Found(Arc<DecodingKey>, Vec<String>),
+    Found(TenantKey, Vec<String>),
     UnknownKid,
 }
 
@@ -98,6 +106,17 @@ impl Jwks {
             }),
             refresh: Mutex::new(()),
         }
+    }
+
+    /// Whether the key set as held now (no fetch) is fresh and still publishes `kid` with this
+    /// key material: a cached verdict on a token signed by a withdrawn key must not stand.
+    pub async fn still_publishes(&self, kid: &str, fingerprint: &[u8; 32]) -> bool {
+        let c = self.cache.read().await;
+        c.fetched_at.is_some_and(|t| t.elapsed() < self.max_age)
+            && c.set
+                .keys
+                .get(kid)
+                .is_some_and(|k| k.fingerprint == *fingerprint)
     }
 
     /// Finds the key for `kid`, refetching when the cache is empty, stale, or lacks the kid (rate
@@ -197,7 +216,10 @@ impl Jwks {
                 }
                 match DecodingKey::from_rsa_components(&n, &e) {
                     Ok(dk) => {
-                        set.keys.insert(kid, Arc::new(dk));
+                        use sha2::Digest as _;
+                        let fingerprint = sha2::Sha256::digest(format!("{n}.{e}")).into();
+                        let key = Arc::new(dk);
+                        set.keys.insert(kid, TenantKey { key, fingerprint });
                     }
                     Err(err) => tracing::warn!(%kid, error = %err, "skipping unusable JWKS key"),
                 }

@@ -15,6 +15,7 @@ mod pop_key;
 pub mod replay;
 pub mod settings;
 pub mod strict_json;
+mod token_cache;
 
 use std::collections::HashSet;
 
@@ -26,6 +27,7 @@ use access_token::{Rules, Verifier};
 use jwks::Jwks;
 use replay::{ReplayCache, ReplayError};
 pub use settings::{Extension, IngressMode, PopAlgorithm, PopSettings, Settings};
+use token_cache::TokenCache;
 
 /// Proof that a request carried a valid token. Only [`Authenticator::verify`] builds one: the
 /// fields are private and there is no public constructor or `Default`, so holding a
@@ -139,6 +141,11 @@ pub enum TokenFault {
     WrongTenant,
     CallerNotAllowed,
     MissingClaim,
+    NotBase64Url,
+    CritNotSupported,
+    TimeClaimNotInteger,
+    VersionUnknown,
+    CallerClaimMismatch,
 }
 
 impl TokenFault {
@@ -194,6 +201,31 @@ impl TokenFault {
                 "at_missing_claim",
                 "lacks a required claim",
             ),
+            Self::NotBase64Url => (
+                "token_not_base64url",
+                "at_not_base64url",
+                "has a segment that is not unpadded base64url",
+            ),
+            Self::CritNotSupported => (
+                "crit_not_supported",
+                "at_crit_not_supported",
+                "header has crit extensions",
+            ),
+            Self::TimeClaimNotInteger => (
+                "time_claim_not_integer",
+                "at_time_claim_not_integer",
+                "exp, nbf or iat is not an integer number of seconds",
+            ),
+            Self::VersionUnknown => (
+                "token_version_unknown",
+                "at_token_version_unknown",
+                "ver is neither 1.0 nor 2.0",
+            ),
+            Self::CallerClaimMismatch => (
+                "caller_claim_mismatch",
+                "at_caller_claim_mismatch",
+                "appid and azp name different callers",
+            ),
         }
     }
 }
@@ -202,6 +234,7 @@ impl TokenFault {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PopFault {
     Malformed,
+    NotBase64Url,
     MalformedHeader,
     MalformedPayload,
     DuplicateMember,
@@ -212,10 +245,12 @@ pub enum PopFault {
     WrongTyp,
     HeaderKeyNotAllowed,
     CritNotSupported,
+    HeaderParamNotSupported,
     KidMismatch,
     AtMissing,
     AtNotString,
     TsMissing,
+    TsNotInteger,
     TsInvalid,
     Expired,
     TsInFuture,
@@ -248,6 +283,7 @@ impl PopFault {
     fn describe(self) -> (&'static str, &'static str) {
         match self {
             Self::Malformed => ("pop_malformed", "not three base64url segments"),
+            Self::NotBase64Url => ("pop_not_base64url", "a segment is not unpadded base64url"),
             Self::MalformedHeader => ("pop_malformed_header", "header is not a JSON object"),
             Self::MalformedPayload => ("pop_malformed_payload", "payload is not a JSON object"),
             Self::DuplicateMember => (
@@ -267,6 +303,10 @@ impl PopFault {
                 "header names its own key (jku, x5u, jwk, x5c)",
             ),
             Self::CritNotSupported => ("pop_crit_not_supported", "header has crit extensions"),
+            Self::HeaderParamNotSupported => (
+                "pop_header_param_not_supported",
+                "header has b64, zip or enc (payload encoding we do not apply)",
+            ),
             Self::KidMismatch => (
                 "pop_kid_mismatch",
                 "header kid is not the thumbprint of cnf.jwk",
@@ -274,7 +314,8 @@ impl PopFault {
             Self::AtMissing => ("pop_at_missing", "no at claim"),
             Self::AtNotString => ("pop_at_not_string", "at is not a non-empty string"),
             Self::TsMissing => ("pop_ts_missing", "no ts claim"),
-            Self::TsInvalid => ("pop_ts_invalid", "ts is not a time in seconds"),
+            Self::TsNotInteger => ("pop_ts_not_integer", "ts is not a JSON integer"),
+            Self::TsInvalid => ("pop_ts_invalid", "ts is not a time between 1970 and 9999"),
             Self::Expired => (
                 "pop_expired",
                 "ts is older than inbound.pop_lifetime_seconds",
@@ -317,7 +358,7 @@ impl PopFault {
             ),
             Self::KeyWeak => (
                 "pop_key_weak",
-                "cnf.jwk RSA modulus is shorter than 2048 bits",
+                "cnf.jwk RSA modulus is shorter than 2048 bits or its exponent is not odd and at least 3",
             ),
             Self::KeyPrivate => (
                 "pop_key_has_private_part",
@@ -426,6 +467,8 @@ pub struct Authenticator {
     relay_audiences: Vec<String>,
     relay_callers: HashSet<String>,
     replay: ReplayCache,
+    /// Inner access tokens of PoP callouts that passed full validation (`token_cache`).
+    tokens: TokenCache,
 }
 
 impl Authenticator {
@@ -458,6 +501,7 @@ impl Authenticator {
             relay_audiences: cfg.relay.audiences.clone(),
             relay_callers: cfg.relay.caller_ids.iter().cloned().collect(),
             replay: ReplayCache::new(cfg.pop.replay_cache_entries),
+            tokens: TokenCache::new(cfg.pop.token_cache_entries),
         }
     }
 
@@ -550,10 +594,7 @@ impl Authenticator {
             callers: &self.allowed_callers,
             match_object_id: false,
         };
-        let at = self
-            .verifier()
-            .check(&u.at, &rules, AuthError::AccessToken)
-            .await?;
+        let at = self.checked_access_token(&u.at, &rules, now).await?;
         pop::check_binding(&at.claims, &u.key)?;
         if !u
             .key
@@ -586,14 +627,43 @@ impl Authenticator {
         });
         Ok(VerifiedCaller {
             summary: summary(&at, Some(pop_summary)),
-            app_id: at.caller,
-            tenant_id: at.tenant_id,
+            app_id: at.caller.clone(),
+            tenant_id: at.tenant_id.clone(),
             scheme: Scheme::Pop,
             // The replay key doubles as the log fingerprint: one SHA-256 per callout, not two.
             token_hash: short_hash(&digest),
             extension: ext.map(|e| e.name.clone()),
             body_hash: u.body_hash,
         })
+    }
+}
+
+impl Authenticator {
+    /// The PoP `at`, from the token cache when this exact token passed full validation before
+    /// and is still within its `exp` and signed by a key the tenant still publishes; otherwise
+    /// fully checked (and then cached). Only the inner verify and claim checks are skipped.
+    async fn checked_access_token(
+        &self,
+        at: &str,
+        rules: &Rules<'_>,
+        now: i64,
+    ) -> Result<std::sync::Arc<access_token::Checked>, AuthError> {
+        let digest: [u8; 32] = sha2::Sha256::digest(at.as_bytes()).into();
+        if let Some(c) = self.tokens.get(&digest, now) {
+            if self.jwks.still_publishes(&c.kid, &c.key_fingerprint).await {
+                return Ok(c);
+            }
+            // Key withdrawn or key set stale: the full path decides (and refreshes keys).
+            self.tokens.remove(&digest);
+        }
+        let checked = std::sync::Arc::new(
+            self.verifier()
+                .check(at, rules, AuthError::AccessToken)
+                .await?,
+        );
+        self.tokens
+            .insert(digest, checked.clone(), self.leeway_secs as i64, now);
+        Ok(checked)
     }
 }
 

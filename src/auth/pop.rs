@@ -17,6 +17,9 @@ use super::{Extension, PopAlgorithm, PopSettings};
 
 /// Header members that would let the token choose its own verification key.
 const HEADER_KEY_MEMBERS: &[&str] = &["jku", "x5u", "jwk", "x5c"];
+/// Header members that change how the payload is read (RFC 7797 `b64`) or belong to JWE
+/// (`zip`, `enc`): a reader that ignores them and the signer could see two different payloads.
+const HEADER_PAYLOAD_MEMBERS: &[&str] = &["b64", "zip", "enc"];
 const MAX_NONCE_CHARS: usize = 256;
 
 /// The parts of a structurally valid SHR, before any signature is checked.
@@ -38,9 +41,10 @@ fn fault(f: PopFault) -> AuthError {
 }
 
 fn decode_part(part: &str, what: PopFault) -> Result<Map<String, Value>, AuthError> {
+    // RFC 7515 §2: unpadded base64url; `=`, `+`, `/` and whitespace are not that encoding.
     let bytes = URL_SAFE_NO_PAD
-        .decode(part.trim_end_matches('='))
-        .map_err(|_| fault(what))?;
+        .decode(part)
+        .map_err(|_| fault(PopFault::NotBase64Url))?;
     strict_json::parse_object(&bytes).map_err(|e| match e {
         StrictError::Duplicate => fault(PopFault::DuplicateMember),
         StrictError::NotJson | StrictError::NotAnObject => fault(what),
@@ -59,19 +63,19 @@ fn string_claim<'m>(
     }
 }
 
-/// `ts` as IdentityModel writes it (integer seconds); a decimal string is tolerated as guard
-/// does. Fractions, booleans, negative or absurd values are not a time.
-fn parse_ts(v: &Value) -> Option<i64> {
-    let ts = match v {
-        Value::Number(n) => n.as_i64()?,
-        Value::String(s)
-            if !s.is_empty() && s.len() <= 12 && s.bytes().all(|b| b.is_ascii_digit()) =>
-        {
-            s.parse().ok()?
-        }
-        _ => return None,
+/// `ts` as Entra writes it: a JSON integer (seconds). A numeric string, a float (`1.0`
+/// included), a bool is not one (`Err(TsNotInteger)`); an integer before 1970 or after 9999 is
+/// not a time (`Err(TsInvalid)`).
+fn parse_ts(v: &Value) -> Result<i64, PopFault> {
+    let Value::Number(n) = v else {
+        return Err(PopFault::TsNotInteger);
     };
-    (0..=253_402_300_799).contains(&ts).then_some(ts)
+    if !(n.is_i64() || n.is_u64()) {
+        return Err(PopFault::TsNotInteger);
+    }
+    n.as_i64()
+        .filter(|ts| (0..=super::access_token::MAX_NUMERIC_DATE).contains(ts))
+        .ok_or(PopFault::TsInvalid)
 }
 
 /// `u` equals the extension's host, or `host:443` (IdentityModel accepts host or host:port).
@@ -135,12 +139,18 @@ pub fn parse<'t>(
     if header.contains_key("crit") {
         return Err(fault(PopFault::CritNotSupported));
     }
+    if HEADER_PAYLOAD_MEMBERS
+        .iter()
+        .any(|k| header.contains_key(*k))
+    {
+        return Err(fault(PopFault::HeaderParamNotSupported));
+    }
     if s.is_empty() {
         return Err(fault(PopFault::Unsigned));
     }
     let signature = URL_SAFE_NO_PAD
-        .decode(s.trim_end_matches('='))
-        .map_err(|_| fault(PopFault::Malformed))?;
+        .decode(s)
+        .map_err(|_| fault(PopFault::NotBase64Url))?;
 
     let claims = decode_part(p, PopFault::MalformedPayload)?;
     let at = match claims.get("at") {
@@ -150,7 +160,7 @@ pub fn parse<'t>(
     };
     let ts = match claims.get("ts") {
         None | Some(Value::Null) => return Err(fault(PopFault::TsMissing)),
-        Some(v) => parse_ts(v).ok_or(fault(PopFault::TsInvalid))?,
+        Some(v) => parse_ts(v).map_err(fault)?,
     };
     if now > ts.saturating_add(cfg.lifetime.as_secs() as i64) {
         return Err(fault(PopFault::Expired));
@@ -302,18 +312,24 @@ mod tests {
 
     #[test]
     fn ts_shapes() {
+        use PopFault::{TsInvalid, TsNotInteger};
         assert_eq!(
             parse_ts(&serde_json::json!(1_700_000_000)),
-            Some(1_700_000_000)
+            Ok(1_700_000_000)
         );
         assert_eq!(
             parse_ts(&serde_json::json!("1700000000")),
-            Some(1_700_000_000)
+            Err(TsNotInteger)
         );
-        assert_eq!(parse_ts(&serde_json::json!(1.5)), None);
-        assert_eq!(parse_ts(&serde_json::json!(true)), None);
-        assert_eq!(parse_ts(&serde_json::json!(-5)), None);
-        assert_eq!(parse_ts(&serde_json::json!("17e8")), None);
+        assert_eq!(parse_ts(&serde_json::json!(1.5)), Err(TsNotInteger));
+        assert_eq!(
+            parse_ts(&serde_json::json!(1_700_000_000.0)),
+            Err(TsNotInteger)
+        );
+        assert_eq!(parse_ts(&serde_json::json!(true)), Err(TsNotInteger));
+        assert_eq!(parse_ts(&serde_json::json!(-5)), Err(TsInvalid));
+        assert_eq!(parse_ts(&serde_json::json!(u64::MAX)), Err(TsInvalid));
+        assert_eq!(parse_ts(&serde_json::json!("17e8")), Err(TsNotInteger));
     }
 
     #[test]

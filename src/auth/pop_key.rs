@@ -18,7 +18,7 @@ pub enum KeyFault {
     Unsupported,
     /// Members missing, not base64url, or the wrong length.
     Malformed,
-    /// RSA modulus under 2048 bits.
+    /// RSA modulus under 2048 bits, or an exponent that is 1 or even.
     Weak,
     /// The JWK carries private members: whoever made it leaked its key.
     Private,
@@ -71,6 +71,12 @@ impl PopKey {
                 }
                 if bits > 8192 || e.len() > 4 {
                     return Err(KeyFault::Unsupported);
+                }
+                // e = 1 makes every "signature" its own message: anyone can forge. An even e is
+                // no RSA key at all.
+                let e_value = e.iter().fold(0u32, |v, b| (v << 8) | u32::from(*b));
+                if e_value < 3 || e_value % 2 == 0 {
+                    return Err(KeyFault::Weak);
                 }
                 let canonical = format!(r#"{{"e":"{e_txt}","kty":"RSA","n":"{n_txt}"}}"#);
                 Ok(PopKey {
@@ -193,6 +199,14 @@ mod tests {
             ),
             (
                 serde_json::json!({"kty": "RSA", "n": "AQAB", "e": "AQAB"}),
+                KeyFault::Weak,
+            ),
+            (
+                serde_json::json!({"kty": "RSA", "n": RFC7638_N, "e": "AQ"}),
+                KeyFault::Weak,
+            ),
+            (
+                serde_json::json!({"kty": "RSA", "n": RFC7638_N, "e": "AQAA"}),
                 KeyFault::Weak,
             ),
             (

@@ -32,6 +32,7 @@ pub struct Raw {
     pop_lifetime_seconds: Option<u64>,
     pop_future_skew_seconds: Option<u64>,
     replay_cache_entries: Option<u64>,
+    token_cache_entries: Option<u64>,
     relay_audiences: Option<Vec<String>>,
     relay_caller_ids: Option<Vec<String>>,
 }
@@ -96,6 +97,8 @@ pub struct PopSettings {
     pub future_skew: Duration,
     /// Replay cache bound (entries); when full of live entries, callouts get 503 and Entra retries.
     pub replay_cache_entries: usize,
+    /// Bound of the validated-access-token cache (entries); 0 turns it off.
+    pub token_cache_entries: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -214,6 +217,13 @@ impl Settings {
             1_000_000,
             1000..=10_000_000,
         );
+        let token_cache_entries = settings::in_range(
+            p,
+            "inbound.token_cache_entries",
+            raw.token_cache_entries,
+            10_000,
+            0..=1_000_000,
+        );
         let relay_audiences = raw.relay_audiences.unwrap_or_default();
         let relay_caller_ids: Vec<String> = raw
             .relay_caller_ids
@@ -244,6 +254,7 @@ impl Settings {
                 lifetime,
                 future_skew,
                 replay_cache_entries: replay_cache_entries as usize,
+                token_cache_entries: token_cache_entries as usize,
             },
             relay: RelaySettings {
                 audiences: relay_audiences,
