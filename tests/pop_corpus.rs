@@ -2348,7 +2348,7 @@ fn awkward_payload(c: &Map<String, Value>) -> String {
         c.insert("zz".into(), json!(format!("???>>>{}", "~".repeat(i))));
         let text = Value::Object(c).to_string();
         let std = b64_std(text.as_bytes());
-        if text.len() % 3 != 0 && (std.contains('+') || std.contains('/')) {
+        if !text.len().is_multiple_of(3) && (std.contains('+') || std.contains('/')) {
             return text;
         }
     }

@@ -161,7 +161,7 @@ mod tests {
         let c = TokenCache::new(10);
         c.insert(key(1), checked(100, None), 60, 100);
         assert!(c.is_empty());
-        let mut no_exp = (*checked(0, None)).claims.clone();
+        let mut no_exp = checked(0, None).claims.clone();
         no_exp.remove("exp");
         let t = Arc::new(Checked {
             claims: no_exp,
