@@ -437,6 +437,15 @@ pub fn did_you_mean<'a>(given: &str, candidates: &[&'a str]) -> Option<&'a str> 
         .map(|(_, c)| c)
 }
 
+/// The hint after "unknown access package": the near miss among the declared aliases, or where
+/// to declare it. Here (a leaf) because both the policy reader and the SoD rules name packages.
+pub(crate) fn unknown_package_hint(alias: &str, known: &[&str]) -> String {
+    match did_you_mean(alias, known) {
+        Some(near) => format!("; did you mean {near:?}? (or declare it under [packages.{alias}])"),
+        None => format!(" (declare it under [packages.{alias}])"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

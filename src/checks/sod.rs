@@ -328,7 +328,7 @@ fn add_items(
                 let known: Vec<&str> = packages.keys().map(String::as_str).collect();
                 errors.insert(format!(
                     "{at}: unknown access package {a:?}{}",
-                    crate::policy::unknown_package_hint(a, &known)
+                    crate::lenient::unknown_package_hint(a, &known)
                 ));
             }
         }

@@ -486,7 +486,7 @@ impl Policy {
                         &format!("{path}.access_packages.{i}"),
                         format!(
                             "{at}: unknown access package {a:?}{}",
-                            unknown_package_hint(a, &package_names)
+                            crate::lenient::unknown_package_hint(a, &package_names)
                         ),
                     ),
                 }
@@ -859,12 +859,5 @@ fn texts(
 }
 
 /// `; did you mean "payments"?` for a near miss, else how to declare the package.
-pub(crate) fn unknown_package_hint(alias: &str, known: &[&str]) -> String {
-    match crate::lenient::did_you_mean(alias, known) {
-        Some(near) => format!("; did you mean {near:?}? (or declare it under [packages.{alias}])"),
-        None => format!(" (declare it under [packages.{alias}])"),
-    }
-}
-
 #[cfg(test)]
 mod tests;
