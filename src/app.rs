@@ -86,6 +86,7 @@ fn build_state(
         queue,
         storage,
         worker,
+        readiness: std::sync::Mutex::new(None),
     }))
 }
 

@@ -35,6 +35,7 @@ pub const OPENAPI: &str = include_str!("../openapi.json");
 pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/elm"),
     ("get", "/healthz"),
+    ("get", "/readyz"),
     ("get", "/openapi.json"),
     ("get", "/"),
 ];
@@ -46,18 +47,29 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(elm_callout).layer(axum::middleware::from_fn(callout_span)),
         )
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
         .route("/", get(healthz))
         .with_state(state)
 }
 
-async fn healthz(State(app): State<Arc<AppState>>) -> Response {
-    let counts = app.queue_counts().await;
-    (
-        StatusCode::OK,
-        axum::Json(json!({"status": "ok", "jobs": counts})),
-    )
-        .into_response()
+/// Liveness: the process answers. Nothing about the queue or its jobs: the route is
+/// unauthenticated (job counts are for `accessgate jobs`).
+async fn healthz() -> Response {
+    (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response()
+}
+
+/// Readiness: `503` while the queue cannot commit, when every callout would get `503` too.
+async fn readyz(State(app): State<Arc<AppState>>) -> Response {
+    if app.ready().await {
+        (StatusCode::OK, axum::Json(json!({"status": "ready"}))).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "not_ready", "reason": "the job queue cannot commit"})),
+        )
+            .into_response()
+    }
 }
 
 async fn openapi() -> Response {

@@ -21,19 +21,45 @@ pub struct AppState {
     /// (the host's own queue, reached directly).
     pub storage: Option<AzureJobs>,
     pub worker: Arc<WorkerCtx>,
+    /// The last readiness probe and when it ran: `/readyz` probes at most once a second, so a
+    /// flood of probes costs no more than one commit a second.
+    pub readiness: std::sync::Mutex<Option<(std::time::Instant, bool)>>,
 }
 
+/// How often `/readyz` really probes the queue, and how long a probe may take.
+const READY_PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const READY_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl AppState {
-    /// Jobs per status (off the async threads: SQLite calls block).
-    pub async fn queue_counts(&self) -> serde_json::Value {
+    /// Whether a callout would be acknowledged now: the queue commits. Under Functions the
+    /// host's queue binding carries jobs, so a running handler is ready.
+    pub async fn ready(&self) -> bool {
         let Some(q) = &self.queue else {
-            return serde_json::Value::Null;
+            return true;
         };
-        match q.counts().await {
-            Ok(rows) => {
-                serde_json::Value::Object(rows.into_iter().map(|(k, v)| (k, v.into())).collect())
-            }
-            Err(_) => serde_json::Value::Null,
+        let cached = self.readiness.lock().ok().and_then(|g| *g);
+        if let Some((at, ok)) = cached
+            && at.elapsed() < READY_PROBE_EVERY
+        {
+            return ok;
         }
+        let ok = match tokio::time::timeout(READY_PROBE_TIMEOUT, q.ready()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "not ready: the queue cannot commit");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(
+                    timeout_ms = READY_PROBE_TIMEOUT.as_millis() as u64,
+                    "not ready: the queue did not commit in time"
+                );
+                false
+            }
+        };
+        if let Ok(mut g) = self.readiness.lock() {
+            *g = Some((std::time::Instant::now(), ok));
+        }
+        ok
     }
 }

@@ -286,6 +286,11 @@ impl SqliteQueue {
         conn.busy_timeout(Duration::from_secs(5))?;
         let mut conn = conn;
         migrate(&mut conn)?;
+        // One row rewritten by the readiness probe: a commit that fails here (read-only or full
+        // disk, a lock held elsewhere) would fail an enqueue too. Not part of the job schema.
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS readiness (id INTEGER PRIMARY KEY, at INTEGER NOT NULL)",
+        )?;
         let conn = Arc::new(Mutex::new(conn));
         let (writer, rx) = tokio::sync::mpsc::channel(WRITER_QUEUE);
         let wconn = conn.clone();
@@ -685,6 +690,21 @@ impl JobStore for SqliteQueue {
 
     async fn counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
         self.count().await
+    }
+
+    /// A real commit (with its fsync), as an enqueue makes: reads keep working on a read-only or
+    /// full disk, so they cannot tell whether a callout would be acknowledged.
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.run(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT OR REPLACE INTO readiness (id, at) VALUES (1, ?1)",
+                params![now_ms()],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
     }
 
     fn backend(&self) -> &'static str {

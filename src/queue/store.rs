@@ -95,6 +95,11 @@ pub trait JobStore: Settle {
     async fn waiting(&self, limit: usize) -> Result<Vec<WaitingJob>, StoreError>;
     /// Jobs per status (approximate where the backend counts so).
     async fn counts(&self) -> Result<Vec<(String, i64)>, StoreError>;
+    /// Whether the store can take work now: for `/readyz`. The default reads the counts (the
+    /// store answers); a backend whose reads can succeed while its commits fail probes a write.
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.counts().await.map(|_| ())
+    }
     /// `sqlite` or `azure_storage`, for logs.
     fn backend(&self) -> &'static str;
     /// Notified (one permit per new job) when this process adds runnable work, so that an idle

@@ -478,16 +478,34 @@ pub fn graph_down(emu: &Emulator, retry_after_secs: Option<u64>) {
 }
 
 impl Harness {
-    /// Jobs per status as `/healthz` reports them (`{}` when nothing was ever queued).
+    /// Jobs per status in the SQLite queue (`{}` when nothing was ever queued), read from the
+    /// database file as `accessgate jobs` does: no route tells job counts without authentication.
     pub async fn job_counts(&self) -> serde_json::Value {
-        let health: serde_json::Value = client()
-            .get(self.ag.url("/healthz"))
-            .send()
+        let db = self.dir.path().join("data").join("queue.db");
+        tokio::task::spawn_blocking(move || sqlite_job_counts(&db))
             .await
             .unwrap()
-            .json()
-            .await
-            .unwrap();
-        health["jobs"].clone()
     }
+}
+
+/// Jobs per status in the queue database at `db`.
+pub fn sqlite_job_counts(db: &Path) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    if !db.exists() {
+        return serde_json::Value::Object(out);
+    }
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
+    c.busy_timeout(Duration::from_secs(5)).unwrap();
+    let mut stmt = c
+        .prepare("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .unwrap();
+    for row in rows {
+        let (status, n) = row.unwrap();
+        out.insert(status, n.into());
+    }
+    serde_json::Value::Object(out)
 }
