@@ -145,7 +145,7 @@ async fn bad_input_gets_a_4xx_with_a_reason_logged_under_its_correlation_id_and_
         ("no Authorization", None, json, body.clone().into_bytes(), 401, "unauthorized", "missing_authorization"),
         ("garbled Authorization", Some("PoP".into()), json, body.clone().into_bytes(), 401, "unauthorized", "malformed_authorization"),
         ("Basic scheme", Some("Basic dXNlcjpwYXNz".into()), json, body.clone().into_bytes(), 401, "unauthorized", "unsupported_scheme"),
-        ("not a JWT", Some("PoP not.a.jwt".into()), json, body.clone().into_bytes(), 401, "unauthorized", "pop_malformed_header"),
+        ("not a JWT", Some("PoP not.a.jwt".into()), json, body.clone().into_bytes(), 401, "unauthorized", "pop_not_base64url"),
         ("bearer in direct mode", Some(format!("Bearer {}", h.token(MintOptions::default()))), json, body.clone().into_bytes(), 401, "unauthorized", "bearer_not_accepted"),
     ];
     for (name, auth, ct, body, status, public, reason) in cases {
