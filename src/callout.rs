@@ -289,6 +289,9 @@ pub enum CalloutError {
     NotJson,
     #[error("body is not a JSON object")]
     NotObject,
+    /// Two parsers (ours, and whatever logged or forwarded the body) could read different values.
+    #[error("body has a member that appears twice in one object")]
+    Duplicate,
     #[error("required field {0} is missing")]
     Missing(&'static str),
     #[error("field {0} is invalid: {1}")]
@@ -300,6 +303,7 @@ impl CalloutError {
         match self {
             CalloutError::NotJson => "malformed_json",
             CalloutError::NotObject => "not_an_object",
+            CalloutError::Duplicate => "duplicate_member",
             CalloutError::Missing(_) => "missing_field",
             CalloutError::Invalid(_, _) => "invalid_field",
         }
@@ -320,6 +324,16 @@ fn get_str(obj: &Map<String, Value>, key: &str) -> Option<String> {
         Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
         Value::Number(n) => Some(n.to_string()),
         _ => None,
+    }
+}
+
+/// A field the OpenAPI description types as a string (the stage and the two ids): absent, null or
+/// blank is `None` (the field is missing); any other type is refused rather than coerced.
+fn get_text(obj: &Map<String, Value>, key: &'static str) -> Result<Option<String>, CalloutError> {
+    match get(obj, key) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.trim()).filter(|t| !t.is_empty()).map(str::to_owned)),
+        Some(_) => Err(CalloutError::Invalid(key, "must be a string".into())),
     }
 }
 
@@ -379,8 +393,12 @@ pub fn callback_path_names_request(path: &str, request_id: &Id) -> bool {
 
 /// Parses a request body into a callout, a connection test, or an unknown stage.
 pub fn parse(body: &[u8]) -> Result<Parsed, CalloutError> {
-    let value: Value = serde_json::from_slice(body).map_err(|_| CalloutError::NotJson)?;
-    let top = value.as_object().ok_or(CalloutError::NotObject)?;
+    let top = crate::strict_json::parse_object(body).map_err(|e| match e {
+        crate::strict_json::StrictError::NotJson => CalloutError::NotJson,
+        crate::strict_json::StrictError::NotAnObject => CalloutError::NotObject,
+        crate::strict_json::StrictError::Duplicate => CalloutError::Duplicate,
+    })?;
+    let top = &top;
 
     // The envelope carries the callout in `data`; the flat shape carries it at the top.
     let (obj, shape) = match get_obj(top, "data") {
@@ -394,7 +412,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed, CalloutError> {
         _ => (top, WireShape::Flat),
     };
 
-    let stage_text = get_str(obj, "stage");
+    let stage_text = get_text(obj, "stage")?;
     // The legacy ("Regular") test event is `Event: CustomActionConnectionTest` (protocol.md §2).
     let is_test = |s: &str| {
         s.eq_ignore_ascii_case("CustomExtensionConnectionTest")
@@ -418,13 +436,13 @@ pub fn parse(body: &[u8]) -> Result<Parsed, CalloutError> {
         return Ok(Parsed::UnknownStage(stage_text));
     };
 
-    let stage_instance_id = match get_str(obj, "customExtensionStageInstanceId") {
+    let stage_instance_id = match get_text(obj, "customExtensionStageInstanceId")? {
         None => return Err(CalloutError::Missing("customExtensionStageInstanceId")),
         Some(s) => Id::parse(&s).ok_or_else(|| {
             CalloutError::Invalid("customExtensionStageInstanceId", ID_RULE.into())
         })?,
     };
-    let request_id = match get_str(obj, "accessPackageAssignmentRequestId") {
+    let request_id = match get_text(obj, "accessPackageAssignmentRequestId")? {
         None => return Err(CalloutError::Missing("accessPackageAssignmentRequestId")),
         Some(s) => Id::parse(&s).ok_or_else(|| {
             CalloutError::Invalid("accessPackageAssignmentRequestId", ID_RULE.into())

@@ -31,6 +31,7 @@ pub mod resilience;
 pub mod secret;
 pub mod settings;
 pub mod state;
+pub mod strict_json;
 pub mod telemetry;
 pub mod tickets;
 pub mod worker;

@@ -139,7 +139,17 @@ async fn bad_input_gets_a_4xx_with_a_reason_logged_under_its_correlation_id_and_
         ("missing stage", Some(good()), json,
             br#"{"CustomExtensionStageInstanceId":"s","AccessPackageAssignmentRequestId":"r"}"#.to_vec(), 400, "missing_field", "missing_field"),
         ("stage of the wrong type", Some(good()), json,
-            br#"{"Stage":{"x":1},"CustomExtensionStageInstanceId":"s","AccessPackageAssignmentRequestId":"r"}"#.to_vec(), 400, "missing_field", "missing_field"),
+            br#"{"Stage":{"x":1},"CustomExtensionStageInstanceId":"s","AccessPackageAssignmentRequestId":"r"}"#.to_vec(), 400, "invalid_field", "invalid_field"),
+        // The OpenAPI description types these as strings: a number is refused, not coerced.
+        ("stage as a number", Some(good()), json,
+            br#"{"Stage":7,"CustomExtensionStageInstanceId":"s","AccessPackageAssignmentRequestId":"r"}"#.to_vec(), 400, "invalid_field", "invalid_field"),
+        ("stage instance id as a number", Some(good()), json,
+            br#"{"Stage":"assignmentRequestCreated","CustomExtensionStageInstanceId":12,"AccessPackageAssignmentRequestId":"r"}"#.to_vec(), 400, "invalid_field", "invalid_field"),
+        // Duplicate members, as in tokens: two readers could see two different callouts.
+        ("duplicate member", Some(good()), json,
+            br#"{"Stage":"assignmentRequestCreated","CustomExtensionStageInstanceId":"s","AccessPackageAssignmentRequestId":"r","AccessPackageAssignmentRequestId":"r2"}"#.to_vec(), 400, "duplicate_member", "duplicate_member"),
+        ("duplicate member in data", Some(good()), json,
+            br#"{"type":"x","data":{"stage":"assignmentRequestCreated","stage":"assignmentRequestApproved","customExtensionStageInstanceId":"s","accessPackageAssignmentRequestId":"r"}}"#.to_vec(), 400, "duplicate_member", "duplicate_member"),
         ("id with path characters", Some(good()), json,
             br#"{"Stage":"assignmentRequestCreated","CustomExtensionStageInstanceId":"s","AccessPackageAssignmentRequestId":"../users"}"#.to_vec(), 400, "invalid_field", "invalid_field"),
         ("no Authorization", None, json, body.clone().into_bytes(), 401, "unauthorized", "missing_authorization"),

@@ -135,3 +135,119 @@ async fn every_listed_route_is_served() {
         .as_u16();
     assert_eq!(st, 404);
 }
+
+/// The request schema and the behaviour agree (a schema-driven fuzzer found they did not): a body
+/// the description allows is acknowledged, and one it refuses gets a `400`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_request_schema_and_the_server_agree_on_every_body() {
+    let h = Harness::start("").await;
+    let spec = spec();
+    let schema = spec["components"]["schemas"]["ElmCallout"].clone();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let base: Value = serde_json::from_str(&flat_body(
+        "assignmentRequestCreated",
+        "r-schema",
+        "s-schema",
+    ))
+    .unwrap();
+    let long = "a".repeat(129);
+    let cases: Vec<(&str, &str, Value)> = vec![
+        ("as sent", "Stage", base["Stage"].clone()),
+        (
+            "id with surrounding white space",
+            "CustomExtensionStageInstanceId",
+            Value::from(" s-ws "),
+        ),
+        (
+            "id with @ and dots",
+            "CustomExtensionStageInstanceId",
+            Value::from("a.b@c_d-e"),
+        ),
+        (
+            "empty id",
+            "CustomExtensionStageInstanceId",
+            Value::from(""),
+        ),
+        (
+            "blank id",
+            "CustomExtensionStageInstanceId",
+            Value::from("   "),
+        ),
+        ("dot id", "CustomExtensionStageInstanceId", Value::from(".")),
+        (
+            "dot-dot id",
+            "AccessPackageAssignmentRequestId",
+            Value::from(".."),
+        ),
+        (
+            "id with a slash",
+            "AccessPackageAssignmentRequestId",
+            Value::from("a/b"),
+        ),
+        (
+            "id of 129 characters",
+            "AccessPackageAssignmentRequestId",
+            Value::from(long.as_str()),
+        ),
+        (
+            "numeric id",
+            "CustomExtensionStageInstanceId",
+            Value::from(42),
+        ),
+        ("numeric stage", "Stage", Value::from(7)),
+        ("object stage", "Stage", serde_json::json!({"x": 1})),
+        ("boolean stage", "Stage", Value::from(true)),
+    ];
+    for (i, (name, field, value)) in cases.into_iter().enumerate() {
+        let mut body = base.clone();
+        body[field] = value;
+        if field != "CustomExtensionStageInstanceId" {
+            // Unique ids, so an acknowledged case is a new job and not a duplicate.
+            body["CustomExtensionStageInstanceId"] = Value::from(format!("s-schema-{i}"));
+        }
+        let schema_allows = validator.is_valid(&body);
+        let resp = client()
+            .post(h.callout_url())
+            .header("authorization", h.pop(PopOptions::default()))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        if schema_allows {
+            assert_eq!(
+                status, 202,
+                "{name}: the schema allows it, the server refused it"
+            );
+        } else {
+            assert_eq!(
+                status, 400,
+                "{name}: the schema refuses it, the server answered {status}"
+            );
+        }
+    }
+
+    // Without Content-Type the body is read as JSON (the description says so), and a head too
+    // large for the server gets 431, which the description lists.
+    let allowed = documented_statuses(&spec, "post", "/api/elm");
+    let resp = client()
+        .post(h.callout_url())
+        .header("authorization", h.pop(PopOptions::default()))
+        .body(flat_body("assignmentRequestCreated", "r-noct", "s-noct"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let resp = client()
+        .post(h.callout_url())
+        .header("x-filler", "a".repeat(600_000))
+        .body("{}")
+        .send()
+        .await;
+    if let Ok(resp) = resp {
+        let status = resp.status().as_u16();
+        assert_eq!(status, 431, "an oversized head");
+        assert!(allowed.contains(&status), "431 is documented");
+    }
+}

@@ -4,10 +4,11 @@
 //! bound to a configured extension with an allowed algorithm.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use accessgate::auth::{pop, strict_json};
+use accessgate::auth::pop;
 use accessgate::callout::{Parsed, parse};
 use accessgate::graph::GraphClient;
 use accessgate::queue::JobMessage;
+use accessgate::strict_json;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use proptest::prelude::*;

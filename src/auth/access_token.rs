@@ -8,8 +8,8 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
 use super::jwks::{Jwks, Lookup};
-use super::strict_json;
 use super::{AuthError, TokenFault};
+use crate::strict_json;
 
 /// What a token must say to be accepted in one role.
 pub struct Rules<'a> {

@@ -14,7 +14,6 @@ pub mod pop;
 mod pop_key;
 pub mod replay;
 pub mod settings;
-pub mod strict_json;
 mod token_cache;
 
 use std::collections::HashSet;

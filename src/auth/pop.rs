@@ -11,9 +11,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value};
 
 use super::pop_key::{KeyFault, PopKey};
-use super::strict_json::{self, StrictError};
 use super::{AuthError, PopFault};
 use super::{Extension, PopAlgorithm, PopSettings};
+use crate::strict_json::{self, StrictError};
 
 /// Header members that would let the token choose its own verification key.
 const HEADER_KEY_MEMBERS: &[&str] = &["jku", "x5u", "jwk", "x5c"];

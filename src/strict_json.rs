@@ -1,5 +1,5 @@
-//! JSON objects parsed the way a security token must be: a member that appears twice is an
-//! error, at any depth. serde_json keeps the last duplicate silently, so two parsers (ours and
+//! JSON objects parsed the way a security token (and a callout body) must be: a member that
+//! appears twice is an error, at any depth. serde_json keeps the last duplicate silently, so two parsers (ours and
 //! whoever minted or inspects the token) could disagree on what a claim says.
 
 use serde::Deserialize;
@@ -14,7 +14,8 @@ pub enum StrictError {
 }
 
 const DUPLICATE: &str = "duplicate member";
-/// Nesting bound: tokens are flat; a deeply nested document is an attack on the parser.
+/// Nesting bound: tokens are flat and callouts a few levels deep; a deeply nested document is
+/// an attack on the parser.
 const MAX_DEPTH: usize = 16;
 
 /// Parses `bytes` as one JSON object with no duplicated member names anywhere.
