@@ -106,3 +106,38 @@ async fn readiness_fails_while_the_queue_cannot_commit_and_liveness_tells_no_cou
         .await;
     assert_eq!(r.status, Some(202), "{r:?}");
 }
+
+/// A data directory that cannot be created or written stops the start with the setting and the
+/// path named (root ignores permissions, so a regular file stands in the directory's way).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unusable_data_dir_is_named_with_its_setting_and_path() {
+    let emu = start_emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &emu.handle(), "");
+    std::fs::write(dir.path().join("blocker"), b"a file, not a directory").unwrap();
+    let data_dir = dir.path().join("blocker").join("data");
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_accessgate"))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("serve")
+            .env("ACCESSGATE_SERVER__DATA_DIR", &data_dir)
+            .env(
+                "ACCESSGATE_CREDENTIALS__CLIENT_SECRET",
+                emu.handle().config().graph_client_secret.clone(),
+            )
+            .output(),
+    )
+    .await
+    .expect("start-up fails at once")
+    .unwrap();
+    assert!(!out.status.success());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("server.data_dir"), "{text}");
+    assert!(text.contains(&data_dir.display().to_string()), "{text}");
+}
