@@ -354,7 +354,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.connections, args.duration_secs, args.rate, args.latency_secs, args.warmup
     );
     println!(
-        "order: baseline throughput, baseline latency, accessgate latency, accessgate throughput (its worker keeps draining afterwards)"
+        "order: baseline throughput, baseline latency, accessgate latency, accessgate throughput with one shared inner token (shape b, Entra's way), then with an inner token per request (shape a); its worker keeps draining afterwards"
     );
 
     let load_before = procinfo::loadavg();
@@ -380,11 +380,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // single worker resumes oldest first and does not get past them within the run (the
     // resume counters below show whether it did).
     let registered = args.warmup + latency_count;
-    let (mut ag_calls, took) = tokens::mint(&em, registered, nproc, true).await?;
-    let (tput_calls, took2) = tokens::mint(&em, args.max_tokens, nproc, false).await?;
-    let (base_calls, _) = tokens::mint(&em, base_pool, nproc, false).await?;
+    use tokens::Shape;
+    let (mut ag_calls, took) =
+        tokens::mint(&em, registered, nproc, true, Shape::SharedToken).await?;
+    let (tput_calls, took2) =
+        tokens::mint(&em, args.max_tokens, nproc, false, Shape::SharedToken).await?;
+    // Shape (a): a throughput phase of its own, every request with its own inner token.
+    let (tput_own_calls, took3) =
+        tokens::mint(&em, args.max_tokens, nproc, false, Shape::OwnToken).await?;
+    let (base_calls, _) = tokens::mint(&em, base_pool, nproc, false, Shape::OwnToken).await?;
     let minted_at = Instant::now();
-    let took = took + took2;
+    let took = took + took2 + took3;
+    let ag_count = ag_count + args.max_tokens;
     println!(
         "minted {ag_count} unique callouts for accessgate ({registered} registered in the emulator) in {:.1} s ({:.0}/s), {base_pool} for the baseline",
         took.as_secs_f64(),
@@ -432,21 +439,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (conns, ag_tput) =
         load::closed_loop(conns, &Work::once(tput_calls), duration, usize::MAX).await?;
     let ag_cpu = Cpu::since(ag_srv.pid, cpu0)?;
+    settle().await;
+    let (conns, ag_tput_own) =
+        load::closed_loop(conns, &Work::once(tput_own_calls), duration, usize::MAX).await?;
     drop(conns);
     let token_age = minted_at.elapsed();
 
-    // What accessgate's queue and worker made of it.
-    let queue = http
-        .get(format!("http://{}/healthz", ag_srv.addr))
-        .send()
-        .await?
-        .json::<serde_json::Value>()
-        .await
-        .map(|v| v["jobs"].to_string())
-        .unwrap_or_else(|e| format!("unreadable ({e})"));
+    // What accessgate's worker made of it (no route tells job counts; the emulator counts).
     let graph = em.stats();
-    let accepted_total =
-        ag_warm.tally.accepted() + ag_lat.tally.accepted() + ag_tput.tally.accepted();
+    let accepted_total = ag_warm.tally.accepted()
+        + ag_lat.tally.accepted()
+        + ag_tput.tally.accepted()
+        + ag_tput_own.tally.accepted();
     let (ag_lines, ag_first) = ag_srv.output();
     let (base_lines, base_first) = base_srv.output();
     ag_srv.stop().await?;
@@ -468,8 +472,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         rss_mib: base_rss,
     };
     report(&args, &ag, &base);
+    let own_ratio = ag_tput_own.rate() / base.throughput.rate();
     println!(
-        "accessgate queue after the run: {queue}; emulated Graph: {} resume calls, {} accepted, {} rejected (of {accepted_total} callouts accepted)",
+        "shape (a), every request with its own inner token: accessgate {:.0} callouts/s, ratio {own_ratio:.3} (target >= 0.5: {}); shape (b), one shared inner token: ratio {:.3} (target >= 0.7){}",
+        ag_tput_own.rate(),
+        if own_ratio >= 0.5 { "met" } else { "NOT met" },
+        ag.throughput.rate() / base.throughput.rate(),
+        if ag_tput_own.tally.failures().is_empty() {
+            String::new()
+        } else {
+            format!("; shape (a) non-202: {}", ag_tput_own.tally.failures())
+        }
+    );
+    println!(
+        "emulated Graph: {} resume calls, {} accepted, {} rejected (of {accepted_total} callouts accepted)",
         graph.resume_calls, graph.resume_accepted, graph.resume_rejected
     );
     println!(
@@ -488,8 +504,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let ratio = ag.throughput.rate() / base.throughput.rate();
     println!(
-        "RESULT accessgate_rps={:.0} baseline_rps={:.0} ratio={ratio:.3} ag_p50_ms={:.2} ag_p99_ms={:.2} ag_max_ms={:.2} base_p50_ms={:.2} base_p99_ms={:.2} base_max_ms={:.2} ag_ready_ms={:.1} ag_rss_mib={:.1} base_ready_ms={:.1} base_rss_mib={:.1} nproc={nproc} profile={profile}",
+        "RESULT accessgate_rps={:.0} accessgate_own_token_rps={:.0} baseline_rps={:.0} ratio={ratio:.3} own_token_ratio={own_ratio:.3} ag_p50_ms={:.2} ag_p99_ms={:.2} ag_max_ms={:.2} base_p50_ms={:.2} base_p99_ms={:.2} base_max_ms={:.2} ag_ready_ms={:.1} ag_rss_mib={:.1} base_ready_ms={:.1} base_rss_mib={:.1} nproc={nproc} profile={profile}",
         ag.throughput.rate(),
+        ag_tput_own.rate(),
         base.throughput.rate(),
         ag.latency.latency.p50_ms,
         ag.latency.latency.p99_ms,

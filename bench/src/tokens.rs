@@ -34,7 +34,7 @@ fn inner_access_token(shr: &str) -> anyhow::Result<String> {
 
 fn mint_range(
     em: &Emulator,
-    at: &str,
+    at: Option<&str>,
     count: usize,
     register: bool,
 ) -> anyhow::Result<Vec<Callout>> {
@@ -56,7 +56,8 @@ fn mint_range(
             })?;
         }
         let shr = em.mint_pop(&PopOptions {
-            at_token: Some(at.to_owned()),
+            // None: the emulator mints a new inner token (its own `uti`) for this request.
+            at_token: at.map(str::to_owned),
             ts_offset_secs: Some(0),
             ..PopOptions::default()
         })?;
@@ -68,24 +69,40 @@ fn mint_range(
     Ok(out)
 }
 
-/// Mints `count` callouts on `threads` blocking threads. Every SHR carries the same inner
-/// access token (Entra caches its token too); each SHR is signed afresh, and both servers verify
-/// both signatures of every request, so reusing the AT spares only setup time.
+/// How the inner access tokens of a load are shared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// (a) Every signed request carries its own inner token.
+    OwnToken,
+    /// (b) One inner token in every signed request, as Entra sends them (it caches its token for
+    /// about an hour and signs a new request around it for each callout).
+    SharedToken,
+}
+
+/// Mints `count` callouts on `threads` blocking threads, each SHR signed afresh with unique ids.
+/// The baseline verifies both signatures of every request whatever the shape; accessgate may
+/// skip the inner verify for a token it has validated before (shape b).
 pub async fn mint(
     em: &Emulator,
     count: usize,
     threads: usize,
     register: bool,
+    shape: Shape,
 ) -> anyhow::Result<(Vec<Callout>, Duration)> {
     let t0 = Instant::now();
-    let at: Arc<str> = inner_access_token(&em.mint_pop(&PopOptions::default())?)?.into();
+    let at: Option<Arc<str>> = match shape {
+        Shape::SharedToken => {
+            Some(inner_access_token(&em.mint_pop(&PopOptions::default())?)?.into())
+        }
+        Shape::OwnToken => None,
+    };
     let threads = threads.max(1);
     let mut tasks = Vec::new();
     for k in 0..threads {
         let n = count / threads + usize::from(k < count % threads);
         let (em, at) = (em.clone(), at.clone());
         tasks.push(tokio::task::spawn_blocking(move || {
-            mint_range(&em, &at, n, register)
+            mint_range(&em, at.as_deref(), n, register)
         }));
     }
     let mut out = Vec::with_capacity(count);
