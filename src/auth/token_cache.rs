@@ -10,9 +10,11 @@
 //!   counts only while the key set currently holds that kid with that same key and is fresh.
 //!   When the key is withdrawn (or the set is stale) the entry is dropped and the token takes
 //!   the full path again, which refuses it or refreshes the keys.
-//! - Bounded: at most `capacity` entries; when full, dead entries are swept and then the entry
-//!   expiring soonest is evicted (only tokens Entra signed and we accepted get in, so the bound
-//!   protects memory, not security). `capacity` 0 turns the cache off.
+//! - Bounded: at most `capacity` entries. When full, dead entries are swept (at most once a
+//!   second) and, if it is still full, the new token is simply not cached: it was fully
+//!   validated anyway. Entra uses a handful of tokens an hour, so a full cache means a load of
+//!   distinct tokens, where scanning the map on every insert (to evict) would cost more than
+//!   the verify it saves. `capacity` 0 turns the cache off.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,14 +33,23 @@ struct Entry {
 
 pub struct TokenCache {
     capacity: usize,
-    inner: Mutex<HashMap<Digest, Entry>>,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    map: HashMap<Digest, Entry>,
+    /// The second of the last sweep of a full map.
+    swept_at: Option<i64>,
 }
 
 impl TokenCache {
     pub fn new(capacity: usize) -> Self {
         TokenCache {
             capacity,
-            inner: Mutex::new(HashMap::new()),
+            inner: Mutex::new(Inner {
+                map: HashMap::new(),
+                swept_at: None,
+            }),
         }
     }
 
@@ -51,9 +62,9 @@ impl TokenCache {
         }
         // A poisoned lock only means another request panicked mid-insert; the map is valid.
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let e = g.get(digest)?;
+        let e = g.map.get(digest)?;
         if now >= e.expires_at {
-            g.remove(digest);
+            g.map.remove(digest);
             return None;
         }
         if now < e.valid_from {
@@ -74,15 +85,16 @@ impl TokenCache {
         };
         let valid_from = time("nbf").map_or(0, |nbf| nbf.saturating_sub(leeway_secs));
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if g.len() >= self.capacity && !g.contains_key(&digest) {
-            g.retain(|_, e| e.expires_at > now);
-            if g.len() >= self.capacity
-                && let Some(soonest) = g.iter().min_by_key(|(_, e)| e.expires_at).map(|(k, _)| *k)
-            {
-                g.remove(&soonest);
+        if g.map.len() >= self.capacity && !g.map.contains_key(&digest) {
+            if g.swept_at.is_none_or(|at| at < now) {
+                g.map.retain(|_, e| e.expires_at > now);
+                g.swept_at = Some(now);
+            }
+            if g.map.len() >= self.capacity {
+                return;
             }
         }
-        g.insert(
+        g.map.insert(
             digest,
             Entry {
                 checked,
@@ -94,12 +106,12 @@ impl TokenCache {
 
     pub fn remove(&self, digest: &Digest) {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        g.remove(digest);
+        g.map.remove(digest);
     }
 
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.inner.lock().map(|g| g.len()).unwrap_or(0)
+        self.inner.lock().map(|g| g.map.len()).unwrap_or(0)
     }
 
     #[cfg(test)]
@@ -185,20 +197,21 @@ mod tests {
     }
 
     #[test]
-    fn bounded_evicting_dead_then_soonest_expiring() {
+    fn bounded_a_full_cache_sweeps_the_dead_and_otherwise_caches_nothing_new() {
         let c = TokenCache::new(3);
         c.insert(key(1), checked(50, None), 0, 1);
         c.insert(key(2), checked(500, None), 0, 1);
         c.insert(key(3), checked(300, None), 0, 1);
+        // Full of live entries: the new token is not cached, and none is evicted.
         c.insert(key(4), checked(400, None), 0, 10);
         assert_eq!(c.len(), 3);
-        // key 1 was the soonest to expire.
-        assert!(c.get(&key(1), 20).is_none());
-        // At 60 key 1 would be dead anyway; now key 3 (exp 300) is the soonest.
+        assert!(c.get(&key(4), 11).is_none());
+        assert!(c.get(&key(1), 11).is_some());
+        // At 60 key 1 is dead: swept, and there is room.
         c.insert(key(5), checked(600, None), 0, 60);
         assert_eq!(c.len(), 3);
-        assert!(c.get(&key(3), 61).is_none());
-        for k in [2, 4, 5] {
+        assert!(c.get(&key(1), 61).is_none());
+        for k in [2, 3, 5] {
             assert!(c.get(&key(k), 61).is_some(), "key {k}");
         }
         for i in 10..1000 {
