@@ -4,41 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
-/// Runs the binary to completion. Bounded: a bad configuration makes it exit at once; 60 s is
-/// far above that even on a loaded 2-core machine, and a hung `serve` is killed and fails.
-fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_accessgate"));
-    c.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let mut child = c.spawn().unwrap();
-    let start = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            child.kill().unwrap();
-            panic!("accessgate {args:?} did not exit within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+mod common;
+use common::{output_text, run_to_exit};
 
 const SECRET: &str = "Zq8~sEcReT-7f3a9b.pasted";
 
@@ -61,8 +29,8 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 fn both(cfg: &str, env: &[(&str, &str)]) -> Vec<String> {
     let mut out = Vec::new();
     for cmd in ["check-config", "serve"] {
-        let o = run(&[cmd, "--config", cfg], env);
-        let t = text(&o);
+        let o = run_to_exit(&[cmd, "--config", cfg], env);
+        let t = output_text(&o);
         assert_eq!(o.status.code(), Some(2), "{cmd}: {t}");
         assert!(!t.contains(SECRET), "{cmd} printed the value:\n{t}");
         assert!(

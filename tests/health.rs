@@ -133,11 +133,7 @@ async fn an_unusable_data_dir_is_named_with_its_setting_and_path() {
     .expect("start-up fails at once")
     .unwrap();
     assert!(!out.status.success());
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(text.contains("server.data_dir"), "{text}");
     assert!(text.contains(&data_dir.display().to_string()), "{text}");
 }

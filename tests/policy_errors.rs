@@ -4,39 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
-/// Runs the binary to completion. Bounded: a bad policy makes it exit at once; 60 s is far
-/// above that even on a loaded 2-core machine, and a hung `serve` is killed and fails.
-fn run(args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_accessgate"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            child.kill().unwrap();
-            panic!("accessgate {args:?} did not exit within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+mod common;
+use common::{output_text, run_to_exit};
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);
@@ -103,8 +73,8 @@ fn assert_bad_policy_errors(t: &str) {
 fn a_policy_with_many_mistakes_reports_all_of_them_at_once_located() {
     let dir = tempfile::tempdir().unwrap();
     let policy = write(dir.path(), "policy.toml", BAD_POLICY);
-    let o = run(&["policy", "check", &policy]);
-    let t = text(&o);
+    let o = run_to_exit(&["policy", "check", &policy], &[]);
+    let t = output_text(&o);
     assert_eq!(o.status.code(), Some(2), "{t}");
     assert_bad_policy_errors(&t);
     assert!(t.contains("policy.toml line 8"), "{t}");
@@ -116,8 +86,8 @@ fn a_policy_with_many_mistakes_reports_all_of_them_at_once_located() {
         &format!("{GOOD}[policy]\nfile = \"policy.toml\"\n"),
     );
     for cmd in ["check-config", "serve"] {
-        let o = run(&[cmd, "--config", &cfg]);
-        let t = text(&o);
+        let o = run_to_exit(&[cmd, "--config", &cfg], &[]);
+        let t = output_text(&o);
         assert_eq!(o.status.code(), Some(2), "{cmd}: {t}");
         assert_bad_policy_errors(&t);
         assert!(t.contains("policy.file: "), "{t}");

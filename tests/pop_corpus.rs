@@ -61,6 +61,51 @@ fn o() -> PopOptions {
     PopOptions::default()
 }
 
+// One knob turned, everything else as Entra sends it: the builders every category shares.
+fn alg(a: &str) -> PopOptions {
+    PopOptions {
+        alg: Some(a.into()),
+        ..o()
+    }
+}
+
+fn hx(v: Value) -> PopOptions {
+    PopOptions {
+        header_extra: some_obj(v),
+        ..o()
+    }
+}
+
+fn kid(v: Value) -> PopOptions {
+    PopOptions {
+        kid: Some(v),
+        ..o()
+    }
+}
+
+fn ts(v: Value) -> PopOptions {
+    PopOptions { ts: Some(v), ..o() }
+}
+
+fn nonce(v: Value) -> PopOptions {
+    PopOptions {
+        nonce: Some(v),
+        ..o()
+    }
+}
+
+fn at(m: MintOptions) -> PopOptions {
+    PopOptions { at: Some(m), ..o() }
+}
+
+/// The inner access token with `v`'s members added (a null removes one).
+fn extra(v: Value) -> PopOptions {
+    at(MintOptions {
+        extra_claims: some_obj(v),
+        ..Default::default()
+    })
+}
+
 fn uuid() -> String {
     uuid::Uuid::new_v4().to_string()
 }
@@ -611,14 +656,6 @@ fn header_and_structure_cases(ctx: &Ctx) -> Table {
 
 fn header_cases(ctx: &Ctx) -> Table {
     let mut t = Table::default();
-    let alg = |a: &str| PopOptions {
-        alg: Some(a.into()),
-        ..o()
-    };
-    let hx = |v: Value| PopOptions {
-        header_extra: some_obj(v),
-        ..o()
-    };
     t.add("C alg none", ctx.pop(alg("none")), "pop_alg_none");
     t.add("C alg None", ctx.pop(alg("None")), "pop_alg_none");
     t.add("C alg NONE", ctx.pop(alg("NONE")), "pop_alg_none");
@@ -777,10 +814,6 @@ fn header_cases(ctx: &Ctx) -> Table {
         ctx.pop(hx(json!({"crit": []}))),
         "pop_crit_not_supported",
     );
-    let kid = |v: Value| PopOptions {
-        kid: Some(v),
-        ..o()
-    };
     t.add(
         "C kid of another key",
         ctx.pop(kid(json!(ctx.other.thumbprint()))),
@@ -841,13 +874,6 @@ fn header_cases(ctx: &Ctx) -> Table {
 
 fn access_token_cases(ctx: &Ctx) -> Table {
     let mut t = Table::default();
-    let at = |m: MintOptions| PopOptions { at: Some(m), ..o() };
-    let extra = |v: Value| {
-        at(MintOptions {
-            extra_claims: some_obj(v),
-            ..Default::default()
-        })
-    };
     t.add(
         "D at missing",
         ctx.pop(PopOptions {
@@ -1070,7 +1096,6 @@ fn access_token_cases(ctx: &Ctx) -> Table {
 
 fn claim_cases(ctx: &Ctx) -> Table {
     let mut t = Table::default();
-    let ts = |v: Value| PopOptions { ts: Some(v), ..o() };
     let off = |s: i64| PopOptions {
         ts_offset_secs: Some(s),
         ..o()
@@ -1236,10 +1261,6 @@ fn claim_cases(ctx: &Ctx) -> Table {
         "pop_claim_not_string",
     );
 
-    let nonce = |v: Value| PopOptions {
-        nonce: Some(v),
-        ..o()
-    };
     t.add("I nonce 1", ctx.pop(nonce(json!(1))), "pop_bad_nonce");
     t.add("I nonce empty", ctx.pop(nonce(json!(""))), "pop_bad_nonce");
     t.add(
@@ -2357,13 +2378,6 @@ fn awkward_payload(c: &Map<String, Value>) -> String {
 
 fn strictness_cases(ctx: &Ctx) -> Table {
     let mut t = Table::default();
-    let at = |m: MintOptions| PopOptions { at: Some(m), ..o() };
-    let extra = |v: Value| {
-        at(MintOptions {
-            extra_claims: some_obj(v),
-            ..Default::default()
-        })
-    };
     // 1. crit in the inner token's header.
     t.add(
         "O at header crit [exp]",
@@ -2438,7 +2452,6 @@ fn strictness_cases(ctx: &Ctx) -> Table {
         "pop_not_base64url",
     );
     // 3. Integer times.
-    let ts = |v: Value| PopOptions { ts: Some(v), ..o() };
     t.add(
         "O ts now as a numeric string",
         ctx.pop(ts(json!(now().to_string()))),
@@ -2524,14 +2537,6 @@ fn strictness_cases(ctx: &Ctx) -> Table {
 
 fn attacker_cases(ctx: &Ctx) -> Table {
     let mut t = Table::default();
-    let alg = |a: &str| PopOptions {
-        alg: Some(a.into()),
-        ..o()
-    };
-    let hx = |v: Value| PopOptions {
-        header_extra: some_obj(v),
-        ..o()
-    };
     // Header.
     t.add("P alg nOnE", ctx.pop(alg("nOnE")), "pop_alg_none");
     t.add("P alg hs256", ctx.pop(alg("hs256")), "pop_alg_hmac");
@@ -2580,10 +2585,6 @@ fn attacker_cases(ctx: &Ctx) -> Table {
         ctx.pop(hx(json!({"jwk": ctx.other.public_jwk()}))),
         "pop_header_key_not_allowed",
     );
-    let kid = |v: Value| PopOptions {
-        kid: Some(v),
-        ..o()
-    };
     t.add(
         "P kid with a trailing space",
         ctx.pop(kid(json!(format!("{} ", ctx.victim_tp)))),
@@ -2692,7 +2693,6 @@ fn attacker_cases(ctx: &Ctx) -> Table {
         "at_not_base64url",
     );
     // Numbers.
-    let ts = |v: Value| PopOptions { ts: Some(v), ..o() };
     t.add(
         "P ts 2^63",
         ctx.pop(ts(json!(9_223_372_036_854_775_808_u64))),
@@ -2719,26 +2719,19 @@ fn attacker_cases(ctx: &Ctx) -> Table {
         ctx.mine_ts_text("1e400"),
         "pop_malformed_payload",
     );
-    let at_extra = |v: Value| PopOptions {
-        at: Some(MintOptions {
-            extra_claims: some_obj(v),
-            ..Default::default()
-        }),
-        ..o()
-    };
     t.add(
         "P at exp 2^63",
-        ctx.pop(at_extra(json!({"exp": 9_223_372_036_854_775_808_u64}))),
+        ctx.pop(extra(json!({"exp": 9_223_372_036_854_775_808_u64}))),
         "at_time_claim_not_integer",
     );
     t.add(
         "P at exp -1",
-        ctx.pop(at_extra(json!({"exp": -1}))),
+        ctx.pop(extra(json!({"exp": -1}))),
         "at_time_claim_not_integer",
     );
     t.add(
         "P at nbf 1e3",
-        ctx.pop(at_extra(json!({"nbf": 1e3}))),
+        ctx.pop(extra(json!({"nbf": 1e3}))),
         "at_time_claim_not_integer",
     );
     // Inner header and claims.
@@ -2928,10 +2921,6 @@ fn attacker_cases(ctx: &Ctx) -> Table {
         ctx.pop(p(format!("{r}\u{200b}"))),
         "pop_unknown_resource",
     );
-    let nonce = |v: Value| PopOptions {
-        nonce: Some(v),
-        ..o()
-    };
     t.add("P nonce {}", ctx.pop(nonce(json!({}))), "pop_bad_nonce");
     t.add("P nonce [x]", ctx.pop(nonce(json!(["x"]))), "pop_bad_nonce");
     t.add("P nonce true", ctx.pop(nonce(json!(true))), "pop_bad_nonce");
