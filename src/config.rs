@@ -420,8 +420,9 @@ fn values_of<'a>(root: &'a toml::Table, setting: &str) -> Vec<&'a str> {
 }
 
 /// The last line of defence for "no value in a problem": a module's message that quotes the
-/// setting's own value (`"x" is not a GUID`) has it replaced. Quoted values always; bare ones
-/// when long enough not to be a word of the message.
+/// setting's own value has it replaced (modules name an entry by its position instead; this
+/// catches one that slips). Quoted values always; bare ones when long enough not to be a word of
+/// the message.
 fn redact(mut q: ConfigProblem, root: &toml::Table) -> ConfigProblem {
     // Paths are no secrets, and their problems must name them (`cannot read ...`).
     if q.setting.ends_with("file") || q.setting.ends_with("dir") {

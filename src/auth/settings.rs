@@ -146,9 +146,13 @@ impl Settings {
                 "must name at least one caller app id",
             );
         }
-        for id in &allowed_app_ids {
+        // Problems name the entry, never its value (a secret pasted into the wrong setting).
+        for (i, id) in allowed_app_ids.iter().enumerate() {
             if !settings::is_guid(id) {
-                p.push("inbound.allowed_app_ids", &format!("{id:?} is not a GUID"));
+                p.push(
+                    "inbound.allowed_app_ids",
+                    &format!("entry {} is not a GUID", i + 1),
+                );
             }
         }
         let clock_skew = settings::seconds_at_most(
@@ -180,16 +184,18 @@ impl Settings {
             );
         }
         let mut algorithms = Vec::new();
-        for a in raw
+        for (i, a) in raw
             .pop_algorithms
             .unwrap_or_else(|| vec!["RS256".into(), "PS256".into()])
+            .into_iter()
+            .enumerate()
         {
             match PopAlgorithm::parse(&a) {
                 Some(alg) if !algorithms.contains(&alg) => algorithms.push(alg),
                 Some(_) => {}
                 None => p.push(
                     "inbound.pop_algorithms",
-                    &format!("{a:?} is not allowed: choose from RS256, PS256, ES256 (none, HMAC and others are never accepted)"),
+                    &format!("entry {} is not allowed: choose from RS256, PS256, ES256 (none, HMAC and others are never accepted)", i + 1),
                 ),
             }
         }
@@ -231,12 +237,13 @@ impl Settings {
             .iter()
             .map(|s| s.to_ascii_lowercase())
             .collect();
-        for id in &relay_caller_ids {
+        for (i, id) in relay_caller_ids.iter().enumerate() {
             if !settings::is_guid(id) {
                 p.push(
                     "inbound.relay_caller_ids",
                     &format!(
-                        "{id:?} is not a GUID (use the managed identity's client id or object id)"
+                        "entry {} is not a GUID (use the managed identity's client id or object id)",
+                        i + 1
                     ),
                 );
             }
@@ -314,10 +321,13 @@ impl Extension {
                 );
             }
             let mut catalog_ids = Vec::new();
-            for c in raw.catalog_ids.unwrap_or_default() {
-                match uuid::Uuid::parse_str(&c) {
+            for (i, c) in raw.catalog_ids.unwrap_or_default().iter().enumerate() {
+                match uuid::Uuid::parse_str(c) {
                     Ok(u) => catalog_ids.push(u.to_string()),
-                    Err(_) => p.push(&setting("catalog_ids"), &format!("{c:?} is not a GUID")),
+                    Err(_) => p.push(
+                        &setting("catalog_ids"),
+                        &format!("entry {} is not a GUID", i + 1),
+                    ),
                 }
             }
             let policy_file = raw
