@@ -49,6 +49,8 @@ pub struct Accessgate {
     pub logs: Arc<Mutex<Vec<String>>>,
     pub config_path: PathBuf,
     pub env: Vec<(String, String)>,
+    /// A command the binary runs under (`prlimit --nofile=… --`), empty for none.
+    wrapper: Vec<String>,
 }
 
 pub async fn start_emulator() -> RunningEmulator {
@@ -148,6 +150,26 @@ impl Harness {
         Harness { emu, ag, dir }
     }
 
+    /// Like [`Harness::start_env`], with accessgate's open-file limit (soft and hard, so the
+    /// raise at start-up cannot lift it) set to `nofile` by util-linux `prlimit`.
+    pub async fn start_nofile(nofile: u64, env: Vec<(String, String)>) -> Harness {
+        let emu = start_emulator().await;
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = write_config_with(dir.path(), &emu.handle(), "", "");
+        let mut all = vec![(
+            "ACCESSGATE_CREDENTIALS__CLIENT_SECRET".to_string(),
+            emu.handle().config().graph_client_secret.clone(),
+        )];
+        all.extend(env);
+        let wrapper = vec![
+            "prlimit".to_string(),
+            format!("--nofile={nofile}:{nofile}"),
+            "--".to_string(),
+        ];
+        let ag = Accessgate::spawn_under(wrapper, &config_path, all, &["serve"]).await;
+        Harness { emu, ag, dir }
+    }
+
     pub fn emu(&self) -> Emulator {
         self.emu.handle()
     }
@@ -176,14 +198,26 @@ impl Harness {
 
 impl Accessgate {
     pub async fn spawn(config: &Path, env: Vec<(String, String)>, args: &[&str]) -> Accessgate {
+        Self::spawn_under(Vec::new(), config, env, args).await
+    }
+
+    /// Runs the binary as the last argument of `wrapper` (a command that execs it, such as
+    /// `prlimit … --`), so the child's pid is accessgate's own.
+    pub async fn spawn_under(
+        wrapper: Vec<String>,
+        config: &Path,
+        env: Vec<(String, String)>,
+        args: &[&str],
+    ) -> Accessgate {
         let logs = Arc::new(Mutex::new(Vec::new()));
-        let (child, addr) = spawn_child(config, &env, args, logs.clone());
+        let (child, addr) = spawn_child(&wrapper, config, &env, args, logs.clone());
         Accessgate {
             child: Some(child),
             addr,
             logs,
             config_path: config.to_path_buf(),
             env,
+            wrapper,
         }
     }
 
@@ -222,8 +256,13 @@ impl Accessgate {
     /// Starts the binary again on the same config and data directory.
     pub async fn restart(&mut self) {
         self.kill9();
-        let (child, addr) =
-            spawn_child(&self.config_path, &self.env, &["serve"], self.logs.clone());
+        let (child, addr) = spawn_child(
+            &self.wrapper,
+            &self.config_path,
+            &self.env,
+            &["serve"],
+            self.logs.clone(),
+        );
         self.child = Some(child);
         self.addr = addr;
     }
@@ -329,12 +368,21 @@ impl Drop for Accessgate {
 }
 
 fn spawn_child(
+    wrapper: &[String],
     config: &Path,
     env: &[(String, String)],
     args: &[&str],
     logs: Arc<Mutex<Vec<String>>>,
 ) -> (Child, SocketAddr) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_accessgate"));
+    let bin = env!("CARGO_BIN_EXE_accessgate");
+    let mut cmd = match wrapper.split_first() {
+        Some((prog, rest)) => {
+            let mut c = Command::new(prog);
+            c.args(rest).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
     cmd.args(args)
         .arg("--config")
         .arg(config)
@@ -343,7 +391,9 @@ fn spawn_child(
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("accessgate starts");
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("accessgate starts (under {wrapper:?}): {e}"));
     let (tx, rx) = mpsc::channel();
     let out = child.stdout.take().unwrap();
     let err = child.stderr.take().unwrap();
