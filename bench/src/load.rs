@@ -230,6 +230,8 @@ pub struct OpenOutcome {
     pub service: Summary,
     /// Requests answered per second over the phase.
     pub achieved_rate: f64,
+    /// Wall-clock time request 0 was due; request `i` was due `i / rate` later.
+    pub start_wall: std::time::SystemTime,
 }
 
 /// Open loop: request `i` is due at `start + i / rate`; a scheduler hands due requests to
@@ -244,6 +246,7 @@ pub async fn open_loop(
     let rx = Arc::new(Mutex::new(rx));
     let period = Duration::from_secs_f64(1.0 / rate);
     let start = Instant::now() + Duration::from_millis(20);
+    let start_wall = std::time::SystemTime::now() + Duration::from_millis(20);
     // A blocking thread with `thread::sleep` (tens of microseconds late) rather than tokio's
     // millisecond timer wheel, which would add up to a millisecond to every measured latency.
     let scheduler = tokio::task::spawn_blocking(move || {
@@ -301,6 +304,7 @@ pub async fn open_loop(
             latency: Summary::of(&mut lat),
             service: Summary::of(&mut svc),
             achieved_rate: answered as f64 / elapsed.as_secs_f64(),
+            start_wall,
         },
     ))
 }

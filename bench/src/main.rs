@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod baseline;
+mod e2e;
 mod load;
 mod procinfo;
 mod sod;
@@ -19,7 +20,7 @@ mod tokens;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use accessgate_emulator::{Emulator, EmulatorConfig};
 use anyhow::{Context as _, bail};
@@ -184,7 +185,7 @@ fn toml_str(s: &str) -> String {
     serde_json::Value::String(s.to_owned()).to_string()
 }
 
-fn accessgate_config(em: &Emulator) -> String {
+fn accessgate_config(em: &Emulator, w: WorkerLoad) -> String {
     let cfg = em.config();
     let base = em.base_url();
     format!(
@@ -200,10 +201,11 @@ resource = {resource}
 [graph]
 base_url = {base}
 scope = "https://graph.microsoft.com/.default"
+max_requests_per_second = {rate}
 [credentials]
 client_id = {client}
 [worker]
-concurrency = 1
+concurrency = {concurrency}
 [log]
 format = "json"
 # warn, plus the one info line that names the port.
@@ -213,19 +215,42 @@ level = "warn,accessgate::app=info"
         tenant = toml_str(&cfg.tenant_id),
         resource = toml_str(&cfg.logic_app_resource),
         client = toml_str(&cfg.graph_client_id),
+        rate = w.graph_rate,
+        concurrency = w.concurrency,
     )
+}
+
+/// How hard accessgate's worker may resume.
+#[derive(Clone, Copy)]
+struct WorkerLoad {
+    concurrency: u32,
+    graph_rate: u32,
+}
+
+impl WorkerLoad {
+    /// The ingress phases: one worker at the default Graph rate, mostly out of the way.
+    const QUIET: WorkerLoad = WorkerLoad {
+        concurrency: 1,
+        graph_rate: 20,
+    };
+    /// The worker-busy phases: resumes as fast as the emulated Graph answers.
+    const BUSY: WorkerLoad = WorkerLoad {
+        concurrency: 64,
+        graph_rate: 10_000,
+    };
 }
 
 async fn start_accessgate(
     bin: &Path,
     em: &Emulator,
     http: &reqwest::Client,
+    w: WorkerLoad,
 ) -> anyhow::Result<Server> {
     let dir = tempfile::Builder::new()
         .prefix("accessgate-bench-")
         .tempdir()?;
     let cfg_path = dir.path().join("accessgate.toml");
-    std::fs::write(&cfg_path, accessgate_config(em))?;
+    std::fs::write(&cfg_path, accessgate_config(em, w))?;
     let mut cmd = Command::new(bin);
     clean_env(&mut cmd);
     cmd.arg("--config")
@@ -364,8 +389,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let (base_srv, base_ready, base_rss) =
         measure_starts(args.starts, || start_baseline(&em, &http)).await?;
-    let (ag_srv, ag_ready, ag_rss) =
-        measure_starts(args.starts, || start_accessgate(&bin, &em, &http)).await?;
+    let (ag_srv, ag_ready, ag_rss) = measure_starts(args.starts, || {
+        start_accessgate(&bin, &em, &http, WorkerLoad::QUIET)
+    })
+    .await?;
     println!(
         "ready (median of {}): accessgate {ag_ready:.1} ms, baseline {base_ready:.1} ms",
         args.starts
@@ -455,6 +482,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (base_lines, base_first) = base_srv.output();
     ag_srv.stop().await?;
     base_srv.stop().await?;
+    let busy = worker_busy(&args, &bin, &em, &http, nproc).await?;
     drop(emulator);
 
     let ag = Figures {
@@ -502,9 +530,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     for l in base_first.iter().take(3) {
         println!("  baseline: {l}");
     }
+    busy.report(args.rate);
     let ratio = ag.throughput.rate() / base.throughput.rate();
     println!(
-        "RESULT accessgate_rps={:.0} accessgate_own_token_rps={:.0} baseline_rps={:.0} ratio={ratio:.3} own_token_ratio={own_ratio:.3} ag_p50_ms={:.2} ag_p99_ms={:.2} ag_max_ms={:.2} base_p50_ms={:.2} base_p99_ms={:.2} base_max_ms={:.2} ag_ready_ms={:.1} ag_rss_mib={:.1} base_ready_ms={:.1} base_rss_mib={:.1} nproc={nproc} profile={profile}",
+        "RESULT accessgate_rps={:.0} accessgate_own_token_rps={:.0} baseline_rps={:.0} ratio={ratio:.3} own_token_ratio={own_ratio:.3} ag_p50_ms={:.2} ag_p99_ms={:.2} ag_max_ms={:.2} base_p50_ms={:.2} base_p99_ms={:.2} base_max_ms={:.2} ag_ready_ms={:.1} ag_rss_mib={:.1} base_ready_ms={:.1} base_rss_mib={:.1} busy_p50_ms={:.2} busy_p99_ms={:.2} busy_max_ms={:.2} e2e_rps={:.0} e2e_p50_ms={:.1} e2e_p99_ms={:.1} e2e_open_p50_ms={:.1} e2e_open_p99_ms={:.1} nproc={nproc} profile={profile}",
         ag.throughput.rate(),
         ag_tput_own.rate(),
         base.throughput.rate(),
@@ -518,6 +547,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ag.rss_mib,
         base.ready_ms,
         base.rss_mib,
+        busy.ack.latency.p50_ms,
+        busy.ack.latency.p99_ms,
+        busy.ack.latency.max_ms,
+        busy.burst.throughput,
+        busy.burst.latency.p50_ms,
+        busy.burst.latency.p99_ms,
+        busy.open.latency.p50_ms,
+        busy.open.latency.p99_ms,
     );
     Ok(())
 }
@@ -588,5 +625,121 @@ fn report(args: &RunArgs, ag: &Figures, base: &Figures) {
         if !notes.is_empty() {
             println!("{name}: {}", notes.join("; "));
         }
+    }
+}
+
+/// Graph's answer delay in the worker-busy phases.
+const GRAPH_DELAY_MS: u64 = 5;
+
+/// The worker-busy figures: ack latency at a fixed rate while the worker resumes what arrives,
+/// end to end for that open loop, and end to end for a closed-loop burst.
+struct Busy {
+    ack: load::OpenOutcome,
+    open: e2e::EndToEnd,
+    burst: e2e::EndToEnd,
+    burst_ingress: load::ClosedOutcome,
+    resumes_during_ack: usize,
+}
+
+/// A fresh accessgate whose worker resumes at full speed (64 concurrent, the Graph rate bound
+/// raised to 10,000/s), the emulated Graph answering every call after `GRAPH_DELAY_MS`. Every
+/// callout is unique and registered, so every resume succeeds.
+async fn worker_busy(
+    args: &RunArgs,
+    bin: &Path,
+    em: &Emulator,
+    http: &reqwest::Client,
+    nproc: usize,
+) -> anyhow::Result<Busy> {
+    use tokens::Shape;
+    let count = (args.rate as u64 * args.latency_secs) as usize;
+    let (mut calls, _) =
+        tokens::mint(em, args.warmup + count, nproc, true, Shape::SharedToken).await?;
+    let open_calls = calls.split_off(args.warmup);
+    let (burst_calls, _) = tokens::mint(em, count, nproc, true, Shape::SharedToken).await?;
+    let srv = start_accessgate(bin, em, http, WorkerLoad::BUSY).await?;
+    em.set_fault(&accessgate_emulator::FaultSpec {
+        target: accessgate_emulator::FaultTarget::Graph,
+        delay_ms: Some(GRAPH_DELAY_MS),
+        ..Default::default()
+    })?;
+    let wait = Duration::from_secs(30);
+    let conns = Conn::open_many(srv.addr, args.connections).await?;
+    let warm_ids: Vec<String> = calls.iter().map(|c| c.request_id.clone()).collect();
+    let (conns, _) = load::closed_loop(conns, &Work::once(calls), None, usize::MAX).await?;
+    // The warm-up's resumes finish before the measured load starts.
+    let t0 = SystemTime::now();
+    e2e::measure(em, &warm_ids, |_| t0, wait).await?;
+    let before = em.stats().resume_accepted;
+    let open_ids: Vec<String> = open_calls.iter().map(|c| c.request_id.clone()).collect();
+    let (conns, ack) =
+        load::open_loop(conns, &Work::once(open_calls), args.rate as f64, count).await?;
+    let resumes_during_ack = (em.stats().resume_accepted - before) as usize;
+    let period = Duration::from_secs_f64(1.0 / args.rate as f64);
+    let start = ack.start_wall;
+    let open = e2e::measure(em, &open_ids, |i| start + period.mul_f64(i as f64), wait).await?;
+    let burst_ids: Vec<String> = burst_calls.iter().map(|c| c.request_id.clone()).collect();
+    let t0 = SystemTime::now();
+    let (conns, burst_ingress) =
+        load::closed_loop(conns, &Work::once(burst_calls), None, usize::MAX).await?;
+    drop(conns);
+    // Closed loop: each callout's own send time is not kept; from the burst's start, so the
+    // latency includes the time the burst queued behind itself.
+    let burst = e2e::measure(em, &burst_ids, |_| t0, wait).await?;
+    em.clear_faults();
+    srv.stop().await?;
+    Ok(Busy {
+        ack,
+        open,
+        burst,
+        burst_ingress,
+        resumes_during_ack,
+    })
+}
+
+impl Busy {
+    fn report(&self, rate: u32) {
+        let l = &self.ack.latency;
+        let met = |ok: bool| if ok { "met" } else { "NOT met" };
+        println!(
+            "worker busy (64 concurrent, Graph answering in {GRAPH_DELAY_MS} ms): ack at {rate}/s p50 / p99 / max {:.2} / {:.2} / {:.2} ms (target p99 <= 5 ms: {}); the worker resumed {} callouts during that phase{}",
+            l.p50_ms,
+            l.p99_ms,
+            l.max_ms,
+            met(l.p99_ms <= 5.0),
+            self.resumes_during_ack,
+            if self.ack.tally.failures().is_empty() {
+                String::new()
+            } else {
+                format!("; non-202: {}", self.ack.tally.failures())
+            }
+        );
+        let o = &self.open;
+        println!(
+            "end to end at {rate}/s (due time to resume recorded): {}/{} resumed, p50 / p99 / max {:.1} / {:.1} / {:.1} ms (target p50 <= 20 ms: {})",
+            o.resumed,
+            o.sent,
+            o.latency.p50_ms,
+            o.latency.p99_ms,
+            o.latency.max_ms,
+            met(o.latency.p50_ms <= 20.0)
+        );
+        let b = &self.burst;
+        println!(
+            "end to end, closed-loop burst of {} (ingress {:.0}/s): {}/{} resumed, {:.0} resumes/s from the first send to the last resume (target >= 1000: {}); from the burst's start p50 / p99 {:.0} / {:.0} ms{}",
+            b.sent,
+            self.burst_ingress.rate(),
+            b.resumed,
+            b.sent,
+            b.throughput,
+            met(b.throughput >= 1000.0),
+            b.latency.p50_ms,
+            b.latency.p99_ms,
+            if self.burst_ingress.tally.failures().is_empty() {
+                String::new()
+            } else {
+                format!("; non-202: {}", self.burst_ingress.tally.failures())
+            }
+        );
     }
 }

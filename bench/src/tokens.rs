@@ -18,6 +18,8 @@ pub struct Callout {
     /// `PoP <SHR>`.
     pub authorization: HeaderValue,
     pub body: Bytes,
+    /// The assignment request's id, to find its resume in the emulator.
+    pub request_id: String,
 }
 
 /// The access token inside an SHR (the `at` member of its payload).
@@ -64,6 +66,7 @@ fn mint_range(
         out.push(Callout {
             authorization: HeaderValue::from_str(&format!("PoP {shr}"))?,
             body: Bytes::from(serde_json::to_vec(&flat_body(&fields))?),
+            request_id: fields.request_id.clone(),
         });
     }
     Ok(out)

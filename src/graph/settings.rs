@@ -131,14 +131,14 @@ impl Settings {
             "graph.max_requests_per_second",
             raw.max_requests_per_second,
             20,
-            1..=1000,
+            1..=10_000,
         );
         let circuit_failure_threshold = settings::in_range(
             p,
             "graph.circuit_failure_threshold",
             raw.circuit_failure_threshold,
             5,
-            1..=1000,
+            1..=10_000,
         );
         let circuit_open = settings::seconds(
             p,
