@@ -155,8 +155,10 @@ pub enum Requeue {
 
 #[derive(Clone)]
 pub struct SqliteQueue {
+    /// The one connection. The writer thread holds it for each group commit; only the CLI's
+    /// synchronous calls (`jobs`, start-up recovery) lock it from elsewhere.
     conn: Arc<Mutex<Connection>>,
-    writer: tokio::sync::mpsc::Sender<Insert>,
+    writer: tokio::sync::mpsc::Sender<Command>,
     /// Told of every job this process makes runnable (enqueue, wake), for idle workers.
     signal: Arc<tokio::sync::Notify>,
 }
@@ -172,19 +174,47 @@ struct Insert {
     reply: tokio::sync::oneshot::Sender<Result<EnqueueOutcome, StoreError>>,
 }
 
-/// At most this many enqueues share one transaction; beyond it, latency would suffer.
+/// Told after the commit: `None` when it succeeded, else why it failed.
+type Reply = Box<dyn FnOnce(Option<Arc<rusqlite::Error>>) + Send>;
+/// A worker's or the server's own statement (claim, settle, wake, readiness): run in the group
+/// commit's transaction (`None` when it could not begin), answered after the commit.
+type Op = Box<dyn for<'t> FnOnce(Option<&mut rusqlite::Transaction<'t>>) -> Reply + Send>;
+
+/// What the writer thread runs. Everything that writes goes through it, so a worker's claim
+/// or settle shares the next commit with the enqueues instead of holding the connection for a
+/// commit of its own while a `202` waits.
+enum Command {
+    Insert(Insert),
+    Op(Op),
+}
+
+/// A command run in the transaction, waiting for the commit's verdict.
+enum Done {
+    Insert(
+        tokio::sync::oneshot::Sender<Result<EnqueueOutcome, StoreError>>,
+        Result<EnqueueOutcome, StoreError>,
+    ),
+    Op(Reply),
+}
+
+/// At most this many commands share one transaction; beyond it, latency would suffer.
 const MAX_BATCH: usize = 256;
-/// Enqueues waiting for the writer; a full channel makes intake wait (back-pressure).
+/// Commands waiting for the writer; a full channel makes intake wait (back-pressure).
 const WRITER_QUEUE: usize = 4096;
 
-/// The group-commit writer: takes whatever enqueues are waiting, inserts them in one
+const INSERT_JOB: &str = "INSERT INTO jobs (stage_instance_id, request_id, stage, message, status, received_at, deadline_at, visible_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?5, ?5)
+                 ON CONFLICT(stage_instance_id) DO NOTHING";
+
+/// The group-commit writer: takes whatever commands are waiting, runs them in one
 /// transaction, commits once, then answers each. Ends when every queue handle is dropped.
 fn writer_loop(
     conn: Arc<Mutex<Connection>>,
-    mut rx: tokio::sync::mpsc::Receiver<Insert>,
+    mut rx: tokio::sync::mpsc::Receiver<Command>,
     signal: Arc<tokio::sync::Notify>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut done = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -193,67 +223,114 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        let results = match conn.lock() {
-            Ok(mut c) => insert_batch(&mut c, &batch),
-            Err(_) => Err(rusqlite::Error::InvalidQuery),
-        };
-        match results {
-            Ok(outcomes) => {
-                for (ins, outcome) in batch.drain(..).zip(outcomes) {
+        // A panic elsewhere while holding the lock left no transaction open (rusqlite rolls
+        // back on drop), so the connection is still usable.
+        let mut c = conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let verdict = run_batch(&mut c, &mut batch, &mut done);
+        drop(c);
+        let failed = verdict.err().map(Arc::new);
+        for d in done.drain(..) {
+            match d {
+                Done::Insert(reply, outcome) => {
+                    let outcome = match &failed {
+                        Some(e) => Err(StoreError::Commit(e.clone())),
+                        None => outcome,
+                    };
                     if matches!(outcome, Ok(EnqueueOutcome::Enqueued)) {
                         // Committed: an idle worker may claim it now (before the 202 is even
                         // written; the claim waits for nothing of the intake's).
                         signal.notify_one();
                     }
-                    let _ = ins.reply.send(outcome);
+                    let _ = reply.send(outcome);
                 }
-            }
-            Err(e) => {
-                let e = Arc::new(e);
-                for ins in batch.drain(..) {
-                    let _ = ins.reply.send(Err(StoreError::Commit(e.clone())));
-                }
+                Done::Op(reply) => reply(failed.clone()),
             }
         }
     }
 }
 
-type Outcomes = Vec<Result<EnqueueOutcome, StoreError>>;
+/// Runs `batch` in one transaction into `done`; the commit's result. When the transaction cannot
+/// begin, every command is still moved to `done` (and told of the failure).
+fn run_batch(
+    c: &mut Connection,
+    batch: &mut Vec<Command>,
+    done: &mut Vec<Done>,
+) -> Result<(), rusqlite::Error> {
+    let mut tx = match c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            for cmd in batch.drain(..) {
+                done.push(match cmd {
+                    Command::Insert(i) => Done::Insert(i.reply, Ok(EnqueueOutcome::Enqueued)),
+                    Command::Op(op) => Done::Op(op(None)),
+                });
+            }
+            return Err(e);
+        }
+    };
+    for cmd in batch.drain(..) {
+        done.push(match cmd {
+            // A statement error fails only its own command; the transaction goes on.
+            Command::Insert(i) => {
+                let outcome = insert_one(&tx, &i);
+                Done::Insert(i.reply, outcome)
+            }
+            Command::Op(op) => Done::Op(op(Some(&mut tx))),
+        });
+    }
+    tx.commit()
+}
 
-fn insert_batch(c: &mut Connection, batch: &[Insert]) -> Result<Outcomes, rusqlite::Error> {
-    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let mut out = Vec::with_capacity(batch.len());
-    {
-        let mut stmt = tx
-            .prepare_cached(
-                "INSERT INTO jobs (stage_instance_id, request_id, stage, message, status, received_at, deadline_at, visible_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?5, ?5)
-                 ON CONFLICT(stage_instance_id) DO NOTHING",
-        )?;
-        for i in batch {
-            // A statement error fails only its own enqueue; the transaction goes on.
-            out.push(
-                stmt.execute(params![
-                    i.sid,
-                    i.rid,
-                    i.stage,
-                    i.text,
-                    i.received_at,
-                    i.deadline_at
-                ])
-                .map(|n| {
-                    if n == 1 {
-                        EnqueueOutcome::Enqueued
-                    } else {
-                        EnqueueOutcome::Duplicate
-                    }
-                })
-                .map_err(StoreError::from),
-            );
+fn insert_one(tx: &rusqlite::Transaction<'_>, i: &Insert) -> Result<EnqueueOutcome, StoreError> {
+    let mut stmt = tx.prepare_cached(INSERT_JOB)?;
+    let n = stmt.execute(params![
+        i.sid,
+        i.rid,
+        i.stage,
+        i.text,
+        i.received_at,
+        i.deadline_at
+    ])?;
+    Ok(if n == 1 {
+        EnqueueOutcome::Enqueued
+    } else {
+        EnqueueOutcome::Duplicate
+    })
+}
+
+/// The wall clock in milliseconds, but strictly increasing within this process (the only one on
+/// its data directory): a claim's `claimed_at` and a wake's `woken_at` then order the two
+/// exactly, even when both fall in one millisecond (a wake during the attempt must be seen, an
+/// older one must not).
+fn stamp() -> i64 {
+    use std::sync::atomic::{AtomicI64, Ordering::SeqCst};
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let mut last = LAST.load(SeqCst);
+    loop {
+        let next = now_ms().max(last + 1);
+        match LAST.compare_exchange(last, next, SeqCst, SeqCst) {
+            Ok(_) => return next,
+            Err(l) => last = l,
         }
     }
-    tx.commit()?;
-    Ok(out)
+}
+
+/// Runs one command's statements under a savepoint, so a failed statement undoes only its own
+/// command's writes, not the enqueues that share the transaction.
+fn in_savepoint<T>(
+    tx: &mut rusqlite::Transaction<'_>,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let sp = tx.savepoint()?;
+    let r = f(&sp);
+    if matches!(r, Err(StoreError::Db(_))) {
+        drop(sp); // rolls back to the savepoint
+    } else {
+        sp.commit()?;
+    }
+    r
 }
 
 /// Held by the serving process so two processes never run one data directory.
@@ -306,17 +383,28 @@ impl SqliteQueue {
         })
     }
 
+    /// Runs `f` in the writer's next group commit; its result once that commit is durable.
     async fn run<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut c = conn.lock().map_err(|_| StoreError::Join)?;
-            f(&mut c)
-        })
-        .await
-        .map_err(|_| StoreError::Join)?
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let op: Op = Box::new(move |tx: Option<&mut rusqlite::Transaction<'_>>| -> Reply {
+            let result = tx.map(|tx| in_savepoint(tx, f));
+            Box::new(move |failed: Option<Arc<rusqlite::Error>>| {
+                let _ = reply.send(match (failed, result) {
+                    (Some(e), _) => Err(StoreError::Commit(e)),
+                    (None, Some(r)) => r,
+                    // Not reached: a commit succeeds only after its transaction began.
+                    (None, None) => Err(StoreError::Join),
+                });
+            })
+        });
+        self.writer
+            .send(Command::Op(op))
+            .await
+            .map_err(|_| StoreError::Join)?;
+        answer.await.map_err(|_| StoreError::Join)?
     }
 
     fn run_sync<T>(
@@ -342,7 +430,7 @@ impl SqliteQueue {
             reply,
         };
         self.writer
-            .send(insert)
+            .send(Command::Insert(insert))
             .await
             .map_err(|_| StoreError::Join)?;
         answer.await.map_err(|_| StoreError::Join)?
@@ -353,7 +441,7 @@ impl SqliteQueue {
     async fn take(&self, lease: Duration) -> Result<Option<Lease>, StoreError> {
         let token = uuid::Uuid::new_v4().to_string();
         self.run(move |c| {
-            let now = now_ms();
+            let now = stamp();
             let row = c
                 .query_row(
                     "UPDATE jobs SET status='running', attempts=attempts+1, lease=?1, visible_at=?2, updated_at=?3, claimed_at=?3,
@@ -573,8 +661,7 @@ impl Settle for SqliteQueue {
             return Err(StoreError::ForeignLease);
         };
         let (id, lease, wait) = (*id, lease.clone(), wait.clone());
-        self.run(move |c| {
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        self.run(move |tx| {
             let now = now_ms();
             // A wake that came while this attempt ran (after it was claimed) must not be missed.
             let woken_meanwhile: bool = match &wait.key {
@@ -601,7 +688,6 @@ impl Settle for SqliteQueue {
                     params![wait.until.unix_ms(), now, wait.key.as_ref().map(WaitKey::as_str), wait.reason, id, lease],
                 )?
             };
-            tx.commit()?;
             Ok(if n == 1 { Stored::Yes } else { Stored::LeaseLost })
         })
         .await
@@ -621,9 +707,8 @@ impl JobStore for SqliteQueue {
     async fn wake(&self, key: &WaitKey) -> Result<usize, StoreError> {
         let key = key.as_str().to_owned();
         let n = self
-            .run(move |c| {
-                let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-                let now = now_ms();
+            .run(move |tx| {
+                let now = stamp();
                 tx.execute(
                     "INSERT INTO wake_events (key, woken_at) VALUES (?1, ?2)
                  ON CONFLICT(key) DO UPDATE SET woken_at = excluded.woken_at",
@@ -638,7 +723,6 @@ impl JobStore for SqliteQueue {
                  WHERE status='waiting' AND wait_key=?2",
                 params![now, key],
             )?;
-                tx.commit()?;
                 Ok(n)
             })
             .await?;
@@ -696,12 +780,10 @@ impl JobStore for SqliteQueue {
     /// full disk, so they cannot tell whether a callout would be acknowledged.
     async fn ready(&self) -> Result<(), StoreError> {
         self.run(|c| {
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            tx.execute(
+            c.execute(
                 "INSERT OR REPLACE INTO readiness (id, at) VALUES (1, ?1)",
                 params![now_ms()],
             )?;
-            tx.commit()?;
             Ok(())
         })
         .await
