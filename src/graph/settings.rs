@@ -178,6 +178,26 @@ mod tests {
         p.into_parts().0
     }
 
+    /// The token's audience is the cloud's Graph resource: a proxy or emulator in
+    /// `graph.base_url` does not change it (README, `graph.scope`).
+    #[test]
+    fn the_default_scope_follows_the_cloud_not_the_base_url() {
+        for (cloud, scope) in [
+            ("global", "https://graph.microsoft.com/.default"),
+            ("usgov", "https://graph.microsoft.us/.default"),
+            ("usgov-dod", "https://dod-graph.microsoft.us/.default"),
+            ("china", "https://microsoftgraph.chinacloudapi.cn/.default"),
+        ] {
+            let cloud = Cloud::named(cloud).unwrap();
+            for base in ["", "base_url = \"https://graph-proxy.contoso.example\"\n"] {
+                let raw: Raw = toml::from_str(base).unwrap();
+                let mut p = Problems::default();
+                let s = Settings::from_raw(raw, &cloud, &mut p).unwrap();
+                assert_eq!(s.scope, scope, "{base}");
+            }
+        }
+    }
+
     #[test]
     fn graph_resilience_settings_have_bounds() {
         let errs = problems(
