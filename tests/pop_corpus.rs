@@ -2941,3 +2941,77 @@ async fn o_strictness_both_tokens_share() {
 async fn p_more_attacks() {
     run_rejecting("P attacks", attacker_cases).await;
 }
+
+/// The `at` member of a compact signed request.
+fn inner_at(shr: &str) -> String {
+    let payload = shr.trim_start_matches("PoP ").split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(&unb64(payload)).unwrap();
+    claims["at"].as_str().unwrap().to_owned()
+}
+
+/// A validated inner token is cached (tests/pop_corpus.rs shares one across requests, as Entra
+/// does), but the cache never stands in for the outer signature and never outlives the token:
+/// a tampered request around a cached token is refused, and so is the cached token once its own
+/// `exp` has passed (with no clock skew allowed).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cached_inner_token_still_needs_its_signature_and_expires_with_its_exp() {
+    let h = Harness::start_env(
+        "",
+        "",
+        vec![("ACCESSGATE_INBOUND__CLOCK_SKEW_SECONDS".into(), "0".into())],
+    )
+    .await;
+    let emu = h.emu();
+    let ctx = Ctx::new(h.emu(), h.ag.addr.to_string()).await;
+    let lifetime = 4;
+    let at = inner_at(&ctx.pop(PopOptions {
+        at: Some(MintOptions {
+            audience: Some(MGMT.into()),
+            expires_in_secs: Some(lifetime),
+            ..MintOptions::default()
+        }),
+        ..o()
+    }));
+    let minted = Instant::now();
+    let around = |tamper: bool| {
+        ctx.pop(PopOptions {
+            at_token: Some(at.clone()),
+            tamper_signature: tamper,
+            ..o()
+        })
+    };
+    let mut failures = Vec::new();
+    // First use validates and caches the token; the second is a cache hit.
+    for name in ["first use", "cache hit"] {
+        let (_, body) = waiting(&emu);
+        failures.extend(expect_accepted(&h, name, &around(false), &body).await);
+    }
+    let (_, body) = waiting(&emu);
+    let a = post(&h.callout_url(), &Auth::Text(around(true)), &body).await;
+    failures.extend(
+        check_refusal(
+            &h.ag,
+            "tampered request around a cached token",
+            &a,
+            401,
+            "pop_bad_signature",
+        )
+        .await,
+    );
+    // Past the token's own exp (whole seconds, so one more), a new valid request around it.
+    let past = Duration::from_secs(lifetime as u64 + 1);
+    tokio::time::sleep(past.saturating_sub(minted.elapsed())).await;
+    let (_, body) = waiting(&emu);
+    let a = post(&h.callout_url(), &Auth::Text(around(false)), &body).await;
+    failures.extend(
+        check_refusal(
+            &h.ag,
+            "cached token after its exp",
+            &a,
+            401,
+            "at_token_expired",
+        )
+        .await,
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
