@@ -292,6 +292,10 @@ pub enum CalloutError {
     /// Two parsers (ours, and whatever logged or forwarded the body) could read different values.
     #[error("body has a member that appears twice in one object")]
     Duplicate,
+    /// Members are read whatever their case (`Stage` or `stage`); two spellings in one object
+    /// would be read as one by us and perhaps as the other by another parser.
+    #[error("body has two members in one object whose names differ only in case")]
+    Ambiguous,
     #[error("required field {0} is missing")]
     Missing(&'static str),
     #[error("field {0} is invalid: {1}")]
@@ -304,6 +308,7 @@ impl CalloutError {
             CalloutError::NotJson => "malformed_json",
             CalloutError::NotObject => "not_an_object",
             CalloutError::Duplicate => "duplicate_member",
+            CalloutError::Ambiguous => "ambiguous_member",
             CalloutError::Missing(_) => "missing_field",
             CalloutError::Invalid(_, _) => "invalid_field",
         }
@@ -398,6 +403,9 @@ pub fn parse(body: &[u8]) -> Result<Parsed, CalloutError> {
         crate::strict_json::StrictError::NotAnObject => CalloutError::NotObject,
         crate::strict_json::StrictError::Duplicate => CalloutError::Duplicate,
     })?;
+    if crate::strict_json::has_case_variants(&top) {
+        return Err(CalloutError::Ambiguous);
+    }
     let top = &top;
 
     // The envelope carries the callout in `data`; the flat shape carries it at the top.

@@ -33,6 +33,31 @@ pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, StrictError> {
     }
 }
 
+/// Whether any object in `v` (at any depth) has two member names equal but for ASCII case.
+/// Readers that look members up case-insensitively ([`crate::json_lookup`]) would pick one of
+/// them; another parser might pick the other.
+pub fn has_case_variants(m: &Map<String, Value>) -> bool {
+    // Pairwise for the small objects callouts have; a set for a large (hostile) one.
+    let clash = if m.len() <= 16 {
+        let keys: Vec<&String> = m.keys().collect();
+        keys.iter()
+            .enumerate()
+            .any(|(i, a)| keys[i + 1..].iter().any(|b| a.eq_ignore_ascii_case(b)))
+    } else {
+        let mut seen = std::collections::HashSet::with_capacity(m.len());
+        !m.keys().all(|k| seen.insert(k.to_ascii_lowercase()))
+    };
+    clash || m.values().any(value_has_case_variants)
+}
+
+fn value_has_case_variants(v: &Value) -> bool {
+    match v {
+        Value::Object(m) => has_case_variants(m),
+        Value::Array(a) => a.iter().any(value_has_case_variants),
+        _ => false,
+    }
+}
+
 struct StrictValue;
 
 impl StrictValue {
@@ -121,6 +146,27 @@ impl<'de> Deserialize<'de> for StrictValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn case_variants_are_found_at_any_depth_in_small_and_large_objects() {
+        let m = |v: Value| v.as_object().unwrap().clone();
+        assert!(!has_case_variants(&m(
+            serde_json::json!({"Stage": 1, "data": {"a": [{"b": 1}]}})
+        )));
+        assert!(has_case_variants(&m(
+            serde_json::json!({"Stage": 1, "stage": 2})
+        )));
+        assert!(has_case_variants(&m(
+            serde_json::json!({"x": [{"Id": 1, "ID": 2}]})
+        )));
+        let mut large = Map::new();
+        for i in 0..40 {
+            large.insert(format!("k{i}"), Value::Null);
+        }
+        assert!(!has_case_variants(&large));
+        large.insert("K7".into(), Value::Null);
+        assert!(has_case_variants(&large));
+    }
 
     #[test]
     fn duplicates_are_refused_at_any_depth() {

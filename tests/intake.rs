@@ -150,6 +150,13 @@ async fn bad_input_gets_a_4xx_with_a_reason_logged_under_its_correlation_id_and_
             br#"{"Stage":"assignmentRequestCreated","CustomExtensionStageInstanceId":"s","AccessPackageAssignmentRequestId":"r","AccessPackageAssignmentRequestId":"r2"}"#.to_vec(), 400, "duplicate_member", "duplicate_member"),
         ("duplicate member in data", Some(good()), json,
             br#"{"type":"x","data":{"stage":"assignmentRequestCreated","stage":"assignmentRequestApproved","customExtensionStageInstanceId":"s","accessPackageAssignmentRequestId":"r"}}"#.to_vec(), 400, "duplicate_member", "duplicate_member"),
+        // Members are read whatever their case: two spellings in one object are ambiguous.
+        ("Stage and stage", Some(good()), json,
+            br#"{"Stage":"assignmentRequestCreated","stage":"assignmentRequestApproved","CustomExtensionStageInstanceId":"s","AccessPackageAssignmentRequestId":"r"}"#.to_vec(), 400, "ambiguous_member", "ambiguous_member"),
+        ("two casings of an id in data", Some(good()), json,
+            br#"{"type":"x","data":{"stage":"assignmentRequestCreated","customExtensionStageInstanceId":"s","CustomExtensionStageInstanceId":"s2","accessPackageAssignmentRequestId":"r"}}"#.to_vec(), 400, "ambiguous_member", "ambiguous_member"),
+        ("data and Data", Some(good()), json,
+            br#"{"type":"x","data":{"stage":"assignmentRequestCreated","customExtensionStageInstanceId":"s","accessPackageAssignmentRequestId":"r"},"Data":{}}"#.to_vec(), 400, "ambiguous_member", "ambiguous_member"),
         ("id with path characters", Some(good()), json,
             br#"{"Stage":"assignmentRequestCreated","CustomExtensionStageInstanceId":"s","AccessPackageAssignmentRequestId":"../users"}"#.to_vec(), 400, "invalid_field", "invalid_field"),
         ("no Authorization", None, json, body.clone().into_bytes(), 401, "unauthorized", "missing_authorization"),
