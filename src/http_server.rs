@@ -8,10 +8,11 @@
 //! `keep_alive_idle`. hyper's own `header_read_timeout` is not used: its timer also runs while a
 //! keep-alive connection is idle, so it cannot give the two different bounds.
 //!
-//! At `max_connections` the accept loop closes the oldest connection that has no request in
-//! progress (`Fresh` or `Idle`: nothing is lost) and accepts in its place; when every
-//! connection is mid-request it stops accepting (the kernel backlog holds new ones) until a
-//! slot frees, which the timeouts bound.
+//! At `max_connections` the accept loop closes the oldest idle keep-alive connection (nothing is
+//! lost), else the oldest connection with no complete request head 500 ms after it began
+//! (silent or slow-header: stalled), and accepts in its place; when every connection is
+//! mid-request or younger, it stops accepting (the kernel backlog holds new ones) until a slot
+//! frees, which the timeouts bound.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -53,6 +54,12 @@ impl Default for Limits {
 
 /// The default cap when the open-file limit is larger (memory stays small: a few KiB each).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// At the connection limit, a connection with no complete request head this long after it began
+/// may be closed to make room: Entra writes its head at once and gives up after 2 s, so it is a
+/// stalled or hostile client, and waiting for `header_read_timeout` would let a silent or
+/// slow-header flood hold every slot.
+const STALLED_HEAD: Duration = Duration::from_millis(500);
 
 /// File descriptors kept for everything but inbound connections (outbound HTTPS to Graph, Key
 /// Vault and Storage, SQLite and its WAL, logs, the listener): `nofile / 4`, 64 to 256.
@@ -177,9 +184,16 @@ impl Conn {
         }
     }
 
-    /// No request in progress: closing it loses nothing.
+    /// Closable to make room at the connection limit: idle after a response, or with no
+    /// complete request head `STALLED_HEAD` after it began (silent or slow-header: a flood of
+    /// either must not hold every slot until its header timeout). A connection just accepted is
+    /// not closed before it has had the chance to send its request.
     fn reclaimable(&self) -> bool {
-        matches!(self.get().0, Phase::Fresh | Phase::Idle)
+        match self.get() {
+            (Phase::Idle, _) => true,
+            (Phase::Fresh | Phase::Head, since) => since.elapsed() >= STALLED_HEAD,
+            (Phase::Busy, _) => false,
+        }
     }
 }
 
@@ -241,17 +255,18 @@ impl Registry {
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Asks the oldest connection with no request in progress to close; false if none.
+    /// Asks a reclaimable connection to close: the oldest idle one, else the oldest stalled
+    /// one; false if none.
     fn evict_oldest(&self) -> bool {
         let victim = self
             .lock()
             .values()
-            .filter(|c| !c.evicting.load(Ordering::Relaxed))
-            .filter_map(|c| {
+            .filter(|c| !c.evicting.load(Ordering::Relaxed) && c.reclaimable())
+            .map(|c| {
                 let (ph, since) = c.get();
-                matches!(ph, Phase::Fresh | Phase::Idle).then(|| (since, c.clone()))
+                ((ph != Phase::Idle, since), c.clone())
             })
-            .min_by_key(|(since, _)| *since)
+            .min_by_key(|(key, _)| *key)
             .map(|(_, c)| c);
         match victim {
             Some(c) => {
