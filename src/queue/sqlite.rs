@@ -440,7 +440,8 @@ impl SqliteQueue {
     /// died) is visible again, and so is a `waiting` job whose wake-up time has come.
     async fn take(&self, lease: Duration) -> Result<Option<Lease>, StoreError> {
         let token = uuid::Uuid::new_v4().to_string();
-        self.run(move |c| {
+        let lease_token = token.clone();
+        let row = self.run(move |c| {
             let now = stamp();
             let row = c
                 .query_row(
@@ -453,37 +454,45 @@ impl SqliteQueue {
                     |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, Option<String>>(3)?, r.get::<_, Option<String>>(4)?)),
                 )
                 .optional()?;
-            match row {
-                None => Ok(None),
-                Some((id, attempts, text, last_error, woken_by)) => {
-                    let job = match serde_json::from_str(&text) {
-                        Ok(m) => m,
-                        Err(e) => {
-                            // Retrying cannot make it readable: dead-letter it now, or it would be
-                            // claimed again after every lease forever.
-                            c.execute(
-                                "UPDATE jobs SET status='dead', outcome=?1, last_error=?1, lease=NULL WHERE id=?2",
-                                params![format!("stored job is unreadable: {e}"), id],
-                            )?;
-                            return Err(StoreError::Corrupt(format!("job {id}: {e}")));
-                        }
-                    };
-                    let woken_by = match woken_by.as_deref() {
-                        Some("event") => Some(WokenBy::Event),
-                        Some("timer") => Some(WokenBy::Timer),
-                        _ => None,
-                    };
-                    Ok(Some(Lease {
-                        job,
-                        attempt: u32::try_from(attempts).unwrap_or(u32::MAX),
-                        last_error,
-                        woken_by,
-                        token: LeaseToken::Sqlite { id, lease: token },
-                    }))
-                }
-            }
+            Ok(row)
         })
-        .await
+        .await?;
+        let Some((id, attempts, text, last_error, woken_by)) = row else {
+            return Ok(None);
+        };
+        // Decoded here, not on the writer thread, where it would hold up the group commit.
+        let job = match serde_json::from_str(&text) {
+            Ok(m) => m,
+            Err(e) => {
+                // Retrying cannot make it readable: dead-letter it now, or it would be claimed
+                // again after every lease forever.
+                let reason = format!("stored job is unreadable: {e}");
+                self.run(move |c| {
+                    c.execute(
+                        "UPDATE jobs SET status='dead', outcome=?1, last_error=?1, lease=NULL WHERE id=?2",
+                        params![reason, id],
+                    )?;
+                    Ok(())
+                })
+                .await?;
+                return Err(StoreError::Corrupt(format!("job {id}: {e}")));
+            }
+        };
+        let woken_by = match woken_by.as_deref() {
+            Some("event") => Some(WokenBy::Event),
+            Some("timer") => Some(WokenBy::Timer),
+            _ => None,
+        };
+        Ok(Some(Lease {
+            job,
+            attempt: u32::try_from(attempts).unwrap_or(u32::MAX),
+            last_error,
+            woken_by,
+            token: LeaseToken::Sqlite {
+                id,
+                lease: lease_token,
+            },
+        }))
     }
 
     async fn finish(
@@ -737,39 +746,42 @@ impl JobStore for SqliteQueue {
     }
 
     async fn waiting(&self, limit: usize) -> Result<Vec<WaitingJob>, StoreError> {
-        self.run(move |c| {
-            let mut stmt = c.prepare(
-                "SELECT message, visible_at, wait_key, wait_reason FROM jobs
-                 WHERE status='waiting' ORDER BY visible_at, id LIMIT ?1",
-            )?;
-            let rows = stmt
-                .query_map(params![i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, Option<String>>(2)?,
-                        r.get::<_, Option<String>>(3)?,
-                    ))
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(rows
-                .into_iter()
-                .filter_map(|(text, until, key, reason)| {
-                    let m: JobMessage = serde_json::from_str(&text).ok()?;
-                    Some(WaitingJob {
-                        stage_instance_id: m.callout.stage_instance_id.to_string(),
-                        request_id: m.callout.request_id.to_string(),
-                        stage: m.callout.stage.to_string(),
-                        correlation_id: m.correlation_id.clone(),
-                        until: Deadline::from_unix_ms(until),
-                        key: key.and_then(|k| WaitKey::parse(&k).ok()),
-                        reason: reason.unwrap_or_default(),
-                        deadline: m.deadline,
-                    })
+        let rows = self
+            .run(move |c| {
+                let mut stmt = c.prepare(
+                    "SELECT message, visible_at, wait_key, wait_reason FROM jobs
+                     WHERE status='waiting' ORDER BY visible_at, id LIMIT ?1",
+                )?;
+                let rows = stmt
+                    .query_map(params![i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, Option<String>>(2)?,
+                            r.get::<_, Option<String>>(3)?,
+                        ))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(rows)
+            })
+            .await?;
+        // Decoded off the writer thread.
+        Ok(rows
+            .into_iter()
+            .filter_map(|(text, until, key, reason)| {
+                let m: JobMessage = serde_json::from_str(&text).ok()?;
+                Some(WaitingJob {
+                    stage_instance_id: m.callout.stage_instance_id.to_string(),
+                    request_id: m.callout.request_id.to_string(),
+                    stage: m.callout.stage.to_string(),
+                    correlation_id: m.correlation_id.clone(),
+                    until: Deadline::from_unix_ms(until),
+                    key: key.and_then(|k| WaitKey::parse(&k).ok()),
+                    reason: reason.unwrap_or_default(),
+                    deadline: m.deadline,
                 })
-                .collect())
-        })
-        .await
+            })
+            .collect())
     }
 
     async fn counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
@@ -970,6 +982,26 @@ mod tests {
             .unwrap();
         let l = q.claim(Duration::from_secs(60)).await.unwrap().unwrap();
         assert_eq!(l.woken_by, None);
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_job_is_dead_lettered_at_its_first_claim() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = SqliteQueue::open(dir.path()).unwrap();
+        q.enqueue(&msg("bad")).await.unwrap();
+        q.run_sync(|c| Ok(c.execute("UPDATE jobs SET message='{not json'", [])?))
+            .unwrap();
+        let err = q.claim(Duration::from_secs(60)).await.err().unwrap();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+        assert!(q.claim(Duration::from_secs(0)).await.unwrap().is_none());
+        let dead = q.list(Some(JobStatus::Dead), 10).unwrap();
+        assert_eq!(dead.len(), 1);
+        assert!(
+            dead[0]
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("unreadable"))
+        );
     }
 
     #[tokio::test]
