@@ -277,7 +277,18 @@ fn run_batch(
                 let outcome = insert_one(&tx, &i);
                 Done::Insert(i.reply, outcome)
             }
-            Command::Op(op) => Done::Op(op(Some(&mut tx))),
+            Command::Op(op) => {
+                // A bug in one command must not end the writer thread (and with it every
+                // enqueue): its savepoint is rolled back as the panic unwinds, and its caller
+                // sees the queue as unavailable for that one call.
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(Some(&mut tx)))) {
+                    Ok(reply) => Done::Op(reply),
+                    Err(_) => {
+                        tracing::error!("a queue command panicked; its writes were rolled back");
+                        continue;
+                    }
+                }
+            }
         });
     }
     tx.commit()
@@ -982,6 +993,24 @@ mod tests {
             .unwrap();
         let l = q.claim(Duration::from_secs(60)).await.unwrap().unwrap();
         assert_eq!(l.woken_by, None);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_command_fails_alone_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = SqliteQueue::open(dir.path()).unwrap();
+        let r: Result<(), StoreError> = q
+            .run(|c| {
+                c.execute("DELETE FROM readiness", [])?;
+                panic!("a bug in a command");
+            })
+            .await;
+        assert!(matches!(r, Err(StoreError::Join)), "{r:?}");
+        assert_eq!(
+            q.enqueue(&msg("after")).await.unwrap(),
+            EnqueueOutcome::Enqueued
+        );
+        assert!(q.claim(Duration::from_secs(60)).await.unwrap().is_some());
     }
 
     #[tokio::test]
