@@ -184,16 +184,22 @@ impl Conn {
         }
     }
 
-    /// Closable to make room at the connection limit: idle after a response, or with no
-    /// complete request head `STALLED_HEAD` after it began (silent or slow-header: a flood of
-    /// either must not hold every slot until its header timeout). A connection just accepted is
-    /// not closed before it has had the chance to send its request.
+    /// Closable to make room at the connection limit (see [`reclaimable`]).
     fn reclaimable(&self) -> bool {
-        match self.get() {
-            (Phase::Idle, _) => true,
-            (Phase::Fresh | Phase::Head, since) => since.elapsed() >= STALLED_HEAD,
-            (Phase::Busy, _) => false,
-        }
+        let (ph, since) = self.get();
+        reclaimable(ph, since)
+    }
+}
+
+/// Closable to make room at the connection limit: idle after a response, or with no complete
+/// request head `STALLED_HEAD` after it began (silent or slow-header: a flood of either must not
+/// hold every slot until its header timeout). A connection just accepted is not closed before it
+/// has had the chance to send its request.
+fn reclaimable(ph: Phase, since: Instant) -> bool {
+    match ph {
+        Phase::Idle => true,
+        Phase::Fresh | Phase::Head => since.elapsed() >= STALLED_HEAD,
+        Phase::Busy => false,
     }
 }
 
@@ -261,10 +267,11 @@ impl Registry {
         let victim = self
             .lock()
             .values()
-            .filter(|c| !c.evicting.load(Ordering::Relaxed) && c.reclaimable())
-            .map(|c| {
+            .filter(|c| !c.evicting.load(Ordering::Relaxed))
+            .filter_map(|c| {
+                // One read of the phase for both the test and the order.
                 let (ph, since) = c.get();
-                ((ph != Phase::Idle, since), c.clone())
+                reclaimable(ph, since).then(|| ((ph != Phase::Idle, since), c.clone()))
             })
             .min_by_key(|(key, _)| *key)
             .map(|(_, c)| c);

@@ -2943,9 +2943,9 @@ async fn p_more_attacks() {
 }
 
 /// The `at` member of a compact signed request.
-fn inner_at(shr: &str) -> String {
-    let payload = shr.trim_start_matches("PoP ").split('.').nth(1).unwrap();
-    let claims: Value = serde_json::from_slice(&unb64(payload)).unwrap();
+fn inner_at(auth: &str) -> String {
+    let (_, payload, _) = segments(auth);
+    let claims: Value = serde_json::from_slice(&unb64(&payload)).unwrap();
     claims["at"].as_str().unwrap().to_owned()
 }
 

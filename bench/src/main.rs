@@ -665,20 +665,20 @@ async fn worker_busy(
     })?;
     let wait = Duration::from_secs(30);
     let conns = Conn::open_many(srv.addr, args.connections).await?;
-    let warm_ids: Vec<String> = calls.iter().map(|c| c.request_id.clone()).collect();
+    let warm_ids = tokens::request_ids(&calls);
     let (conns, _) = load::closed_loop(conns, &Work::once(calls), None, usize::MAX).await?;
     // The warm-up's resumes finish before the measured load starts.
     let t0 = SystemTime::now();
     e2e::measure(em, &warm_ids, |_| t0, wait).await?;
     let before = em.stats().resume_accepted;
-    let open_ids: Vec<String> = open_calls.iter().map(|c| c.request_id.clone()).collect();
+    let open_ids = tokens::request_ids(&open_calls);
     let (conns, ack) =
         load::open_loop(conns, &Work::once(open_calls), args.rate as f64, count).await?;
     let resumes_during_ack = (em.stats().resume_accepted - before) as usize;
     let period = Duration::from_secs_f64(1.0 / args.rate as f64);
     let start = ack.start_wall;
     let open = e2e::measure(em, &open_ids, |i| start + period.mul_f64(i as f64), wait).await?;
-    let burst_ids: Vec<String> = burst_calls.iter().map(|c| c.request_id.clone()).collect();
+    let burst_ids = tokens::request_ids(&burst_calls);
     let t0 = SystemTime::now();
     let (conns, burst_ingress) =
         load::closed_loop(conns, &Work::once(burst_calls), None, usize::MAX).await?;

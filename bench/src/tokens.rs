@@ -22,6 +22,11 @@ pub struct Callout {
     pub request_id: String,
 }
 
+/// The assignment request ids of `calls`, in order.
+pub fn request_ids(calls: &[Callout]) -> Vec<String> {
+    calls.iter().map(|c| c.request_id.clone()).collect()
+}
+
 /// The access token inside an SHR (the `at` member of its payload).
 fn inner_access_token(shr: &str) -> anyhow::Result<String> {
     let payload = shr.split('.').nth(1).context("SHR is not a compact JWS")?;

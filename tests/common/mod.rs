@@ -135,6 +135,27 @@ impl Harness {
 
     /// Like [`Harness::start_with`], with environment overrides (`ACCESSGATE_GRAPH__…`) added.
     pub async fn start_env(inbound: &str, extra: &str, env: Vec<(String, String)>) -> Harness {
+        Self::start_under(Vec::new(), inbound, extra, env).await
+    }
+
+    /// Like [`Harness::start_env`], with accessgate's open-file limit (soft and hard, so the
+    /// raise at start-up cannot lift it) set to `nofile` by util-linux `prlimit`.
+    pub async fn start_nofile(nofile: u64, env: Vec<(String, String)>) -> Harness {
+        let wrapper = vec![
+            "prlimit".to_string(),
+            format!("--nofile={nofile}:{nofile}"),
+            "--".to_string(),
+        ];
+        Self::start_under(wrapper, "", "", env).await
+    }
+
+    /// Emulator + accessgate serve run under `wrapper` (see [`Accessgate::spawn_under`]).
+    async fn start_under(
+        wrapper: Vec<String>,
+        inbound: &str,
+        extra: &str,
+        env: Vec<(String, String)>,
+    ) -> Harness {
         let emu = start_emulator().await;
         let dir = tempfile::tempdir().unwrap();
         let config_path = write_config_with(dir.path(), &emu.handle(), inbound, extra);
@@ -146,26 +167,6 @@ impl Harness {
             ));
         }
         all.extend(env);
-        let ag = Accessgate::spawn(&config_path, all, &["serve"]).await;
-        Harness { emu, ag, dir }
-    }
-
-    /// Like [`Harness::start_env`], with accessgate's open-file limit (soft and hard, so the
-    /// raise at start-up cannot lift it) set to `nofile` by util-linux `prlimit`.
-    pub async fn start_nofile(nofile: u64, env: Vec<(String, String)>) -> Harness {
-        let emu = start_emulator().await;
-        let dir = tempfile::tempdir().unwrap();
-        let config_path = write_config_with(dir.path(), &emu.handle(), "", "");
-        let mut all = vec![(
-            "ACCESSGATE_CREDENTIALS__CLIENT_SECRET".to_string(),
-            emu.handle().config().graph_client_secret.clone(),
-        )];
-        all.extend(env);
-        let wrapper = vec![
-            "prlimit".to_string(),
-            format!("--nofile={nofile}:{nofile}"),
-            "--".to_string(),
-        ];
         let ag = Accessgate::spawn_under(wrapper, &config_path, all, &["serve"]).await;
         Harness { emu, ag, dir }
     }
