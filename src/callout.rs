@@ -6,12 +6,13 @@
 //! [`Callout::raw`] so nothing the tenant sends is lost.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::json_lookup::{get_ci, get_ci_value};
+use crate::json_lookup::{get_ci, get_ci_value, take_ci};
 
 /// An entitlement-management custom extension stage (`accessPackageCustomExtensionStage`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -254,6 +255,10 @@ pub struct Callout {
     pub shape: WireShape,
     /// The callout object exactly as received (the `data` object for the envelope shape).
     pub raw: Value,
+    /// The whole body as received. A job stores this rather than the fields above and parses it
+    /// again when it is claimed; `None` for a callout read from an old (v1) job message.
+    #[serde(skip)]
+    pub verbatim: Option<Arc<str>>,
 }
 
 impl Callout {
@@ -398,7 +403,7 @@ pub fn callback_path_names_request(path: &str, request_id: &Id) -> bool {
 
 /// Parses a request body into a callout, a connection test, or an unknown stage.
 pub fn parse(body: &[u8]) -> Result<Parsed, CalloutError> {
-    let top = crate::strict_json::parse_object(body).map_err(|e| match e {
+    let mut top = crate::strict_json::parse_object(body).map_err(|e| match e {
         crate::strict_json::StrictError::NotJson => CalloutError::NotJson,
         crate::strict_json::StrictError::NotAnObject => CalloutError::NotObject,
         crate::strict_json::StrictError::Duplicate => CalloutError::Duplicate,
@@ -406,20 +411,36 @@ pub fn parse(body: &[u8]) -> Result<Parsed, CalloutError> {
     if crate::strict_json::has_case_variants(&top) {
         return Err(CalloutError::Ambiguous);
     }
-    let top = &top;
-
     // The envelope carries the callout in `data`; the flat shape carries it at the top.
-    let (obj, shape) = match get_obj(top, "data") {
+    let shape = match get_obj(&top, "data") {
         Some(data)
             if get(data, "stage").is_some()
                 || get(data, "customExtensionStageInstanceId").is_some()
                 || get(data, "@odata.type").is_some() =>
         {
-            (data, WireShape::Envelope)
+            WireShape::Envelope
         }
-        _ => (top, WireShape::Flat),
+        _ => WireShape::Flat,
     };
+    let obj = match shape {
+        WireShape::Envelope => get_obj(&top, "data").unwrap_or(&top),
+        WireShape::Flat => &top,
+    };
+    let mut parsed = parse_fields(obj, shape)?;
+    if let Parsed::Callout(c) = &mut parsed {
+        // The parsed tree becomes the verbatim copy: moved, not cloned.
+        c.raw = match shape {
+            WireShape::Envelope => take_ci(&mut top, "data").unwrap_or(Value::Null),
+            WireShape::Flat => Value::Object(top),
+        };
+        // Valid JSON is valid UTF-8; should that ever fail, the job keeps the parsed fields (v1).
+        c.verbatim = std::str::from_utf8(body).ok().map(Arc::from);
+    }
+    Ok(parsed)
+}
 
+/// The callout's fields in `obj` (the top object, or the envelope's `data`).
+fn parse_fields(obj: &Map<String, Value>, shape: WireShape) -> Result<Parsed, CalloutError> {
     let stage_text = get_text(obj, "stage")?;
     // The legacy ("Regular") test event is `Event: CustomActionConnectionTest` (protocol.md §2).
     let is_test = |s: &str| {
@@ -497,7 +518,8 @@ pub fn parse(body: &[u8]) -> Result<Parsed, CalloutError> {
         requestor: subject(get_obj(obj, "requestor")),
         answers,
         shape,
-        raw: Value::Object(obj.clone()),
+        raw: Value::Null,
+        verbatim: None,
     })))
 }
 

@@ -223,8 +223,9 @@ fn output_header_name(lower: &str) -> String {
 /// Azure Storage queue messages hold 64 KiB, base64-encoded by the host: about 48 KiB of text.
 const MAX_QUEUE_TEXT: usize = 48 * 1024;
 
-/// The job as queue text. A callout too large for a message first loses its verbatim copy
-/// (`raw`; the parsed fields stay); if it is still too large it is refused with a 413.
+/// The job as queue text. A callout too large for a message is stored without its verbatim
+/// copy, as the parsed fields alone (the v1 form, with no `raw`); if that is still too large it
+/// is refused with a 413.
 fn queue_text(mut job: JobMessage) -> Result<(String, JobMessage), IntakeError> {
     let text = serde_json::to_string(&job).map_err(|_| IntakeError::TooLargeForQueue)?;
     if text.len() <= MAX_QUEUE_TEXT {
@@ -235,6 +236,7 @@ fn queue_text(mut job: JobMessage) -> Result<(String, JobMessage), IntakeError> 
         "callout too large for a queue message; dropping its verbatim copy"
     );
     job.callout.raw = Value::Null;
+    job.callout.verbatim = None;
     let text = serde_json::to_string(&job).map_err(|_| IntakeError::TooLargeForQueue)?;
     if text.len() <= MAX_QUEUE_TEXT {
         Ok((text, job))

@@ -248,16 +248,23 @@ pub async fn admit_verified(
 }
 
 /// The JSON body of a 202: what became of the callout (`accepted`, `duplicate`,
-/// `connection-test`, `ignored`) and the correlation id.
-pub fn accepted_body(status: &str, correlation_id: &str) -> serde_json::Value {
-    serde_json::json!({"status": status, "correlationId": correlation_id})
+/// `connection-test`, `ignored`) and the correlation id. A struct rather than a `json!` map:
+/// this is written for every callout.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AcceptedBody<'a> {
+    pub status: &'a str,
+    pub correlation_id: &'a str,
 }
 
 /// The 202 both hosts answer once a callout is safe (queued, or nothing to queue).
 pub fn accepted(status: &str, correlation_id: &CorrelationId) -> Response {
     let mut resp = (
         StatusCode::ACCEPTED,
-        axum::Json(accepted_body(status, correlation_id.as_str())),
+        axum::Json(AcceptedBody {
+            status,
+            correlation_id: correlation_id.as_str(),
+        }),
     )
         .into_response();
     correlation_id.set_header(&mut resp);

@@ -14,6 +14,15 @@ pub fn get_ci<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
     })
 }
 
+/// Removes and returns what [`get_ci`] would find (the object's order may change).
+pub fn take_ci(obj: &mut Map<String, Value>, key: &str) -> Option<Value> {
+    if let Some(v) = obj.remove(key) {
+        return Some(v);
+    }
+    let name = obj.keys().find(|k| k.eq_ignore_ascii_case(key))?.clone();
+    obj.remove(&name)
+}
+
 /// [`get_ci`] on a value that may not be an object (then `None`).
 pub fn get_ci_value<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
     get_ci(v.as_object()?, key)

@@ -107,7 +107,10 @@ async fn http_trigger_answers_202_and_emits_the_job_then_the_queue_trigger_resum
         "JSON text, never a bare string the host could base64-decode"
     );
     let job: Value = serde_json::from_str(job_text).unwrap();
-    assert_eq!(job["callout"]["stageInstanceId"], sid.as_str());
+    // The compact (v2) job: the callout body exactly as Entra sent it, parsed again when run.
+    assert_eq!(job["v"], 2);
+    assert_eq!(job["body"], body.as_str());
+    assert!(body.contains(sid.as_str()));
 
     // The host hands the message back JSON-encoded once more.
     let mut q = fixture("queue-trigger.json");
@@ -216,7 +219,8 @@ async fn queue_trigger_asks_the_host_to_retry_when_graph_is_down_and_poison_is_d
     assert_eq!(status, 200);
     let dl: Value = serde_json::from_str(out["Outputs"]["deadletter"].as_str().unwrap()).unwrap();
     assert!(dl["reason"].as_str().unwrap().contains("maxDequeueCount"));
-    assert_eq!(dl["message"]["callout"]["stageInstanceId"], sid.as_str());
+    assert_eq!(dl["message"]["body"], body.as_str());
+    assert!(body.contains(sid.as_str()));
 
     // An unreadable message cannot get better by retrying: dead-lettered at once.
     let mut q = fixture("queue-trigger.json");
@@ -235,7 +239,7 @@ async fn queue_trigger_asks_the_host_to_retry_when_graph_is_down_and_poison_is_d
 async fn callouts_too_large_for_a_queue_message_are_trimmed_or_refused_in_res() {
     let fx = start().await;
     let emu = fx.emu.handle();
-    // 60 KB of unknown fields: the verbatim copy is dropped, the parsed callout is queued.
+    // 60 KB of unknown fields: the verbatim copy is dropped, the parsed callout is queued (v1).
     let mut body: Value =
         serde_json::from_str(&flat_body("assignmentRequestCreated", "r-big", "s-big")).unwrap();
     body["Extra"] = json!("x".repeat(60 * 1024));
@@ -248,10 +252,10 @@ async fn callouts_too_large_for_a_queue_message_are_trimmed_or_refused_in_res() 
     );
     let job = out["Outputs"]["job"].as_str().unwrap();
     assert!(job.len() <= 48 * 1024);
-    assert_eq!(
-        serde_json::from_str::<Value>(job).unwrap()["callout"]["stageInstanceId"],
-        "s-big"
-    );
+    let job: Value = serde_json::from_str(job).unwrap();
+    assert_eq!(job["v"], 1);
+    assert_eq!(job["callout"]["stageInstanceId"], "s-big");
+    assert!(job.get("body").is_none());
 
     // Answers that alone exceed a queue message: refused with 413 inside res, nothing queued.
     body["Answers"] = json!([{"value": "y".repeat(60 * 1024)}]);
