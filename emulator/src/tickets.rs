@@ -743,22 +743,24 @@ pub(crate) fn set_closed_states(
     Ok(())
 }
 
-/// Parses a request body as a JSON object (ServiceNow's error shape otherwise).
-fn object_body(body: &Bytes) -> Result<Map<String, Value>, Response> {
-    let bad = || {
-        failure(
-            StatusCode::BAD_REQUEST,
-            "Exception while reading request",
-            Some("The payload is not valid JSON."),
-        )
-    };
+/// A request body as a JSON object (empty = no fields); `None` when it is not one.
+fn object_body(body: &Bytes) -> Option<Map<String, Value>> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Map::new());
+        return Some(Map::new());
     }
     match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(o)) => Ok(o),
-        _ => Err(bad()),
+        Ok(Value::Object(o)) => Some(o),
+        _ => None,
     }
+}
+
+/// ServiceNow's answer to a body that is not a JSON object.
+fn bad_payload() -> Response {
+    failure(
+        StatusCode::BAD_REQUEST,
+        "Exception while reading request",
+        Some("The payload is not valid JSON."),
+    )
 }
 
 fn not_found() -> Response {
@@ -795,12 +797,9 @@ pub(crate) async fn create(
         record(&mut inner, "POST", target, StatusCode::BAD_REQUEST);
         return invalid_table(&table);
     }
-    let given = match object_body(&body) {
-        Ok(given) => given,
-        Err(resp) => {
-            record(&mut inner, "POST", target, StatusCode::BAD_REQUEST);
-            return resp;
-        }
+    let Some(given) = object_body(&body) else {
+        record(&mut inner, "POST", target, StatusCode::BAD_REQUEST);
+        return bad_payload();
     };
     let user = inner.servicenow.creds.username.clone();
     let row = insert(&mut inner, &table, &given, &user);
@@ -834,12 +833,9 @@ pub(crate) async fn update_route(
     }
     let (resp, pending) = {
         let mut inner = state.lock();
-        let given = match object_body(&body) {
-            Ok(given) => given,
-            Err(resp) => {
-                record(&mut inner, &method, target, StatusCode::BAD_REQUEST);
-                return resp;
-            }
+        let Some(given) = object_body(&body) else {
+            record(&mut inner, &method, target, StatusCode::BAD_REQUEST);
+            return bad_payload();
         };
         let user = inner.servicenow.creds.username.clone();
         match update(&mut inner, &table, &sys_id, &given, &user) {
@@ -905,12 +901,9 @@ pub(crate) async fn order_now(
         return resp;
     }
     let mut inner = state.lock();
-    let given = match object_body(&body) {
-        Ok(given) => given,
-        Err(resp) => {
-            record(&mut inner, "POST", target, StatusCode::BAD_REQUEST);
-            return resp;
-        }
+    let Some(given) = object_body(&body) else {
+        record(&mut inner, "POST", target, StatusCode::BAD_REQUEST);
+        return bad_payload();
     };
     let Some(cat_item) = find(&inner, "sc_cat_item", &item).cloned() else {
         record(&mut inner, "POST", target, StatusCode::NOT_FOUND);
