@@ -24,6 +24,7 @@ use crate::msi;
 use crate::principals::{self, Grants};
 use crate::sender::{self, SendOptions};
 use crate::state::AppState;
+use crate::tickets;
 
 /// Everything the emulator serves.
 pub(crate) fn router(state: AppState) -> Router {
@@ -55,6 +56,18 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .route("/_emulator/servicenow/settings", put(sn_settings))
         .route("/_emulator/servicenow/calls", get(sn_calls))
+        .route(
+            "/_emulator/servicenow/webhook",
+            put(sn_webhook).delete(sn_webhook_clear),
+        )
+        .route("/_emulator/servicenow/webhooks", get(sn_webhooks))
+        .route("/_emulator/servicenow/tickets", get(sn_tickets))
+        .route(
+            "/_emulator/servicenow/tickets/{table}/{sys_id}/close",
+            post(sn_close),
+        )
+        .route("/_emulator/servicenow/catalog-items", post(sn_catalog_item))
+        .route("/_emulator/servicenow/closed-states", put(sn_closed_states))
         .nest(
             "/v1.0",
             graph::routes("v1.0").route_layer(middleware::from_fn_with_state(
@@ -382,4 +395,87 @@ async fn sn_settings(State(state): State<AppState>, body: Bytes) -> Response {
 
 async fn sn_calls(State(state): State<AppState>) -> Response {
     Json(state.lock().servicenow.calls.clone()).into_response()
+}
+
+async fn sn_webhook(State(state): State<AppState>, body: Bytes) -> Response {
+    let settings: tickets::WebhookSettings = match serde_json::from_slice(&body) {
+        Ok(s) => s,
+        Err(err) => return bad_json(&err),
+    };
+    match tickets::set_webhook(&state, &settings) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(err) => control_error(StatusCode::BAD_REQUEST, format!("{err:#}")),
+    }
+}
+
+async fn sn_webhook_clear(State(state): State<AppState>) -> Response {
+    tickets::clear_webhook(&state);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn sn_webhooks(State(state): State<AppState>) -> Response {
+    Json(tickets::deliveries(&state)).into_response()
+}
+
+async fn sn_tickets(State(state): State<AppState>) -> Response {
+    Json(tickets::tickets(&state)).into_response()
+}
+
+async fn sn_close(
+    State(state): State<AppState>,
+    Path((table, sys_id)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let close: tickets::CloseTicket = match parse_body(&body) {
+        Ok(c) => c,
+        Err(err) => return bad_json(&err),
+    };
+    match tickets::close(&state, &table, &sys_id, &close) {
+        Ok(view) => Json(view).into_response(),
+        Err(err) if err.to_string().starts_with("no record") => {
+            control_error(StatusCode::NOT_FOUND, format!("{err:#}"))
+        }
+        Err(err) => control_error(StatusCode::BAD_REQUEST, format!("{err:#}")),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogItemBody {
+    #[serde(default)]
+    sys_id: Option<String>,
+    name: String,
+}
+
+async fn sn_catalog_item(State(state): State<AppState>, body: Bytes) -> Response {
+    let item: CatalogItemBody = match serde_json::from_slice(&body) {
+        Ok(i) => i,
+        Err(err) => return bad_json(&err),
+    };
+    match tickets::add_catalog_item(&state, item.sys_id.as_deref(), &item.name) {
+        Ok(sys_id) => (
+            StatusCode::CREATED,
+            Json(json!({ "sys_id": sys_id, "name": item.name })),
+        )
+            .into_response(),
+        Err(err) => control_error(StatusCode::BAD_REQUEST, format!("{err:#}")),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClosedStatesBody {
+    table: String,
+    states: Vec<String>,
+}
+
+async fn sn_closed_states(State(state): State<AppState>, body: Bytes) -> Response {
+    let b: ClosedStatesBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(err) => return bad_json(&err),
+    };
+    match tickets::set_closed_states(&state, &b.table, &b.states) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(err) => control_error(StatusCode::BAD_REQUEST, format!("{err:#}")),
+    }
 }

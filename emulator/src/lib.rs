@@ -34,6 +34,7 @@ pub mod principals;
 pub mod sender;
 pub mod servicenow;
 mod state;
+pub mod tickets;
 
 use std::net::SocketAddr;
 use std::ops::Deref;
@@ -57,6 +58,9 @@ pub use pop::{PopKey, PopKeyKind, PopOptions};
 pub use sender::{AuthScheme, SendOptions, SendReport, Shape};
 pub use servicenow::{ServiceNowCall, ServiceNowCredentials};
 pub use state::Stats;
+pub use tickets::{
+    CloseTicket, ClosedEvent, JournalEntry, TicketView, WebhookDelivery, WebhookSettings,
+};
 
 use state::{AppState, Shared};
 
@@ -478,6 +482,48 @@ impl Emulator {
     /// Every ServiceNow call (at most 10000), oldest first.
     pub fn servicenow_calls(&self) -> Vec<ServiceNowCall> {
         self.state.lock().servicenow.calls.clone()
+    }
+
+    /// Turns on the ServiceNow business rule's webhook (see [`WebhookSettings`]).
+    pub fn set_servicenow_webhook(&self, settings: &WebhookSettings) -> anyhow::Result<()> {
+        tickets::set_webhook(&self.state, settings)
+    }
+
+    /// Turns the webhook off (the business rule then posts nothing).
+    pub fn clear_servicenow_webhook(&self) {
+        tickets::clear_webhook(&self.state);
+    }
+
+    /// Every webhook delivery attempt (dropped ones included), oldest first.
+    pub fn servicenow_webhooks(&self) -> Vec<WebhookDelivery> {
+        tickets::deliveries(&self.state)
+    }
+
+    /// Every ServiceNow record created through the API that still exists, oldest first.
+    pub fn servicenow_tickets(&self) -> Vec<TicketView> {
+        tickets::tickets(&self.state)
+    }
+
+    /// Closes a ServiceNow record as an agent would (state, close notes, `active` false),
+    /// firing the business rule; the webhook post, if any, runs on the current tokio runtime.
+    pub fn close_servicenow_ticket(
+        &self,
+        table: &str,
+        sys_id: &str,
+        close: &CloseTicket,
+    ) -> anyhow::Result<TicketView> {
+        tickets::close(&self.state, table, sys_id, close)
+    }
+
+    /// Adds a `sc_cat_item` row that `order_now` accepts; returns its sys_id.
+    pub fn add_servicenow_catalog_item(&self, name: &str) -> anyhow::Result<String> {
+        tickets::add_catalog_item(&self.state, None, name)
+    }
+
+    /// Replaces the closed states of `table` (defaults: [`tickets::default_closed_states`]).
+    pub fn set_servicenow_closed_states(&self, table: &str, states: &[&str]) -> anyhow::Result<()> {
+        let states: Vec<String> = states.iter().map(|s| (*s).to_owned()).collect();
+        tickets::set_closed_states(&self.state, table, &states)
     }
 
     /// Sends a callout like Entra, minting the token and registering the request in-process.

@@ -45,6 +45,8 @@ pub(crate) struct ServiceNowState {
     pub invalid_query_returns_no_rows: bool,
     pub tokens: BTreeSet<String>,
     pub calls: Vec<ServiceNowCall>,
+    /// Records written through the API, journal, business rule and webhook (`tickets`).
+    pub book: crate::tickets::TicketBook,
 }
 
 impl ServiceNowState {
@@ -60,11 +62,12 @@ impl ServiceNowState {
             invalid_query_returns_no_rows: false,
             tokens: BTreeSet::new(),
             calls: Vec::new(),
+            book: crate::tickets::TicketBook::default(),
         }
     }
 }
 
-fn failure(status: StatusCode, message: &str, detail: Option<&str>) -> Response {
+pub(crate) fn failure(status: StatusCode, message: &str, detail: Option<&str>) -> Response {
     (
         status,
         Json(json!({"error": {"message": message, "detail": detail}, "status": "failure"})),
@@ -72,7 +75,7 @@ fn failure(status: StatusCode, message: &str, detail: Option<&str>) -> Response 
         .into_response()
 }
 
-fn record(inner: &mut Inner, method: &str, target: String, status: StatusCode) {
+pub(crate) fn record(inner: &mut Inner, method: &str, target: String, status: StatusCode) {
     inner.stats.servicenow_calls += 1;
     if inner.servicenow.calls.len() < 10_000 {
         inner.servicenow.calls.push(ServiceNowCall {
@@ -231,7 +234,7 @@ fn parse_query(q: &str, fields: &BTreeSet<String>, strict: bool) -> Option<Vec<V
     Some(groups)
 }
 
-fn render(
+pub(crate) fn render(
     inner: &Inner,
     base: &str,
     row: &Map<String, Value>,
@@ -271,9 +274,14 @@ fn render(
 }
 
 /// Faults, then authentication: the answer to send instead, if any (recorded in the call log).
-async fn admit(state: &AppState, headers: &HeaderMap, target: &str) -> Option<Response> {
+pub(crate) async fn admit(
+    state: &AppState,
+    headers: &HeaderMap,
+    method: &str,
+    target: &str,
+) -> Option<Response> {
     if let Some(resp) = faults::apply(state, FaultTarget::ServiceNow).await {
-        record(&mut state.lock(), "GET", target.to_owned(), resp.status());
+        record(&mut state.lock(), method, target.to_owned(), resp.status());
         return Some(resp);
     }
     let mut inner = state.lock();
@@ -282,7 +290,7 @@ async fn admit(state: &AppState, headers: &HeaderMap, target: &str) -> Option<Re
     }
     record(
         &mut inner,
-        "GET",
+        method,
         target.to_owned(),
         StatusCode::UNAUTHORIZED,
     );
@@ -301,7 +309,7 @@ async fn table(
     uri: axum::http::Uri,
 ) -> Response {
     let target = uri.to_string();
-    if let Some(resp) = admit(&state, &headers, &target).await {
+    if let Some(resp) = admit(&state, &headers, "GET", &target).await {
         return resp;
     }
     let mut inner = state.lock();
@@ -350,7 +358,7 @@ async fn record_by_id(
     uri: axum::http::Uri,
 ) -> Response {
     let target = uri.to_string();
-    if let Some(resp) = admit(&state, &headers, &target).await {
+    if let Some(resp) = admit(&state, &headers, "GET", &target).await {
         return resp;
     }
     let mut inner = state.lock();
@@ -419,7 +427,20 @@ async fn oauth_token(
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
-        .route("/api/now/table/{table}", get(table))
-        .route("/api/now/table/{table}/{sys_id}", get(record_by_id))
+        .route(
+            "/api/now/table/{table}",
+            get(table).post(crate::tickets::create),
+        )
+        .route(
+            "/api/now/table/{table}/{sys_id}",
+            get(record_by_id)
+                .patch(crate::tickets::update_route)
+                .put(crate::tickets::update_route)
+                .delete(crate::tickets::delete),
+        )
+        .route(
+            "/api/sn_sc/servicecatalog/items/{item}/order_now",
+            post(crate::tickets::order_now),
+        )
         .route("/oauth_token.do", post(oauth_token))
 }
