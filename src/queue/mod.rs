@@ -12,6 +12,7 @@ pub mod shared_key;
 pub mod sqlite;
 pub mod store;
 pub mod table;
+pub mod tickets;
 
 use std::sync::Arc;
 use std::time::Duration;

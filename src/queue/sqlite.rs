@@ -379,6 +379,8 @@ impl SqliteQueue {
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS readiness (id INTEGER PRIMARY KEY, at INTEGER NOT NULL)",
         )?;
+        // The ticket ledger of the ServiceNow bridge (`queue::tickets`).
+        conn.execute_batch(super::tickets::SQLITE_SCHEMA)?;
         let conn = Arc::new(Mutex::new(conn));
         let (writer, rx) = tokio::sync::mpsc::channel(WRITER_QUEUE);
         let wconn = conn.clone();
@@ -395,7 +397,7 @@ impl SqliteQueue {
     }
 
     /// Runs `f` in the writer's next group commit; its result once that commit is durable.
-    async fn run<T: Send + 'static>(
+    pub(super) async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {

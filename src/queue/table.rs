@@ -136,6 +136,92 @@ impl Table {
         .map(|_| ())
     }
 
+    /// Inserts one entity; `false` (and nothing changed) when one with these keys exists.
+    pub async fn insert(
+        &self,
+        pk: &str,
+        rk: &str,
+        mut props: Map<String, Value>,
+    ) -> Result<bool, TableError> {
+        self.entity_path(pk, rk)?;
+        props.insert("PartitionKey".into(), pk.into());
+        props.insert("RowKey".into(), rk.into());
+        let path = format!("/{}", self.inner.name);
+        match self
+            .call_with(
+                Method::POST,
+                &path,
+                &[],
+                Some(Value::Object(props).to_string()),
+                &[("Prefer", "return-no-content")],
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(TableError::Unexpected { status: 409, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One entity with its ETag (for [`Table::replace_if`]), or `None`.
+    pub async fn get_tagged(
+        &self,
+        pk: &str,
+        rk: &str,
+    ) -> Result<Option<(Map<String, Value>, String)>, TableError> {
+        let path = self.entity_path(pk, rk)?;
+        match self.call(Method::GET, &path, &[], None).await {
+            Ok(resp) => {
+                let etag = resp
+                    .headers()
+                    .get(reqwest::header::ETAG)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+                    .ok_or_else(|| TableError::Malformed("entity answer has no ETag".into()))?;
+                let v: Value = resp
+                    .json()
+                    .await
+                    .map_err(|e| TableError::Malformed(e.to_string()))?;
+                match v {
+                    Value::Object(m) => Ok(Some((m, etag))),
+                    _ => Err(TableError::Malformed("entity is not an object".into())),
+                }
+            }
+            Err(TableError::Unexpected { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Replaces one entity only if it is unchanged since it was read with `etag`; `false` when
+    /// someone else changed or deleted it first.
+    pub async fn replace_if(
+        &self,
+        pk: &str,
+        rk: &str,
+        mut props: Map<String, Value>,
+        etag: &str,
+    ) -> Result<bool, TableError> {
+        let path = self.entity_path(pk, rk)?;
+        props.insert("PartitionKey".into(), pk.into());
+        props.insert("RowKey".into(), rk.into());
+        match self
+            .call_with(
+                Method::PUT,
+                &path,
+                &[],
+                Some(Value::Object(props).to_string()),
+                &[("If-Match", etag)],
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(TableError::Unexpected {
+                status: 412 | 404, ..
+            }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// One entity, or `None`.
     pub async fn get(&self, pk: &str, rk: &str) -> Result<Option<Map<String, Value>>, TableError> {
         let path = self.entity_path(pk, rk)?;

@@ -14,6 +14,10 @@ pub enum TicketError {
     NotConfigured,
     #[error("the ticket system could not be reached: {0}")]
     Unavailable(String),
+    /// The system answered, but refused this request (a missing table, a field it rejects):
+    /// sending it again will not help.
+    #[error("the ticket system refused the request: {0}")]
+    Refused(String),
     #[error("the ticket system refused accessgate's credentials: {0}")]
     Unauthorized(String),
     #[error("the ticket system's answer does not parse: {0}")]
@@ -22,6 +26,16 @@ pub enum TicketError {
     Credential(String),
     #[error("the decision's deadline passed before the ticket system answered")]
     DeadlinePassed,
+}
+
+impl TicketError {
+    /// Whether sending the same request again cannot help.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            TicketError::NotConfigured | TicketError::Refused(_) | TicketError::Malformed(_)
+        )
+    }
 }
 
 /// A record as the ticket system returned it. Fields may be plain strings or, with

@@ -160,14 +160,19 @@ impl ServiceNow {
         Ok(t)
     }
 
-    async fn get(
+    async fn send(
         &self,
+        method: reqwest::Method,
         url: &str,
         query: &[(&str, String)],
+        body: Option<&Value>,
         fresh: bool,
         deadline: Instant,
     ) -> Result<reqwest::Response, TicketError> {
-        let req = self.http.get(url).query(query);
+        let mut req = self.http.request(method, url).query(query);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
         let req = match &self.s.auth {
             Auth::Basic { username, password } => {
                 let pw = self.secret(password, fresh).await?;
@@ -179,11 +184,345 @@ impl ServiceNow {
         };
         let left = Self::left(deadline)?;
         self.calls.fetch_add(1, Ordering::Relaxed);
-        req.timeout(self.s.timeout.min(left))
+        req.header(reqwest::header::ACCEPT, "application/json")
+            .timeout(self.s.timeout.min(left))
             .send()
             .await
             .map_err(|e| TicketError::Unavailable(format!("ServiceNow {}", transport_error(&e))))
     }
+
+    /// One call, sent again once with fresh credentials after a 401 (a rotated secret or an
+    /// expired token). Returns the status and the parsed body (`Null` when it is empty).
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+        deadline: Instant,
+    ) -> Result<(u16, Value), TicketError> {
+        let url = self.s.instance.join(path);
+        let started = Instant::now();
+        let mut resp = self
+            .send(method.clone(), &url, query, body, false, deadline)
+            .await?;
+        if resp.status().as_u16() == 401 {
+            resp = self
+                .send(method.clone(), &url, query, body, true, deadline)
+                .await?;
+        }
+        let status = resp.status().as_u16();
+        tracing::debug!(
+            method = %method,
+            path,
+            status,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "servicenow"
+        );
+        let auth_hint = || match &self.s.auth {
+            Auth::Basic { .. } => "basic auth: check servicenow.username and the password",
+            Auth::OAuth { .. } => "OAuth: check the client, and the user's roles on the table",
+        };
+        match status {
+            200..=299 => {}
+            401 | 403 => {
+                return Err(TicketError::Unauthorized(format!(
+                    "HTTP {status} ({})",
+                    auth_hint()
+                )));
+            }
+            404 => return Ok((404, Value::Null)),
+            400 => {
+                let msg = error_message(&resp.text().await.unwrap_or_default());
+                return Err(TicketError::Refused(format!("HTTP 400 {msg}")));
+            }
+            _ => {
+                let ra = retry_after(resp.headers())
+                    .map(|d| format!(", Retry-After {} s", d.as_secs()))
+                    .unwrap_or_default();
+                return Err(TicketError::Unavailable(format!("HTTP {status}{ra}")));
+            }
+        }
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| TicketError::Unavailable(format!("ServiceNow {}", transport_error(&e))))?;
+        if text.trim().is_empty() {
+            return Ok((status, Value::Null));
+        }
+        let v = serde_json::from_str(&text)
+            .map_err(|_| TicketError::Malformed("the Table API answer is not JSON".into()))?;
+        Ok((status, v))
+    }
+
+    /// `{"result": [...]}` as records.
+    fn records(v: &Value) -> Result<Vec<TicketRecord>, TicketError> {
+        let rows = v["result"].as_array().ok_or_else(|| {
+            TicketError::Malformed("the Table API answer has no result array".into())
+        })?;
+        rows.iter()
+            .map(|r| {
+                r.as_object()
+                    .map(|o| TicketRecord { fields: o.clone() })
+                    .ok_or_else(|| TicketError::Malformed("a result entry is not an object".into()))
+            })
+            .collect()
+    }
+
+    /// `{"result": {...}}` as a record.
+    fn one(v: &Value) -> Result<TicketRecord, TicketError> {
+        v["result"]
+            .as_object()
+            .map(|o| TicketRecord { fields: o.clone() })
+            .ok_or_else(|| {
+                TicketError::Malformed("the Table API answer has no result object".into())
+            })
+    }
+
+    fn check_table(table: &str, fields: &[String]) -> Result<(), TicketError> {
+        if !safe_name(table) || table.contains('.') || fields.iter().any(|f| !safe_name(f)) {
+            return Err(TicketError::Malformed(format!(
+                "refusing table or field names that are not [A-Za-z0-9_.]: {table}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn read_query(fields: &[String]) -> Vec<(&'static str, String)> {
+        let mut want = vec!["sys_id".to_owned()];
+        want.extend(fields.iter().filter(|f| *f != "sys_id").cloned());
+        vec![
+            ("sysparm_fields", want.join(",")),
+            ("sysparm_display_value", "all".to_owned()),
+            ("sysparm_exclude_reference_link", "true".to_owned()),
+        ]
+    }
+
+    /// The records of `table` whose `field` equals `value` (at most 10), for the bridge's
+    /// look-up before it creates (the value is a link such as `accessgate:<id>`).
+    pub async fn find_linked(
+        &self,
+        table: &str,
+        field: &str,
+        value: &str,
+        fields: &[String],
+        deadline: Instant,
+    ) -> Result<Vec<TicketRecord>, TicketError> {
+        Self::check_table(table, fields)?;
+        if !safe_name(field) || !safe_link(value) {
+            return Err(TicketError::Malformed(format!(
+                "refusing link field or value outside [A-Za-z0-9_.:-]: {field}"
+            )));
+        }
+        let mut query = Self::read_query(fields);
+        query.push(("sysparm_query", format!("{field}={value}")));
+        query.push(("sysparm_limit", "10".to_owned()));
+        let (status, v) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/now/table/{table}"),
+                &query,
+                None,
+                deadline,
+            )
+            .await?;
+        if status == 404 {
+            return Err(TicketError::Refused(format!(
+                "table {table} does not exist (HTTP 404)"
+            )));
+        }
+        // The Table API ignores query parts it cannot apply (anchors.md §5): re-check.
+        Ok(Self::records(&v)?
+            .into_iter()
+            .filter(|r| r.field(field).is_some_and(|f| f.value == value))
+            .collect())
+    }
+
+    /// One record by `sys_id`; `None` when ServiceNow has no such record (deleted, or the
+    /// account may no longer read it).
+    pub async fn read(
+        &self,
+        table: &str,
+        sys_id: &str,
+        fields: &[String],
+        deadline: Instant,
+    ) -> Result<Option<TicketRecord>, TicketError> {
+        Self::check_table(table, fields)?;
+        check_sys_id(sys_id)?;
+        let (status, v) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/now/table/{table}/{sys_id}"),
+                &Self::read_query(fields),
+                None,
+                deadline,
+            )
+            .await?;
+        if status == 404 {
+            return Ok(None);
+        }
+        Self::one(&v).map(Some)
+    }
+
+    /// Records of `table` among `sys_ids`, in one call (`sys_idIN…`); a missing one is absent
+    /// from the answer.
+    pub async fn read_many(
+        &self,
+        table: &str,
+        sys_ids: &[String],
+        fields: &[String],
+        deadline: Instant,
+    ) -> Result<Vec<TicketRecord>, TicketError> {
+        Self::check_table(table, fields)?;
+        for s in sys_ids {
+            check_sys_id(s)?;
+        }
+        if sys_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut query = Self::read_query(fields);
+        query.push(("sysparm_query", format!("sys_idIN{}", sys_ids.join(","))));
+        query.push(("sysparm_limit", sys_ids.len().to_string()));
+        let (status, v) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/now/table/{table}"),
+                &query,
+                None,
+                deadline,
+            )
+            .await?;
+        if status == 404 {
+            return Err(TicketError::Refused(format!(
+                "table {table} does not exist (HTTP 404)"
+            )));
+        }
+        Ok(Self::records(&v)?
+            .into_iter()
+            .filter(|r| {
+                r.field("sys_id")
+                    .is_some_and(|f| sys_ids.contains(&f.value))
+            })
+            .collect())
+    }
+
+    /// Creates a record; ServiceNow answers 201 with it (`sys_id`, `number`).
+    pub async fn create(
+        &self,
+        table: &str,
+        fields: &serde_json::Map<String, Value>,
+        deadline: Instant,
+    ) -> Result<TicketRecord, TicketError> {
+        Self::check_table(table, &[])?;
+        let query = [
+            ("sysparm_display_value", "all".to_owned()),
+            ("sysparm_exclude_reference_link", "true".to_owned()),
+        ];
+        let (status, v) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/api/now/table/{table}"),
+                &query,
+                Some(&Value::Object(fields.clone())),
+                deadline,
+            )
+            .await?;
+        if status == 404 {
+            return Err(TicketError::Refused(format!(
+                "table {table} does not exist (HTTP 404)"
+            )));
+        }
+        Self::one(&v)
+    }
+
+    /// Changes fields of a record (`PATCH`); writing `work_notes` adds a work note. `Ok(false)`
+    /// when the record does not exist.
+    pub async fn update(
+        &self,
+        table: &str,
+        sys_id: &str,
+        fields: &serde_json::Map<String, Value>,
+        deadline: Instant,
+    ) -> Result<bool, TicketError> {
+        Self::check_table(table, &[])?;
+        check_sys_id(sys_id)?;
+        let (status, _) = self
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/api/now/table/{table}/{sys_id}"),
+                &[],
+                Some(&Value::Object(fields.clone())),
+                deadline,
+            )
+            .await?;
+        Ok(status != 404)
+    }
+
+    /// Orders a catalog item (`order_now`): ServiceNow makes a request (REQ) and its item
+    /// (RITM) and runs the item's flows. Returns the request's `sys_id` and number.
+    pub async fn order_now(
+        &self,
+        item: &str,
+        requested_for: Option<&str>,
+        variables: &serde_json::Map<String, Value>,
+        deadline: Instant,
+    ) -> Result<(String, String), TicketError> {
+        check_sys_id(item)?;
+        let mut body = serde_json::Map::new();
+        body.insert("sysparm_quantity".into(), "1".into());
+        if let Some(u) = requested_for {
+            body.insert("sysparm_requested_for".into(), u.into());
+        }
+        body.insert("variables".into(), Value::Object(variables.clone()));
+        let (status, v) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/api/sn_sc/servicecatalog/items/{item}/order_now"),
+                &[],
+                Some(&Value::Object(body)),
+                deadline,
+            )
+            .await?;
+        if status == 404 {
+            return Err(TicketError::Refused(format!(
+                "catalog item {item} does not exist (HTTP 404)"
+            )));
+        }
+        let r = &v["result"];
+        let text = |k: &str| r[k].as_str().map(str::to_owned);
+        match (
+            text("sys_id").or_else(|| text("request_id")),
+            text("number").or_else(|| text("request_number")),
+        ) {
+            (Some(id), Some(n)) => Ok((id, n)),
+            _ => Err(TicketError::Malformed(
+                "the order_now answer has no request sys_id and number".into(),
+            )),
+        }
+    }
+
+    /// `[servicenow]` as configured.
+    pub fn settings(&self) -> &Settings {
+        &self.s
+    }
+}
+
+/// A `sys_id`: 32 hex digits (letters and digits accepted, so a test instance's ids work).
+fn check_sys_id(s: &str) -> Result<(), TicketError> {
+    if s.is_empty() || s.len() > 64 || !s.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(TicketError::Malformed(
+            "refusing a sys_id that is not letters and digits".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A link value written into and queried from a field: no query operators (`^`, `=`).
+fn safe_link(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 200
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
 }
 
 fn safe_name(s: &str) -> bool {
@@ -242,56 +581,24 @@ impl TicketSystem for ServiceNow {
             ("sysparm_display_value", "all".to_owned()),
             ("sysparm_exclude_reference_link", "true".to_owned()),
         ];
-        let url = self.s.instance.join(&format!("/api/now/table/{table}"));
-        let started = Instant::now();
-        let mut resp = self.get(&url, &query, false, deadline).await?;
-        if resp.status().as_u16() == 401 {
-            // A rotated secret or an expired token: read both afresh, once.
-            resp = self.get(&url, &query, true, deadline).await?;
-        }
-        let status = resp.status().as_u16();
-        tracing::debug!(
-            table,
-            status,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "servicenow"
-        );
-        match status {
-            200 => {}
-            401 | 403 => {
-                let how = match &self.s.auth {
-                    Auth::Basic { .. } => "basic auth: check servicenow.username and the password",
-                    Auth::OAuth { .. } => {
-                        "OAuth: check the client, and the user's roles on the table"
-                    }
-                };
-                return Err(TicketError::Unauthorized(format!("HTTP {status} ({how})")));
-            }
-            400 => {
-                let msg = error_message(&resp.text().await.unwrap_or_default());
-                return Err(TicketError::Unavailable(format!("HTTP 400 {msg}")));
-            }
-            _ => {
-                let ra = retry_after(resp.headers())
-                    .map(|d| format!(", Retry-After {} s", d.as_secs()))
-                    .unwrap_or_default();
-                return Err(TicketError::Unavailable(format!("HTTP {status}{ra}")));
-            }
-        }
-        let v: Value = resp
-            .json()
+        let (status, v) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/now/table/{table}"),
+                &query,
+                None,
+                deadline,
+            )
             .await
-            .map_err(|_| TicketError::Malformed("the Table API answer is not JSON".into()))?;
-        let rows = v["result"].as_array().ok_or_else(|| {
-            TicketError::Malformed("the Table API answer has no result array".into())
-        })?;
-        rows.iter()
-            .map(|r| {
-                r.as_object()
-                    .map(|o| TicketRecord { fields: o.clone() })
-                    .ok_or_else(|| TicketError::Malformed("a result entry is not an object".into()))
-            })
-            .collect()
+            .map_err(|e| match e {
+                // A lookup treats a refused query as the system being unavailable, as before.
+                TicketError::Refused(m) => TicketError::Unavailable(m),
+                e => e,
+            })?;
+        if status == 404 {
+            return Err(TicketError::Unavailable("HTTP 404".into()));
+        }
+        Self::records(&v)
     }
 }
 
