@@ -9,12 +9,14 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
+use crate::bridge::Bridge;
 use crate::capture::Capture;
 use crate::config::Config;
 use crate::credentials::Credentials;
 use crate::graph::GraphClient;
 use crate::queue::azure_backend::{self, AzureJobs};
 use crate::queue::sqlite::{DataDirLock, SqliteQueue};
+use crate::queue::tickets::TicketLedger;
 use crate::queue::{JobStore, Settings as QueueSettings};
 use crate::state::AppState;
 use crate::worker::{self, WorkerCtx};
@@ -36,6 +38,7 @@ fn build_state(
     credentials: Arc<Credentials>,
     queue: Option<Arc<dyn JobStore>>,
     storage: Option<AzureJobs>,
+    ledger: Option<Arc<dyn TicketLedger>>,
 ) -> anyhow::Result<Arc<AppState>> {
     let auth = Authenticator::new(
         http.clone(),
@@ -44,13 +47,33 @@ fn build_state(
         &config.inbound,
         &config.extensions,
     );
-    let tickets: Arc<dyn crate::tickets::TicketSystem> = match &config.servicenow {
-        Some(s) => Arc::new(crate::tickets::servicenow::ServiceNow::new(
+    let servicenow = config.servicenow.as_ref().map(|s| {
+        Arc::new(crate::tickets::servicenow::ServiceNow::new(
             http.clone(),
             s.clone(),
             Some(credentials.clone()),
-        )),
+        ))
+    });
+    let tickets: Arc<dyn crate::tickets::TicketSystem> = match &servicenow {
+        Some(s) => s.clone(),
         None => Arc::new(crate::tickets::NoTickets),
+    };
+    let bridge = match (&servicenow, ledger) {
+        (Some(sn), Some(ledger)) => {
+            let specs = std::iter::once(&config.policy)
+                .chain(config.extensions.iter().filter_map(|e| e.policy.as_ref()))
+                .flat_map(|p| p.ticket_specs())
+                .map(|s| (s.name.clone(), s.clone()))
+                .collect();
+            Some(Arc::new(Bridge {
+                servicenow: sn.clone(),
+                ledger,
+                settings: sn.settings().bridge.clone(),
+                specs,
+                webhook: Default::default(),
+            }))
+        }
+        _ => None,
     };
     let graph = Arc::new(GraphClient::new(http, config.graph.clone(), credentials));
     let directory: Arc<dyn crate::directory::Directory> = Arc::new(
@@ -78,6 +101,7 @@ fn build_state(
         tickets,
         decision_timeout: config.decision_timeout,
         cfg: config.worker.clone(),
+        bridge,
     });
     Ok(Arc::new(AppState {
         config: Arc::new(config),
@@ -219,8 +243,16 @@ pub async fn run(
                     "recovered jobs that were running when the previous process stopped"
                 );
             }
-            let store: Arc<dyn JobStore> = Arc::new(queue);
-            let state = build_state(config, http, credentials, Some(store.clone()), None)?;
+            let queue = Arc::new(queue);
+            let store: Arc<dyn JobStore> = queue.clone();
+            let state = build_state(
+                config,
+                http,
+                credentials,
+                Some(store.clone()),
+                None,
+                Some(queue),
+            )?;
             let pool = tokio::spawn(worker::run_pool(
                 state.worker.clone(),
                 store,
@@ -231,7 +263,15 @@ pub async fn run(
         QueueSettings::AzureStorage(q) => {
             let jobs = connect_storage(&http, q, &credentials).await;
             let store: Arc<dyn JobStore> = Arc::new(jobs.clone());
-            let state = build_state(config, http, credentials, Some(store.clone()), Some(jobs))?;
+            let ledger: Arc<dyn TicketLedger> = Arc::new(jobs.clone());
+            let state = build_state(
+                config,
+                http,
+                credentials,
+                Some(store.clone()),
+                Some(jobs),
+                Some(ledger),
+            )?;
             let pool = tokio::spawn(worker::run_pool(
                 state.worker.clone(),
                 store,
@@ -241,6 +281,14 @@ pub async fn run(
         }
     };
     prefetch_keys(&state);
+    let poll = match (&state.worker.bridge, &state.queue) {
+        (Some(bridge), Some(store)) => Some(tokio::spawn(crate::bridge::poll::run(
+            bridge.clone(),
+            store.clone(),
+            cancel.clone(),
+        ))),
+        _ => None,
+    };
     let addr: SocketAddr = listener.local_addr()?;
     tracing::info!(%addr, queue = backend, "accessgate listening");
     // The callout route bounds its own body read (ingress::BODY_TIMEOUT) so a slow client gets
@@ -258,6 +306,9 @@ pub async fn run(
     .await?;
     cancel.cancel();
     let _ = pool.await;
+    if let Some(p) = poll {
+        let _ = p.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -286,7 +337,10 @@ pub async fn run_functions(
         QueueSettings::AzureStorage(q) => Some(connect_storage(&http, q, &credentials).await),
         QueueSettings::Sqlite => None,
     };
-    let state = build_state(config, http, credentials, None, storage)?;
+    let ledger = storage
+        .clone()
+        .map(|s| Arc::new(s) as Arc<dyn TicketLedger>);
+    let state = build_state(config, http, credentials, None, storage, ledger)?;
     prefetch_keys(&state);
     let addr = listener.local_addr()?;
     tracing::info!(%addr, mode = "functions", "accessgate listening");

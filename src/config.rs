@@ -262,8 +262,20 @@ pub fn from_sources_in(
     let worker = worker::Settings::from_raw(worker_raw, graph_timeout, &mut p);
     let policy = crate::policy::Settings::from_raw(policy_raw, base_dir, &mut p);
     let directory = directory::Settings::from_raw(directory_raw, &mut p);
+    // A [servicenow] section with its own errors is not also "missing".
+    let servicenow_missing_is_error = servicenow_raw.is_none();
     let servicenow = servicenow_raw
         .and_then(|raw| servicenow::Settings::from_raw(raw, credentials.mode.vault(), &mut p));
+    let opens_tickets = policy.policy.opens_tickets()
+        || extensions
+            .iter()
+            .any(|e| e.policy.as_ref().is_some_and(|p| p.opens_tickets()));
+    if servicenow.is_none() && opens_tickets && servicenow_missing_is_error {
+        p.push(
+            "servicenow",
+            "the policy opens ServiceNow tickets (a rule with ticket = \"NAME\"), but [servicenow] is not configured",
+        );
+    }
     if servicenow.is_none() && policy.policy.uses_check_type("servicenow_ticket") {
         p.warn(
             "servicenow",

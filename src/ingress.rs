@@ -46,6 +46,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/elm",
             post(elm_callout).layer(axum::middleware::from_fn(callout_span)),
         )
+        .route(
+            "/api/servicenow/events",
+            post(servicenow_events).layer(axum::extract::DefaultBodyLimit::max(
+                crate::bridge::webhook::MAX_BODY * 4,
+            )),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
@@ -55,6 +61,25 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 /// Liveness: the process answers. Nothing about the queue or its jobs: the route is
 /// unauthenticated (job counts are for `accessgate jobs`).
+/// ServiceNow's close webhook (`bridge::webhook`): a hint that wakes the ticket's job.
+async fn servicenow_events(
+    State(app): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let correlation_id = CorrelationId::from_http(&headers);
+    let (status, body) = crate::bridge::webhook::answer(
+        app.worker.bridge.as_deref(),
+        app.queue.as_deref(),
+        &headers,
+        &body,
+        &correlation_id.to_string(),
+    )
+    .await;
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, axum::Json(body)).into_response()
+}
+
 async fn healthz() -> Response {
     (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response()
 }

@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod bridge;
 pub mod callout;
 pub mod capture;
 pub mod checks;

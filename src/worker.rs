@@ -14,6 +14,7 @@ use rand::Rng as _;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use crate::bridge::{Bridge, BridgeStep};
 use crate::directory::Directory;
 use crate::graph::{GraphClient, GraphError, Resume, ResumeOutcome};
 use crate::policy::{Action, DecideEnv, Decision, Mode, Policy};
@@ -35,6 +36,9 @@ pub struct WorkerCtx {
     /// `policy.decision_timeout_seconds`.
     pub decision_timeout: Duration,
     pub cfg: Settings,
+    /// The ServiceNow ticket bridge, when `[servicenow]` is configured and the host has a
+    /// ticket ledger.
+    pub bridge: Option<Arc<Bridge>>,
 }
 
 impl WorkerCtx {
@@ -63,6 +67,27 @@ pub async fn process(ctx: &WorkerCtx, lease: &Lease) -> Step {
     let (attempt, last_error) = (lease.attempt, lease.last_error.as_deref());
     let c = &msg.callout;
     let policy = ctx.policy_for(msg.extension.as_deref());
+    // A stage instance with a ticket follows the ticket, not a new decision: the checks ran
+    // when it was opened, and what the ticket says now decides. (A reservation still opening
+    // goes through the decision, which renders the ticket's fields again.)
+    if let Some(bridge) = &ctx.bridge {
+        match bridge.ledger.get(c.stage_instance_id.as_str()).await {
+            Ok(Some(row)) if row.phase != crate::queue::tickets::TicketPhase::Opening => {
+                let spec = policy.ticket_spec(&row.spec);
+                let step = bridge.follow(msg, attempt, row, None, spec).await;
+                return bridged(ctx, msg, attempt, last_error, step).await;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return Step::RetryAt {
+                    at: Deadline::in_(
+                        backoff(&ctx.cfg, attempt).max(e.retry_after().unwrap_or_default()),
+                    ),
+                    reason: format!("the ticket ledger failed: {e}"),
+                };
+            }
+        }
+    }
     // The decision gets its own budget, and always leaves time for the resume itself.
     let decide_by =
         Deadline::in_(ctx.decision_timeout).min(msg.deadline.earlier_by(Duration::from_secs(2)));
@@ -95,6 +120,17 @@ pub async fn process(ctx: &WorkerCtx, lease: &Lease) -> Step {
             };
         }
     }
+    if let Some(order) = &decision.ticket {
+        let Some(bridge) = &ctx.bridge else {
+            return Step::Dead(format!(
+                "rule {:?} opens ticket {:?}, but ServiceNow bridging is not available on this host ([servicenow] and a ticket ledger are needed)",
+                decision.rule.as_deref().unwrap_or(""),
+                order.spec.name
+            ));
+        };
+        let step = bridge.open(msg, attempt, order).await;
+        return bridged(ctx, msg, attempt, last_error, step).await;
+    }
     if !c.expects_resume() {
         tracing::info!(decision = verdict, rule = ?decision.rule, "notification only: this stage gets no resume");
         return Step::Done(Outcome::Notified {
@@ -102,6 +138,48 @@ pub async fn process(ctx: &WorkerCtx, lease: &Lease) -> Step {
             stage: c.stage.to_string(),
         });
     }
+    resume(
+        ctx,
+        msg,
+        attempt,
+        last_error,
+        decision.action == Action::Deny,
+        &decision.detail,
+    )
+    .await
+}
+
+/// What the bridge said, as a step: resume now, or store its step.
+async fn bridged(
+    ctx: &WorkerCtx,
+    msg: &crate::queue::JobMessage,
+    attempt: u32,
+    last_error: Option<&str>,
+    step: BridgeStep,
+) -> Step {
+    match step {
+        BridgeStep::Step(s) => s,
+        BridgeStep::Resume { deny, detail } if msg.callout.expects_resume() => {
+            resume(ctx, msg, attempt, last_error, deny, &detail).await
+        }
+        BridgeStep::Resume { deny, .. } => Step::Done(Outcome::Notified {
+            action: if deny { "deny" } else { "continue" }.to_owned(),
+            stage: msg.callout.stage.to_string(),
+        }),
+    }
+}
+
+/// Graph `resume` with continue or deny, retried under the deadline.
+async fn resume(
+    ctx: &WorkerCtx,
+    msg: &crate::queue::JobMessage,
+    attempt: u32,
+    last_error: Option<&str>,
+    deny: bool,
+    detail: &str,
+) -> Step {
+    let c = &msg.callout;
+    let verdict = if deny { "deny" } else { "continue" };
     if msg.deadline.has_passed() {
         return Step::Dead(format!(
             "deadline passed ({} s after receipt) before a resume was delivered; last error: {}",
@@ -109,13 +187,10 @@ pub async fn process(ctx: &WorkerCtx, lease: &Lease) -> Step {
             last_error.unwrap_or("none (the job never ran)")
         ));
     }
-    let resume = Resume {
-        deny: decision.action == Action::Deny,
-        detail: &decision.detail,
-    };
+    let resume = Resume { deny, detail };
     match ctx.graph.resume(c, &resume, msg.deadline).await {
         Ok(ResumeOutcome::Resumed) => {
-            tracing::info!(decision = verdict, rule = ?decision.rule, attempt, "resumed");
+            tracing::info!(decision = verdict, attempt, "resumed");
             Step::Done(Outcome::Resumed {
                 action: verdict.to_owned(),
             })

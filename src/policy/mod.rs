@@ -25,6 +25,7 @@ mod registry;
 pub mod settings;
 pub mod template;
 pub mod testing;
+pub mod ticket;
 
 pub use settings::Settings;
 use template::Template;
@@ -93,6 +94,9 @@ pub struct Decision {
     pub graph_calls: u32,
     /// Whether the stage lets Entra deny; when not, checks are notifications only.
     pub can_deny: bool,
+    /// The ticket to open instead of resuming now: set when the rule names one and the
+    /// decision is to continue (a request the checks deny gets no ticket).
+    pub ticket: Option<ticket::TicketOrder>,
 }
 
 /// Where a decision gets its facts, and when.
@@ -157,6 +161,7 @@ struct RawRule {
     mode: Option<Mode>,
     on_error: Option<OnError>,
     detail: Option<RawDetailField>,
+    ticket: Option<String>,
 }
 
 /// The file as read by [`read`]: every entry that could be read (rules are kept apart, with
@@ -170,6 +175,8 @@ struct RawPolicy {
     functions: BTreeMap<String, RawFunction>,
     risks: Vec<RawRisk>,
     exceptions: Vec<RawException>,
+    /// `[tickets.NAME]`, each with whether a key of it could not be read.
+    tickets: BTreeMap<String, (ticket::RawTicket, bool)>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -232,6 +239,8 @@ struct Rule {
     mode: Mode,
     on_error: OnError,
     texts: Texts,
+    /// The ticket a continuing decision opens (`ticket = "NAME"`).
+    ticket: Option<Arc<ticket::TicketSpec>>,
 }
 
 /// A loaded policy.
@@ -246,6 +255,7 @@ pub struct Policy {
     /// report at a stage that cannot deny, an unused check, an expired exception).
     pub warnings: Vec<String>,
     sod_risks: usize,
+    tickets: BTreeMap<String, Arc<ticket::TicketSpec>>,
 }
 
 impl Default for Policy {
@@ -257,6 +267,7 @@ impl Default for Policy {
             check_attempts: 3,
             warnings: Vec::new(),
             sod_risks: 0,
+            tickets: BTreeMap::new(),
         }
     }
 }
@@ -444,6 +455,21 @@ impl Policy {
                 }
             }
         }
+        // Tickets.
+        let mut tickets = BTreeMap::new();
+        for (name, (t, unreadable)) in &raw.tickets {
+            let mut errs = Vec::new();
+            if let Some(spec) = ticket::TicketSpec::build(name, t, &mut errs) {
+                if !unreadable {
+                    tickets.insert(name.clone(), Arc::new(spec));
+                }
+            }
+            for (key, m) in errs {
+                errors.at(&key, m);
+            }
+        }
+        let ticket_names: Vec<&str> = raw.tickets.keys().map(String::as_str).collect();
+        let mut used_tickets = BTreeSet::new();
         let check_names: Vec<&str> = raw.checks.keys().map(String::as_str).collect();
         let package_names: Vec<&str> = packages.keys().map(String::as_str).collect();
         let stage_names: Vec<&str> = Stage::ALL.iter().map(|s| s.as_graph()).collect();
@@ -512,13 +538,43 @@ impl Policy {
             }
             // A key that could not be read is already reported; judging the rule without it
             // would only repeat that.
-            let unsure = rr.bad.contains("decision") || rr.bad.contains("checks");
+            let unsure = rr.bad.contains("decision")
+                || rr.bad.contains("checks")
+                || rr.bad.contains("ticket");
+            let rule_ticket = match &r.ticket {
+                None => None,
+                Some(t) => {
+                    used_tickets.insert(t.clone());
+                    match tickets.get(t) {
+                        Some(spec) => Some(Arc::clone(spec)),
+                        None if raw.tickets.contains_key(t) => None, // its own error is listed
+                        None => {
+                            let hint = crate::lenient::did_you_mean(t, &ticket_names)
+                                .map(|near| format!("; did you mean {near:?}?"))
+                                .unwrap_or_else(|| format!(" (define it under [tickets.{t}])"));
+                            errors.at(
+                                &format!("{path}.ticket"),
+                                format!("{at}: unknown ticket {t:?}{hint}"),
+                            );
+                            None
+                        }
+                    }
+                }
+            };
+            if r.ticket.is_some() && r.decision == Some(Action::Deny) {
+                errors.at(
+                    &format!("{path}.ticket"),
+                    format!("{at}: a rule that always denies never opens its ticket"),
+                );
+            }
             match (r.decision, r.checks.is_empty()) {
                 _ if unsure => {}
+                // A ticket rule without checks opens its ticket for every request it matches.
+                (None, true) if r.ticket.is_some() => {}
                 (None, true) => errors.at(
                     &path,
                     format!(
-                        "{at}: give checks = [...] or a fixed decision = \"continue\" | \"deny\""
+                        "{at}: give checks = [...] or a fixed decision = \"continue\" | \"deny\" (or a ticket = \"NAME\")"
                     ),
                 ),
                 (Some(_), false) => errors.at(
@@ -581,7 +637,13 @@ impl Policy {
                 mode,
                 on_error,
                 texts: rule_texts,
+                ticket: rule_ticket,
             });
+        }
+        for name in tickets.keys() {
+            if !used_tickets.contains(name) {
+                warnings.push(format!("ticket {name:?} is defined but no rule uses it"));
+            }
         }
         for name in raw.checks.keys() {
             if !used.contains(name) && index.contains_key(name) {
@@ -597,6 +659,7 @@ impl Policy {
             check_attempts,
             warnings,
             sod_risks,
+            tickets,
             ..Policy::default()
         })
     }
@@ -656,6 +719,7 @@ impl Policy {
                 incomplete: None,
                 graph_calls: 0,
                 can_deny,
+                ticket: None,
             };
         };
         let entries: Vec<&CheckEntry> = rule
@@ -663,9 +727,15 @@ impl Policy {
             .iter()
             .filter_map(|i| self.checks.get(*i))
             .collect();
-        let needs = entries
+        let mut needs = entries
             .iter()
             .fold(Needs::default(), |n, e| n.union(e.check.needs()));
+        if rule.ticket.as_ref().is_some_and(|t| t.needs_request()) {
+            needs = needs.union(Needs {
+                request: true,
+                ..Needs::default()
+            });
+        }
         let facts = if needs.any() {
             env.directory.facts(c, needs, env.deadline).await
         } else {
@@ -680,7 +750,33 @@ impl Policy {
         };
         let outcomes =
             futures_util::future::join_all(entries.iter().map(|e| run_check(e, &ctx))).await;
-        combine(rule, c, outcomes, facts.graph_calls, can_deny)
+        let mut d = combine(rule, c, outcomes, facts.graph_calls, can_deny);
+        if let Some(spec) = &rule.ticket
+            && d.action == Action::Continue
+        {
+            let value = |v: &str| {
+                ticket_value(v, c, &facts, &d.detail).unwrap_or_else(|| {
+                    value(v, c, Some(&rule.name), &d.outcomes, d.action, d.action)
+                })
+            };
+            d.ticket = Some(ticket::TicketOrder::render(spec, &value));
+        }
+        d
+    }
+
+    /// A `[tickets.NAME]` by name (a waiting job's ticket, read again after a restart).
+    pub fn ticket_spec(&self, name: &str) -> Option<Arc<ticket::TicketSpec>> {
+        self.tickets.get(name).cloned()
+    }
+
+    /// Every `[tickets.NAME]`.
+    pub fn ticket_specs(&self) -> impl Iterator<Item = &Arc<ticket::TicketSpec>> {
+        self.tickets.values()
+    }
+
+    /// Whether any rule opens a ticket (so the bridge must be configured).
+    pub fn opens_tickets(&self) -> bool {
+        self.rules.iter().any(|r| r.ticket.is_some())
     }
 }
 
@@ -821,7 +917,54 @@ fn combine(
         incomplete,
         graph_calls,
         can_deny,
+        ticket: None,
     }
+}
+
+/// A ticket-only placeholder's value (`None` for the detail placeholders).
+fn ticket_value(name: &str, c: &Callout, facts: &Facts, explanation: &str) -> Option<String> {
+    let subject_id = |s: &crate::callout::Subject| {
+        s.object_id
+            .clone()
+            .or_else(|| s.id.clone())
+            .unwrap_or_default()
+    };
+    let request = match &facts.request {
+        crate::directory::Fetched::Ok(r) => Some(r),
+        _ => None,
+    };
+    Some(match name {
+        "requestor" => c
+            .requestor
+            .display_name
+            .clone()
+            .unwrap_or_else(|| subject_id(&c.requestor)),
+        "requestor_id" => subject_id(&c.requestor),
+        "target_id" => subject_id(&c.target),
+        "request_id" => c.request_id.to_string(),
+        "stage_instance_id" => c.stage_instance_id.to_string(),
+        "link" => format!("accessgate:{}", c.stage_instance_id),
+        "justification" => request
+            .and_then(|r| r.justification.clone())
+            .unwrap_or_default(),
+        "answers" => {
+            let from_callout = c.answers.parsed();
+            let list = if from_callout.is_empty() {
+                request.map(|r| r.answers.as_slice()).unwrap_or(&[])
+            } else {
+                from_callout
+            };
+            list.iter()
+                .map(|a| match &a.question {
+                    Some(q) => format!("{q}: {}", a.value),
+                    None => a.value.clone(),
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        }
+        "explanation" => explanation.to_owned(),
+        _ => return None,
+    })
 }
 
 /// Parses a set of detail templates over `base`, checking each fits [`MAX_DETAIL_CHARS`];

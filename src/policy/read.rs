@@ -91,7 +91,7 @@ pub(super) fn about_stand_in(msg: &str) -> bool {
         || msg.contains(&format!("expires {NOT_GIVEN:?} is not"))
 }
 
-const TOP: [&str; 8] = [
+const TOP: [&str; 9] = [
     "version",
     "defaults",
     "packages",
@@ -99,6 +99,7 @@ const TOP: [&str; 8] = [
     "functions",
     "risks",
     "exceptions",
+    "tickets",
     "rules",
 ];
 
@@ -264,6 +265,10 @@ pub(super) fn read(root: &toml::Table, e: &mut Errors<'_>) -> Read {
     let checks: BTreeMap<String, toml::Table> = named_tables::<toml::Table>(root, "checks", e)
         .into_iter()
         .map(|(k, (v, _))| (k, v))
+        .collect();
+    let tickets = named_tables::<super::ticket::RawTicket>(root, "tickets", e)
+        .into_iter()
+        .map(|(k, (v, bad))| (k, (v, !bad.is_empty())))
         .collect();
 
     // Risks: read even when a field is wrong, with a stand-in for it, so their sets are still
@@ -437,6 +442,7 @@ pub(super) fn read(root: &toml::Table, e: &mut Errors<'_>) -> Read {
             functions,
             risks,
             exceptions,
+            tickets,
         },
         rules,
         risk_index,

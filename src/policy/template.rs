@@ -35,6 +35,35 @@ pub const PLACEHOLDERS: [(&str, &str); 11] = [
     ),
 ];
 
+/// Further placeholders of ticket field templates (`[tickets.NAME]`), which describe the
+/// request to the people who work the ticket.
+pub const TICKET_PLACEHOLDERS: [(&str, &str); 9] = [
+    ("requestor", "the requestor's display name (or object id)"),
+    ("requestor_id", "the requestor's object id"),
+    ("target_id", "the target user's object id"),
+    ("request_id", "the assignment request's id"),
+    (
+        "stage_instance_id",
+        "the callout's customExtensionStageInstanceId",
+    ),
+    (
+        "link",
+        "the value that links the ticket to Entra: accessgate:<stage instance id>",
+    ),
+    (
+        "justification",
+        "the requestor's justification (read from Graph)",
+    ),
+    (
+        "answers",
+        "the requestor's answers, \"question: answer; ...\"",
+    ),
+    (
+        "explanation",
+        "the checks' explanation: the detail text of the decision",
+    ),
+];
+
 /// Why a template does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TemplateError {
@@ -43,8 +72,19 @@ pub enum TemplateError {
     Unclosed(String),
     #[error("unknown placeholder {{{0}}} (known: {known})", known = known_names())]
     Unknown(String),
+    #[error("unknown placeholder {{{0}}} (known: {known})", known = ticket_names())]
+    UnknownInTicket(String),
     #[error("a lone }} (write }}}} for a literal brace)")]
     LoneBrace,
+}
+
+fn ticket_names() -> String {
+    PLACEHOLDERS
+        .iter()
+        .chain(TICKET_PLACEHOLDERS.iter())
+        .map(|(n, _)| *n)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn known_names() -> String {
@@ -77,6 +117,22 @@ impl fmt::Display for Template {
 impl Template {
     /// Parses `{name}` placeholders; `{{` and `}}` are literal braces.
     pub fn parse(source: &str) -> Result<Template, TemplateError> {
+        Self::parse_in(source, false)
+    }
+
+    /// A ticket field template: the detail placeholders and [`TICKET_PLACEHOLDERS`].
+    pub fn parse_ticket(source: &str) -> Result<Template, TemplateError> {
+        Self::parse_in(source, true)
+    }
+
+    /// Whether the template uses placeholder `name`.
+    pub fn uses(&self, name: &str) -> bool {
+        self.pieces
+            .iter()
+            .any(|p| matches!(p, Piece::Var(v) if *v == name))
+    }
+
+    fn parse_in(source: &str, ticket: bool) -> Result<Template, TemplateError> {
         let mut pieces = Vec::new();
         let mut text = String::new();
         let mut chars = source.chars().peekable();
@@ -99,11 +155,20 @@ impl Template {
                             None => return Err(TemplateError::Unclosed(name)),
                         }
                     }
+                    let extra: &[(&'static str, &str)] =
+                        if ticket { &TICKET_PLACEHOLDERS } else { &[] };
                     let known = PLACEHOLDERS
                         .iter()
+                        .chain(extra.iter())
                         .find(|(n, _)| *n == name.trim())
                         .map(|(n, _)| *n)
-                        .ok_or_else(|| TemplateError::Unknown(name.clone()))?;
+                        .ok_or_else(|| {
+                            if ticket {
+                                TemplateError::UnknownInTicket(name.clone())
+                            } else {
+                                TemplateError::Unknown(name.clone())
+                            }
+                        })?;
                     if !text.is_empty() {
                         pieces.push(Piece::Text(std::mem::take(&mut text)));
                     }

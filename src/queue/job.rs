@@ -94,6 +94,9 @@ pub enum Outcome {
     NotWaiting { why: String },
     /// A stage that takes no resume: decided and logged only.
     Notified { action: String, stage: String },
+    /// The callout's deadline passed while the job waited for something outside (a ticket to
+    /// close): nothing was resumed, by design (Entra has stopped waiting).
+    Expired { why: String },
 }
 
 impl fmt::Display for Outcome {
@@ -104,6 +107,7 @@ impl fmt::Display for Outcome {
             Outcome::Notified { action, stage } => {
                 write!(f, "notified ({action}); stage {stage} gets no resume")
             }
+            Outcome::Expired { why } => write!(f, "expired: {why}"),
         }
     }
 }

@@ -82,6 +82,10 @@ pub struct TicketRow {
     pub sys_id: Option<String>,
     #[serde(default)]
     pub number: Option<String>,
+    /// For a catalog item: the request (REQ) `order_now` made, recorded before its item gets
+    /// the link, so a retry does not order again.
+    #[serde(default)]
+    pub ordered: Option<String>,
     pub phase: TicketPhase,
     /// Who holds the reservation while `Opening` (a random token per attempt).
     pub owner: String,

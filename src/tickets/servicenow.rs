@@ -19,7 +19,7 @@ use crate::outbound::{retry_after, transport_error};
 use crate::secret::Secret;
 
 pub mod settings;
-pub use settings::{Auth, SecretSource, Settings};
+pub use settings::{Auth, BridgeSettings, SecretSource, Settings};
 
 /// The client.
 pub struct ServiceNow {
@@ -53,7 +53,9 @@ impl ServiceNow {
         self.calls.load(Ordering::Relaxed)
     }
 
-    async fn secret(&self, src: &SecretSource, fresh: bool) -> Result<Secret, TicketError> {
+    /// A secret named by a setting: the value itself, or read from Key Vault (cached; `fresh`
+    /// reads it again).
+    pub async fn secret(&self, src: &SecretSource, fresh: bool) -> Result<Secret, TicketError> {
         let name = match src {
             SecretSource::Value(v) => return Ok(v.clone()),
             SecretSource::KeyVault(n) => n,
@@ -522,7 +524,7 @@ fn safe_link(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 200
         && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-' | b'@'))
 }
 
 fn safe_name(s: &str) -> bool {

@@ -21,6 +21,12 @@ pub struct Raw {
     pub client_secret: Option<Secret>,
     pub client_secret_secret: Option<String>,
     pub timeout_seconds: Option<u64>,
+    pub webhook_secret: Option<Secret>,
+    pub webhook_secret_secret: Option<String>,
+    pub webhook_window_seconds: Option<u64>,
+    pub poll_interval_seconds: Option<u64>,
+    pub poll_batch: Option<u64>,
+    pub poll_calls_per_minute: Option<u64>,
 }
 
 /// Keys of `[servicenow]` whose environment values stay strings (`config` layers them verbatim).
@@ -33,6 +39,8 @@ pub const STRING_KEYS: &[&str] = &[
     "client_id",
     "client_secret",
     "client_secret_secret",
+    "webhook_secret",
+    "webhook_secret_secret",
 ];
 
 /// Where a secret comes from.
@@ -72,6 +80,47 @@ pub struct Settings {
     pub instance: EndpointUrl,
     pub auth: Auth,
     pub timeout: Duration,
+    pub bridge: BridgeSettings,
+}
+
+/// The ticket bridge's settings in `[servicenow]`: the close webhook and the poll.
+#[derive(Clone)]
+pub struct BridgeSettings {
+    /// The HMAC key of `POST /api/servicenow/events`; `None` refuses every webhook (the poll
+    /// still closes tickets).
+    pub webhook_secret: Option<SecretSource>,
+    /// How far a webhook's timestamp may be from now.
+    pub webhook_window: Duration,
+    /// How often open tickets are read; `None` turns the poll off.
+    pub poll_interval: Option<Duration>,
+    /// Tickets per Table API call of the poll.
+    pub poll_batch: usize,
+    /// Table API calls the poll may make per minute.
+    pub poll_calls_per_minute: u32,
+}
+
+impl BridgeSettings {
+    /// Backoff before a ServiceNow call is tried again: 2 s doubling to 2 min, equal jitter.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        use rand::Rng as _;
+        let cap = Duration::from_secs(2)
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(6))
+            .min(Duration::from_secs(120));
+        let half = cap / 2;
+        half + Duration::from_millis(rand::rng().random_range(0..=half.as_millis() as u64))
+    }
+}
+
+impl Default for BridgeSettings {
+    fn default() -> Self {
+        BridgeSettings {
+            webhook_secret: None,
+            webhook_window: Duration::from_secs(300),
+            poll_interval: Some(Duration::from_secs(60)),
+            poll_batch: 50,
+            poll_calls_per_minute: 30,
+        }
+    }
 }
 
 impl std::fmt::Debug for Settings {
@@ -181,11 +230,57 @@ impl Settings {
             10,
             1..=120,
         );
+        let webhook_secret = match (
+            raw.webhook_secret.filter(|v| !v.is_empty()),
+            raw.webhook_secret_secret.filter(|s| !s.trim().is_empty()),
+        ) {
+            (Some(v), None) => Some(SecretSource::Value(v)),
+            (None, Some(n)) => Some(SecretSource::KeyVault(n)),
+            (None, None) => None,
+            (Some(_), Some(_)) => {
+                p.push(
+                    "servicenow.webhook_secret",
+                    "give webhook_secret or webhook_secret_secret, not both",
+                );
+                None
+            }
+        };
+        let webhook_window = settings::seconds(
+            p,
+            "servicenow.webhook_window_seconds",
+            raw.webhook_window_seconds,
+            300,
+            30..=3600,
+        );
+        let poll = settings::in_range(
+            p,
+            "servicenow.poll_interval_seconds",
+            raw.poll_interval_seconds,
+            60,
+            0..=3600,
+        );
+        let poll_batch =
+            settings::in_range(p, "servicenow.poll_batch", raw.poll_batch, 50, 1..=100);
+        let per_minute = settings::in_range(
+            p,
+            "servicenow.poll_calls_per_minute",
+            raw.poll_calls_per_minute,
+            30,
+            1..=600,
+        );
+        let bridge = BridgeSettings {
+            webhook_secret,
+            webhook_window,
+            poll_interval: (poll > 0).then(|| Duration::from_secs(poll)),
+            poll_batch: usize::try_from(poll_batch).unwrap_or(50),
+            poll_calls_per_minute: u32::try_from(per_minute).unwrap_or(30),
+        };
         let s = match (instance, auth) {
             (Some(instance), Some(auth)) if p.count() == before => Settings {
                 instance,
                 auth,
                 timeout,
+                bridge,
             },
             _ => return None,
         };
@@ -226,6 +321,9 @@ impl Settings {
 
     pub fn uses_key_vault(&self) -> bool {
         let kv = |s: &SecretSource| matches!(s, SecretSource::KeyVault(_));
+        if self.bridge.webhook_secret.as_ref().is_some_and(kv) {
+            return true;
+        }
         match &self.auth {
             Auth::Basic { password, .. } => kv(password),
             Auth::OAuth {
