@@ -1,0 +1,676 @@
+//! ServiceNow ticket bridging end to end: the real binary, the emulator's Table API and its
+//! business rule posting the signed webhook. A request approved → one ticket → Entra waits →
+//! the ticket closes → resumed from what the ticket says (continue, deny), by webhook or by the
+//! poll; duplicates and restarts open no second ticket; bad webhooks change nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "common/azurite.rs"]
+mod azurite;
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use accessgate_emulator::{CloseTicket, SendOptions, TicketView, WebhookSettings};
+use common::*;
+
+const SN_PASSWORD: &str = "sn-password-not-printed";
+const WEBHOOK_SECRET: &str = "webhook-secret-not-printed";
+
+const POLICY: &str = r#"
+version = 1
+
+[tickets.provision]
+table = "sc_req_item"
+assignment_group = "Identity Ops"
+reminder_before = "0s"
+fields = { short_description = "Access request: {package} for {target}", description = "Requested by {requestor} ({request_id}). {explanation}" }
+
+[[rules]]
+name = "approved-opens-a-ticket"
+stages = ["assignmentRequestApproved"]
+ticket = "provision"
+
+[[rules]]
+name = "removed-opens-a-deprovisioning-ticket"
+stages = ["assignmentRequestRemoved"]
+ticket = "provision"
+"#;
+
+struct Bridge {
+    h: Harness,
+}
+
+/// accessgate with the bridge policy, `[servicenow]` on the emulator, the webhook pointed at
+/// accessgate; `extra` is more TOML (e.g. `poll_interval_seconds`), `queue` a `[queue]` table.
+async fn start(servicenow_extra: &str, queue: &str, env: Vec<(String, String)>) -> Bridge {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let mut all = vec![
+        (
+            "ACCESSGATE_SERVICENOW__PASSWORD".to_string(),
+            SN_PASSWORD.to_string(),
+        ),
+        (
+            "ACCESSGATE_SERVICENOW__WEBHOOK_SECRET".to_string(),
+            WEBHOOK_SECRET.to_string(),
+        ),
+    ];
+    all.extend(env);
+    let h = Harness::start_env(
+        "",
+        &format!(
+            "[policy]\nfile = \"{}\"\n[servicenow]\ninstance_url = \"@EMULATOR_URL@\"\nauth = \"basic\"\nusername = \"accessgate\"\n{servicenow_extra}\n{queue}",
+            policy.display()
+        ),
+        all,
+    )
+    .await;
+    std::mem::forget(dir);
+    let emu = h.emu();
+    let mut creds = emu.servicenow_credentials();
+    creds.username = "accessgate".into();
+    creds.password = SN_PASSWORD.into();
+    emu.set_servicenow_credentials(&creds).unwrap();
+    load_servicenow(&emu);
+    emu.set_servicenow_webhook(&WebhookSettings {
+        url: h.ag.url("/api/servicenow/events"),
+        secret: WEBHOOK_SECRET.into(),
+        ..Default::default()
+    })
+    .unwrap();
+    Bridge { h }
+}
+
+/// ServiceNow with an `sc_req_item` table (one unrelated item, so its fields are known).
+fn load_servicenow(emu: &Emulator) {
+    let world: accessgate_emulator::World = serde_json::from_value(serde_json::json!({
+        "servicenow": {"tables": {"sc_req_item": [{
+            "sys_id": "5eed0000000000000000000000000001", "number": "RITM0000001",
+            "state": {"value": "2", "display_value": "Work in Progress"}, "active": "true",
+            "correlation_id": "other:seed", "short_description": "seed", "close_notes": "",
+            "assignment_group": "", "description": ""
+        }]}}
+    }))
+    .unwrap();
+    emu.load_world(&world).unwrap();
+}
+
+fn opts(stage: &str, sid: &str) -> SendOptions {
+    SendOptions {
+        stage: Some(stage.into()),
+        stage_instance_id: Some(sid.into()),
+        request_id: Some(format!("req-{sid}")),
+        access_package_name: Some("Payments".into()),
+        ..Default::default()
+    }
+}
+
+fn tickets_for(emu: &Emulator, sid: &str) -> Vec<TicketView> {
+    let link = format!("accessgate:{sid}");
+    emu.servicenow_tickets()
+        .into_iter()
+        .filter(|t| t.correlation_id == link)
+        .collect()
+}
+
+async fn ticket_of(emu: &Emulator, sid: &str) -> TicketView {
+    for _ in 0..200 {
+        if let Some(t) = tickets_for(emu, sid).into_iter().next() {
+            return t;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "no ticket for {sid}; ServiceNow calls: {:?}",
+        emu.servicenow_calls()
+    );
+}
+
+fn resumes_of(emu: &Emulator, sid: &str) -> usize {
+    emu.resumes()
+        .iter()
+        .filter(|r| r.stage_instance_id == sid)
+        .count()
+}
+
+fn close(emu: &Emulator, t: &TicketView, state: &str, notes: &str) {
+    emu.close_servicenow_ticket(
+        &t.table,
+        &t.sys_id,
+        &CloseTicket {
+            state: Some(state.into()),
+            close_notes: Some(notes.into()),
+            close_code: None,
+        },
+    )
+    .unwrap();
+}
+
+fn no_secret_leaks(ag: &Accessgate) {
+    let lines = ag.log_lines();
+    for l in &lines {
+        assert!(
+            !l.contains(WEBHOOK_SECRET),
+            "webhook secret in a log line: {l}"
+        );
+        assert!(
+            !l.contains(SN_PASSWORD),
+            "ServiceNow password in a log line: {l}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_request_waits_for_its_ticket_and_resumes_by_webhook() {
+    let b = start("poll_interval_seconds = 0", "", Vec::new()).await;
+    let emu = b.h.emu();
+    let sid = "bridge-webhook-1";
+    let sent = b.h.send(opts("assignmentRequestApproved", sid)).await;
+    assert_eq!(sent.status, Some(202), "{sent:?}");
+    let t = ticket_of(&emu, sid).await;
+    assert!(t.number.starts_with("RITM"), "{t:?}");
+    assert_eq!(
+        t.fields.get("assignment_group").map(String::as_str),
+        Some("Identity Ops")
+    );
+    let sd = t
+        .fields
+        .get("short_description")
+        .cloned()
+        .unwrap_or_default();
+    assert!(sd.contains("Payments"), "{sd}");
+    // Parked on the ticket: nothing is resumed while it is open.
+    b.h.ag
+        .wait_log("log line", |l| {
+            l["message"] == "job parked" && l["key"] == format!("snow:{}", t.sys_id)
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(resumes_of(&emu, sid), 0, "resumed while the ticket is open");
+
+    close(&emu, &t, "3", "Access granted in SAP");
+    let r = resumed(&emu, sid).await;
+    assert_eq!(r.state, None, "closed complete continues: {r:?}");
+    let detail = r.detail.unwrap_or_default();
+    assert!(
+        detail.contains(&t.number) && detail.contains("Access granted in SAP"),
+        "{detail}"
+    );
+    let deliveries = emu.servicenow_webhooks();
+    assert_eq!(deliveries.len(), 1, "{deliveries:?}");
+    assert_eq!(deliveries[0].status, Some(202), "{deliveries:?}");
+    // Later edits of the closed ticket change nothing: one resume, one ticket.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(resumes_of(&emu, sid), 1);
+    assert_eq!(tickets_for(&emu, sid).len(), 1);
+    no_secret_leaks(&b.h.ag);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_ticket_denies_with_its_number_and_notes() {
+    let b = start("poll_interval_seconds = 0", "", Vec::new()).await;
+    let emu = b.h.emu();
+    let sid = "bridge-cancel-1";
+    b.h.send(opts("assignmentRequestApproved", sid)).await;
+    let t = ticket_of(&emu, sid).await;
+    b.h.ag
+        .wait_log("log line", |l| l["message"] == "job parked")
+        .await;
+    close(&emu, &t, "4", "Not approved by the data owner");
+    let r = resumed(&emu, sid).await;
+    assert_eq!(r.state.as_deref(), Some("denied"), "{r:?}");
+    let detail = r.detail.unwrap_or_default();
+    assert!(
+        detail.contains(&t.number) && detail.contains("Not approved by the data owner"),
+        "{detail}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_webhook_is_made_up_by_the_poll() {
+    let b = start("poll_interval_seconds = 1", "", Vec::new()).await;
+    let emu = b.h.emu();
+    emu.set_servicenow_webhook(&WebhookSettings {
+        url: b.h.ag.url("/api/servicenow/events"),
+        secret: WEBHOOK_SECRET.into(),
+        drop: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let sid = "bridge-poll-1";
+    b.h.send(opts("assignmentRequestApproved", sid)).await;
+    let t = ticket_of(&emu, sid).await;
+    b.h.ag
+        .wait_log("log line", |l| l["message"] == "job parked")
+        .await;
+    close(&emu, &t, "3", "done");
+    let r = resumed(&emu, sid).await;
+    assert_eq!(r.state, None);
+    assert!(emu.servicenow_webhooks().iter().all(|d| d.dropped));
+    b.h.ag
+        .wait_log("log line", |l| {
+            l["message"] == "servicenow poll" && l["woken"] == 1
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_open_one_ticket_and_resume_once() {
+    let b = start("poll_interval_seconds = 0", "", Vec::new()).await;
+    let emu = b.h.emu();
+    emu.set_servicenow_webhook(&WebhookSettings {
+        url: b.h.ag.url("/api/servicenow/events"),
+        secret: WEBHOOK_SECRET.into(),
+        duplicate: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let sid = "bridge-dup-1";
+    // Entra's retry of the same callout (the same stage instance, a fresh signed request).
+    for _ in 0..3 {
+        let s = b.h.send(opts("assignmentRequestApproved", sid)).await;
+        assert_eq!(s.status, Some(202), "{s:?}");
+    }
+    let t = ticket_of(&emu, sid).await;
+    b.h.ag
+        .wait_log("log line", |l| l["message"] == "job parked")
+        .await;
+    close(&emu, &t, "3", "ok");
+    resumed(&emu, sid).await;
+    let statuses = eventually(10, "both webhook posts answered", || {
+        let d = emu.servicenow_webhooks();
+        (d.len() == 2 && d.iter().all(|x| x.status.is_some())).then_some(d)
+    })
+    .await;
+    // The duplicated post is the same signed request: refused as a replay.
+    let codes: Vec<u16> = statuses.iter().filter_map(|d| d.status).collect();
+    assert!(codes.contains(&202) && codes.contains(&409), "{codes:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(tickets_for(&emu, sid).len(), 1);
+    assert_eq!(resumes_of(&emu, sid), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deprovisioning_ticket_is_opened_and_does_not_wait() {
+    let b = start("poll_interval_seconds = 0", "", Vec::new()).await;
+    let emu = b.h.emu();
+    let sid = "bridge-removed-1";
+    let mut o = opts("assignmentRequestRemoved", sid);
+    o.timeout = None;
+    b.h.send(o).await;
+    let t = ticket_of(&emu, sid).await;
+    assert!(t.active);
+    b.h.ag
+        .wait_log("log line", |l| {
+            l["message"] == "ticket opened" && l["waits"] == false
+        })
+        .await;
+    assert_eq!(resumes_of(&emu, sid), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_ticket_denies_by_default() {
+    let b = start("poll_interval_seconds = 1", "", Vec::new()).await;
+    let emu = b.h.emu();
+    let sid = "bridge-deleted-1";
+    b.h.send(opts("assignmentRequestApproved", sid)).await;
+    let t = ticket_of(&emu, sid).await;
+    b.h.ag
+        .wait_log("log line", |l| l["message"] == "job parked")
+        .await;
+    let resp = client()
+        .delete(format!(
+            "{}/api/now/table/{}/{}",
+            emu.base_url(),
+            t.table,
+            t.sys_id
+        ))
+        .basic_auth("accessgate", Some(SN_PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    let r = resumed(&emu, sid).await;
+    assert_eq!(r.state.as_deref(), Some("denied"), "{r:?}");
+    assert!(r.detail.unwrap_or_default().contains("deleted"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_while_waiting_keeps_the_wait_and_the_ticket() {
+    let mut b = start("poll_interval_seconds = 0", "", Vec::new()).await;
+    let emu = b.h.emu();
+    let sid = "bridge-restart-1";
+    b.h.send(opts("assignmentRequestApproved", sid)).await;
+    let t = ticket_of(&emu, sid).await;
+    b.h.ag
+        .wait_log("log line", |l| l["message"] == "job parked")
+        .await;
+    b.h.ag.kill9();
+    b.h.ag.restart().await;
+    // The webhook goes to the new process's port.
+    emu.set_servicenow_webhook(&WebhookSettings {
+        url: b.h.ag.url("/api/servicenow/events"),
+        secret: WEBHOOK_SECRET.into(),
+        ..Default::default()
+    })
+    .unwrap();
+    close(&emu, &t, "3", "after restart");
+    let r = resumed(&emu, sid).await;
+    assert!(r.detail.unwrap_or_default().contains("after restart"));
+    assert_eq!(tickets_for(&emu, sid).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_passing_with_the_ticket_open_adds_work_notes_and_resumes_nothing() {
+    // Callback timeout 40 s, margin 5 s (the test config): the reminder comes 30 s before the
+    // deadline, i.e. at once, and the deadline 35 s after receipt.
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        POLICY.replace("reminder_before = \"0s\"", "reminder_before = \"30s\""),
+    )
+    .unwrap();
+    let h = Harness::start_env(
+        "",
+        &format!(
+            "[policy]\nfile = \"{}\"\n[servicenow]\ninstance_url = \"@EMULATOR_URL@\"\nauth = \"basic\"\nusername = \"accessgate\"\npoll_interval_seconds = 0\n",
+            policy.display()
+        ),
+        vec![("ACCESSGATE_SERVICENOW__PASSWORD".into(), SN_PASSWORD.into())],
+    )
+    .await;
+    let emu = h.emu();
+    let mut creds = emu.servicenow_credentials();
+    creds.username = "accessgate".into();
+    creds.password = SN_PASSWORD.into();
+    emu.set_servicenow_credentials(&creds).unwrap();
+    load_servicenow(&emu);
+    let sid = "bridge-expiry-1";
+    let mut o = opts("assignmentRequestApproved", sid);
+    o.timeout = Some("PT40S".into());
+    h.send(o).await;
+    let t = ticket_of(&emu, sid).await;
+    let journal_has = |needle: &'static str| {
+        let emu = emu.clone();
+        let sid = sid.to_owned();
+        move || {
+            tickets_for(&emu, &sid).into_iter().next().and_then(|t| {
+                t.journal
+                    .iter()
+                    .any(|j| j.value.contains(needle))
+                    .then_some(())
+            })
+        }
+    };
+    eventually(
+        15,
+        "the reminder work note",
+        journal_has("Entra stops waiting"),
+    )
+    .await;
+    eventually(60, "the expiry work note", journal_has("expired")).await;
+    h.ag.wait_log("log line", |l| {
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("deadline passed while ServiceNow"))
+    })
+    .await;
+    assert_eq!(resumes_of(&emu, sid), 0, "nothing is resumed late");
+    assert!(tickets_for(&emu, sid)[0].active, "{t:?}");
+    std::mem::forget(dir);
+}
+
+/// Signs like the business rule: `v1=hex(HMAC-SHA256(secret, ts + "." + body))`.
+fn signed(secret: &str, ts: &str, body: &str) -> String {
+    accessgate_emulator::tickets::signature(secret.as_bytes(), ts, body.as_bytes())
+}
+
+async fn post_event(
+    ag: &Accessgate,
+    ts: &str,
+    sig: Option<&str>,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let mut req = client()
+        .post(ag.url("/api/servicenow/events"))
+        .header("content-type", "application/json")
+        .header("x-accessgate-timestamp", ts)
+        .body(body.to_owned());
+    if let Some(s) = sig {
+        req = req.header("x-accessgate-signature", s);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_webhooks_get_a_reason_and_change_nothing() {
+    let b = start("poll_interval_seconds = 0", "", Vec::new()).await;
+    let emu = b.h.emu();
+    let sid = "bridge-bad-1";
+    b.h.send(opts("assignmentRequestApproved", sid)).await;
+    let t = ticket_of(&emu, sid).await;
+    b.h.ag
+        .wait_log("log line", |l| l["message"] == "job parked")
+        .await;
+    let now = (accessgate::queue::now_ms() / 1000).to_string();
+    let body = serde_json::json!({"table": t.table, "sys_id": t.sys_id, "number": t.number,
+        "state": "3", "correlation_id": t.correlation_id, "event": "closed"})
+    .to_string();
+    let ag = &b.h.ag;
+    let cases: Vec<(&str, String, Option<String>, String, u16, &str)> = vec![
+        (
+            "no signature",
+            now.clone(),
+            None,
+            body.clone(),
+            401,
+            "missing_header",
+        ),
+        (
+            "wrong key",
+            now.clone(),
+            Some(signed("wrong", &now, &body)),
+            body.clone(),
+            401,
+            "bad_signature",
+        ),
+        (
+            "not v1",
+            now.clone(),
+            Some("v2=abc".into()),
+            body.clone(),
+            401,
+            "bad_signature_format",
+        ),
+        (
+            "stale",
+            "1000000000".into(),
+            Some(signed(WEBHOOK_SECRET, "1000000000", &body)),
+            body.clone(),
+            401,
+            "stale_timestamp",
+        ),
+        (
+            "bad timestamp",
+            "soon".into(),
+            Some(signed(WEBHOOK_SECRET, "soon", &body)),
+            body.clone(),
+            401,
+            "bad_timestamp",
+        ),
+        (
+            "body changed after signing",
+            now.clone(),
+            Some(signed(WEBHOOK_SECRET, &now, &body)),
+            body.replace("\"3\"", "\"4\""),
+            401,
+            "bad_signature",
+        ),
+    ];
+    for (what, ts, sig, body, status, code) in cases {
+        let (s, v) = post_event(ag, &ts, sig.as_deref(), &body).await;
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (status, Some(code)),
+            "{what}: {v}"
+        );
+        assert!(v["correlationId"].is_string(), "{what}: {v}");
+    }
+    // Signed correctly, but not an event we know.
+    let unknown =
+        serde_json::json!({"table": t.table, "sys_id": "0123456789abcdef0123456789abcdef"})
+            .to_string();
+    let ts = (accessgate::queue::now_ms() / 1000 + 1).to_string();
+    let (s, v) = post_event(
+        ag,
+        &ts,
+        Some(&signed(WEBHOOK_SECRET, &ts, &unknown)),
+        &unknown,
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (404, Some("unknown_ticket")),
+        "{v}"
+    );
+    let other_table = serde_json::json!({"table": "incident", "sys_id": t.sys_id}).to_string();
+    let (s, v) = post_event(
+        ag,
+        &ts,
+        Some(&signed(WEBHOOK_SECRET, &ts, &other_table)),
+        &other_table,
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (400, Some("unknown_table")),
+        "{v}"
+    );
+    for (what, bad) in [
+        ("not json", "{"),
+        (
+            "duplicate member",
+            "{\"sys_id\":\"a\",\"sys_id\":\"b\",\"table\":\"x\"}",
+        ),
+        ("no sys_id", "{\"table\":\"sc_req_item\"}"),
+    ] {
+        let (s, v) = post_event(ag, &ts, Some(&signed(WEBHOOK_SECRET, &ts, bad)), bad).await;
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (400, Some("malformed_event")),
+            "{what}: {v}"
+        );
+    }
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(20_000));
+    let (s, v) = post_event(ag, &ts, Some(&signed(WEBHOOK_SECRET, &ts, &big)), &big).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (413, Some("body_too_large")),
+        "{v}"
+    );
+    // None of these woke the job or resumed anything.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(resumes_of(&emu, sid), 0);
+    // A good event (the ticket is still open) wakes the job, which reads the ticket, finds it
+    // open and parks again; the same signed event a second time is a replay.
+    let ts = (accessgate::queue::now_ms() / 1000).to_string();
+    let sig = signed(WEBHOOK_SECRET, &ts, &body);
+    let (s, v) = post_event(ag, &ts, Some(&sig), &body).await;
+    assert_eq!((s, v["status"].as_str()), (202, Some("accepted")), "{v}");
+    let (s, v) = post_event(ag, &ts, Some(&sig), &body).await;
+    assert_eq!((s, v["error"].as_str()), (409, Some("replayed")), "{v}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        resumes_of(&emu, sid),
+        0,
+        "the webhook body is a hint: the ticket is still open"
+    );
+    for l in ag.log_lines() {
+        assert!(!l.contains(WEBHOOK_SECRET));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_secret_the_webhook_is_refused() {
+    let b = start(
+        "poll_interval_seconds = 0",
+        "",
+        vec![(
+            "ACCESSGATE_SERVICENOW__WEBHOOK_SECRET".into(),
+            String::new(),
+        )],
+    )
+    .await;
+    let ts = (accessgate::queue::now_ms() / 1000).to_string();
+    let body = "{\"table\":\"sc_req_item\",\"sys_id\":\"abc\"}";
+    let (s, v) = post_event(&b.h.ag, &ts, Some(&signed("", &ts, body)), body).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (503, Some("webhook_not_configured")),
+        "{v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_azure_storage_two_instances_open_one_ticket_and_resume_once() {
+    let az = azurite::Azurite::start();
+    let queue = azurite::unique_queue_name("bridge");
+    let conn = az.connection_string();
+    let queue_toml = format!("[queue]\nbackend = \"azure_storage\"\nname = \"{queue}\"\n");
+    let env = vec![
+        (
+            "ACCESSGATE_QUEUE__CONNECTION_STRING".to_string(),
+            conn.clone(),
+        ),
+        (
+            "ACCESSGATE_QUEUE__WAIT_RECHECK_SECONDS".to_string(),
+            "2".to_string(),
+        ),
+    ];
+    let b = start("poll_interval_seconds = 1", &queue_toml, env.clone()).await;
+    let emu = b.h.emu();
+    // A second instance on the same queue and ledger (its own data dir).
+    let dir2 = tempfile::tempdir().unwrap();
+    let cfg2 = dir2.path().join("accessgate.toml");
+    std::fs::write(&cfg2, std::fs::read_to_string(&b.h.ag.config_path).unwrap()).unwrap();
+    let second = Accessgate::spawn(&cfg2, b.h.ag.env.clone(), &["serve"]).await;
+    let sids: Vec<String> = (0..6).map(|i| format!("bridge-az-{i}")).collect();
+    for sid in &sids {
+        // Each callout goes to both instances (Entra's retry reaching another instance).
+        let mut o = opts("assignmentRequestApproved", sid);
+        b.h.send(o.clone()).await;
+        o.target_url = format!("http://{}/api/elm", second.addr);
+        emu.send_callout(&o).await.unwrap();
+    }
+    let mut tickets = HashMap::new();
+    for sid in &sids {
+        tickets.insert(sid.clone(), ticket_of(&emu, sid).await);
+    }
+    // Let both instances finish what they started.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (i, sid) in sids.iter().enumerate() {
+        let t = &tickets[sid];
+        close(
+            &emu,
+            t,
+            if i % 2 == 0 { "3" } else { "4" },
+            "closed on Azurite",
+        );
+    }
+    for (i, sid) in sids.iter().enumerate() {
+        let r = resumed(&emu, sid).await;
+        assert_eq!(r.state.is_some(), i % 2 == 1, "{sid}: {r:?}");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for sid in &sids {
+        assert_eq!(tickets_for(&emu, sid).len(), 1, "{sid}: one ticket");
+        assert_eq!(resumes_of(&emu, sid), 1, "{sid}: one resume");
+    }
+    drop(second);
+    drop(az);
+}
