@@ -194,7 +194,7 @@ impl Bridge {
             .unwrap_or_else(|| sys_id.clone());
         row.sys_id = Some(sys_id);
         row.number = Some(number.clone());
-        let waits = spec.wait && msg.callout.expects_resume();
+        let waits = spec.waits_at(msg.callout.stage) && msg.callout.expects_resume();
         row.phase = if waits {
             TicketPhase::Open
         } else {

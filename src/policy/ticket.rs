@@ -64,8 +64,10 @@ pub struct TicketSpec {
     pub on_deleted: Action,
     /// A work note this long before the deadline; `None` for none.
     pub reminder_before: Option<Duration>,
-    /// Entra waits for the close (stages that take a resume); `false` opens and continues.
-    pub wait: bool,
+    /// Entra waits for the close (`None`: at every stage that takes a resume but
+    /// `assignmentRequestRemoved`, whose de-provisioning tickets do not hold anything up);
+    /// `false` opens and continues at once.
+    pub wait: Option<bool>,
 }
 
 /// Closed states of the out-of-box tables. The numeric values are ServiceNow's defaults as
@@ -242,7 +244,7 @@ impl TicketSpec {
             deny_states,
             on_deleted: raw.on_deleted.unwrap_or(Action::Deny),
             reminder_before,
-            wait: raw.wait.unwrap_or(true),
+            wait: raw.wait,
         })
     }
 
@@ -260,8 +262,14 @@ impl TicketSpec {
             deny_states,
             on_deleted: Action::Deny,
             reminder_before: Some(Duration::from_secs(24 * 3600)),
-            wait: true,
+            wait: None,
         }
+    }
+
+    /// Whether Entra is kept waiting for this ticket at `stage`.
+    pub fn waits_at(&self, stage: crate::callout::Stage) -> bool {
+        self.wait
+            .unwrap_or(stage != crate::callout::Stage::AssignmentRequestRemoved)
     }
 
     /// Whether any template needs the request's justification from Graph.

@@ -399,6 +399,7 @@ fn spawn_child(
     let out = child.stdout.take().unwrap();
     let err = child.stderr.take().unwrap();
     let logs2 = logs.clone();
+    let logs_seen = logs.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(err).lines().map_while(Result::ok) {
             logs2.lock().unwrap().push(line);
@@ -423,7 +424,13 @@ fn spawn_child(
     });
     let addr = rx
         .recv_timeout(Duration::from_secs(20))
-        .unwrap_or_else(|_| panic!("accessgate did not start listening"));
+        .unwrap_or_else(|_| {
+            std::thread::sleep(Duration::from_millis(200));
+            panic!(
+                "accessgate did not start listening; it printed:\n{}",
+                logs_seen.lock().map(|l| l.join("\n")).unwrap_or_default()
+            )
+        });
     (child, addr)
 }
 
