@@ -40,6 +40,7 @@ fn build_state(
     storage: Option<AzureJobs>,
     ledger: Option<Arc<dyn TicketLedger>>,
 ) -> anyhow::Result<Arc<AppState>> {
+    let single_process = matches!(config.queue, QueueSettings::Sqlite);
     let auth = Authenticator::new(
         http.clone(),
         &config.identity.authority,
@@ -71,6 +72,7 @@ fn build_state(
                 settings: sn.settings().bridge.clone(),
                 specs,
                 webhook: Default::default(),
+                single_process,
             }))
         }
         _ => None,

@@ -51,6 +51,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ElmCallout", post(elm_callout))
         .route("/ProcessJob", post(process_job))
         .route("/PoisonJob", post(poison_job))
+        .route("/ServiceNowEvents", post(servicenow_events))
+        .route("/ServiceNowPoll", post(servicenow_poll))
         .fallback(|| async {
             json_response(StatusCode::NOT_FOUND, json!({"Outputs": {}, "Logs": ["accessgate: no such function"], "ReturnValue": null}))
         })
@@ -182,6 +184,89 @@ async fn elm_callout(State(app): State<Arc<AppState>>, body: axum::body::Bytes) 
     }
     .instrument(span)
     .await
+}
+
+/// ServiceNow's close webhook as its own HTTP function (route `servicenow/events`): the same
+/// verification and answer as the standalone route.
+async fn servicenow_events(State(app): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
+    let inv: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let req = get_ci(&inv, "Data")
+        .and_then(|d| get_ci(d, "req"))
+        .and_then(objectish)
+        .unwrap_or(Value::Null);
+    let host_headers = get_ci(&req, "Headers");
+    let mut headers = axum::http::HeaderMap::new();
+    for name in [
+        crate::bridge::webhook::TIMESTAMP_HEADER,
+        crate::bridge::webhook::SIGNATURE_HEADER,
+        "client-request-id",
+        "x-ms-client-request-id",
+    ] {
+        if let Some(v) = header(host_headers, name)
+            && let Ok(v) = axum::http::HeaderValue::from_str(v)
+        {
+            headers.insert(name, v);
+        }
+    }
+    let correlation_id = CorrelationId::from_http(&headers);
+    let raw = get_ci(&req, "Body").and_then(Value::as_str).unwrap_or("");
+    let store = app
+        .storage
+        .as_ref()
+        .map(|s| s as &dyn crate::queue::JobStore);
+    let (status, answer) = crate::bridge::webhook::answer(
+        app.worker.bridge.as_deref(),
+        store,
+        &headers,
+        raw.as_bytes(),
+        correlation_id.as_str(),
+    )
+    .await;
+    let res = json_response(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        answer,
+    );
+    let mut outputs = Map::new();
+    outputs.insert(OUT_HTTP.into(), http_output(res).await);
+    json_response(
+        StatusCode::OK,
+        invocation(outputs, vec![format!("servicenow event: HTTP {status}")]),
+    )
+}
+
+/// The poll's timer trigger: one round over the open bridged tickets.
+async fn servicenow_poll(State(app): State<Arc<AppState>>) -> Response {
+    let (Some(bridge), Some(store)) = (app.worker.bridge.as_ref(), app.storage.as_ref()) else {
+        return json_response(
+            StatusCode::OK,
+            invocation(
+                Map::new(),
+                vec!["servicenow poll: no bridge configured".into()],
+            ),
+        );
+    };
+    let budget = crate::bridge::poll::Budget::new(bridge.settings.poll_calls_per_minute);
+    let r = crate::bridge::poll::round(bridge, store, &budget).await;
+    tracing::info!(open = r.open, calls = r.calls, closed = r.closed, missing = r.missing,
+        woken = r.woken, deferred = r.deferred, errors = %r.errors.join("; "), "servicenow poll");
+    let line = format!(
+        "servicenow poll: {} open, {} call(s), {} woken{}",
+        r.open,
+        r.calls,
+        r.woken,
+        if r.errors.is_empty() {
+            String::new()
+        } else {
+            format!("; errors: {}", r.errors.join("; "))
+        }
+    );
+    // A failed round is an error to the host, so it shows in the function's failures.
+    let status = if r.errors.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    json_response(status, invocation(Map::new(), vec![line]))
 }
 
 /// The HTTP output binding (`res`) for an answer built as for the standalone server: the same

@@ -454,6 +454,9 @@ async fn post_event(
     (status, resp.json().await.unwrap_or_default())
 }
 
+/// What is sent (label, timestamp, signature, body) and what must come back (status, code).
+type BadCase = (&'static str, String, Option<String>, String, u16, &'static str);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_webhooks_get_a_reason_and_change_nothing() {
     let b = start("poll_interval_seconds = 0", "", Vec::new()).await;
@@ -469,7 +472,7 @@ async fn bad_webhooks_get_a_reason_and_change_nothing() {
         "state": "3", "correlation_id": t.correlation_id, "event": "closed"})
     .to_string();
     let ag = &b.h.ag;
-    let cases: Vec<(&str, String, Option<String>, String, u16, &str)> = vec![
+    let cases: Vec<BadCase> = vec![
         (
             "no signature",
             now.clone(),
@@ -680,4 +683,44 @@ async fn on_azure_storage_two_instances_open_one_ticket_and_resume_once() {
     }
     drop(second);
     drop(az);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_the_bridge_leaves_one_ticket_and_one_resume_per_request() {
+    use rand::Rng as _;
+    // The poll makes up for webhooks posted while no process listened.
+    let mut b = start("poll_interval_seconds = 1", "", Vec::new()).await;
+    let emu = b.h.emu();
+    let sids: Vec<String> = (0..8).map(|i| format!("bridge-crash-{i}")).collect();
+    for sid in &sids {
+        b.h.send(opts("assignmentRequestApproved", sid)).await;
+    }
+    // kill -9 at random moments while tickets are looked up, created, recorded and parked.
+    for _ in 0..4 {
+        let ms = rand::rng().random_range(0..400);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        b.h.ag.kill9();
+        b.h.ag.restart().await;
+    }
+    emu.set_servicenow_webhook(&WebhookSettings {
+        url: b.h.ag.url("/api/servicenow/events"),
+        secret: WEBHOOK_SECRET.into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut opened = Vec::new();
+    for sid in &sids {
+        opened.push(ticket_of(&emu, sid).await);
+    }
+    for t in &opened {
+        close(&emu, t, "3", "closed after the crashes");
+    }
+    for sid in &sids {
+        resumed(&emu, sid).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for sid in &sids {
+        assert_eq!(tickets_for(&emu, sid).len(), 1, "{sid}: exactly one ticket");
+        assert_eq!(resumes_of(&emu, sid), 1, "{sid}: exactly one resume");
+    }
 }

@@ -41,6 +41,9 @@ pub struct Bridge {
     pub specs: std::collections::HashMap<String, Arc<TicketSpec>>,
     /// The webhook verifier's memory.
     pub webhook: webhook::Webhook,
+    /// The ledger is this process's alone (SQLite, behind the data-directory lock): a
+    /// reservation of an earlier process is stale at once.
+    pub single_process: bool,
 }
 
 /// What an attempt at a bridged job came to.
@@ -129,7 +132,7 @@ impl Bridge {
         let row = match self.ledger.reserve(&row).await {
             Ok(Reserve::Mine) => row,
             Ok(Reserve::Existing(existing)) => {
-                return Box::pin(self.follow(msg, attempt, existing, Some(order), None)).await;
+                return Box::pin(self.follow(msg, attempt, *existing, Some(order), None)).await;
             }
             Err(e) => return self.store_failed(msg, attempt, &e),
         };
@@ -333,7 +336,9 @@ impl Bridge {
                 stage: row.stage.clone(),
             })),
             TicketPhase::Opening => {
-                let stale = row.updated_at.later_by(STALE_RESERVATION).has_passed();
+                let stale = row.updated_at.later_by(STALE_RESERVATION).has_passed()
+                    || (self.single_process
+                        && !crate::queue::tickets::owned_by_this_process(&row.owner));
                 let Some(order) = order.filter(|_| stale) else {
                     if stale {
                         // A restart lost the rendered fields: decide again to render them.

@@ -459,10 +459,10 @@ impl Policy {
         let mut tickets = BTreeMap::new();
         for (name, (t, unreadable)) in &raw.tickets {
             let mut errs = Vec::new();
-            if let Some(spec) = ticket::TicketSpec::build(name, t, &mut errs) {
-                if !unreadable {
-                    tickets.insert(name.clone(), Arc::new(spec));
-                }
+            if let Some(spec) = ticket::TicketSpec::build(name, t, &mut errs)
+                && !unreadable
+            {
+                tickets.insert(name.clone(), Arc::new(spec));
             }
             for (key, m) in errs {
                 errors.at(&key, m);

@@ -74,6 +74,7 @@ fn policy_with(checks: Vec<CheckEntry>, mode: Mode, on_error: OnError) -> Policy
             mode,
             on_error,
             texts: Texts::defaults(),
+            ticket: None,
         }],
         checks,
         ..Policy::default()
@@ -398,7 +399,7 @@ detail = { denny = "no" }
         [
             "line 5: [[risks]] \"r\": severity: unknown variant `hgh`; did you mean `high`? (expected one of `low`, `medium`, `high`, `critical`)",
             "line 7: [[risks]] \"r\" set 1: acess_packages: unknown key; did you mean `access_packages`? (expected one of `name`, `functions`, `access_packages`, `groups`, `app_roles`, `entitlements`)",
-            "line 19: [[rules]] \"x\": desicion: unknown key; did you mean `decision`? (expected one of `name`, `catalogs`, `access_packages`, `stages`, `checks`, `decision`, `mode`, `on_error`, `detail`)",
+            "line 19: [[rules]] \"x\": desicion: unknown key; did you mean `decision`? (expected one of `name`, `catalogs`, `access_packages`, `stages`, `checks`, `decision`, `mode`, `on_error`, `detail`, `ticket`)",
             "line 23: [[rules]] \"y\": detail: unknown key `denny`; did you mean `deny`? (expected one of `allow`, `deny`, `error`, `audit`, `notify`)",
         ]
     );
@@ -448,5 +449,76 @@ fn an_unknown_risk_in_a_sod_check_is_located_with_its_near_miss() {
         [
             "line 11: checks.sod: risks: unknown risk \"pay-vs-aprove\"; did you mean \"pay-vs-approve\"?"
         ]
+    );
+}
+
+const TICKET_POLICY: &str = r#"
+version = 1
+[tickets.provision]
+table = "sc_req_item"
+assignment_group = "Identity Ops"
+fields = { short_description = "Access: {package} for {target}", description = "{explanation} link {link}" }
+
+[[rules]]
+name = "approved"
+stages = ["assignmentRequestApproved"]
+ticket = "provision"
+"#;
+
+#[test]
+fn ticket_rules_load_and_name_their_mistakes() {
+    let p = Policy::parse(TICKET_POLICY).unwrap();
+    assert!(p.opens_tickets());
+    let spec = p.ticket_spec("provision").unwrap();
+    assert_eq!(spec.table, "sc_req_item");
+    assert_eq!(spec.continue_states, vec!["3".to_string()]);
+    assert_eq!(spec.deny_states, vec!["4".to_string(), "7".to_string()]);
+    assert!(spec.waits_at(Stage::AssignmentRequestApproved));
+    assert!(!spec.waits_at(Stage::AssignmentRequestRemoved));
+
+    let bad = TICKET_POLICY
+        .replace("ticket = \"provision\"", "ticket = \"provison\"")
+        .replace("{target}", "{targte}")
+        .replace("table = \"sc_req_item\"", "table = \"sc_req_item\"\ncatalog_item = \"nothex\"\ncontinue_states = [\"3\"]\ndeny_states = [\"3\"]\nreminder_before = \"soon\"");
+    let errs = Policy::parse(&bad).unwrap_err().join("\n");
+    for want in [
+        "unknown ticket \"provison\"; did you mean \"provision\"?",
+        "unknown placeholder {targte}",
+        "give table or catalog_item, not both",
+        "state \"3\" is in continue_states too",
+        "reminder_before: \"soon\" is not a duration",
+    ] {
+        assert!(errs.contains(want), "{want}: {errs}");
+    }
+}
+
+#[tokio::test]
+async fn a_continuing_decision_renders_its_ticket_and_a_deny_gets_none() {
+    let p = Policy::parse(TICKET_POLICY).unwrap();
+    let mut c = callout("assignmentRequestApproved");
+    c.access_package.display_name = Some("Payments".into());
+    let d = decide(&p, &c).await;
+    let t = d.ticket.expect("a ticket order");
+    assert_eq!(t.fields["assignment_group"], "Identity Ops");
+    assert!(
+        t.fields["short_description"]
+            .as_str()
+            .unwrap()
+            .starts_with("Access: Payments for ")
+    );
+    let desc = t.fields["description"].as_str().unwrap();
+    assert!(
+        desc.contains(&format!("link accessgate:{}", c.stage_instance_id)),
+        "{desc}"
+    );
+    // A rule that denies opens nothing.
+    let deny = Policy::parse(&TICKET_POLICY.replace(
+        "ticket = \"provision\"",
+        "ticket = \"provision\"\ndecision = \"deny\"",
+    ))
+    .unwrap_err();
+    assert!(
+        deny.join(" ").contains("never opens its ticket"),
+        "{deny:?}"
     );
 }

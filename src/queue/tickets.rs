@@ -108,7 +108,7 @@ pub enum Reserve {
     /// The row was absent and is now ours.
     Mine,
     /// A row exists (another attempt, or another instance, got there first).
-    Existing(TicketRow),
+    Existing(Box<TicketRow>),
 }
 
 #[async_trait]
@@ -126,10 +126,23 @@ pub trait TicketLedger: Send + Sync {
     async fn list(&self, open_only: bool, limit: usize) -> Result<Vec<TicketRow>, StoreError>;
 }
 
-/// A reservation token.
+/// This process's id, the first part of every reservation token it makes.
+fn boot_id() -> &'static str {
+    use rand::Rng as _;
+    static BOOT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BOOT.get_or_init(|| format!("{:08x}", rand::rng().random::<u32>()))
+}
+
+/// A reservation token: `<process id>.<random>`.
 pub fn owner_token() -> String {
     use rand::Rng as _;
-    format!("{:016x}", rand::rng().random::<u64>())
+    format!("{}.{:016x}", boot_id(), rand::rng().random::<u64>())
+}
+
+/// Whether a token was made by this process (a token of an earlier process on the same
+/// single-process store belongs to an attempt that died with it).
+pub fn owned_by_this_process(token: &str) -> bool {
+    token.split('.').next() == Some(boot_id())
 }
 
 impl TicketRow {
@@ -186,7 +199,7 @@ impl TicketLedger for SqliteQueue {
                 params![r.stage_instance_id],
                 |x| x.get(0),
             )?;
-            Ok(Reserve::Existing(decode(&existing)?))
+            Ok(Reserve::Existing(Box::new(decode(&existing)?)))
         })
         .await
     }
@@ -337,7 +350,7 @@ impl TicketLedger for AzureJobs {
                 return Ok(Reserve::Mine);
             }
             if let Some(m) = self.waits.get(TICKET_PK, &row.stage_instance_id).await? {
-                return Ok(Reserve::Existing(from_entity(&m)?));
+                return Ok(Reserve::Existing(Box::new(from_entity(&m)?)));
             }
         }
         Err(StoreError::Corrupt(
@@ -402,7 +415,7 @@ impl TicketLedger for AzureJobs {
             .iter()
             .map(from_entity)
             .collect::<Result<Vec<_>, _>>()?;
-        rows.sort_by(|a, b| b.updated_at.cmp(&a.updated_at));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.updated_at));
         Ok(rows)
     }
 }
