@@ -53,6 +53,28 @@ enum Command {
         #[command(subcommand)]
         action: JobsAction,
     },
+    /// ServiceNow tickets the bridge opened: each one's Entra request and what it waits for.
+    Tickets {
+        #[command(subcommand)]
+        action: TicketsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum TicketsAction {
+    /// Bridged tickets, most recently changed first.
+    List {
+        /// Only tickets Entra still waits on.
+        #[arg(long)]
+        open: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One ticket, by stage instance id, sys_id or number, as JSON.
+    Show { id: String },
 }
 
 #[derive(clap::Args)]
@@ -125,6 +147,7 @@ pub fn main() -> ExitCode {
         Command::CheckConfig => check_config(cli.config),
         Command::Doctor => doctor(cli.config),
         Command::Jobs { action } => jobs(cli.config, action),
+        Command::Tickets { action } => tickets(cli.config, action),
         Command::Explain(args) => explain(cli.config, args),
         Command::Policy {
             action: PolicyAction::Check { file },
@@ -355,6 +378,111 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
         Err(e) => {
             eprintln!("{e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// `accessgate tickets`: the ticket ledger of either backend.
+fn tickets(path: Option<PathBuf>, action: TicketsAction) -> ExitCode {
+    use crate::queue::tickets::TicketLedger;
+    let c = match config::load(path.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("accessgate tickets: the configuration has problems:\n{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match runtime(tokio::runtime::Builder::new_current_thread()) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let ledger: Box<dyn TicketLedger> = match &c.queue {
+        QueueSettings::AzureStorage(q) => {
+            let http = match crate::app::http_client() {
+                Ok(h) => h,
+                Err(e) => {
+                    eprintln!("accessgate tickets: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let creds = crate::app::credentials_for(&c, &http);
+            Box::new(crate::queue::azure_backend::AzureJobs::new(
+                crate::queue::azure_backend::connect(http.clone(), q, creds.clone()),
+                crate::queue::azure_backend::connect_waits(http, q, creds),
+                q,
+            ))
+        }
+        QueueSettings::Sqlite => {
+            // The writer thread needs a runtime handle only to answer; open inside it.
+            let _guard = rt.enter();
+            match SqliteQueue::open(&c.server.data_dir) {
+                Ok(q) => Box::new(q),
+                Err(e) => {
+                    eprintln!("accessgate tickets: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    let result = rt.block_on(async {
+        match action {
+            TicketsAction::List { open, limit, json } => {
+                let rows = ledger.list(open, limit).await?;
+                if json {
+                    for r in rows {
+                        println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                    }
+                    return Ok(true);
+                }
+                println!(
+                    "{:<12} {:<9} {:<40} {:<28} {:<25} note",
+                    "ticket", "phase", "stage instance id", "stage", "deadline"
+                );
+                for r in rows {
+                    println!(
+                        "{:<12} {:<9} {:<40} {:<28} {:<25} {}",
+                        r.number.as_deref().unwrap_or("-"),
+                        r.phase.as_str(),
+                        r.stage_instance_id,
+                        r.stage,
+                        r.deadline.to_string(),
+                        r.note
+                    );
+                }
+                Ok(true)
+            }
+            TicketsAction::Show { id } => {
+                let mut row = ledger.get(&id).await?;
+                if row.is_none() {
+                    row = ledger.by_sys_id(&id).await?;
+                }
+                if row.is_none() {
+                    row = ledger.list(false, 100_000).await?.into_iter().find(|r| {
+                        r.number
+                            .as_deref()
+                            .is_some_and(|n| n.eq_ignore_ascii_case(&id))
+                    });
+                }
+                match row {
+                    Some(r) => {
+                        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+                        Ok(true)
+                    }
+                    None => {
+                        eprintln!("no bridged ticket {id}");
+                        Ok(false)
+                    }
+                }
+            }
+        }
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            let e: crate::queue::StoreError = e;
+            eprintln!("accessgate tickets: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -290,6 +290,80 @@ pub async fn run(config: &Config) -> Vec<Check> {
 
     // Queue.
     out.push(queue_check(config, &http, &creds).await);
+    // ServiceNow: the connection, every table a ticket rule writes, and the webhook secret.
+    if let Some(sn) = &config.servicenow {
+        out.extend(servicenow_checks(config, sn, &http, &creds).await);
+    }
+    out
+}
+
+async fn servicenow_checks(
+    config: &Config,
+    sn: &crate::tickets::servicenow::Settings,
+    http: &reqwest::Client,
+    creds: &Arc<Credentials>,
+) -> Vec<Check> {
+    use crate::tickets::servicenow::ServiceNow;
+    let mut out = Vec::new();
+    let client = ServiceNow::new(http.clone(), sn.clone(), Some(creds.clone()));
+    let mut tables: Vec<String> = std::iter::once(&config.policy)
+        .chain(config.extensions.iter().filter_map(|e| e.policy.as_ref()))
+        .flat_map(|p| p.ticket_specs())
+        .map(|s| s.table.clone())
+        .collect();
+    tables.sort();
+    tables.dedup();
+    let opens = !tables.is_empty();
+    if tables.is_empty() {
+        tables.push("sys_user".into());
+    }
+    for table in &tables {
+        let by = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        // A read of one record with the bridge's own link query: proves the connection, the
+        // credentials and read access to the table.
+        match client
+            .find_linked(table, "correlation_id", "accessgate:doctor", &[], by)
+            .await
+        {
+            Ok(_) => out.push(Check::pass(
+                "servicenow",
+                format!("{} answers; table {table} is readable", sn.instance.base()),
+            )),
+            Err(e) => out.push(Check::fail(
+                "servicenow",
+                format!("table {table}: {e}"),
+                "check servicenow.instance_url and the account's roles (read and write on the table, e.g. itil; catalog ordering for catalog_item)",
+            )),
+        }
+    }
+    match &sn.bridge.webhook_secret {
+        None if opens => out.push(Check::warn(
+            "servicenow webhook",
+            "servicenow.webhook_secret is not set: every close webhook is refused; only the poll closes tickets",
+            "set servicenow.webhook_secret_secret (Key Vault) or ACCESSGATE_SERVICENOW__WEBHOOK_SECRET, and the same value in ServiceNow's x_accessgate.webhook_secret",
+        )),
+        None => {}
+        Some(src) => match client.secret(src, true).await {
+            Ok(s) if s.expose().len() < 16 => out.push(Check::warn(
+                "servicenow webhook",
+                "the webhook secret is shorter than 16 characters",
+                "use a random secret of 32 characters or more",
+            )),
+            Ok(_) => out.push(Check::pass("servicenow webhook", "the webhook secret is readable")),
+            Err(e) => out.push(Check::fail(
+                "servicenow webhook",
+                e.to_string(),
+                "grant the managed identity Key Vault Secrets User, and check servicenow.webhook_secret_secret",
+            )),
+        },
+    }
+    if opens && sn.bridge.poll_interval.is_none() {
+        out.push(Check::warn(
+            "servicenow poll",
+            "servicenow.poll_interval_seconds = 0: a lost webhook leaves its request waiting until the deadline",
+            "set servicenow.poll_interval_seconds (default 60)",
+        ));
+    }
     out
 }
 

@@ -206,6 +206,34 @@ async fn an_approved_request_waits_for_its_ticket_and_resumes_by_webhook() {
     assert_eq!(resumes_of(&emu, sid), 1);
     assert_eq!(tickets_for(&emu, sid).len(), 1);
     no_secret_leaks(&b.h.ag);
+
+    // `accessgate tickets` shows the ticket, its Entra request and how it ended.
+    let cfg = b.h.ag.config_path.to_string_lossy().to_string();
+    let env: Vec<(&str, &str)> =
+        b.h.ag
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+    let out = run_to_exit(&["tickets", "list", "--json", "--config", &cfg], &env);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let row = rows
+        .iter()
+        .find(|r| r["stageInstanceId"] == sid)
+        .expect("listed");
+    assert_eq!(row["number"], t.number.as_str());
+    assert_eq!(row["phase"], "closed");
+    assert_eq!(row["requestId"], format!("req-{sid}"));
+    assert_eq!(row["closed"]["deny"], false);
+    let out = run_to_exit(&["tickets", "show", &t.number, "--config", &cfg], &env);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&t.sys_id));
+    let out = run_to_exit(&["tickets", "show", "RITM9999999", "--config", &cfg], &env);
+    assert_eq!(out.status.code(), Some(1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -455,7 +483,14 @@ async fn post_event(
 }
 
 /// What is sent (label, timestamp, signature, body) and what must come back (status, code).
-type BadCase = (&'static str, String, Option<String>, String, u16, &'static str);
+type BadCase = (
+    &'static str,
+    String,
+    Option<String>,
+    String,
+    u16,
+    &'static str,
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_webhooks_get_a_reason_and_change_nothing() {

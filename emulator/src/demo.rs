@@ -141,6 +141,10 @@ instance_url = "{base}"
 auth = "basic"
 username = "{sn_user}"
 password_secret = "servicenow-password"
+# Ticket bridging: ServiceNow's business rule signs its close webhook with this Key Vault
+# secret; the poll finds closes whose webhook was lost.
+webhook_secret_secret = "servicenow-webhook"
+poll_interval_seconds = 2
 
 [log]
 format = "text"
@@ -154,6 +158,135 @@ format = "text"
         ),
     )?;
     Ok(config)
+}
+
+/// The ServiceNow bridge: an approved request opens a ticket, Entra waits, the ticket's close
+/// resumes it (by webhook, or by the poll when the webhook is lost).
+async fn bridge_story(
+    emu: &Emulator,
+    target: &str,
+    webhook: &accessgate_emulator::WebhookSettings,
+    failures: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    println!(
+        "\nServiceNow ticket bridging (rule badge-ticket: an approved \"Data center badge\" opens a facilities ticket)"
+    );
+    let stories = [
+        ("Frank", "3", "Badge printed and handed over", false, None),
+        (
+            "Grace",
+            "4",
+            "No data center access for this role",
+            false,
+            Some("denied"),
+        ),
+        ("Heidi", "3", "Badge issued", true, None),
+    ];
+    for (n, (who, state, notes, lost, expect)) in stories.into_iter().enumerate() {
+        let sid = uuid::Uuid::new_v4().to_string();
+        let opts = SendOptions {
+            target_url: target.to_owned(),
+            stage: Some("assignmentRequestApproved".into()),
+            stage_instance_id: Some(sid.clone()),
+            access_package_name: Some("Data center badge".into()),
+            target_display_name: Some(who.into()),
+            ..Default::default()
+        };
+        let report = emu.send_callout(&opts).await?;
+        println!(
+            "{}. {who}'s \"Data center badge\" request is approved -> HTTP {}",
+            n + 1,
+            report.status.map_or("no answer".into(), |s| s.to_string())
+        );
+        let link = format!("accessgate:{sid}");
+        let until = Instant::now() + Duration::from_secs(15);
+        let ticket = loop {
+            if let Some(t) = emu
+                .servicenow_tickets()
+                .into_iter()
+                .find(|t| t.correlation_id == link)
+            {
+                break Some(t);
+            }
+            if Instant::now() > until {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let Some(ticket) = ticket else {
+            failures.push(format!("bridge {who}: no ticket opened"));
+            continue;
+        };
+        println!(
+            "   -> accessgate opened ServiceNow {} (\"{}\"); Entra waits",
+            ticket.number,
+            ticket
+                .fields
+                .get("short_description")
+                .cloned()
+                .unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if emu.resumes().iter().any(|r| r.stage_instance_id == sid) {
+            failures.push(format!("bridge {who}: resumed while the ticket was open"));
+        }
+        emu.set_servicenow_webhook(&accessgate_emulator::WebhookSettings {
+            drop: lost,
+            ..webhook.clone()
+        })?;
+        let closed_at = Instant::now();
+        emu.close_servicenow_ticket(
+            &ticket.table,
+            &ticket.sys_id,
+            &accessgate_emulator::CloseTicket {
+                state: Some(state.into()),
+                close_notes: Some(notes.into()),
+                close_code: None,
+            },
+        )?;
+        println!(
+            "   -> an agent closes {} as {}{}",
+            ticket.number,
+            if state == "3" {
+                "Closed Complete"
+            } else {
+                "Closed Incomplete"
+            },
+            if lost {
+                "; ServiceNow's webhook is lost on the way"
+            } else {
+                ""
+            }
+        );
+        match wait_resume(emu, &sid).await {
+            Some(r) => {
+                println!(
+                    "   -> Graph resume {} {:.0} ms after the close ({}): \"{}\"",
+                    if r.state.is_some() {
+                        "DENY"
+                    } else {
+                        "CONTINUE"
+                    },
+                    closed_at.elapsed().as_secs_f64() * 1000.0,
+                    if lost {
+                        "found by the poll"
+                    } else {
+                        "woken by the webhook"
+                    },
+                    r.detail.clone().unwrap_or_default()
+                );
+                if r.state.as_deref() != expect {
+                    failures.push(format!(
+                        "bridge {who}: unexpected resume state {:?}",
+                        r.state
+                    ));
+                }
+            }
+            None => failures.push(format!("bridge {who}: no resume")),
+        }
+    }
+    emu.set_servicenow_webhook(webhook)?;
+    Ok(())
 }
 
 async fn wait_ready(addr: SocketAddr, child: &mut Child) -> anyhow::Result<Duration> {
@@ -229,6 +362,8 @@ pub async fn run(accessgate: Option<PathBuf>) -> anyhow::Result<()> {
         "servicenow-password",
         &emu.servicenow_credentials().password,
     )?;
+    let webhook_secret = uuid::Uuid::new_v4().simple().to_string();
+    emu.put_secret("servicenow-webhook", &webhook_secret)?;
     println!(
         "accessgate calls Graph as app {} with Key Vault certificate accessgate-graph (x5t#S256 {}), read through the managed identity\n",
         emu.config().graph_client_id,
@@ -255,6 +390,13 @@ pub async fn run(accessgate: Option<PathBuf>) -> anyhow::Result<()> {
     };
     let _guard = Guard(child);
     let target = format!("http://{addr}/api/elm");
+    // ServiceNow's business rule posts to accessgate when a bridged ticket closes.
+    let webhook = accessgate_emulator::WebhookSettings {
+        url: format!("http://{addr}/api/servicenow/events"),
+        secret: webhook_secret.clone(),
+        ..Default::default()
+    };
+    emu.set_servicenow_webhook(&webhook)?;
 
     println!("accessgate demo");
     println!(
@@ -521,6 +663,8 @@ pub async fn run(accessgate: Option<PathBuf>) -> anyhow::Result<()> {
             resumes.len()
         ));
     }
+
+    bridge_story(&emu, &target, &webhook, &mut failures).await?;
 
     let mut sorted = latencies.clone();
     sorted.sort_by(f64::total_cmp);
