@@ -34,6 +34,7 @@ pub const OPENAPI: &str = include_str!("../openapi.json");
 /// Every route the standalone server serves, as (method, path): the OpenAPI test checks both ways.
 pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/elm"),
+    ("post", "/api/servicenow/events"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/openapi.json"),

@@ -560,11 +560,11 @@ async fn bad_webhooks_get_a_reason_and_change_nothing() {
     for (what, ts, sig, body, status, code) in cases {
         let (s, v) = post_event(ag, &ts, sig.as_deref(), &body).await;
         assert_eq!(
-            (s, v["error"].as_str()),
+            (s, v["error"]["code"].as_str()),
             (status, Some(code)),
             "{what}: {v}"
         );
-        assert!(v["correlationId"].is_string(), "{what}: {v}");
+        assert!(v["error"]["correlationId"].is_string(), "{what}: {v}");
     }
     // Signed correctly, but not an event we know.
     let unknown =
@@ -579,7 +579,7 @@ async fn bad_webhooks_get_a_reason_and_change_nothing() {
     )
     .await;
     assert_eq!(
-        (s, v["error"].as_str()),
+        (s, v["error"]["code"].as_str()),
         (404, Some("unknown_ticket")),
         "{v}"
     );
@@ -592,7 +592,7 @@ async fn bad_webhooks_get_a_reason_and_change_nothing() {
     )
     .await;
     assert_eq!(
-        (s, v["error"].as_str()),
+        (s, v["error"]["code"].as_str()),
         (400, Some("unknown_table")),
         "{v}"
     );
@@ -606,7 +606,7 @@ async fn bad_webhooks_get_a_reason_and_change_nothing() {
     ] {
         let (s, v) = post_event(ag, &ts, Some(&signed(WEBHOOK_SECRET, &ts, bad)), bad).await;
         assert_eq!(
-            (s, v["error"].as_str()),
+            (s, v["error"]["code"].as_str()),
             (400, Some("malformed_event")),
             "{what}: {v}"
         );
@@ -614,7 +614,7 @@ async fn bad_webhooks_get_a_reason_and_change_nothing() {
     let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(20_000));
     let (s, v) = post_event(ag, &ts, Some(&signed(WEBHOOK_SECRET, &ts, &big)), &big).await;
     assert_eq!(
-        (s, v["error"].as_str()),
+        (s, v["error"]["code"].as_str()),
         (413, Some("body_too_large")),
         "{v}"
     );
@@ -628,7 +628,11 @@ async fn bad_webhooks_get_a_reason_and_change_nothing() {
     let (s, v) = post_event(ag, &ts, Some(&sig), &body).await;
     assert_eq!((s, v["status"].as_str()), (202, Some("accepted")), "{v}");
     let (s, v) = post_event(ag, &ts, Some(&sig), &body).await;
-    assert_eq!((s, v["error"].as_str()), (409, Some("replayed")), "{v}");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("replayed")),
+        "{v}"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         resumes_of(&emu, sid),
@@ -655,7 +659,7 @@ async fn without_a_secret_the_webhook_is_refused() {
     let body = "{\"table\":\"sc_req_item\",\"sys_id\":\"abc\"}";
     let (s, v) = post_event(&b.h.ag, &ts, Some(&signed("", &ts, body)), body).await;
     assert_eq!(
-        (s, v["error"].as_str()),
+        (s, v["error"]["code"].as_str()),
         (503, Some("webhook_not_configured")),
         "{v}"
     );

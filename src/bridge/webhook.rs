@@ -62,6 +62,24 @@ pub enum WebhookError {
     Unavailable(String),
 }
 
+/// Every reason code an event refusal can carry (the OpenAPI description lists the same).
+pub const CODES: [&str; 14] = [
+    "webhook_not_configured",
+    "webhook_secret_unavailable",
+    "missing_header",
+    "bad_timestamp",
+    "stale_timestamp",
+    "bad_signature_format",
+    "bad_signature",
+    "replayed",
+    "replay_cache_full",
+    "body_too_large",
+    "malformed_event",
+    "unknown_ticket",
+    "unknown_table",
+    "unavailable",
+];
+
 impl WebhookError {
     pub fn code(&self) -> &'static str {
         match self {
@@ -316,7 +334,7 @@ pub async fn answer(
             tracing::warn!(correlation_id, reason = e.code(), error = %e, "servicenow event refused");
             (
                 e.status(),
-                serde_json::json!({"error": e.code(), "message": e.public_message(), "correlationId": correlation_id}),
+                serde_json::json!({"error": {"code": e.code(), "message": e.public_message(), "correlationId": correlation_id}}),
             )
         }
     }
