@@ -300,6 +300,30 @@ impl ServiceNow {
         ]
     }
 
+    /// `GET /api/now/table/{table}` with `query`: its records; a missing table is a refusal.
+    async fn query_table(
+        &self,
+        table: &str,
+        query: &[(&str, String)],
+        deadline: Instant,
+    ) -> Result<Vec<TicketRecord>, TicketError> {
+        let (status, v) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/now/table/{table}"),
+                query,
+                None,
+                deadline,
+            )
+            .await?;
+        if status == 404 {
+            return Err(TicketError::Refused(format!(
+                "table {table} does not exist (HTTP 404)"
+            )));
+        }
+        Self::records(&v)
+    }
+
     /// The records of `table` whose `field` equals `value` (at most 10), for the bridge's
     /// look-up before it creates (the value is a link such as `accessgate:<id>`).
     pub async fn find_linked(
@@ -319,22 +343,10 @@ impl ServiceNow {
         let mut query = Self::read_query(fields);
         query.push(("sysparm_query", format!("{field}={value}")));
         query.push(("sysparm_limit", "10".to_owned()));
-        let (status, v) = self
-            .call(
-                reqwest::Method::GET,
-                &format!("/api/now/table/{table}"),
-                &query,
-                None,
-                deadline,
-            )
-            .await?;
-        if status == 404 {
-            return Err(TicketError::Refused(format!(
-                "table {table} does not exist (HTTP 404)"
-            )));
-        }
         // The Table API ignores query parts it cannot apply (anchors.md §5): re-check.
-        Ok(Self::records(&v)?
+        Ok(self
+            .query_table(table, &query, deadline)
+            .await?
             .into_iter()
             .filter(|r| r.field(field).is_some_and(|f| f.value == value))
             .collect())
@@ -385,21 +397,9 @@ impl ServiceNow {
         let mut query = Self::read_query(fields);
         query.push(("sysparm_query", format!("sys_idIN{}", sys_ids.join(","))));
         query.push(("sysparm_limit", sys_ids.len().to_string()));
-        let (status, v) = self
-            .call(
-                reqwest::Method::GET,
-                &format!("/api/now/table/{table}"),
-                &query,
-                None,
-                deadline,
-            )
-            .await?;
-        if status == 404 {
-            return Err(TicketError::Refused(format!(
-                "table {table} does not exist (HTTP 404)"
-            )));
-        }
-        Ok(Self::records(&v)?
+        Ok(self
+            .query_table(table, &query, deadline)
+            .await?
             .into_iter()
             .filter(|r| {
                 r.field("sys_id")
