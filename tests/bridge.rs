@@ -44,9 +44,19 @@ struct Bridge {
 /// accessgate with the bridge policy, `[servicenow]` on the emulator, the webhook pointed at
 /// accessgate; `extra` is more TOML (e.g. `poll_interval_seconds`), `queue` a `[queue]` table.
 async fn start(servicenow_extra: &str, queue: &str, env: Vec<(String, String)>) -> Bridge {
+    start_policy(POLICY, servicenow_extra, queue, env).await
+}
+
+/// Like [`start`], with another policy text.
+async fn start_policy(
+    policy_text: &str,
+    servicenow_extra: &str,
+    queue: &str,
+    env: Vec<(String, String)>,
+) -> Bridge {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, POLICY).unwrap();
+    std::fs::write(&policy, policy_text).unwrap();
     let mut all = vec![
         (
             "ACCESSGATE_SERVICENOW__PASSWORD".to_string(),
@@ -401,28 +411,9 @@ async fn a_restart_while_waiting_keeps_the_wait_and_the_ticket() {
 async fn the_deadline_passing_with_the_ticket_open_adds_work_notes_and_resumes_nothing() {
     // Callback timeout 40 s, margin 5 s (the test config): the reminder comes 30 s before the
     // deadline, i.e. at once, and the deadline 35 s after receipt.
-    let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(
-        &policy,
-        POLICY.replace("reminder_before = \"0s\"", "reminder_before = \"30s\""),
-    )
-    .unwrap();
-    let h = Harness::start_env(
-        "",
-        &format!(
-            "[policy]\nfile = \"{}\"\n[servicenow]\ninstance_url = \"@EMULATOR_URL@\"\nauth = \"basic\"\nusername = \"accessgate\"\npoll_interval_seconds = 0\n",
-            policy.display()
-        ),
-        vec![("ACCESSGATE_SERVICENOW__PASSWORD".into(), SN_PASSWORD.into())],
-    )
-    .await;
-    let emu = h.emu();
-    let mut creds = emu.servicenow_credentials();
-    creds.username = "accessgate".into();
-    creds.password = SN_PASSWORD.into();
-    emu.set_servicenow_credentials(&creds).unwrap();
-    load_servicenow(&emu);
+    let policy = POLICY.replace("reminder_before = \"0s\"", "reminder_before = \"30s\"");
+    let b = start_policy(&policy, "poll_interval_seconds = 0", "", Vec::new()).await;
+    let (h, emu) = (&b.h, b.h.emu());
     let sid = "bridge-expiry-1";
     let mut o = opts("assignmentRequestApproved", sid);
     o.timeout = Some("PT40S".into());
@@ -455,7 +446,6 @@ async fn the_deadline_passing_with_the_ticket_open_adds_work_notes_and_resumes_n
     .await;
     assert_eq!(resumes_of(&emu, sid), 0, "nothing is resumed late");
     assert!(tickets_for(&emu, sid)[0].active, "{t:?}");
-    std::mem::forget(dir);
 }
 
 /// Signs like the business rule: `v1=hex(HMAC-SHA256(secret, ts + "." + body))`.
