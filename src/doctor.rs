@@ -336,7 +336,18 @@ async fn servicenow_checks(
             )),
         }
     }
+    if let Some(b) = &sn.bridge.webhook_bearer {
+        out.push(Check::pass(
+            "servicenow webhook bearer",
+            format!(
+                "Entra bearer tokens for {} from {} caller(s) are accepted",
+                b.audiences.join(", "),
+                b.callers.len()
+            ),
+        ));
+    }
     match &sn.bridge.webhook_secret {
+        None if opens && sn.bridge.webhook_bearer.is_some() => {}
         None if opens => out.push(Check::warn(
             "servicenow webhook",
             "servicenow.webhook_secret is not set: every close webhook is refused; only the poll closes tickets",

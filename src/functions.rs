@@ -199,6 +199,7 @@ async fn servicenow_events(State(app): State<Arc<AppState>>, body: axum::body::B
     for name in [
         crate::bridge::webhook::TIMESTAMP_HEADER,
         crate::bridge::webhook::SIGNATURE_HEADER,
+        "authorization",
         "client-request-id",
         "x-ms-client-request-id",
     ] {
@@ -217,6 +218,7 @@ async fn servicenow_events(State(app): State<Arc<AppState>>, body: axum::body::B
     let (status, answer) = crate::bridge::webhook::answer(
         app.worker.bridge.as_deref(),
         store,
+        &app.auth,
         &headers,
         raw.as_bytes(),
         correlation_id.as_str(),

@@ -72,6 +72,7 @@ async fn servicenow_events(
     let (status, body) = crate::bridge::webhook::answer(
         app.worker.bridge.as_deref(),
         app.queue.as_deref(),
+        &app.auth,
         &headers,
         &body,
         &correlation_id.to_string(),

@@ -11,7 +11,10 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use accessgate_emulator::{CloseTicket, SendOptions, TicketView, WebhookSettings};
+use accessgate_emulator::{
+    BearerWebhook, CloseTicket, IssuerVersion, MintOptions, SendOptions, TicketView,
+    WebhookSettings,
+};
 use common::*;
 
 const SN_PASSWORD: &str = "sn-password-not-printed";
@@ -83,7 +86,7 @@ async fn start_policy(
     creds.username = "accessgate".into();
     creds.password = SN_PASSWORD.into();
     emu.set_servicenow_credentials(&creds).unwrap();
-    load_servicenow(&emu);
+    seed_servicenow(&emu);
     emu.set_servicenow_webhook(&WebhookSettings {
         url: h.ag.url("/api/servicenow/events"),
         secret: WEBHOOK_SECRET.into(),
@@ -91,20 +94,6 @@ async fn start_policy(
     })
     .unwrap();
     Bridge { h }
-}
-
-/// ServiceNow with an `sc_req_item` table (one unrelated item, so its fields are known).
-fn load_servicenow(emu: &Emulator) {
-    let world: accessgate_emulator::World = serde_json::from_value(serde_json::json!({
-        "servicenow": {"tables": {"sc_req_item": [{
-            "sys_id": "5eed0000000000000000000000000001", "number": "RITM0000001",
-            "state": {"value": "2", "display_value": "Work in Progress"}, "active": "true",
-            "correlation_id": "other:seed", "short_description": "seed", "close_notes": "",
-            "assignment_group": "", "description": ""
-        }]}}
-    }))
-    .unwrap();
-    emu.load_world(&world).unwrap();
 }
 
 fn opts(stage: &str, sid: &str) -> SendOptions {
@@ -651,6 +640,170 @@ async fn without_a_secret_the_webhook_is_refused() {
     assert_eq!(
         (s, v["error"]["code"].as_str()),
         (503, Some("webhook_not_configured")),
+        "{v}"
+    );
+}
+
+/// Client id of ServiceNow's own app registration (its OAuth profile signs in with it).
+const SN_APP_ID: &str = "5e000000-0000-4000-8000-00000000a11e";
+
+async fn post_bearer(ag: &Accessgate, authorization: &str, body: &str) -> (u16, serde_json::Value) {
+    let resp = client()
+        .post(ag.url("/api/servicenow/events"))
+        .header("content-type", "application/json")
+        .header("authorization", authorization)
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entra_bearer_token_instead_of_the_signature_resumes_and_bad_tokens_are_refused() {
+    // Bearer only: no HMAC secret at all.
+    let b = start(
+        &format!(
+            "poll_interval_seconds = 0\nwebhook_audiences = [\"api://accessgate\"]\nwebhook_caller_ids = [\"{SN_APP_ID}\"]"
+        ),
+        "",
+        vec![(
+            "ACCESSGATE_SERVICENOW__WEBHOOK_SECRET".into(),
+            String::new(),
+        )],
+    )
+    .await;
+    let emu = b.h.emu();
+    emu.set_servicenow_webhook(&WebhookSettings {
+        url: b.h.ag.url("/api/servicenow/events"),
+        bearer: Some(BearerWebhook {
+            app_id: SN_APP_ID.into(),
+            audience: "api://accessgate".into(),
+        }),
+        ..Default::default()
+    })
+    .unwrap();
+    let sid = "bridge-bearer-1";
+    b.h.send(opts("assignmentRequestApproved", sid)).await;
+    let t = ticket_of(&emu, sid).await;
+    b.h.ag
+        .wait_log("log line", |l| l["message"] == "job parked")
+        .await;
+
+    // Every bad token is refused with its reason in the log, and wakes nothing.
+    let body = serde_json::json!({"table": t.table, "sys_id": t.sys_id, "number": t.number,
+        "correlation_id": t.correlation_id, "event": "closed"})
+    .to_string();
+    let ag = &b.h.ag;
+    let v2 = |m: MintOptions| MintOptions {
+        issuer_version: Some(IssuerVersion::V2),
+        ..m
+    };
+    let cases: Vec<(&str, MintOptions, &str)> = vec![
+        (
+            "another app's token",
+            v2(MintOptions {
+                audience: Some("api://accessgate".into()),
+                ..Default::default()
+            }),
+            "caller_not_allowed",
+        ),
+        (
+            "a token for another audience",
+            v2(MintOptions {
+                audience: Some("https://graph.microsoft.com".into()),
+                app_id: Some(SN_APP_ID.into()),
+                ..Default::default()
+            }),
+            "wrong_audience",
+        ),
+        (
+            "an expired token",
+            v2(MintOptions {
+                audience: Some("api://accessgate".into()),
+                app_id: Some(SN_APP_ID.into()),
+                expires_in_secs: Some(-600),
+                ..Default::default()
+            }),
+            "token_expired",
+        ),
+        (
+            "a tampered signature",
+            v2(MintOptions {
+                audience: Some("api://accessgate".into()),
+                app_id: Some(SN_APP_ID.into()),
+                tamper_signature: true,
+                ..Default::default()
+            }),
+            "bad_signature",
+        ),
+        (
+            "another tenant",
+            v2(MintOptions {
+                audience: Some("api://accessgate".into()),
+                app_id: Some(SN_APP_ID.into()),
+                tenant_id: Some("72f988bf-86f1-41af-91ab-2d7cd011db47".into()),
+                ..Default::default()
+            }),
+            "wrong_issuer",
+        ),
+    ];
+    for (what, m, detail) in cases {
+        let (s, v) = post_bearer(ag, &format!("Bearer {}", b.h.token(m)), &body).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (401, Some("bad_token")),
+            "{what}: {v}"
+        );
+        let cid = v["error"]["correlationId"].as_str().unwrap().to_owned();
+        ag.wait_log(what, |l| {
+            l["message"] == "servicenow event refused"
+                && l["correlation_id"] == cid.as_str()
+                && l["detail"] == detail
+        })
+        .await;
+    }
+    let (s, v) = post_bearer(ag, "PoP abc.def.ghi", &body).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("bad_token")),
+        "{v}"
+    );
+    // No Authorization and no HMAC configured: the header the configured path needs is named.
+    let ts = (accessgate::queue::now_ms() / 1000).to_string();
+    let (s, v) = post_event(ag, &ts, Some(&signed("x", &ts, &body)), &body).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("missing_header")),
+        "{v}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(resumes_of(&emu, sid), 0);
+
+    // The business rule posts with its OAuth token: the job reads the ticket and resumes.
+    close(&emu, &t, "3", "granted");
+    let r = resumed(&emu, sid).await;
+    assert_eq!(r.state, None, "{r:?}");
+    let d = emu.servicenow_webhooks();
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].status, Some(202), "{d:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bearer_token_is_refused_where_only_the_signature_is_configured() {
+    let b = start("poll_interval_seconds = 0", "", Vec::new()).await;
+    let token = b.h.token(MintOptions {
+        audience: Some("api://accessgate".into()),
+        app_id: Some(SN_APP_ID.into()),
+        issuer_version: Some(IssuerVersion::V2),
+        ..Default::default()
+    });
+    let body = "{\"table\":\"sc_req_item\",\"sys_id\":\"abc\"}";
+    let (s, v) = post_bearer(&b.h.ag, &format!("Bearer {token}"), body).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("bearer_not_accepted")),
         "{v}"
     );
 }

@@ -414,3 +414,218 @@ async fn a_parked_job_is_parked_again_when_delivered_early_and_runs_once_its_key
     })
     .await;
 }
+
+/// The bridge under the Functions host on Azurite: `ProcessJob` opens the ticket and parks the
+/// job; `ServiceNowEvents` (the signed webhook, as the host hands it over) wakes it and the
+/// next delivery resumes with continue; a lost webhook is made up by `ServiceNowPoll` (the
+/// timer's payload), which wakes the second job, resumed with deny.
+#[tokio::test(flavor = "multi_thread")]
+async fn servicenow_event_and_poll_functions_wake_bridged_jobs_on_azure_storage() {
+    use accessgate::endpoint::EndpointUrl;
+    use accessgate::queue::azure::{AzureQueue, AzureQueueSettings, StorageAuth};
+    use accessgate::secret::Secret;
+    const SECRET: &str = "functions-webhook-secret-0123456789";
+    let az = tokio::task::spawn_blocking(azurite::Azurite::start)
+        .await
+        .unwrap();
+    let queue = azurite::unique_queue_name("ag-fn-snow");
+    let table: String = format!("w{}", queue.replace('-', ""))
+        .chars()
+        .take(63)
+        .collect();
+    let emu = start_emulator().await;
+    let e = emu.handle();
+    seed_servicenow(&e);
+    let mut creds = e.servicenow_credentials();
+    creds.username = "accessgate".into();
+    creds.password = "sn-password".into();
+    e.set_servicenow_credentials(&creds).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "version = 1\n[tickets.provision]\ntable = \"sc_req_item\"\nreminder_before = \"0s\"\n[[rules]]\nname = \"ticket\"\nstages = [\"assignmentRequestApproved\"]\nticket = \"provision\"\n",
+    )
+    .unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &e,
+        &format!(
+            "[queue]\nbackend = \"azure_storage\"\nname = \"{queue}\"\nwait_table = \"{table}\"\n[policy]\nfile = \"{}\"\n[servicenow]\ninstance_url = \"@EMULATOR_URL@\"\nauth = \"basic\"\nusername = \"accessgate\"\n",
+            policy.display()
+        ),
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let env = vec![
+        (
+            "ACCESSGATE_CREDENTIALS__CLIENT_SECRET".to_string(),
+            e.config().graph_client_secret.clone(),
+        ),
+        (
+            "ACCESSGATE_QUEUE__CONNECTION_STRING".to_string(),
+            az.connection_string(),
+        ),
+        (
+            "ACCESSGATE_SERVICENOW__PASSWORD".to_string(),
+            "sn-password".to_string(),
+        ),
+        (
+            "ACCESSGATE_SERVICENOW__WEBHOOK_SECRET".to_string(),
+            SECRET.to_string(),
+        ),
+        ("FUNCTIONS_CUSTOMHANDLER_PORT".to_string(), port.to_string()),
+    ];
+    let ag = Accessgate::spawn(&cfg, env, &["functions"]).await;
+    let client = AzureQueue::new(
+        accessgate::app::http_client().unwrap(),
+        AzureQueueSettings {
+            queue_url_base: EndpointUrl::parse(&az.endpoint).unwrap(),
+            queue: queue.clone(),
+            poison_queue: format!("{queue}-poison"),
+        },
+        StorageAuth::SharedKey {
+            account: azurite::ACCOUNT.into(),
+            key: Secret::new(azurite::ACCOUNT_KEY),
+        },
+    );
+
+    // An approved request: intake, then the first delivery opens the ticket and parks.
+    let open = |stage_sid: &'static str| {
+        let e = e.clone();
+        let ag = &ag;
+        async move {
+            let req = e
+                .register_request(&accessgate_emulator::RegisterRequest {
+                    stage: Some("assignmentRequestApproved".into()),
+                    stage_instance_id: Some(stage_sid.into()),
+                    ..Default::default()
+                })
+                .unwrap();
+            let body = flat_body("assignmentRequestApproved", &req.id, stage_sid);
+            let (_, out) = invoke(ag, "ElmCallout", &http_payload(&e, &body)).await;
+            assert_eq!(out["Outputs"]["res"]["statusCode"], 202, "{out}");
+            let mut q = fixture("queue-trigger-single.json");
+            q["Data"]["job"] = out["Outputs"]["job"].clone();
+            let (status, out) = invoke(ag, "ProcessJob", &q).await;
+            assert_eq!(status, 200, "{out}");
+            assert!(
+                out["Logs"][0].as_str().unwrap().contains("parked until"),
+                "{out}"
+            );
+            let link = format!("accessgate:{stage_sid}");
+            let t = e
+                .servicenow_tickets()
+                .into_iter()
+                .find(|t| t.correlation_id == link)
+                .expect("a ticket was opened");
+            assert!(e.resumes().iter().all(|r| r.stage_instance_id != stage_sid));
+            t
+        }
+    };
+    let deliver_woken = |sid: &'static str| {
+        let client = &client;
+        let ag = &ag;
+        let e = e.clone();
+        async move {
+            let got = client
+                .receive(1, std::time::Duration::from_secs(30))
+                .await
+                .unwrap();
+            assert_eq!(got.len(), 1, "the woken message is visible");
+            let mut q = fixture("queue-trigger-single.json");
+            q["Data"]["job"] = Value::String(got[0].text.clone());
+            let (status, out) = invoke(ag, "ProcessJob", &q).await;
+            assert_eq!(status, 200, "{out}");
+            resumed(&e, sid).await
+        }
+    };
+    let close = |t: &accessgate_emulator::TicketView, state: &str| {
+        e.close_servicenow_ticket(
+            &t.table,
+            &t.sys_id,
+            &accessgate_emulator::CloseTicket {
+                state: Some(state.into()),
+                close_notes: Some("done by the agent".into()),
+                close_code: None,
+            },
+        )
+        .unwrap();
+    };
+
+    let t1 = open("fn-snow-webhook").await;
+    close(&t1, "3");
+    let body = json!({"table": t1.table, "sys_id": t1.sys_id, "number": t1.number,
+        "state": "3", "correlation_id": t1.correlation_id, "event": "closed"})
+    .to_string();
+    let event = |ts: &str, sig: &str| {
+        let mut p = fixture("servicenow-event-trigger.json");
+        let h = &mut p["Data"]["req"]["Headers"];
+        h["X-Accessgate-Timestamp"] = json!([ts]);
+        h["X-Accessgate-Signature"] = json!([sig]);
+        h["Content-Length"] = json!([body.len().to_string()]);
+        p["Data"]["req"]["Body"] = Value::String(body.clone());
+        p
+    };
+    let ts = (accessgate::queue::now_ms() / 1000).to_string();
+    // A forged event: the host gets 200, the caller (res) 401, and nothing is woken.
+    let forged = accessgate_emulator::tickets::signature(b"not-the-secret", &ts, body.as_bytes());
+    let (status, out) = invoke(&ag, "ServiceNowEvents", &event(&ts, &forged)).await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["Outputs"]["res"]["statusCode"], 401, "{out}");
+    let err: Value = serde_json::from_str(out["Outputs"]["res"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(err["error"]["code"], "bad_signature");
+    assert!(
+        client
+            .receive(1, std::time::Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_empty(),
+        "a forged event wakes nothing"
+    );
+    let sig = accessgate_emulator::tickets::signature(SECRET.as_bytes(), &ts, body.as_bytes());
+    let (status, out) = invoke(&ag, "ServiceNowEvents", &event(&ts, &sig)).await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["Outputs"]["res"]["statusCode"], 202, "{out}");
+    let ok: Value = serde_json::from_str(out["Outputs"]["res"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (ok["status"].as_str(), ok["woken"].as_u64()),
+        (Some("accepted"), Some(1))
+    );
+    let r = deliver_woken("fn-snow-webhook").await;
+    assert_eq!(r.state, None, "closed complete continues: {r:?}");
+    assert!(r.detail.unwrap_or_default().contains(&t1.number));
+
+    // The webhook is lost: the timer's round reads the ticket and wakes the job.
+    let t2 = open("fn-snow-poll").await;
+    let (status, out) = invoke(&ag, "ServiceNowPoll", &fixture("timer-trigger.json")).await;
+    assert_eq!(status, 200, "{out}");
+    assert!(
+        out["Logs"][0].as_str().unwrap().contains("0 woken"),
+        "an open ticket wakes nothing: {out}"
+    );
+    close(&t2, "4");
+    let (status, out) = invoke(&ag, "ServiceNowPoll", &fixture("timer-trigger.json")).await;
+    assert_eq!(status, 200, "{out}");
+    assert!(
+        out["Logs"][0].as_str().unwrap().contains("1 woken"),
+        "{out}"
+    );
+    let r = deliver_woken("fn-snow-poll").await;
+    assert_eq!(r.state.as_deref(), Some("denied"), "{r:?}");
+    let mut links: Vec<String> = e
+        .servicenow_tickets()
+        .into_iter()
+        .map(|t| t.correlation_id)
+        .filter(|l| l.starts_with("accessgate:"))
+        .collect();
+    links.sort();
+    assert_eq!(
+        links,
+        ["accessgate:fn-snow-poll", "accessgate:fn-snow-webhook"],
+        "one ticket per request"
+    );
+}

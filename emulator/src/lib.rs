@@ -59,7 +59,8 @@ pub use sender::{AuthScheme, SendOptions, SendReport, Shape};
 pub use servicenow::{ServiceNowCall, ServiceNowCredentials};
 pub use state::Stats;
 pub use tickets::{
-    CloseTicket, ClosedEvent, JournalEntry, TicketView, WebhookDelivery, WebhookSettings,
+    BearerWebhook, CloseTicket, ClosedEvent, JournalEntry, TicketView, WebhookDelivery,
+    WebhookSettings,
 };
 
 use state::{AppState, Shared};

@@ -50,9 +50,23 @@ pub struct WebhookSettings {
     /// Post the same signed request twice.
     #[serde(default)]
     pub duplicate: bool,
-    /// Sign with a wrong key.
+    /// Sign with a wrong key (with `bearer`: a token whose signature is broken).
     #[serde(default)]
     pub forge: bool,
+    /// Authenticate with an Entra access token instead of the HMAC signature, as a ServiceNow
+    /// REST message with an OAuth 2.0 profile (client credentials) does.
+    #[serde(default)]
+    pub bearer: Option<BearerWebhook>,
+}
+
+/// The token the bearer webhook carries: a v2 access token minted by the emulated tenant.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BearerWebhook {
+    /// `azp`: the client id of ServiceNow's app registration.
+    pub app_id: String,
+    /// `aud`: accessgate's Application ID URI.
+    pub audience: String,
 }
 
 /// One delivery attempt of the webhook (`GET /_emulator/servicenow/webhooks`).
@@ -494,6 +508,12 @@ pub(crate) fn dispatch(state: &AppState, pending: Option<Pending>) {
     }
 }
 
+/// How one delivery proves itself.
+enum Auth {
+    Signature(String),
+    Bearer(String),
+}
+
 async fn deliver(state: &Shared, pending: Pending) {
     let Pending { settings, event } = pending;
     let entry = |attempt: u32, timestamp: &str| WebhookDelivery {
@@ -535,12 +555,38 @@ async fn deliver(state: &Shared, pending: Pending) {
         }
     };
     let timestamp = jiff::Timestamp::now().as_second().to_string();
-    let key = if settings.forge {
-        format!("forged-{}", settings.secret)
-    } else {
-        settings.secret.clone()
+    let auth = match &settings.bearer {
+        Some(b) => {
+            let opts = crate::entra::MintOptions {
+                audience: Some(b.audience.clone()),
+                app_id: Some(b.app_id.clone()),
+                issuer_version: Some(crate::entra::IssuerVersion::V2),
+                tamper_signature: settings.forge,
+                ..Default::default()
+            };
+            match crate::entra::mint_callout_token(state, &opts) {
+                Ok(token) => Auth::Bearer(format!("Bearer {token}")),
+                Err(err) => {
+                    log_delivery(
+                        state,
+                        WebhookDelivery {
+                            error: Some(format!("minting the bearer token: {err}")),
+                            ..entry(1, "")
+                        },
+                    );
+                    return;
+                }
+            }
+        }
+        None => {
+            let key = if settings.forge {
+                format!("forged-{}", settings.secret)
+            } else {
+                settings.secret.clone()
+            };
+            Auth::Signature(signature(key.as_bytes(), &timestamp, &body))
+        }
     };
-    let sig = signature(key.as_bytes(), &timestamp, &body);
     let client = match reqwest::Client::builder()
         .no_proxy()
         .timeout(WEBHOOK_TIMEOUT)
@@ -563,11 +609,15 @@ async fn deliver(state: &Shared, pending: Pending) {
         let sent = client
             .post(&settings.url)
             .header(header::CONTENT_TYPE, "application/json")
-            .header("X-Accessgate-Timestamp", &timestamp)
-            .header("X-Accessgate-Signature", &sig)
-            .body(body.clone())
-            .send()
-            .await;
+            .body(body.clone());
+        let sent = match &auth {
+            Auth::Signature(sig) => sent
+                .header("X-Accessgate-Timestamp", &timestamp)
+                .header("X-Accessgate-Signature", sig),
+            Auth::Bearer(value) => sent.header(header::AUTHORIZATION, value),
+        }
+        .send()
+        .await;
         let (status, error) = match sent {
             Ok(resp) => (Some(resp.status().as_u16()), None),
             Err(err) => (None, Some(format!("{err}"))),
@@ -713,9 +763,15 @@ pub(crate) fn set_webhook(state: &Shared, settings: &WebhookSettings) -> anyhow:
         "webhook url must be http(s)"
     );
     anyhow::ensure!(
-        !settings.secret.is_empty(),
-        "webhook secret must not be empty"
+        !settings.secret.is_empty() || settings.bearer.is_some(),
+        "webhook secret must not be empty (or give bearer)"
     );
+    if let Some(b) = &settings.bearer {
+        anyhow::ensure!(
+            !b.app_id.is_empty() && !b.audience.is_empty(),
+            "bearer needs app_id and audience"
+        );
+    }
     state.lock().servicenow.book.webhook = Some(settings.clone());
     Ok(())
 }

@@ -523,22 +523,7 @@ impl Authenticator {
 
     /// Validates the `Authorization` header value of a callout.
     pub async fn verify(&self, authorization: Option<&[u8]>) -> Result<VerifiedCaller, AuthError> {
-        let raw = authorization.ok_or(AuthError::Missing)?;
-        let header = std::str::from_utf8(raw)
-            .map_err(|_| AuthError::Malformed)?
-            .trim();
-        let (scheme, token) = header.split_once(' ').ok_or(AuthError::Malformed)?;
-        let token = token.trim();
-        if token.is_empty() {
-            return Err(AuthError::Malformed);
-        }
-        let is_pop = scheme.eq_ignore_ascii_case("pop");
-        if !is_pop && !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(AuthError::UnsupportedScheme);
-        }
-        if token.len() > MAX_TOKEN_BYTES {
-            return Err(AuthError::TooLarge);
-        }
+        let (is_pop, token) = split_authorization(authorization)?;
         match (self.mode, is_pop) {
             (IngressMode::Direct, true) => self.verify_pop(token).await,
             (IngressMode::Direct, false) if self.bearer_audiences.is_empty() => {
@@ -560,6 +545,28 @@ impl Authenticator {
                     match_object_id: true,
                 };
                 self.verify_bearer(token, &rules, Scheme::Relay).await
+            }
+        }
+    }
+
+    /// A bearer token of one of accessgate's own service callers (ServiceNow's close webhook,
+    /// signing in to Entra with its own app registration): the same checks as a callout's
+    /// bearer token, against the audiences and callers that service is configured with.
+    pub async fn verify_service_bearer(
+        &self,
+        authorization: Option<&[u8]>,
+        audiences: &[String],
+        callers: &HashSet<String>,
+    ) -> Result<VerifiedCaller, AuthError> {
+        match split_authorization(authorization)? {
+            (true, _) => Err(AuthError::UnsupportedScheme),
+            (false, token) => {
+                let rules = Rules {
+                    audiences,
+                    callers,
+                    match_object_id: false,
+                };
+                self.verify_bearer(token, &rules, Scheme::Bearer).await
             }
         }
     }
@@ -664,6 +671,27 @@ impl Authenticator {
             .insert(digest, checked.clone(), self.leeway_secs as i64, now);
         Ok(checked)
     }
+}
+
+/// The scheme (`true` for PoP, `false` for Bearer) and token of an `Authorization` value.
+fn split_authorization(authorization: Option<&[u8]>) -> Result<(bool, &str), AuthError> {
+    let raw = authorization.ok_or(AuthError::Missing)?;
+    let header = std::str::from_utf8(raw)
+        .map_err(|_| AuthError::Malformed)?
+        .trim();
+    let (scheme, token) = header.split_once(' ').ok_or(AuthError::Malformed)?;
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(AuthError::Malformed);
+    }
+    let is_pop = scheme.eq_ignore_ascii_case("pop");
+    if !is_pop && !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::UnsupportedScheme);
+    }
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(AuthError::TooLarge);
+    }
+    Ok((is_pop, token))
 }
 
 fn summary(c: &access_token::Checked, pop: Option<serde_json::Value>) -> TokenSummary {

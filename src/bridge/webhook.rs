@@ -5,6 +5,12 @@
 //! seconds; milliseconds accepted) inside a window, each signature accepted once. The event is
 //! only a hint: it wakes the job parked on the ticket, and the job reads the record through the
 //! Table API and decides from that. Nothing in the body is trusted beyond naming the record.
+//!
+//! Or, instead of the signature, `Authorization: Bearer <Entra access token>` of ServiceNow's
+//! own app registration for accessgate's app (`servicenow.webhook_audiences` and
+//! `webhook_caller_ids`), checked like a callout's bearer token. Such a token is reused for an
+//! hour by ServiceNow's OAuth profile, so it has no per-event replay key: a repeated event only
+//! wakes a job that reads the ticket again and changes nothing.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -13,6 +19,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{Bridge, wait_key};
+use crate::auth::Authenticator;
 use crate::auth::replay::{ReplayCache, ReplayError};
 use crate::queue::JobStore;
 use crate::queue::tickets::TicketPhase;
@@ -32,8 +39,16 @@ pub const SIGNATURE_HEADER: &str = "x-accessgate-signature";
 /// secret and echoes no value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WebhookError {
-    #[error("the webhook is not configured (servicenow.webhook_secret is not set)")]
+    #[error(
+        "the webhook is not configured (neither servicenow.webhook_secret nor webhook_audiences is set)"
+    )]
     NotConfigured,
+    #[error(
+        "bearer tokens are not accepted: set servicenow.webhook_audiences and webhook_caller_ids, or sign the event"
+    )]
+    BearerNotAccepted,
+    #[error("{0}")]
+    BadToken(crate::auth::AuthError),
     #[error("the webhook secret cannot be read: {0}")]
     SecretUnavailable(String),
     #[error("missing header {0}")]
@@ -63,8 +78,10 @@ pub enum WebhookError {
 }
 
 /// Every reason code an event refusal can carry (the OpenAPI description lists the same).
-pub const CODES: [&str; 14] = [
+pub const CODES: [&str; 16] = [
     "webhook_not_configured",
+    "bearer_not_accepted",
+    "bad_token",
     "webhook_secret_unavailable",
     "missing_header",
     "bad_timestamp",
@@ -84,6 +101,8 @@ impl WebhookError {
     pub fn code(&self) -> &'static str {
         match self {
             WebhookError::NotConfigured => "webhook_not_configured",
+            WebhookError::BearerNotAccepted => "bearer_not_accepted",
+            WebhookError::BadToken(_) => "bad_token",
             WebhookError::SecretUnavailable(_) => "webhook_secret_unavailable",
             WebhookError::MissingHeader(_) => "missing_header",
             WebhookError::BadTimestamp => "bad_timestamp",
@@ -106,7 +125,10 @@ impl WebhookError {
             | WebhookError::SecretUnavailable(_)
             | WebhookError::ReplayFull
             | WebhookError::Unavailable(_) => 503,
+            WebhookError::BadToken(e) if e.is_unavailable() => 503,
             WebhookError::MissingHeader(_)
+            | WebhookError::BearerNotAccepted
+            | WebhookError::BadToken(_)
             | WebhookError::BadTimestamp
             | WebhookError::Stale(_)
             | WebhookError::BadSignatureFormat
@@ -207,18 +229,58 @@ impl Webhook {
         &self,
         bridge: &Bridge,
         store: &dyn JobStore,
+        auth: &Authenticator,
         headers: &axum::http::HeaderMap,
         body: &[u8],
         now: i64,
     ) -> Result<Accepted, WebhookError> {
-        let source = bridge
-            .settings
-            .webhook_secret
-            .as_ref()
-            .ok_or(WebhookError::NotConfigured)?;
+        let settings = &bridge.settings;
+        if settings.webhook_secret.is_none() && settings.webhook_bearer.is_none() {
+            return Err(WebhookError::NotConfigured);
+        }
         if body.len() > MAX_BODY {
             return Err(WebhookError::TooLarge);
         }
+        let authorization = headers.get(axum::http::header::AUTHORIZATION);
+        match (
+            authorization,
+            &settings.webhook_bearer,
+            &settings.webhook_secret,
+        ) {
+            (Some(value), Some(bearer), _) => {
+                let caller = auth
+                    .verify_service_bearer(
+                        Some(value.as_bytes()),
+                        &bearer.audiences,
+                        &bearer.callers,
+                    )
+                    .await
+                    .map_err(WebhookError::BadToken)?;
+                tracing::debug!(
+                    caller = caller.app_id(),
+                    token = caller.token_hash(),
+                    "servicenow event bearer token"
+                );
+            }
+            (Some(_), None, _) => return Err(WebhookError::BearerNotAccepted),
+            (None, _, Some(source)) => {
+                self.check_signature(bridge, source, headers, body, now)
+                    .await?
+            }
+            (None, _, None) => return Err(WebhookError::MissingHeader("authorization")),
+        }
+        self.wake(bridge, store, body).await
+    }
+
+    /// The HMAC path: signature, timestamp window and replay.
+    async fn check_signature(
+        &self,
+        bridge: &Bridge,
+        source: &SecretSource,
+        headers: &axum::http::HeaderMap,
+        body: &[u8],
+        now: i64,
+    ) -> Result<(), WebhookError> {
         let ts_raw = header(headers, TIMESTAMP_HEADER)?;
         let sig = signature_bytes(header(headers, SIGNATURE_HEADER)?)?;
         let ts = timestamp_secs(ts_raw)?;
@@ -263,6 +325,16 @@ impl Webhook {
             Err(ReplayError::Seen) => return Err(WebhookError::Replayed),
             Err(ReplayError::Full) => return Err(WebhookError::ReplayFull),
         }
+        Ok(())
+    }
+
+    /// An authenticated event: find the bridged ticket it names and wake its job.
+    async fn wake(
+        &self,
+        bridge: &Bridge,
+        store: &dyn JobStore,
+        body: &[u8],
+    ) -> Result<Accepted, WebhookError> {
         let obj = crate::strict_json::parse_object(body)
             .map_err(|_| WebhookError::Malformed("not a JSON object without duplicate members"))?;
         let obj = &obj;
@@ -312,13 +384,14 @@ impl Webhook {
 pub async fn answer(
     bridge: Option<&Bridge>,
     store: Option<&dyn JobStore>,
+    auth: &Authenticator,
     headers: &axum::http::HeaderMap,
     body: &[u8],
     correlation_id: &str,
 ) -> (u16, Value) {
     let now = crate::queue::now_ms() / 1000;
     let result = match (bridge, store) {
-        (Some(b), Some(s)) => b.webhook.handle(b, s, headers, body, now).await,
+        (Some(b), Some(s)) => b.webhook.handle(b, s, auth, headers, body, now).await,
         _ => Err(WebhookError::NotConfigured),
     };
     match result {
@@ -331,7 +404,11 @@ pub async fn answer(
             )
         }
         Err(e) => {
-            tracing::warn!(correlation_id, reason = e.code(), error = %e, "servicenow event refused");
+            let detail = match &e {
+                WebhookError::BadToken(a) => a.code(),
+                other => other.code(),
+            };
+            tracing::warn!(correlation_id, reason = e.code(), detail, error = %e, "servicenow event refused");
             (
                 e.status(),
                 serde_json::json!({"error": {"code": e.code(), "message": e.public_message(), "correlationId": correlation_id}}),

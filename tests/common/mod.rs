@@ -602,3 +602,17 @@ pub fn output_text(o: &std::process::Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     )
 }
+
+/// ServiceNow with an `sc_req_item` table (one unrelated item, so its fields are known).
+pub fn seed_servicenow(emu: &Emulator) {
+    let world: accessgate_emulator::World = serde_json::from_value(serde_json::json!({
+        "servicenow": {"tables": {"sc_req_item": [{
+            "sys_id": "5eed0000000000000000000000000001", "number": "RITM0000001",
+            "state": {"value": "2", "display_value": "Work in Progress"}, "active": "true",
+            "correlation_id": "other:seed", "short_description": "seed", "close_notes": "",
+            "assignment_group": "", "description": ""
+        }]}}
+    }))
+    .unwrap();
+    emu.load_world(&world).unwrap();
+}

@@ -24,6 +24,8 @@ pub struct Raw {
     pub webhook_secret: Option<Secret>,
     pub webhook_secret_secret: Option<String>,
     pub webhook_window_seconds: Option<u64>,
+    pub webhook_audiences: Option<Vec<String>>,
+    pub webhook_caller_ids: Option<Vec<String>>,
     pub poll_interval_seconds: Option<u64>,
     pub poll_batch: Option<u64>,
     pub poll_calls_per_minute: Option<u64>,
@@ -91,12 +93,25 @@ pub struct BridgeSettings {
     pub webhook_secret: Option<SecretSource>,
     /// How far a webhook's timestamp may be from now.
     pub webhook_window: Duration,
+    /// The Entra bearer-token alternative to the HMAC signature; `None` refuses bearer tokens.
+    pub webhook_bearer: Option<WebhookBearer>,
     /// How often open tickets are read; `None` turns the poll off.
     pub poll_interval: Option<Duration>,
     /// Tickets per Table API call of the poll.
     pub poll_batch: usize,
     /// Table API calls the poll may make per minute.
     pub poll_calls_per_minute: u32,
+}
+
+/// Who may post the webhook with an Entra access token instead of a signature: ServiceNow's
+/// own app registration (an OAuth profile with the client-credentials grant), asking for a
+/// token to accessgate's app. That app needs no Graph permission.
+#[derive(Clone, Debug)]
+pub struct WebhookBearer {
+    /// `aud` values accepted: accessgate's Application ID URI or client id.
+    pub audiences: Vec<String>,
+    /// Lower-case client ids (`azp` / `appid`) of the ServiceNow app registration.
+    pub callers: std::collections::HashSet<String>,
 }
 
 impl BridgeSettings {
@@ -116,6 +131,7 @@ impl Default for BridgeSettings {
         BridgeSettings {
             webhook_secret: None,
             webhook_window: Duration::from_secs(300),
+            webhook_bearer: None,
             poll_interval: Some(Duration::from_secs(60)),
             poll_batch: 50,
             poll_calls_per_minute: 30,
@@ -252,6 +268,7 @@ impl Settings {
             300,
             30..=3600,
         );
+        let webhook_bearer = webhook_bearer(p, raw.webhook_audiences, raw.webhook_caller_ids);
         let poll = settings::in_range(
             p,
             "servicenow.poll_interval_seconds",
@@ -271,6 +288,7 @@ impl Settings {
         let bridge = BridgeSettings {
             webhook_secret,
             webhook_window,
+            webhook_bearer,
             poll_interval: (poll > 0).then(|| Duration::from_secs(poll)),
             poll_batch: usize::try_from(poll_batch).unwrap_or(50),
             poll_calls_per_minute: u32::try_from(per_minute).unwrap_or(30),
@@ -333,4 +351,45 @@ impl Settings {
             } => kv(client_secret) || user.as_ref().is_some_and(|(_, s)| kv(s)),
         }
     }
+}
+
+/// `webhook_audiences` and `webhook_caller_ids` turn the bearer alternative on together.
+fn webhook_bearer(
+    p: &mut Problems,
+    audiences: Option<Vec<String>>,
+    callers: Option<Vec<String>>,
+) -> Option<WebhookBearer> {
+    let audiences = audiences.unwrap_or_default();
+    let callers = callers.unwrap_or_default();
+    if audiences.is_empty() && callers.is_empty() {
+        return None;
+    }
+    let before = p.count();
+    if audiences.is_empty() || audiences.iter().any(|a| a.trim().is_empty()) {
+        p.push(
+            "servicenow.webhook_audiences",
+            "give accessgate's Application ID URI (or client id) that ServiceNow's OAuth profile requests a token for, together with webhook_caller_ids",
+        );
+    }
+    if callers.is_empty() {
+        p.push(
+            "servicenow.webhook_caller_ids",
+            "give the client id of ServiceNow's app registration, together with webhook_audiences",
+        );
+    }
+    for c in &callers {
+        if uuid::Uuid::parse_str(c.trim()).is_err() {
+            p.push(
+                "servicenow.webhook_caller_ids",
+                &format!("{c:?} is not a client id (a GUID)"),
+            );
+        }
+    }
+    (p.count() == before).then(|| WebhookBearer {
+        audiences: audiences.iter().map(|a| a.trim().to_owned()).collect(),
+        callers: callers
+            .iter()
+            .map(|c| c.trim().to_ascii_lowercase())
+            .collect(),
+    })
 }
