@@ -122,8 +122,9 @@ async fn ticket_of(emu: &Emulator, sid: &str) -> TicketView {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!(
-        "no ticket for {sid}; ServiceNow calls: {:?}",
-        emu.servicenow_calls()
+        "no ticket for {sid}; ServiceNow calls: {:?}; tickets: {:?}",
+        emu.servicenow_calls(),
+        emu.servicenow_tickets()
     );
 }
 
@@ -642,6 +643,125 @@ async fn without_a_secret_the_webhook_is_refused() {
         (503, Some("webhook_not_configured")),
         "{v}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_and_a_lost_create_answer_are_retried_into_one_ticket() {
+    let b = start("poll_interval_seconds = 0", "", Vec::new()).await;
+    let emu = b.h.emu();
+    // ServiceNow throttles the first call, then commits the create but its answer is lost.
+    emu.set_fault(&accessgate_emulator::FaultSpec {
+        target: accessgate_emulator::FaultTarget::ServiceNow,
+        status: Some(429),
+        retry_after_secs: Some(1),
+        count: Some(1),
+        ..Default::default()
+    })
+    .unwrap();
+    emu.lose_servicenow_write_answers(1);
+    let sid = "bridge-faults-1";
+    let sent = b.h.send(opts("assignmentRequestApproved", sid)).await;
+    assert_eq!(sent.status, Some(202), "{sent:?}");
+    b.h.ag
+        .wait_log("the job parked on its ticket", |l| {
+            l["message"] == "job parked"
+        })
+        .await;
+    let calls = emu.servicenow_calls();
+    let statuses: Vec<(String, u16)> = calls.iter().map(|c| (c.method.clone(), c.status)).collect();
+    assert!(statuses.contains(&("GET".into(), 429)), "{statuses:?}");
+    assert!(statuses.contains(&("POST".into(), 504)), "{statuses:?}");
+    assert_eq!(
+        calls.iter().filter(|c| c.method == "POST").count(),
+        1,
+        "the retry found the committed ticket by its link instead of creating another: {statuses:?}"
+    );
+    assert_eq!(tickets_for(&emu, sid).len(), 1);
+    assert!(
+        b.h.ag.log_lines().iter().any(|l| l.contains("429")),
+        "the retry names why"
+    );
+    let t = ticket_of(&emu, sid).await;
+    close(&emu, &t, "3", "done");
+    let r = resumed(&emu, sid).await;
+    assert_eq!(r.state, None, "{r:?}");
+    assert_eq!(resumes_of(&emu, sid), 1);
+}
+
+const CATALOG_POLICY: &str = r#"
+version = 1
+
+[tickets.laptop]
+catalog_item = "@ITEM@"
+requested_for = "{target_id}"
+variables = { justification = "{justification}", package = "{package}" }
+reminder_before = "0s"
+fields = { short_description = "Access request: {package} for {target}" }
+
+[[rules]]
+name = "approved-orders-the-item"
+stages = ["assignmentRequestApproved"]
+ticket = "laptop"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_item_is_ordered_once_its_item_linked_and_its_close_resumes() {
+    const ITEM: &str = "ca7a1000000000000000000000000001";
+    let b = start_policy(
+        &CATALOG_POLICY.replace("@ITEM@", ITEM),
+        "poll_interval_seconds = 0",
+        "",
+        Vec::new(),
+    )
+    .await;
+    let emu = b.h.emu();
+    let r = client()
+        .post(format!(
+            "{}/_emulator/servicenow/catalog-items",
+            emu.base_url()
+        ))
+        .json(&serde_json::json!({"sys_id": ITEM, "name": "Access request"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let sid = "bridge-catalog-1";
+    // Two deliveries of the same callout: one order.
+    for _ in 0..2 {
+        let sent = b.h.send(opts("assignmentRequestApproved", sid)).await;
+        assert_eq!(sent.status, Some(202), "{sent:?}");
+    }
+    let t = ticket_of(&emu, sid).await;
+    assert_eq!(t.table, "sc_req_item", "{t:?}");
+    assert!(t.number.starts_with("RITM"), "{t:?}");
+    // The ordered item got the link and the templated fields by the PATCH after order_now.
+    let sd = t
+        .fields
+        .get("short_description")
+        .cloned()
+        .unwrap_or_default();
+    assert!(sd.contains("Payments"), "{t:?}");
+    b.h.ag
+        .wait_log("job parked", |l| l["message"] == "job parked")
+        .await;
+    let calls = emu.servicenow_calls();
+    let orders = calls
+        .iter()
+        .filter(|c| c.method == "POST" && c.target.contains("order_now"))
+        .count();
+    assert_eq!(orders, 1, "{calls:?}");
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.method == "PATCH" && c.target.contains(&t.sys_id)),
+        "{calls:?}"
+    );
+    close(&emu, &t, "3", "Delivered");
+    let r = resumed(&emu, sid).await;
+    assert_eq!(r.state, None, "{r:?}");
+    assert!(r.detail.unwrap_or_default().contains(&t.number));
+    assert_eq!(tickets_for(&emu, sid).len(), 1);
+    assert_eq!(resumes_of(&emu, sid), 1);
 }
 
 /// Client id of ServiceNow's own app registration (its OAuth profile signs in with it).

@@ -380,13 +380,18 @@ async fn sn_credentials_get(State(state): State<AppState>) -> Response {
 
 #[derive(serde::Deserialize)]
 struct SnSettings {
+    #[serde(default)]
     invalid_query_returns_no_rows: bool,
+    #[serde(default)]
+    lose_write_answers: u32,
 }
 
 async fn sn_settings(State(state): State<AppState>, body: Bytes) -> Response {
     match serde_json::from_slice::<SnSettings>(&body) {
         Ok(s) => {
-            state.lock().servicenow.invalid_query_returns_no_rows = s.invalid_query_returns_no_rows;
+            let mut inner = state.lock();
+            inner.servicenow.invalid_query_returns_no_rows = s.invalid_query_returns_no_rows;
+            inner.servicenow.lose_write_answers = s.lose_write_answers;
             StatusCode::NO_CONTENT.into_response()
         }
         Err(err) => bad_json(&err),

@@ -476,6 +476,11 @@ impl Emulator {
 
     /// ServiceNow's `glide.invalid_query.returns_no_rows`: when set, a query naming an unknown
     /// field returns nothing instead of ignoring that part.
+    /// The next `n` creates and `order_now` calls are committed, then answered 504.
+    pub fn lose_servicenow_write_answers(&self, n: u32) {
+        self.state.lock().servicenow.lose_write_answers = n;
+    }
+
     pub fn set_servicenow_invalid_query_returns_no_rows(&self, on: bool) {
         self.state.lock().servicenow.invalid_query_returns_no_rows = on;
     }

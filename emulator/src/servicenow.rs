@@ -43,6 +43,9 @@ pub struct ServiceNowCall {
 pub(crate) struct ServiceNowState {
     pub creds: ServiceNowCredentials,
     pub invalid_query_returns_no_rows: bool,
+    /// The next this many creates and `order_now` calls are committed, then answered 504 (a
+    /// proxy timing out after ServiceNow wrote the record): the answer is lost, the write is not.
+    pub lose_write_answers: u32,
     pub tokens: BTreeSet<String>,
     pub calls: Vec<ServiceNowCall>,
     /// Records written through the API, journal, business rule and webhook (`tickets`).
@@ -60,11 +63,35 @@ impl ServiceNowState {
                 client_secret: format!("sncs-{}", r()),
             },
             invalid_query_returns_no_rows: false,
+            lose_write_answers: 0,
             tokens: BTreeSet::new(),
             calls: Vec::new(),
             book: crate::tickets::TicketBook::default(),
         }
     }
+}
+
+/// Whether this committed write's answer is lost (see `lose_write_answers`); records the call.
+pub(crate) fn answer_lost(
+    inner: &mut crate::state::Inner,
+    method: &str,
+    target: &str,
+) -> Option<Response> {
+    if inner.servicenow.lose_write_answers == 0 {
+        return None;
+    }
+    inner.servicenow.lose_write_answers -= 1;
+    record(
+        inner,
+        method,
+        target.to_owned(),
+        StatusCode::GATEWAY_TIMEOUT,
+    );
+    Some(failure(
+        StatusCode::GATEWAY_TIMEOUT,
+        "Gateway Timeout",
+        Some("the write was committed; this answer is an injected loss"),
+    ))
 }
 
 pub(crate) fn failure(status: StatusCode, message: &str, detail: Option<&str>) -> Response {

@@ -859,6 +859,9 @@ pub(crate) async fn create(
     };
     let user = inner.servicenow.creds.username.clone();
     let row = insert(&mut inner, &table, &given, &user);
+    if let Some(lost) = crate::servicenow::answer_lost(&mut inner, "POST", &target) {
+        return lost;
+    }
     let sys_id = field(&row, "sys_id");
     let rendered = render(&inner, &state.base_url, &row, &q);
     record(&mut inner, "POST", target, StatusCode::CREATED);
@@ -1027,6 +1030,9 @@ pub(crate) async fn order_now(
         .book
         .variables
         .insert(field(&ritm, "sys_id"), variables);
+    if let Some(lost) = crate::servicenow::answer_lost(&mut inner, "POST", &target) {
+        return lost;
+    }
     record(&mut inner, "POST", target, StatusCode::OK);
     Json(json!({"result": {
         "sys_id": request_id,

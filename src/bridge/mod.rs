@@ -88,15 +88,28 @@ fn read_fields(spec_link: &str) -> Vec<String> {
         .collect()
 }
 
+fn step_reason(step: &BridgeStep) -> &str {
+    match step {
+        BridgeStep::Step(Step::RetryAt { reason, .. } | Step::Dead(reason)) => reason,
+        _ => "",
+    }
+}
+
 impl Bridge {
     /// A failed ServiceNow call: retried with backoff while the deadline allows; a permanent
     /// refusal (a missing table, a rejected field) is a dead letter with the reason.
     fn failed(&self, msg: &JobMessage, attempt: u32, what: &str, e: &TicketError) -> BridgeStep {
         let reason = format!("{what}: {e}");
-        if e.is_permanent() {
+        // A garbled answer is not permanent here: every attempt looks the ticket up by its link
+        // first, so trying again cannot open a second one, and the deadline bounds it.
+        if e.is_permanent() && !matches!(e, TicketError::Malformed(_)) {
             return BridgeStep::Step(Step::Dead(reason));
         }
-        let at = Deadline::in_(self.settings.backoff(attempt));
+        let wait = self
+            .settings
+            .backoff(attempt)
+            .max(e.retry_after().unwrap_or_default());
+        let at = Deadline::in_(wait);
         if at >= msg.deadline {
             return BridgeStep::Step(Step::Dead(format!(
                 "deadline reached while ServiceNow failed; last error: {reason}"
@@ -157,8 +170,38 @@ impl Bridge {
         BridgeStep::Step(Step::RetryAt { at, reason })
     }
 
-    /// Holding the reservation: find the ticket by its link, or create it; record it.
+    /// Holding the reservation: find the ticket by its link, or create it; record it. An
+    /// attempt that fails before the ticket is recorded releases the reservation, so its own
+    /// retry (or a duplicate delivery) takes it over at once instead of waiting for it to go
+    /// stale; the lookup by link first keeps that to one ticket.
     async fn create_or_find(
+        &self,
+        msg: &JobMessage,
+        attempt: u32,
+        row: TicketRow,
+        order: &TicketOrder,
+    ) -> BridgeStep {
+        let owner = row.owner.clone();
+        let sid = row.stage_instance_id.clone();
+        let step = self.create_or_record(msg, attempt, row, order).await;
+        if matches!(step, BridgeStep::Step(Step::RetryAt { .. } | Step::Dead(_)))
+            && let Ok(Some(mut now)) = self.ledger.get(&sid).await
+            && now.phase == TicketPhase::Opening
+            && now.owner == owner
+        {
+            now.owner = crate::queue::tickets::RELEASED.to_owned();
+            now.touch(format!(
+                "released after a failed attempt: {}",
+                step_reason(&step)
+            ));
+            if let Err(e) = self.ledger.take_over(&now, &owner).await {
+                tracing::warn!(error = %e, "cannot release the ticket reservation; it goes stale instead");
+            }
+        }
+        step
+    }
+
+    async fn create_or_record(
         &self,
         msg: &JobMessage,
         attempt: u32,
@@ -274,7 +317,8 @@ impl Bridge {
                         "sc_req_item",
                         "request",
                         &req,
-                        &read_fields(&spec.link_field),
+                        // `request` too: the answer is checked against the value asked for.
+                        &[read_fields(&spec.link_field), vec!["request".to_owned()]].concat(),
                         by,
                     )
                     .await
@@ -336,7 +380,8 @@ impl Bridge {
                 stage: row.stage.clone(),
             })),
             TicketPhase::Opening => {
-                let stale = row.updated_at.later_by(STALE_RESERVATION).has_passed()
+                let stale = row.owner == crate::queue::tickets::RELEASED
+                    || row.updated_at.later_by(STALE_RESERVATION).has_passed()
                     || (self.single_process
                         && !crate::queue::tickets::owned_by_this_process(&row.owner));
                 let Some(order) = order.filter(|_| stale) else {

@@ -139,6 +139,10 @@ pub fn owner_token() -> String {
     format!("{}.{:016x}", boot_id(), rand::rng().random::<u64>())
 }
 
+/// The owner of a reservation whose attempt failed and let it go: any attempt may take it
+/// over at once (it looks the ticket up by its link before creating one).
+pub const RELEASED: &str = "released";
+
 /// Whether a token was made by this process (a token of an earlier process on the same
 /// single-process store belongs to an attempt that died with it).
 pub fn owned_by_this_process(token: &str) -> bool {

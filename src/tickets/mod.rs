@@ -14,6 +14,9 @@ pub enum TicketError {
     NotConfigured,
     #[error("the ticket system could not be reached: {0}")]
     Unavailable(String),
+    /// 429 or 503 with `Retry-After`: the system asked us to wait this long.
+    #[error("the ticket system is throttling: {0}")]
+    Throttled(String, std::time::Duration),
     /// The system answered, but refused this request (a missing table, a field it rejects):
     /// sending it again will not help.
     #[error("the ticket system refused the request: {0}")]
@@ -29,6 +32,14 @@ pub enum TicketError {
 }
 
 impl TicketError {
+    /// How long the ticket system asked us to wait, if it said.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            TicketError::Throttled(_, d) => Some(*d),
+            _ => None,
+        }
+    }
+
     /// Whether sending the same request again cannot help.
     pub fn is_permanent(&self) -> bool {
         matches!(

@@ -239,10 +239,13 @@ impl ServiceNow {
                 return Err(TicketError::Refused(format!("HTTP 400 {msg}")));
             }
             _ => {
-                let ra = retry_after(resp.headers())
-                    .map(|d| format!(", Retry-After {} s", d.as_secs()))
-                    .unwrap_or_default();
-                return Err(TicketError::Unavailable(format!("HTTP {status}{ra}")));
+                return Err(match retry_after(resp.headers()) {
+                    Some(d) => TicketError::Throttled(
+                        format!("HTTP {status}, Retry-After {} s", d.as_secs()),
+                        d,
+                    ),
+                    None => TicketError::Unavailable(format!("HTTP {status}")),
+                });
             }
         }
         let text = resp
