@@ -965,7 +965,8 @@ async fn on_azure_storage_two_instances_open_one_ticket_and_resume_once() {
     }
     // Let both instances finish what they started.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    for (i, sid) in sids.iter().enumerate() {
+    // Four close with their webhook (complete, incomplete alternately)...
+    for (i, sid) in sids.iter().enumerate().take(4) {
         let t = &tickets[sid];
         close(
             &emu,
@@ -974,13 +975,48 @@ async fn on_azure_storage_two_instances_open_one_ticket_and_resume_once() {
             "closed on Azurite",
         );
     }
-    for (i, sid) in sids.iter().enumerate() {
+    for (i, sid) in sids.iter().enumerate().take(4) {
         let r = resumed(&emu, sid).await;
         assert_eq!(r.state.is_some(), i % 2 == 1, "{sid}: {r:?}");
     }
+    assert!(
+        emu.servicenow_webhooks()
+            .iter()
+            .all(|d| d.status == Some(202)),
+        "{:?}",
+        emu.servicenow_webhooks()
+    );
+    // ...then webhooks are lost: the poll finds one closed and one deleted.
+    emu.set_servicenow_webhook(&WebhookSettings {
+        url: b.h.ag.url("/api/servicenow/events"),
+        secret: WEBHOOK_SECRET.into(),
+        drop: true,
+        ..Default::default()
+    })
+    .unwrap();
+    close(&emu, &tickets[&sids[4]], "3", "closed, webhook lost");
+    let t5 = &tickets[&sids[5]];
+    let resp = client()
+        .delete(format!(
+            "{}/api/now/table/{}/{}",
+            emu.base_url(),
+            t5.table,
+            t5.sys_id
+        ))
+        .basic_auth("accessgate", Some(SN_PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    let r = resumed(&emu, &sids[4]).await;
+    assert_eq!(r.state, None, "closed complete, found by the poll: {r:?}");
+    let r = resumed(&emu, &sids[5]).await;
+    assert_eq!(r.state.as_deref(), Some("denied"), "deleted: {r:?}");
+    assert!(r.detail.unwrap_or_default().contains("deleted"));
     tokio::time::sleep(Duration::from_secs(2)).await;
     for sid in &sids {
-        assert_eq!(tickets_for(&emu, sid).len(), 1, "{sid}: one ticket");
+        let expected = if sid == &sids[5] { 0 } else { 1 };
+        assert_eq!(tickets_for(&emu, sid).len(), expected, "{sid}: one ticket");
         assert_eq!(resumes_of(&emu, sid), 1, "{sid}: one resume");
     }
     drop(second);
