@@ -280,10 +280,10 @@ pub enum Parsed {
     Callout(Box<Callout>),
     /// Entra's endpoint check when an extension is saved (`CustomExtensionConnectionTest`).
     ConnectionTest,
-    /// A well-formed body whose stage we do not handle (e.g. a future stage): acknowledged, logged.
-    UnknownStage(String),
-    /// An object with no stage and no ids at all: perhaps Entra's undocumented V2 endpoint test
-    /// (protocol.md §2 recommends a 2xx for it); acknowledged, logged.
+    /// An object with no stage, no ids and no callback path: perhaps Entra's undocumented V2
+    /// endpoint test (protocol.md §2 recommends a 2xx for it). It promises no callback, so it
+    /// is acknowledged and logged; anything that does promise one and is not handled is an
+    /// [`CalloutError::Unsupported`] instead, never a `202` that nobody answers.
     Unrecognized,
 }
 
@@ -305,6 +305,11 @@ pub enum CalloutError {
     Missing(&'static str),
     #[error("field {0} is invalid: {1}")]
     Invalid(&'static str, String),
+    /// A well-formed callout this deployment does not handle (a stage it does not know, a
+    /// Lifecycle Workflows task): refused, so the caller fails it now instead of waiting for a
+    /// callback that would never come.
+    #[error("unsupported callout: {0}")]
+    Unsupported(String),
 }
 
 impl CalloutError {
@@ -316,6 +321,7 @@ impl CalloutError {
             CalloutError::Ambiguous => "ambiguous_member",
             CalloutError::Missing(_) => "missing_field",
             CalloutError::Invalid(_, _) => "invalid_field",
+            CalloutError::Unsupported(_) => "unsupported_callout",
         }
     }
 }
@@ -411,6 +417,14 @@ pub fn parse(body: &[u8]) -> Result<Parsed, CalloutError> {
     if crate::strict_json::has_case_variants(&top) {
         return Err(CalloutError::Ambiguous);
     }
+    if let Some(data) = get_obj(&top, "data")
+        && (get(data, "taskProcessingResult").is_some()
+            || (get(data, "task").is_some() && get(data, "workflow").is_some()))
+    {
+        return Err(CalloutError::Unsupported(
+            "a Lifecycle Workflows custom task extension callout (data.task, data.taskProcessingResult); this accessgate handles entitlement management stages only".into(),
+        ));
+    }
     // The envelope carries the callout in `data`; the flat shape carries it at the top.
     let shape = match get_obj(&top, "data") {
         Some(data)
@@ -454,7 +468,8 @@ fn parse_fields(obj: &Map<String, Value>, shape: WireShape) -> Result<Parsed, Ca
     }
     let Some(stage_text) = stage_text else {
         let has_ids = get(obj, "customExtensionStageInstanceId").is_some()
-            || get(obj, "accessPackageAssignmentRequestId").is_some();
+            || get(obj, "accessPackageAssignmentRequestId").is_some()
+            || get(obj, "callbackUriPath").is_some();
         return if has_ids {
             Err(CalloutError::Missing("stage"))
         } else {
@@ -462,7 +477,10 @@ fn parse_fields(obj: &Map<String, Value>, shape: WireShape) -> Result<Parsed, Ca
         };
     };
     let Some(stage) = Stage::parse(&stage_text) else {
-        return Ok(Parsed::UnknownStage(stage_text));
+        return Err(CalloutError::Unsupported(format!(
+            "stage {} is not one accessgate handles (assignmentRequestCreated, assignmentRequestApproved, assignmentRequestGranted, assignmentRequestRemoved, assignmentFourteenDaysBeforeExpiration, assignmentOneDayBeforeExpiration)",
+            quoted(&stage_text)
+        )));
     };
 
     let stage_instance_id = match get_text(obj, "customExtensionStageInstanceId")? {
@@ -523,6 +541,12 @@ fn parse_fields(obj: &Map<String, Value>, shape: WireShape) -> Result<Parsed, Ca
     })))
 }
 
+/// Caller text for a message: quoted, control characters dropped, at most 80 characters.
+fn quoted(s: &str) -> String {
+    let clean: String = s.chars().filter(|c| !c.is_control()).take(80).collect();
+    format!("{clean:?}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -581,10 +605,31 @@ mod tests {
             parse(br#"{"Event":"CustomActionConnectionTest"}"#),
             Ok(Parsed::ConnectionTest)
         );
-        assert_eq!(
-            parse(br#"{"Stage":"assignmentRequestDeterminingApprovalRequirements","CustomExtensionStageInstanceId":"s"}"#),
-            Ok(Parsed::UnknownStage("assignmentRequestDeterminingApprovalRequirements".into()))
+        let e = parse(br#"{"Stage":"assignmentRequestDeterminingApprovalRequirements","CustomExtensionStageInstanceId":"s"}"#).unwrap_err();
+        assert_eq!(e.code(), "unsupported_callout");
+        assert!(
+            e.to_string()
+                .contains("\"assignmentRequestDeterminingApprovalRequirements\""),
+            "{e}"
         );
+        // Caller text in the message is quoted, cut and stripped of control characters.
+        let e = parse(format!(r#"{{"Stage":"x\n\u001b[31m{}"}}"#, "y".repeat(500)).as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !e.contains('\n') && !e.contains('\u{1b}') && e.len() < 500,
+            "{e}"
+        );
+        // A Lifecycle Workflows task callout (the shape of ../shared/data/lcw-logicapp-trigger-schema.json).
+        let e = parse(br#"{"type":"lifecycleEvent","source":"sample","data":{"callbackUriPath":"/identityGovernance/lifecycleWorkflows/workflows/w/tasks/t/taskProcessingResults/r/resume","subject":{"id":"u"},"task":{"id":"t"},"taskProcessingResult":{"id":"r"},"workflow":{"id":"w"}}}"#).unwrap_err();
+        assert_eq!(e.code(), "unsupported_callout");
+        assert!(e.to_string().contains("Lifecycle Workflows"), "{e}");
+        // Nothing that promises a callback is "unrecognized".
+        assert_eq!(
+            parse(br#"{"CallbackUriPath":"/x/resume"}"#),
+            Err(CalloutError::Missing("stage"))
+        );
+        assert_eq!(parse(br#"{"source":"x"}"#), Ok(Parsed::Unrecognized));
     }
 
     #[test]

@@ -170,8 +170,8 @@ async fn elm_callout(State(app): State<Arc<AppState>>, body: axum::body::Bytes) 
                 tracing::info!("connection test acknowledged");
                 intake::accepted("connection-test", &correlation_id)
             }
-            Ok((Admission::UnknownStage(s), _)) => {
-                tracing::warn!(stage = %s, "unknown stage acknowledged and ignored");
+            Ok((Admission::Ignored, _)) => {
+                tracing::warn!("a body with no stage, ids or callback acknowledged and ignored");
                 intake::accepted("ignored", &correlation_id)
             }
             Err(e) => {

@@ -182,8 +182,8 @@ impl AppState {
                 tracing::info!(caller = %caller.app_id(), "connection test acknowledged");
                 Ok("connection-test")
             }
-            Admission::UnknownStage(s) => {
-                tracing::warn!(stage = %s, "unknown stage acknowledged and ignored");
+            Admission::Ignored => {
+                tracing::warn!("a body with no stage, ids or callback acknowledged and ignored");
                 Ok("ignored")
             }
             Admission::Callout(c) => {

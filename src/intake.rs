@@ -52,7 +52,8 @@ pub struct IntakeRequest<'a> {
 pub enum Admission {
     Callout(Box<callout::Callout>),
     ConnectionTest,
-    UnknownStage(String),
+    /// A body that promises no callback (`Parsed::Unrecognized`): acknowledged, logged.
+    Ignored,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +84,7 @@ impl IntakeError {
             IntakeError::Auth(a) if a.is_unavailable() => 503,
             IntakeError::Auth(_) => 401,
             IntakeError::CatalogNotServed(_) => 403,
+            IntakeError::Callout(CalloutError::Unsupported(_)) => 422,
             IntakeError::Callout(_) => 400,
             IntakeError::Store(_) => 503,
             IntakeError::Timeout => 408,
@@ -242,8 +244,7 @@ pub async fn admit_verified(
     Ok(match parsed {
         Parsed::Callout(c) => Admission::Callout(c),
         Parsed::ConnectionTest => Admission::ConnectionTest,
-        Parsed::UnknownStage(s) => Admission::UnknownStage(s),
-        Parsed::Unrecognized => Admission::UnknownStage("(none)".into()),
+        Parsed::Unrecognized => Admission::Ignored,
     })
 }
 

@@ -90,11 +90,11 @@ async fn a_newline_in_a_callout_field_cannot_forge_a_text_log_line() {
             ..Default::default()
         })
         .await;
-    assert_eq!(r.status, Some(202), "{r:?}");
-    eventually(10, "the unknown-stage line", || {
+    assert_eq!(r.status, Some(422), "{r:?}");
+    eventually(10, "the refusal line", || {
         h.ag.log_lines()
             .into_iter()
-            .find(|l| l.contains("unknown stage acknowledged"))
+            .find(|l| l.contains("unsupported_callout"))
     })
     .await;
     let lines = h.ag.log_lines();

@@ -57,21 +57,59 @@ async fn every_stage_in_both_wire_shapes_is_acknowledged_and_handled() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn connection_test_and_unknown_stage_are_acknowledged_and_not_queued() {
+async fn connection_test_is_acknowledged_and_unsupported_callouts_are_refused_not_queued() {
     let h = Harness::start("").await;
-    for stage in [
-        "CustomExtensionConnectionTest",
+    let r = h
+        .send(SendOptions {
+            stage: Some("CustomExtensionConnectionTest".into()),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(r.status, Some(202));
+    // A stage accessgate does not handle promises a callback it would never make: 422, named.
+    let body = flat_body(
         "assignmentRequestDeterminingApprovalRequirements",
-    ] {
-        let r = h
-            .send(SendOptions {
-                stage: Some(stage.into()),
-                ..Default::default()
-            })
-            .await;
-        assert_eq!(r.status, Some(202), "{stage}");
-    }
-    // An authenticated object with no stage and no ids (an undocumented endpoint test): 202.
+        "r-dar",
+        "s-dar",
+    );
+    let (status, v, _) = post(
+        &h,
+        Some(h.pop(PopOptions::default())),
+        Some("application/json"),
+        body.into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 422, "{v}");
+    assert_eq!(v["error"]["code"], "unsupported_callout", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("assignmentRequestDeterminingApprovalRequirements"),
+        "{v}"
+    );
+    // A Lifecycle Workflows task callout (signed by an allowed caller) is refused the same way,
+    // instead of the 202 that left the task hanging until its timeout.
+    let lcw = br#"{"type":"lifecycleEvent","source":"sample","data":{"callbackUriPath":"/identityGovernance/lifecycleWorkflows/workflows/w/tasks/t/taskProcessingResults/r/resume","subject":{"id":"u","manager":{"id":"m"}},"task":{"id":"t","displayName":"Send to ServiceNow"},"taskProcessingResult":{"id":"r","createdDateTime":"2026-12-04T00:00:00Z"},"workflow":{"id":"w","displayName":"Leaver","workflowVerson":1}}}"#;
+    let (status, v, _) = post(
+        &h,
+        Some(h.pop(PopOptions::default())),
+        Some("application/json"),
+        lcw.to_vec(),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (422, Some("unsupported_callout")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Lifecycle Workflows")
+    );
+    // An authenticated object with no stage, ids or callback (an undocumented endpoint test): 202.
     let (status, v, _) = post(
         &h,
         Some(h.pop(PopOptions::default())),
@@ -84,10 +122,12 @@ async fn connection_test_and_unknown_stage_are_acknowledged_and_not_queued() {
         v["message"] == "connection test acknowledged"
     })
     .await;
-    h.ag.wait_log("unknown stage", |v| {
-        v["message"] == "unknown stage acknowledged and ignored"
+    h.ag.wait_log("ignored", |v| {
+        v["message"] == "a body with no stage, ids or callback acknowledged and ignored"
     })
     .await;
+    h.ag.wait_log("the refusal", |v| v["reason"] == "unsupported_callout")
+        .await;
     let counts = h.job_counts().await;
     assert_eq!(counts, serde_json::json!({}), "nothing queued: {counts}");
 }
