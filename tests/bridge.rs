@@ -705,7 +705,7 @@ ticket = "laptop"
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_catalog_item_is_ordered_once_its_item_linked_and_its_close_resumes() {
+async fn a_catalog_item_is_ordered_once_even_when_the_answer_is_lost_linked_and_resumed() {
     const ITEM: &str = "ca7a1000000000000000000000000001";
     let b = start_policy(
         &CATALOG_POLICY.replace("@ITEM@", ITEM),
@@ -725,6 +725,8 @@ async fn a_catalog_item_is_ordered_once_its_item_linked_and_its_close_resumes() 
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 201);
+    // ServiceNow takes the order but its answer is lost: the retry finds the order again.
+    emu.lose_servicenow_write_answers(1);
     let sid = "bridge-catalog-1";
     // Two deliveries of the same callout: one order.
     for _ in 0..2 {
@@ -749,7 +751,28 @@ async fn a_catalog_item_is_ordered_once_its_item_linked_and_its_close_resumes() 
         .iter()
         .filter(|c| c.method == "POST" && c.target.contains("order_now"))
         .count();
-    assert_eq!(orders, 1, "{calls:?}");
+    assert_eq!(
+        orders, 1,
+        "ordered once, its lost answer made up by the lookup: {calls:?}"
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.target.contains("order_now") && c.status == 504),
+        "{calls:?}"
+    );
+    let items = emu
+        .servicenow_tickets()
+        .into_iter()
+        .filter(|t| t.fields.get("cat_item").map(String::as_str) == Some(ITEM))
+        .count();
+    assert_eq!(items, 1, "one requested item");
+    b.h.ag
+        .wait_log("the adoption", |l| {
+            l["message"]
+                == "an earlier attempt's order was found; linking it instead of ordering again"
+        })
+        .await;
     assert!(
         calls
             .iter()

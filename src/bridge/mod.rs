@@ -149,7 +149,7 @@ impl Bridge {
             }
             Err(e) => return self.store_failed(msg, attempt, &e),
         };
-        self.create_or_find(msg, attempt, row, order).await
+        self.create_or_find(msg, attempt, row, order, true).await
     }
 
     fn store_failed(
@@ -173,17 +173,19 @@ impl Bridge {
     /// Holding the reservation: find the ticket by its link, or create it; record it. An
     /// attempt that fails before the ticket is recorded releases the reservation, so its own
     /// retry (or a duplicate delivery) takes it over at once instead of waiting for it to go
-    /// stale; the lookup by link first keeps that to one ticket.
+    /// stale; the lookup by link first keeps that to one ticket. `fresh`: this attempt made the
+    /// reservation (no earlier attempt can have written anything).
     async fn create_or_find(
         &self,
         msg: &JobMessage,
         attempt: u32,
         row: TicketRow,
         order: &TicketOrder,
+        fresh: bool,
     ) -> BridgeStep {
         let owner = row.owner.clone();
         let sid = row.stage_instance_id.clone();
-        let step = self.create_or_record(msg, attempt, row, order).await;
+        let step = self.create_or_record(msg, attempt, row, order, fresh).await;
         if matches!(step, BridgeStep::Step(Step::RetryAt { .. } | Step::Dead(_)))
             && let Ok(Some(mut now)) = self.ledger.get(&sid).await
             && now.phase == TicketPhase::Opening
@@ -207,6 +209,7 @@ impl Bridge {
         attempt: u32,
         mut row: TicketRow,
         order: &TicketOrder,
+        fresh: bool,
     ) -> BridgeStep {
         let spec = &order.spec;
         let by = call_deadline(msg.deadline);
@@ -224,7 +227,7 @@ impl Bridge {
                 tracing::info!(link = %row.link, "ticket already exists in ServiceNow; recording it instead of creating another");
                 r
             }
-            None => match self.create(msg, attempt, &mut row, order, by).await {
+            None => match self.create(msg, attempt, &mut row, order, by, fresh).await {
                 Ok(r) => r,
                 Err(step) => return step,
             },
@@ -279,6 +282,7 @@ impl Bridge {
         row: &mut TicketRow,
         order: &TicketOrder,
         by: Instant,
+        fresh: bool,
     ) -> Result<TicketRecord, BridgeStep> {
         let spec = &order.spec;
         let mut fields = order.fields.clone();
@@ -292,6 +296,35 @@ impl Bridge {
             Create::CatalogItem { item, .. } => {
                 // order_now cannot set the item's fields; the REQ is recorded first, so a crash
                 // before the RITM gets its link does not order a second one.
+                // An earlier attempt's order whose answer was lost (its REQ was never recorded)
+                // is found again: an unlinked item of this catalog item for this user, ordered
+                // since the reservation (2 min of clock skew allowed).
+                if row.ordered.is_none() && !fresh {
+                    let since = row.reserved_at.unix_ms() - 120_000;
+                    let found = self
+                        .servicenow
+                        .find_unlinked_items(
+                            item,
+                            &spec.link_field,
+                            order.requested_for.as_deref(),
+                            since,
+                            &["request".to_owned()],
+                            by,
+                        )
+                        .await
+                        .map_err(|e| {
+                            self.failed(msg, attempt, "looking for an earlier order", &e)
+                        })?;
+                    if let Some(req) = found
+                        .first()
+                        .and_then(|r| r.field("request"))
+                        .map(|f| f.value)
+                        .filter(|r| !r.is_empty())
+                    {
+                        tracing::info!(request = %req, "an earlier attempt's order was found; linking it instead of ordering again");
+                        row.ordered = Some(req);
+                    }
+                }
                 let req = match &row.ordered {
                     Some(req) => req.clone(),
                     None => {
@@ -402,7 +435,7 @@ impl Bridge {
                 mine.owner = owner_token();
                 mine.touch("took over a stale reservation");
                 match self.ledger.take_over(&mine, &row.owner).await {
-                    Ok(true) => self.create_or_find(msg, attempt, mine, order).await,
+                    Ok(true) => self.create_or_find(msg, attempt, mine, order, false).await,
                     Ok(false) => BridgeStep::Step(Step::RetryAt {
                         at: Deadline::in_(Duration::from_secs(1)),
                         reason: "another attempt took the ticket reservation over first".into(),

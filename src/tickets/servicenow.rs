@@ -355,6 +355,62 @@ impl ServiceNow {
             .collect())
     }
 
+    /// Requested items of catalog item `item` that no link claims yet, ordered for
+    /// `requested_for` (when given), created at or after `since_ms` (Unix ms), newest first:
+    /// where an order whose answer was lost is found again. The Table API ignores query parts
+    /// it cannot apply, so every condition is checked again on the answer.
+    pub async fn find_unlinked_items(
+        &self,
+        item: &str,
+        link_field: &str,
+        requested_for: Option<&str>,
+        since_ms: i64,
+        fields: &[String],
+        deadline: Instant,
+    ) -> Result<Vec<TicketRecord>, TicketError> {
+        let extra = ["cat_item", "requested_for", "sys_created_on", link_field];
+        let fields: Vec<String> = fields
+            .iter()
+            .cloned()
+            .chain(extra.iter().map(|f| (*f).to_owned()))
+            .collect();
+        Self::check_table("sc_req_item", &fields)?;
+        let refuse = || {
+            TicketError::Malformed(
+                "refusing a catalog item or user outside [A-Za-z0-9_.:-@]".into(),
+            )
+        };
+        if !safe_link(item) || requested_for.is_some_and(|r| !safe_link(r)) {
+            return Err(refuse());
+        }
+        let since = jiff::Timestamp::from_millisecond(since_ms)
+            .map_err(|_| TicketError::Malformed("reservation time out of range".into()))?
+            .strftime("%Y-%m-%d %H:%M:%S")
+            .to_string();
+        let mut q = format!("cat_item={item}^{link_field}ISEMPTY^sys_created_on>={since}");
+        if let Some(r) = requested_for {
+            q.push_str(&format!("^requested_for={r}"));
+        }
+        q.push_str("^ORDERBYDESCsys_created_on");
+        let mut query = Self::read_query(&fields);
+        query.push(("sysparm_query", q));
+        query.push(("sysparm_limit", "20".to_owned()));
+        let value = |r: &TicketRecord, f: &str| r.field(f).map(|x| x.value).unwrap_or_default();
+        let mut found: Vec<TicketRecord> = self
+            .query_table("sc_req_item", &query, deadline)
+            .await?
+            .into_iter()
+            .filter(|r| {
+                value(r, "cat_item") == item
+                    && value(r, link_field).is_empty()
+                    && requested_for.is_none_or(|u| value(r, "requested_for") == u)
+                    && value(r, "sys_created_on") >= since
+            })
+            .collect();
+        found.sort_by_key(|r| std::cmp::Reverse(value(r, "sys_created_on")));
+        Ok(found)
+    }
+
     /// One record by `sys_id`; `None` when ServiceNow has no such record (deleted, or the
     /// account may no longer read it).
     pub async fn read(
