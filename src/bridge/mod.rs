@@ -274,6 +274,42 @@ impl Bridge {
             .await
     }
 
+    /// The REQ of an earlier attempt's order whose answer was lost (so it was never recorded):
+    /// an unlinked item of this catalog item for this user, ordered since the reservation (2
+    /// min of clock skew allowed).
+    async fn earlier_order(
+        &self,
+        msg: &JobMessage,
+        attempt: u32,
+        row: &TicketRow,
+        order: &TicketOrder,
+        item: &str,
+        by: Instant,
+    ) -> Result<Option<String>, BridgeStep> {
+        let since = row.reserved_at.unix_ms() - 120_000;
+        let found = self
+            .servicenow
+            .find_unlinked_items(
+                item,
+                &order.spec.link_field,
+                order.requested_for.as_deref(),
+                since,
+                &["request".to_owned()],
+                by,
+            )
+            .await
+            .map_err(|e| self.failed(msg, attempt, "looking for an earlier order", &e))?;
+        let req = found
+            .first()
+            .and_then(|r| r.field("request"))
+            .map(|f| f.value)
+            .filter(|r| !r.is_empty());
+        if let Some(req) = &req {
+            tracing::info!(request = %req, "an earlier attempt's order was found; linking it instead of ordering again");
+        }
+        Ok(req)
+    }
+
     /// Creates the record (table insert, or catalog order then the link on its RITM).
     async fn create(
         &self,
@@ -296,34 +332,10 @@ impl Bridge {
             Create::CatalogItem { item, .. } => {
                 // order_now cannot set the item's fields; the REQ is recorded first, so a crash
                 // before the RITM gets its link does not order a second one.
-                // An earlier attempt's order whose answer was lost (its REQ was never recorded)
-                // is found again: an unlinked item of this catalog item for this user, ordered
-                // since the reservation (2 min of clock skew allowed).
                 if row.ordered.is_none() && !fresh {
-                    let since = row.reserved_at.unix_ms() - 120_000;
-                    let found = self
-                        .servicenow
-                        .find_unlinked_items(
-                            item,
-                            &spec.link_field,
-                            order.requested_for.as_deref(),
-                            since,
-                            &["request".to_owned()],
-                            by,
-                        )
-                        .await
-                        .map_err(|e| {
-                            self.failed(msg, attempt, "looking for an earlier order", &e)
-                        })?;
-                    if let Some(req) = found
-                        .first()
-                        .and_then(|r| r.field("request"))
-                        .map(|f| f.value)
-                        .filter(|r| !r.is_empty())
-                    {
-                        tracing::info!(request = %req, "an earlier attempt's order was found; linking it instead of ordering again");
-                        row.ordered = Some(req);
-                    }
+                    row.ordered = self
+                        .earlier_order(msg, attempt, row, order, item, by)
+                        .await?;
                 }
                 let req = match &row.ordered {
                     Some(req) => req.clone(),

@@ -375,13 +375,10 @@ impl ServiceNow {
             .chain(extra.iter().map(|f| (*f).to_owned()))
             .collect();
         Self::check_table("sc_req_item", &fields)?;
-        let refuse = || {
-            TicketError::Malformed(
-                "refusing a catalog item or user outside [A-Za-z0-9_.:-@]".into(),
-            )
-        };
         if !safe_link(item) || requested_for.is_some_and(|r| !safe_link(r)) {
-            return Err(refuse());
+            return Err(TicketError::Malformed(
+                "refusing a catalog item or user outside [A-Za-z0-9_.:-@]".into(),
+            ));
         }
         let since = jiff::Timestamp::from_millisecond(since_ms)
             .map_err(|_| TicketError::Malformed("reservation time out of range".into()))?
