@@ -24,16 +24,20 @@ pub enum Stage {
     AssignmentRequestRemoved,
     AssignmentFourteenDaysBeforeExpiration,
     AssignmentOneDayBeforeExpiration,
+    /// Dynamic approval: the extension returns the approval stage Entra should use. Not in the
+    /// enum of either Graph subset (it follows `unknownFutureValue`, an evolvable member).
+    AssignmentRequestDeterminingApprovalRequirements,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 6] = [
+    pub const ALL: [Stage; 7] = [
         Stage::AssignmentRequestCreated,
         Stage::AssignmentRequestApproved,
         Stage::AssignmentRequestGranted,
         Stage::AssignmentRequestRemoved,
         Stage::AssignmentFourteenDaysBeforeExpiration,
         Stage::AssignmentOneDayBeforeExpiration,
+        Stage::AssignmentRequestDeterminingApprovalRequirements,
     ];
 
     /// The exact Graph enum member.
@@ -47,6 +51,9 @@ impl Stage {
                 "assignmentFourteenDaysBeforeExpiration"
             }
             Stage::AssignmentOneDayBeforeExpiration => "assignmentOneDayBeforeExpiration",
+            Stage::AssignmentRequestDeterminingApprovalRequirements => {
+                "assignmentRequestDeterminingApprovalRequirements"
+            }
         }
     }
 
@@ -67,15 +74,25 @@ impl Stage {
                 | Stage::AssignmentRequestApproved
                 | Stage::AssignmentRequestGranted
                 | Stage::AssignmentRequestRemoved
+                | Stage::AssignmentRequestDeterminingApprovalRequirements
         )
     }
 
+    /// The dynamic-approval stage, whose resume carries an approval stage.
+    pub fn is_approval(self) -> bool {
+        self == Stage::AssignmentRequestDeterminingApprovalRequirements
+    }
+
     /// Entra accepts `state: denied` only before the assignment exists (protocol.md §3.3: the docs
-    /// contradict each other; created and approved is the reading the ELM how-to gives).
+    /// contradict each other; created and approved is the reading the ELM how-to gives). The
+    /// dynamic-approval stage comes before any approval, so it is read the same way (no source
+    /// says; its callback data derives the type that carries `state`).
     pub fn can_deny(self) -> bool {
         matches!(
             self,
-            Stage::AssignmentRequestCreated | Stage::AssignmentRequestApproved
+            Stage::AssignmentRequestCreated
+                | Stage::AssignmentRequestApproved
+                | Stage::AssignmentRequestDeterminingApprovalRequirements
         )
     }
 }
@@ -478,8 +495,9 @@ fn parse_fields(obj: &Map<String, Value>, shape: WireShape) -> Result<Parsed, Ca
     };
     let Some(stage) = Stage::parse(&stage_text) else {
         return Err(CalloutError::Unsupported(format!(
-            "stage {} is not one accessgate handles (assignmentRequestCreated, assignmentRequestApproved, assignmentRequestGranted, assignmentRequestRemoved, assignmentFourteenDaysBeforeExpiration, assignmentOneDayBeforeExpiration)",
-            quoted(&stage_text)
+            "stage {} is not one accessgate handles ({})",
+            quoted(&stage_text),
+            Stage::ALL.map(Stage::as_graph).join(", ")
         )));
     };
 
@@ -605,13 +623,17 @@ mod tests {
             parse(br#"{"Event":"CustomActionConnectionTest"}"#),
             Ok(Parsed::ConnectionTest)
         );
-        let e = parse(br#"{"Stage":"assignmentRequestDeterminingApprovalRequirements","CustomExtensionStageInstanceId":"s"}"#).unwrap_err();
+        let e = parse(
+            br#"{"Stage":"assignmentRequestSomethingNew","CustomExtensionStageInstanceId":"s"}"#,
+        )
+        .unwrap_err();
         assert_eq!(e.code(), "unsupported_callout");
         assert!(
-            e.to_string()
-                .contains("\"assignmentRequestDeterminingApprovalRequirements\""),
+            e.to_string().contains("\"assignmentRequestSomethingNew\""),
             "{e}"
         );
+        let c = callout(parse(br#"{"Stage":"AssignmentRequestDeterminingApprovalRequirements","CustomExtensionStageInstanceId":"s","AccessPackageAssignmentRequestId":"r","CallbackConfiguration":{"DurationBeforeTimeout":"PT1H"}}"#).unwrap());
+        assert!(c.stage.is_approval() && c.expects_resume() && c.stage.can_deny());
         // Caller text in the message is quoted, cut and stripped of control characters.
         let e = parse(format!(r#"{{"Stage":"x\n\u001b[31m{}"}}"#, "y".repeat(500)).as_bytes())
             .unwrap_err()

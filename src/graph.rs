@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::approval::{ApprovalStage, Approver, iso_duration};
 use crate::callout::{Callout, callback_path_names_request};
 use crate::credentials::{Audience, CredentialError, Credentials};
 use crate::outbound::{retry_after, transport_error};
@@ -136,6 +137,46 @@ fn graph_error_text(body: &str) -> String {
 pub struct Resume<'a> {
     pub deny: bool,
     pub detail: &'a str,
+    /// Dynamic approval: the stage Entra should run (with a continue at that stage).
+    pub approval: Option<&'a ApprovalStage>,
+}
+
+/// `data.@odata.type` of a dynamic-approval resume.
+const APPROVAL_CALLBACK_TYPE: &str = "#microsoft.graph.assignmentRequestApprovalStageCallbackData";
+
+/// One approver set in the v1.0 `subjectSet` shape (singleUser has `userId`, groupMembers
+/// `groupId`; beta's `userSet` `id`/`isBackup` is a different type).
+fn subject_set(a: &Approver) -> Value {
+    match a {
+        Approver::Manager(level) => {
+            json!({"@odata.type": "#microsoft.graph.requestorManager", "managerLevel": level})
+        }
+        Approver::InternalSponsors => json!({"@odata.type": "#microsoft.graph.internalSponsors"}),
+        Approver::ExternalSponsors => json!({"@odata.type": "#microsoft.graph.externalSponsors"}),
+        Approver::UserSponsors => json!({"@odata.type": "#microsoft.graph.targetUserSponsors"}),
+        Approver::User(id) => json!({"@odata.type": "#microsoft.graph.singleUser", "userId": id}),
+        Approver::Group(id) => {
+            json!({"@odata.type": "#microsoft.graph.groupMembers", "groupId": id})
+        }
+    }
+}
+
+/// The v1.0 `accessPackageApprovalStage`, which the dynamic-approval docs require.
+pub fn approval_stage_json(s: &ApprovalStage) -> Value {
+    let sets = |l: &[Approver]| Value::Array(l.iter().map(subject_set).collect());
+    let mut v = json!({
+        "durationBeforeAutomaticDenial": iso_duration(s.deny_after),
+        "isApproverJustificationRequired": s.justification_required,
+        "isEscalationEnabled": s.escalate_after.is_some(),
+        "primaryApprovers": sets(&s.primary),
+        "fallbackPrimaryApprovers": sets(&s.fallback_primary),
+        "escalationApprovers": sets(&s.escalation),
+        "fallbackEscalationApprovers": sets(&s.fallback_escalation),
+    });
+    if let Some(e) = s.escalate_after {
+        v["durationBeforeEscalation"] = json!(iso_duration(e));
+    }
+    v
 }
 
 impl GraphClient {
@@ -359,9 +400,15 @@ impl GraphClient {
         {
             tracing::warn!(callback_uri_path = %p, "callbackUriPath does not name this request's resume; using the documented path");
         }
+        // The approval-stage callback type exists in v1.0's schema only (not in the beta
+        // subset), and the docs require the v1.0 stage shape: that resume always goes to v1.0.
+        let version = if c.stage.is_approval() {
+            "v1.0"
+        } else {
+            self.cfg.api_version.segment()
+        };
         self.cfg.base_url.join(&format!(
-            "/{}/identityGovernance/entitlementManagement/assignmentRequests/{}/resume",
-            self.cfg.api_version.segment(),
+            "/{version}/identityGovernance/entitlementManagement/assignmentRequests/{}/resume",
             c.request_id
         ))
     }
@@ -376,6 +423,9 @@ impl GraphClient {
         });
         if r.deny && c.stage.can_deny() {
             data["state"] = json!("denied");
+        } else if let Some(stage) = r.approval.filter(|_| c.stage.is_approval()) {
+            data["@odata.type"] = json!(APPROVAL_CALLBACK_TYPE);
+            data["approvalStage"] = approval_stage_json(stage);
         }
         json!({
             "source": self.cfg.resume_source,
@@ -395,9 +445,13 @@ impl GraphClient {
         let deadline = deadline.instant();
         let url = self.resume_url(c);
         let body = self.resume_body(c, r);
-        let resp = self
-            .send(self.http.post(&url).json(&body), deadline)
-            .await?;
+        let mut req = self.http.post(&url).json(&body);
+        if c.stage.is_approval() {
+            // The stage is an evolvable enum member (after unknownFutureValue in both schema
+            // subsets), which Graph reads only when asked to.
+            req = req.header("Prefer", "include-unknown-enum-members");
+        }
+        let resp = self.send(req, deadline).await?;
         let status = resp.status();
         if status.is_success() {
             return Ok(ResumeOutcome::Resumed);

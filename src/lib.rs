@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod approval;
 pub mod auth;
 pub mod bridge;
 pub mod callout;

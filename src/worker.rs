@@ -14,6 +14,7 @@ use rand::Rng as _;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use crate::approval::ApprovalStage;
 use crate::bridge::{Bridge, BridgeStep};
 use crate::directory::Directory;
 use crate::graph::{GraphClient, GraphError, Resume, ResumeOutcome};
@@ -145,6 +146,7 @@ pub async fn process(ctx: &WorkerCtx, lease: &Lease) -> Step {
         last_error,
         decision.action == Action::Deny,
         &decision.detail,
+        decision.approval.as_ref(),
     )
     .await
 }
@@ -160,7 +162,7 @@ async fn bridged(
     match step {
         BridgeStep::Step(s) => s,
         BridgeStep::Resume { deny, detail } if msg.callout.expects_resume() => {
-            resume(ctx, msg, attempt, last_error, deny, &detail).await
+            resume(ctx, msg, attempt, last_error, deny, &detail, None).await
         }
         BridgeStep::Resume { deny, .. } => Step::Done(Outcome::Notified {
             action: if deny { "deny" } else { "continue" }.to_owned(),
@@ -177,8 +179,12 @@ async fn resume(
     last_error: Option<&str>,
     deny: bool,
     detail: &str,
+    approval: Option<&ApprovalStage>,
 ) -> Step {
     let c = &msg.callout;
+    // Dynamic approval: a continue without an approval stage would send the request on with
+    // no approvers, so it is a deny (the policy never decides one; this keeps it so).
+    let deny = deny || (c.stage.is_approval() && approval.is_none());
     let verdict = if deny { "deny" } else { "continue" };
     if msg.deadline.has_passed() {
         return Step::Dead(format!(
@@ -187,7 +193,11 @@ async fn resume(
             last_error.unwrap_or("none (the job never ran)")
         ));
     }
-    let resume = Resume { deny, detail };
+    let resume = Resume {
+        deny,
+        detail,
+        approval,
+    };
     match ctx.graph.resume(c, &resume, msg.deadline).await {
         Ok(ResumeOutcome::Resumed) => {
             tracing::info!(decision = verdict, attempt, "resumed");
@@ -258,6 +268,8 @@ fn log_decision(d: &Decision, attempt: u32) {
         incomplete = d.incomplete.as_deref().unwrap_or(""),
         attempt,
         detail = %d.detail,
+        approval = d.approval.as_ref().map_or("", |a| a.name.as_str()),
+        approvers = %d.approval.as_ref().map(|a| ApprovalStage::describe(&a.primary)).unwrap_or_default(),
         "decided"
     );
 }

@@ -67,11 +67,7 @@ async fn connection_test_is_acknowledged_and_unsupported_callouts_are_refused_no
         .await;
     assert_eq!(r.status, Some(202));
     // A stage accessgate does not handle promises a callback it would never make: 422, named.
-    let body = flat_body(
-        "assignmentRequestDeterminingApprovalRequirements",
-        "r-dar",
-        "s-dar",
-    );
+    let body = flat_body("assignmentRequestSomethingNew", "r-new", "s-new");
     let (status, v, _) = post(
         &h,
         Some(h.pop(PopOptions::default())),
@@ -85,7 +81,7 @@ async fn connection_test_is_acknowledged_and_unsupported_callouts_are_refused_no
         v["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("assignmentRequestDeterminingApprovalRequirements"),
+            .contains("assignmentRequestSomethingNew"),
         "{v}"
     );
     // A Lifecycle Workflows task callout (signed by an allowed caller) is refused the same way,

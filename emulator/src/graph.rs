@@ -30,6 +30,7 @@ use std::collections::HashMap;
 use axum::extract::{Query, Request};
 use axum::middleware::Next;
 
+use crate::approval::APPROVAL_CALLBACK_DATA_TYPE;
 use crate::entra::{self, Caller, TokenError};
 use crate::faults::{self, FaultTarget};
 use crate::principals;
@@ -46,6 +47,10 @@ pub const STAGES: [&str; 7] = [
     "assignmentOneDayBeforeExpiration",
     "unknownFutureValue",
 ];
+/// Dynamic approval's stage. Not in either schema subset's enum (it follows
+/// `unknownFutureValue`: an evolvable member), but documented by the dynamic-approval docs;
+/// it waits for a callback, and a resume at it carries an approval stage or a deny.
+pub const APPROVAL_STAGE: &str = "assignmentRequestDeterminingApprovalRequirements";
 /// Stages of request-workflow extensions: the only ones that can "launch and wait".
 pub const REQUEST_STAGES: [&str; 4] = [
     "assignmentRequestCreated",
@@ -211,6 +216,12 @@ pub struct ResumeRecord {
     pub api_version: String,
     /// Extension: client id (`appid`/`azp`) of the token that resumed.
     pub client_id: String,
+    /// Dynamic approval: the `approvalStage` accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_stage: Option<Value>,
+    /// Extension: the `Prefer` header of the call, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefer: Option<String>,
 }
 
 /// Parses an ISO 8601 duration such as `PT1H`, `P14D` or `PT0.5S` (days are 24 hours).
@@ -229,12 +240,18 @@ pub fn parse_iso_duration(text: &str) -> anyhow::Result<Duration> {
 
 /// `true` for the four stages that wait for a callback.
 pub fn is_request_stage(stage: &str) -> bool {
-    REQUEST_STAGES.contains(&stage)
+    REQUEST_STAGES.contains(&stage) || stage == APPROVAL_STAGE
+}
+
+/// Stages at which a resume may deny: before any approval (the approval stage is read the
+/// way accessgate reads it; no source says).
+fn is_deniable(stage: &str) -> bool {
+    DENIABLE_STAGES.contains(&stage) || stage == APPROVAL_STAGE
 }
 
 fn state_while_waiting(stage: &str) -> &'static str {
     match stage {
-        "assignmentRequestCreated" => "submitted",
+        "assignmentRequestCreated" | APPROVAL_STAGE => "submitted",
         "assignmentRequestApproved" => "pendingApproval",
         _ => "delivering",
     }
@@ -242,7 +259,7 @@ fn state_while_waiting(stage: &str) -> &'static str {
 
 fn state_after_continue(stage: &str) -> (&'static str, &'static str) {
     match stage {
-        "assignmentRequestCreated" => ("pendingApproval", "PendingApproval"),
+        "assignmentRequestCreated" | APPROVAL_STAGE => ("pendingApproval", "PendingApproval"),
         "assignmentRequestApproved" => ("delivering", "Delivering"),
         _ => ("delivered", "Delivered"),
     }
@@ -293,7 +310,9 @@ pub(crate) fn register(
         .clone()
         .unwrap_or_else(|| "assignmentRequestCreated".to_owned());
     if !is_request_stage(&stage) {
-        bail!("stage {stage:?} cannot wait for a callback (request stages: {REQUEST_STAGES:?})");
+        bail!(
+            "stage {stage:?} cannot wait for a callback (request stages: {REQUEST_STAGES:?} and {APPROVAL_STAGE:?})"
+        );
     }
     let timeout = parse_iso_duration(reg.timeout.as_deref().unwrap_or("PT1H"))?;
     let id = reg
@@ -389,6 +408,8 @@ pub struct ResumeBody {
     pub stage_instance_id: String,
     pub detail: Option<String>,
     pub state: Option<String>,
+    /// Dynamic approval: the validated `approvalStage`.
+    pub approval_stage: Option<Value>,
 }
 
 /// Validates a resume body against the Graph schema of `resume` and
@@ -424,11 +445,16 @@ pub fn validate_resume_body(body: &[u8]) -> Result<ResumeBody, String> {
             return Err("Invalid value for parameter 'data': expected an object.".into());
         }
     };
-    match data.get("@odata.type").and_then(Value::as_str) {
-        Some(t) if t.strip_prefix('#').unwrap_or(t) == CALLBACK_DATA_ODATA_TYPE => {}
+    let data_type = match data.get("@odata.type").and_then(Value::as_str) {
+        Some(t) if t.strip_prefix('#').unwrap_or(t) == CALLBACK_DATA_ODATA_TYPE => {
+            CALLBACK_DATA_ODATA_TYPE
+        }
+        Some(t) if t.strip_prefix('#').unwrap_or(t) == APPROVAL_CALLBACK_DATA_TYPE => {
+            APPROVAL_CALLBACK_DATA_TYPE
+        }
         Some(t) => {
             return Err(format!(
-                "Invalid '@odata.type' '{t}' in 'data': expected '#{CALLBACK_DATA_ODATA_TYPE}'."
+                "Invalid '@odata.type' '{t}' in 'data': expected '#{CALLBACK_DATA_ODATA_TYPE}' (or '#{APPROVAL_CALLBACK_DATA_TYPE}' at {APPROVAL_STAGE})."
             ));
         }
         None => {
@@ -436,18 +462,23 @@ pub fn validate_resume_body(body: &[u8]) -> Result<ResumeBody, String> {
                 "'data' must carry '@odata.type' = '#{CALLBACK_DATA_ODATA_TYPE}'."
             ));
         }
-    }
+    };
+    let approval_properties = crate::approval::properties(APPROVAL_CALLBACK_DATA_TYPE);
     for name in data.keys() {
-        if name != "@odata.type" && !CALLBACK_DATA_PROPERTIES.contains(&name.as_str()) {
+        let known = match data_type {
+            APPROVAL_CALLBACK_DATA_TYPE => approval_properties.contains_key(name),
+            _ => CALLBACK_DATA_PROPERTIES.contains(&name.as_str()),
+        };
+        if name != "@odata.type" && !known {
             return Err(format!(
-                "The property '{name}' does not exist on type '{CALLBACK_DATA_ODATA_TYPE}'. Make sure to only use property names that are defined by the type."
+                "The property '{name}' does not exist on type '{data_type}'. Make sure to only use property names that are defined by the type."
             ));
         }
     }
     let Some(stage) = optional_string(data, "stage")? else {
         return Err("'data.stage' is required.".into());
     };
-    if !STAGES.contains(&stage.as_str()) {
+    if !STAGES.contains(&stage.as_str()) && stage != APPROVAL_STAGE {
         return Err(format!(
             "Requested value '{stage}' was not found in enum 'microsoft.graph.accessPackageCustomExtensionStage'."
         ));
@@ -476,11 +507,24 @@ pub fn validate_resume_body(body: &[u8]) -> Result<ResumeBody, String> {
                 "Invalid 'state' '{state}': a resume can only set 'denied' or 'canceled'."
             ));
         }
-        if !DENIABLE_STAGES.contains(&stage.as_str()) {
+        if !is_deniable(&stage) {
             return Err(format!(
-                "'state' can only be set for the stages {DENIABLE_STAGES:?}, not '{stage}'."
+                "'state' can only be set for the stages {DENIABLE_STAGES:?} and {APPROVAL_STAGE:?}, not '{stage}'."
             ));
         }
+    }
+    let approval_stage = data.get("approvalStage").filter(|v| !v.is_null()).cloned();
+    if let Some(a) = &approval_stage {
+        if stage != APPROVAL_STAGE {
+            return Err(format!(
+                "'approvalStage' is only taken at the stage '{APPROVAL_STAGE}', not '{stage}'."
+            ));
+        }
+        crate::approval::validate_approval_stage(a)?;
+    } else if stage == APPROVAL_STAGE && state.is_none() {
+        return Err(format!(
+            "A resume at '{APPROVAL_STAGE}' that does not deny must carry '@odata.type' = '#{APPROVAL_CALLBACK_DATA_TYPE}' and an 'approvalStage'."
+        ));
     }
     Ok(ResumeBody {
         source,
@@ -488,6 +532,7 @@ pub fn validate_resume_body(body: &[u8]) -> Result<ResumeBody, String> {
         stage_instance_id,
         detail,
         state,
+        approval_stage,
     })
 }
 
@@ -908,7 +953,11 @@ async fn resume(
         tracing::info!(request_id = %id, client_id = %caller.client_id, "resume rejected: insufficient privileges");
         return forbidden(&headers);
     }
-    let outcome = apply_resume(&mut inner, &id, parsed, version, &caller.client_id);
+    let prefer = headers
+        .get("prefer")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let outcome = apply_resume(&mut inner, &id, parsed, version, &caller.client_id, prefer);
     match outcome {
         Ok(()) => {
             inner.stats.resume_accepted += 1;
@@ -933,6 +982,7 @@ fn apply_resume(
     parsed: Result<ResumeBody, String>,
     version: &str,
     client_id: &str,
+    prefer: Option<String>,
 ) -> Result<(), Rejection> {
     let bad = |message: String| (StatusCode::BAD_REQUEST, "BadRequest", message);
     sweep(inner, Instant::now());
@@ -946,6 +996,12 @@ fn apply_resume(
         ));
     };
     let body = parsed.map_err(bad)?;
+    // The approval-stage callback type is in v1.0's schema only.
+    if body.approval_stage.is_some() && version != "v1.0" {
+        return Err(bad(format!(
+            "Resource type '{APPROVAL_CALLBACK_DATA_TYPE}' was not found in the {version} schema."
+        )));
+    }
     let status = request.status.clone();
     let mut waiting = request
         .callouts
@@ -997,6 +1053,8 @@ fn apply_resume(
         source: body.source,
         api_version: version.to_owned(),
         client_id: client_id.to_owned(),
+        approval_stage: body.approval_stage,
+        prefer,
     });
     inner.deadlines.remove(&deadline_key);
     Ok(())

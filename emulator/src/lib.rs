@@ -22,6 +22,7 @@
 //! secret values.
 #![forbid(unsafe_code)]
 
+pub mod approval;
 mod control;
 pub mod directory;
 pub mod entra;

@@ -20,6 +20,7 @@ use crate::checks::{Check, CheckCtx, Finding, Verdict};
 use crate::directory::{Directory, Facts, Needs};
 use crate::tickets::TicketSystem;
 
+pub mod approval;
 mod read;
 mod registry;
 pub mod settings;
@@ -27,6 +28,7 @@ pub mod template;
 pub mod testing;
 pub mod ticket;
 
+use crate::approval::ApprovalStage;
 pub use settings::Settings;
 use template::Template;
 
@@ -97,6 +99,9 @@ pub struct Decision {
     /// The ticket to open instead of resuming now: set when the rule names one and the
     /// decision is to continue (a request the checks deny gets no ticket).
     pub ticket: Option<ticket::TicketOrder>,
+    /// Dynamic approval: the approval stage a continue sends (always set on a continue at
+    /// that stage; never elsewhere).
+    pub approval: Option<crate::approval::ApprovalStage>,
 }
 
 /// Where a decision gets its facts, and when.
@@ -119,6 +124,7 @@ struct RawDetail {
     error: Option<String>,
     audit: Option<String>,
     notify: Option<String>,
+    route: Option<String>,
 }
 
 /// `detail = "text"` (one text for every outcome) or a table per outcome.
@@ -144,6 +150,9 @@ struct RawDefaults {
 struct RawPackage {
     id: Option<String>,
     display_name: Option<String>,
+    /// The package's resource owners (`user:<id>`, `group:<id>`), for `package_owners`.
+    #[serde(default)]
+    owners: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -162,6 +171,9 @@ struct RawRule {
     on_error: Option<OnError>,
     detail: Option<RawDetailField>,
     ticket: Option<String>,
+    approval: Option<String>,
+    approval_on_deny: Option<String>,
+    approval_on_error: Option<String>,
 }
 
 /// The file as read by [`read`]: every entry that could be read (rules are kept apart, with
@@ -177,6 +189,8 @@ struct RawPolicy {
     exceptions: Vec<RawException>,
     /// `[tickets.NAME]`, each with whether a key of it could not be read.
     tickets: BTreeMap<String, (ticket::RawTicket, bool)>,
+    /// `[approvals.NAME]`, each with whether a key of it could not be read.
+    approvals: BTreeMap<String, (approval::RawApproval, bool)>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -190,6 +204,9 @@ struct Texts {
     error: Template,
     audit: Template,
     notify: Template,
+    /// Dynamic approval: the checks found something, and the rule routes the request to a
+    /// stricter approval instead of denying it.
+    route: Template,
 }
 
 const DEFAULT_ALLOW: &str = "accessgate: checks passed ({checks}). {notes}";
@@ -200,6 +217,9 @@ const DEFAULT_AUDIT: &str =
     "accessgate audit mode (no effect): enforce mode would {would}. {reasons} {errors}";
 const DEFAULT_NOTIFY: &str =
     "accessgate report ({stage} cannot be denied): enforce mode would {would}. {reasons} {errors}";
+const DEFAULT_ROUTE: &str =
+    "accessgate sent this request to the {approval} approval ({approvers}): {reasons} {errors}";
+const NO_APPROVAL: &str = "accessgate: no policy rule gives {package} an approval stage, so the request is denied rather than sent on without approvers.";
 const NO_RULE: &str = "Checked by accessgate: no policy rule applies to {package} at {stage}.";
 
 impl Texts {
@@ -211,6 +231,7 @@ impl Texts {
             error: t(DEFAULT_ERROR),
             audit: t(DEFAULT_AUDIT),
             notify: t(DEFAULT_NOTIFY),
+            route: t(DEFAULT_ROUTE),
         }
     }
 }
@@ -241,6 +262,25 @@ struct Rule {
     texts: Texts,
     /// The ticket a continuing decision opens (`ticket = "NAME"`).
     ticket: Option<Arc<ticket::TicketSpec>>,
+    /// Dynamic approval: the stage sent when the request continues, and the ones sent instead
+    /// of a deny when a check denies or errors.
+    approvals: RuleApprovals,
+}
+
+impl Rule {
+    /// Whether the continue texts name the approval (else they render as usual).
+    fn texts_use_approval(&self) -> bool {
+        [&self.texts.allow, &self.texts.audit, &self.texts.error]
+            .iter()
+            .any(|t| t.uses("approval") || t.uses("approvers"))
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct RuleApprovals {
+    allow: Option<Arc<approval::ApprovalSpec>>,
+    on_deny: Option<Arc<approval::ApprovalSpec>>,
+    on_error: Option<Arc<approval::ApprovalSpec>>,
 }
 
 /// A loaded policy.
@@ -256,6 +296,8 @@ pub struct Policy {
     pub warnings: Vec<String>,
     sod_risks: usize,
     tickets: BTreeMap<String, Arc<ticket::TicketSpec>>,
+    /// Declared owners per package, for `package_owners`.
+    package_owners: Vec<(PackageRef, Vec<crate::approval::Approver>)>,
 }
 
 impl Default for Policy {
@@ -268,6 +310,7 @@ impl Default for Policy {
             warnings: Vec::new(),
             sod_risks: 0,
             tickets: BTreeMap::new(),
+            package_owners: Vec::new(),
         }
     }
 }
@@ -346,7 +389,23 @@ impl Policy {
 
         // Packages: aliases that rules and SoD sets refer to.
         let mut packages = BTreeMap::new();
+        let mut package_owners = Vec::new();
         for (alias, p) in &raw.packages {
+            let mut errs = Vec::new();
+            let owners = approval::package_owners(alias, &p.owners, &mut errs);
+            for (key, m) in errs {
+                errors.at(&key, m);
+            }
+            if !owners.is_empty() {
+                package_owners.push((
+                    PackageRef {
+                        alias: alias.clone(),
+                        id: p.id.clone(),
+                        display_name: p.display_name.clone(),
+                    },
+                    owners,
+                ));
+            }
             if p.id.is_none() && p.display_name.is_none() {
                 let m = format!("packages.{alias}: give id or display_name (or both)");
                 if !read.quiet.iter().any(|q| m.starts_with(q.as_str())) {
@@ -470,6 +529,21 @@ impl Policy {
                 errors.at(&key, m);
             }
         }
+        // Approval stages.
+        let mut approvals = BTreeMap::new();
+        for (name, (a, unreadable)) in &raw.approvals {
+            let mut errs = Vec::new();
+            if let Some(spec) = approval::ApprovalSpec::build(name, a, &mut errs)
+                && !unreadable
+            {
+                approvals.insert(name.clone(), Arc::new(spec));
+            }
+            for (key, m) in errs {
+                errors.at(&key, m);
+            }
+        }
+        let approval_names: Vec<&str> = raw.approvals.keys().map(String::as_str).collect();
+        let mut used_approvals = BTreeSet::new();
         let ticket_names: Vec<&str> = raw.tickets.keys().map(String::as_str).collect();
         let mut used_tickets = BTreeSet::new();
         let check_names: Vec<&str> = raw.checks.keys().map(String::as_str).collect();
@@ -563,6 +637,68 @@ impl Policy {
                     }
                 }
             };
+            let mut approval_ref = |key: &str, name: &Option<String>| {
+                let n = name.as_ref()?;
+                used_approvals.insert(n.clone());
+                match approvals.get(n) {
+                    Some(spec) => Some(Arc::clone(spec)),
+                    None if raw.approvals.contains_key(n) => None, // its own error is listed
+                    None => {
+                        let hint = crate::lenient::did_you_mean(n, &approval_names)
+                            .map(|near| format!("; did you mean {near:?}?"))
+                            .unwrap_or_else(|| format!(" (define it under [approvals.{n}])"));
+                        errors.at(
+                            &format!("{path}.{key}"),
+                            format!("{at}: unknown approval {n:?}{hint}"),
+                        );
+                        None
+                    }
+                }
+            };
+            let rule_approvals = RuleApprovals {
+                allow: approval_ref("approval", &r.approval),
+                on_deny: approval_ref("approval_on_deny", &r.approval_on_deny),
+                on_error: approval_ref("approval_on_error", &r.approval_on_error),
+            };
+            let approval_stage = Stage::AssignmentRequestDeterminingApprovalRequirements;
+            if r.approval.is_none() {
+                if r.approval_on_deny.is_some() || r.approval_on_error.is_some() {
+                    errors.at(
+                        &path,
+                        format!("{at}: approval_on_deny and approval_on_error need approval = \"NAME\" (the stage sent when the checks pass)"),
+                    );
+                }
+                if stages.as_ref().is_some_and(|s| s.contains(&approval_stage)) {
+                    errors.at(
+                        &format!("{path}.approval"),
+                        format!("{at}: at {approval_stage} the resume must carry an approval stage: give approval = \"NAME\" (an [approvals.NAME])"),
+                    );
+                }
+            } else {
+                if stages
+                    .as_ref()
+                    .is_some_and(|s| !s.contains(&approval_stage))
+                {
+                    errors.at(
+                        &format!("{path}.approval"),
+                        format!("{at}: an approval is only sent at {approval_stage}; add that stage to stages"),
+                    );
+                }
+                if r.ticket.is_some() {
+                    errors.at(
+                        &format!("{path}.ticket"),
+                        format!(
+                            "{at}: a rule that picks an approval stage cannot also open a ticket"
+                        ),
+                    );
+                }
+                if r.decision == Some(Action::Deny) {
+                    errors.at(
+                        &format!("{path}.approval"),
+                        format!("{at}: a rule that always denies never sends its approval"),
+                    );
+                }
+            }
             if r.ticket.is_some() && r.decision == Some(Action::Deny) {
                 errors.at(
                     &format!("{path}.ticket"),
@@ -572,7 +708,7 @@ impl Policy {
             match (r.decision, r.checks.is_empty()) {
                 _ if unsure => {}
                 // A ticket rule without checks opens its ticket for every request it matches.
-                (None, true) if r.ticket.is_some() => {}
+                (None, true) if r.ticket.is_some() || r.approval.is_some() => {}
                 (None, true) => errors.at(
                     &path,
                     format!(
@@ -603,6 +739,7 @@ impl Policy {
                         error: Some(one.clone()),
                         audit: Some(one.clone()),
                         notify: Some(one.clone()),
+                        route: Some(one.clone()),
                     };
                     texts(
                         &detail_at,
@@ -640,7 +777,13 @@ impl Policy {
                 on_error,
                 texts: rule_texts,
                 ticket: rule_ticket,
+                approvals: rule_approvals,
             });
+        }
+        for name in approvals.keys() {
+            if !used_approvals.contains(name) {
+                warnings.push(format!("approval {name:?} is defined but no rule uses it"));
+            }
         }
         for name in tickets.keys() {
             if !used_tickets.contains(name) {
@@ -662,6 +805,7 @@ impl Policy {
             warnings,
             sod_risks,
             tickets,
+            package_owners,
             ..Policy::default()
         })
     }
@@ -690,6 +834,8 @@ impl Policy {
                 && (r.packages.is_empty()
                     || r.packages.iter().any(|p| package_is(p, &c.access_package)))
                 && r.stages.as_ref().is_none_or(|s| s.contains(&c.stage))
+                // Dynamic approval needs an approval stage: rules without one do not apply.
+                && (!c.stage.is_approval() || r.approvals.allow.is_some())
         })
     }
 
@@ -709,6 +855,9 @@ impl Policy {
     pub async fn decide(&self, c: &Callout, env: &DecideEnv<'_>) -> Decision {
         let can_deny = c.stage.can_deny();
         let Some(rule) = self.rule_for(c) else {
+            if c.stage.is_approval() {
+                return self.no_approval(c);
+            }
             return Decision {
                 action: Action::Continue,
                 detail: self.no_rule.render(
@@ -722,6 +871,7 @@ impl Policy {
                 graph_calls: 0,
                 can_deny,
                 ticket: None,
+                approval: None,
             };
         };
         let entries: Vec<&CheckEntry> = rule
@@ -763,7 +913,111 @@ impl Policy {
             };
             d.ticket = Some(ticket::TicketOrder::render(spec, &value));
         }
+        if c.stage.is_approval() {
+            d = self.with_approval(rule, c, d);
+        }
         d
+    }
+
+    /// Dynamic approval: a continue carries the rule's approval stage; a deny or an error is
+    /// routed to `approval_on_deny` / `approval_on_error` when the rule names one (enforce mode;
+    /// audit always sends `approval`). A stage that cannot be resolved denies: an approval with
+    /// no approver is never sent.
+    fn with_approval(&self, rule: &Rule, c: &Callout, mut d: Decision) -> Decision {
+        let denied = d
+            .outcomes
+            .iter()
+            .any(|o| matches!(o.finding.verdict, Verdict::Deny { .. }));
+        let (spec, routed) = match d.action {
+            Action::Continue => (rule.approvals.allow.as_ref(), false),
+            Action::Deny if denied => (rule.approvals.on_deny.as_ref(), true),
+            Action::Deny => (rule.approvals.on_error.as_ref(), true),
+        };
+        let Some(spec) = spec else {
+            return d; // a plain deny
+        };
+        let owners = self
+            .package_owners
+            .iter()
+            .filter(|(p, _)| package_is(p, &c.access_package))
+            .flat_map(|(_, o)| o.iter().cloned())
+            .collect::<Vec<_>>();
+        match spec.resolve(&owners) {
+            Ok(stage) => {
+                if routed {
+                    d.action = Action::Continue;
+                    // Nothing is left to retry: the route is the rule's answer to the finding.
+                    d.incomplete = None;
+                    let names = ApprovalStage::describe(&stage.primary);
+                    d.detail = rule.texts.route.render(
+                        |v| match v {
+                            "approval" => stage.name.clone(),
+                            "approvers" => names.clone(),
+                            "outcome" => Action::Continue.word().to_owned(),
+                            _ => value(v, c, Some(&rule.name), &d.outcomes, d.action, Action::Deny),
+                        },
+                        MAX_DETAIL_CHARS,
+                    );
+                } else if rule.texts_use_approval() {
+                    // The text combine chose, rendered again now that the approval is known.
+                    let errored = d
+                        .outcomes
+                        .iter()
+                        .any(|o| matches!(o.finding.verdict, Verdict::Error { .. }));
+                    let would = match (rule.decision, denied, errored) {
+                        (Some(a), ..) => a,
+                        (None, true, _) => Action::Deny,
+                        (None, false, true) if rule.on_error == OnError::Deny => Action::Deny,
+                        _ => Action::Continue,
+                    };
+                    let template = match (rule.mode, rule.decision, errored && !denied) {
+                        (Mode::Audit, ..) => &rule.texts.audit,
+                        (_, None, true) => &rule.texts.error,
+                        _ => &rule.texts.allow,
+                    };
+                    let names = ApprovalStage::describe(&stage.primary);
+                    d.detail = template.render(
+                        |v| match v {
+                            "approval" => stage.name.clone(),
+                            "approvers" => names.clone(),
+                            _ => value(v, c, Some(&rule.name), &d.outcomes, d.action, would),
+                        },
+                        MAX_DETAIL_CHARS,
+                    );
+                }
+                d.approval = Some(stage);
+                d
+            }
+            Err(why) => {
+                d.action = Action::Deny;
+                d.incomplete = None;
+                d.detail = template::cut(
+                    &format!("accessgate denied this request: {why}."),
+                    MAX_DETAIL_CHARS,
+                );
+                d
+            }
+        }
+    }
+
+    /// Dynamic approval with no rule that gives an approval stage: deny, saying so.
+    fn no_approval(&self, c: &Callout) -> Decision {
+        let text = Template::parse(NO_APPROVAL).unwrap_or_else(|_| unreachable_template());
+        Decision {
+            action: Action::Deny,
+            detail: text.render(
+                |v| value(v, c, None, &[], Action::Deny, Action::Deny),
+                MAX_DETAIL_CHARS,
+            ),
+            rule: None,
+            mode: Mode::Enforce,
+            outcomes: Vec::new(),
+            incomplete: None,
+            graph_calls: 0,
+            can_deny: true,
+            ticket: None,
+            approval: None,
+        }
     }
 
     /// A `[tickets.NAME]` by name (a waiting job's ticket, read again after a restart).
@@ -920,6 +1174,7 @@ fn combine(
         graph_calls,
         can_deny,
         ticket: None,
+        approval: None,
     }
 }
 
@@ -988,6 +1243,7 @@ fn texts(
         ("error", &raw.error, &mut out.error),
         ("audit", &raw.audit, &mut out.audit),
         ("notify", &raw.notify, &mut out.notify),
+        ("route", &raw.route, &mut out.route),
     ] {
         let Some(src) = src else { continue };
         let key = format!("{path}.{name}");

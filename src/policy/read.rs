@@ -91,7 +91,7 @@ pub(super) fn about_stand_in(msg: &str) -> bool {
         || msg.contains(&format!("expires {NOT_GIVEN:?} is not"))
 }
 
-const TOP: [&str; 9] = [
+const TOP: [&str; 10] = [
     "version",
     "defaults",
     "packages",
@@ -100,6 +100,7 @@ const TOP: [&str; 9] = [
     "risks",
     "exceptions",
     "tickets",
+    "approvals",
     "rules",
 ];
 
@@ -267,6 +268,10 @@ pub(super) fn read(root: &toml::Table, e: &mut Errors<'_>) -> Read {
         .map(|(k, (v, _))| (k, v))
         .collect();
     let tickets = named_tables::<super::ticket::RawTicket>(root, "tickets", e)
+        .into_iter()
+        .map(|(k, (v, bad))| (k, (v, !bad.is_empty())))
+        .collect();
+    let approvals = named_tables::<super::approval::RawApproval>(root, "approvals", e)
         .into_iter()
         .map(|(k, (v, bad))| (k, (v, !bad.is_empty())))
         .collect();
@@ -443,6 +448,7 @@ pub(super) fn read(root: &toml::Table, e: &mut Errors<'_>) -> Read {
             risks,
             exceptions,
             tickets,
+            approvals,
         },
         rules,
         risk_index,

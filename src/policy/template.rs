@@ -6,7 +6,7 @@
 use std::fmt;
 
 /// Every placeholder a template may use, with what it becomes.
-pub const PLACEHOLDERS: [(&str, &str); 11] = [
+pub const PLACEHOLDERS: [(&str, &str); 13] = [
     ("package", "the access package's display name (or id)"),
     ("catalog", "the catalog's display name (or id)"),
     ("stage", "the callout stage, e.g. assignmentRequestCreated"),
@@ -32,6 +32,14 @@ pub const PLACEHOLDERS: [(&str, &str); 11] = [
     (
         "would",
         "what enforce mode would have sent (for audit and notification texts)",
+    ),
+    (
+        "approval",
+        "at dynamic approval: the [approvals.NAME] sent (empty elsewhere)",
+    ),
+    (
+        "approvers",
+        "at dynamic approval: its primary approvers, e.g. \"manager, group:<id>\"",
     ),
 ];
 

@@ -75,6 +75,7 @@ fn policy_with(checks: Vec<CheckEntry>, mode: Mode, on_error: OnError) -> Policy
             on_error,
             texts: Texts::defaults(),
             ticket: None,
+            approvals: RuleApprovals::default(),
         }],
         checks,
         ..Policy::default()
@@ -399,8 +400,8 @@ detail = { denny = "no" }
         [
             "line 5: [[risks]] \"r\": severity: unknown variant `hgh`; did you mean `high`? (expected one of `low`, `medium`, `high`, `critical`)",
             "line 7: [[risks]] \"r\" set 1: acess_packages: unknown key; did you mean `access_packages`? (expected one of `name`, `functions`, `access_packages`, `groups`, `app_roles`, `entitlements`)",
-            "line 19: [[rules]] \"x\": desicion: unknown key; did you mean `decision`? (expected one of `name`, `catalogs`, `access_packages`, `stages`, `checks`, `decision`, `mode`, `on_error`, `detail`, `ticket`)",
-            "line 23: [[rules]] \"y\": detail: unknown key `denny`; did you mean `deny`? (expected one of `allow`, `deny`, `error`, `audit`, `notify`)",
+            "line 19: [[rules]] \"x\": desicion: unknown key; did you mean `decision`? (expected one of `name`, `catalogs`, `access_packages`, `stages`, `checks`, `decision`, `mode`, `on_error`, `detail`, `ticket`, `approval`, `approval_on_deny`, `approval_on_error`)",
+            "line 23: [[rules]] \"y\": detail: unknown key `denny`; did you mean `deny`? (expected one of `allow`, `deny`, `error`, `audit`, `notify`, `route`)",
         ]
     );
 }
