@@ -265,3 +265,103 @@ async fn a_missing_graph_permission_is_named_in_the_error() {
         "{detail}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dynamic_approval_sends_the_stage_the_checks_pick_and_denies_without_one() {
+    const OWNER: &str = "0e000000-0000-0000-0000-000000000001";
+    const SECURITY: &str = "0f000000-0000-0000-0000-000000000002";
+    const APPROVAL: &str = "assignmentRequestDeterminingApprovalRequirements";
+    let policy = std::fs::read_to_string(fixtures().join("policy.toml"))
+        .unwrap()
+        .replace(
+            "display_name = \"Payments run\"",
+            &format!("display_name = \"Payments run\"\nowners = [\"user:{OWNER}\"]"),
+        )
+        + &format!(
+            r#"
+[approvals.standard]
+approvers = ["manager"]
+deny_after = "3d"
+[approvals.risk-review]
+approvers = ["package_owners", "manager:2"]
+escalation_approvers = ["group:{SECURITY}"]
+escalate_after = "1d"
+justification_required = true
+[[rules]]
+name = "dynamic-finance"
+access_packages = ["vendor", "payments"]
+stages = ["{APPROVAL}"]
+checks = ["sod"]
+approval = "standard"
+approval_on_deny = "risk-review"
+detail = {{ allow = "accessgate: {{approval}} approval by {{approvers}}.", route = "accessgate: {{reasons}}; sent to {{approval}} ({{approvers}})." }}
+"#
+        );
+    let h = start(Some(&policy)).await;
+    let at_approval = |name: &str| SendOptions {
+        stage: Some(APPROVAL.into()),
+        ..send_options(name)
+    };
+    // Alice's SoD conflict does not deny: it routes to the risk review, with the package's owner.
+    let r = h.send(at_approval("alice-payments")).await;
+    assert_eq!(r.status, Some(202));
+    let d = resumed(&h.emu(), &r.stage_instance_id).await;
+    assert_eq!(d.state, None, "{d:?}");
+    assert_eq!(d.api_version, "v1.0");
+    assert_eq!(d.prefer.as_deref(), Some("include-unknown-enum-members"));
+    let detail = d.detail.clone().unwrap_or_default();
+    assert!(
+        detail.contains("vendor-fraud") && detail.contains("sent to risk-review"),
+        "{detail}"
+    );
+    let stage = d.approval_stage.clone().unwrap();
+    assert_eq!(
+        stage["primaryApprovers"],
+        serde_json::json!([
+            {"@odata.type": "#microsoft.graph.singleUser", "userId": OWNER},
+            {"@odata.type": "#microsoft.graph.requestorManager", "managerLevel": 2}
+        ]),
+        "{stage}"
+    );
+    assert_eq!(stage["isEscalationEnabled"], true);
+    assert_eq!(stage["durationBeforeEscalation"], "P1D");
+    assert_eq!(stage["durationBeforeAutomaticDenial"], "P14D");
+    assert_eq!(stage["isApproverJustificationRequired"], true);
+    assert_eq!(
+        stage["escalationApprovers"][0]["groupId"], SECURITY,
+        "{stage}"
+    );
+    let req = h.emu().request(&r.request_id).unwrap();
+    assert_eq!(req.state, "pendingApproval", "{req:?}");
+    // Hugo passes the SoD check: the standard approval, his manager.
+    let r = h.send(at_approval("hugo-vendor")).await;
+    let d = resumed(&h.emu(), &r.stage_instance_id).await;
+    assert_eq!(d.state, None, "{d:?}");
+    assert_eq!(
+        d.detail.as_deref(),
+        Some("accessgate: standard approval by manager.")
+    );
+    let stage = d.approval_stage.clone().unwrap();
+    assert_eq!(
+        stage["primaryApprovers"],
+        serde_json::json!([{"@odata.type": "#microsoft.graph.requestorManager", "managerLevel": 1}])
+    );
+    assert_eq!(stage["durationBeforeAutomaticDenial"], "P3D");
+    assert_eq!(stage["isEscalationEnabled"], false);
+    // No rule gives Sales an approval stage: denied, never sent on without approvers.
+    let r = h.send(at_approval("bob-sales-open")).await;
+    let d = resumed(&h.emu(), &r.stage_instance_id).await;
+    assert_eq!(d.state.as_deref(), Some("denied"), "{d:?}");
+    assert!(d.approval_stage.is_none());
+    assert!(
+        d.detail
+            .unwrap_or_default()
+            .contains("no policy rule gives"),
+        "the reason is named"
+    );
+    // The other stages are decided as before (the finance rule has no approval).
+    let r = h.send(send_options("alice-payments")).await;
+    let d = resumed(&h.emu(), &r.stage_instance_id).await;
+    assert_eq!(d.state.as_deref(), Some("denied"));
+    assert!(d.approval_stage.is_none());
+}
