@@ -584,6 +584,17 @@ pub async fn run(accessgate: Option<PathBuf>) -> anyhow::Result<()> {
             "",
         ),
         base(
+            "Alice's \"Payments run\" reaches its approval stage (dynamic approval: accessgate picks the approvers)",
+            names.callout(
+                "Alice",
+                "Payments run",
+                "assignmentRequestDeterminingApprovalRequirements",
+            )?,
+            202,
+            Some(None),
+            "",
+        ),
+        base(
             "Alice's \"Payments run\" is granted anyway by an admin (granted: checks only report)",
             names.callout("Alice", "Payments run", "assignmentRequestGranted")?,
             202,
@@ -629,6 +640,43 @@ pub async fn run(accessgate: Option<PathBuf>) -> anyhow::Result<()> {
                         "   -> Graph resume: {verdict}, approvers see: \"{}\"",
                         r.detail.clone().unwrap_or_default()
                     );
+                    if let Some(stage) = &r.approval_stage {
+                        let approvers: Vec<String> = stage["primaryApprovers"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|a| {
+                                let kind = a["@odata.type"].as_str().unwrap_or("");
+                                let kind = kind.trim_start_matches("#microsoft.graph.");
+                                match (a.get("userId"), a.get("groupId"), a.get("managerLevel")) {
+                                    (Some(id), ..) => {
+                                        format!("{kind} {}", id.as_str().unwrap_or(""))
+                                    }
+                                    (_, Some(id), _) => {
+                                        format!("{kind} {}", id.as_str().unwrap_or(""))
+                                    }
+                                    (.., Some(l)) => format!("{kind} level {l}"),
+                                    _ => kind.to_owned(),
+                                }
+                            })
+                            .collect();
+                        println!(
+                            "   -> approval stage: {}; escalation {}",
+                            approvers.join(", "),
+                            if stage["isEscalationEnabled"] == true {
+                                "on"
+                            } else {
+                                "off"
+                            }
+                        );
+                    } else if r.stage == "assignmentRequestDeterminingApprovalRequirements"
+                        && r.state.is_none()
+                    {
+                        failures.push(format!(
+                            "step {}: a continue without an approval stage",
+                            i + 1
+                        ));
+                    }
                     if r.state.as_deref() != expected_state {
                         failures.push(format!(
                             "step {}: unexpected resume state {:?}",
