@@ -834,8 +834,9 @@ impl Policy {
                 && (r.packages.is_empty()
                     || r.packages.iter().any(|p| package_is(p, &c.access_package)))
                 && r.stages.as_ref().is_none_or(|s| s.contains(&c.stage))
-                // Dynamic approval needs an approval stage: rules without one do not apply.
-                && (!c.stage.is_approval() || r.approvals.allow.is_some())
+                // Dynamic approval needs an approval stage: rules without one do not apply
+                // there, and rules with one apply nowhere else.
+                && c.stage.is_approval() == r.approvals.allow.is_some()
         })
     }
 

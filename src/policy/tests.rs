@@ -523,3 +523,46 @@ async fn a_continuing_decision_renders_its_ticket_and_a_deny_gets_none() {
         "{deny:?}"
     );
 }
+
+#[test]
+fn approval_rules_are_checked_at_load() {
+    let base = r#"
+[approvals.standard]
+approvers = ["manager"]
+[tickets.t]
+table = "incident"
+"#;
+    let cases = [
+        (
+            "[[rules]]\nname = \"a\"\nstages = [\"assignmentRequestDeterminingApprovalRequirements\"]\napproval = \"standrd\"",
+            "unknown approval \"standrd\"; did you mean \"standard\"?",
+        ),
+        (
+            "[[rules]]\nname = \"a\"\nstages = [\"assignmentRequestDeterminingApprovalRequirements\"]\ndecision = \"continue\"",
+            "must carry an approval stage",
+        ),
+        (
+            "[[rules]]\nname = \"a\"\nstages = [\"assignmentRequestCreated\"]\napproval = \"standard\"",
+            "only sent at assignmentRequestDeterminingApprovalRequirements",
+        ),
+        (
+            "[[rules]]\nname = \"a\"\napproval = \"standard\"\nticket = \"t\"",
+            "cannot also open a ticket",
+        ),
+        (
+            "[[rules]]\nname = \"a\"\ndecision = \"continue\"\napproval_on_deny = \"standard\"",
+            "need approval = \"NAME\"",
+        ),
+    ];
+    for (rule, want) in cases {
+        let errs = Policy::parse(&format!("{base}{rule}"))
+            .err()
+            .unwrap_or_default();
+        assert!(errs.iter().any(|e| e.contains(want)), "{want}: {errs:?}");
+    }
+    // A rule without stages but with an approval applies at the approval stage only.
+    let ok = Policy::parse(&format!(
+        "{base}[[rules]]\nname = \"a\"\napproval = \"standard\"\n"
+    ));
+    assert!(ok.is_ok(), "{ok:?}");
+}
