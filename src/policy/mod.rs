@@ -946,9 +946,9 @@ impl Policy {
         match spec.resolve(&owners) {
             Ok(stage) => {
                 if routed {
+                    // A check error still sets `incomplete`, so the worker decides again
+                    // before the route becomes final, as it would before `on_error`.
                     d.action = Action::Continue;
-                    // Nothing is left to retry: the route is the rule's answer to the finding.
-                    d.incomplete = None;
                     let names = ApprovalStage::describe(&stage.primary);
                     d.detail = rule.texts.route.render(
                         |v| match v {

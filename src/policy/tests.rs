@@ -566,3 +566,42 @@ table = "incident"
     ));
     assert!(ok.is_ok(), "{ok:?}");
 }
+
+#[tokio::test]
+async fn an_errored_check_is_retried_before_its_approval_route_is_final() {
+    let spec = |name: &str, approvers: &str| {
+        let raw: approval::RawApproval =
+            toml::from_str(&format!("approvers = [{approvers}]")).unwrap_or_default();
+        approval::ApprovalSpec::build(name, &raw, &mut Vec::new()).map(Arc::new)
+    };
+    let with = |verdict: Verdict| {
+        let mut p = policy_with(vec![entry("c", verdict, 0)], Mode::Enforce, OnError::Deny);
+        p.rules[0].approvals = RuleApprovals {
+            allow: spec("standard", "\"manager\""),
+            on_deny: spec("strict", "\"manager:2\""),
+            on_error: spec("careful", "\"internal_sponsors\""),
+        };
+        p
+    };
+    let c = callout("assignmentRequestDeterminingApprovalRequirements");
+    let d = decide(&with(Verdict::error("directory down")), &c).await;
+    assert_eq!(d.action, Action::Continue);
+    assert_eq!(
+        d.approval.as_ref().map(|a| a.name.as_str()),
+        Some("careful")
+    );
+    assert!(d.incomplete.is_some(), "an error is decided again first");
+    let d = decide(&with(Verdict::deny("conflict")), &c).await;
+    assert_eq!(d.approval.as_ref().map(|a| a.name.as_str()), Some("strict"));
+    assert!(
+        d.incomplete.is_none() && d.detail.contains("conflict"),
+        "{d:?}"
+    );
+    // The rule applies at the approval stage only; elsewhere no rule matches.
+    let d = decide(
+        &with(Verdict::deny("conflict")),
+        &callout("assignmentRequestCreated"),
+    )
+    .await;
+    assert_eq!((d.rule, d.approval), (None, None));
+}
