@@ -267,15 +267,6 @@ struct Rule {
     approvals: RuleApprovals,
 }
 
-impl Rule {
-    /// Whether the continue texts name the approval (else they render as usual).
-    fn texts_use_approval(&self) -> bool {
-        [&self.texts.allow, &self.texts.audit, &self.texts.error]
-            .iter()
-            .any(|t| t.uses("approval") || t.uses("approvers"))
-    }
-}
-
 #[derive(Debug, Clone, Default)]
 struct RuleApprovals {
     allow: Option<Arc<approval::ApprovalSpec>>,
@@ -516,32 +507,9 @@ impl Policy {
                 }
             }
         }
-        // Tickets.
-        let mut tickets = BTreeMap::new();
-        for (name, (t, unreadable)) in &raw.tickets {
-            let mut errs = Vec::new();
-            if let Some(spec) = ticket::TicketSpec::build(name, t, &mut errs)
-                && !unreadable
-            {
-                tickets.insert(name.clone(), Arc::new(spec));
-            }
-            for (key, m) in errs {
-                errors.at(&key, m);
-            }
-        }
-        // Approval stages.
-        let mut approvals = BTreeMap::new();
-        for (name, (a, unreadable)) in &raw.approvals {
-            let mut errs = Vec::new();
-            if let Some(spec) = approval::ApprovalSpec::build(name, a, &mut errs)
-                && !unreadable
-            {
-                approvals.insert(name.clone(), Arc::new(spec));
-            }
-            for (key, m) in errs {
-                errors.at(&key, m);
-            }
-        }
+        // Tickets and approval stages.
+        let tickets = build_named(&raw.tickets, ticket::TicketSpec::build, &mut errors);
+        let approvals = build_named(&raw.approvals, approval::ApprovalSpec::build, &mut errors);
         let approval_names: Vec<&str> = raw.approvals.keys().map(String::as_str).collect();
         let mut used_approvals = BTreeSet::new();
         let ticket_names: Vec<&str> = raw.tickets.keys().map(String::as_str).collect();
@@ -617,43 +585,21 @@ impl Policy {
             let unsure = rr.bad.contains("decision")
                 || rr.bad.contains("checks")
                 || rr.bad.contains("ticket");
-            let rule_ticket = match &r.ticket {
-                None => None,
-                Some(t) => {
-                    used_tickets.insert(t.clone());
-                    match tickets.get(t) {
-                        Some(spec) => Some(Arc::clone(spec)),
-                        None if raw.tickets.contains_key(t) => None, // its own error is listed
-                        None => {
-                            let hint = crate::lenient::did_you_mean(t, &ticket_names)
-                                .map(|near| format!("; did you mean {near:?}?"))
-                                .unwrap_or_else(|| format!(" (define it under [tickets.{t}])"));
-                            errors.at(
-                                &format!("{path}.ticket"),
-                                format!("{at}: unknown ticket {t:?}{hint}"),
-                            );
-                            None
-                        }
-                    }
-                }
-            };
+            let rule_ticket = named_ref(
+                r.ticket.as_deref(),
+                ("tickets", "ticket", &tickets, &ticket_names),
+                &mut used_tickets,
+                (&format!("{path}.ticket"), &at),
+                &mut errors,
+            );
             let mut approval_ref = |key: &str, name: &Option<String>| {
-                let n = name.as_ref()?;
-                used_approvals.insert(n.clone());
-                match approvals.get(n) {
-                    Some(spec) => Some(Arc::clone(spec)),
-                    None if raw.approvals.contains_key(n) => None, // its own error is listed
-                    None => {
-                        let hint = crate::lenient::did_you_mean(n, &approval_names)
-                            .map(|near| format!("; did you mean {near:?}?"))
-                            .unwrap_or_else(|| format!(" (define it under [approvals.{n}])"));
-                        errors.at(
-                            &format!("{path}.{key}"),
-                            format!("{at}: unknown approval {n:?}{hint}"),
-                        );
-                        None
-                    }
-                }
+                named_ref(
+                    name.as_deref(),
+                    ("approvals", "approval", &approvals, &approval_names),
+                    &mut used_approvals,
+                    (&format!("{path}.{key}"), &at),
+                    &mut errors,
+                )
             };
             let rule_approvals = RuleApprovals {
                 allow: approval_ref("approval", &r.approval),
@@ -903,7 +849,22 @@ impl Policy {
         };
         let outcomes =
             futures_util::future::join_all(entries.iter().map(|e| run_check(e, &ctx))).await;
-        let mut d = combine(rule, c, outcomes, facts.graph_calls, can_deny);
+        // Dynamic approval: the requested package's declared owners, for `package_owners`.
+        let owners = c.stage.is_approval().then(|| {
+            self.package_owners
+                .iter()
+                .filter(|(p, _)| package_is(p, &c.access_package))
+                .flat_map(|(_, o)| o.iter().cloned())
+                .collect::<Vec<_>>()
+        });
+        let mut d = combine(
+            rule,
+            c,
+            outcomes,
+            facts.graph_calls,
+            can_deny,
+            owners.as_deref(),
+        );
         if let Some(spec) = &rule.ticket
             && d.action == Action::Continue
         {
@@ -914,91 +875,7 @@ impl Policy {
             };
             d.ticket = Some(ticket::TicketOrder::render(spec, &value));
         }
-        if c.stage.is_approval() {
-            d = self.with_approval(rule, c, d);
-        }
         d
-    }
-
-    /// Dynamic approval: a continue carries the rule's approval stage; a deny or an error is
-    /// routed to `approval_on_deny` / `approval_on_error` when the rule names one (enforce mode;
-    /// audit always sends `approval`). A stage that cannot be resolved denies: an approval with
-    /// no approver is never sent.
-    fn with_approval(&self, rule: &Rule, c: &Callout, mut d: Decision) -> Decision {
-        let denied = d
-            .outcomes
-            .iter()
-            .any(|o| matches!(o.finding.verdict, Verdict::Deny { .. }));
-        let (spec, routed) = match d.action {
-            Action::Continue => (rule.approvals.allow.as_ref(), false),
-            Action::Deny if denied => (rule.approvals.on_deny.as_ref(), true),
-            Action::Deny => (rule.approvals.on_error.as_ref(), true),
-        };
-        let Some(spec) = spec else {
-            return d; // a plain deny
-        };
-        let owners = self
-            .package_owners
-            .iter()
-            .filter(|(p, _)| package_is(p, &c.access_package))
-            .flat_map(|(_, o)| o.iter().cloned())
-            .collect::<Vec<_>>();
-        match spec.resolve(&owners) {
-            Ok(stage) => {
-                if routed {
-                    // A check error still sets `incomplete`, so the worker decides again
-                    // before the route becomes final, as it would before `on_error`.
-                    d.action = Action::Continue;
-                    let names = ApprovalStage::describe(&stage.primary);
-                    d.detail = rule.texts.route.render(
-                        |v| match v {
-                            "approval" => stage.name.clone(),
-                            "approvers" => names.clone(),
-                            "outcome" => Action::Continue.word().to_owned(),
-                            _ => value(v, c, Some(&rule.name), &d.outcomes, d.action, Action::Deny),
-                        },
-                        MAX_DETAIL_CHARS,
-                    );
-                } else if rule.texts_use_approval() {
-                    // The text combine chose, rendered again now that the approval is known.
-                    let errored = d
-                        .outcomes
-                        .iter()
-                        .any(|o| matches!(o.finding.verdict, Verdict::Error { .. }));
-                    let would = match (rule.decision, denied, errored) {
-                        (Some(a), ..) => a,
-                        (None, true, _) => Action::Deny,
-                        (None, false, true) if rule.on_error == OnError::Deny => Action::Deny,
-                        _ => Action::Continue,
-                    };
-                    let template = match (rule.mode, rule.decision, errored && !denied) {
-                        (Mode::Audit, ..) => &rule.texts.audit,
-                        (_, None, true) => &rule.texts.error,
-                        _ => &rule.texts.allow,
-                    };
-                    let names = ApprovalStage::describe(&stage.primary);
-                    d.detail = template.render(
-                        |v| match v {
-                            "approval" => stage.name.clone(),
-                            "approvers" => names.clone(),
-                            _ => value(v, c, Some(&rule.name), &d.outcomes, d.action, would),
-                        },
-                        MAX_DETAIL_CHARS,
-                    );
-                }
-                d.approval = Some(stage);
-                d
-            }
-            Err(why) => {
-                d.action = Action::Deny;
-                d.incomplete = None;
-                d.detail = template::cut(
-                    &format!("accessgate denied this request: {why}."),
-                    MAX_DETAIL_CHARS,
-                );
-                d
-            }
-        }
     }
 
     /// Dynamic approval with no rule that gives an approval stage: deny, saying so.
@@ -1123,14 +1000,68 @@ fn value(
     }
 }
 
+/// `[SECTION.NAME]` entries (tickets, approvals) built one by one: every problem goes to
+/// `errors`, and an entry with a key that could not be read is left out (its error is listed).
+fn build_named<R, T>(
+    raw: &BTreeMap<String, (R, bool)>,
+    build: impl Fn(&str, &R, &mut Vec<(String, String)>) -> Option<T>,
+    errors: &mut read::Errors<'_>,
+) -> BTreeMap<String, Arc<T>> {
+    let mut out = BTreeMap::new();
+    for (name, (r, unreadable)) in raw {
+        let mut errs = Vec::new();
+        if let Some(spec) = build(name, r, &mut errs)
+            && !unreadable
+        {
+            out.insert(name.clone(), Arc::new(spec));
+        }
+        for (key, m) in errs {
+            errors.at(&key, m);
+        }
+    }
+    out
+}
+
+/// A rule's reference to a `[SECTION.NAME]`, marked used: the loaded entry, or `None` with an
+/// error naming a near miss. An entry that is written but did not load has its own error.
+/// `section` is (section, what it is called, loaded entries, written names); `at` is (key
+/// path, rule label).
+fn named_ref<T>(
+    name: Option<&str>,
+    (section, what, loaded, written): (&str, &str, &BTreeMap<String, Arc<T>>, &[&str]),
+    used: &mut BTreeSet<String>,
+    (key, at): (&str, &str),
+    errors: &mut read::Errors<'_>,
+) -> Option<Arc<T>> {
+    let n = name?;
+    used.insert(n.to_owned());
+    if let Some(spec) = loaded.get(n) {
+        return Some(Arc::clone(spec));
+    }
+    if !written.contains(&n) {
+        let hint = crate::lenient::did_you_mean(n, written)
+            .map(|near| format!("; did you mean {near:?}?"))
+            .unwrap_or_else(|| format!(" (define it under [{section}.{n}])"));
+        errors.at(key, format!("{at}: unknown {what} {n:?}{hint}"));
+    }
+    None
+}
+
 /// Verdicts → decision. Enforce: any deny denies; else any error applies `on_error`; else
 /// continue. Audit and stages that cannot deny always continue and say what enforce would do.
+///
+/// Dynamic approval (`owners` is `Some`: the requested package's declared owners): a continue
+/// carries the rule's `approval`; a deny is routed to `approval_on_deny` / `approval_on_error`
+/// when the rule names one, with the `route` text (a check error still sets `incomplete`, so
+/// the worker decides again before the route is final, as before `on_error`). A stage that
+/// resolves to no approver denies: an approval with nobody in it is never sent.
 fn combine(
     rule: &Rule,
     c: &Callout,
     outcomes: Vec<Outcome>,
     graph_calls: u32,
     can_deny: bool,
+    owners: Option<&[crate::approval::Approver]>,
 ) -> Decision {
     let denied = outcomes
         .iter()
@@ -1154,28 +1085,66 @@ fn combine(
     // A retry can only change the outcome if no check denied outright.
     let incomplete = (errored && !denied && rule.mode == Mode::Enforce && can_deny)
         .then(|| join_reasons(&outcomes, "error"));
-    let (action, template) = if !can_deny {
+    let (mut action, mut template) = if !can_deny {
         (Action::Continue, &rule.texts.notify)
     } else if rule.mode == Mode::Audit {
         (Action::Continue, &rule.texts.audit)
     } else {
         (would, template)
     };
-    let detail = template.render(
-        |v| value(v, c, Some(&rule.name), &outcomes, action, would),
-        MAX_DETAIL_CHARS,
-    );
+    let mut approval = None;
+    let mut unresolved = None;
+    if let Some(owners) = owners {
+        let spec = match action {
+            Action::Continue => rule.approvals.allow.as_ref(),
+            Action::Deny if denied => rule.approvals.on_deny.as_ref(),
+            Action::Deny => rule.approvals.on_error.as_ref(),
+        };
+        match spec.map(|s| s.resolve(owners)) {
+            None => {} // a plain deny
+            Some(Ok(stage)) => {
+                if action == Action::Deny {
+                    (action, template) = (Action::Continue, &rule.texts.route);
+                }
+                approval = Some(stage);
+            }
+            Some(Err(why)) => unresolved = Some(why),
+        }
+    }
+    let detail = match &unresolved {
+        Some(why) => {
+            action = Action::Deny;
+            template::cut(
+                &format!("accessgate denied this request: {why}."),
+                MAX_DETAIL_CHARS,
+            )
+        }
+        None => {
+            let approvers = approval
+                .as_ref()
+                .map(|a: &ApprovalStage| ApprovalStage::describe(&a.primary));
+            template.render(
+                |v| match (v, &approval, &approvers) {
+                    ("approval", Some(a), _) => a.name.clone(),
+                    ("approvers", _, Some(names)) => names.clone(),
+                    _ => value(v, c, Some(&rule.name), &outcomes, action, would),
+                },
+                MAX_DETAIL_CHARS,
+            )
+        }
+    };
     Decision {
         action,
         detail,
         rule: Some(rule.name.clone()),
         mode: rule.mode,
         outcomes,
-        incomplete,
+        // An approval that resolves to nobody is the policy's own answer: nothing to retry.
+        incomplete: incomplete.filter(|_| unresolved.is_none()),
         graph_calls,
         can_deny,
         ticket: None,
-        approval: None,
+        approval,
     }
 }
 
