@@ -27,9 +27,14 @@ pub enum Stage {
     /// Dynamic approval: the extension returns the approval stage Entra should use. Not in the
     /// enum of either Graph subset (it follows `unknownFutureValue`, an evolvable member).
     AssignmentRequestDeterminingApprovalRequirements,
+    /// A Lifecycle Workflows custom task extension callout. Not a Graph stage (LCW has one
+    /// point per task): the name policy rules and logs use for it. Never read from a callout's
+    /// `stage` field; the parser sets it for the LCW shape, with [`Callout::task`].
+    LifecycleWorkflowTask,
 }
 
 impl Stage {
+    /// The entitlement-management stages (what a callout's `stage` field may name).
     pub const ALL: [Stage; 7] = [
         Stage::AssignmentRequestCreated,
         Stage::AssignmentRequestApproved,
@@ -54,15 +59,33 @@ impl Stage {
             Stage::AssignmentRequestDeterminingApprovalRequirements => {
                 "assignmentRequestDeterminingApprovalRequirements"
             }
+            Stage::LifecycleWorkflowTask => "lifecycleWorkflowTask",
         }
     }
 
-    /// Case-insensitive, as tenants and docs vary the casing (protocol.md §1.3).
+    /// An entitlement-management stage named in a callout, case-insensitively, as tenants and
+    /// docs vary the casing (protocol.md §1.3).
     pub fn parse(s: &str) -> Option<Stage> {
         let s = s.trim();
         Stage::ALL
             .into_iter()
             .find(|st| st.as_graph().eq_ignore_ascii_case(s))
+    }
+
+    /// A stage named in a policy rule: the entitlement-management stages and
+    /// `lifecycleWorkflowTask`.
+    pub fn parse_in_policy(s: &str) -> Option<Stage> {
+        Stage::parse(s).or_else(|| {
+            Stage::LifecycleWorkflowTask
+                .as_graph()
+                .eq_ignore_ascii_case(s.trim())
+                .then_some(Stage::LifecycleWorkflowTask)
+        })
+    }
+
+    /// Whether this is a Lifecycle Workflows task rather than an entitlement-management stage.
+    pub fn is_lifecycle(self) -> bool {
+        self == Stage::LifecycleWorkflowTask
     }
 
     /// Only request-workflow stages support "launch and wait"; pre-expiration is
@@ -75,6 +98,7 @@ impl Stage {
                 | Stage::AssignmentRequestGranted
                 | Stage::AssignmentRequestRemoved
                 | Stage::AssignmentRequestDeterminingApprovalRequirements
+                | Stage::LifecycleWorkflowTask
         )
     }
 
@@ -86,13 +110,15 @@ impl Stage {
     /// Entra accepts `state: denied` only before the assignment exists (protocol.md §3.3: the docs
     /// contradict each other; created and approved is the reading the ELM how-to gives). The
     /// dynamic-approval stage comes before any approval, so it is read the same way (no source
-    /// says; its callback data derives the type that carries `state`).
+    /// says; its callback data derives the type that carries `state`). A Lifecycle Workflows
+    /// task can always fail (`operationStatus: failed`).
     pub fn can_deny(self) -> bool {
         matches!(
             self,
             Stage::AssignmentRequestCreated
                 | Stage::AssignmentRequestApproved
                 | Stage::AssignmentRequestDeterminingApprovalRequirements
+                | Stage::LifecycleWorkflowTask
         )
     }
 }
@@ -175,6 +201,64 @@ pub struct Subject {
     pub id: Option<String>,
     pub object_id: Option<String>,
     pub display_name: Option<String>,
+}
+
+/// What a Lifecycle Workflows task callout names (`customTaskExtensionCalloutData`): the
+/// workflow, the task and its processing result (the three ids of the resume URL), and the
+/// subject's mail, UPN and manager. The subject itself is the callout's `target`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LifecycleTask {
+    pub workflow_id: Id,
+    pub workflow_name: Option<String>,
+    pub workflow_version: Option<i64>,
+    pub task_id: Id,
+    pub task_name: Option<String>,
+    pub task_processing_result_id: Id,
+    /// `taskProcessingResult.createdDateTime`: when the task started (its window runs from here).
+    pub created: Option<jiff::Timestamp>,
+    pub subject_upn: Option<String>,
+    pub subject_email: Option<String>,
+    pub manager: Subject,
+}
+
+impl LifecycleTask {
+    /// The documented resume path (v1.0 and beta serve it).
+    pub fn resume_path(&self) -> String {
+        format!(
+            "/identityGovernance/lifecycleWorkflows/workflows/{}/tasks/{}/taskProcessingResults/{}/resume",
+            self.workflow_id, self.task_id, self.task_processing_result_id
+        )
+    }
+
+    /// Whether a `callbackUriPath` names this task's resume: the documented path, with or
+    /// without `/v1.0|/beta` and with the namespaced action name the OpenAPI uses.
+    pub fn names_resume(&self, path: &str) -> bool {
+        let p = path.trim();
+        let p = p
+            .strip_prefix("/v1.0")
+            .or_else(|| p.strip_prefix("/beta"))
+            .unwrap_or(p);
+        let segs: Vec<&str> = p.split('/').collect();
+        let want = [
+            "",
+            "identityGovernance",
+            "lifecycleWorkflows",
+            "workflows",
+            self.workflow_id.as_str(),
+            "tasks",
+            self.task_id.as_str(),
+            "taskProcessingResults",
+            self.task_processing_result_id.as_str(),
+        ];
+        segs.len() == 10
+            && segs
+                .iter()
+                .zip(want)
+                .all(|(a, b)| a.eq_ignore_ascii_case(b))
+            && (segs[9].eq_ignore_ascii_case("resume")
+                || segs[9].eq_ignore_ascii_case("microsoft.graph.identityGovernance.resume"))
+    }
 }
 
 /// One answer the requestor gave, from the callout's `answers` or Graph's request object.
@@ -270,6 +354,9 @@ pub struct Callout {
     pub requestor: Subject,
     pub answers: Answers,
     pub shape: WireShape,
+    /// Set exactly when `stage` is [`Stage::LifecycleWorkflowTask`] (only [`parse`] builds one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<Box<LifecycleTask>>,
     /// The callout object exactly as received (the `data` object for the envelope shape).
     pub raw: Value,
     /// The whole body as received. A job stores this rather than the fields above and parses it
@@ -282,8 +369,10 @@ impl Callout {
     /// Launch-and-wait: Entra waits for a resume. Pre-expiration stages and extensions without a
     /// callback configuration are launch-and-continue and get no resume.
     pub fn expects_resume(&self) -> bool {
-        self.stage.can_wait()
-            && (self.callback_timeout_secs.is_some() || self.callback_uri_path.is_some())
+        // A task's callout has no callback configuration; its extension's window applies.
+        self.task.is_some()
+            || self.stage.can_wait()
+                && (self.callback_timeout_secs.is_some() || self.callback_uri_path.is_some())
     }
 
     pub fn callback_timeout(&self) -> Option<Duration> {
@@ -435,12 +524,12 @@ pub fn parse(body: &[u8]) -> Result<Parsed, CalloutError> {
         return Err(CalloutError::Ambiguous);
     }
     if let Some(data) = get_obj(&top, "data")
-        && (get(data, "taskProcessingResult").is_some()
-            || (get(data, "task").is_some() && get(data, "workflow").is_some()))
+        && is_lifecycle(data)
     {
-        return Err(CalloutError::Unsupported(
-            "a Lifecycle Workflows custom task extension callout (data.task, data.taskProcessingResult); this accessgate handles entitlement management stages only".into(),
-        ));
+        let mut c = parse_lifecycle(data)?;
+        c.raw = take_ci(&mut top, "data").unwrap_or(Value::Null);
+        c.verbatim = std::str::from_utf8(body).ok().map(Arc::from);
+        return Ok(Parsed::Callout(Box::new(c)));
     }
     // The envelope carries the callout in `data`; the flat shape carries it at the top.
     let shape = match get_obj(&top, "data") {
@@ -468,6 +557,94 @@ pub fn parse(body: &[u8]) -> Result<Parsed, CalloutError> {
         c.verbatim = std::str::from_utf8(body).ok().map(Arc::from);
     }
     Ok(parsed)
+}
+
+/// The Lifecycle Workflows shape: `data` names a task and its processing result (the CSDL spells
+/// it `taskProcessingresult`, the Logic App schema `taskProcessingResult`: both are read).
+fn is_lifecycle(data: &Map<String, Value>) -> bool {
+    get(data, "taskProcessingResult").is_some()
+        || (get(data, "task").is_some() && get(data, "workflow").is_some())
+}
+
+/// A required id of an object in an LCW callout (`data.workflow.id`, ...).
+fn lifecycle_id(
+    data: &Map<String, Value>,
+    object: &str,
+    field: &'static str,
+) -> Result<Id, CalloutError> {
+    let o = get_obj(data, object).ok_or(CalloutError::Missing(field))?;
+    match get_text(o, "id").map_err(|_| CalloutError::Invalid(field, "must be a string".into()))? {
+        None => Err(CalloutError::Missing(field)),
+        Some(s) => Id::parse(&s).ok_or_else(|| CalloutError::Invalid(field, ID_RULE.into())),
+    }
+}
+
+/// A Lifecycle Workflows custom task extension callout (`customTaskExtensionCalloutData`).
+fn parse_lifecycle(data: &Map<String, Value>) -> Result<Callout, CalloutError> {
+    let workflow_id = lifecycle_id(data, "workflow", "data.workflow.id")?;
+    let task_id = lifecycle_id(data, "task", "data.task.id")?;
+    let result_id = lifecycle_id(data, "taskProcessingResult", "data.taskProcessingResult.id")?;
+    let subject_id = lifecycle_id(data, "subject", "data.subject.id")?;
+    let subject = get_obj(data, "subject");
+    let workflow = get_obj(data, "workflow");
+    let task = get_obj(data, "task");
+    let result = get_obj(data, "taskProcessingResult");
+    let created = match result.and_then(|r| get_str(r, "createdDateTime")) {
+        None => None,
+        Some(t) => Some(t.parse::<jiff::Timestamp>().map_err(|_| {
+            CalloutError::Invalid(
+                "data.taskProcessingResult.createdDateTime",
+                "is not an ISO 8601 date and time".into(),
+            )
+        })?),
+    };
+    let workflow_version = match workflow.and_then(|w| get(w, "workflowVersion")) {
+        None => None,
+        Some(v) => Some(v.as_i64().ok_or_else(|| {
+            CalloutError::Invalid("data.workflow.workflowVersion", "must be an integer".into())
+        })?),
+    };
+    let manager = subject.and_then(|s| get_obj(s, "manager"));
+    let task_ref = LifecycleTask {
+        workflow_id,
+        workflow_name: workflow.and_then(|w| get_str(w, "displayName")),
+        workflow_version,
+        task_id,
+        task_name: task.and_then(|t| get_str(t, "displayName")),
+        task_processing_result_id: result_id.clone(),
+        created,
+        subject_upn: subject.and_then(|s| get_str(s, "userPrincipalName")),
+        subject_email: subject.and_then(|s| get_str(s, "email")),
+        manager: Subject {
+            id: manager.and_then(|m| get_str(m, "id")),
+            object_id: manager.and_then(|m| get_str(m, "id")),
+            display_name: manager.and_then(|m| get_str(m, "displayName")),
+        },
+    };
+    Ok(Callout {
+        // The processing result is what is resumed, and it is unique per task and subject run:
+        // it is both the "request" and the idempotency key.
+        request_id: result_id.clone(),
+        stage: Stage::LifecycleWorkflowTask,
+        stage_instance_id: result_id,
+        callback_timeout_secs: None,
+        callback_uri_path: get_str(data, "callbackUriPath"),
+        request_type: None,
+        access_package: Named::default(),
+        catalog: Named::default(),
+        assignment_policy: Named::default(),
+        target: Subject {
+            id: Some(subject_id.to_string()),
+            object_id: Some(subject_id.to_string()),
+            display_name: subject.and_then(|s| get_str(s, "displayName")),
+        },
+        requestor: Subject::default(),
+        answers: Answers::default(),
+        shape: WireShape::Envelope,
+        task: Some(Box::new(task_ref)),
+        raw: Value::Null,
+        verbatim: None,
+    })
 }
 
 /// The callout's fields in `obj` (the top object, or the envelope's `data`).
@@ -554,6 +731,7 @@ fn parse_fields(obj: &Map<String, Value>, shape: WireShape) -> Result<Parsed, Ca
         requestor: subject(get_obj(obj, "requestor")),
         answers,
         shape,
+        task: None,
         raw: Value::Null,
         verbatim: None,
     })))
@@ -642,16 +820,89 @@ mod tests {
             !e.contains('\n') && !e.contains('\u{1b}') && e.len() < 500,
             "{e}"
         );
-        // A Lifecycle Workflows task callout (the shape of ../shared/data/lcw-logicapp-trigger-schema.json).
-        let e = parse(br#"{"type":"lifecycleEvent","source":"sample","data":{"callbackUriPath":"/identityGovernance/lifecycleWorkflows/workflows/w/tasks/t/taskProcessingResults/r/resume","subject":{"id":"u"},"task":{"id":"t"},"taskProcessingResult":{"id":"r"},"workflow":{"id":"w"}}}"#).unwrap_err();
-        assert_eq!(e.code(), "unsupported_callout");
-        assert!(e.to_string().contains("Lifecycle Workflows"), "{e}");
         // Nothing that promises a callback is "unrecognized".
         assert_eq!(
             parse(br#"{"CallbackUriPath":"/x/resume"}"#),
             Err(CalloutError::Missing("stage"))
         );
         assert_eq!(parse(br#"{"source":"x"}"#), Ok(Parsed::Unrecognized));
+    }
+
+    /// The shape of ../shared/data/lcw-logicapp-trigger-schema.json.
+    const LCW: &str = r#"{"type":"lifecycleEvent","source":"sample","data":{"callbackUriPath":"/identityGovernance/lifecycleWorkflows/workflows/w1/tasks/t1/taskProcessingResults/r1/resume",
+        "subject":{"id":"u1","displayName":"Lee","email":"lee@contoso.com","userPrincipalName":"lee@contoso.com","manager":{"id":"m1","displayName":"Mo","email":"mo@contoso.com"}},
+        "task":{"id":"t1","displayName":"Open ticket"},"taskProcessingResult":{"id":"r1","createdDateTime":"2026-12-04T10:00:00Z"},
+        "workflow":{"id":"w1","displayName":"Leaver","workflowVersion":3}}}"#;
+
+    #[test]
+    fn lifecycle_task_callouts_parse() {
+        let c = callout(parse(LCW.as_bytes()).unwrap());
+        assert_eq!(c.stage, Stage::LifecycleWorkflowTask);
+        assert_eq!(
+            (c.request_id.as_str(), c.stage_instance_id.as_str()),
+            ("r1", "r1")
+        );
+        assert_eq!(c.target.object_id.as_deref(), Some("u1"));
+        let t = c.task.as_deref().unwrap();
+        assert_eq!((t.workflow_id.as_str(), t.task_id.as_str()), ("w1", "t1"));
+        assert_eq!(t.workflow_version, Some(3));
+        assert_eq!(t.manager.id.as_deref(), Some("m1"));
+        assert_eq!(t.created.map(|c| c.as_second()), Some(1_796_378_400));
+        assert!(c.expects_resume() && c.stage.can_deny());
+        assert!(t.names_resume(c.callback_uri_path.as_deref().unwrap()));
+        assert!(t.names_resume("/beta/identityGovernance/lifecycleWorkflows/workflows/W1/tasks/t1/taskProcessingResults/r1/microsoft.graph.identityGovernance.resume"));
+        assert!(!t.names_resume("/identityGovernance/lifecycleWorkflows/workflows/w1/tasks/t1/taskProcessingResults/r2/resume"));
+        assert!(!t.names_resume("/identityGovernance/lifecycleWorkflows/workflows/w1/tasks/t1/taskProcessingResults/r1/resume/x"));
+        // The CSDL's spelling of the processing result is read too.
+        let csdl = LCW.replace("taskProcessingResult", "taskProcessingresult");
+        assert_eq!(
+            callout(parse(csdl.as_bytes()).unwrap()).request_id.as_str(),
+            "r1"
+        );
+        // A round trip through a queue message (v2: verbatim) gives the same callout.
+        let again = callout(parse(c.verbatim.as_deref().unwrap().as_bytes()).unwrap());
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn lifecycle_task_callouts_without_their_ids_are_refused_by_name() {
+        for (from, to, field) in [
+            (
+                r#""workflow":{"id":"w1","#,
+                r#""workflow":{"#,
+                "data.workflow.id",
+            ),
+            (r#""task":{"id":"t1","#, r#""task":{"#, "data.task.id"),
+            (
+                r#""taskProcessingResult":{"id":"r1","#,
+                r#""taskProcessingResult":{"#,
+                "data.taskProcessingResult.id",
+            ),
+            (
+                r#""subject":{"id":"u1","#,
+                r#""subject":{"#,
+                "data.subject.id",
+            ),
+        ] {
+            let body = LCW.replace(from, to);
+            assert_eq!(
+                parse(body.as_bytes()),
+                Err(CalloutError::Missing(field)),
+                "{field}"
+            );
+        }
+        let bad = LCW.replace(r#""id":"w1""#, r#""id":"../w""#);
+        assert_eq!(parse(bad.as_bytes()).unwrap_err().code(), "invalid_field");
+        let bad = LCW.replace("2026-12-04T10:00:00Z", "yesterday");
+        assert_eq!(parse(bad.as_bytes()).unwrap_err().code(), "invalid_field");
+        let bad = LCW.replace(r#""workflowVersion":3"#, r#""workflowVersion":"3""#);
+        assert_eq!(parse(bad.as_bytes()).unwrap_err().code(), "invalid_field");
+        // A policy may name the task stage; a callout's stage field may not.
+        assert_eq!(Stage::parse("lifecycleWorkflowTask"), None);
+        assert_eq!(
+            Stage::parse_in_policy("LifecycleWorkflowTask"),
+            Some(Stage::LifecycleWorkflowTask)
+        );
     }
 
     #[test]

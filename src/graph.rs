@@ -77,6 +77,15 @@ pub enum GraphError {
         catalog: String,
         detail: String,
     },
+    /// 403 on a Lifecycle Workflows task resume.
+    #[error(
+        "Graph task resume: HTTP 403 {detail}. {identity} may not resume tasks of workflow {workflow}: add its application to the custom task extension's callbackConfiguration.authorizedApps (least privilege), or grant LifecycleWorkflows.ReadWrite.All"
+    )]
+    TaskForbidden {
+        identity: String,
+        workflow: String,
+        detail: String,
+    },
     /// Graph refused the resume itself (the callout still waits); retrying will not help.
     #[error("Graph refused the resume: HTTP {status} {detail}")]
     Rejected { status: u16, detail: String },
@@ -142,6 +151,8 @@ pub struct Resume<'a> {
 }
 
 /// `data.@odata.type` of a dynamic-approval resume.
+/// The `type` of a task resume, as the docs' example and Microsoft's template write it.
+const LIFECYCLE_EVENT_TYPE: &str = "lifecycleEvent";
 const APPROVAL_CALLBACK_TYPE: &str = "#microsoft.graph.assignmentRequestApprovalStageCallbackData";
 
 /// One approver set in the v1.0 `subjectSet` shape (singleUser has `userId`, groupMembers
@@ -395,6 +406,18 @@ impl GraphClient {
     /// beta both serve (beta's older `accessPackageAssignmentRequests` does not exist in v1.0).
     /// A `callbackUriPath` that names another request is logged, never followed.
     pub fn resume_url(&self, c: &Callout) -> String {
+        if let Some(t) = c.task.as_deref() {
+            if let Some(p) = c.callback_uri_path.as_deref()
+                && !t.names_resume(p)
+            {
+                tracing::warn!(callback_uri_path = %p, "callbackUriPath does not name this task's resume; using the documented path");
+            }
+            let version = self.cfg.api_version.segment();
+            return self
+                .cfg
+                .base_url
+                .join(&format!("/{version}{}", t.resume_path()));
+        }
         if let Some(p) = c.callback_uri_path.as_deref()
             && !callback_path_names_request(p, &c.request_id)
         {
@@ -415,6 +438,16 @@ impl GraphClient {
 
     /// The body Graph documents for `resume` (accessPackageAssignmentRequestCallbackData).
     pub fn resume_body(&self, c: &Callout, r: &Resume<'_>) -> Value {
+        if c.task.is_some() {
+            // customTaskExtensionCallbackData: the members as the schema names them (lower
+            // case); the docs' examples write `Completed`, but Graph enums are case-sensitive.
+            let status = if r.deny { "failed" } else { "completed" };
+            return json!({
+                "data": {"operationStatus": status},
+                "source": self.cfg.resume_source,
+                "type": LIFECYCLE_EVENT_TYPE,
+            });
+        }
         let mut data = json!({
             "@odata.type": "#microsoft.graph.accessPackageAssignmentRequestCallbackData",
             "stage": c.stage.as_graph(),
@@ -458,6 +491,19 @@ impl GraphClient {
         }
         let text = graph_error_text(&resp.text().await.unwrap_or_default());
         match status.as_u16() {
+            403 if c.task.is_some() => Err(GraphError::TaskForbidden {
+                identity: self.identity(),
+                workflow: c
+                    .task
+                    .as_deref()
+                    .map(|t| {
+                        t.workflow_name
+                            .clone()
+                            .unwrap_or_else(|| t.workflow_id.to_string())
+                    })
+                    .unwrap_or_default(),
+                detail: text,
+            }),
             403 => Err(GraphError::Forbidden {
                 identity: self.identity(),
                 catalog: c
@@ -503,12 +549,40 @@ impl GraphClient {
         }
     }
 
-    /// Where our callout stands on the request (`customExtensionCalloutInstances[].status`).
+    /// Where our callout stands on the request (`customExtensionCalloutInstances[].status`), or
+    /// a task's processing result (`processingStatus`, waiting while `inProgress`).
     async fn callout_status(
         &self,
         c: &Callout,
         deadline: Instant,
     ) -> Result<CalloutState, GraphError> {
+        if let Some(t) = c.task.as_deref() {
+            let path = t.resume_path();
+            let url = self.cfg.base_url.join(&format!(
+                "/{}{}",
+                self.cfg.api_version.segment(),
+                path.trim_end_matches("/resume")
+            ));
+            let resp = self.send(self.http.get(&url), deadline).await?;
+            if resp.status().as_u16() == 404 {
+                return Ok(CalloutState::Gone);
+            }
+            if !resp.status().is_success() {
+                return Err(GraphError::Unavailable {
+                    detail: format!("reading the task processing result: HTTP {}", resp.status()),
+                    retry_after: None,
+                });
+            }
+            let v: Value = resp.json().await.map_err(|_| GraphError::Unavailable {
+                detail: "reading the task processing result: unreadable answer".into(),
+                retry_after: None,
+            })?;
+            return Ok(match v["processingStatus"].as_str() {
+                Some(s) if s.eq_ignore_ascii_case("inProgress") => CalloutState::Waiting,
+                Some(s) => CalloutState::Status(s.to_owned()),
+                None => CalloutState::NotListed,
+            });
+        }
         let url = self.cfg.base_url.join(&format!(
             "/{}/identityGovernance/entitlementManagement/assignmentRequests/{}",
             self.cfg.api_version.segment(),
@@ -693,4 +767,6 @@ enum CalloutState {
     NotListed,
     /// `customExtensionCalloutInstance.status` of our callout.
     Status(String),
+    /// A task processing result still `inProgress`.
+    Waiting,
 }

@@ -10,6 +10,7 @@
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::auth::settings::{ExtensionKind, TASK_TIMEOUT_MAX};
 use crate::auth::{AuthError, Authenticator, PopFault, VerifiedCaller};
 use crate::callout::{self, CalloutError, Parsed};
 use crate::capture::Capture;
@@ -74,6 +75,15 @@ pub enum IntakeError {
     TooLargeForQueue,
     #[error("the callout's catalog is not one that extension {0:?} serves")]
     CatalogNotServed(String),
+    /// A callout of one product through (or from the caller of) the other product's extension:
+    /// a Lifecycle Workflows task via an entitlement-management extension, or the reverse.
+    #[error("{what} is a {got} callout, but {via} is {want}")]
+    WrongKind {
+        what: &'static str,
+        got: &'static str,
+        via: String,
+        want: &'static str,
+    },
 }
 
 impl IntakeError {
@@ -83,7 +93,7 @@ impl IntakeError {
             IntakeError::UnsupportedMediaType => 415,
             IntakeError::Auth(a) if a.is_unavailable() => 503,
             IntakeError::Auth(_) => 401,
-            IntakeError::CatalogNotServed(_) => 403,
+            IntakeError::CatalogNotServed(_) | IntakeError::WrongKind { .. } => 403,
             IntakeError::Callout(CalloutError::Unsupported(_)) => 422,
             IntakeError::Callout(_) => 400,
             IntakeError::Store(_) => 503,
@@ -104,6 +114,7 @@ impl IntakeError {
             IntakeError::Timeout => "request_timeout",
             IntakeError::TooLargeForQueue => "body_too_large",
             IntakeError::CatalogNotServed(_) => "catalog_not_served",
+            IntakeError::WrongKind { .. } => "callout_kind_mismatch",
         }
     }
 
@@ -111,7 +122,7 @@ impl IntakeError {
         match self {
             IntakeError::Auth(a) if a.is_unavailable() => "temporarily_unavailable",
             IntakeError::Auth(_) => "unauthorized",
-            IntakeError::CatalogNotServed(_) => "forbidden",
+            IntakeError::CatalogNotServed(_) | IntakeError::WrongKind { .. } => "forbidden",
             other => other.code(),
         }
     }
@@ -128,6 +139,9 @@ impl IntakeError {
             IntakeError::Auth(_) => "the request is not authenticated".into(),
             IntakeError::CatalogNotServed(_) => {
                 "this endpoint does not serve callouts for that catalog".into()
+            }
+            IntakeError::WrongKind { got, .. } => {
+                format!("this extension does not serve {got} callouts")
             }
             other => other.to_string(),
         }
@@ -230,13 +244,51 @@ pub async fn admit_verified(
             PopFault::BodyHashMismatch,
         )));
     }
-    let parsed = callout::parse(req.body)?;
-    if let (Parsed::Callout(c), Some(name)) = (&parsed, caller.extension())
-        && auth
-            .extension(name)
-            .is_some_and(|e| !e.serves_catalog(c.catalog.id.as_deref()))
-    {
-        return Err(IntakeError::CatalogNotServed(name.to_owned()));
+    let mut parsed = callout::parse(req.body)?;
+    if let Parsed::Callout(c) = &mut parsed {
+        let ext = caller.extension().and_then(|n| auth.extension(n));
+        let got = if c.task.is_some() {
+            ExtensionKind::LifecycleWorkflows
+        } else {
+            ExtensionKind::EntitlementManagement
+        };
+        // The PoP token names the extension; its kind must be the callout's.
+        if let Some(e) = ext
+            && e.kind != got
+        {
+            return Err(IntakeError::WrongKind {
+                what: "the body",
+                got: got.name(),
+                via: format!("extension {:?}", e.name),
+                want: e.kind.name(),
+            });
+        }
+        // Each product calls with its own first-party app id.
+        if let Some(k) = ExtensionKind::of_caller(caller.app_id())
+            && k != got
+        {
+            return Err(IntakeError::WrongKind {
+                what: "the body",
+                got: got.name(),
+                via: "its caller".into(),
+                want: k.name(),
+            });
+        }
+        if let Some(e) = ext
+            && !e.serves_catalog(c.catalog.id.as_deref())
+        {
+            return Err(IntakeError::CatalogNotServed(e.name.clone()));
+        }
+        if c.task.is_some() {
+            // A task's callout does not carry its window; the extension's setting does.
+            // It runs from the task's start (`createdDateTime`), when that lies in the past.
+            let window = ext.map_or(TASK_TIMEOUT_MAX, |e| e.callback_timeout);
+            let started = c.task.as_deref().and_then(|t| t.created);
+            let elapsed = started
+                .and_then(|t| jiff::Timestamp::now().duration_since(t).try_into().ok())
+                .unwrap_or(std::time::Duration::ZERO);
+            c.callback_timeout_secs = Some(window.saturating_sub(elapsed).as_secs());
+        }
     }
     if let Some(cap) = capture {
         cap.record(req.correlation_id, req.body, caller).await;

@@ -35,6 +35,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/_emulator/tokens/graph", post(mint_graph))
         .route("/_emulator/requests", post(register))
         .route("/_emulator/requests/{id}", get(request))
+        .route("/_emulator/tasks", post(register_task))
+        .route("/_emulator/tasks/{id}", get(task))
         .route("/_emulator/resumes", get(resumes))
         .route("/_emulator/stats", get(stats))
         .route("/_emulator/faults", post(set_fault).delete(clear_faults))
@@ -192,6 +194,27 @@ async fn request(State(state): State<AppState>, Path(id): Path<String>) -> Respo
     match graph::view(&state, &id) {
         Some(view) => Json(view).into_response(),
         None => control_error(StatusCode::NOT_FOUND, format!("unknown request {id}")),
+    }
+}
+
+async fn register_task(State(state): State<AppState>, body: Bytes) -> Response {
+    let reg: crate::lifecycle::RegisterTask = match parse_body(&body) {
+        Ok(reg) => reg,
+        Err(err) => return bad_json(&err),
+    };
+    match crate::lifecycle::register(&state, &reg) {
+        Ok(view) => (StatusCode::CREATED, Json(view)).into_response(),
+        Err(err) => control_error(StatusCode::BAD_REQUEST, format!("{err:#}")),
+    }
+}
+
+async fn task(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match crate::lifecycle::view(&state, &id) {
+        Some(view) => Json(view).into_response(),
+        None => control_error(
+            StatusCode::NOT_FOUND,
+            format!("unknown task processing result {id}"),
+        ),
     }
 }
 

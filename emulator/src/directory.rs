@@ -269,6 +269,31 @@ fn read(
                 _ => Err(not_found(path)),
             }
         }
+        ["identityGovernance", "lifecycleWorkflows", "workflows", id] => {
+            if !has(caller, &crate::lifecycle::READ_PERMISSIONS) {
+                return Err(denied());
+            }
+            let wf = w.workflow(id).ok_or_else(|| not_found(id))?;
+            let full = json!({
+                "@odata.type": "#microsoft.graph.identityGovernance.workflow",
+                "id": wf.id,
+                "displayName": wf.display_name,
+                "category": wf.category,
+                "isEnabled": true,
+            });
+            Ok(match query.get("$select") {
+                None => full,
+                Some(s) => {
+                    let mut out = serde_json::Map::new();
+                    for p in s.split(',').map(str::trim) {
+                        if let Some(v) = full.get(p) {
+                            out.insert(p.to_owned(), v.clone());
+                        }
+                    }
+                    Value::Object(out)
+                }
+            })
+        }
         [
             "identityGovernance",
             "entitlementManagement",
@@ -502,6 +527,7 @@ pub(crate) fn routes(version: &'static str) -> Router<AppState> {
         "/users/{id}/appRoleAssignments",
         "/identityGovernance/entitlementManagement/assignments",
         "/identityGovernance/entitlementManagement/assignmentRequests",
+        "/identityGovernance/lifecycleWorkflows/workflows/{id}",
     ] {
         r = r.route(path, get(reader));
     }

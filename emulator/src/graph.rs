@@ -620,7 +620,9 @@ pub(crate) fn routes(version: &'static str) -> Router<AppState> {
                 post(resume_route),
             );
     }
-    router = router.merge(crate::directory::routes(version));
+    router = router
+        .merge(crate::directory::routes(version))
+        .merge(crate::lifecycle::routes(version));
     router.route(
         "/roleManagement/entitlementManagement/roleAssignments",
         get(

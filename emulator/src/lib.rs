@@ -29,6 +29,7 @@ pub mod entra;
 pub mod faults;
 pub mod graph;
 pub mod keyvault;
+pub mod lifecycle;
 mod msi;
 pub mod pop;
 pub mod principals;
@@ -50,6 +51,7 @@ pub use entra::{IssuerVersion, MintOptions, SignWith};
 pub use faults::{FaultSpec, FaultTarget};
 pub use graph::{CalloutView, GraphCall, RegisterRequest, RequestView, ResumeRecord};
 pub use keyvault::{CertificateInfo, CertificateOptions};
+pub use lifecycle::{RegisterTask, TaskView};
 pub use principals::{CatalogRole, Grants, Principal, PrincipalKind};
 
 /// Catalog of requests registered without one (`cccccccc-0000-0000-0000-000000000001`).
@@ -81,6 +83,10 @@ pub struct EmulatorConfig {
     /// `p` of minted PoP tokens: the ARM id of the Logic App the extension names.
     #[serde(default = "default_logic_app_resource")]
     pub logic_app_resource: String,
+    /// `p` of PoP tokens for Lifecycle Workflows callouts: the ARM id of the Logic App the
+    /// custom task extension names.
+    #[serde(default = "default_lcw_logic_app_resource")]
+    pub lcw_logic_app_resource: String,
     /// Client id of the system-assigned managed identity (`GET /msi/token` without selector).
     #[serde(default = "default_managed_identity_client_id")]
     pub managed_identity_client_id: String,
@@ -93,6 +99,10 @@ pub struct EmulatorConfig {
     /// `sub` the federated credentials accept (the Kubernetes service account).
     #[serde(default = "default_federated_subject")]
     pub federated_subject: String,
+}
+
+fn default_lcw_logic_app_resource() -> String {
+    "/subscriptions/22222222-3333-4444-5555-666666666666/resourceGroups/rg-accessgate/providers/Microsoft.Logic/workflows/accessgate-lcw".to_owned()
 }
 
 fn default_managed_identity_client_id() -> String {
@@ -127,6 +137,7 @@ impl Default for EmulatorConfig {
             graph_client_secret: "emulator-graph-secret".to_owned(),
             pop_host: default_pop_host(),
             logic_app_resource: default_logic_app_resource(),
+            lcw_logic_app_resource: default_lcw_logic_app_resource(),
             managed_identity_client_id: default_managed_identity_client_id(),
             user_assigned_client_id: default_user_assigned_client_id(),
             identity_header: default_identity_header(),
@@ -429,6 +440,16 @@ impl Emulator {
     }
 
     /// State of a request and every callout it received, or `None` when unknown.
+    /// Creates a Lifecycle Workflows task processing result waiting for its resume.
+    pub fn register_task(&self, reg: &RegisterTask) -> anyhow::Result<TaskView> {
+        lifecycle::register(&self.state, reg)
+    }
+
+    /// A task processing result (its timeout evaluated now).
+    pub fn task(&self, id: &str) -> Option<TaskView> {
+        lifecycle::view(&self.state, id)
+    }
+
     pub fn request(&self, id: &str) -> Option<RequestView> {
         graph::view(&self.state, id)
     }

@@ -17,9 +17,12 @@ pub const READ_WRITE_ALL: &str = "EntitlementManagement.ReadWrite.All";
 /// The Graph application permission that allows reading requests everywhere.
 pub const READ_ALL: &str = "EntitlementManagement.Read.All";
 /// What a new principal holds: resume everywhere, and the directory reads accessgate's checks
-/// make (users with lifecycle attributes, group memberships, app role assignments).
-pub const DEFAULT_GRAPH_PERMISSIONS: [&str; 5] = [
+/// make (users with lifecycle attributes, group memberships, app role assignments, workflows).
+/// Not `LifecycleWorkflows.ReadWrite.All`: task resumes are allowed by the extension's
+/// `authorizedApps`, the least-privilege way.
+pub const DEFAULT_GRAPH_PERMISSIONS: [&str; 6] = [
     READ_WRITE_ALL,
+    "LifecycleWorkflows.Read.All",
     "User.Read.All",
     "User-LifeCycleInfo.Read.All",
     "GroupMember.Read.All",

@@ -34,6 +34,11 @@ pub enum Shape {
     Flat,
     /// Graph `{source, type, data}` envelope with camelCase `data`.
     Envelope,
+    /// A Lifecycle Workflows custom task extension callout (`customTaskExtensionCalloutData`
+    /// in the `{type, source, data}` envelope of Microsoft's LCW Logic App trigger schema):
+    /// `request_id` is the task processing result, `target_object_id` the subject; PoP tokens
+    /// come from Lifecycle Workflows' app id, bound to `lcw_logic_app_resource`.
+    Lifecycle,
 }
 
 /// How the sender authenticates a callout.
@@ -88,7 +93,22 @@ pub struct SendOptions {
     pub maximum_retries: Option<u32>,
     /// Extension: `RequestType` (default `userAdd`).
     pub request_type: Option<String>,
+    /// Lifecycle shape: the workflow (default a fixed GUID), its display name and version.
+    pub workflow_id: Option<String>,
+    pub workflow_name: Option<String>,
+    /// Lifecycle shape: the task (default a fixed GUID) and its display name.
+    pub task_id: Option<String>,
+    pub task_name: Option<String>,
+    /// Lifecycle shape: the subject's manager and user principal name.
+    pub manager_id: Option<String>,
+    pub subject_upn: Option<String>,
+    /// Lifecycle shape: the extension's `authorizedApps` (default: the emulator's identities).
+    pub authorized_apps: Option<Vec<String>>,
 }
+
+/// Defaults of a Lifecycle Workflows callout.
+pub const DEFAULT_WORKFLOW_ID: &str = "f0000000-0000-0000-0000-000000000001";
+pub const DEFAULT_TASK_ID: &str = "f1000000-0000-0000-0000-000000000001";
 
 /// Outcome of a callout.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -347,6 +367,36 @@ pub fn envelope_body(f: &CalloutFields) -> Value {
     })
 }
 
+/// A Lifecycle Workflows task callout: `{type, source, data}` with `callbackUriPath`, `subject`
+/// (with `manager`), `task`, `taskProcessingResult` and `workflow`, camelCase as in the LCW
+/// Logic App trigger schema (`type` and `source` values are undocumented).
+pub fn lifecycle_body(f: &CalloutFields, opts: &SendOptions) -> Value {
+    let workflow_id = opts.workflow_id.as_deref().unwrap_or(DEFAULT_WORKFLOW_ID);
+    let task_id = opts.task_id.as_deref().unwrap_or(DEFAULT_TASK_ID);
+    let manager = opts.manager_id.as_ref().map_or(
+        Value::Null,
+        |m| json!({"id": m, "displayName": null, "email": null}),
+    );
+    json!({
+        "type": "lifecycleEvent",
+        "source": "LifecycleWorkflows",
+        "data": {
+            "@odata.type": "#microsoft.graph.identityGovernance.customTaskExtensionCalloutData",
+            "callbackUriPath": format!("/identityGovernance/lifecycleWorkflows/workflows/{workflow_id}/tasks/{task_id}/taskProcessingResults/{}/resume", f.request_id),
+            "subject": {
+                "id": f.target_object_id,
+                "displayName": f.target_display_name,
+                "email": opts.subject_upn,
+                "userPrincipalName": opts.subject_upn,
+                "manager": manager,
+            },
+            "task": {"id": task_id, "displayName": opts.task_name.as_deref().unwrap_or("Run accessgate")},
+            "taskProcessingResult": {"id": f.request_id, "createdDateTime": jiff::Timestamp::now().to_string()},
+            "workflow": {"id": workflow_id, "displayName": opts.workflow_name.as_deref().unwrap_or("Emulator workflow"), "workflowVersion": 1},
+        }
+    })
+}
+
 fn assignment_id(f: &CalloutFields) -> String {
     // Stable per request, so a retried callout carries the same assignment.
     let id = uuid::Uuid::parse_str(&f.request_id).map_or_else(
@@ -397,6 +447,42 @@ impl Backend<'_> {
                 Ok(())
             }
             Backend::Detached => Ok(()),
+        }
+    }
+
+    /// Registers a task processing result (the Lifecycle shape).
+    async fn register_task(
+        &self,
+        http: &reqwest::Client,
+        reg: &crate::lifecycle::RegisterTask,
+    ) -> anyhow::Result<()> {
+        match self {
+            Backend::Local(emulator) => emulator.register_task(reg).map(drop),
+            Backend::Remote { base_url } => {
+                let resp = http
+                    .post(format!("{base_url}/_emulator/tasks"))
+                    .json(reg)
+                    .send()
+                    .await
+                    .context("registering the task with the emulator")?;
+                if !resp.status().is_success() {
+                    bail!(
+                        "emulator refused the task: {} {}",
+                        resp.status(),
+                        resp.text().await.unwrap_or_default()
+                    );
+                }
+                Ok(())
+            }
+            Backend::Detached => Ok(()),
+        }
+    }
+
+    /// The Logic App resource of the Lifecycle Workflows extension (`p`).
+    fn lcw_resource(&self) -> String {
+        match self {
+            Backend::Local(emulator) => emulator.config().lcw_logic_app_resource.clone(),
+            _ => crate::EmulatorConfig::default().lcw_logic_app_resource,
         }
     }
 
@@ -477,7 +563,24 @@ pub(crate) async fn send_callout_with(
         .build()
         .context("building the HTTP client")?;
 
-    if graph::is_request_stage(&fields.stage) {
+    let lifecycle = opts.shape == Shape::Lifecycle;
+    if lifecycle {
+        let reg = crate::lifecycle::RegisterTask {
+            id: Some(fields.request_id.clone()),
+            workflow_id: opts
+                .workflow_id
+                .clone()
+                .unwrap_or_else(|| DEFAULT_WORKFLOW_ID.into()),
+            task_id: opts
+                .task_id
+                .clone()
+                .unwrap_or_else(|| DEFAULT_TASK_ID.into()),
+            subject_id: fields.target_object_id.clone(),
+            timeout: Some(fields.timeout.clone()),
+            authorized_apps: opts.authorized_apps.clone(),
+        };
+        backend.register_task(&control, &reg).await?;
+    } else if graph::is_request_stage(&fields.stage) {
         let reg = RegisterRequest {
             id: Some(fields.request_id.clone()),
             stage: Some(fields.stage.clone()),
@@ -493,9 +596,11 @@ pub(crate) async fn send_callout_with(
         (Some(raw), _) if raw.is_empty() => None,
         (Some(raw), _) => Some(raw.clone()),
         (None, AuthScheme::Bearer) => {
-            let token = backend
-                .mint(&control, &opts.token.clone().unwrap_or_default())
-                .await?;
+            let mut token = opts.token.clone().unwrap_or_default();
+            if lifecycle && token.app_id.is_none() {
+                token.app_id = Some(crate::lifecycle::LCW_APP_ID.into());
+            }
+            let token = backend.mint(&control, &token).await?;
             Some(format!("Bearer {token}"))
         }
         (None, AuthScheme::Pop) => None,
@@ -507,6 +612,7 @@ pub(crate) async fn send_callout_with(
             let value = match opts.shape {
                 Shape::Flat => flat_body(&fields),
                 Shape::Envelope => envelope_body(&fields),
+                Shape::Lifecycle => lifecycle_body(&fields, opts),
             };
             serde_json::to_string(&value)?
         }
@@ -531,9 +637,18 @@ pub(crate) async fn send_callout_with(
         report.attempts += 1;
         // Minted before the clock starts: the latency is the receiver's, not our signing.
         let pop_header = if mint_pop_each_attempt {
-            let shr = backend
-                .mint_pop(&control, &opts.pop.clone().unwrap_or_default())
-                .await?;
+            let mut pop = opts.pop.clone().unwrap_or_default();
+            if lifecycle {
+                // Lifecycle Workflows signs as itself, for its own extension's Logic App.
+                let at = pop.at.get_or_insert_with(MintOptions::default);
+                if at.app_id.is_none() {
+                    at.app_id = Some(crate::lifecycle::LCW_APP_ID.into());
+                }
+                if pop.p.is_none() {
+                    pop.p = Some(Value::String(backend.lcw_resource()));
+                }
+            }
+            let shr = backend.mint_pop(&control, &pop).await?;
             Some(format!("PoP {shr}"))
         } else {
             None

@@ -59,6 +59,8 @@ pub(crate) struct Inner {
     /// Directory and ServiceNow data (`load_world`).
     pub world: crate::directory::World,
     pub servicenow: crate::servicenow::ServiceNowState,
+    /// Lifecycle Workflows task processing results by id.
+    pub tasks: BTreeMap<String, crate::lifecycle::TaskRecord>,
 }
 
 pub(crate) struct KeySlot {
@@ -147,6 +149,7 @@ impl Shared {
                 deadlines: BTreeSet::new(),
                 world: crate::directory::World::default(),
                 servicenow: crate::servicenow::ServiceNowState::new(),
+                tasks: BTreeMap::new(),
             }),
         }
     }

@@ -460,6 +460,7 @@ async fn pre_expiration_and_connection_test_are_sent_but_not_registered() {
                     assert_eq!(body["data"]["stage"], stage);
                     assert!(body["data"].get("callbackUriPath").is_none(), "{stage}");
                 }
+                Shape::Lifecycle => unreachable!("not sent in this loop"),
             }
         }
     }

@@ -48,7 +48,47 @@ pub struct RawExtension {
     host: Option<String>,
     catalog_ids: Option<Vec<String>>,
     policy_file: Option<String>,
+    kind: Option<String>,
+    callback_timeout: Option<String>,
 }
+
+/// Which product calls through an extension: its callouts' shape and caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtensionKind {
+    /// An entitlement-management custom extension (`accessPackageAssignmentRequestWorkflowExtension`).
+    EntitlementManagement,
+    /// A Lifecycle Workflows custom task extension (`customTaskExtension`).
+    LifecycleWorkflows,
+}
+
+impl ExtensionKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ExtensionKind::EntitlementManagement => "entitlement_management",
+            ExtensionKind::LifecycleWorkflows => "lifecycle_workflows",
+        }
+    }
+
+    /// The first-party app that calls through this kind of extension.
+    pub fn caller(self) -> &'static str {
+        match self {
+            ExtensionKind::EntitlementManagement => ELM_APP_ID,
+            ExtensionKind::LifecycleWorkflows => LCW_APP_ID,
+        }
+    }
+
+    /// The kind a first-party caller app id belongs to, if it is one of the two.
+    pub fn of_caller(app_id: &str) -> Option<ExtensionKind> {
+        [Self::EntitlementManagement, Self::LifecycleWorkflows]
+            .into_iter()
+            .find(|k| k.caller().eq_ignore_ascii_case(app_id))
+    }
+}
+
+/// The Lifecycle Workflows callback window (`customTaskExtensionCallbackConfiguration.timeoutDuration`):
+/// 5 minutes to 3 hours (integrations.md §1).
+pub const TASK_TIMEOUT_MIN: Duration = Duration::from_secs(5 * 60);
+pub const TASK_TIMEOUT_MAX: Duration = Duration::from_secs(3 * 3600);
 
 /// How Entra reaches this deployment (ARCHITECTURE.md, ingress modes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -284,6 +324,9 @@ pub struct Extension {
     pub resource_key: String,
     /// Catalogs whose callouts this extension accepts (lower-case GUIDs); empty = any.
     pub catalog_ids: Vec<String>,
+    pub kind: ExtensionKind,
+    /// Lifecycle Workflows: the extension's callback window (its callout does not carry it).
+    pub callback_timeout: Duration,
     pub policy: Option<Policy>,
     pub policy_file: Option<PathBuf>,
 }
@@ -330,6 +373,43 @@ impl Extension {
                     ),
                 }
             }
+            let kind = match raw.kind.as_deref().unwrap_or("entitlement_management") {
+                "entitlement_management" => ExtensionKind::EntitlementManagement,
+                "lifecycle_workflows" => ExtensionKind::LifecycleWorkflows,
+                _ => {
+                    p.push(
+                        &setting("kind"),
+                        "must be entitlement_management or lifecycle_workflows",
+                    );
+                    ExtensionKind::EntitlementManagement
+                }
+            };
+            if kind == ExtensionKind::LifecycleWorkflows && !catalog_ids.is_empty() {
+                p.push(
+                    &setting("catalog_ids"),
+                    "a lifecycle_workflows extension has no catalogs: select tasks with the policy's workflows, tasks and categories",
+                );
+            }
+            let callback_timeout = match raw.callback_timeout.as_deref() {
+                None => TASK_TIMEOUT_MAX,
+                Some(_) if kind == ExtensionKind::EntitlementManagement => {
+                    p.push(
+                        &setting("callback_timeout"),
+                        "only for lifecycle_workflows extensions: entitlement management sends its timeout in every callout",
+                    );
+                    TASK_TIMEOUT_MAX
+                }
+                Some(t) => match crate::callout::parse_iso_duration(t) {
+                    Some(d) if (TASK_TIMEOUT_MIN..=TASK_TIMEOUT_MAX).contains(&d) => d,
+                    _ => {
+                        p.push(
+                            &setting("callback_timeout"),
+                            "must be an ISO 8601 duration from PT5M to PT3H (the custom task extension's timeoutDuration)",
+                        );
+                        TASK_TIMEOUT_MAX
+                    }
+                },
+            };
             let policy_file = raw
                 .policy_file
                 .as_deref()
@@ -353,6 +433,8 @@ impl Extension {
                 resource,
                 resource_key,
                 catalog_ids,
+                kind,
+                callback_timeout,
                 policy,
                 policy_file,
             });

@@ -16,9 +16,10 @@ pub use accessgate_world::{
 use serde_json::{Map, Value};
 
 use super::{
-    Answer, Directory, Facts, Fetched, Held, HeldAppRole, Holdings, Needs, RequestFacts, UserFacts,
+    Answer, Directory, FactError, Facts, Fetched, Held, HeldAppRole, Holdings, Needs, RequestFacts,
+    UserFacts, WorkflowFacts,
 };
-use crate::callout::Callout;
+use crate::callout::{Callout, Id};
 use crate::tickets::{TicketError, TicketRecord, TicketSystem};
 
 /// Why a fact cannot be read from the world: what Graph would have answered instead.
@@ -259,9 +260,26 @@ impl Directory for FixtureDirectory {
             }));
         }
         if needs.request {
-            facts.request = fetched(self.world.request_facts(callout.request_id.as_str()));
+            facts.request = if callout.task.is_some() {
+                Fetched::failed(super::NO_TASK_REQUEST)
+            } else {
+                fetched(self.world.request_facts(callout.request_id.as_str()))
+            };
         }
         facts
+    }
+
+    async fn workflow(&self, id: &Id, _deadline: Instant) -> Result<WorkflowFacts, FactError> {
+        let w = self.world.0.workflow(id.as_str()).ok_or_else(|| {
+            FactError::Failed(format!(
+                "workflow {id} does not exist (Graph would answer 404)"
+            ))
+        })?;
+        Ok(WorkflowFacts {
+            id: w.id.clone(),
+            display_name: w.display_name.clone(),
+            category: w.category.clone(),
+        })
     }
 }
 

@@ -19,8 +19,8 @@ use serde_json::Value;
 
 use super::fixtures::{external_values, parse_graph_time, target_id};
 use super::{
-    Directory, Facts, Fetched, Held, HeldAppRole, Holdings, Needs, RequestFacts, Settings,
-    UserFacts,
+    Directory, FactError, Facts, Fetched, Held, HeldAppRole, Holdings, Needs, RequestFacts,
+    Settings, UserFacts, WorkflowFacts,
 };
 use crate::callout::{Answer, Callout, Id};
 use crate::graph::{BatchAnswer, BatchGet, GraphClient};
@@ -277,6 +277,36 @@ fn user_facts(
 
 #[async_trait::async_trait]
 impl Directory for GraphDirectory {
+    async fn workflow(&self, id: &Id, deadline: Instant) -> Result<WorkflowFacts, FactError> {
+        let gets = [BatchGet {
+            id: "workflow",
+            url: format!(
+                "/identityGovernance/lifecycleWorkflows/workflows/{id}?$select=id,displayName,category"
+            ),
+        }];
+        let fail = |e: GraphFactError| FactError::Failed(e.to_string());
+        let answers = self
+            .graph
+            .batch_get(&gets, deadline)
+            .await
+            .map_err(|e| fail(GraphFactError::Batch(e.to_string())))?;
+        let a = answers
+            .iter()
+            .find(|a| a.id == "workflow")
+            .ok_or_else(|| fail(GraphFactError::NoAnswer("workflow")))?;
+        if a.status != 200 {
+            return Err(fail(inner_error("workflow", a)));
+        }
+        let category = a.body["category"].as_str().ok_or_else(|| {
+            FactError::Failed("Graph workflow: the answer has no category".into())
+        })?;
+        Ok(WorkflowFacts {
+            id: a.body["id"].as_str().unwrap_or(id.as_str()).to_owned(),
+            display_name: a.body["displayName"].as_str().map(str::to_owned),
+            category: category.to_owned(),
+        })
+    }
+
     async fn facts(&self, callout: &Callout, needs: Needs, deadline: Instant) -> Facts {
         let target = target_id(callout);
         let mut facts = Facts::none(target.clone());
@@ -299,6 +329,13 @@ impl Directory for GraphDirectory {
         let Some(t) = target.as_deref().and_then(Id::parse) else {
             fail_all(&mut facts, GraphFactError::NoTarget);
             return facts;
+        };
+        if needs.request && callout.task.is_some() {
+            facts.request = Fetched::failed(super::NO_TASK_REQUEST);
+        }
+        let needs = Needs {
+            request: needs.request && callout.task.is_none(),
+            ..needs
         };
         let gets = self.requests(&t, &callout.request_id, needs);
         let mut calls = 1u32;

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::callout::Callout;
+use crate::callout::{Callout, Id};
 
 pub mod fixtures;
 pub mod graph;
@@ -182,4 +182,22 @@ pub trait Directory: Send + Sync {
     /// Fetches what `needs` asks for, never starting a call after `deadline`. Failures are
     /// per fact ([`Fetched::Failed`]), so one failed read errors only the checks that need it.
     async fn facts(&self, callout: &Callout, needs: Needs, deadline: Instant) -> Facts;
+
+    /// A Lifecycle Workflows workflow's category (`joiner`, `mover`, `leaver`), for rules keyed
+    /// by category: read from the directory, never from the callout.
+    async fn workflow(&self, id: &Id, deadline: Instant) -> Result<WorkflowFacts, FactError>;
+}
+
+/// Why a task's callout has no request facts.
+pub const NO_TASK_REQUEST: &str =
+    "a Lifecycle Workflows task has no access package request (no justification or answers)";
+
+/// A Lifecycle Workflows workflow as the directory knows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowFacts {
+    pub id: String,
+    pub display_name: Option<String>,
+    /// `lifecycleWorkflowCategory`, as Graph wrote it.
+    pub category: String,
 }

@@ -174,6 +174,15 @@ struct RawRule {
     approval: Option<String>,
     approval_on_deny: Option<String>,
     approval_on_error: Option<String>,
+    /// Lifecycle Workflows: workflows by id or display name.
+    #[serde(default)]
+    workflows: Vec<String>,
+    /// Lifecycle Workflows: tasks by id or display name.
+    #[serde(default)]
+    tasks: Vec<String>,
+    /// Lifecycle Workflows: workflow categories (joiner, mover, leaver), read from Graph.
+    #[serde(default)]
+    categories: Vec<String>,
 }
 
 /// The file as read by [`read`]: every entry that could be read (rules are kept apart, with
@@ -221,6 +230,8 @@ const DEFAULT_ROUTE: &str =
     "accessgate sent this request to the {approval} approval ({approvers}): {reasons} {errors}";
 const NO_APPROVAL: &str = "accessgate: no policy rule gives {package} an approval stage, so the request is denied rather than sent on without approvers.";
 const NO_RULE: &str = "Checked by accessgate: no policy rule applies to {package} at {stage}.";
+const NO_TASK_RULE: &str =
+    "Checked by accessgate: no policy rule applies to task {task} of workflow {workflow}.";
 
 impl Texts {
     fn defaults() -> Texts {
@@ -265,7 +276,40 @@ struct Rule {
     /// Dynamic approval: the stage sent when the request continues, and the ones sent instead
     /// of a deny when a check denies or errors.
     approvals: RuleApprovals,
+    /// Set for a rule about Lifecycle Workflows tasks (it names workflows, tasks or categories,
+    /// or the `lifecycleWorkflowTask` stage); such a rule applies to tasks only, the others to
+    /// entitlement-management stages only.
+    tasks: Option<TaskScope>,
 }
+
+/// Which Lifecycle Workflows tasks a rule applies to; an empty list means any.
+#[derive(Debug, Clone, Default)]
+struct TaskScope {
+    workflows: Vec<String>,
+    tasks: Vec<String>,
+    categories: Vec<String>,
+}
+
+impl TaskScope {
+    /// `category` is the workflow's, read from the directory (`None`: not read).
+    fn matches(&self, t: &crate::callout::LifecycleTask, category: Option<&str>) -> bool {
+        let named = |want: &[String], id: &crate::callout::Id, name: &Option<String>| {
+            want.is_empty()
+                || want.iter().any(|w| {
+                    w.eq_ignore_ascii_case(id.as_str())
+                        || name.as_deref().is_some_and(|n| w.eq_ignore_ascii_case(n))
+                })
+        };
+        named(&self.workflows, &t.workflow_id, &t.workflow_name)
+            && named(&self.tasks, &t.task_id, &t.task_name)
+            && (self.categories.is_empty()
+                || category
+                    .is_some_and(|c| self.categories.iter().any(|w| w.eq_ignore_ascii_case(c))))
+    }
+}
+
+/// The workflow categories a rule may name (`lifecycleWorkflowCategory`).
+const CATEGORIES: [&str; 4] = ["joiner", "mover", "leaver", "extensibility"];
 
 #[derive(Debug, Clone, Default)]
 struct RuleApprovals {
@@ -280,6 +324,7 @@ pub struct Policy {
     rules: Vec<Rule>,
     checks: Vec<CheckEntry>,
     no_rule: Template,
+    no_task_rule: Template,
     /// Attempts at a decision whose checks errored before `on_error` is final.
     pub check_attempts: u32,
     /// Things that load but act differently than one might read them (a check that can only
@@ -297,6 +342,7 @@ impl Default for Policy {
             rules: Vec::new(),
             checks: Vec::new(),
             no_rule: Template::parse(NO_RULE).unwrap_or_else(|_| unreachable_template()),
+            no_task_rule: Template::parse(NO_TASK_RULE).unwrap_or_else(|_| unreachable_template()),
             check_attempts: 3,
             warnings: Vec::new(),
             sod_risks: 0,
@@ -516,7 +562,11 @@ impl Policy {
         let mut used_tickets = BTreeSet::new();
         let check_names: Vec<&str> = raw.checks.keys().map(String::as_str).collect();
         let package_names: Vec<&str> = packages.keys().map(String::as_str).collect();
-        let stage_names: Vec<&str> = Stage::ALL.iter().map(|s| s.as_graph()).collect();
+        let stage_names: Vec<&str> = Stage::ALL
+            .iter()
+            .chain([&Stage::LifecycleWorkflowTask])
+            .map(|s| s.as_graph())
+            .collect();
 
         // Rules.
         let mut rules = Vec::new();
@@ -533,7 +583,7 @@ impl Policy {
                 list.iter()
                     .enumerate()
                     .filter_map(|(i, s)| {
-                        let st = Stage::parse(s);
+                        let st = Stage::parse_in_policy(s);
                         if st.is_none() {
                             let hint = match crate::lenient::did_you_mean(s, &stage_names) {
                                 Some(near) => format!("; did you mean {near:?}?"),
@@ -667,6 +717,7 @@ impl Policy {
                 ),
                 _ => {}
             }
+            let rule_tasks = task_scope(r, stages.as_deref(), &path, &at, &mut errors);
             let detail_at = format!("{at} detail");
             let detail_path = format!("{path}.detail");
             let rule_texts = match &r.detail {
@@ -700,7 +751,11 @@ impl Policy {
             let on_error = r.on_error.or(d.on_error).unwrap_or(OnError::Deny);
             let reported: Vec<&str> = stages
                 .as_deref()
-                .unwrap_or(&Stage::ALL)
+                .unwrap_or(if rule_tasks.is_some() {
+                    &[Stage::LifecycleWorkflowTask]
+                } else {
+                    &Stage::ALL
+                })
                 .iter()
                 .filter(|s| !s.can_deny())
                 .map(|s| s.as_graph())
@@ -724,6 +779,7 @@ impl Policy {
                 texts: rule_texts,
                 ticket: rule_ticket,
                 approvals: rule_approvals,
+                tasks: rule_tasks,
             });
         }
         for name in approvals.keys() {
@@ -773,22 +829,44 @@ impl Policy {
         self.sod_risks
     }
 
-    /// The first rule that matches the callout.
-    fn rule_for(&self, c: &Callout) -> Option<&Rule> {
-        self.rules.iter().find(|r| {
-            (r.catalogs.is_empty() || r.catalogs.iter().any(|w| named_is(w, &c.catalog)))
-                && (r.packages.is_empty()
-                    || r.packages.iter().any(|p| package_is(p, &c.access_package)))
-                && r.stages.as_ref().is_none_or(|s| s.contains(&c.stage))
-                // Dynamic approval needs an approval stage: rules without one do not apply
-                // there, and rules with one apply nowhere else.
-                && c.stage.is_approval() == r.approvals.allow.is_some()
+    /// The first rule that matches the callout; `category` is a task's workflow category, when
+    /// it was read.
+    fn rule_for(&self, c: &Callout, category: Option<&str>) -> Option<&Rule> {
+        self.rules
+            .iter()
+            .find(|r| match (c.task.as_deref(), &r.tasks) {
+                (Some(t), Some(scope)) => scope.matches(t, category),
+                (None, None) => {
+                    (r.catalogs.is_empty() || r.catalogs.iter().any(|w| named_is(w, &c.catalog)))
+                    && (r.packages.is_empty()
+                        || r.packages.iter().any(|p| package_is(p, &c.access_package)))
+                    && r.stages.as_ref().is_none_or(|s| s.contains(&c.stage))
+                    // Dynamic approval needs an approval stage: rules without one do not apply
+                    // there, and rules with one apply nowhere else.
+                    && c.stage.is_approval() == r.approvals.allow.is_some()
+                }
+                _ => false,
+            })
+    }
+
+    /// Whether some rule that could apply to this task is keyed by category (so the workflow's
+    /// category must be read before the rule is chosen).
+    fn needs_category(&self, t: &crate::callout::LifecycleTask) -> bool {
+        self.rules.iter().any(|r| {
+            r.tasks.as_ref().is_some_and(|scope| {
+                !scope.categories.is_empty()
+                    && TaskScope {
+                        categories: Vec::new(),
+                        ..scope.clone()
+                    }
+                    .matches(t, None)
+            })
         })
     }
 
     /// The facts the matching rule's checks need (for callers that want to know before deciding).
     pub fn needs(&self, c: &Callout) -> Needs {
-        self.rule_for(c)
+        self.rule_for(c, None)
             .map(|r| {
                 r.checks
                     .iter()
@@ -801,13 +879,27 @@ impl Policy {
     /// Decides a callout: rule, facts, checks in parallel, verdicts combined.
     pub async fn decide(&self, c: &Callout, env: &DecideEnv<'_>) -> Decision {
         let can_deny = c.stage.can_deny();
-        let Some(rule) = self.rule_for(c) else {
+        let mut category = None;
+        if let Some(t) = c.task.as_deref()
+            && self.needs_category(t)
+        {
+            match env.directory.workflow(&t.workflow_id, env.deadline).await {
+                Ok(w) => category = Some(w.category),
+                Err(e) => return no_category(c, &e.to_string()),
+            }
+        }
+        let Some(rule) = self.rule_for(c, category.as_deref()) else {
             if c.stage.is_approval() {
                 return self.no_approval(c);
             }
+            let no_rule = if c.task.is_some() {
+                &self.no_task_rule
+            } else {
+                &self.no_rule
+            };
             return Decision {
                 action: Action::Continue,
-                detail: self.no_rule.render(
+                detail: no_rule.render(
                     |v| value(v, c, None, &[], Action::Continue, Action::Continue),
                     MAX_DETAIL_CHARS,
                 ),
@@ -996,7 +1088,94 @@ fn value(
             .join(", "),
         "outcome" => outcome.word().to_owned(),
         "would" => would.word().to_owned(),
+        "workflow" => c
+            .task
+            .as_deref()
+            .map(|t| {
+                t.workflow_name
+                    .clone()
+                    .unwrap_or_else(|| t.workflow_id.to_string())
+            })
+            .unwrap_or_default(),
+        "task" => c
+            .task
+            .as_deref()
+            .map(|t| t.task_name.clone().unwrap_or_else(|| t.task_id.to_string()))
+            .unwrap_or_default(),
         _ => String::new(),
+    }
+}
+
+/// A rule's Lifecycle Workflows scope: `Some` when it names workflows, tasks or categories, or
+/// the `lifecycleWorkflowTask` stage. Such a rule may name nothing of entitlement management.
+fn task_scope(
+    r: &RawRule,
+    stages: Option<&[Stage]>,
+    path: &str,
+    at: &str,
+    errors: &mut read::Errors<'_>,
+) -> Option<TaskScope> {
+    let keyed = !(r.workflows.is_empty() && r.tasks.is_empty() && r.categories.is_empty());
+    let task_stage = stages.is_some_and(|s| s.contains(&Stage::LifecycleWorkflowTask));
+    if !keyed && !task_stage {
+        return None;
+    }
+    if stages.is_some_and(|s| s.iter().any(|st| !st.is_lifecycle())) {
+        errors.at(
+            &format!("{path}.stages"),
+            format!("{at}: a rule about Lifecycle Workflows tasks (workflows, tasks, categories or the lifecycleWorkflowTask stage) cannot also name entitlement-management stages: write two rules"),
+        );
+    }
+    for (key, set) in [
+        ("catalogs", !r.catalogs.is_empty()),
+        ("access_packages", !r.access_packages.is_empty()),
+        ("approval", r.approval.is_some()),
+    ] {
+        if set {
+            errors.at(
+                &format!("{path}.{key}"),
+                format!("{at}: {key} does not apply to a Lifecycle Workflows task (it has no access package)"),
+            );
+        }
+    }
+    for (i, c) in r.categories.iter().enumerate() {
+        if !CATEGORIES.contains(&c.as_str()) {
+            let hint = crate::lenient::did_you_mean(c, &CATEGORIES)
+                .map(|near| format!("; did you mean {near:?}?"))
+                .unwrap_or_else(|| format!(" (known: {})", CATEGORIES.join(", ")));
+            errors.at(
+                &format!("{path}.categories.{i}"),
+                format!("{at}: unknown workflow category {c:?}{hint}"),
+            );
+        }
+    }
+    Some(TaskScope {
+        workflows: r.workflows.clone(),
+        tasks: r.tasks.clone(),
+        categories: r.categories.clone(),
+    })
+}
+
+/// A task whose rule depends on its workflow's category, which could not be read: the task
+/// fails, and the worker decides again (`incomplete`) before that is final.
+fn no_category(c: &Callout, why: &str) -> Decision {
+    let detail = template::cut(
+        &format!(
+            "accessgate could not read the workflow's category to choose a policy rule ({why}); the task fails."
+        ),
+        MAX_DETAIL_CHARS,
+    );
+    Decision {
+        action: Action::Deny,
+        detail,
+        rule: None,
+        mode: Mode::Enforce,
+        outcomes: Vec::new(),
+        incomplete: Some(format!("workflow category: {why}")),
+        graph_calls: 1,
+        can_deny: c.stage.can_deny(),
+        ticket: None,
+        approval: None,
     }
 }
 
@@ -1168,6 +1347,16 @@ fn ticket_value(name: &str, c: &Callout, facts: &Facts, explanation: &str) -> Op
             .unwrap_or_else(|| subject_id(&c.requestor)),
         "requestor_id" => subject_id(&c.requestor),
         "target_id" => subject_id(&c.target),
+        "upn" => c
+            .task
+            .as_deref()
+            .and_then(|t| t.subject_upn.clone())
+            .unwrap_or_default(),
+        "manager_id" => c
+            .task
+            .as_deref()
+            .and_then(|t| t.manager.id.clone())
+            .unwrap_or_default(),
         "request_id" => c.request_id.to_string(),
         "stage_instance_id" => c.stage_instance_id.to_string(),
         "link" => format!("accessgate:{}", c.stage_instance_id),

@@ -6,7 +6,7 @@
 use std::fmt;
 
 /// Every placeholder a template may use, with what it becomes.
-pub const PLACEHOLDERS: [(&str, &str); 13] = [
+pub const PLACEHOLDERS: [(&str, &str); 15] = [
     ("package", "the access package's display name (or id)"),
     ("catalog", "the catalog's display name (or id)"),
     ("stage", "the callout stage, e.g. assignmentRequestCreated"),
@@ -41,14 +41,30 @@ pub const PLACEHOLDERS: [(&str, &str); 13] = [
         "approvers",
         "at dynamic approval: its primary approvers, e.g. \"manager, group:<id>\"",
     ),
+    (
+        "workflow",
+        "for a Lifecycle Workflows task: the workflow's display name (or id); empty elsewhere",
+    ),
+    (
+        "task",
+        "for a Lifecycle Workflows task: the task's display name (or id); empty elsewhere",
+    ),
 ];
 
 /// Further placeholders of ticket field templates (`[tickets.NAME]`), which describe the
 /// request to the people who work the ticket.
-pub const TICKET_PLACEHOLDERS: [(&str, &str); 9] = [
+pub const TICKET_PLACEHOLDERS: [(&str, &str); 11] = [
     ("requestor", "the requestor's display name (or object id)"),
     ("requestor_id", "the requestor's object id"),
     ("target_id", "the target user's object id"),
+    (
+        "upn",
+        "for a Lifecycle Workflows task: the subject's user principal name",
+    ),
+    (
+        "manager_id",
+        "for a Lifecycle Workflows task: the subject's manager's object id",
+    ),
     ("request_id", "the assignment request's id"),
     (
         "stage_instance_id",

@@ -76,6 +76,7 @@ fn policy_with(checks: Vec<CheckEntry>, mode: Mode, on_error: OnError) -> Policy
             texts: Texts::defaults(),
             ticket: None,
             approvals: RuleApprovals::default(),
+            tasks: None,
         }],
         checks,
         ..Policy::default()

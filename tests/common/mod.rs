@@ -86,6 +86,10 @@ tenant_id = "{tenant}"
 [extensions.elm]
 resource = "{resource}"
 
+[extensions.lcw]
+resource = "{lcw_resource}"
+kind = "lifecycle_workflows"
+
 [graph]
 base_url = "{base}"
 scope = "https://graph.microsoft.com/.default"
@@ -105,6 +109,7 @@ level = "info,accessgate=debug"
         base = emu.base_url(),
         tenant = cfg.tenant_id,
         resource = cfg.logic_app_resource,
+        lcw_resource = cfg.lcw_logic_app_resource,
         // A test that brings its own [credentials] section replaces the default one.
         credentials = if extra.contains("[credentials]") {
             String::new()

@@ -63,9 +63,39 @@ pub struct World {
     pub assignments: Vec<WorldAssignment>,
     #[serde(default)]
     pub requests: Vec<WorldRequest>,
+    /// Lifecycle Workflows workflows (for their category and tasks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workflows: Vec<WorldWorkflow>,
     #[serde(default)]
     pub servicenow: WorldServiceNow,
 }
+
+/// A Lifecycle Workflows workflow: Graph's `workflow` (`id`, `displayName`, `category`) and
+/// its tasks (`id`, `displayName`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorldWorkflow {
+    pub id: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// Graph's `lifecycleWorkflowCategory`: `joiner`, `mover` or `leaver`.
+    pub category: String,
+    #[serde(default)]
+    pub tasks: Vec<WorldTask>,
+}
+
+/// A task of a workflow.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorldTask {
+    pub id: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+}
+
+/// The members of `lifecycleWorkflowCategory` a workflow may have (v1.0; beta adds
+/// `extensibility`).
+pub const WORKFLOW_CATEGORIES: [&str; 4] = ["joiner", "mover", "leaver", "extensibility"];
 
 /// A Graph user; `manager`, `sponsors` and `appRoleAssignments` are relationships, every other
 /// property is kept as given (and served as Graph would return it).
@@ -230,6 +260,13 @@ impl World {
 
     /// Every user id is unique and every id a relationship names exists (ids compare ignoring
     /// case, as Graph's do).
+    /// A workflow by id (any case).
+    pub fn workflow(&self, id: &str) -> Option<&WorldWorkflow> {
+        self.workflows
+            .iter()
+            .find(|w| w.id.eq_ignore_ascii_case(id))
+    }
+
     pub fn validate(&self) -> Result<(), WorldError> {
         let users: BTreeSet<String> = self.users.iter().map(|u| u.id.to_lowercase()).collect();
         if users.len() != self.users.len() || self.users.iter().any(|u| u.id.is_empty()) {
@@ -267,6 +304,11 @@ impl World {
         for r in &self.requests {
             need("request package", &r.access_package_id, &[&packages]);
             need("request target", &r.target_id, &[&users]);
+        }
+        for w in &self.workflows {
+            if !WORKFLOW_CATEGORIES.contains(&w.category.as_str()) {
+                bad.push(format!("workflow category {}", w.category));
+            }
         }
         if bad.is_empty() {
             Ok(())
