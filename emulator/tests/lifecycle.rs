@@ -174,7 +174,7 @@ async fn bad_bodies_wrong_ids_and_unauthorized_apps_are_refused() {
         err["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("operationStatus")
+            .contains("unknownFutureValue")
     );
     let other_task =
         url(&emu, "v1.0", "/resume").replace(TASK, "f1000000-0000-0000-0000-000000000099");
