@@ -11,6 +11,10 @@ async fn post_with(h: &Harness, token: &str) -> (u16, String, Option<String>) {
         "r-auth",
         &uuid::Uuid::new_v4().to_string(),
     );
+    post_body_with(h, token, body).await
+}
+
+async fn post_body_with(h: &Harness, token: &str, body: String) -> (u16, String, Option<String>) {
     let p = post_raw(
         &h.callout_url(),
         Some(&format!("Bearer {token}")),
@@ -193,10 +197,31 @@ async fn v1_and_v2_tokens_of_both_callers_are_accepted() {
             app_id: Some(app.into()),
             ..Default::default()
         });
-        let (status, _, _) = post_with(&h, &token).await;
+        let lcw = app.starts_with("ce79fdc4");
+        let (status, _, _) = if lcw {
+            post_body_with(
+                &h,
+                &token,
+                LCW_BODY.replace("@ID@", &uuid::Uuid::new_v4().to_string()),
+            )
+            .await
+        } else {
+            post_with(&h, &token).await
+        };
         assert_eq!(status, 202, "{version:?} {app}");
+        if lcw {
+            // Each product's caller sends its own product's callouts.
+            let (status, _, _) = post_with(&h, &token).await;
+            assert_eq!(
+                status, 403,
+                "an access package callout from Lifecycle Workflows"
+            );
+        }
     }
 }
+
+/// A Lifecycle Workflows task callout (`@ID@`: its processing result).
+const LCW_BODY: &str = r#"{"type":"lifecycleEvent","source":"tests","data":{"subject":{"id":"u1"},"task":{"id":"t1"},"workflow":{"id":"w1"},"taskProcessingResult":{"id":"@ID@"}}}"#;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn key_rotation_is_picked_up_on_an_unknown_kid_and_refetches_are_rate_limited() {

@@ -84,8 +84,8 @@ async fn connection_test_is_acknowledged_and_unsupported_callouts_are_refused_no
             .contains("assignmentRequestSomethingNew"),
         "{v}"
     );
-    // A Lifecycle Workflows task callout (signed by an allowed caller) is refused the same way,
-    // instead of the 202 that left the task hanging until its timeout.
+    // A Lifecycle Workflows task callout signed for the entitlement-management extension is
+    // refused (the task extension is another extension), never queued.
     let lcw = br#"{"type":"lifecycleEvent","source":"sample","data":{"callbackUriPath":"/identityGovernance/lifecycleWorkflows/workflows/w/tasks/t/taskProcessingResults/r/resume","subject":{"id":"u","manager":{"id":"m"}},"task":{"id":"t","displayName":"Send to ServiceNow"},"taskProcessingResult":{"id":"r","createdDateTime":"2026-12-04T00:00:00Z"},"workflow":{"id":"w","displayName":"Leaver","workflowVerson":1}}}"#;
     let (status, v, _) = post(
         &h,
@@ -96,14 +96,14 @@ async fn connection_test_is_acknowledged_and_unsupported_callouts_are_refused_no
     .await;
     assert_eq!(
         (status, v["error"]["code"].as_str()),
-        (422, Some("unsupported_callout")),
+        (403, Some("forbidden")),
         "{v}"
     );
     assert!(
         v["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("Lifecycle Workflows")
+            .contains("lifecycle_workflows")
     );
     // An authenticated object with no stage, ids or callback (an undocumented endpoint test): 202.
     let (status, v, _) = post(

@@ -194,9 +194,8 @@ pub fn validate_resume_body(body: &[u8]) -> Result<&'static str, String> {
             return Err(format!("The parameter '{k}' must be a string."));
         }
     }
-    let data = match top.get("data") {
-        Some(Value::Object(d)) => d,
-        _ => return Err("The parameter 'data' is required and must be an object.".into()),
+    let Some(Value::Object(data)) = top.get("data") else {
+        return Err("The parameter 'data' is required and must be an object.".into());
     };
     check_data(data)
 }

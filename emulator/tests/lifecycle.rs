@@ -159,8 +159,10 @@ async fn bad_bodies_wrong_ids_and_unauthorized_apps_are_refused() {
     assert_eq!(status, 403, "{err}");
     // With the permission, the resume goes through.
     let client = emu.config().graph_client_id.clone();
-    let mut grants = Grants::default();
-    grants.graph_permissions = Some(vec!["LifecycleWorkflows.ReadWrite.All".into()]);
+    let grants = Grants {
+        graph_permissions: Some(vec!["LifecycleWorkflows.ReadWrite.All".into()]),
+        ..Grants::default()
+    };
     emu.set_grants(&client, &grants).unwrap();
     let token = common::graph_token(&emu).await;
     let (status, err) = post(

@@ -401,7 +401,7 @@ detail = { denny = "no" }
         [
             "line 5: [[risks]] \"r\": severity: unknown variant `hgh`; did you mean `high`? (expected one of `low`, `medium`, `high`, `critical`)",
             "line 7: [[risks]] \"r\" set 1: acess_packages: unknown key; did you mean `access_packages`? (expected one of `name`, `functions`, `access_packages`, `groups`, `app_roles`, `entitlements`)",
-            "line 19: [[rules]] \"x\": desicion: unknown key; did you mean `decision`? (expected one of `name`, `catalogs`, `access_packages`, `stages`, `checks`, `decision`, `mode`, `on_error`, `detail`, `ticket`, `approval`, `approval_on_deny`, `approval_on_error`)",
+            "line 19: [[rules]] \"x\": desicion: unknown key; did you mean `decision`? (expected one of `name`, `catalogs`, `access_packages`, `stages`, `checks`, `decision`, `mode`, `on_error`, `detail`, `ticket`, `approval`, `approval_on_deny`, `approval_on_error`, `workflows`, `tasks`, `categories`)",
             "line 23: [[rules]] \"y\": detail: unknown key `denny`; did you mean `deny`? (expected one of `allow`, `deny`, `error`, `audit`, `notify`, `route`)",
         ]
     );
@@ -605,4 +605,107 @@ async fn an_errored_check_is_retried_before_its_approval_route_is_final() {
     )
     .await;
     assert_eq!((d.rule, d.approval), (None, None));
+}
+
+fn task_callout(workflow: &str) -> Callout {
+    let body = format!(
+        r#"{{"type":"lifecycleEvent","source":"s","data":{{"subject":{{"id":"u1"}},"task":{{"id":"t1","displayName":"Notify"}},
+        "taskProcessingResult":{{"id":"r1"}},"workflow":{{"id":"{workflow}","displayName":"Offboard"}}}}}}"#
+    );
+    match parse(body.as_bytes()) {
+        Ok(Parsed::Callout(c)) => *c,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn task_rules_are_checked_at_load() {
+    let cases = [
+        (
+            "[[rules]]\nname = \"a\"\ncategories = [\"leavr\"]\ndecision = \"continue\"",
+            "unknown workflow category \"leavr\"; did you mean \"leaver\"?",
+        ),
+        (
+            "[[rules]]\nname = \"a\"\ncategories = [\"leaver\"]\ncatalogs = [\"c\"]\ndecision = \"continue\"",
+            "catalogs does not apply to a Lifecycle Workflows task",
+        ),
+        (
+            "[[rules]]\nname = \"a\"\nworkflows = [\"w\"]\nstages = [\"assignmentRequestCreated\"]\ndecision = \"continue\"",
+            "cannot also name entitlement-management stages",
+        ),
+        (
+            "[[rules]]\nname = \"a\"\nstages = [\"lifecycleWorkflowTsk\"]\ndecision = \"continue\"",
+            "did you mean \"lifecycleWorkflowTask\"?",
+        ),
+    ];
+    for (rule, want) in cases {
+        let errs = Policy::parse(rule).err().unwrap_or_default();
+        assert!(errs.iter().any(|e| e.contains(want)), "{want}: {errs:?}");
+    }
+}
+
+#[tokio::test]
+async fn task_rules_and_access_package_rules_never_match_each_others_callouts() {
+    let p = Policy::parse(
+        "[[rules]]\nname = \"requests\"\ndecision = \"deny\"\n[[rules]]\nname = \"offboard\"\nworkflows = [\"offboard\"]\ndecision = \"deny\"\n[[rules]]\nname = \"any-task\"\nstages = [\"lifecycleWorkflowTask\"]\ndecision = \"continue\"\n",
+    )
+    .unwrap();
+    // The catch-all access package rule does not apply to a task, whose workflow is matched by
+    // display name, any case.
+    let d = decide(&p, &task_callout("w1")).await;
+    assert_eq!(
+        (d.rule.as_deref(), d.action),
+        (Some("offboard"), Action::Deny)
+    );
+    assert!(d.can_deny);
+    let p2 = Policy::parse(
+        "[[rules]]\nname = \"other\"\nworkflows = [\"Onboard\"]\ndecision = \"deny\"\n",
+    )
+    .unwrap();
+    let d = decide(&p2, &task_callout("w1")).await;
+    assert_eq!((d.rule, d.action), (None, Action::Continue));
+    assert!(
+        d.detail.contains("task Notify of workflow Offboard"),
+        "{}",
+        d.detail
+    );
+    // And a task rule does not apply to an access package callout.
+    let d = decide(&p2, &callout("assignmentRequestCreated")).await;
+    assert_eq!(d.rule, None);
+}
+
+#[tokio::test]
+async fn a_category_that_cannot_be_read_fails_the_task_after_retries() {
+    let p = Policy::parse(
+        "[[rules]]\nname = \"leavers\"\ncategories = [\"leaver\"]\ndecision = \"continue\"\n",
+    )
+    .unwrap();
+    // The fixture world has no such workflow: the read fails, the decision says so and is
+    // marked incomplete (decided again before it is final).
+    let d = decide(&p, &task_callout("w-unknown")).await;
+    assert_eq!(d.action, Action::Deny);
+    assert!(d.incomplete.is_some(), "{d:?}");
+    assert!(d.detail.contains("category"), "{}", d.detail);
+    let mut world = accessgate_world::World::default();
+    world.workflows.push(accessgate_world::WorldWorkflow {
+        id: "w-known".into(),
+        display_name: None,
+        category: "leaver".into(),
+        tasks: Vec::new(),
+    });
+    let dir = FixtureDirectory {
+        world: World(world),
+        external_attribute: None,
+    };
+    let env = DecideEnv {
+        directory: &dir,
+        tickets: &NoTickets,
+        now: jiff::Timestamp::now(),
+        deadline: Instant::now() + Duration::from_secs(5),
+    };
+    let d = p.decide(&task_callout("w-known"), &env).await;
+    assert_eq!(
+        (d.rule.as_deref(), d.action),
+        (Some("leavers"), Action::Continue)
+    );
 }
