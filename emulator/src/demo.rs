@@ -119,6 +119,13 @@ tenant_id = "{tenant}"
 [extensions.demo]
 resource = "{resource}"
 
+# The Lifecycle Workflows custom task extension: its own Logic App resource id, and its
+# callbackConfiguration.timeoutDuration.
+[extensions.tasks]
+resource = "{lcw_resource}"
+kind = "lifecycle_workflows"
+callback_timeout = "PT1H"
+
 [graph]
 base_url = "{base}"
 scope = "https://graph.microsoft.com/.default"
@@ -154,6 +161,7 @@ format = "text"
             client = cfg.graph_client_id,
             vault = emu.key_vault_url(),
             resource = cfg.logic_app_resource,
+            lcw_resource = cfg.lcw_logic_app_resource,
             sn_user = emu.servicenow_credentials().username,
         ),
     )?;
@@ -286,6 +294,139 @@ async fn bridge_story(
         }
     }
     emu.set_servicenow_webhook(webhook)?;
+    Ok(())
+}
+
+/// Lifecycle Workflows: a joiner's task completes (manager present) or fails (none); a
+/// leaver's task waits for its offboarding ticket and completes when the ticket closes.
+async fn lifecycle_story(
+    emu: &Emulator,
+    target: &str,
+    names: &Names,
+    failures: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    println!(
+        "\nLifecycle Workflows custom task extension (rules joiners-need-a-manager, leavers-are-offboarded)"
+    );
+    let joiner = names.id("workflows", "Onboard new hires")?;
+    let leaver = names.id("workflows", "Offboard leavers")?;
+    let task_of = |wf: &str| -> anyhow::Result<String> {
+        names.0["workflows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|w| w["id"] == wf)
+            .and_then(|w| w["tasks"][0]["id"].as_str())
+            .map(str::to_owned)
+            .context("a workflow without a task in the demo world")
+    };
+    let stories = [
+        ("Hugo", &joiner, "Onboard new hires", "completed"),
+        ("Dan", &joiner, "Onboard new hires", "failed"),
+        ("Lena", &leaver, "Offboard leavers", "completed"),
+    ];
+    for (n, (who, wf, wf_name, expect)) in stories.into_iter().enumerate() {
+        let user = names.find("users", who)?;
+        let result = uuid::Uuid::new_v4().to_string();
+        let opts = SendOptions {
+            target_url: target.to_owned(),
+            shape: accessgate_emulator::Shape::Lifecycle,
+            request_id: Some(result.clone()),
+            workflow_id: Some(wf.clone()),
+            workflow_name: Some(wf_name.into()),
+            task_id: Some(task_of(wf)?),
+            target_object_id: user["id"].as_str().map(str::to_owned),
+            target_display_name: Some(who.into()),
+            subject_upn: user["userPrincipalName"].as_str().map(str::to_owned),
+            manager_id: user["manager"].as_str().map(str::to_owned),
+            timeout: Some("PT1H".into()),
+            ..Default::default()
+        };
+        let report = emu.send_callout(&opts).await?;
+        println!(
+            "{}. \"{wf_name}\" runs its accessgate task for {who} -> HTTP {}",
+            n + 1,
+            report.status.map_or("no answer".into(), |s| s.to_string())
+        );
+        if wf == &leaver {
+            let link = format!("accessgate:{result}");
+            let until = Instant::now() + Duration::from_secs(15);
+            let ticket = loop {
+                if let Some(t) = emu
+                    .servicenow_tickets()
+                    .into_iter()
+                    .find(|t| t.correlation_id == link)
+                {
+                    break Some(t);
+                }
+                if Instant::now() > until {
+                    break None;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            let Some(ticket) = ticket else {
+                failures.push(format!("lifecycle {who}: no offboarding ticket"));
+                continue;
+            };
+            println!(
+                "   -> accessgate opened ServiceNow {} (\"{}\"); the task waits",
+                ticket.number,
+                ticket
+                    .fields
+                    .get("short_description")
+                    .cloned()
+                    .unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if emu
+                .task(&result)
+                .is_some_and(|t| t.processing_status != "inProgress")
+            {
+                failures.push(format!(
+                    "lifecycle {who}: resumed while the ticket was open"
+                ));
+            }
+            emu.close_servicenow_ticket(
+                &ticket.table,
+                &ticket.sys_id,
+                &accessgate_emulator::CloseTicket {
+                    state: Some("3".into()),
+                    close_notes: Some("Accounts disabled, access removed".into()),
+                    close_code: None,
+                },
+            )?;
+            println!(
+                "   -> Identity Ops closes {} as Closed Complete",
+                ticket.number
+            );
+        }
+        let until = Instant::now() + Duration::from_secs(15);
+        let done = loop {
+            match emu.task(&result) {
+                Some(t) if t.processing_status != "inProgress" => break Some(t),
+                _ if Instant::now() > until => break None,
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        match done {
+            Some(t) => {
+                println!(
+                    "   -> Graph task resume: operationStatus {}",
+                    t.resume
+                        .as_ref()
+                        .and_then(|b| b["data"]["operationStatus"].as_str())
+                        .unwrap_or("(none)")
+                );
+                if t.processing_status != expect {
+                    failures.push(format!(
+                        "lifecycle {who}: task {}, expected {expect}",
+                        t.processing_status
+                    ));
+                }
+            }
+            None => failures.push(format!("lifecycle {who}: no task resume")),
+        }
+    }
     Ok(())
 }
 
@@ -713,6 +854,7 @@ pub async fn run(accessgate: Option<PathBuf>) -> anyhow::Result<()> {
     }
 
     bridge_story(&emu, &target, &webhook, &mut failures).await?;
+    lifecycle_story(&emu, &target, &names, &mut failures).await?;
 
     let mut sorted = latencies.clone();
     sorted.sort_by(f64::total_cmp);

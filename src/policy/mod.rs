@@ -1061,7 +1061,14 @@ fn value(
             .unwrap_or_else(|| "(unnamed)".into())
     };
     match name {
-        "package" => shown(&c.access_package),
+        // A task has no access package: its workflow stands in, so texts read the same.
+        "package" => match c.task.as_deref() {
+            Some(t) => t
+                .workflow_name
+                .clone()
+                .unwrap_or_else(|| t.workflow_id.to_string()),
+            None => shown(&c.access_package),
+        },
         "catalog" => shown(&c.catalog),
         "stage" => c.stage.as_graph().to_owned(),
         "target" => c

@@ -7,7 +7,10 @@ use std::fmt;
 
 /// Every placeholder a template may use, with what it becomes.
 pub const PLACEHOLDERS: [(&str, &str); 15] = [
-    ("package", "the access package's display name (or id)"),
+    (
+        "package",
+        "the access package's display name (or id); for a Lifecycle Workflows task, its workflow's",
+    ),
     ("catalog", "the catalog's display name (or id)"),
     ("stage", "the callout stage, e.g. assignmentRequestCreated"),
     ("target", "the target user's display name (or object id)"),
