@@ -17,6 +17,7 @@ use crate::graph::GraphClient;
 use crate::queue::azure_backend::{self, AzureJobs};
 use crate::queue::sqlite::{DataDirLock, SqliteQueue};
 use crate::queue::tickets::TicketLedger;
+use crate::queue::verdicts::VerdictLedger;
 use crate::queue::{JobStore, Settings as QueueSettings};
 use crate::state::AppState;
 use crate::worker::{self, WorkerCtx};
@@ -39,15 +40,16 @@ fn build_state(
     queue: Option<Arc<dyn JobStore>>,
     storage: Option<AzureJobs>,
     ledger: Option<Arc<dyn TicketLedger>>,
+    verdicts: Option<Arc<dyn VerdictLedger>>,
 ) -> anyhow::Result<Arc<AppState>> {
     let single_process = matches!(config.queue, QueueSettings::Sqlite);
-    let auth = Authenticator::new(
+    let auth = Arc::new(Authenticator::new(
         http.clone(),
         &config.identity.authority,
         &config.identity.tenant_id,
         &config.inbound,
         &config.extensions,
-    );
+    ));
     let servicenow = config.servicenow.as_ref().map(|s| {
         Arc::new(crate::tickets::servicenow::ServiceNow::new(
             http.clone(),
@@ -91,6 +93,17 @@ fn build_state(
     for w in &config.policy.warnings {
         tracing::warn!(warning = %w, "policy");
     }
+    let pim = config.pim.clone().map(|settings| {
+        Arc::new(crate::pim::service::PimService {
+            settings,
+            auth: auth.clone(),
+            policy: config.policy.clone(),
+            directory: directory.clone(),
+            tickets: tickets.clone(),
+            ledger: verdicts,
+            max_body: config.server.max_body_bytes,
+        })
+    });
     let worker = Arc::new(WorkerCtx {
         policy: config.policy.clone(),
         extension_policies: config
@@ -112,6 +125,7 @@ fn build_state(
         queue,
         storage,
         worker,
+        pim,
         readiness: std::sync::Mutex::new(None),
     }))
 }
@@ -247,6 +261,7 @@ pub async fn run(
             }
             let queue = Arc::new(queue);
             let store: Arc<dyn JobStore> = queue.clone();
+            let verdicts: Arc<dyn VerdictLedger> = queue.clone();
             let state = build_state(
                 config,
                 http,
@@ -254,6 +269,7 @@ pub async fn run(
                 Some(store.clone()),
                 None,
                 Some(queue),
+                Some(verdicts),
             )?;
             let pool = tokio::spawn(worker::run_pool(
                 state.worker.clone(),
@@ -266,6 +282,7 @@ pub async fn run(
             let jobs = connect_storage(&http, q, &credentials).await;
             let store: Arc<dyn JobStore> = Arc::new(jobs.clone());
             let ledger: Arc<dyn TicketLedger> = Arc::new(jobs.clone());
+            let verdicts: Arc<dyn VerdictLedger> = Arc::new(jobs.clone());
             let state = build_state(
                 config,
                 http,
@@ -273,6 +290,7 @@ pub async fn run(
                 Some(store.clone()),
                 Some(jobs),
                 Some(ledger),
+                Some(verdicts),
             )?;
             let pool = tokio::spawn(worker::run_pool(
                 state.worker.clone(),
@@ -342,7 +360,10 @@ pub async fn run_functions(
     let ledger = storage
         .clone()
         .map(|s| Arc::new(s) as Arc<dyn TicketLedger>);
-    let state = build_state(config, http, credentials, None, storage, ledger)?;
+    let verdicts = storage
+        .clone()
+        .map(|s| Arc::new(s) as Arc<dyn VerdictLedger>);
+    let state = build_state(config, http, credentials, None, storage, ledger, verdicts)?;
     prefetch_keys(&state);
     let addr = listener.local_addr()?;
     tracing::info!(%addr, mode = "functions", "accessgate listening");

@@ -31,6 +31,9 @@ pub enum Stage {
     /// point per task): the name policy rules and logs use for it. Never read from a callout's
     /// `stage` field; the parser sets it for the LCW shape, with [`Callout::task`].
     LifecycleWorkflowTask,
+    /// A PIM activation being evaluated (never queued, never resumed): the stage of the
+    /// callout the PIM verdict builds so that the same checks can read it.
+    PimActivation,
 }
 
 impl Stage {
@@ -60,6 +63,7 @@ impl Stage {
                 "assignmentRequestDeterminingApprovalRequirements"
             }
             Stage::LifecycleWorkflowTask => "lifecycleWorkflowTask",
+            Stage::PimActivation => "pimActivation",
         }
     }
 
@@ -119,6 +123,7 @@ impl Stage {
                 | Stage::AssignmentRequestApproved
                 | Stage::AssignmentRequestDeterminingApprovalRequirements
                 | Stage::LifecycleWorkflowTask
+                | Stage::PimActivation
         )
     }
 }

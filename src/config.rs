@@ -46,6 +46,8 @@ pub struct Config {
     pub extensions: Vec<auth::Extension>,
     pub capture: capture::Settings,
     pub log: telemetry::Settings,
+    /// `[pim]`: PIM custom extensions; `None` when not configured.
+    pub pim: Option<crate::pim::Settings>,
     /// Things that do not stop the service but will make work wait (e.g. no managed identity
     /// endpoint): printed by `check-config` and logged at start.
     pub warnings: Vec<ConfigProblem>,
@@ -144,6 +146,7 @@ const SECTIONS: &[&str] = &[
     "servicenow",
     "capture",
     "log",
+    "pim",
 ];
 
 /// Loads a config file (optional) and applies environment overrides.
@@ -244,6 +247,7 @@ pub fn from_sources_in(
         .then(|| section(&root, "servicenow", &mut p));
     let capture_raw: capture::settings::Raw = section(&root, "capture", &mut p);
     let log_raw: telemetry::settings::Raw = section(&root, "log", &mut p);
+    let pim_raw: crate::pim::settings::Raw = section(&root, "pim", &mut p);
     // Keys that could not be read: a later check of the same setting (e.g. "is required") would
     // be a follow-on of the one problem already reported.
     let unreadable: BTreeSet<String> = p.settings().map(str::to_owned).collect();
@@ -284,6 +288,7 @@ pub fn from_sources_in(
     }
     let capture = capture::Settings::from_raw(capture_raw, base_dir, &data_dir);
     let log = telemetry::Settings::from_raw(log_raw, &mut p);
+    let pim = crate::pim::Settings::from_raw(pim_raw, &mut p);
 
     let (problems, warnings) = p.into_parts();
     let mut reported = BTreeSet::new();
@@ -318,6 +323,7 @@ pub fn from_sources_in(
             extensions,
             capture,
             log,
+            pim,
             warnings,
         }),
         _ => Err(ConfigErrors(problems)),
@@ -478,6 +484,7 @@ const STRING_KEYS: &[(&str, &[&str])] = &[
     ("servicenow", servicenow::settings::STRING_KEYS),
     ("capture", capture::settings::STRING_KEYS),
     ("log", telemetry::settings::STRING_KEYS),
+    ("pim", crate::pim::settings::STRING_KEYS),
 ];
 
 fn is_string_key(sec: &str, field: &str) -> bool {

@@ -53,6 +53,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/PoisonJob", post(poison_job))
         .route("/ServiceNowEvents", post(servicenow_events))
         .route("/ServiceNowPoll", post(servicenow_poll))
+        .route("/PimVerdict", post(pim_verdict))
         .fallback(|| async {
             json_response(StatusCode::NOT_FOUND, json!({"Outputs": {}, "Logs": ["accessgate: no such function"], "ReturnValue": null}))
         })
@@ -233,6 +234,57 @@ async fn servicenow_events(State(app): State<Arc<AppState>>, body: axum::body::B
     json_response(
         StatusCode::OK,
         invocation(outputs, vec![format!("servicenow event: HTTP {status}")]),
+    )
+}
+
+/// A PIM custom extension's verdict as its own HTTP function (route `pim/{extension?}`): the
+/// same answer as the standalone routes, synchronous, in `res`.
+async fn pim_verdict(State(app): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
+    let inv: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let req = get_ci(&inv, "Data")
+        .and_then(|d| get_ci(d, "req"))
+        .and_then(objectish)
+        .unwrap_or(Value::Null);
+    let headers = get_ci(&req, "Headers");
+    let correlation_id = CorrelationId::from_client_request_id(
+        header(headers, "client-request-id").or_else(|| header(headers, "x-ms-client-request-id")),
+    );
+    // The route parameter, from the request's `Params` (or the invocation's `Metadata`).
+    let extension = get_ci(&req, "Params")
+        .and_then(|p| get_ci(p, "extension"))
+        .or_else(|| get_ci(&inv, "Metadata").and_then(|m| get_ci(m, "extension")))
+        .and_then(unquote)
+        .filter(|e| !e.is_empty());
+    let answer = match &app.pim {
+        None => crate::pim::service::PimAnswer::not_configured(correlation_id.as_str()),
+        Some(pim) => {
+            let call = crate::pim::service::PimCall {
+                authorization: header(headers, "Authorization").map(str::as_bytes),
+                duplicate_authorization: headers
+                    .and_then(|h| get_ci(h, "Authorization"))
+                    .and_then(Value::as_array)
+                    .is_some_and(|a| a.len() > 1),
+                content_type: header(headers, "Content-Type"),
+                body: get_ci(&req, "Body")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .as_bytes(),
+                extension: extension.as_deref(),
+                correlation_id: correlation_id.as_str(),
+            };
+            let span = tracing::info_span!("pim", %correlation_id, host = "functions");
+            pim.answer(&call).instrument(span).await
+        }
+    };
+    let status = answer.status;
+    let mut outputs = Map::new();
+    outputs.insert(
+        OUT_HTTP.into(),
+        http_output(answer.into_response(correlation_id.as_str())).await,
+    );
+    json_response(
+        StatusCode::OK,
+        invocation(outputs, vec![format!("pim verdict: HTTP {status}")]),
     )
 }
 

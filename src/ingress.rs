@@ -53,6 +53,8 @@ pub fn router(state: Arc<AppState>) -> Router {
                 crate::bridge::webhook::MAX_BODY * 4,
             )),
         )
+        .route("/api/pim", post(pim_default))
+        .route("/api/pim/{extension}", post(pim_named))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
@@ -80,6 +82,55 @@ async fn servicenow_events(
     .await;
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, axum::Json(body)).into_response()
+}
+
+async fn pim_default(
+    State(app): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    pim_verdict(&app, None, &headers, &body).await
+}
+
+async fn pim_named(
+    State(app): State<Arc<AppState>>,
+    axum::extract::Path(extension): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    pim_verdict(&app, Some(&extension), &headers, &body).await
+}
+
+/// A PIM custom extension's synchronous verdict (`pim::service`).
+async fn pim_verdict(
+    app: &AppState,
+    extension: Option<&str>,
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+) -> Response {
+    let correlation_id = CorrelationId::from_http(headers);
+    let span = tracing::info_span!("pim", %correlation_id);
+    let _enter = span.enter();
+    let Some(pim) = &app.pim else {
+        return crate::pim::service::PimAnswer::not_configured(correlation_id.as_str())
+            .into_response(correlation_id.as_str());
+    };
+    let mut auth = headers.get_all(axum::http::header::AUTHORIZATION).iter();
+    let call = crate::pim::service::PimCall {
+        authorization: auth.next().map(axum::http::HeaderValue::as_bytes),
+        duplicate_authorization: auth.next().is_some(),
+        content_type: headers
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+        body,
+        extension,
+        correlation_id: correlation_id.as_str(),
+    };
+    drop(_enter);
+    pim.answer(&call)
+        .instrument(span)
+        .await
+        .into_response(correlation_id.as_str())
 }
 
 async fn healthz() -> Response {

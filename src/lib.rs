@@ -6,6 +6,7 @@
 //! See ARCHITECTURE.md for the codemap and its invariants.
 #![forbid(unsafe_code)]
 
+pub mod activation;
 pub mod app;
 pub mod approval;
 pub mod auth;
@@ -27,6 +28,7 @@ pub mod intake;
 pub mod json_lookup;
 pub mod lenient;
 pub mod outbound;
+pub mod pim;
 pub mod policy;
 pub mod queue;
 pub mod resilience;

@@ -13,7 +13,7 @@ use crate::worker::WorkerCtx;
 
 pub struct AppState {
     pub config: Arc<Config>,
-    pub auth: Authenticator,
+    pub auth: Arc<Authenticator>,
     pub capture: Option<Capture>,
     /// The standalone queue; `None` under Functions, where the host's queue binding carries jobs.
     pub queue: Option<Arc<dyn JobStore>>,
@@ -21,6 +21,8 @@ pub struct AppState {
     /// (the host's own queue, reached directly).
     pub storage: Option<AzureJobs>,
     pub worker: Arc<WorkerCtx>,
+    /// PIM custom extensions' verdicts (`[pim]`); `None` when not configured.
+    pub pim: Option<Arc<crate::pim::service::PimService>>,
     /// The last readiness probe and when it ran: `/readyz` probes at most once a second, so a
     /// flood of probes costs no more than one commit a second.
     pub readiness: std::sync::Mutex<Option<(std::time::Instant, bool)>>,

@@ -31,6 +31,7 @@ pub mod graph;
 pub mod keyvault;
 pub mod lifecycle;
 mod msi;
+pub mod pim;
 pub mod pop;
 pub mod principals;
 pub mod sender;
@@ -52,6 +53,7 @@ pub use faults::{FaultSpec, FaultTarget};
 pub use graph::{CalloutView, GraphCall, RegisterRequest, RequestView, ResumeRecord};
 pub use keyvault::{CertificateInfo, CertificateOptions};
 pub use lifecycle::{RegisterTask, TaskView};
+pub use pim::{PimReport, PimSendOptions, PimShape};
 pub use principals::{CatalogRole, Grants, Principal, PrincipalKind};
 
 /// Catalog of requests registered without one (`cccccccc-0000-0000-0000-000000000001`).
@@ -555,6 +557,11 @@ impl Emulator {
     }
 
     /// Sends a callout like Entra, minting the token and registering the request in-process.
+    /// Sends a PIM activation like PIM (see [`pim`]) and returns the verdict.
+    pub async fn send_pim(&self, opts: &PimSendOptions) -> anyhow::Result<PimReport> {
+        pim::send(self, opts).await
+    }
+
     pub async fn send_callout(&self, opts: &SendOptions) -> anyhow::Result<SendReport> {
         sender::send_callout_with(sender::Backend::Local(self), opts).await
     }

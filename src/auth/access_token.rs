@@ -18,6 +18,8 @@ pub struct Rules<'a> {
     pub callers: &'a HashSet<String>,
     /// Relay mode names a managed identity by client id or object id (`oid`).
     pub match_object_id: bool,
+    /// Only v2 tokens (`ver` 2.0, the tenant's v2 issuer): PIM custom extensions.
+    pub v2_only: bool,
 }
 
 /// A token whose signature, issuer, audience, lifetime, tenant and caller were checked.
@@ -99,6 +101,17 @@ impl Verifier<'_> {
                 return Err(AuthError::KeysUnavailable);
             }
         };
+        let issuers: Vec<String> = if rules.v2_only {
+            issuers
+                .into_iter()
+                .filter(|i| i.trim_end_matches('/').ends_with("/v2.0"))
+                .collect()
+        } else {
+            issuers
+        };
+        if issuers.is_empty() {
+            return Err(wrap(TokenFault::WrongIssuer));
+        }
         let mut v = Validation::new(Algorithm::RS256);
         v.leeway = self.leeway_secs;
         v.validate_exp = true;
@@ -127,6 +140,9 @@ impl Verifier<'_> {
         let tid = s("tid").ok_or(wrap(TokenFault::MissingClaim))?;
         if !tid.eq_ignore_ascii_case(self.tenant) {
             return Err(wrap(TokenFault::WrongTenant));
+        }
+        if rules.v2_only && claims.get("ver").and_then(Value::as_str) != Some("2.0") {
+            return Err(wrap(TokenFault::VersionUnknown));
         }
         let caller = caller_of(&claims).map_err(wrap)?;
         let allowed = rules.callers.contains(&caller.to_ascii_lowercase())

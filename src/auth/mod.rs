@@ -534,6 +534,7 @@ impl Authenticator {
                     audiences: &self.bearer_audiences,
                     callers: &self.allowed_callers,
                     match_object_id: false,
+                    v2_only: false,
                 };
                 self.verify_bearer(token, &rules, Scheme::Bearer).await
             }
@@ -543,6 +544,7 @@ impl Authenticator {
                     audiences: &self.relay_audiences,
                     callers: &self.relay_callers,
                     match_object_id: true,
+                    v2_only: false,
                 };
                 self.verify_bearer(token, &rules, Scheme::Relay).await
             }
@@ -565,6 +567,29 @@ impl Authenticator {
                     audiences,
                     callers,
                     match_object_id: false,
+                    v2_only: false,
+                };
+                self.verify_bearer(token, &rules, Scheme::Bearer).await
+            }
+        }
+    }
+
+    /// A PIM custom extension's bearer token: v2 only (`ver` 2.0, the tenant's v2 issuer),
+    /// `aud` one of `audiences` (the Application ID URI), `azp` one of `callers`.
+    pub async fn verify_v2_bearer(
+        &self,
+        authorization: Option<&[u8]>,
+        audiences: &[String],
+        callers: &HashSet<String>,
+    ) -> Result<VerifiedCaller, AuthError> {
+        match split_authorization(authorization)? {
+            (true, _) => Err(AuthError::UnsupportedScheme),
+            (false, token) => {
+                let rules = Rules {
+                    audiences,
+                    callers,
+                    match_object_id: false,
+                    v2_only: true,
                 };
                 self.verify_bearer(token, &rules, Scheme::Bearer).await
             }
@@ -599,6 +624,7 @@ impl Authenticator {
             audiences: &self.pop.audiences,
             callers: &self.allowed_callers,
             match_object_id: false,
+            v2_only: false,
         };
         let at = self.checked_access_token(&u.at, &rules, now).await?;
         pop::check_binding(&at.claims, &u.key)?;

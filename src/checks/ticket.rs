@@ -55,6 +55,16 @@ pub struct TicketSettings {
     /// The reference field naming whom the ticket is for. Default `opened_for`.
     #[serde(default = "opened_for")]
     pub opened_for_field: String,
+    /// More reference fields that may name the target instead (e.g. a change's `requested_by`
+    /// and `assigned_to`): any one matching is enough. Default none.
+    #[serde(default)]
+    pub also_for_fields: Vec<String>,
+    /// A window the check time must fall in (a change's `start_date` and `end_date`): both
+    /// fields or neither. The time is now, or a PIM activation's scheduled start.
+    #[serde(default)]
+    pub window_start_field: Option<String>,
+    #[serde(default)]
+    pub window_end_field: Option<String>,
 }
 
 /// Why a found record cannot be judged: the check's verdict is then an error, not a deny.
@@ -100,6 +110,19 @@ pub fn check(_name: &str, s: TicketSettings) -> Result<TicketCheck, Vec<String>>
             "opened_for_field {:?}: letters, digits and _ only",
             s.opened_for_field
         ));
+    }
+    for f in s
+        .also_for_fields
+        .iter()
+        .chain(s.window_start_field.iter())
+        .chain(s.window_end_field.iter())
+    {
+        if !name_ok(f, false) {
+            errors.push(format!("field {f:?}: letters, digits and _ only"));
+        }
+    }
+    if s.window_start_field.is_some() != s.window_end_field.is_some() {
+        errors.push("window_start_field and window_end_field go together".into());
     }
     if s.allowed_states.is_empty() {
         errors.push("allowed_states: name at least one state".into());
@@ -177,28 +200,91 @@ impl TicketCheck {
         (None, lines)
     }
 
+    fn person_fields(&self) -> impl Iterator<Item = &String> {
+        std::iter::once(&self.s.opened_for_field).chain(self.s.also_for_fields.iter())
+    }
+
     fn fields(&self) -> Vec<String> {
         let mut f = vec!["state".to_owned(), "active".to_owned()];
         if self.s.opened_for_target {
-            let of = &self.s.opened_for_field;
-            f.extend([format!("{of}.email"), format!("{of}.user_name")]);
+            for of in self.person_fields() {
+                f.extend([format!("{of}.email"), format!("{of}.user_name")]);
+            }
         }
+        f.extend(self.s.window_start_field.iter().cloned());
+        f.extend(self.s.window_end_field.iter().cloned());
         f
     }
 
-    /// The opened-for rule against the target's mail / UPN.
+    /// The window check: `Ok(None)` when none is configured or `now` lies in it, `Ok(Some)`
+    /// with the deny reason when outside, `Err` when a bound is missing or unreadable.
+    fn outside_window(
+        &self,
+        rec: &TicketRecord,
+        number: &str,
+        now: jiff::Timestamp,
+    ) -> Result<Option<String>, String> {
+        let (Some(sf), Some(ef)) = (&self.s.window_start_field, &self.s.window_end_field) else {
+            return Ok(None);
+        };
+        let bound = |f: &str| -> Result<jiff::Timestamp, String> {
+            let v = rec
+                .field(f)
+                .map(|x| x.value)
+                .filter(|v| !v.trim().is_empty())
+                .ok_or_else(|| format!("ticket {number} has no {f}"))?;
+            servicenow_time(&v)
+                .ok_or_else(|| format!("ticket {number}: {f} {v:?} is not a date and time"))
+        };
+        let (start, end) = (bound(sf)?, bound(ef)?);
+        if now < start || now > end {
+            return Ok(Some(format!(
+                "ticket {number}'s window is {start} to {end}; {now} is outside it"
+            )));
+        }
+        Ok(None)
+    }
+
+    /// The opened-for rule against the target's mail / UPN: any of the person fields.
     fn opened_for_matches(
         &self,
         rec: &TicketRecord,
         ctx: &CheckCtx<'_>,
     ) -> Result<bool, RecordError> {
+        let mut named_someone = false;
+        for of in self.person_fields() {
+            match self.person_matches(rec, ctx, of) {
+                Ok(true) => return Ok(true),
+                Ok(false) => named_someone = true,
+                // An empty field names nobody; only if all are empty the check cannot judge.
+                Err(RecordError::NoOpenedFor(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if named_someone {
+            Ok(false)
+        } else {
+            Err(RecordError::NoOpenedFor(
+                self.person_fields()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(" / "),
+            ))
+        }
+    }
+
+    fn person_matches(
+        &self,
+        rec: &TicketRecord,
+        ctx: &CheckCtx<'_>,
+        of: &str,
+    ) -> Result<bool, RecordError> {
         let user = ctx.facts.user.get()?;
-        let of = &self.s.opened_for_field;
         let email = rec.field(&format!("{of}.email")).map(|f| f.value);
         let uname = rec.field(&format!("{of}.user_name")).map(|f| f.value);
         if email.as_deref().is_none_or(str::is_empty) && uname.as_deref().is_none_or(str::is_empty)
         {
-            return Err(RecordError::NoOpenedFor(of.clone()));
+            return Err(RecordError::NoOpenedFor(of.to_owned()));
         }
         let ids: Vec<&str> = [&user.mail, &user.user_principal_name]
             .into_iter()
@@ -218,6 +304,16 @@ impl TicketCheck {
         });
         Ok(email_ok || name_ok)
     }
+}
+
+/// A ServiceNow date-time: `YYYY-MM-DD HH:MM:SS` (the Table API's UTC form) or ISO 8601.
+fn servicenow_time(v: &str) -> Option<jiff::Timestamp> {
+    let v = v.trim();
+    v.parse::<jiff::Timestamp>().ok().or_else(|| {
+        // The Table API's form is UTC without a zone: read it as such.
+        let (date, time) = v.split_once(' ')?;
+        format!("{date}T{time}Z").parse().ok()
+    })
 }
 
 /// Every field we read must be a string or a `{value, display_value}` object.
@@ -372,6 +468,11 @@ impl Check for TicketCheck {
                 }
                 Ok(true) => lines.push(format!("{}: the target user", self.s.opened_for_field)),
             }
+        }
+        match self.outside_window(rec, &number, ctx.now) {
+            Err(e) => return Finding::new(Verdict::error(e), lines),
+            Ok(Some(why)) => return Finding::new(Verdict::deny(why), lines),
+            Ok(None) => {}
         }
         Finding::new(Verdict::Allow, lines).with_note(format!("ticket {number} ({shown})"))
     }

@@ -21,6 +21,7 @@ use crate::directory::{Directory, Facts, Needs};
 use crate::tickets::TicketSystem;
 
 pub mod approval;
+pub mod pim;
 mod read;
 mod registry;
 pub mod settings;
@@ -334,6 +335,8 @@ pub struct Policy {
     tickets: BTreeMap<String, Arc<ticket::TicketSpec>>,
     /// Declared owners per package, for `package_owners`.
     package_owners: Vec<(PackageRef, Vec<crate::approval::Approver>)>,
+    /// `[[pim_rules]]`, in file order.
+    pim_rules: Vec<pim::PimRule>,
 }
 
 impl Default for Policy {
@@ -348,6 +351,7 @@ impl Default for Policy {
             sod_risks: 0,
             tickets: BTreeMap::new(),
             package_owners: Vec::new(),
+            pim_rules: Vec::new(),
         }
     }
 }
@@ -782,6 +786,22 @@ impl Policy {
                 tasks: rule_tasks,
             });
         }
+        let mut pim_rules = Vec::new();
+        let mut pim_names = BTreeSet::new();
+        for (i, label, raw_rule) in &read.pim_rules {
+            let path = format!("pim_rules.{i}");
+            if !pim_names.insert(raw_rule.name.clone()) {
+                errors.at(&path, format!("{label} is defined twice"));
+            }
+            let rule =
+                pim::PimRule::build(raw_rule, (&path, label), &index, &check_names, &mut errors);
+            for (name, ix) in &index {
+                if rule.uses_check(*ix) {
+                    used.insert(name.clone());
+                }
+            }
+            pim_rules.push(rule);
+        }
         for name in approvals.keys() {
             if !used_approvals.contains(name) {
                 warnings.push(format!("approval {name:?} is defined but no rule uses it"));
@@ -808,6 +828,7 @@ impl Policy {
             sod_risks,
             tickets,
             package_owners,
+            pim_rules,
             ..Policy::default()
         })
     }

@@ -78,6 +78,8 @@ pub(super) struct Read {
     pub risks_written: bool,
     /// SoD errors that would only repeat a mistake already reported (prefixes).
     pub quiet: Vec<String>,
+    /// `[[pim_rules]]` entries that could be read: (index in the file, label, rule).
+    pub pim_rules: Vec<(usize, String, super::pim::RawPimRule)>,
 }
 
 const EXCEPTION_FIELDS: [&str; 5] = ["user", "risk", "expires", "approver", "reason"];
@@ -91,7 +93,7 @@ pub(super) fn about_stand_in(msg: &str) -> bool {
         || msg.contains(&format!("expires {NOT_GIVEN:?} is not"))
 }
 
-const TOP: [&str; 10] = [
+const TOP: [&str; 11] = [
     "version",
     "defaults",
     "packages",
@@ -102,6 +104,7 @@ const TOP: [&str; 10] = [
     "tickets",
     "approvals",
     "rules",
+    "pim_rules",
 ];
 
 fn report(e: &mut Errors<'_>, path: &str, label: &str, problems: Vec<lenient::KeyProblem>) {
@@ -438,6 +441,23 @@ pub(super) fn read(root: &toml::Table, e: &mut Errors<'_>) -> Read {
         }
     }
 
+    let mut pim_rules = Vec::new();
+    for (i, t) in entries(root, "pim_rules", e) {
+        let label = label("pim_rules", t, i);
+        if !t.get("name").is_some_and(toml::Value::is_str) {
+            e.at(
+                &format!("pim_rules.{i}"),
+                format!("{label}: missing field `name` (a text)"),
+            );
+            continue;
+        }
+        let r = lenient::lenient::<super::pim::RawPimRule>(t, &["name"], true);
+        report(e, &format!("pim_rules.{i}"), &label, r.problems);
+        if let Some(raw) = r.value {
+            pim_rules.push((i, label, raw));
+        }
+    }
+
     Read {
         raw: RawPolicy {
             version,
@@ -455,6 +475,7 @@ pub(super) fn read(root: &toml::Table, e: &mut Errors<'_>) -> Read {
         exception_index,
         risks_written,
         quiet,
+        pim_rules,
     }
 }
 

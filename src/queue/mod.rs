@@ -13,6 +13,7 @@ pub mod sqlite;
 pub mod store;
 pub mod table;
 pub mod tickets;
+pub mod verdicts;
 
 use std::sync::Arc;
 use std::time::Duration;

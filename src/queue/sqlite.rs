@@ -381,6 +381,8 @@ impl SqliteQueue {
         )?;
         // The ticket ledger of the ServiceNow bridge (`queue::tickets`).
         conn.execute_batch(super::tickets::SQLITE_SCHEMA)?;
+        // The PIM verdict ledger (`queue::verdicts`).
+        conn.execute_batch(super::verdicts::SQLITE_SCHEMA)?;
         let conn = Arc::new(Mutex::new(conn));
         let (writer, rx) = tokio::sync::mpsc::channel(WRITER_QUEUE);
         let wconn = conn.clone();
