@@ -13,6 +13,7 @@
 mod baseline;
 mod e2e;
 mod load;
+mod pim;
 mod procinfo;
 mod sod;
 mod stats;
@@ -47,6 +48,8 @@ struct Cli {
 enum Cmd {
     /// Time per separation-of-duties decision: the index against a scan, in one run.
     Sod(sod::SodArgs),
+    /// PIM verdicts per second and their latency, with delayed Graph and ServiceNow reads.
+    Pim(pim::PimArgs),
     /// The baseline server (started by the benchmark itself).
     #[command(hide = true)]
     Baseline {
@@ -91,6 +94,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Cmd::Baseline { port, jwks_url }) => baseline::run(port, &jwks_url),
         Some(Cmd::Sod(a)) => sod::run(&a),
+        Some(Cmd::Pim(a)) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("building the runtime")
+            .and_then(|rt| rt.block_on(pim::run(a))),
         None => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -349,9 +357,10 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown CPU".into())
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let bin = match &args.accessgate {
-        Some(p) => p.clone(),
+/// The accessgate binary: `--accessgate`, or the one next to this executable.
+fn accessgate_binary(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let bin = match explicit {
+        Some(p) => p,
         None => std::env::current_exe()?
             .parent()
             .context("executable without a directory")?
@@ -363,6 +372,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             bin.display()
         );
     }
+    Ok(bin)
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let bin = accessgate_binary(args.accessgate.clone())?;
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
     let profile = if cfg!(debug_assertions) {
         "debug"

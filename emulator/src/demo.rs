@@ -153,6 +153,11 @@ password_secret = "servicenow-password"
 webhook_secret_secret = "servicenow-webhook"
 poll_interval_seconds = 2
 
+# PIM custom extension (pre-approval): PIM's v2 tokens for accessgate's API app.
+[pim]
+audiences = ["api://accessgate.demo/{client}"]
+budget_ms = 5000
+
 [log]
 format = "text"
 "#,
@@ -430,6 +435,104 @@ async fn lifecycle_story(
     Ok(())
 }
 
+/// PIM: activations answered synchronously from the policy's `[[pim_rules]]`.
+async fn pim_story(
+    emu: &Emulator,
+    url: &str,
+    names: &Names,
+    failures: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    use accessgate_emulator::{PimSendOptions, PimShape};
+    println!(
+        "\nPIM custom extension (pre-approval verdicts; rules privileged-roles-need-a-change, readers-auto-approved)"
+    );
+    const GA: &str = "62e90394-69f5-4237-9190-012177145e10";
+    const SECURITY_ADMIN: &str = "194ae4cb-b126-40b2-bd5b-6091b380977d";
+    const GLOBAL_READER: &str = "f2ef992c-3afb-46b9-b7cf-a126ee74c451";
+    let base = PimSendOptions {
+        target_url: url.to_owned(),
+        audience: format!("api://accessgate.demo/{}", emu.config().graph_client_id),
+        shape: PimShape::EntraRole,
+        ..Default::default()
+    };
+    let stories = [
+        (
+            "Bob",
+            "Global Administrator",
+            GA,
+            Some("CHG0040001"),
+            "Approved",
+        ),
+        (
+            "Chen",
+            "Security Administrator",
+            SECURITY_ADMIN,
+            None,
+            "Denied",
+        ),
+        (
+            "Alice",
+            "Global Reader",
+            GLOBAL_READER,
+            None,
+            "AutoApproved",
+        ),
+    ];
+    let mut first = None;
+    for (n, (who, role_name, role, ticket, expect)) in stories.into_iter().enumerate() {
+        let opts = PimSendOptions {
+            principal_id: Some(names.id("users", who)?),
+            role_definition_id: Some(role.into()),
+            ticket_number: ticket.map(str::to_owned),
+            ticket_system: ticket.map(|_| "ServiceNow".to_owned()),
+            justification: Some(match ticket {
+                Some(t) => format!("Working on {t}"),
+                None => "Routine check".into(),
+            }),
+            ..base.clone()
+        };
+        let r = emu.send_pim(&opts).await?;
+        let body = r.body.clone().unwrap_or_default();
+        let outcome = body["evaluationOutcome"].as_str().unwrap_or("(none)");
+        println!(
+            "{}. {who} activates {role_name}{} -> HTTP {} in {:.0} ms: {outcome}",
+            n + 1,
+            ticket
+                .map(|t| format!(" citing {t}"))
+                .unwrap_or_else(|| " without a ticket".into()),
+            r.status.map_or("no answer".into(), |s| s.to_string()),
+            r.latency_ms
+        );
+        for reason in body["reason"].as_array().into_iter().flatten() {
+            println!("   -> reason: {}", reason.as_str().unwrap_or_default());
+        }
+        if outcome != expect {
+            failures.push(format!("pim {who}: {outcome}, expected {expect}"));
+        }
+        if first.is_none() {
+            first = Some((opts, r));
+        }
+    }
+    // PIM retries the same request (its client timeout passed, say): the recorded verdict.
+    if let Some((opts, r)) = first {
+        let again = emu
+            .send_pim(&PimSendOptions {
+                body: Some(r.sent.to_string()),
+                ..opts
+            })
+            .await?;
+        let (a, b) = (
+            &r.body.unwrap_or_default()["evaluationId"],
+            &again.body.unwrap_or_default()["evaluationId"],
+        );
+        println!("4. PIM re-delivers Bob's request -> the same verdict, evaluationId {b}");
+        if a != b {
+            failures.push(format!("pim re-delivery: evaluationId {b}, expected {a}"));
+        }
+    }
+    Ok(())
+}
+
 async fn wait_ready(addr: SocketAddr, child: &mut Child) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let http = reqwest::Client::new();
@@ -497,6 +600,22 @@ pub async fn run(accessgate: Option<PathBuf>) -> anyhow::Result<()> {
             "id": closed_request, "accessPackageId": crm, "targetId": chen,
             "state": "pendingApproval", "justification": "Still needed, see RITM0010002"
         }));
+    }
+    // A change being implemented, assigned to Bob, whose window covers the demo (for PIM).
+    let bob_sn = "5e000000000000000000000000000002";
+    let window = |h: i64| {
+        (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(h))
+            .strftime("%Y-%m-%d %H:%M:%S")
+            .to_string()
+    };
+    if let Some(tables) = world["servicenow"]["tables"].as_object_mut() {
+        tables.insert(
+            "change_request".into(),
+            serde_json::json!([{"sys_id": "c4000000000000000000000000000001", "number": "CHG0040001",
+                "state": {"value": "-1", "display_value": "Implement"}, "short_description": "Rotate the tenant's break-glass credentials",
+                "requested_by": "5e000000000000000000000000000001", "assigned_to": bob_sn,
+                "start_date": window(-1), "end_date": window(3)}]),
+        );
     }
     emu.load_world(&serde_json::from_value(world)?)?;
     emu.put_secret(
@@ -855,6 +974,13 @@ pub async fn run(accessgate: Option<PathBuf>) -> anyhow::Result<()> {
 
     bridge_story(&emu, &target, &webhook, &mut failures).await?;
     lifecycle_story(&emu, &target, &names, &mut failures).await?;
+    pim_story(
+        &emu,
+        &format!("http://{addr}/api/pim"),
+        &names,
+        &mut failures,
+    )
+    .await?;
 
     let mut sorted = latencies.clone();
     sorted.sort_by(f64::total_cmp);
