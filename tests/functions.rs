@@ -629,3 +629,113 @@ async fn servicenow_event_and_poll_functions_wake_bridged_jobs_on_azure_storage(
         "one ticket per request"
     );
 }
+
+/// PIM under the Functions host on Azurite: `PimVerdict` (route `pim/{extension?}`) answers
+/// the verdict in `res`, recorded in the wait table first; a re-delivery gets the same
+/// evaluation id; an unknown extension (the route parameter in `Params`) is 404; a bad token
+/// is 401 with its challenge, never a verdict.
+#[tokio::test(flavor = "multi_thread")]
+async fn pim_verdicts_are_answered_in_res_and_recorded_in_azure_table() {
+    let az = tokio::task::spawn_blocking(azurite::Azurite::start)
+        .await
+        .unwrap();
+    let queue = azurite::unique_queue_name("ag-fn-pim");
+    let table: String = format!("w{}", queue.replace('-', ""))
+        .chars()
+        .take(63)
+        .collect();
+    let emu = start_emulator().await;
+    let e = emu.handle();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "version = 1\n[[pim_rules]]\nname = \"readers\"\nroles = [\"f2ef992c-3afb-46b9-b7cf-a126ee74c451\"]\ndecision = \"auto_approved\"\n",
+    )
+    .unwrap();
+    let audience = format!("api://accessgate.test/{}", e.config().graph_client_id);
+    let cfg = write_config(
+        dir.path(),
+        &e,
+        &format!(
+            "[queue]\nbackend = \"azure_storage\"\nname = \"{queue}\"\nwait_table = \"{table}\"\n[policy]\nfile = \"{}\"\n[pim]\naudiences = [\"{audience}\"]\n",
+            policy.display()
+        ),
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let env = vec![
+        (
+            "ACCESSGATE_CREDENTIALS__CLIENT_SECRET".to_string(),
+            e.config().graph_client_secret.clone(),
+        ),
+        (
+            "ACCESSGATE_QUEUE__CONNECTION_STRING".to_string(),
+            az.connection_string(),
+        ),
+        ("FUNCTIONS_CUSTOMHANDLER_PORT".to_string(), port.to_string()),
+    ];
+    let ag = Accessgate::spawn(&cfg, env, &["functions"]).await;
+    let opts = accessgate_emulator::PimSendOptions {
+        audience: audience.clone(),
+        role_definition_id: Some("f2ef992c-3afb-46b9-b7cf-a126ee74c451".into()),
+        ..Default::default()
+    };
+    let body = accessgate_emulator::pim::body(&opts);
+    let token = e
+        .mint_callout_token(&accessgate_emulator::pim::default_token(&opts))
+        .unwrap();
+    let payload = |auth: &str, ext: Option<&str>| {
+        let mut p = fixture("http-trigger.json");
+        p["Data"]["req"]["Headers"]["Authorization"] = json!([auth]);
+        p["Data"]["req"]["Headers"]["Content-Length"] = json!([body.to_string().len().to_string()]);
+        p["Data"]["req"]["Body"] = Value::String(body.to_string());
+        p["Data"]["req"]["Url"] = json!("https://accessgate.azurewebsites.net/api/pim");
+        if let Some(x) = ext {
+            p["Data"]["req"]["Params"] = json!({ "extension": x });
+        }
+        p
+    };
+    let verdict = |out: &Value| -> Value {
+        serde_json::from_str(out["Outputs"]["res"]["body"].as_str().unwrap_or("null")).unwrap()
+    };
+    let (status, out) = invoke(
+        &ag,
+        "PimVerdict",
+        &payload(&format!("Bearer {token}"), None),
+    )
+    .await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["Outputs"]["res"]["statusCode"], 200, "{out}");
+    let first = verdict(&out);
+    assert_eq!(first["evaluationOutcome"], "AutoApproved", "{first}");
+    let (_, out) = invoke(
+        &ag,
+        "PimVerdict",
+        &payload(&format!("Bearer {token}"), None),
+    )
+    .await;
+    assert_eq!(verdict(&out)["evaluationId"], first["evaluationId"]);
+    let (_, out) = invoke(
+        &ag,
+        "PimVerdict",
+        &payload(&format!("Bearer {token}"), Some("nope")),
+    )
+    .await;
+    assert_eq!(out["Outputs"]["res"]["statusCode"], 404, "{out}");
+    let (_, out) = invoke(
+        &ag,
+        "PimVerdict",
+        &payload("Bearer forged.token.value", None),
+    )
+    .await;
+    assert_eq!(out["Outputs"]["res"]["statusCode"], 401, "{out}");
+    assert!(verdict(&out).get("evaluationOutcome").is_none());
+    assert_eq!(
+        out["Outputs"]["res"]["headers"]["WWW-Authenticate"],
+        "Bearer error=\"invalid_token\""
+    );
+}
