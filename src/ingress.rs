@@ -35,6 +35,8 @@ pub const OPENAPI: &str = include_str!("../openapi.json");
 pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/elm"),
     ("post", "/api/servicenow/events"),
+    ("post", "/api/pim"),
+    ("post", "/api/pim/{extension}"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/openapi.json"),

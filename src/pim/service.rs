@@ -60,7 +60,7 @@ impl PimAnswer {
     /// The answer when `[pim]` is not configured.
     pub fn not_configured(correlation_id: &str) -> PimAnswer {
         refuse(
-            404,
+            501,
             "pim_not_configured",
             "PIM custom extensions are not configured here ([pim] audiences)",
             correlation_id,
