@@ -44,6 +44,23 @@ window_end_field = "end_date"
 [checks.hr]
 type = "hr"
 
+[checks.sod]
+type = "sod"
+
+[[risks]]
+name = "security-and-compliance"
+severity = "high"
+owner = "controls@contoso.example"
+sets = [
+  { name = "security", entitlements = ["role:194ae4cb-b126-40b2-bd5b-6091b380977d"] },
+  { name = "compliance", entitlements = ["role:17315797-102d-40b4-93e0-432062caca18"] },
+]
+
+[[pim_rules]]
+name = "security-admin-sod"
+roles = ["194ae4cb-b126-40b2-bd5b-6091b380977d"]
+checks = ["sod"]
+
 [[pim_rules]]
 name = "tier0-needs-a-change"
 roles = ["62e90394-69f5-4237-9190-012177145e10"]
@@ -71,7 +88,8 @@ fn world() -> World {
     let h = |n: i64| now + jiff::SignedDuration::from_hours(n);
     serde_json::from_value(json!({
         "users": [
-            {"id": ALICE, "displayName": "Alice", "userPrincipalName": "alice@contoso.example", "mail": "alice@contoso.example", "accountEnabled": true},
+            {"id": ALICE, "displayName": "Alice", "userPrincipalName": "alice@contoso.example", "mail": "alice@contoso.example", "accountEnabled": true,
+             "directoryRoles": ["17315797-102d-40b4-93e0-432062caca18"]},
             {"id": DAN, "displayName": "Dan", "userPrincipalName": "dan@contoso.example", "mail": "dan@contoso.example", "accountEnabled": false}
         ],
         "servicenow": {"tables": {
@@ -440,4 +458,32 @@ async fn the_verdict_survives_a_restart() {
         .unwrap();
     assert_eq!(again.body.as_ref().unwrap()["evaluationId"], id);
     assert_eq!(outcome(&again).1, "AutoApproved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn separation_of_duties_against_the_roles_already_held() {
+    let h = start("").await;
+    const SECURITY_ADMIN: &str = "194ae4cb-b126-40b2-bd5b-6091b380977d";
+    // Alice holds Compliance Administrator (read from Graph): Security Administrator conflicts.
+    let r = send(&h, &role(&h, SECURITY_ADMIN, None)).await;
+    let (_, out, reasons) = outcome(&r);
+    assert_eq!(out, "Denied", "{reasons}");
+    assert!(reasons.contains("security-and-compliance"), "{reasons}");
+    assert!(
+        h.emu()
+            .graph_calls()
+            .iter()
+            .any(|c| c.path.contains("$batch")),
+        "the roles came from Graph"
+    );
+    // Dan holds no role: no conflict (his disabled account is not this rule's check).
+    let r = send(
+        &h,
+        &PimSendOptions {
+            principal_id: Some(DAN.into()),
+            ..role(&h, SECURITY_ADMIN, None)
+        },
+    )
+    .await;
+    assert_eq!(outcome(&r).1, "Approved", "{:?}", r.body);
 }

@@ -269,6 +269,38 @@ fn read(
                 _ => Err(not_found(path)),
             }
         }
+        ["roleManagement", "directory", "roleAssignments"] => {
+            if !has(
+                caller,
+                &[
+                    "RoleManagement.Read.Directory",
+                    "RoleManagement.Read.All",
+                    "Directory.Read.All",
+                ],
+            ) {
+                return Err(denied());
+            }
+            let filter = query.get("$filter").map(String::as_str).unwrap_or("");
+            let clauses = filter_clauses(filter)
+                .ok_or_else(|| bad_request(format!("Invalid filter clause: {filter}")))?;
+            let who = clauses
+                .iter()
+                .find(|(f, _)| f == "principalid")
+                .map(|(_, v)| v.clone())
+                .ok_or_else(|| {
+                    bad_request("this emulator needs $filter=principalId eq '<id>'".into())
+                })?;
+            let items: Vec<Value> = w
+                .user(&who)
+                .map(|u| {
+                    u.directory_roles
+                        .iter()
+                        .map(|r| json!({"id": format!("{r}-{}", u.id), "principalId": u.id, "roleDefinitionId": r, "directoryScopeId": "/"}))
+                        .collect()
+                })
+                .unwrap_or_default();
+            page(items, query, &next_base)
+        }
         ["identityGovernance", "lifecycleWorkflows", "workflows", id] => {
             if !has(caller, &crate::lifecycle::READ_PERMISSIONS) {
                 return Err(denied());
@@ -528,6 +560,7 @@ pub(crate) fn routes(version: &'static str) -> Router<AppState> {
         "/identityGovernance/entitlementManagement/assignments",
         "/identityGovernance/entitlementManagement/assignmentRequests",
         "/identityGovernance/lifecycleWorkflows/workflows/{id}",
+        "/roleManagement/directory/roleAssignments",
     ] {
         r = r.route(path, get(reader));
     }

@@ -369,6 +369,7 @@ mod tests {
             facts: &facts,
             tickets: &NoTickets,
             deadline: std::time::Instant::now() + std::time::Duration::from_secs(5),
+            activation: None,
         };
         check.evaluate(&ctx).await
     }

@@ -97,6 +97,8 @@ pub struct CheckCtx<'a> {
     pub tickets: &'a dyn TicketSystem,
     /// No outbound call may start after this (the decision's budget).
     pub deadline: Instant,
+    /// A PIM verdict: the activation the callout was built from (what is being activated).
+    pub activation: Option<&'a crate::activation::Activation>,
 }
 
 /// One configured check (a `[checks.NAME]` of the policy).

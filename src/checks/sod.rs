@@ -563,15 +563,52 @@ impl SodRules {
         count_pending: bool,
         now: jiff::Timestamp,
     ) -> SodReport {
-        // Candidates: risks the requested package is in. (risk, satisfied mask, requested mask)
-        let mut cands: Vec<(u32, u64, u64)> = Vec::new();
         let requested_name = requested
             .display_name
             .clone()
             .or_else(|| requested.id.clone())
             .unwrap_or_default();
+        let keys = [
+            ("p:", requested.id.as_deref()),
+            ("pn:", requested.display_name.as_deref()),
+        ];
+        self.evaluate_keys(
+            &keys,
+            requested_name,
+            target_ids,
+            holdings,
+            count_pending,
+            now,
+        )
+    }
+
+    /// Like [`SodRules::evaluate`] for something other than an access package: a PIM
+    /// activation requests a directory role (the entitlement `role:<role definition id>`) or a
+    /// group's membership (`g:` the group id).
+    pub fn evaluate_requested(
+        &self,
+        requested: &[(&str, Option<&str>)],
+        requested_name: String,
+        target_ids: &[&str],
+        holdings: &Holdings,
+        now: jiff::Timestamp,
+    ) -> SodReport {
+        self.evaluate_keys(requested, requested_name, target_ids, holdings, true, now)
+    }
+
+    fn evaluate_keys(
+        &self,
+        requested: &[(&str, Option<&str>)],
+        requested_name: String,
+        target_ids: &[&str],
+        holdings: &Holdings,
+        count_pending: bool,
+        now: jiff::Timestamp,
+    ) -> SodReport {
+        // Candidates: risks the requested item is in. (risk, satisfied mask, requested mask)
+        let mut cands: Vec<(u32, u64, u64)> = Vec::new();
         let mut buf = String::with_capacity(64);
-        for (prefix, v) in [("p:", &requested.id), ("pn:", &requested.display_name)] {
+        for &(prefix, v) in requested {
             let Some(v) = v else { continue };
             lower_into(&mut buf, prefix, v);
             for &(r, s) in self.index.get(buf.as_str()).into_iter().flatten() {
@@ -914,7 +951,10 @@ impl Check for SodCheck {
             Err(why) => return Finding::new(Verdict::error(why), Vec::new()),
         };
         let c = ctx.callout;
-        if c.access_package.id.is_none() && c.access_package.display_name.is_none() {
+        if ctx.activation.is_none()
+            && c.access_package.id.is_none()
+            && c.access_package.display_name.is_none()
+        {
             return Finding::new(
                 Verdict::error("the callout names no access package"),
                 Vec::new(),
@@ -934,13 +974,30 @@ impl Check for SodCheck {
             );
             ids.push(&u.id);
         }
-        let report = self.rules.evaluate(
-            &c.access_package,
-            &ids,
-            holdings,
-            self.settings.count_pending_requests,
-            ctx.now,
-        );
+        let report = match ctx.activation {
+            // A PIM activation: the role (an entitlement `role:<id>`, against the roles the
+            // principal holds) or the group it would make the principal a member of.
+            Some(a) => {
+                let role = a.role_definition_id.as_ref().map(|r| format!("role:{r}"));
+                let mut held = holdings.clone();
+                held.external_entitlements
+                    .extend(holdings.directory_roles.iter().map(|r| format!("role:{r}")));
+                self.rules.evaluate_requested(
+                    &[("e:", role.as_deref()), ("g:", a.group_id.as_deref())],
+                    a.target(),
+                    &ids,
+                    &held,
+                    ctx.now,
+                )
+            }
+            None => self.rules.evaluate(
+                &c.access_package,
+                &ids,
+                holdings,
+                self.settings.count_pending_requests,
+                ctx.now,
+            ),
+        };
         let mut explanation = vec![format!(
             "considered {} assignment(s), {} pending request(s){}, {} group(s) (transitive), {} app role(s), {} external entitlement(s); the requested package is in {} risk(s)",
             holdings.access_packages.len(),

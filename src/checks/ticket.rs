@@ -558,6 +558,7 @@ mod tests {
             facts: &facts,
             tickets: &tickets,
             deadline: Instant::now() + Duration::from_secs(5),
+            activation: None,
         };
         chk.evaluate(&ctx).await
     }
@@ -728,6 +729,7 @@ mod tests {
             facts: &facts,
             tickets: &tickets,
             deadline: Instant::now() + Duration::from_secs(5),
+            activation: None,
         };
         assert_eq!(
             chk.evaluate(&ctx).await.verdict,

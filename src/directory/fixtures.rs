@@ -150,6 +150,7 @@ impl World {
             Some(attr) => external_values(u.properties.get(attr)),
         };
         Ok(Holdings {
+            directory_roles: u.directory_roles.clone(),
             access_packages,
             pending_access_packages,
             groups: self

@@ -337,7 +337,15 @@ impl Directory for GraphDirectory {
             request: needs.request && callout.task.is_none(),
             ..needs
         };
-        let gets = self.requests(&t, &callout.request_id, needs);
+        let mut gets = self.requests(&t, &callout.request_id, needs);
+        // A PIM verdict's SoD compares the activated role with the roles already held.
+        let roles = needs.holdings && callout.stage == crate::callout::Stage::PimActivation;
+        if roles {
+            gets.push(BatchGet {
+                id: "roles",
+                url: format!("/roleManagement/directory/roleAssignments?$filter=principalId eq '{t}'&$select=roleDefinitionId"),
+            });
+        }
         let mut calls = 1u32;
         let answers = match self.graph.batch_get(&gets, deadline).await {
             Ok(a) => a,
@@ -362,12 +370,16 @@ impl Directory for GraphDirectory {
         if needs.holdings {
             let mut h = Holdings::default();
             let mut result: Result<(), GraphFactError> = Ok(());
+            let role_list = [("roles", "directory role assignments")];
             for (id, what) in [
                 ("assignments", "assignments"),
                 ("pending", "pending requests"),
                 ("groups", "transitive groups"),
                 ("appRoles", "app role assignments"),
-            ] {
+            ]
+            .into_iter()
+            .chain(role_list.into_iter().filter(|_| roles))
+            {
                 let Some(first) = find(id) else {
                     result = Err(missing(id));
                     break;
@@ -403,6 +415,13 @@ impl Directory for GraphDirectory {
                                 .collect()
                         }
                         "groups" => h.groups = items.iter().filter_map(held).collect(),
+                        "roles" => {
+                            h.directory_roles = items
+                                .iter()
+                                .filter_map(|r| r["roleDefinitionId"].as_str())
+                                .map(str::to_ascii_lowercase)
+                                .collect()
+                        }
                         _ => {
                             h.app_roles = items
                                 .iter()

@@ -138,6 +138,10 @@ pub struct Holdings {
     /// Entitlements in other systems, from the configured user attribute
     /// (`directory.external_entitlements_attribute`).
     pub external_entitlements: Vec<String>,
+    /// Directory roles the user holds (active role assignments' role definition ids), read
+    /// for PIM verdicts only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub directory_roles: Vec<String>,
 }
 
 /// One answer the requestor gave (parsed where callouts are, for both sources).

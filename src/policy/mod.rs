@@ -959,6 +959,7 @@ impl Policy {
             facts: &facts,
             tickets: env.tickets,
             deadline: env.deadline,
+            activation: None,
         };
         let outcomes =
             futures_util::future::join_all(entries.iter().map(|e| run_check(e, &ctx))).await;

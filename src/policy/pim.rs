@@ -323,6 +323,7 @@ impl super::Policy {
             facts: &facts,
             tickets: env.tickets,
             deadline: env.deadline,
+            activation: Some(a),
         };
         let outcomes =
             futures_util::future::join_all(entries.iter().map(|e| run_check(e, &ctx))).await;

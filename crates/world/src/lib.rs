@@ -111,6 +111,10 @@ pub struct WorldUser {
     pub sponsors: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub app_role_assignments: Vec<WorldAppRole>,
+    /// Directory roles the user holds (role definition ids), served as its active
+    /// `roleManagement/directory/roleAssignments`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub directory_roles: Vec<String>,
     /// Every other property, as Graph would return it.
     #[serde(flatten)]
     pub properties: Map<String, Value>,

@@ -327,6 +327,7 @@ async fn run_check(settings: &str, h: Holdings, target: &str) -> Finding {
         facts: &facts,
         tickets: &NoTickets,
         deadline: std::time::Instant::now() + std::time::Duration::from_secs(5),
+        activation: None,
     };
     chk.evaluate(&ctx).await
 }
@@ -387,6 +388,7 @@ async fn a_failed_read_is_an_error() {
         facts: &facts,
         tickets: &NoTickets,
         deadline: std::time::Instant::now() + std::time::Duration::from_secs(5),
+        activation: None,
     };
     assert_eq!(
         chk.evaluate(&ctx).await.verdict,
