@@ -739,3 +739,52 @@ async fn pim_verdicts_are_answered_in_res_and_recorded_in_azure_table() {
         "Bearer error=\"invalid_token\""
     );
 }
+
+/// A Lifecycle Workflows task through the Functions host: `ElmCallout` takes it (PoP of
+/// Lifecycle Workflows for the task extension) and emits the job; `ProcessJob` resumes the task
+/// processing result with `completed`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lifecycle_workflows_task_is_queued_and_resumed_by_the_functions_host() {
+    let fx = start().await;
+    let emu = fx.emu.handle();
+    let (wf, task, result) = ("wf-fn-1", "task-fn-1", "result-fn-1");
+    emu.register_task(&accessgate_emulator::RegisterTask {
+        id: Some(result.into()),
+        workflow_id: wf.into(),
+        task_id: task.into(),
+        subject_id: "0b000000-0000-0000-0000-000000000001".into(),
+        timeout: Some("PT1H".into()),
+        authorized_apps: None,
+    })
+    .unwrap();
+    let body = json!({"type": "lifecycleEvent", "source": "LifecycleWorkflows", "data": {
+        "callbackUriPath": format!("/identityGovernance/lifecycleWorkflows/workflows/{wf}/tasks/{task}/taskProcessingResults/{result}/resume"),
+        "subject": {"id": "0b000000-0000-0000-0000-000000000001"}, "task": {"id": task},
+        "workflow": {"id": wf}, "taskProcessingResult": {"id": result}}})
+    .to_string();
+    let mut p = fixture("http-trigger.json");
+    let token = emu
+        .mint_pop(&PopOptions {
+            at: Some(MintOptions {
+                app_id: Some(accessgate_emulator::lifecycle::LCW_APP_ID.into()),
+                audience: Some("https://management.azure.com".into()),
+                ..Default::default()
+            }),
+            p: Some(json!(emu.config().lcw_logic_app_resource)),
+            ..Default::default()
+        })
+        .unwrap();
+    p["Data"]["req"]["Headers"]["Authorization"] = json!([format!("PoP {token}")]);
+    p["Data"]["req"]["Headers"]["Content-Length"] = json!([body.len().to_string()]);
+    p["Data"]["req"]["Body"] = Value::String(body);
+    let (_, out) = invoke(&fx.ag, "ElmCallout", &p).await;
+    assert_eq!(out["Outputs"]["res"]["statusCode"], 202, "{out}");
+    let job = out["Outputs"]["job"].as_str().unwrap().to_owned();
+    let mut q = fixture("queue-trigger-single.json");
+    q["Data"]["job"] = Value::String(job);
+    let (status, out) = invoke(&fx.ag, "ProcessJob", &q).await;
+    assert_eq!(status, 200, "{out}");
+    let t = emu.task(result).unwrap();
+    assert_eq!(t.processing_status, "completed", "{t:?}");
+    assert_eq!(t.resume.unwrap()["data"]["operationStatus"], "completed");
+}

@@ -487,3 +487,53 @@ async fn separation_of_duties_against_the_roles_already_held() {
     .await;
     assert_eq!(outcome(&r).1, "Approved", "{:?}", r.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pim_retries_after_its_client_timeout_are_one_verdict() {
+    let h = start("").await;
+    let emu = h.emu();
+    // ServiceNow is slow: PIM's client gives up after 300 ms and sends the same body again.
+    emu.set_fault(&FaultSpec {
+        target: FaultTarget::ServiceNow,
+        delay_ms: Some(700),
+        ..Default::default()
+    })
+    .unwrap();
+    let o = PimSendOptions {
+        client_timeout_ms: Some(300),
+        maximum_retries: Some(2),
+        ..role(&h, GA, Some("CHG0030001"))
+    };
+    let r = send(&h, &o).await;
+    assert_eq!(r.attempts, 3, "{r:?}");
+    assert!(
+        r.error.as_deref().unwrap_or("").contains("timeout"),
+        "{r:?}"
+    );
+    emu.clear_faults();
+    // Each delivery went on deciding; one verdict stands, and the next delivery gets it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let again = send(
+        &h,
+        &PimSendOptions {
+            body: Some(r.sent.to_string()),
+            ..role(&h, GA, None)
+        },
+    )
+    .await;
+    assert_eq!(outcome(&again).1, "Approved", "{:?}", again.body);
+    let verdicts: Vec<Value> =
+        h.ag.log_json()
+            .into_iter()
+            .filter(|l| l["message"] == "PIM verdict")
+            .collect();
+    let ids: std::collections::BTreeSet<String> = verdicts
+        .iter()
+        .map(|l| l["evaluation_id"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(ids.len(), 1, "{verdicts:?}");
+    assert_eq!(
+        again.body.as_ref().unwrap()["evaluationId"].as_str(),
+        ids.iter().next().map(String::as_str)
+    );
+}

@@ -284,3 +284,65 @@ fn a_module_message_that_quotes_its_value_has_it_redacted() {
     assert!(!all.contains("\"ab\""), "{all}");
     assert!(!all.contains("sEcReT-alg-value"), "{all}");
 }
+
+#[test]
+fn lifecycle_and_pim_settings_are_checked() {
+    let load = |extra: &str| {
+        from_sources(
+            &format!("{GOOD}{extra}"),
+            &env(&[("ACCESSGATE_CREDENTIALS__CLIENT_SECRET", "x")]),
+            Path::new("."),
+        )
+    };
+    let c = load(&format!(
+        "[extensions.tasks]\nresource = \"{RES}\"\nkind = \"lifecycle_workflows\"\ncallback_timeout = \"PT30M\"\n[pim]\naudiences = [\"api://accessgate/x\"]\n[pim.extensions.post]\npost_approval = true\n"
+    ))
+    .unwrap();
+    assert_eq!(c.extensions[0].callback_timeout, Duration::from_secs(1800));
+    let pim = c.pim.expect("pim on");
+    assert_eq!(pim.default.budget, Duration::from_millis(5000));
+    assert!(pim.callers.contains(crate::pim::settings::PIM_APP_ID));
+    assert_eq!(pim.never_auto_approve.len(), 2);
+    assert!(pim.extension(Some("post")).is_some_and(|e| e.post_approval));
+    // Without [pim], PIM is off.
+    assert!(load("").unwrap().pim.is_none());
+    let errs = |extra: &str| load(extra).err().map(|e| e.to_string()).unwrap_or_default();
+    for (extra, want) in [
+        (
+            format!("[extensions.t]\nresource = \"{RES}\"\nkind = \"lcw\"\n"),
+            "extensions.t.kind",
+        ),
+        (
+            format!(
+                "[extensions.t]\nresource = \"{RES}\"\nkind = \"lifecycle_workflows\"\ncallback_timeout = \"PT4H\"\n"
+            ),
+            "PT5M to PT3H",
+        ),
+        (
+            format!("[extensions.t]\nresource = \"{RES}\"\ncallback_timeout = \"PT1H\"\n"),
+            "only for lifecycle_workflows",
+        ),
+        (
+            format!(
+                "[extensions.t]\nresource = \"{RES}\"\nkind = \"lifecycle_workflows\"\ncatalog_ids = [\"c0000000-0000-0000-0000-000000000001\"]\n"
+            ),
+            "has no catalogs",
+        ),
+        ("[pim]\nbudget_ms = 3000\n".into(), "pim.audiences"),
+        (
+            "[pim]\naudiences = [\"api://a\"]\nbudget_ms = 50\n".into(),
+            "pim.budget_ms",
+        ),
+        (
+            "[pim]\naudiences = [\"api://a\"]\ncaller_app_ids = [\"pim\"]\n".into(),
+            "pim.caller_app_ids",
+        ),
+        (
+            "[pim]\naudiences = [\"api://a\"]\n[pim.extensions.\"a/b\"]\n".into(),
+            "URL segment",
+        ),
+    ] {
+        let e = errs(&extra);
+        assert!(e.contains(want), "{want}: {e}");
+    }
+}
