@@ -150,9 +150,9 @@ pub struct Resume<'a> {
     pub approval: Option<&'a ApprovalStage>,
 }
 
-/// `data.@odata.type` of a dynamic-approval resume.
 /// The `type` of a task resume, as the docs' example and Microsoft's template write it.
 const LIFECYCLE_EVENT_TYPE: &str = "lifecycleEvent";
+/// `data.@odata.type` of a dynamic-approval resume.
 const APPROVAL_CALLBACK_TYPE: &str = "#microsoft.graph.assignmentRequestApprovalStageCallbackData";
 
 /// One approver set in the v1.0 `subjectSet` shape (singleUser has `userId`, groupMembers
@@ -439,8 +439,8 @@ impl GraphClient {
     /// The body Graph documents for `resume` (accessPackageAssignmentRequestCallbackData).
     pub fn resume_body(&self, c: &Callout, r: &Resume<'_>) -> Value {
         if c.task.is_some() {
-            // customTaskExtensionCallbackData: the members as the schema names them (lower
-            // case); the docs' examples write `Completed`, but Graph enums are case-sensitive.
+            // customTaskExtensionCallbackData with the enum members exactly as the schema
+            // names them (lower case); the docs' examples write `Completed`.
             let status = if r.deny { "failed" } else { "completed" };
             return json!({
                 "data": {"operationStatus": status},
