@@ -89,14 +89,44 @@ impl Activation {
         }
     }
 
-    /// The deterministic `evaluationId`: a re-delivered activation gets the same one. A UUID
-    /// (RFC 9562 version 8) of SHA-256 over the key, so it says nothing about the key.
+    /// The deterministic `evaluationId` of this activation's key.
     pub fn evaluation_id(&self) -> String {
-        let digest = Sha256::digest(format!("accessgate-pim-evaluation:{}", self.key));
-        let mut b = [0u8; 16];
-        b.copy_from_slice(&digest[..16]);
-        uuid::Builder::from_custom_bytes(b).into_uuid().to_string()
+        evaluation_id(&self.key)
     }
+
+    /// The ledger keys of this activation at `now_ms` through `route` (the extension's name,
+    /// and whether it is a post-approval one): the key to record under, and the keys an
+    /// earlier delivery may have been recorded under. With a request id that is the one key.
+    /// Without one the key is a digest of the fields, which a later, separate request can
+    /// repeat: it carries the 10-minute period it arrived in, and a delivery also finds the
+    /// previous period's, so PIM's retries (seconds apart) get the first verdict and a request
+    /// made again later is decided again.
+    pub fn ledger_keys(&self, route: (&str, bool), now_ms: i64) -> (String, Vec<String>) {
+        let stage = if route.1 { "post" } else { "pre" };
+        let base = format!("{}:{stage}:{}", route.0, self.key);
+        if self.request_id.is_some() {
+            return (base.clone(), vec![base]);
+        }
+        let period = now_ms.div_euclid(DIGEST_KEY_PERIOD_MS);
+        let current = format!("{base}:{period}");
+        (
+            current.clone(),
+            vec![current, format!("{base}:{}", period - 1)],
+        )
+    }
+}
+
+/// How long an id-less activation's digest key stands for the same request (see
+/// [`Activation::ledger_keys`]).
+pub const DIGEST_KEY_PERIOD_MS: i64 = 10 * 60 * 1000;
+
+/// The deterministic `evaluationId` of a ledger key: a re-delivered activation gets the same
+/// one. A UUID (RFC 9562 version 8) of SHA-256 over the key, so it says nothing about the key.
+pub fn evaluation_id(key: &str) -> String {
+    let digest = Sha256::digest(format!("accessgate-pim-evaluation:{key}"));
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(b).into_uuid().to_string()
 }
 
 /// `evaluationOutcome`, exactly as PIM names its members.
@@ -263,12 +293,28 @@ fn fields(
         Some(Value::Object(e)) => Some(e),
         _ => None,
     });
+    let end = match expiration
+        .map(|e| text(e, "endDateTime"))
+        .transpose()?
+        .flatten()
+    {
+        None => None,
+        Some(t) => Some(t.parse::<jiff::Timestamp>().map_err(|_| {
+            ActivationError::Invalid(
+                "scheduleInfo.expiration.endDateTime",
+                "is not a date and time".into(),
+            )
+        })?),
+    };
+    let from_end = end
+        .zip(start)
+        .and_then(|(e, s)| u64::try_from(e.as_second() - s.as_second()).ok());
     let duration_secs = match expiration
         .map(|e| text(e, "duration"))
         .transpose()?
         .flatten()
     {
-        None => None,
+        None => from_end,
         Some(d) => Some(
             parse_iso_duration(&d)
                 .map(|d: Duration| d.as_secs())
@@ -371,6 +417,37 @@ mod tests {
         assert_eq!(again.evaluation_id(), r.evaluation_id());
         assert_ne!(g.evaluation_id(), r.evaluation_id());
         assert!(uuid::Uuid::parse_str(&r.evaluation_id()).is_ok());
+    }
+
+    #[test]
+    fn ledger_keys_separate_routes_and_age_out_digest_keys() {
+        let r = parse(ROLE.as_bytes()).unwrap();
+        let (pre, l) = r.ledger_keys(("-", false), 0);
+        let (post, _) = r.ledger_keys(("-", true), 0);
+        let (other, _) = r.ledger_keys(("audit", false), 0);
+        assert_eq!(l, vec![pre.clone()]);
+        assert!(pre != post && pre != other && post != other);
+        // With a request id the key does not age.
+        assert_eq!(
+            r.ledger_keys(("-", false), 10 * DIGEST_KEY_PERIOD_MS).0,
+            pre
+        );
+        // Without one: the same period and the next find it, a later one does not.
+        let no_id = ROLE.replace(r#""id":"5f3b0000-0000-4000-8000-000000000001","#, "");
+        let a = parse(no_id.as_bytes()).unwrap();
+        let t = 5 * DIGEST_KEY_PERIOD_MS + 1;
+        let (k, _) = a.ledger_keys(("-", false), t);
+        assert!(
+            a.ledger_keys(("-", false), t + DIGEST_KEY_PERIOD_MS)
+                .1
+                .contains(&k)
+        );
+        assert!(
+            !a.ledger_keys(("-", false), t + 2 * DIGEST_KEY_PERIOD_MS)
+                .1
+                .contains(&k)
+        );
+        assert_ne!(evaluation_id(&k), evaluation_id(&pre));
     }
 
     #[test]

@@ -287,7 +287,15 @@ pub async fn admit_verified(
             let elapsed = started
                 .and_then(|t| jiff::Timestamp::now().duration_since(t).try_into().ok())
                 .unwrap_or(std::time::Duration::ZERO);
-            c.callback_timeout_secs = Some(window.saturating_sub(elapsed).as_secs());
+            let left = window.saturating_sub(elapsed);
+            if left < std::time::Duration::from_secs(60) {
+                tracing::warn!(
+                    window_s = window.as_secs(),
+                    left_s = left.as_secs(),
+                    "a Lifecycle Workflows task arrived with under a minute of its window left (createdDateTime, or extensions.NAME.callback_timeout): it will likely not be resumed in time"
+                );
+            }
+            c.callback_timeout_secs = Some(left.as_secs());
         }
     }
     if let Some(cap) = capture {

@@ -408,16 +408,20 @@ async fn a_slow_ticket_system_gives_on_error_within_the_budget_audit_and_notific
         l["message"] == "PIM verdict" && l["mode"] == "audit" && l["enforce_outcome"] == "Denied"
     })
     .await;
-    // A post-approval extension: recorded and answered at once.
+    // A post-approval extension: recorded and answered at once, apart from the same request's
+    // pre-approval verdict (here: the audit call's body, sent again as a notification).
+    let audit_id = r.body.as_ref().unwrap()["evaluationId"].clone();
     let r = send(
         &h,
         &PimSendOptions {
             target_url: pim_url(&h, Some("post")),
+            body: Some(r.sent.to_string()),
             ..role(&h, GA, None)
         },
     )
     .await;
     assert_eq!(outcome(&r).1, "Approved");
+    assert_ne!(r.body.as_ref().unwrap()["evaluationId"], audit_id);
     h.ag.wait_log("the notification", |l| {
         l["message"] == "PIM verdict" && l["post_approval"] == true
     })
@@ -536,4 +540,35 @@ async fn pim_retries_after_its_client_timeout_are_one_verdict() {
         again.body.as_ref().unwrap()["evaluationId"].as_str(),
         ids.iter().next().map(String::as_str)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_activation_must_fit_the_change_window_and_the_client_id_audience_is_accepted() {
+    let h = start("").await;
+    // CHG0030001's window ends in 2 h: a 3 h activation does not fit.
+    let r = send(
+        &h,
+        &PimSendOptions {
+            duration: Some("PT3H".into()),
+            ..role(&h, GA, Some("CHG0030001"))
+        },
+    )
+    .await;
+    let (_, out, reasons) = outcome(&r);
+    assert_eq!(out, "Denied", "{reasons}");
+    assert!(reasons.contains("does not lie wholly in it"), "{reasons}");
+    // Entra writes a v2 token's aud as the API's client id: accepted as well as the URI.
+    let client = h.emu().config().graph_client_id.clone();
+    let r = send(
+        &h,
+        &PimSendOptions {
+            token: Some(MintOptions {
+                audience: Some(client),
+                ..Default::default()
+            }),
+            ..role(&h, READER, None)
+        },
+    )
+    .await;
+    assert_eq!(outcome(&r).1, "AutoApproved", "{:?}", r.body);
 }

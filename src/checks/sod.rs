@@ -591,9 +591,17 @@ impl SodRules {
         requested_name: String,
         target_ids: &[&str],
         holdings: &Holdings,
+        count_pending: bool,
         now: jiff::Timestamp,
     ) -> SodReport {
-        self.evaluate_keys(requested, requested_name, target_ids, holdings, true, now)
+        self.evaluate_keys(
+            requested,
+            requested_name,
+            target_ids,
+            holdings,
+            count_pending,
+            now,
+        )
     }
 
     fn evaluate_keys(
@@ -977,6 +985,15 @@ impl Check for SodCheck {
         let report = match ctx.activation {
             // A PIM activation: the role (an entitlement `role:<id>`, against the roles the
             // principal holds) or the group it would make the principal a member of.
+            // Azure role assignments are not read: an allow would only mean "not looked".
+            Some(a) if a.kind == crate::activation::ActivationKind::AzureResource => {
+                return Finding::new(
+                    Verdict::error(
+                        "separation of duties is not checked for Azure resource roles (accessgate does not read Azure role assignments); leave sod out of azure_resource rules",
+                    ),
+                    Vec::new(),
+                );
+            }
             Some(a) => {
                 let role = a.role_definition_id.as_ref().map(|r| format!("role:{r}"));
                 let mut held = holdings.clone();
@@ -987,6 +1004,7 @@ impl Check for SodCheck {
                     a.target(),
                     &ids,
                     &held,
+                    self.settings.count_pending_requests,
                     ctx.now,
                 )
             }

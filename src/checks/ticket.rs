@@ -216,13 +216,14 @@ impl TicketCheck {
         f
     }
 
-    /// The window check: `Ok(None)` when none is configured or `now` lies in it, `Ok(Some)`
-    /// with the deny reason when outside, `Err` when a bound is missing or unreadable.
+    /// The window check: `Ok(None)` when none is configured or the checked span lies in it,
+    /// `Ok(Some)` with the deny reason when not, `Err` when a bound is missing or unreadable.
+    /// The span is `now`, or for a PIM activation its whole schedule (start to end).
     fn outside_window(
         &self,
         rec: &TicketRecord,
         number: &str,
-        now: jiff::Timestamp,
+        ctx: &CheckCtx<'_>,
     ) -> Result<Option<String>, String> {
         let (Some(sf), Some(ef)) = (&self.s.window_start_field, &self.s.window_end_field) else {
             return Ok(None);
@@ -237,9 +238,26 @@ impl TicketCheck {
                 .ok_or_else(|| format!("ticket {number}: {f} {v:?} is not a date and time"))
         };
         let (start, end) = (bound(sf)?, bound(ef)?);
-        if now < start || now > end {
+        let from = ctx.now;
+        let until = match ctx.activation {
+            None => from,
+            Some(a) => match a.duration_secs.and_then(|d| i64::try_from(d).ok()) {
+                Some(d) => from + jiff::SignedDuration::from_secs(d),
+                None => {
+                    return Ok(Some(format!(
+                        "the activation has no end, so it cannot be checked against ticket {number}'s window"
+                    )));
+                }
+            },
+        };
+        if from < start || until > end {
+            let what = if until == from {
+                format!("{from} is outside it")
+            } else {
+                format!("the activation, {from} to {until}, does not lie wholly in it")
+            };
             return Ok(Some(format!(
-                "ticket {number}'s window is {start} to {end}; {now} is outside it"
+                "ticket {number}'s window is {start} to {end}; {what}"
             )));
         }
         Ok(None)
@@ -469,7 +487,7 @@ impl Check for TicketCheck {
                 Ok(true) => lines.push(format!("{}: the target user", self.s.opened_for_field)),
             }
         }
-        match self.outside_window(rec, &number, ctx.now) {
+        match self.outside_window(rec, &number, ctx) {
             Err(e) => return Finding::new(Verdict::error(e), lines),
             Ok(Some(why)) => return Finding::new(Verdict::deny(why), lines),
             Ok(None) => {}

@@ -17,7 +17,8 @@ pub const NEVER_AUTO_APPROVE: [&str; 2] = [
     "62e90394-69f5-4237-9190-012177145e10",
     "e8611ab8-c189-46e8-94e1-60213ab1f814",
 ];
-/// The example `clientConfiguration.timeoutInMilliseconds` of a PIM custom extension.
+/// The default verdict budget: half the docs' example `clientConfiguration.timeoutInMilliseconds`
+/// (10000), leaving room for PIM's own network time.
 pub const DEFAULT_BUDGET_MS: u64 = 5000;
 
 /// `[pim]` as written.
@@ -77,9 +78,22 @@ impl Settings {
     }
 
     pub fn from_raw(raw: Raw, p: &mut Problems) -> Option<Settings> {
-        let audiences = raw.audiences.unwrap_or_default();
+        let mut audiences = raw.audiences.unwrap_or_default();
         if audiences.iter().any(|a| a.trim().is_empty()) {
             p.push("pim.audiences", "must not contain empty values");
+        }
+        // Entra writes a v2 access token's `aud` as the API's client id, while the PIM doc
+        // names the Application ID URI (which must end with that client id): accept both.
+        let client_ids: Vec<String> = audiences
+            .iter()
+            .filter_map(|a| a.trim_end_matches('/').rsplit('/').next())
+            .filter(|last| settings::is_guid(last))
+            .map(str::to_ascii_lowercase)
+            .collect();
+        for id in client_ids {
+            if !audiences.iter().any(|a| a.eq_ignore_ascii_case(&id)) {
+                audiences.push(id);
+            }
         }
         let configured = raw.caller_app_ids.is_some()
             || raw.budget_ms.is_some()

@@ -850,13 +850,13 @@ impl Policy {
         self.sod_risks
     }
 
-    /// The first rule that matches the callout; `category` is a task's workflow category, when
-    /// it was read.
-    fn rule_for(&self, c: &Callout, category: Option<&str>) -> Option<&Rule> {
+    /// The first rule that matches the callout (a task's rules keyed by category never match
+    /// here: `task_rule` reads the category).
+    fn rule_for(&self, c: &Callout) -> Option<&Rule> {
         self.rules
             .iter()
             .find(|r| match (c.task.as_deref(), &r.tasks) {
-                (Some(t), Some(scope)) => scope.matches(t, category),
+                (Some(t), Some(scope)) => scope.matches(t, None),
                 (None, None) => {
                     (r.catalogs.is_empty() || r.catalogs.iter().any(|w| named_is(w, &c.catalog)))
                     && (r.packages.is_empty()
@@ -870,24 +870,47 @@ impl Policy {
             })
     }
 
-    /// Whether some rule that could apply to this task is keyed by category (so the workflow's
-    /// category must be read before the rule is chosen).
-    fn needs_category(&self, t: &crate::callout::LifecycleTask) -> bool {
-        self.rules.iter().any(|r| {
-            r.tasks.as_ref().is_some_and(|scope| {
-                !scope.categories.is_empty()
-                    && TaskScope {
-                        categories: Vec::new(),
-                        ..scope.clone()
-                    }
-                    .matches(t, None)
-            })
-        })
+    /// The first task rule that matches `t`, in file order. The workflow's category is read
+    /// (once) only when the first rule that could still match is keyed by it, so a Graph
+    /// error cannot fail a task that an earlier rule decides. `Err`: the category could not
+    /// be read, with the mode of the rule that needed it.
+    async fn task_rule(
+        &self,
+        t: &crate::callout::LifecycleTask,
+        env: &DecideEnv<'_>,
+    ) -> Result<Option<&Rule>, (String, Mode)> {
+        let mut category: Option<String> = None;
+        for r in &self.rules {
+            let Some(scope) = &r.tasks else { continue };
+            if scope.categories.is_empty() {
+                if scope.matches(t, None) {
+                    return Ok(Some(r));
+                }
+                continue;
+            }
+            let without = TaskScope {
+                categories: Vec::new(),
+                ..scope.clone()
+            };
+            if !without.matches(t, None) {
+                continue;
+            }
+            if category.is_none() {
+                match env.directory.workflow(&t.workflow_id, env.deadline).await {
+                    Ok(w) => category = Some(w.category),
+                    Err(e) => return Err((e.to_string(), r.mode)),
+                }
+            }
+            if scope.matches(t, category.as_deref()) {
+                return Ok(Some(r));
+            }
+        }
+        Ok(None)
     }
 
     /// The facts the matching rule's checks need (for callers that want to know before deciding).
     pub fn needs(&self, c: &Callout) -> Needs {
-        self.rule_for(c, None)
+        self.rule_for(c)
             .map(|r| {
                 r.checks
                     .iter()
@@ -900,16 +923,14 @@ impl Policy {
     /// Decides a callout: rule, facts, checks in parallel, verdicts combined.
     pub async fn decide(&self, c: &Callout, env: &DecideEnv<'_>) -> Decision {
         let can_deny = c.stage.can_deny();
-        let mut category = None;
-        if let Some(t) = c.task.as_deref()
-            && self.needs_category(t)
-        {
-            match env.directory.workflow(&t.workflow_id, env.deadline).await {
-                Ok(w) => category = Some(w.category),
-                Err(e) => return no_category(c, &e.to_string()),
-            }
-        }
-        let Some(rule) = self.rule_for(c, category.as_deref()) else {
+        let found = match c.task.as_deref() {
+            Some(t) => match self.task_rule(t, env).await {
+                Ok(r) => r,
+                Err((why, mode)) => return no_category(c, &why, mode),
+            },
+            None => self.rule_for(c),
+        };
+        let Some(rule) = found else {
             if c.stage.is_approval() {
                 return self.no_approval(c);
             }
@@ -1186,19 +1207,24 @@ fn task_scope(
 }
 
 /// A task whose rule depends on its workflow's category, which could not be read: the task
-/// fails, and the worker decides again (`incomplete`) before that is final.
-fn no_category(c: &Callout, why: &str) -> Decision {
+/// fails (in audit mode, that rule's or the defaults', it completes and says so), and the
+/// worker decides again (`incomplete`) before that is final.
+fn no_category(c: &Callout, why: &str, mode: Mode) -> Decision {
+    let (action, outcome) = match mode {
+        Mode::Enforce => (Action::Deny, "the task fails"),
+        Mode::Audit => (Action::Continue, "audit mode: the task completes"),
+    };
     let detail = template::cut(
         &format!(
-            "accessgate could not read the workflow's category to choose a policy rule ({why}); the task fails."
+            "accessgate could not read the workflow's category to choose a policy rule ({why}); {outcome}."
         ),
         MAX_DETAIL_CHARS,
     );
     Decision {
-        action: Action::Deny,
+        action,
         detail,
         rule: None,
-        mode: Mode::Enforce,
+        mode,
         outcomes: Vec::new(),
         incomplete: Some(format!("workflow category: {why}")),
         graph_calls: 1,

@@ -709,3 +709,19 @@ async fn a_category_that_cannot_be_read_fails_the_task_after_retries() {
         (Some("leavers"), Action::Continue)
     );
 }
+
+#[tokio::test]
+async fn a_category_is_read_only_when_the_first_rule_that_could_match_needs_it() {
+    // The first rule matches by workflow and decides: the unreadable category is never asked.
+    let p = Policy::parse("[[rules]]\nname = \"by-name\"\nworkflows = [\"Offboard\"]\ndecision = \"continue\"\n[[rules]]\nname = \"leavers\"\ncategories = [\"leaver\"]\ndecision = \"deny\"\n").unwrap();
+    let d = decide(&p, &task_callout("w-unknown")).await;
+    assert_eq!(
+        (d.rule.as_deref(), d.action),
+        (Some("by-name"), Action::Continue)
+    );
+    // In audit mode a category that cannot be read completes the task, saying so.
+    let p = Policy::parse("[[rules]]\nname = \"leavers\"\ncategories = [\"leaver\"]\nmode = \"audit\"\ndecision = \"deny\"\n").unwrap();
+    let d = decide(&p, &task_callout("w-unknown")).await;
+    assert_eq!((d.action, d.mode), (Action::Continue, Mode::Audit));
+    assert!(d.detail.contains("audit mode"), "{}", d.detail);
+}

@@ -105,6 +105,8 @@ impl VerdictLedger for SqliteQueue {
 }
 
 const PIM_PK: &str = "pim";
+/// Below the Table service's 64 KiB per string property, with room for the entity's rest.
+const MAX_TABLE_ROW: usize = 60_000;
 
 /// Table row keys may not hold `/ \ # ?`: the key is written hex-encoded when it does.
 fn row_key(key: &str) -> String {
@@ -118,8 +120,22 @@ fn row_key(key: &str) -> String {
 #[async_trait]
 impl VerdictLedger for AzureJobs {
     async fn record(&self, v: &VerdictRecord) -> Result<VerdictRecord, StoreError> {
+        let mut text = serde_json::to_string(v)?;
+        // A Table property holds at most 64 KiB: long check explanations give way first, the
+        // outcome and reasons never.
+        if text.len() > MAX_TABLE_ROW {
+            let mut short = v.clone();
+            for c in &mut short.checks {
+                if let Value::Object(o) = c {
+                    o.retain(|k, _| {
+                        ["check", "kind", "verdict", "reason", "elapsed_ms"].contains(&k.as_str())
+                    });
+                }
+            }
+            text = serde_json::to_string(&short)?;
+        }
         let mut m = Map::new();
-        m.insert("row".into(), serde_json::to_string(v)?.into());
+        m.insert("row".into(), text.into());
         m.insert("outcome".into(), v.outcome.clone().into());
         let rk = row_key(&v.key);
         if self.waits.insert(PIM_PK, &rk, m).await? {
