@@ -282,10 +282,13 @@ pub async fn run(config: &Config) -> Vec<Check> {
         }
     };
 
-    // The permission resume needs.
+    // The permission resume needs, and the directory reads the policies' checks make.
     if let Some(claims) = graph_token {
         let graph = GraphClient::new(http.clone(), config.graph.clone(), creds.clone());
         out.push(resume_permission(config, &graph, &claims).await);
+        if let Some(c) = directory_permissions(config, &claims) {
+            out.push(c);
+        }
     }
 
     // Queue.
@@ -295,6 +298,144 @@ pub async fn run(config: &Config) -> Vec<Check> {
         out.extend(servicenow_checks(config, sn, &http, &creds).await);
     }
     out
+}
+
+/// One application permission of a set is enough; `what` says which checks need it.
+struct Need {
+    any_of: &'static [&'static str],
+    what: &'static str,
+    /// A catalog role can stand in (entitlement-management reads in the catalog it is on).
+    catalog_role_may_do: bool,
+}
+
+/// The Graph application permissions the configured policies' checks read with, against the
+/// `roles` of accessgate's Graph token. `None` when no check reads the directory.
+fn directory_permissions(config: &Config, claims: &serde_json::Value) -> Option<Check> {
+    let reads = std::iter::once(&config.policy)
+        .chain(config.extensions.iter().filter_map(|e| e.policy.as_ref()))
+        .map(crate::policy::Policy::graph_reads)
+        .fold(crate::policy::GraphReads::default(), |a, b| {
+            crate::policy::GraphReads {
+                needs: a.needs.union(b.needs),
+                categories: a.categories || b.categories,
+                directory_roles: a.directory_roles || b.directory_roles,
+            }
+        });
+    let mut needs = Vec::new();
+    if reads.needs.user {
+        needs.push(Need {
+            any_of: &["User.Read.All", "User.ReadWrite.All", "Directory.Read.All"],
+            what: "hr, sod and ticket checks (the user, manager, sponsors)",
+            catalog_role_may_do: false,
+        });
+        needs.push(Need {
+            any_of: &[
+                "User-LifeCycleInfo.Read.All",
+                "User-LifeCycleInfo.ReadWrite.All",
+            ],
+            what: "hr (employeeLeaveDateTime and the other lifecycle attributes)",
+            catalog_role_may_do: false,
+        });
+    }
+    if reads.needs.holdings {
+        needs.push(Need {
+            any_of: &[
+                "GroupMember.Read.All",
+                "Group.Read.All",
+                "Directory.Read.All",
+            ],
+            what: "sod (transitive group memberships)",
+            catalog_role_may_do: false,
+        });
+        needs.push(Need {
+            any_of: &["Directory.Read.All", "AppRoleAssignment.ReadWrite.All"],
+            what: "sod (app role assignments)",
+            catalog_role_may_do: false,
+        });
+        needs.push(Need {
+            any_of: &[
+                "EntitlementManagement.Read.All",
+                "EntitlementManagement.ReadWrite.All",
+            ],
+            what: "sod (assignments and pending requests)",
+            catalog_role_may_do: true,
+        });
+    }
+    if reads.needs.request {
+        needs.push(Need {
+            any_of: &[
+                "EntitlementManagement.Read.All",
+                "EntitlementManagement.ReadWrite.All",
+            ],
+            what: "ticket checks and ticket fields (the request's justification and answers)",
+            catalog_role_may_do: true,
+        });
+    }
+    if reads.categories {
+        needs.push(Need {
+            any_of: &[
+                "LifecycleWorkflows.Read.All",
+                "LifecycleWorkflows.ReadWrite.All",
+            ],
+            what: "Lifecycle Workflows rules with categories (the workflow's category)",
+            catalog_role_may_do: false,
+        });
+    }
+    if reads.directory_roles {
+        needs.push(Need {
+            any_of: &[
+                "RoleManagement.Read.Directory",
+                "RoleManagement.Read.All",
+                "Directory.Read.All",
+            ],
+            what: "sod in PIM rules (the directory roles already held)",
+            catalog_role_may_do: false,
+        });
+    }
+    if needs.is_empty() {
+        return None;
+    }
+    let held: Vec<&str> = claims["roles"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(serde_json::Value::as_str)
+        .collect();
+    let missing: Vec<&Need> = needs
+        .iter()
+        .filter(|n| !n.any_of.iter().any(|p| held.contains(p)))
+        .collect();
+    let name = "directory permissions";
+    if missing.is_empty() {
+        let mut used: Vec<&str> = needs
+            .iter()
+            .filter_map(|n| n.any_of.iter().find(|p| held.contains(p)).copied())
+            .collect();
+        used.sort_unstable();
+        used.dedup();
+        return Some(Check::pass(
+            name,
+            format!(
+                "the token holds what the policies' checks read with: {}",
+                used.join(", ")
+            ),
+        ));
+    }
+    let text = missing
+        .iter()
+        .map(|n| format!("{} for {}", n.any_of.join(" or "), n.what))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let fix = "grant the application permission (Entra ID > App registrations > API permissions > Microsoft Graph > Application permissions, then Grant admin consent; for a managed identity: New-MgServicePrincipalAppRoleAssignment)";
+    if missing.iter().all(|n| n.catalog_role_may_do) {
+        Some(Check::warn(
+            name,
+            format!("missing {text} (a catalog role covers reads in its own catalog only)"),
+            fix,
+        ))
+    } else {
+        Some(Check::fail(name, format!("missing {text}"), fix))
+    }
 }
 
 async fn servicenow_checks(

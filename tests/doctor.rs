@@ -195,3 +195,55 @@ async fn the_storage_queue_is_checked_too() {
     assert!(q.starts_with("PASS") && q.contains(&name), "{}", r.out);
     assert_eq!(r.code, Some(0), "{}", r.out);
 }
+
+/// The directory permissions the policy's checks read with, against the Graph token's roles.
+#[tokio::test]
+async fn the_policys_directory_reads_are_checked_against_the_tokens_permissions() {
+    let emu = start_emulator().await;
+    let e = emu.handle();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "version = 1\n[checks.hr]\ntype = \"hr\"\n[[rules]]\nname = \"all\"\nchecks = [\"hr\"]\n[[rules]]\nname = \"leavers\"\ncategories = [\"leaver\"]\ndecision = \"continue\"\n",
+    )
+    .unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &e,
+        &format!("[policy]\nfile = \"{}\"\n", policy.display()),
+    );
+    let env = vec![(
+        "ACCESSGATE_CREDENTIALS__CLIENT_SECRET".to_string(),
+        e.config().graph_client_secret.clone(),
+    )];
+    let run = |env: Vec<(String, String)>| {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || doctor(&cfg, &env))
+    };
+    let r = run(env.clone()).await.unwrap();
+    let l = line(&r, "directory permissions");
+    assert!(l.starts_with("PASS"), "{}", r.out);
+    assert!(
+        l.contains("User-LifeCycleInfo.Read.All") && l.contains("LifecycleWorkflows.Read.All"),
+        "{l}"
+    );
+    // Only the resume permission: the hr check and the category read would fail at run time.
+    e.set_grants(
+        &e.config().graph_client_id,
+        &Grants {
+            graph_permissions: Some(vec!["EntitlementManagement.ReadWrite.All".into()]),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let r = run(env).await.unwrap();
+    let l = line(&r, "directory permissions");
+    assert!(l.starts_with("FAIL"), "{}", r.out);
+    assert!(
+        l.contains("User-LifeCycleInfo.Read.All") && l.contains("LifecycleWorkflows.Read.All"),
+        "{l}"
+    );
+    assert!(r.out.contains("Grant admin consent"), "{}", r.out);
+    assert_eq!(r.code, Some(1));
+}

@@ -105,6 +105,16 @@ pub struct Decision {
     pub approval: Option<crate::approval::ApprovalStage>,
 }
 
+/// What a policy reads from Graph ([`Policy::graph_reads`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GraphReads {
+    pub needs: Needs,
+    /// A task rule keyed by workflow category.
+    pub categories: bool,
+    /// A PIM rule's separation of duties (the principal's directory roles).
+    pub directory_roles: bool,
+}
+
 /// Where a decision gets its facts, and when.
 pub struct DecideEnv<'a> {
     pub directory: &'a dyn Directory,
@@ -839,6 +849,45 @@ impl Policy {
 
     pub fn check_count(&self) -> usize {
         self.checks.len()
+    }
+
+    /// What the policy's rules will read from Graph (for `doctor`'s permission check): the
+    /// union of their checks' needs, whether a task rule reads workflow categories, and
+    /// whether a PIM rule's `sod` reads the principal's directory roles.
+    pub fn graph_reads(&self) -> GraphReads {
+        let needs_of = |ix: &[usize]| {
+            ix.iter()
+                .filter_map(|i| self.checks.get(*i))
+                .fold(Needs::default(), |n, e| n.union(e.check.needs()))
+        };
+        let mut r = GraphReads::default();
+        for rule in &self.rules {
+            let n = needs_of(&rule.checks);
+            r.needs = r.needs.union(if rule.tasks.is_some() {
+                Needs {
+                    request: false,
+                    ..n
+                }
+            } else {
+                n
+            });
+            r.categories |= rule
+                .tasks
+                .as_ref()
+                .is_some_and(|t| !t.categories.is_empty());
+        }
+        for (i, c) in self.checks.iter().enumerate() {
+            if self.pim_rules.iter().any(|p| p.uses_check(i)) {
+                let n = c.check.needs();
+                // A PIM verdict's request facts come from the activation itself.
+                r.needs = r.needs.union(Needs {
+                    request: false,
+                    ..n
+                });
+                r.directory_roles |= c.check.kind() == "sod";
+            }
+        }
+        r
     }
 
     /// Whether any configured check is of this type (e.g. to warn that its system is missing).
