@@ -236,6 +236,14 @@ async fn callouts_through_the_other_products_extension_or_caller_are_refused() {
         })
         .await;
     assert_eq!(r.status, Some(403), "{r:?}");
+    // The log line can trail the answer: wait for the second refusal's.
+    h.ag.wait_log("the caller's refusal", |l| {
+        l["reason"] == "callout_kind_mismatch"
+            && l["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("its caller"))
+    })
+    .await;
     let reasons: Vec<String> =
         h.ag.log_json()
             .iter()

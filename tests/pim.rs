@@ -340,6 +340,10 @@ async fn bad_tokens_and_bodies_are_refused_never_approved() {
         assert_eq!(r.status, Some(status), "{name}: {:?}", r.body);
     }
     // Every refusal is logged with its reason; no secret and no token in any line.
+    h.ag.wait_log("the last refusal", |l| {
+        l["message"] == "PIM call rejected" && l["reason"] == "unsupported_request"
+    })
+    .await;
     let reasons: Vec<String> =
         h.ag.log_json()
             .iter()

@@ -212,20 +212,7 @@ async fn bridge_story(
             report.status.map_or("no answer".into(), |s| s.to_string())
         );
         let link = format!("accessgate:{sid}");
-        let until = Instant::now() + Duration::from_secs(15);
-        let ticket = loop {
-            if let Some(t) = emu
-                .servicenow_tickets()
-                .into_iter()
-                .find(|t| t.correlation_id == link)
-            {
-                break Some(t);
-            }
-            if Instant::now() > until {
-                break None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let ticket = wait_ticket(emu, &link).await;
         let Some(ticket) = ticket else {
             failures.push(format!("bridge {who}: no ticket opened"));
             continue;
@@ -355,20 +342,7 @@ async fn lifecycle_story(
         );
         if wf == &leaver {
             let link = format!("accessgate:{result}");
-            let until = Instant::now() + Duration::from_secs(15);
-            let ticket = loop {
-                if let Some(t) = emu
-                    .servicenow_tickets()
-                    .into_iter()
-                    .find(|t| t.correlation_id == link)
-                {
-                    break Some(t);
-                }
-                if Instant::now() > until {
-                    break None;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            };
+            let ticket = wait_ticket(emu, &link).await;
             let Some(ticket) = ticket else {
                 failures.push(format!("lifecycle {who}: no offboarding ticket"));
                 continue;
@@ -531,6 +505,24 @@ async fn pim_story(
         }
     }
     Ok(())
+}
+
+/// The ServiceNow ticket linked to `link` (`accessgate:<id>`), within 15 s.
+async fn wait_ticket(emu: &Emulator, link: &str) -> Option<accessgate_emulator::TicketView> {
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(t) = emu
+            .servicenow_tickets()
+            .into_iter()
+            .find(|t| t.correlation_id == link)
+        {
+            return Some(t);
+        }
+        if Instant::now() > until {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn wait_ready(addr: SocketAddr, child: &mut Child) -> anyhow::Result<Duration> {

@@ -560,18 +560,8 @@ impl Authenticator {
         audiences: &[String],
         callers: &HashSet<String>,
     ) -> Result<VerifiedCaller, AuthError> {
-        match split_authorization(authorization)? {
-            (true, _) => Err(AuthError::UnsupportedScheme),
-            (false, token) => {
-                let rules = Rules {
-                    audiences,
-                    callers,
-                    match_object_id: false,
-                    v2_only: false,
-                };
-                self.verify_bearer(token, &rules, Scheme::Bearer).await
-            }
-        }
+        self.verify_bearer_for(authorization, audiences, callers, false)
+            .await
     }
 
     /// A PIM custom extension's bearer token: v2 only (`ver` 2.0, the tenant's v2 issuer),
@@ -582,6 +572,18 @@ impl Authenticator {
         audiences: &[String],
         callers: &HashSet<String>,
     ) -> Result<VerifiedCaller, AuthError> {
+        self.verify_bearer_for(authorization, audiences, callers, true)
+            .await
+    }
+
+    /// A bearer `Authorization` (never PoP) checked against a service's audiences and callers.
+    async fn verify_bearer_for(
+        &self,
+        authorization: Option<&[u8]>,
+        audiences: &[String],
+        callers: &HashSet<String>,
+        v2_only: bool,
+    ) -> Result<VerifiedCaller, AuthError> {
         match split_authorization(authorization)? {
             (true, _) => Err(AuthError::UnsupportedScheme),
             (false, token) => {
@@ -589,7 +591,7 @@ impl Authenticator {
                     audiences,
                     callers,
                     match_object_id: false,
-                    v2_only: true,
+                    v2_only,
                 };
                 self.verify_bearer(token, &rules, Scheme::Bearer).await
             }
