@@ -89,28 +89,52 @@ async fn servicenow_events(
 async fn pim_default(
     State(app): State<Arc<AppState>>,
     headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
+    body: Body,
 ) -> Response {
-    pim_verdict(&app, None, &headers, &body).await
+    pim_verdict(&app, None, &headers, body).await
 }
 
 async fn pim_named(
     State(app): State<Arc<AppState>>,
     axum::extract::Path(extension): axum::extract::Path<String>,
     headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
+    body: Body,
 ) -> Response {
-    pim_verdict(&app, Some(&extension), &headers, &body).await
+    pim_verdict(&app, Some(&extension), &headers, body).await
 }
 
-/// A PIM custom extension's synchronous verdict (`pim::service`).
+/// A PIM custom extension's synchronous verdict (`pim::service`). The body is read as the
+/// callout route reads it: at most `server.max_body_bytes`, within [`BODY_TIMEOUT`].
 async fn pim_verdict(
     app: &AppState,
     extension: Option<&str>,
     headers: &axum::http::HeaderMap,
-    body: &[u8],
+    body: Body,
 ) -> Response {
     let correlation_id = CorrelationId::from_http(headers);
+    let max = app.config.server.max_body_bytes;
+    let body = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, max)).await {
+        Err(_) => {
+            return crate::pim::service::PimAnswer::refusal(
+                408,
+                "request_timeout",
+                "the request body did not arrive in time",
+                correlation_id.as_str(),
+            )
+            .into_response(correlation_id.as_str());
+        }
+        Ok(Err(_)) => {
+            return crate::pim::service::PimAnswer::refusal(
+                413,
+                "body_too_large",
+                "body larger than the configured limit",
+                correlation_id.as_str(),
+            )
+            .into_response(correlation_id.as_str());
+        }
+        Ok(Ok(b)) => b,
+    };
+    let body = &body[..];
     let span = tracing::info_span!("pim", %correlation_id);
     let _enter = span.enter();
     let Some(pim) = &app.pim else {

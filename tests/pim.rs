@@ -335,9 +335,12 @@ async fn bad_tokens_and_bodies_are_refused_never_approved() {
         ("no principal", r##"{"@odata.type":"#microsoft.graph.unifiedRoleAssignmentScheduleRequest","roleDefinitionId":"62e90394-69f5-4237-9190-012177145e10"}"##.to_owned(), 400),
         ("unknown type", r##"{"@odata.type":"#microsoft.graph.user","principalId":"7a1e0000-0000-4000-8000-000000000001"}"##.to_owned(), 400),
         ("oversized", format!("{{\"pad\":\"{}\"}}", "x".repeat(1_100_000)), 413),
+        // Beyond what the route reads at all: the same JSON refusal, not a bare 413.
+        ("far too large", format!("{{\"pad\":\"{}\"}}", "x".repeat(3_000_000)), 413),
     ] {
         let r = send(&h, &PimSendOptions { body: Some(body), maximum_retries: Some(0), ..base.clone() }).await;
         assert_eq!(r.status, Some(status), "{name}: {:?}", r.body);
+        assert!(r.body.as_ref().is_some_and(|b| b["error"]["code"].is_string()), "{name}: {:?}", r.body);
     }
     // Every refusal is logged with its reason; no secret and no token in any line.
     h.ag.wait_log("the last refusal", |l| {

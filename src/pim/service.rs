@@ -57,6 +57,11 @@ impl PimAnswer {
         resp
     }
 
+    /// A refusal before the service sees the call (the host could not read the body).
+    pub fn refusal(status: u16, code: &str, message: &str, correlation_id: &str) -> PimAnswer {
+        refuse(status, code, message, correlation_id)
+    }
+
     /// The answer when `[pim]` is not configured.
     pub fn not_configured(correlation_id: &str) -> PimAnswer {
         refuse(
