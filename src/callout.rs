@@ -228,6 +228,20 @@ pub struct LifecycleTask {
 }
 
 impl LifecycleTask {
+    /// The workflow as texts name it: its display name, else its id.
+    pub fn workflow_shown(&self) -> String {
+        self.workflow_name
+            .clone()
+            .unwrap_or_else(|| self.workflow_id.to_string())
+    }
+
+    /// The task as texts name it: its display name, else its id.
+    pub fn task_shown(&self) -> String {
+        self.task_name
+            .clone()
+            .unwrap_or_else(|| self.task_id.to_string())
+    }
+
     /// The documented resume path (v1.0 and beta serve it).
     pub fn resume_path(&self) -> String {
         format!(

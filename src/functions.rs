@@ -108,6 +108,40 @@ fn objectish(v: &Value) -> Option<Value> {
     }
 }
 
+/// An HTTP trigger's invocation payload and the request in it (`Data.req`, an object or a
+/// JSON string holding one); `Null` where the host sent nothing readable.
+fn http_request(body: &[u8]) -> (Value, Value) {
+    let inv: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let req = get_ci(&inv, "Data")
+        .and_then(|d| get_ci(d, "req"))
+        .and_then(objectish)
+        .unwrap_or(Value::Null);
+    (inv, req)
+}
+
+/// The request's body as the host passed it (absent for a chunked client request).
+fn request_body(req: &Value) -> &[u8] {
+    get_ci(req, "Body")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .as_bytes()
+}
+
+/// The correlation id of a request the host passed: its `client-request-id`, if sane.
+fn correlation_of(headers: Option<&Value>) -> CorrelationId {
+    CorrelationId::from_client_request_id(
+        header(headers, "client-request-id").or_else(|| header(headers, "x-ms-client-request-id")),
+    )
+}
+
+/// Whether the host passed a header more than once (repeated headers come as an array).
+fn repeated(headers: Option<&Value>, name: &str) -> bool {
+    headers
+        .and_then(|h| get_ci(h, name))
+        .and_then(Value::as_array)
+        .is_some_and(|a| a.len() > 1)
+}
+
 /// First value of a header in the host's `Headers` (name → array of strings, or a string).
 fn header<'a>(headers: Option<&'a Value>, name: &str) -> Option<&'a str> {
     match get_ci(headers?, name)? {
@@ -118,15 +152,9 @@ fn header<'a>(headers: Option<&'a Value>, name: &str) -> Option<&'a str> {
 }
 
 async fn elm_callout(State(app): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
-    let inv: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let req = get_ci(&inv, "Data")
-        .and_then(|d| get_ci(d, "req"))
-        .and_then(objectish)
-        .unwrap_or(Value::Null);
+    let (_, req) = http_request(&body);
     let headers = get_ci(&req, "Headers");
-    let correlation_id = CorrelationId::from_client_request_id(
-        header(headers, "client-request-id").or_else(|| header(headers, "x-ms-client-request-id")),
-    );
+    let correlation_id = correlation_of(headers);
     let span = tracing::info_span!("callout", %correlation_id, host = "functions");
     async {
         let mut outputs = Map::new();
@@ -135,15 +163,12 @@ async fn elm_callout(State(app): State<Arc<AppState>>, body: axum::body::Bytes) 
         // host put in the payload.
         let call = CalloutHeaders {
             authorization: header(headers, "Authorization").map(str::as_bytes),
-            duplicate_authorization: headers
-                .and_then(|h| get_ci(h, "Authorization"))
-                .and_then(Value::as_array)
-                .is_some_and(|a| a.len() > 1),
+            duplicate_authorization: repeated(headers, "Authorization"),
             content_length: header(headers, "Content-Length").and_then(|v| v.parse().ok()),
         };
         let ireq = IntakeRequest {
             content_type: header(headers, "Content-Type"),
-            body: get_ci(&req, "Body").and_then(Value::as_str).unwrap_or("").as_bytes(),
+            body: request_body(&req),
             correlation_id: correlation_id.as_str(),
         };
         let max = app.config.server.max_body_bytes;
@@ -190,11 +215,7 @@ async fn elm_callout(State(app): State<Arc<AppState>>, body: axum::body::Bytes) 
 /// ServiceNow's close webhook as its own HTTP function (route `servicenow/events`): the same
 /// verification and answer as the standalone route.
 async fn servicenow_events(State(app): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
-    let inv: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let req = get_ci(&inv, "Data")
-        .and_then(|d| get_ci(d, "req"))
-        .and_then(objectish)
-        .unwrap_or(Value::Null);
+    let (_, req) = http_request(&body);
     let host_headers = get_ci(&req, "Headers");
     let mut headers = axum::http::HeaderMap::new();
     for name in [
@@ -240,15 +261,9 @@ async fn servicenow_events(State(app): State<Arc<AppState>>, body: axum::body::B
 /// A PIM custom extension's verdict as its own HTTP function (route `pim/{extension?}`): the
 /// same answer as the standalone routes, synchronous, in `res`.
 async fn pim_verdict(State(app): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
-    let inv: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let req = get_ci(&inv, "Data")
-        .and_then(|d| get_ci(d, "req"))
-        .and_then(objectish)
-        .unwrap_or(Value::Null);
+    let (inv, req) = http_request(&body);
     let headers = get_ci(&req, "Headers");
-    let correlation_id = CorrelationId::from_client_request_id(
-        header(headers, "client-request-id").or_else(|| header(headers, "x-ms-client-request-id")),
-    );
+    let correlation_id = correlation_of(headers);
     // The route parameter, from the request's `Params` (or the invocation's `Metadata`).
     let extension = get_ci(&req, "Params")
         .and_then(|p| get_ci(p, "extension"))
@@ -260,15 +275,9 @@ async fn pim_verdict(State(app): State<Arc<AppState>>, body: axum::body::Bytes) 
         Some(pim) => {
             let call = crate::pim::service::PimCall {
                 authorization: header(headers, "Authorization").map(str::as_bytes),
-                duplicate_authorization: headers
-                    .and_then(|h| get_ci(h, "Authorization"))
-                    .and_then(Value::as_array)
-                    .is_some_and(|a| a.len() > 1),
+                duplicate_authorization: repeated(headers, "Authorization"),
                 content_type: header(headers, "Content-Type"),
-                body: get_ci(&req, "Body")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .as_bytes(),
+                body: request_body(&req),
                 extension: extension.as_deref(),
                 correlation_id: correlation_id.as_str(),
             };

@@ -496,11 +496,7 @@ impl GraphClient {
                 workflow: c
                     .task
                     .as_deref()
-                    .map(|t| {
-                        t.workflow_name
-                            .clone()
-                            .unwrap_or_else(|| t.workflow_id.to_string())
-                    })
+                    .map(crate::callout::LifecycleTask::workflow_shown)
                     .unwrap_or_default(),
                 detail: text,
             }),

@@ -28,6 +28,15 @@ use crate::state::AppState;
 /// Entra gives up after 2 s; a body still arriving after 10 s is stuck or hostile.
 const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// A request body of at most `max` bytes within [`BODY_TIMEOUT`] (both POST routes).
+async fn read_body(body: Body, max: usize) -> Result<axum::body::Bytes, IntakeError> {
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, max)).await {
+        Err(_) => Err(IntakeError::Timeout),
+        Ok(Err(_)) => Err(IntakeError::TooLarge),
+        Ok(Ok(b)) => Ok(b),
+    }
+}
+
 /// The OpenAPI description of this surface, kept true by `tests/openapi.rs`.
 pub const OPENAPI: &str = include_str!("../openapi.json");
 
@@ -113,26 +122,18 @@ async fn pim_verdict(
 ) -> Response {
     let correlation_id = CorrelationId::from_http(headers);
     let max = app.config.server.max_body_bytes;
-    let body = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, max)).await {
-        Err(_) => {
+    let body = match read_body(body, max).await {
+        Ok(b) => b,
+        // The callout route's refusal, in the PIM route's answer.
+        Err(e) => {
             return crate::pim::service::PimAnswer::refusal(
-                408,
-                "request_timeout",
-                "the request body did not arrive in time",
+                e.status(),
+                e.code(),
+                &e.public_message(),
                 correlation_id.as_str(),
             )
             .into_response(correlation_id.as_str());
         }
-        Ok(Err(_)) => {
-            return crate::pim::service::PimAnswer::refusal(
-                413,
-                "body_too_large",
-                "body larger than the configured limit",
-                correlation_id.as_str(),
-            )
-            .into_response(correlation_id.as_str());
-        }
-        Ok(Ok(b)) => b,
     };
     let body = &body[..];
     let span = tracing::info_span!("pim", %correlation_id);
@@ -219,11 +220,9 @@ async fn elm_callout(
     body: Body,
 ) -> Result<Response, Refusal> {
     let max = app.config.server.max_body_bytes;
-    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, max)).await {
-        Err(_) => return Err(IntakeError::Timeout.refuse(&correlation_id)),
-        Ok(Err(_)) => return Err(IntakeError::TooLarge.refuse(&correlation_id)),
-        Ok(Ok(b)) => b,
-    };
+    let bytes = read_body(body, max)
+        .await
+        .map_err(|e| e.refuse(&correlation_id))?;
     let req = IntakeRequest {
         content_type: headers
             .get(header::CONTENT_TYPE)

@@ -24,32 +24,19 @@ fn world() -> World {
 /// accessgate with the fixture policy (or `policy` TOML), the emulator's ServiceNow, and the
 /// fixture world loaded.
 async fn start(policy: Option<&str>) -> Harness {
-    let dir = tempfile::tempdir().unwrap();
     let policy_path = match policy {
         None => fixtures().join("policy.toml"),
-        Some(text) => {
-            let p = dir.path().join("policy.toml");
-            std::fs::write(&p, text).unwrap();
-            p
-        }
+        Some(text) => policy_file(text),
     };
-    let h = Harness::start_env(
+    let h = Harness::start_with_servicenow(
+        &policy_path,
+        "decision_timeout_seconds = 20",
         "",
-        &format!(
-            "[policy]\nfile = \"{}\"\ndecision_timeout_seconds = 20\n[servicenow]\ninstance_url = \"@EMULATOR_URL@\"\nauth = \"basic\"\nusername = \"accessgate\"\n",
-            policy_path.display()
-        ),
-        vec![("ACCESSGATE_SERVICENOW__PASSWORD".into(), SN_PASSWORD.into())],
+        "",
+        SN_PASSWORD,
     )
     .await;
-    let emu = h.emu();
-    let mut creds = emu.servicenow_credentials();
-    creds.username = "accessgate".into();
-    creds.password = SN_PASSWORD.into();
-    emu.set_servicenow_credentials(&creds).unwrap();
-    emu.load_world(&world()).unwrap();
-    // The policy file must outlive this function; the harness keeps its own directory.
-    std::mem::forget(dir);
+    h.emu().load_world(&world()).unwrap();
     h
 }
 

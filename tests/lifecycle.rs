@@ -62,25 +62,15 @@ fn world() -> World {
 }
 
 async fn start(policy: &str) -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("policy.toml");
-    std::fs::write(&path, policy).unwrap();
-    let h = Harness::start_env(
+    let h = Harness::start_with_servicenow(
+        &policy_file(policy),
         "",
-        &format!(
-            "[policy]\nfile = \"{}\"\n[servicenow]\ninstance_url = \"@EMULATOR_URL@\"\nauth = \"basic\"\nusername = \"accessgate\"\npoll_interval_seconds = 1\n",
-            path.display()
-        ),
-        vec![("ACCESSGATE_SERVICENOW__PASSWORD".into(), SN_PASSWORD.into())],
+        "poll_interval_seconds = 1",
+        "",
+        SN_PASSWORD,
     )
     .await;
-    std::mem::forget(dir);
-    let emu = h.emu();
-    let mut creds = emu.servicenow_credentials();
-    creds.username = "accessgate".into();
-    creds.password = SN_PASSWORD.into();
-    emu.set_servicenow_credentials(&creds).unwrap();
-    emu.load_world(&world()).unwrap();
+    h.emu().load_world(&world()).unwrap();
     h
 }
 

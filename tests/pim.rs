@@ -112,26 +112,18 @@ fn world() -> World {
 }
 
 async fn start(pim_extra: &str) -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("policy.toml");
-    std::fs::write(&path, POLICY).unwrap();
     let client = accessgate_emulator::EmulatorConfig::default().graph_client_id;
-    let h = Harness::start_env(
+    let h = Harness::start_with_servicenow(
+        &policy_file(POLICY),
+        "",
         "",
         &format!(
-            "[policy]\nfile = \"{}\"\n[servicenow]\ninstance_url = \"@EMULATOR_URL@\"\nauth = \"basic\"\nusername = \"accessgate\"\n[pim]\naudiences = [\"api://accessgate.test/{client}\"]\nbudget_ms = 3000\n{pim_extra}\n",
-            path.display()
+            "[pim]\naudiences = [\"api://accessgate.test/{client}\"]\nbudget_ms = 3000\n{pim_extra}"
         ),
-        vec![("ACCESSGATE_SERVICENOW__PASSWORD".into(), SN_PASSWORD.into())],
+        SN_PASSWORD,
     )
     .await;
-    std::mem::forget(dir);
-    let emu = h.emu();
-    let mut creds = emu.servicenow_credentials();
-    creds.username = "accessgate".into();
-    creds.password = SN_PASSWORD.into();
-    emu.set_servicenow_credentials(&creds).unwrap();
-    emu.load_world(&world()).unwrap();
+    h.emu().load_world(&world()).unwrap();
     h
 }
 

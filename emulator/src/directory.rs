@@ -19,9 +19,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
 
-use crate::entra::{self, Caller};
-use crate::faults::{self, FaultTarget};
-use crate::graph::{auth_error, graph_error};
+use crate::entra::Caller;
+use crate::graph::{graph_caller, graph_error};
 use crate::state::{AppState, Inner, Shared};
 
 pub use accessgate_world::{
@@ -433,12 +432,9 @@ async fn http_get(
     query: HashMap<String, String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(resp) = faults::apply(&state, FaultTarget::Graph).await {
-        return resp;
-    }
-    let caller = match entra::verify_graph_token(&state, &headers) {
+    let caller = match graph_caller(&state, &headers).await {
         Ok(c) => c,
-        Err(e) => return auth_error(&e, &headers),
+        Err(resp) => return resp,
     };
     let inner = state.lock();
     let r = read(
@@ -460,12 +456,9 @@ async fn batch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(resp) = faults::apply(&state, FaultTarget::Graph).await {
-        return resp;
-    }
-    let caller = match entra::verify_graph_token(&state, &headers) {
+    let caller = match graph_caller(&state, &headers).await {
         Ok(c) => c,
-        Err(e) => return auth_error(&e, &headers),
+        Err(resp) => return resp,
     };
     let Ok(v) = serde_json::from_slice::<Value>(&body) else {
         return graph_error(

@@ -744,12 +744,9 @@ async fn role_assignments(
     headers: HeaderMap,
     version: &'static str,
 ) -> Response {
-    if let Some(resp) = faults::apply(&state, FaultTarget::Graph).await {
-        return resp;
-    }
-    let caller = match entra::verify_graph_token(&state, &headers) {
-        Ok(caller) => caller,
-        Err(err) => return auth_error(&err, &headers),
+    let caller = match graph_caller(&state, &headers).await {
+        Ok(c) => c,
+        Err(resp) => return resp,
     };
     let filter = query.get("$filter").map(String::as_str).unwrap_or("");
     let tokens: Vec<&str> = filter.split_whitespace().collect();
@@ -824,12 +821,9 @@ pub(crate) async fn get_request(
     headers: HeaderMap,
     version: &'static str,
 ) -> Response {
-    if let Some(resp) = faults::apply(&state, FaultTarget::Graph).await {
-        return resp;
-    }
-    let caller = match entra::verify_graph_token(&state, &headers) {
-        Ok(caller) => caller,
-        Err(err) => return auth_error(&err, &headers),
+    let caller = match graph_caller(&state, &headers).await {
+        Ok(c) => c,
+        Err(resp) => return resp,
     };
     let (status, body) = get_request_inner(&state, &id, &caller, version);
     if status.is_success() {
@@ -960,23 +954,45 @@ async fn resume(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let outcome = apply_resume(&mut inner, &id, parsed, version, &caller.client_id, prefer);
+    resume_answer(inner, outcome, &headers, &format!("request {id}"))
+}
+
+pub(crate) type Rejection = (StatusCode, &'static str, String);
+
+/// The caller of a Graph route: an injected fault first, then the token; `Err` is the answer.
+pub(crate) async fn graph_caller(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Caller, Response> {
+    if let Some(resp) = faults::apply(state, FaultTarget::Graph).await {
+        return Err(resp);
+    }
+    entra::verify_graph_token(state, headers).map_err(|e| auth_error(&e, headers))
+}
+
+/// A resume's answer once the request (or task) state has taken it: 204 and counted as
+/// accepted, or Graph's error and counted as rejected. `what` names the resumed object.
+pub(crate) fn resume_answer(
+    mut inner: std::sync::MutexGuard<'_, Inner>,
+    outcome: Result<(), Rejection>,
+    headers: &HeaderMap,
+    what: &str,
+) -> Response {
     match outcome {
         Ok(()) => {
             inner.stats.resume_accepted += 1;
             drop(inner);
-            tracing::info!(request_id = %id, "resume accepted");
+            tracing::info!(resumed = %what, "resume accepted");
             StatusCode::NO_CONTENT.into_response()
         }
         Err((status, code, message)) => {
             inner.stats.resume_rejected += 1;
             drop(inner);
-            tracing::info!(request_id = %id, %status, %message, "resume rejected");
-            graph_error(status, code, &message, &headers)
+            tracing::info!(resumed = %what, %status, %message, "resume rejected");
+            graph_error(status, code, &message, headers)
         }
     }
 }
-
-type Rejection = (StatusCode, &'static str, String);
 
 fn apply_resume(
     inner: &mut Inner,

@@ -30,7 +30,9 @@ use serde_json::{Map, Value, json};
 
 use crate::entra;
 use crate::faults::{self, FaultTarget};
-use crate::graph::{auth_error, graph_error, parse_iso_duration};
+use crate::graph::{
+    Rejection, auth_error, graph_caller, graph_error, parse_iso_duration, resume_answer,
+};
 use crate::state::{AppState, Inner, Shared};
 
 /// First-party app id of Lifecycle Workflows (the `appid` of its callout tokens).
@@ -230,8 +232,6 @@ fn check_data(data: &Map<String, Value>) -> Result<&'static str, String> {
     }
 }
 
-type Rejection = (StatusCode, &'static str, String);
-
 async fn resume(
     state: AppState,
     (workflow, task, id): (String, String, String),
@@ -266,20 +266,12 @@ async fn resume(
         &body,
         version,
     );
-    match outcome {
-        Ok(()) => {
-            inner.stats.resume_accepted += 1;
-            drop(inner);
-            tracing::info!(task_processing_result = %id, "task resume accepted");
-            StatusCode::NO_CONTENT.into_response()
-        }
-        Err((status, code, message)) => {
-            inner.stats.resume_rejected += 1;
-            drop(inner);
-            tracing::info!(task_processing_result = %id, %status, %message, "task resume rejected");
-            graph_error(status, code, &message, &headers)
-        }
-    }
+    resume_answer(
+        inner,
+        outcome,
+        &headers,
+        &format!("task processing result {id}"),
+    )
 }
 
 fn apply(
@@ -340,12 +332,9 @@ async fn get_result(
     (workflow, task, id): (String, String, String),
     headers: HeaderMap,
 ) -> Response {
-    if let Some(resp) = faults::apply(&state, FaultTarget::Graph).await {
-        return resp;
-    }
-    let caller = match entra::verify_graph_token(&state, &headers) {
+    let caller = match graph_caller(&state, &headers).await {
         Ok(c) => c,
-        Err(e) => return auth_error(&e, &headers),
+        Err(resp) => return resp,
     };
     if !caller
         .roles

@@ -572,7 +572,7 @@ impl SodRules {
             ("p:", requested.id.as_deref()),
             ("pn:", requested.display_name.as_deref()),
         ];
-        self.evaluate_keys(
+        self.evaluate_requested(
             &keys,
             requested_name,
             target_ids,
@@ -586,25 +586,6 @@ impl SodRules {
     /// activation requests a directory role (the entitlement `role:<role definition id>`) or a
     /// group's membership (`g:` the group id).
     pub fn evaluate_requested(
-        &self,
-        requested: &[(&str, Option<&str>)],
-        requested_name: String,
-        target_ids: &[&str],
-        holdings: &Holdings,
-        count_pending: bool,
-        now: jiff::Timestamp,
-    ) -> SodReport {
-        self.evaluate_keys(
-            requested,
-            requested_name,
-            target_ids,
-            holdings,
-            count_pending,
-            now,
-        )
-    }
-
-    fn evaluate_keys(
         &self,
         requested: &[(&str, Option<&str>)],
         requested_name: String,

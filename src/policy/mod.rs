@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::callout::{Callout, Named, Stage};
+use crate::callout::{Callout, LifecycleTask, Named, Stage};
 use crate::checks::sod::{PackageRef, RawException, RawFunction, RawRisk, SodRules};
 use crate::checks::{Check, CheckCtx, Finding, Verdict};
 use crate::directory::{Directory, Facts, Needs};
@@ -1123,7 +1123,8 @@ async fn run_check(e: &CheckEntry, ctx: &CheckCtx<'_>) -> Outcome {
     }
 }
 
-fn join_reasons(outcomes: &[Outcome], word: &str) -> String {
+/// The reasons of the checks whose verdict is `word`, each as `check: reason`.
+fn reasons_of(outcomes: &[Outcome], word: &str) -> Vec<String> {
     outcomes
         .iter()
         .filter(|o| o.finding.verdict.word() == word)
@@ -1133,8 +1134,11 @@ fn join_reasons(outcomes: &[Outcome], word: &str) -> String {
                 .reason()
                 .map(|r| format!("{}: {r}", o.check))
         })
-        .collect::<Vec<_>>()
-        .join("; ")
+        .collect()
+}
+
+fn join_reasons(outcomes: &[Outcome], word: &str) -> String {
+    reasons_of(outcomes, word).join("; ")
 }
 
 /// A placeholder's value.
@@ -1155,10 +1159,7 @@ fn value(
     match name {
         // A task has no access package: its workflow stands in, so texts read the same.
         "package" => match c.task.as_deref() {
-            Some(t) => t
-                .workflow_name
-                .clone()
-                .unwrap_or_else(|| t.workflow_id.to_string()),
+            Some(t) => t.workflow_shown(),
             None => shown(&c.access_package),
         },
         "catalog" => shown(&c.catalog),
@@ -1190,16 +1191,12 @@ fn value(
         "workflow" => c
             .task
             .as_deref()
-            .map(|t| {
-                t.workflow_name
-                    .clone()
-                    .unwrap_or_else(|| t.workflow_id.to_string())
-            })
+            .map(LifecycleTask::workflow_shown)
             .unwrap_or_default(),
         "task" => c
             .task
             .as_deref()
-            .map(|t| t.task_name.clone().unwrap_or_else(|| t.task_id.to_string()))
+            .map(LifecycleTask::task_shown)
             .unwrap_or_default(),
         _ => String::new(),
     }

@@ -9,7 +9,7 @@
 
 use serde::Deserialize;
 
-use super::{CheckEntry, Mode, Outcome, read, run_check};
+use super::{CheckEntry, Mode, Outcome, read, reasons_of, run_check};
 use crate::activation::{Activation, ActivationKind, EvaluationOutcome};
 use crate::callout::{Answers, Callout, Id, Named, Stage, Subject, WireShape};
 use crate::checks::{CheckCtx, Verdict};
@@ -253,19 +253,6 @@ fn callout_of(a: &Activation) -> Callout {
         raw: serde_json::Value::Null,
         verbatim: None,
     }
-}
-
-fn reasons_of(outcomes: &[Outcome], word: &str) -> Vec<String> {
-    outcomes
-        .iter()
-        .filter(|o| o.finding.verdict.word() == word)
-        .filter_map(|o| {
-            o.finding
-                .verdict
-                .reason()
-                .map(|r| format!("{}: {r}", o.check))
-        })
-        .collect()
 }
 
 impl super::Policy {

@@ -122,7 +122,44 @@ level = "info,accessgate=debug"
     path
 }
 
+/// Writes `text` as a policy file that outlives the caller (tests keep it for the run).
+pub fn policy_file(text: &str) -> PathBuf {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.toml");
+    std::fs::write(&path, text).unwrap();
+    std::mem::forget(dir);
+    path
+}
+
 impl Harness {
+    /// Emulator + accessgate serve with the policy at `policy` (`policy_extra`: more lines of
+    /// `[policy]`), `[servicenow]` on the emulator with Basic auth as `accessgate` and
+    /// `password` (given through the environment, and accepted by the emulator's ServiceNow),
+    /// `servicenow_extra` lines of it, and `extra` TOML after.
+    pub async fn start_with_servicenow(
+        policy: &Path,
+        policy_extra: &str,
+        servicenow_extra: &str,
+        extra: &str,
+        password: &str,
+    ) -> Harness {
+        let h = Self::start_env(
+            "",
+            &format!(
+                "[policy]\nfile = \"{}\"\n{policy_extra}\n[servicenow]\ninstance_url = \"@EMULATOR_URL@\"\nauth = \"basic\"\nusername = \"accessgate\"\n{servicenow_extra}\n{extra}\n",
+                policy.display()
+            ),
+            vec![("ACCESSGATE_SERVICENOW__PASSWORD".into(), password.into())],
+        )
+        .await;
+        let emu = h.emu();
+        let mut creds = emu.servicenow_credentials();
+        creds.username = "accessgate".into();
+        creds.password = password.into();
+        emu.set_servicenow_credentials(&creds).unwrap();
+        h
+    }
+
     /// Emulator + accessgate serve (direct mode, PoP) with `extra` TOML appended to the config.
     pub async fn start(extra: &str) -> Harness {
         Self::start_with("", extra).await
