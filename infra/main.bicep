@@ -80,4 +80,5 @@ output ACCESSGATE_KEY_VAULT_URL string = app.outputs.keyVaultUrl
 output ACCESSGATE_INGRESS_MODE string = ingressMode
 output ACCESSGATE_LOGIC_APP_RESOURCE_ID string = app.outputs.logicAppResourceId
 output ACCESSGATE_LOGIC_APP_NAME string = app.outputs.logicAppName
+output ACCESSGATE_LOGIC_APP_URL string = app.outputs.logicAppUrl
 output ACCESSGATE_SUBSCRIPTION_ID string = subscription().subscriptionId

@@ -1,5 +1,5 @@
 //! The command line: `serve` (default), `functions`, `check-config`, `doctor`, `explain`,
-//! `policy check|test`, `jobs list|show|retry|waiting|wake`.
+//! `policy check|test`, `jobs list|show|retry|waiting|wake`, `tickets`, `setup`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +40,10 @@ enum Command {
     /// Check the whole path to a resume (identity host, managed identity, Key Vault, Graph
     /// token and permission, queue) and print a pass/fail report with fixes.
     Doctor,
+    /// Create or update the custom extensions a setup file names (docs/setup.md) through Graph,
+    /// add them to assignment policies, give accessgate's identity its catalog role and write
+    /// the matching [extensions.NAME]. Prints the plan as a diff first; --plan stops there.
+    Setup(SetupArgs),
     /// Decide one callout offline against a world file (docs/world-format.md) and print every
     /// check's reasoning, the decision and the detail text approvers would see.
     Explain(ExplainArgs),
@@ -75,6 +79,31 @@ enum TicketsAction {
     },
     /// One ticket, by stage instance id, sys_id or number, as JSON.
     Show { id: String },
+}
+
+#[derive(clap::Args)]
+struct SetupArgs {
+    /// The setup file (TOML, docs/setup.md).
+    #[arg(long, short = 'f', default_value = "setup.toml")]
+    file: PathBuf,
+    /// Print what would be created or changed, and change nothing.
+    #[arg(long)]
+    plan: bool,
+    /// Sign in as a user with the device-code flow (needed for PIM) instead of app-only with
+    /// the configuration's [credentials].
+    #[arg(long)]
+    device_code: bool,
+    /// The public client the device-code sign-in uses (default: Microsoft Graph Command Line
+    /// Tools).
+    #[arg(long, default_value = crate::setup::DEFAULT_PUBLIC_CLIENT)]
+    client_id: String,
+    /// infra's outputs: `azd env get-values > outputs.env` (ACCESSGATE_* values in the
+    /// environment are read too).
+    #[arg(long)]
+    outputs: Option<PathBuf>,
+    /// The configuration file to write [extensions.NAME] into (default: --config's file).
+    #[arg(long)]
+    write_config: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -149,6 +178,7 @@ pub fn main() -> ExitCode {
         Command::Jobs { action } => jobs(cli.config, action),
         Command::Tickets { action } => tickets(cli.config, action),
         Command::Explain(args) => explain(cli.config, args),
+        Command::Setup(args) => setup(cli.config, args),
         Command::Policy {
             action: PolicyAction::Check { file },
         } => policy_check(&file),
@@ -200,6 +230,27 @@ fn doctor(path: Option<PathBuf>) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+fn setup(path: Option<PathBuf>, args: SetupArgs) -> ExitCode {
+    let write_config = args.write_config.or_else(|| path.clone());
+    let cfg = match load_or_report(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rt = match runtime(tokio::runtime::Builder::new_current_thread()) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let opts = crate::setup::Options {
+        file: args.file,
+        plan_only: args.plan,
+        device_code: args.device_code,
+        client_id: args.client_id,
+        outputs: args.outputs,
+        write_config,
+    };
+    rt.block_on(crate::setup::run(&cfg, &opts))
 }
 
 fn run(path: Option<PathBuf>, functions_port: Option<u16>) -> ExitCode {

@@ -34,6 +34,7 @@ pub mod queue;
 pub mod resilience;
 pub mod secret;
 pub mod settings;
+pub mod setup;
 pub mod state;
 pub mod strict_json;
 pub mod telemetry;

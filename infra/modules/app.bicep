@@ -109,3 +109,4 @@ output principalId string = function.outputs.principalId
 output keyVaultUrl string = vault.outputs.uri
 output logicAppResourceId string = relay.outputs.id
 output logicAppName string = relay.outputs.name
+output logicAppUrl string = relay.outputs.triggerUrl

@@ -86,3 +86,7 @@ resource relay 'Microsoft.Logic/workflows@2019-05-01' = {
 output id string = relay.id
 output name string = relay.name
 output principalId string = relay.identity.principalId
+// The trigger's URL without its SAS signature (basePath + api-version): what the extension's
+// logicAppTriggerEndpointConfiguration.url names (Entra signs with PoP; SAS is disabled above).
+#disable-next-line outputs-should-not-contain-secrets // basePath carries no signature
+output triggerUrl string = '${listCallbackUrl('${relay.id}/triggers/manual', '2019-05-01').basePath}?api-version=2016-10-01'

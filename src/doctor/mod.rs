@@ -12,6 +12,8 @@ use crate::credentials::{CredentialMode, SignWith};
 use crate::graph::GraphClient;
 use crate::queue::Settings as QueueSettings;
 
+mod extensions;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Pass,
@@ -289,6 +291,8 @@ pub async fn run(config: &Config) -> Vec<Check> {
         if let Some(c) = directory_permissions(config, &claims) {
             out.push(c);
         }
+        // The extensions as Entra holds them, against [extensions.NAME].
+        out.extend(extensions::checks(config, &graph).await);
     }
 
     // Queue.

@@ -1,0 +1,262 @@
+//! `accessgate setup`: creates or updates, through Graph, the custom extensions a setup file
+//! names (entitlement management, Lifecycle Workflows, PIM), adds the entitlement-management
+//! one to assignment policies' stages, gives accessgate's identity its catalog role, and writes
+//! the matching configuration. `--plan` prints the diff and stops; a run without it prints the
+//! same diff and applies it. A second run finds nothing to change.
+
+pub mod config_file;
+pub mod graph_admin;
+pub mod plan;
+pub mod spec;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::credentials::Audience;
+use graph_admin::{AdminGraph, SetupError};
+use plan::{Action, NEW_EXTENSION_ID, Plan};
+use spec::Spec;
+
+/// Microsoft Graph Command Line Tools: the public client Graph PowerShell signs in with, so
+/// device-code sign-in needs no app registration of ours.
+pub const DEFAULT_PUBLIC_CLIENT: &str = "14d82eec-204b-4c2f-b7e8-296a70dab67e";
+
+pub struct Options {
+    pub file: PathBuf,
+    pub plan_only: bool,
+    pub device_code: bool,
+    pub client_id: String,
+    pub outputs: Option<PathBuf>,
+    pub write_config: Option<PathBuf>,
+}
+
+/// Infra's outputs: the `--outputs` file (`azd env get-values > file`, or azd's `.env`), then
+/// the environment (azd exports them to hooks) for what the file leaves out.
+fn outputs(opts: &Options) -> Result<BTreeMap<String, String>, SetupError> {
+    let mut out: BTreeMap<String, String> = spec::OUTPUT_KEYS
+        .iter()
+        .filter_map(|(_, k)| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
+        .collect();
+    if let Some(path) = &opts.outputs {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            SetupError::Input(format!("cannot read --outputs {}: {e}", path.display()))
+        })?;
+        out.extend(spec::read_outputs(&text));
+    }
+    Ok(out)
+}
+
+/// The delegated scopes a signed-in user needs for what the setup file names.
+fn scopes(spec: &Spec, graph_resource: &str) -> Vec<String> {
+    let mut s = Vec::new();
+    if spec.elm.is_some() {
+        s.push("EntitlementManagement.ReadWrite.All");
+    }
+    if spec.lcw.is_some() {
+        s.push("LifecycleWorkflows-CustomExt.ReadWrite.All");
+    }
+    if spec.pim.is_some() {
+        s.push("PrivilegedAccess-CustomExt.ReadWrite.All");
+    }
+    s.into_iter()
+        .map(|p| format!("{graph_resource}/{p}"))
+        .collect()
+}
+
+async fn sign_in(config: &Config, spec: &Spec, opts: &Options) -> Result<AdminGraph, SetupError> {
+    let http = crate::app::http_client().map_err(|e| SetupError::Config(e.to_string()))?;
+    let resource = config
+        .graph
+        .scope
+        .trim_end_matches(".default")
+        .trim_end_matches('/')
+        .to_owned();
+    let token = if opts.device_code {
+        graph_admin::device_code_token(
+            &http,
+            &config.identity.authority,
+            &config.identity.tenant_id.to_string(),
+            &opts.client_id,
+            &scopes(spec, &resource),
+        )
+        .await?
+    } else {
+        let creds = crate::app::credentials_for(config, &http);
+        creds
+            .fetch(Audience::Graph)
+            .await
+            .map_err(|e| {
+                SetupError::SignIn(format!(
+                    "{e} (setup runs app-only with [credentials] of the configuration; or run with --device-code to sign in as an administrator)"
+                ))
+            })?
+            .token
+    };
+    Ok(AdminGraph::new(http, config.graph.base_url.clone(), token))
+}
+
+/// Prints the plan as a diff; returns whether anything would change.
+pub fn print_plan(plan: &Plan) -> bool {
+    for u in &plan.unchanged {
+        println!("= {u}");
+    }
+    for s in &plan.steps {
+        println!("{} {}", s.sign, s.title);
+        for l in &s.lines {
+            println!("    {l}");
+        }
+    }
+    for n in &plan.notes {
+        println!("note: {n}");
+    }
+    let creates = plan.steps.iter().filter(|s| s.sign == '+').count();
+    let changes = plan.steps.len() - creates;
+    if plan.steps.is_empty() {
+        println!("Nothing to change.");
+        false
+    } else {
+        println!("Plan: {creates} to create, {changes} to change.");
+        true
+    }
+}
+
+/// Replaces the planned placeholder with the id the create answered.
+fn fill_new_id(v: &mut Value, id: &str) {
+    match v {
+        Value::String(s) if s == NEW_EXTENSION_ID => *s = id.to_owned(),
+        Value::Array(a) => a.iter_mut().for_each(|x| fill_new_id(x, id)),
+        Value::Object(m) => m.values_mut().for_each(|x| fill_new_id(x, id)),
+        _ => {}
+    }
+}
+
+/// Creating fails on what Graph checks and the plan could not see (the Logic App, the URL).
+fn create_fix(status: u16, _code: &str, message: &str) -> Option<String> {
+    let m = message.to_ascii_lowercase();
+    if status == 400 && m.contains("logic app") {
+        Some("the Logic App named by deployment.logic_app_resource_id (azd output ACCESSGATE_LOGIC_APP_RESOURCE_ID) does not exist or is in another subscription: run azd up, or fix the id".into())
+    } else if status == 409 {
+        Some("an object of that name already exists where setup did not see it: run setup again (it will update it)".into())
+    } else {
+        None
+    }
+}
+
+async fn apply(g: &AdminGraph, plan: Plan) -> Result<usize, (usize, SetupError)> {
+    let mut new_id: Option<String> = None;
+    let mut done = 0;
+    for step in plan.steps {
+        println!("{} {} ...", step.sign, step.title);
+        let result = match step.action {
+            Action::Create {
+                path,
+                body,
+                remember_as_new_extension,
+            } => g
+                .expect(
+                    reqwest::Method::POST,
+                    &path,
+                    Some(&body),
+                    &step.title,
+                    create_fix,
+                )
+                .await
+                .map(|created| {
+                    if remember_as_new_extension {
+                        new_id = created["id"].as_str().map(str::to_owned);
+                    }
+                }),
+            Action::Patch { path, body } => g
+                .expect(
+                    reqwest::Method::PATCH,
+                    &path,
+                    Some(&body),
+                    &step.title,
+                    create_fix,
+                )
+                .await
+                .map(drop),
+            Action::PutPolicy { path, mut body } => {
+                if let Some(id) = &new_id {
+                    fill_new_id(&mut body, id);
+                }
+                g.expect(reqwest::Method::PUT, &path, Some(&body), &step.title, |s, _, m| {
+                    (s == 400).then(|| format!("Graph refused the policy update ({m}): check the stage and that the extension is in the package's catalog"))
+                })
+                .await
+                .map(drop)
+            }
+            Action::WriteConfig { path, text } => {
+                let tmp = path.with_extension("toml.setup-tmp");
+                std::fs::write(&tmp, text)
+                    .and_then(|()| std::fs::rename(&tmp, &path))
+                    .map_err(|e| {
+                        SetupError::Config(format!("cannot write {}: {e}", path.display()))
+                    })
+            }
+        };
+        match result {
+            Ok(()) => {
+                println!("  done");
+                done += 1;
+            }
+            Err(e) => return Err((done, e)),
+        }
+    }
+    Ok(done)
+}
+
+/// Runs setup; the exit code is 0 when the tenant is (or now is) as the file says.
+pub async fn run(config: &Config, opts: &Options) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let spec = match outputs(opts)
+        .and_then(|o| Spec::load(&opts.file, &o).map_err(|e| SetupError::Input(e.to_string())))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("accessgate setup: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let g = match sign_in(config, &spec, opts).await {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("accessgate setup: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("accessgate setup as {}", g.caller.describe());
+    let plan = match plan::plan(&g, &spec, opts.write_config.as_deref()).await {
+        Ok(p) => p,
+        Err(problems) => {
+            eprintln!(
+                "accessgate setup: {} problem(s); nothing was changed:",
+                problems.len()
+            );
+            for p in problems {
+                eprintln!("  - {p}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    if !print_plan(&plan) || opts.plan_only {
+        return ExitCode::SUCCESS;
+    }
+    let total = plan.steps.len();
+    match apply(&g, plan).await {
+        Ok(n) => {
+            println!("Applied {n} of {total} step(s).");
+            ExitCode::SUCCESS
+        }
+        Err((done, e)) => {
+            eprintln!("accessgate setup: {e}");
+            eprintln!(
+                "  {done} of {total} step(s) were applied before this one; fix the cause and run setup again: applied steps show as unchanged"
+            );
+            ExitCode::FAILURE
+        }
+    }
+}

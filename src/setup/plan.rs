@@ -1,0 +1,1032 @@
+//! What `accessgate setup` would change: reads the tenant (catalog, access packages, their
+//! policies, the extensions, accessgate's catalog roles), compares it with the setup file and
+//! returns the steps, in an order that can be re-run: extensions first (nothing refers to
+//! them yet), then the catalog role, then the policies that name the extension, then the
+//! configuration file. Every problem found while reading is reported before anything is
+//! written.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use super::config_file::{self, Desired};
+use super::graph_admin::{AdminGraph, SetupError};
+use super::spec::{ElmSpec, LcwSpec, Link, LogicApp, PimSpec, Ref, Spec};
+use crate::auth::IngressMode;
+
+/// Role definition id of "Access package assignment manager": the least catalog role that
+/// may resume requests (protocol.md §3.6).
+pub const ASSIGNMENT_MANAGER: (&str, &str) = (
+    "Access package assignment manager",
+    "e2182095-804a-4656-ae11-64734e9b7ae5",
+);
+/// Catalog roles that include resume: holding one of them is enough.
+const RESUME_ROLE_IDS: [(&str, &str); 3] = [
+    ASSIGNMENT_MANAGER,
+    (
+        "Access package manager",
+        "7f480852-ebdc-47d4-87de-0d8498384a83",
+    ),
+    ("Catalog owner", "ae79f266-94d4-4dab-b730-feca7e132178"),
+];
+const CATALOG_OWNER_ID: &str = "ae79f266-94d4-4dab-b730-feca7e132178";
+
+/// Stands for the id of the extension this run creates, in policy bodies planned before it
+/// exists; replaced when the step is applied.
+pub const NEW_EXTENSION_ID: &str = "(the extension this run creates)";
+
+const EM: &str = "/v1.0/identityGovernance/entitlementManagement";
+const LCW_EXTENSIONS: &str = "/v1.0/identityGovernance/lifecycleWorkflows/customTaskExtensions";
+const PIM_EXTENSIONS: &str = "/beta/identityGovernance/privilegedAccess/customExtensions";
+
+/// One Graph write or file write.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// POST to a collection; `remember_as_new_extension`: its id fills [`NEW_EXTENSION_ID`].
+    Create {
+        path: String,
+        body: Value,
+        remember_as_new_extension: bool,
+    },
+    Patch {
+        path: String,
+        body: Value,
+    },
+    /// PUT of a whole assignment policy (the only way v1.0 updates its stage settings).
+    PutPolicy {
+        path: String,
+        body: Value,
+    },
+    WriteConfig {
+        path: PathBuf,
+        text: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// `+` create, `~` change.
+    pub sign: char,
+    pub title: String,
+    /// The diff: `+ key: value`, `- key: value`, `~ key: old -> new`.
+    pub lines: Vec<String>,
+    pub action: Action,
+}
+
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+    /// What already is as the setup file says.
+    pub unchanged: Vec<String>,
+    /// Things worth knowing that change nothing.
+    pub notes: Vec<String>,
+}
+
+/// Percent-encodes a query value (RFC 3986 unreserved characters stay).
+fn enc(v: &str) -> String {
+    v.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// An OData string literal (quotes doubled).
+fn lit(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "''"))
+}
+
+fn query(path: &str, params: &[(&str, &str)]) -> String {
+    let q: Vec<String> = params
+        .iter()
+        .map(|(k, v)| format!("{k}={}", enc(v)))
+        .collect();
+    format!("{path}?{}", q.join("&"))
+}
+
+fn s(v: &Value, k: &str) -> String {
+    v[k].as_str().unwrap_or_default().to_owned()
+}
+
+fn no_fix(_: u16, _: &str, _: &str) -> Option<String> {
+    None
+}
+
+/// `@odata.type` values compare without the leading `#` and case.
+fn same_type(a: &str, b: &str) -> bool {
+    a.trim_start_matches('#')
+        .eq_ignore_ascii_case(b.trim_start_matches('#'))
+}
+
+fn same_value(key: &str, current: &Value, desired: &Value) -> bool {
+    match (current, desired) {
+        (Value::String(c), Value::String(d)) if key == "@odata.type" => same_type(c, d),
+        (Value::String(c), Value::String(d)) if key.ends_with("Duration") => {
+            crate::callout::parse_iso_duration(c) == crate::callout::parse_iso_duration(d)
+        }
+        (Value::String(c), Value::String(d)) if key == "subscriptionId" => {
+            c.eq_ignore_ascii_case(d)
+        }
+        (Value::Object(_), Value::Object(_)) => differences("", current, desired).is_empty(),
+        _ => current == desired,
+    }
+}
+
+/// The fields of `desired` that `current` does not hold (nested objects by their path).
+fn differences(at: &str, current: &Value, desired: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(d) = desired.as_object() else {
+        return out;
+    };
+    for (k, dv) in d {
+        let cv = &current[k];
+        let path = if at.is_empty() {
+            k.clone()
+        } else {
+            format!("{at}.{k}")
+        };
+        if dv.is_object() && cv.is_object() {
+            // A changed type replaces the whole object.
+            if !same_value("@odata.type", &cv["@odata.type"], &dv["@odata.type"])
+                && dv.get("@odata.type").is_some()
+            {
+                out.push(format!("~ {path}: {} -> {}", short(cv), short(dv)));
+            } else {
+                out.extend(differences(&path, cv, dv));
+            }
+        } else if !same_value(k, cv, dv) {
+            if cv.is_null() {
+                out.push(format!("+ {path}: {}", short(dv)));
+            } else {
+                out.push(format!("~ {path}: {} -> {}", short(cv), short(dv)));
+            }
+        }
+    }
+    out
+}
+
+fn short(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("{s:?}"),
+        Value::Object(m) => m
+            .get("@odata.type")
+            .and_then(Value::as_str)
+            .map_or_else(|| v.to_string(), |t| t.trim_start_matches('#').to_owned()),
+        other => other.to_string(),
+    }
+}
+
+/// A PATCH body: the type plus every top-level property that differs.
+fn patch_body(current: &Value, desired: &Value) -> Value {
+    let mut body = serde_json::Map::new();
+    if let Some(t) = desired.get("@odata.type") {
+        body.insert("@odata.type".into(), t.clone());
+    }
+    if let Some(d) = desired.as_object() {
+        for (k, dv) in d {
+            if k != "@odata.type" && k != "id" && !same_value(k, &current[k], dv) {
+                body.insert(k.clone(), dv.clone());
+            }
+        }
+    }
+    Value::Object(body)
+}
+
+/// The diff lines of a create: every property, one per line.
+fn created_lines(at: &str, v: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(m) = v.as_object() {
+        for (k, dv) in m {
+            if k == "@odata.type" && !at.is_empty() {
+                continue;
+            }
+            let path = if at.is_empty() {
+                k.clone()
+            } else {
+                format!("{at}.{k}")
+            };
+            if dv.is_object() {
+                out.push(format!("+ {path}: {}", short(dv)));
+                out.extend(created_lines(&path, dv));
+            } else {
+                out.push(format!("+ {path}: {}", short(dv)));
+            }
+        }
+    }
+    out
+}
+
+fn logic_app_endpoint(la: &LogicApp, url: Option<&str>) -> Value {
+    let mut e = json!({
+        "@odata.type": "#microsoft.graph.logicAppTriggerEndpointConfiguration",
+        "subscriptionId": la.subscription_id,
+        "resourceGroupName": la.resource_group,
+        "logicAppWorkflowName": la.name,
+    });
+    if let Some(u) = url {
+        e["url"] = json!(u);
+    }
+    e
+}
+
+/// The extension as the setup file wants it (schema names: `timeoutDuration`, not the docs'
+/// `durationBeforeTimeout`; no `value` wrapper).
+pub fn elm_body(e: &ElmSpec, spec: &Spec) -> Value {
+    let d = &spec.deployment;
+    let url = match d.mode {
+        IngressMode::Relay => d.logic_app_url.clone(),
+        IngressMode::Direct => d.url.as_ref().map(|u| u.join("/api/elm")),
+    };
+    let la = d.logic_app.clone().unwrap_or_else(|| LogicApp {
+        resource_id: String::new(),
+        subscription_id: String::new(),
+        resource_group: String::new(),
+        name: String::new(),
+    });
+    json!({
+        "@odata.type": "#microsoft.graph.accessPackageAssignmentRequestWorkflowExtension",
+        "displayName": e.display_name,
+        "description": e.description,
+        "endpointConfiguration": logic_app_endpoint(&la, url.as_deref()),
+        "authenticationConfiguration": {
+            "@odata.type": "#microsoft.graph.azureAdPopTokenAuthentication"
+        },
+        "callbackConfiguration": {
+            "@odata.type": "#microsoft.graph.customExtensionCallbackConfiguration",
+            "timeoutDuration": e.callback_timeout.0,
+        }
+    })
+}
+
+pub fn lcw_body(l: &LcwSpec, spec: &Spec) -> Value {
+    let url = l
+        .logic_app_url
+        .clone()
+        .or_else(|| match spec.deployment.mode {
+            IngressMode::Direct => spec.deployment.url.as_ref().map(|u| u.join("/api/elm")),
+            IngressMode::Relay => None,
+        });
+    json!({
+        "@odata.type": "#microsoft.graph.identityGovernance.customTaskExtension",
+        "displayName": l.display_name,
+        "description": l.description,
+        "endpointConfiguration": logic_app_endpoint(&l.logic_app, url.as_deref()),
+        "authenticationConfiguration": {
+            "@odata.type": "#microsoft.graph.azureAdPopTokenAuthentication"
+        },
+        "clientConfiguration": {
+            "@odata.type": "#microsoft.graph.customExtensionClientConfiguration",
+            "maximumRetries": 1,
+            "timeoutInMilliseconds": 2000
+        },
+        "callbackConfiguration": {
+            "@odata.type": "#microsoft.graph.identityGovernance.customTaskExtensionCallbackConfiguration",
+            "timeoutDuration": l.callback_timeout.0,
+        }
+    })
+}
+
+pub fn pim_body(p: &PimSpec, spec: &Spec) -> Value {
+    let target = spec
+        .deployment
+        .url
+        .as_ref()
+        .map(|u| u.join(&format!("/api/pim/{}", p.name)))
+        .unwrap_or_default();
+    let mut v = json!({
+        "@odata.type": "#microsoft.graph.roleManagementCustomCalloutExtension",
+        "displayName": p.display_name,
+        "description": p.description,
+        "endpointConfiguration": {
+            "@odata.type": "#microsoft.graph.httpRequestEndpoint",
+            "targetUrl": target
+        },
+        "authenticationConfiguration": {
+            "@odata.type": "#microsoft.graph.azureAdTokenAuthentication",
+            "resourceId": p.audience
+        },
+        "clientConfiguration": {
+            "@odata.type": "#microsoft.graph.customExtensionClientConfiguration",
+            "timeoutInMilliseconds": p.timeout_ms,
+            "maximumRetries": p.maximum_retries
+        },
+        "resourceType": p.resource_type,
+    });
+    if p.post_approval {
+        v["type"] = json!("postApproval");
+    }
+    v
+}
+
+/// The permissions each part needs, checked against the token before anything is read, so a
+/// missing one is named with its fix instead of surfacing as a 403 halfway.
+fn permission_problems(g: &AdminGraph, spec: &Spec, catalog_owner: bool) -> Vec<SetupError> {
+    let c = &g.caller;
+    let who = c.describe();
+    let mut out = Vec::new();
+    if spec.elm.is_some() && !c.holds(&["EntitlementManagement.ReadWrite.All"]) && !catalog_owner {
+        out.push(SetupError::Input(format!(
+            "{who} may not create entitlement-management extensions or update assignment policies: grant EntitlementManagement.ReadWrite.All ({}), or make it Catalog owner of the catalog",
+            if c.delegated() {
+                "consent to the delegated scope; the user also needs Identity Governance Administrator"
+            } else {
+                "application permission with admin consent"
+            }
+        )));
+    }
+    if spec.lcw.is_some()
+        && !c.holds(&[
+            "LifecycleWorkflows-CustomExt.ReadWrite.All",
+            "LifecycleWorkflows.ReadWrite.All",
+        ])
+    {
+        out.push(SetupError::Input(format!(
+            "{who} may not create custom task extensions: grant LifecycleWorkflows-CustomExt.ReadWrite.All (least privilege; LifecycleWorkflows.ReadWrite.All also works)"
+        )));
+    }
+    if spec.pim.is_some() {
+        if !c.delegated() {
+            out.push(SetupError::Input(
+                "PIM custom extensions can only be created by a signed-in user (Graph offers no application permission): run setup with --device-code as a Privileged Role Administrator".into(),
+            ));
+        } else if !c.holds(&["PrivilegedAccess-CustomExt.ReadWrite.All"]) {
+            out.push(SetupError::Input(format!(
+                "{who} did not consent to PrivilegedAccess-CustomExt.ReadWrite.All: sign in again and accept it (an administrator may have to grant consent for the tenant)"
+            )));
+        }
+    }
+    out
+}
+
+/// Entitlement-management role assignments of a principal on one catalog: role definition ids.
+async fn catalog_roles(
+    g: &AdminGraph,
+    principal: &str,
+    catalog_id: &str,
+) -> Result<Vec<String>, SetupError> {
+    let filter = format!(
+        "principalId eq {} and appScopeId eq {}",
+        lit(principal),
+        lit(&format!("/AccessPackageCatalog/{catalog_id}"))
+    );
+    let list = g
+        .list(
+            &query(
+                "/v1.0/roleManagement/entitlementManagement/roleAssignments",
+                &[("$filter", &filter)],
+            ),
+            "reading catalog role assignments",
+            no_fix,
+        )
+        .await?;
+    Ok(list
+        .iter()
+        .filter(|a| {
+            s(a, "appScopeId").eq_ignore_ascii_case(&format!("/AccessPackageCatalog/{catalog_id}"))
+        })
+        .map(|a| s(a, "roleDefinitionId").to_ascii_lowercase())
+        .collect())
+}
+
+async fn find_catalog(g: &AdminGraph, r: &Ref) -> Result<Value, SetupError> {
+    let what = format!("finding catalog {r}");
+    let fix = |status: u16, _: &str, _: &str| {
+        (status == 404).then(|| {
+            "name an existing catalog in access_packages.catalog (its id, or its display name as the portal shows it)".to_owned()
+        })
+    };
+    match r {
+        Ref::Id(id) => g.get(&format!("{EM}/catalogs/{id}"), &what, fix).await,
+        Ref::Name(n) => {
+            let filter = format!("displayName eq {}", lit(n));
+            let found = g
+                .list(
+                    &query(&format!("{EM}/catalogs"), &[("$filter", &filter)]),
+                    &what,
+                    fix,
+                )
+                .await?;
+            match found.as_slice() {
+                [one] => Ok(one.clone()),
+                [] => Err(SetupError::Input(format!(
+                    "catalog {r} does not exist: fix access_packages.catalog (its id or its display name)"
+                ))),
+                _ => Err(SetupError::Input(format!(
+                    "{} catalogs are named {r}: name it by id in access_packages.catalog",
+                    found.len()
+                ))),
+            }
+        }
+    }
+}
+
+async fn find_package(g: &AdminGraph, r: &Ref, at: &str) -> Result<Value, SetupError> {
+    let what = format!("finding access package {r}");
+    let fix = move |status: u16, _: &str, _: &str| {
+        (status == 404).then(|| format!("name an existing access package in {at}"))
+    };
+    match r {
+        Ref::Id(id) => {
+            g.get(
+                &query(
+                    &format!("{EM}/accessPackages/{id}"),
+                    &[("$expand", "catalog")],
+                ),
+                &what,
+                fix,
+            )
+            .await
+        }
+        Ref::Name(n) => {
+            let filter = format!("displayName eq {}", lit(n));
+            let found = g
+                .list(
+                    &query(
+                        &format!("{EM}/accessPackages"),
+                        &[("$filter", &filter), ("$expand", "catalog")],
+                    ),
+                    &what,
+                    fix,
+                )
+                .await?;
+            match found.as_slice() {
+                [one] => Ok(one.clone()),
+                [] => Err(SetupError::Input(format!(
+                    "access package {r} does not exist: fix {at}"
+                ))),
+                _ => Err(SetupError::Input(format!(
+                    "{} access packages are named {r}: name it by id in {at}",
+                    found.len()
+                ))),
+            }
+        }
+    }
+}
+
+/// One extension (of a list) with this display name, if any.
+fn by_name<'a>(list: &'a [Value], name: &str, what: &str) -> Result<Option<&'a Value>, SetupError> {
+    let same: Vec<&Value> = list
+        .iter()
+        .filter(|e| s(e, "displayName").eq_ignore_ascii_case(name))
+        .collect();
+    match same.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one)),
+        _ => Err(SetupError::Input(format!(
+            "{} {what}s are named {name:?}: rename or delete the extra ones in the portal, or choose another display_name",
+            same.len()
+        ))),
+    }
+}
+
+/// Create or update one extension: a step, or "unchanged".
+fn extension_step(
+    plan: &mut Plan,
+    kind: &str,
+    collection: &str,
+    current: Option<&Value>,
+    desired: Value,
+    remember_as_new_extension: bool,
+) -> Option<String> {
+    let name = s(&desired, "displayName");
+    match current {
+        None => {
+            plan.steps.push(Step {
+                sign: '+',
+                title: format!("create {kind} {name:?}"),
+                lines: created_lines("", &desired),
+                action: Action::Create {
+                    path: collection.to_owned(),
+                    body: desired,
+                    remember_as_new_extension,
+                },
+            });
+            None
+        }
+        Some(cur) => {
+            let id = s(cur, "id");
+            let lines = differences("", cur, &desired);
+            if lines.is_empty() {
+                plan.unchanged
+                    .push(format!("{kind} {name:?} ({id}) is as the setup file says"));
+            } else {
+                plan.steps.push(Step {
+                    sign: '~',
+                    title: format!("update {kind} {name:?} ({id})"),
+                    lines,
+                    action: Action::Patch {
+                        path: format!("{collection}/{id}"),
+                        body: patch_body(cur, &desired),
+                    },
+                });
+            }
+            Some(id)
+        }
+    }
+}
+
+/// The writable part of a policy read with its stage settings, with `settings` as its new
+/// stage settings (PUT replaces the whole policy; read-only and expanded parts are dropped).
+fn policy_put_body(policy: &Value, settings: Vec<Value>) -> Value {
+    let mut body = policy.as_object().cloned().unwrap_or_default();
+    for k in [
+        "@odata.context",
+        "@odata.etag",
+        "createdDateTime",
+        "modifiedDateTime",
+        "accessPackage",
+        "catalog",
+        "customExtensionStageSettings@odata.context",
+    ] {
+        body.remove(k);
+    }
+    body.retain(|k, _| {
+        !k.contains("@odata.navigationLink") && !k.ends_with("@odata.associationLink")
+    });
+    body.insert(
+        "customExtensionStageSettings".into(),
+        Value::Array(settings),
+    );
+    Value::Object(body)
+}
+
+/// The extension policies are to name: its id once it exists.
+struct Named<'a> {
+    id: Option<&'a str>,
+    display_name: &'a str,
+}
+
+/// The stage settings and policy steps for one link.
+async fn link_steps(
+    g: &AdminGraph,
+    plan: &mut Plan,
+    problems: &mut Vec<SetupError>,
+    (link, at): (&Link, &str),
+    catalog: &Value,
+    ext: Named<'_>,
+) -> Result<(), SetupError> {
+    let (extension_id, display_name) = (ext.id, ext.display_name);
+    let catalog_id = s(catalog, "id");
+    let package = find_package(g, &link.access_package, &format!("{at}.access_package")).await?;
+    let pkg_name = s(&package, "displayName");
+    let pkg_catalog = s(&package["catalog"], "id");
+    if !pkg_catalog.eq_ignore_ascii_case(&catalog_id) {
+        problems.push(SetupError::Input(format!(
+            "access package {pkg_name:?} is in catalog {:?} ({pkg_catalog}), not in {:?}: an extension serves only its own catalog's packages. Set up a second [access_packages] run with catalog = {pkg_catalog:?}, or move the package",
+            s(&package["catalog"], "displayName"),
+            s(catalog, "displayName")
+        )));
+        return Ok(());
+    }
+    let filter = format!("accessPackage/id eq {}", lit(&s(&package, "id")));
+    let policies = g
+        .list(
+            &query(
+                &format!("{EM}/assignmentPolicies"),
+                &[
+                    ("$filter", &filter),
+                    (
+                        "$expand",
+                        "customExtensionStageSettings($expand=customExtension)",
+                    ),
+                ],
+            ),
+            &format!("reading the assignment policies of {pkg_name:?}"),
+            no_fix,
+        )
+        .await?;
+    let chosen: Vec<&Value> = if link.policies.is_empty() {
+        policies.iter().collect()
+    } else {
+        let mut chosen = Vec::new();
+        for r in &link.policies {
+            match policies
+                .iter()
+                .find(|p| r.matches(&s(p, "id"), &s(p, "displayName")))
+            {
+                Some(p) => chosen.push(p),
+                None => problems.push(SetupError::Input(format!(
+                    "access package {pkg_name:?} has no assignment policy {r} (it has: {}): fix {at}.policies",
+                    policies
+                        .iter()
+                        .map(|p| format!("{:?}", s(p, "displayName")))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))),
+            }
+        }
+        chosen
+    };
+    if chosen.is_empty() && link.policies.is_empty() {
+        problems.push(SetupError::Input(format!(
+            "access package {pkg_name:?} has no assignment policy yet: create one in the portal, then run setup again"
+        )));
+    }
+    for policy in chosen {
+        let pname = s(policy, "displayName");
+        let existing: Vec<Value> = policy["customExtensionStageSettings"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let mut settings: Vec<Value> = existing
+            .iter()
+            .map(|st| json!({"stage": st["stage"], "customExtension": {"id": st["customExtension"]["id"]}}))
+            .collect();
+        let mut lines = Vec::new();
+        for stage in &link.stages {
+            let on_stage = existing
+                .iter()
+                .find(|st| s(st, "stage").eq_ignore_ascii_case(stage));
+            match on_stage {
+                Some(st) => {
+                    let other = s(&st["customExtension"], "id");
+                    if extension_id.is_some_and(|id| id.eq_ignore_ascii_case(&other)) {
+                        continue;
+                    }
+                    problems.push(SetupError::Input(format!(
+                        "policy {pname:?} of {pkg_name:?} already runs extension {:?} ({other}) at {stage}: Entra runs one extension per stage. Remove it from the policy in the portal, or leave {stage} out of {at}.stages",
+                        s(&st["customExtension"], "displayName")
+                    )));
+                }
+                None => {
+                    lines.push(format!(
+                        "+ customExtensionStageSettings: {stage} -> {display_name:?}"
+                    ));
+                    settings.push(json!({
+                        "stage": stage,
+                        "customExtension": {"id": extension_id.unwrap_or(NEW_EXTENSION_ID)}
+                    }));
+                }
+            }
+        }
+        if lines.is_empty() {
+            plan.unchanged.push(format!(
+                "policy {pname:?} of {pkg_name:?} runs the extension at {}",
+                link.stages.join(", ")
+            ));
+        } else {
+            plan.steps.push(Step {
+                sign: '~',
+                title: format!("update policy {pname:?} of access package {pkg_name:?}"),
+                lines,
+                action: Action::PutPolicy {
+                    path: format!("{EM}/assignmentPolicies/{}", s(policy, "id")),
+                    body: policy_put_body(policy, settings),
+                },
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn elm_steps(
+    g: &AdminGraph,
+    spec: &Spec,
+    e: &ElmSpec,
+    plan: &mut Plan,
+    problems: &mut Vec<SetupError>,
+    desired: &mut Desired,
+) -> Result<(), SetupError> {
+    let has_em = g.caller.holds(&["EntitlementManagement.ReadWrite.All"]);
+    let catalog = match find_catalog(g, &e.catalog).await {
+        Ok(c) => c,
+        // No permission to read the catalog: say which one is missing rather than the 403.
+        Err(err) if err.status() == Some(403) && !has_em => {
+            problems.extend(permission_problems(g, spec, false));
+            return Ok(());
+        }
+        Err(err) => return Err(err),
+    };
+    let catalog_id = s(&catalog, "id");
+    let owner = !g.caller.object_id.is_empty()
+        && catalog_roles(g, &g.caller.object_id, &catalog_id)
+            .await
+            .unwrap_or_default()
+            .iter()
+            .any(|r| r == CATALOG_OWNER_ID);
+    let missing = permission_problems(g, spec, owner);
+    if !missing.is_empty() {
+        problems.extend(missing);
+        return Ok(());
+    }
+    let collection = format!("{EM}/catalogs/{catalog_id}/customWorkflowExtensions");
+    let list = g
+        .list(
+            &collection,
+            &format!(
+                "listing the custom extensions of catalog {:?}",
+                s(&catalog, "displayName")
+            ),
+            no_fix,
+        )
+        .await?;
+    let current = by_name(&list, &e.display_name, "custom extension")?;
+    let body = elm_body(e, spec);
+    let id = extension_step(
+        plan,
+        "access package custom extension",
+        &collection,
+        current,
+        body,
+        true,
+    );
+
+    if e.assign_role
+        && let Some(principal) = &spec.deployment.principal_id
+    {
+        let held = catalog_roles(g, principal, &catalog_id).await?;
+        match RESUME_ROLE_IDS
+            .iter()
+            .find(|(_, rid)| held.iter().any(|h| h == rid))
+        {
+            Some((name, _)) => {
+                plan.unchanged.push(format!(
+                    "accessgate's identity {principal} holds {name} on catalog {:?}",
+                    s(&catalog, "displayName")
+                ));
+                if *name != ASSIGNMENT_MANAGER.0 {
+                    plan.notes.push(format!(
+                        "accessgate's identity holds {name} on the catalog: more than resume needs ({} is enough); setup does not remove roles",
+                        ASSIGNMENT_MANAGER.0
+                    ));
+                }
+            }
+            None => plan.steps.push(Step {
+                sign: '+',
+                title: format!(
+                    "give accessgate's identity {principal} the catalog role {} on {:?}",
+                    ASSIGNMENT_MANAGER.0,
+                    s(&catalog, "displayName")
+                ),
+                lines: vec![
+                    format!("+ roleDefinitionId: {:?}", ASSIGNMENT_MANAGER.1),
+                    format!("+ appScopeId: \"/AccessPackageCatalog/{catalog_id}\""),
+                ],
+                action: Action::Create {
+                    path: "/v1.0/roleManagement/entitlementManagement/roleAssignments".into(),
+                    body: json!({
+                        "@odata.type": "#microsoft.graph.unifiedRoleAssignment",
+                        "principalId": principal,
+                        "roleDefinitionId": ASSIGNMENT_MANAGER.1,
+                        "appScopeId": format!("/AccessPackageCatalog/{catalog_id}"),
+                    }),
+                    remember_as_new_extension: false,
+                },
+            }),
+        }
+    }
+    for (i, link) in e.links.iter().enumerate() {
+        let at = format!("access_packages.policies[{}]", i + 1);
+        if let Err(err) = link_steps(
+            g,
+            plan,
+            problems,
+            (link, &at),
+            &catalog,
+            Named {
+                id: id.as_deref(),
+                display_name: &e.display_name,
+            },
+        )
+        .await
+        {
+            problems.push(err);
+        }
+    }
+    if let Some(la) = &spec.deployment.logic_app {
+        desired.extensions.push(config_file::DesiredExtension {
+            name: e.name.clone(),
+            resource: la.resource_id.clone(),
+            catalog_id: Some(catalog_id),
+            lifecycle: None,
+        });
+    }
+    Ok(())
+}
+
+/// Reads the tenant and plans. `Err` lists every problem found; nothing has been written.
+pub async fn plan(
+    g: &AdminGraph,
+    spec: &Spec,
+    config_path: Option<&Path>,
+) -> Result<Plan, Vec<SetupError>> {
+    let mut plan = Plan::default();
+    let mut problems = Vec::new();
+    let mut desired = Desired::default();
+    if spec.elm.is_none() {
+        problems.extend(permission_problems(g, spec, false));
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+    }
+    if let Some(e) = &spec.elm
+        && let Err(err) = elm_steps(g, spec, e, &mut plan, &mut problems, &mut desired).await
+    {
+        problems.push(err);
+    }
+    if spec.elm.is_some() && !problems.is_empty() {
+        // Permission problems of the other parts were already reported with the ELM check.
+        return Err(problems);
+    }
+    if let Some(l) = &spec.lcw {
+        match g
+            .list(LCW_EXTENSIONS, "listing the custom task extensions", no_fix)
+            .await
+            .and_then(|list| {
+                by_name(&list, &l.display_name, "custom task extension").map(|c| c.cloned())
+            }) {
+            Ok(current) => {
+                extension_step(
+                    &mut plan,
+                    "custom task extension",
+                    LCW_EXTENSIONS,
+                    current.as_ref(),
+                    lcw_body(l, spec),
+                    false,
+                );
+                desired.extensions.push(config_file::DesiredExtension {
+                    name: l.name.clone(),
+                    resource: l.logic_app.resource_id.clone(),
+                    catalog_id: None,
+                    lifecycle: Some(l.callback_timeout.0.clone()),
+                });
+            }
+            Err(e) => problems.push(e),
+        }
+    }
+    if let Some(p) = &spec.pim {
+        match g
+            .list(PIM_EXTENSIONS, "listing the PIM custom extensions", no_fix)
+            .await
+            .and_then(|list| {
+                by_name(&list, &p.display_name, "PIM custom extension").map(|c| c.cloned())
+            }) {
+            Ok(current) => {
+                let mut body = pim_body(p, spec);
+                if current.is_none() {
+                    // PIM wants a client-generated id (integrations.md §2).
+                    body["id"] = json!(uuid::Uuid::new_v4().to_string());
+                }
+                extension_step(
+                    &mut plan,
+                    "PIM custom extension",
+                    PIM_EXTENSIONS,
+                    current.as_ref(),
+                    body,
+                    false,
+                );
+                desired.pim = Some(config_file::DesiredPim {
+                    name: p.name.clone(),
+                    audience: p.audience.clone(),
+                    budget_ms: u64::from(p.timeout_ms) * 6 / 10,
+                    post_approval: p.post_approval,
+                });
+            }
+            Err(e) => problems.push(e),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    match config_path {
+        Some(path) => match config_file::step(path, &desired) {
+            Ok(Some(step)) => plan.steps.push(step),
+            Ok(None) => plan
+                .unchanged
+                .push(format!("{} already names these extensions", path.display())),
+            Err(e) => return Err(vec![e]),
+        },
+        None => plan.notes.push(format!(
+            "no configuration file given (--write-config): the sections to add are\n{}",
+            config_file::snippet(&desired)
+        )),
+    }
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn differences_read_durations_and_types_liberally() {
+        let cur = json!({
+            "displayName": "accessgate",
+            "authenticationConfiguration": {"@odata.type": "microsoft.graph.azureAdPopTokenAuthentication"},
+            "callbackConfiguration": {"@odata.type": "#microsoft.graph.customExtensionCallbackConfiguration", "timeoutDuration": "PT24H"},
+            "endpointConfiguration": {"@odata.type": "#microsoft.graph.logicAppTriggerEndpointConfiguration", "subscriptionId": "ABC", "url": null}
+        });
+        let want = json!({
+            "displayName": "accessgate",
+            "authenticationConfiguration": {"@odata.type": "#microsoft.graph.azureAdPopTokenAuthentication"},
+            "callbackConfiguration": {"@odata.type": "#microsoft.graph.customExtensionCallbackConfiguration", "timeoutDuration": "P1D"},
+            "endpointConfiguration": {"@odata.type": "#microsoft.graph.logicAppTriggerEndpointConfiguration", "subscriptionId": "abc", "url": "https://x"}
+        });
+        let d = differences("", &cur, &want);
+        assert_eq!(d, vec!["+ endpointConfiguration.url: \"https://x\""]);
+        let p = patch_body(&cur, &want);
+        assert_eq!(
+            p.as_object().unwrap().keys().collect::<Vec<_>>(),
+            vec!["@odata.type", "endpointConfiguration"]
+                .iter()
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_changed_authentication_type_replaces_the_object() {
+        let cur = json!({"authenticationConfiguration": {"@odata.type": "#microsoft.graph.azureAdTokenAuthentication", "resourceId": "x"}});
+        let want = json!({"authenticationConfiguration": {"@odata.type": "#microsoft.graph.azureAdPopTokenAuthentication"}});
+        assert_eq!(
+            differences("", &cur, &want),
+            vec![
+                "~ authenticationConfiguration: microsoft.graph.azureAdTokenAuthentication -> microsoft.graph.azureAdPopTokenAuthentication"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_create_body_uses_the_schema_names_the_docs_example_does_not() {
+        // The docs example (tests/fixtures/setup) says durationBeforeTimeout; the schema says
+        // timeoutDuration, and the body is not wrapped in value.
+        let example: Value = serde_json::from_str(include_str!(
+            "../../tests/fixtures/setup/elm-customworkflowextension-create-example-1.json"
+        ))
+        .unwrap();
+        assert!(example["callbackConfiguration"]["durationBeforeTimeout"].is_string());
+        let spec = Spec::parse(
+            "[deployment]\nlogic_app_resource_id = \"/subscriptions/38ab2ccc-3747-4567-b36b-9478f5602f0d/resourceGroups/test/providers/Microsoft.Logic/workflows/elm-extension-email\"\nlogic_app_url = \"https://prod-31.eastus.logic.azure.com/workflows/8c/triggers/manual/paths/invoke?api-version=2016-10-01\"\nprincipal_id = \"5f2c3b1e-0000-4000-8000-000000000001\"\n[access_packages]\ncatalog = \"General\"\n",
+            &Default::default(),
+        )
+        .unwrap();
+        let body = elm_body(spec.elm.as_ref().unwrap(), &spec);
+        assert!(body.get("value").is_none());
+        assert_eq!(body["@odata.type"], example["@odata.type"]);
+        assert_eq!(
+            body["endpointConfiguration"]["subscriptionId"],
+            example["endpointConfiguration"]["subscriptionId"]
+        );
+        assert_eq!(
+            body["endpointConfiguration"]["logicAppWorkflowName"],
+            example["endpointConfiguration"]["logicAppWorkflowName"]
+        );
+        assert_eq!(
+            body["authenticationConfiguration"],
+            example["authenticationConfiguration"]
+        );
+        assert_eq!(body["callbackConfiguration"]["timeoutDuration"], "P1D");
+        assert!(
+            body["callbackConfiguration"]
+                .get("durationBeforeTimeout")
+                .is_none()
+        );
+        assert!(
+            body["endpointConfiguration"]["url"]
+                .as_str()
+                .unwrap()
+                .ends_with("api-version=2016-10-01")
+        );
+    }
+
+    #[test]
+    fn the_put_body_drops_read_only_and_expanded_parts() {
+        let policy = json!({
+            "@odata.context": "x", "id": "p1", "displayName": "Employees",
+            "createdDateTime": "2026-01-01T00:00:00Z", "modifiedDateTime": "2026-01-01T00:00:00Z",
+            "accessPackage": {"id": "a"}, "allowedTargetScope": "allMemberUsers",
+            "customExtensionStageSettings": [{"id": "s", "stage": "assignmentRequestGranted", "customExtension": {"id": "e", "displayName": "x"}}]
+        });
+        let body = policy_put_body(
+            &policy,
+            vec![json!({"stage": "assignmentRequestCreated", "customExtension": {"id": "n"}})],
+        );
+        let keys: Vec<&String> = body.as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            [
+                "id",
+                "displayName",
+                "allowedTargetScope",
+                "customExtensionStageSettings"
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .iter()
+            .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(
+            query("/x", &[("$filter", "displayName eq 'Sales & Co'")]),
+            "/x?$filter=displayName%20eq%20%27Sales%20%26%20Co%27"
+        );
+        assert_eq!(lit("O'Brien"), "'O''Brien'");
+    }
+}
