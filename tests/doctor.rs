@@ -58,6 +58,71 @@ fn cert_config(dir: &std::path::Path, emu: &Emulator, catalog: &str) -> std::pat
     path
 }
 
+/// What `accessgate setup` does before `doctor` runs: the custom extensions the configuration
+/// names exist in the tenant (the elm one in `catalog`, if given), and the configuration names
+/// them back (setup writes `cfg`).
+async fn set_up_extensions(
+    e: &Emulator,
+    dir: &std::path::Path,
+    cfg: &std::path::Path,
+    env: &[(String, String)],
+    catalog: Option<&str>,
+) {
+    let mut permissions: Vec<String> = [
+        "EntitlementManagement.ReadWrite.All",
+        "LifecycleWorkflows.Read.All",
+        "User.Read.All",
+        "User-LifeCycleInfo.Read.All",
+        "GroupMember.Read.All",
+        "Directory.Read.All",
+    ]
+    .iter()
+    .map(|p| (*p).to_owned())
+    .collect();
+    permissions.push("LifecycleWorkflows-CustomExt.ReadWrite.All".into());
+    e.set_grants(
+        &e.config().graph_client_id,
+        &Grants {
+            graph_permissions: Some(permissions.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut text = format!(
+        "[deployment]\ningress_mode = \"direct\"\nurl = \"{}\"\nlogic_app_resource_id = \"{}\"\n[lifecycle_workflows]\nlogic_app_resource_id = \"{}\"\n",
+        e.base_url(),
+        e.config().logic_app_resource,
+        e.config().lcw_logic_app_resource
+    );
+    if let Some(c) = catalog {
+        let world = serde_json::json!({"catalogs": [{"id": c, "displayName": "General"}]});
+        e.load_world(&serde_json::from_value(world).unwrap())
+            .unwrap();
+        text.push_str("[access_packages]\ncatalog = \"General\"\nassign_role = false\n");
+    }
+    let file = dir.join("setup.toml");
+    std::fs::write(&file, text).unwrap();
+    let (cfg, env) = (cfg.to_owned(), env.to_owned());
+    let out = tokio::task::spawn_blocking(move || {
+        let (c, f) = (cfg.display().to_string(), file.display().to_string());
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        run_to_exit(&["setup", "--config", &c, "--file", &f], &env)
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    // Back to the grants the tests start from: setup's own permission is not the point here.
+    permissions.pop();
+    e.set_grants(
+        &e.config().graph_client_id,
+        &Grants {
+            graph_permissions: Some(permissions),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+}
+
 #[tokio::test]
 async fn a_healthy_setup_passes_every_check() {
     let emu = start_emulator().await;
@@ -66,6 +131,7 @@ async fn a_healthy_setup_passes_every_check() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = cert_config(dir.path(), &e, DEFAULT_CATALOG);
+    set_up_extensions(&e, dir.path(), &cfg, &mi_env(&e), Some(DEFAULT_CATALOG)).await;
     let r = tokio::task::spawn_blocking({
         let env = mi_env(&e);
         move || doctor(&cfg, &env)
@@ -80,6 +146,8 @@ async fn a_healthy_setup_passes_every_check() {
         "key vault",
         "graph token",
         "resume permission",
+        "extension elm",
+        "extension lcw",
         "queue",
     ] {
         assert!(line(&r, name).starts_with("PASS"), "{name}:\n{}", r.out);
@@ -188,6 +256,7 @@ async fn the_storage_queue_is_checked_too() {
         ),
         ("ACCESSGATE_QUEUE__CONNECTION_STRING".to_string(), conn),
     ];
+    set_up_extensions(&e, dir.path(), &cfg, &env, None).await;
     let r = tokio::task::spawn_blocking(move || doctor(&cfg, &env))
         .await
         .unwrap();

@@ -52,6 +52,8 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .route("/_emulator/graph-calls", get(graph_calls))
         .route("/_emulator/world", post(world))
+        .route("/_emulator/device-user", put(device_user))
+        .route("/_emulator/device", get(device_page))
         .route(
             "/_emulator/servicenow/credentials",
             put(sn_credentials).get(sn_credentials_get),
@@ -380,10 +382,34 @@ async fn world(State(state): State<AppState>, body: Bytes) -> Response {
         Ok(w) => w,
         Err(err) => return bad_json(&err),
     };
-    match crate::directory::load(&state, &world) {
+    match crate::governance::load(&state, &world) {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(err) => control_error(StatusCode::BAD_REQUEST, format!("{err:#}")),
     }
+}
+
+/// Body of `PUT /_emulator/device-user`: the scopes the emulated administrator consents to
+/// (`null`: whatever a device code asks for).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceUserBody {
+    scopes: Option<Vec<String>>,
+}
+
+async fn device_user(State(state): State<AppState>, body: Bytes) -> Response {
+    match serde_json::from_slice::<DeviceUserBody>(&body) {
+        Ok(b) => {
+            entra::set_device_user_scopes(&state, b.scopes);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(err) => bad_json(&err),
+    }
+}
+
+/// The device code `verification_uri`: nothing to do, the administrator signs in by itself.
+async fn device_page() -> Response {
+    "The emulated administrator signs in by itself: keep polling the token endpoint.\n"
+        .into_response()
 }
 
 async fn sn_credentials(State(state): State<AppState>, body: Bytes) -> Response {

@@ -1,6 +1,7 @@
 //! Entra ID stand-in: RSA signing keys, OpenID metadata (v1 and v2), JWKS, the
-//! client-credentials token endpoint, and minting of the bearer tokens Entra attaches to
-//! custom-extension callouts.
+//! client-credentials token endpoint, the device code sign-in of an emulated administrator
+//! (delegated Graph tokens with `scp`, for `accessgate setup`), and minting of the bearer
+//! tokens Entra attaches to custom-extension callouts.
 //!
 //! Why: accessgate validates callout tokens against the tenant's published keys and obtains
 //! Graph tokens with client credentials; both need an issuer it can reach locally. Tokens are
@@ -49,6 +50,27 @@ pub const FEDERATION_AUDIENCE: &str = "api://AzureADTokenExchange";
 pub const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// Lifetime of Graph tokens, as Entra reports it.
 pub const GRAPH_TOKEN_LIFETIME_SECS: i64 = 3599;
+/// `grant_type` of the device authorization grant (RFC 8628) at the token endpoint.
+pub const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+/// Object id of the emulated administrator who signs in with a device code (the `oid` of
+/// delegated Graph tokens).
+pub const DEVICE_USER_OBJECT_ID: &str = "dddddddd-0000-0000-0000-00000000ad01";
+/// User principal name of that administrator.
+pub const DEVICE_USER_UPN: &str = "admin@accessgate-emulator.example";
+/// Seconds a device code stays valid, as Entra reports it.
+pub const DEVICE_CODE_LIFETIME_SECS: u64 = 900;
+/// Scopes of a sign-in that grant nothing on Graph (OpenID Connect and refresh tokens).
+const OIDC_SCOPES: [&str; 4] = ["openid", "profile", "offline_access", "email"];
+/// What the administrator consents to when a device code asks for
+/// `https://graph.microsoft.com/.default` and no `PUT /_emulator/device-user` limits it.
+pub const DEVICE_USER_DEFAULT_SCOPES: [&str; 6] = [
+    "EntitlementManagement.ReadWrite.All",
+    "LifecycleWorkflows.ReadWrite.All",
+    "PrivilegedAccess-CustomExt.ReadWrite.All",
+    "Application.ReadWrite.All",
+    "AppRoleAssignment.ReadWrite.All",
+    "Directory.Read.All",
+];
 
 /// An RSA-2048 signing key with its public JWK members precomputed.
 pub struct SigningKey {
@@ -439,6 +461,24 @@ pub(crate) struct Caller {
     pub client_id: String,
     pub oid: String,
     pub roles: Vec<String>,
+    /// Delegated scopes (the space-separated `scp` claim); empty for app-only tokens.
+    pub scp: Vec<String>,
+}
+
+impl Caller {
+    /// Whether the token carries one of `permissions` as an application role or a delegated
+    /// scope.
+    pub fn holds(&self, permissions: &[&str]) -> bool {
+        self.roles
+            .iter()
+            .chain(&self.scp)
+            .any(|p| permissions.contains(&p.as_str()))
+    }
+
+    /// An app-only token (no delegated scopes).
+    pub fn is_app_only(&self) -> bool {
+        self.scp.is_empty()
+    }
 }
 
 /// Decoded parts of a compact JWS (no verification).
@@ -550,15 +590,17 @@ pub(crate) fn verify_access_token(
                 .collect()
         })
         .unwrap_or_default();
+    let scp = claim("scp").split_whitespace().map(str::to_owned).collect();
     Ok(Caller {
         client_id,
         oid: claim("oid").to_owned(),
         roles,
+        scp,
     })
 }
 
-/// Validates a Graph bearer token minted by this emulator for a known principal (see
-/// [`verify_access_token`]); authorization is the caller's business.
+/// Validates a Graph bearer token minted by this emulator for a known principal or the emulated
+/// administrator (see [`verify_access_token`]); authorization is the caller's business.
 pub(crate) fn verify_graph_token(
     state: &Shared,
     headers: &HeaderMap,
@@ -572,7 +614,8 @@ pub(crate) fn verify_graph_token(
             GRAPH_APP_ID,
         ],
     )?;
-    if state.lock().principal_by_oid(&caller.oid).is_none() {
+    // The emulated administrator of device code sign-ins is a user, not a service principal.
+    if caller.oid != DEVICE_USER_OBJECT_ID && state.lock().principal_by_oid(&caller.oid).is_none() {
         return Err(TokenError::Invalid(
             "Invalid principal: the token's oid is not a service principal of the tenant.".into(),
         ));
@@ -625,6 +668,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/{tenant}/discovery/v2.0/keys", get(jwks))
         .route("/{tenant}/oauth2/token", post(token_v1))
         .route("/{tenant}/oauth2/v2.0/token", post(token_v2))
+        .route("/{tenant}/oauth2/v2.0/devicecode", post(device_code))
 }
 
 fn entra_error(status: StatusCode, error: &str, code: u32, description: &str) -> Response {
@@ -739,6 +783,7 @@ struct TokenForm {
     resource: Option<String>,
     client_assertion: Option<String>,
     client_assertion_type: Option<String>,
+    device_code: Option<String>,
 }
 
 async fn token_v1(
@@ -799,6 +844,7 @@ async fn token(
 
     match form.grant_type.as_deref() {
         Some("client_credentials") => {}
+        Some(DEVICE_CODE_GRANT) if v2 => return redeem_device_code(state, &form),
         None => {
             return entra_error(
                 StatusCode::BAD_REQUEST,
@@ -812,7 +858,7 @@ async fn token(
                 StatusCode::BAD_REQUEST,
                 "unsupported_grant_type",
                 70003,
-                "The app requested an unsupported grant type. The emulator supports only 'client_credentials'.",
+                "The app requested an unsupported grant type. The emulator supports 'client_credentials', and the device code grant at the v2 endpoint.",
             );
         }
     }
@@ -923,6 +969,289 @@ async fn token(
             )
         }
     }
+}
+
+/// A device code waiting to be redeemed (RFC 8628, as Entra's `/devicecode` issues them).
+#[derive(Debug, Clone)]
+pub(crate) struct DeviceCode {
+    pub client_id: String,
+    /// Graph scopes asked for, without the resource prefix and the OpenID Connect scopes.
+    pub scopes: Vec<String>,
+    /// `https://graph.microsoft.com/.default` was asked for.
+    pub default_scope: bool,
+    /// Token requests so far; the first one is answered `authorization_pending`.
+    pub polls: u32,
+    pub expires: std::time::Instant,
+}
+
+/// Form of `POST /{tenant}/oauth2/v2.0/devicecode`.
+#[derive(Debug, Default, Deserialize)]
+struct DeviceCodeForm {
+    client_id: Option<String>,
+    scope: Option<String>,
+}
+
+/// The Graph scopes of a `scope` parameter, without `https://graph.microsoft.com/` (or the
+/// Graph app id) and without the OpenID Connect scopes, and whether `.default` was among them.
+/// The error is the first scope of another resource.
+fn graph_scopes(scope: &str) -> Result<(Vec<String>, bool), String> {
+    let mut scopes: Vec<String> = Vec::new();
+    let mut default_scope = false;
+    for s in scope.split_whitespace() {
+        if OIDC_SCOPES.iter().any(|o| o.eq_ignore_ascii_case(s)) {
+            continue;
+        }
+        let name = s
+            .strip_prefix("https://graph.microsoft.com/")
+            .or_else(|| s.strip_prefix(&format!("{GRAPH_APP_ID}/")))
+            .unwrap_or(s);
+        if name.contains('/') || name.contains(':') {
+            return Err(s.to_owned());
+        }
+        if name == ".default" {
+            default_scope = true;
+        } else if !scopes.iter().any(|k| k.eq_ignore_ascii_case(name)) {
+            scopes.push(name.to_owned());
+        }
+    }
+    Ok((scopes, default_scope))
+}
+
+/// Eight upper-case letters, as Entra's user codes look.
+fn user_code() -> String {
+    uuid::Uuid::new_v4()
+        .as_bytes()
+        .iter()
+        .take(8)
+        .map(|b| char::from(b'A' + b % 26))
+        .collect()
+}
+
+/// `POST /{tenant}/oauth2/v2.0/devicecode`: starts a device code sign-in of the emulated
+/// administrator, who "signs in" by itself before the second poll.
+async fn device_code(
+    State(state): State<AppState>,
+    Path(tenant): Path<String>,
+    form: Result<Form<DeviceCodeForm>, FormRejection>,
+) -> Response {
+    state.lock().stats.token_requests += 1;
+    if let Some(resp) = faults::apply(&state, FaultTarget::Token).await {
+        return resp;
+    }
+    if tenant != state.cfg.tenant_id {
+        return unknown_tenant(&tenant);
+    }
+    let form = form.map(|Form(f)| f).unwrap_or_default();
+    let Some(client_id) = form.client_id.filter(|c| !c.is_empty()) else {
+        return entra_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            900144,
+            "The request body must contain the following parameter: 'client_id'.",
+        );
+    };
+    let Some(scope) = form.scope.filter(|s| !s.trim().is_empty()) else {
+        return entra_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            900144,
+            "The request body must contain the following parameter: 'scope'.",
+        );
+    };
+    let (scopes, default_scope) = match graph_scopes(&scope) {
+        Ok(s) => s,
+        Err(other) => {
+            return entra_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                70011,
+                &format!(
+                    "The provided value for the input parameter 'scope' is not valid. The emulator's device code sign-in issues Microsoft Graph tokens only, not '{other}'."
+                ),
+            );
+        }
+    };
+    let code = format!("{}{}", random_opaque(), random_opaque());
+    let user = user_code();
+    state.lock().device_codes.insert(
+        code.clone(),
+        DeviceCode {
+            client_id,
+            scopes,
+            default_scope,
+            polls: 0,
+            expires: std::time::Instant::now()
+                + std::time::Duration::from_secs(DEVICE_CODE_LIFETIME_SECS),
+        },
+    );
+    let uri = format!("{}/_emulator/device", state.base_url);
+    Json(json!({
+        "device_code": code,
+        "user_code": user,
+        "verification_uri": uri,
+        "expires_in": DEVICE_CODE_LIFETIME_SECS,
+        "interval": 1,
+        "message": format!(
+            "To sign in, use a web browser to open the page {uri} and enter the code {user} to authenticate."
+        ),
+    }))
+    .into_response()
+}
+
+/// The token request of a device code: `authorization_pending` at the first poll, then the
+/// administrator's delegated Graph token (once; the code is spent).
+fn redeem_device_code(state: &Shared, form: &TokenForm) -> Response {
+    let code = form.device_code.as_deref().unwrap_or("");
+    let mut inner = state.lock();
+    let now = std::time::Instant::now();
+    let Some(entry) = inner.device_codes.get_mut(code) else {
+        drop(inner);
+        return entra_error(
+            StatusCode::BAD_REQUEST,
+            "bad_verification_code",
+            70019,
+            "Verification code is unknown or was already redeemed.",
+        );
+    };
+    if entry.expires <= now {
+        inner.device_codes.remove(code);
+        drop(inner);
+        return entra_error(
+            StatusCode::BAD_REQUEST,
+            "expired_token",
+            70020,
+            "The provided authorization code or refresh token has expired due to inactivity. Send a new interactive authorization request for this user and resource.",
+        );
+    }
+    if form
+        .client_id
+        .as_deref()
+        .is_some_and(|c| !c.eq_ignore_ascii_case(&entry.client_id))
+    {
+        drop(inner);
+        return entra_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            70000,
+            "The device code was issued to another client.",
+        );
+    }
+    entry.polls += 1;
+    if entry.polls == 1 {
+        drop(inner);
+        return entra_error(
+            StatusCode::BAD_REQUEST,
+            "authorization_pending",
+            70016,
+            "OAuth 2.0 device flow error. Authorization is pending. Continue polling.",
+        );
+    }
+    let Some(entry) = inner.device_codes.remove(code) else {
+        return entra_error(
+            StatusCode::BAD_REQUEST,
+            "bad_verification_code",
+            70019,
+            "Verification code is unknown or was already redeemed.",
+        );
+    };
+    let allowed = inner.device_user_scopes.clone();
+    drop(inner);
+    let mut requested = entry.scopes.clone();
+    if entry.default_scope {
+        let consented: Vec<String> = allowed.clone().unwrap_or_else(|| {
+            DEVICE_USER_DEFAULT_SCOPES
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect()
+        });
+        for s in consented {
+            if !requested.iter().any(|r| r.eq_ignore_ascii_case(&s)) {
+                requested.push(s);
+            }
+        }
+    }
+    let scp: Vec<String> = requested
+        .into_iter()
+        .filter(|s| {
+            allowed
+                .as_ref()
+                .is_none_or(|a| a.iter().any(|x| x.eq_ignore_ascii_case(s)))
+        })
+        .collect();
+    match mint_user_token(state, &entry.client_id, &scp) {
+        Ok(access_token) => {
+            tracing::debug!(client_id = %entry.client_id, scopes = %scp.join(" "), "issued delegated Graph token");
+            (
+                StatusCode::OK,
+                [(header::CACHE_CONTROL, "no-store, no-cache")],
+                Json(json!({
+                    "token_type": "Bearer",
+                    "scope": scp.iter().map(|s| format!("{GRAPH_AUDIENCE}/{s}")).collect::<Vec<_>>().join(" "),
+                    "expires_in": GRAPH_TOKEN_LIFETIME_SECS,
+                    "ext_expires_in": GRAPH_TOKEN_LIFETIME_SECS,
+                    "access_token": access_token,
+                })),
+            )
+                .into_response()
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "minting a delegated token failed");
+            entra_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                50000,
+                "There was an error issuing a token.",
+            )
+        }
+    }
+}
+
+/// A delegated Graph token of the emulated administrator for `client_id` (v1 claims, `scp`,
+/// `idtyp` "user", no `roles`), signed like the app-only ones.
+pub(crate) fn mint_user_token(
+    state: &Shared,
+    client_id: &str,
+    scopes: &[String],
+) -> anyhow::Result<String> {
+    let now = jiff::Timestamp::now().as_second();
+    let tenant = &state.cfg.tenant_id;
+    let key = state
+        .lock()
+        .current_key()
+        .context("no signing key (internal error)")?;
+    let claims = json!({
+        "aud": GRAPH_AUDIENCE,
+        "iss": state.issuer_v1(tenant),
+        "iat": now - 300,
+        "nbf": now - 300,
+        "exp": now + GRAPH_TOKEN_LIFETIME_SECS,
+        "acr": "1",
+        "aio": random_opaque(),
+        "amr": ["pwd", "mfa"],
+        "app_displayname": "accessgate setup",
+        "appid": client_id,
+        "appidacr": "0",
+        "idtyp": "user",
+        "ipaddr": "127.0.0.1",
+        "name": "Emulated Administrator",
+        "oid": DEVICE_USER_OBJECT_ID,
+        "rh": random_opaque(),
+        "scp": scopes.join(" "),
+        "sub": random_opaque(),
+        "tenant_region_scope": "EU",
+        "tid": tenant,
+        "unique_name": DEVICE_USER_UPN,
+        "upn": DEVICE_USER_UPN,
+        "uti": random_opaque(),
+        "ver": "1.0",
+    });
+    encode_jws(&key, "RS256", None, &claims, false)
+}
+
+/// Limits what the administrator consents to at a device code sign-in (`None`: everything
+/// asked for).
+pub(crate) fn set_device_user_scopes(state: &Shared, scopes: Option<Vec<String>>) {
+    state.lock().device_user_scopes = scopes;
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

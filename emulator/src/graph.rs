@@ -12,6 +12,9 @@
 //! granted/removed → `delivered`); a deny/cancel sets `denied`/`canceled`; a timeout sets
 //! `deliveryFailed` with status `CallbackTimedOut`. Timeouts are evaluated lazily whenever the
 //! state is read.
+//!
+//! The router of a Graph version (`routes`) also takes the routes of `directory`,
+//! `lifecycle` and `governance` (catalogs, policies, extensions, catalog role assignments).
 
 use std::time::{Duration, Instant};
 
@@ -25,9 +28,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use std::collections::HashMap;
-
-use axum::extract::{Query, Request};
+use axum::extract::Request;
 use axum::middleware::Next;
 
 use crate::approval::APPROVAL_CALLBACK_DATA_TYPE;
@@ -620,19 +621,10 @@ pub(crate) fn routes(version: &'static str) -> Router<AppState> {
                 post(resume_route),
             );
     }
-    router = router
+    router
         .merge(crate::directory::routes(version))
-        .merge(crate::lifecycle::routes(version));
-    router.route(
-        "/roleManagement/entitlementManagement/roleAssignments",
-        get(
-            move |State(state): State<AppState>,
-                  Query(query): Query<HashMap<String, String>>,
-                  headers: HeaderMap| async move {
-                role_assignments(state, query, headers, version).await
-            },
-        ),
-    )
+        .merge(crate::lifecycle::routes(version))
+        .merge(crate::governance::routes(version))
 }
 
 /// Middleware on the Graph routes: records every call in the Graph call log, stamped when it
@@ -737,83 +729,6 @@ const GET_CATALOG_ROLES: [&str; 4] = [
     "Catalog owner",
     "Catalog reader",
 ];
-
-async fn role_assignments(
-    state: AppState,
-    query: HashMap<String, String>,
-    headers: HeaderMap,
-    version: &'static str,
-) -> Response {
-    let caller = match graph_caller(&state, &headers).await {
-        Ok(c) => c,
-        Err(resp) => return resp,
-    };
-    let filter = query.get("$filter").map(String::as_str).unwrap_or("");
-    let tokens: Vec<&str> = filter.split_whitespace().collect();
-    let principal_id = match tokens.as_slice() {
-        [field, op, value]
-            if field.eq_ignore_ascii_case("principalId") && op.eq_ignore_ascii_case("eq") =>
-        {
-            value
-                .strip_prefix('\'')
-                .and_then(|v| v.strip_suffix('\''))
-                .filter(|v| uuid::Uuid::parse_str(v).is_ok())
-        }
-        _ => None,
-    };
-    let Some(principal_id) = principal_id else {
-        return graph_error(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            &format!(
-                "Invalid filter clause '{filter}': the emulator supports $filter=principalId eq '<guid>'."
-            ),
-            &headers,
-        );
-    };
-    if !principal_id.eq_ignore_ascii_case(&caller.oid) {
-        return forbidden(&headers);
-    }
-    let expand = query
-        .get("$expand")
-        .is_some_and(|e| e.split(',').any(|x| x.trim() == "roleDefinition"));
-    let inner = state.lock();
-    let roles = inner
-        .principal_by_oid(&caller.oid)
-        .map(|p| p.catalog_roles.clone())
-        .unwrap_or_default();
-    drop(inner);
-    let value: Vec<Value> = roles
-        .iter()
-        .map(|role| {
-            let definition_id = principals::catalog_role_definition_id(&role.role).unwrap_or("");
-            let mut item = json!({
-                "id": principals::assignment_id(&caller.oid, role),
-                "principalId": caller.oid,
-                "roleDefinitionId": definition_id,
-                "appScopeId": format!("/AccessPackageCatalog/{}", role.catalog_id),
-                "directoryScopeId": "/",
-            });
-            if expand && let Some(obj) = item.as_object_mut() {
-                obj.insert(
-                    "roleDefinition".into(),
-                    json!({"id": definition_id, "displayName": role.role}),
-                );
-            }
-            item
-        })
-        .collect();
-    let context = if expand {
-        "roleManagement/entitlementManagement/roleAssignments(roleDefinition())"
-    } else {
-        "roleManagement/entitlementManagement/roleAssignments"
-    };
-    Json(json!({
-        "@odata.context": format!("{}/{version}/$metadata#{context}", state.base_url),
-        "value": value,
-    }))
-    .into_response()
-}
 
 pub(crate) async fn get_request(
     state: AppState,

@@ -9,6 +9,9 @@
 //!   minting of the callout tokens Entra would send.
 //! - [`graph`]: entitlement-management assignment requests, their callout state machine and the
 //!   `resume` action with the validation Graph applies.
+//! - [`governance`]: catalogs, access packages, assignment policies, custom extensions
+//!   (entitlement management, Lifecycle Workflows, PIM) and catalog role assignments, as
+//!   `accessgate setup` configures them.
 //! - [`pop`]: proof-of-possession signed requests (`Authorization: PoP`) as Entra sends them
 //!   with callouts, their keys and every forgery knob.
 //! - [`faults`]: injected failures (status codes with `Retry-After`, delays) for Graph and the
@@ -27,6 +30,7 @@ mod control;
 pub mod directory;
 pub mod entra;
 pub mod faults;
+pub mod governance;
 pub mod graph;
 pub mod keyvault;
 pub mod lifecycle;
@@ -476,9 +480,29 @@ impl Emulator {
         faults::clear(&self.state);
     }
 
-    /// Replaces the directory and ServiceNow data with a world file's (docs/world-format.md).
+    /// Replaces the directory and ServiceNow data with a world file's (docs/world-format.md),
+    /// and catalogs, policies and custom extensions with the world's (dropping the ones created
+    /// through Graph).
     pub fn load_world(&self, world: &World) -> anyhow::Result<()> {
-        directory::load(&self.state, world)
+        governance::load(&self.state, world)
+    }
+
+    /// `{base}/{tenant}/oauth2/v2.0/devicecode`.
+    pub fn device_code_url(&self) -> String {
+        format!(
+            "{}/{}/oauth2/v2.0/devicecode",
+            self.state.base_url, self.state.cfg.tenant_id
+        )
+    }
+
+    /// Limits the scopes the emulated administrator consents to at a device code sign-in (a
+    /// delegated token's `scp` is what was asked for and is in `scopes`); `None`: everything
+    /// asked for.
+    pub fn set_device_user_scopes(&self, scopes: Option<&[&str]>) {
+        entra::set_device_user_scopes(
+            &self.state,
+            scopes.map(|s| s.iter().map(|x| (*x).to_owned()).collect()),
+        );
     }
 
     /// The credentials the emulated ServiceNow accepts (Basic user/password, OAuth client).

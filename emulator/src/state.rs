@@ -61,6 +61,13 @@ pub(crate) struct Inner {
     pub servicenow: crate::servicenow::ServiceNowState,
     /// Lifecycle Workflows task processing results by id.
     pub tasks: BTreeMap<String, crate::lifecycle::TaskRecord>,
+    /// Catalogs, policies and custom extensions (`governance`): the world's, plus what Graph
+    /// calls created since it was loaded.
+    pub governance: crate::governance::Governance,
+    /// Device codes issued and not yet redeemed, by code.
+    pub device_codes: BTreeMap<String, crate::entra::DeviceCode>,
+    /// The scopes the emulated administrator consents to (`None`: whatever is asked for).
+    pub device_user_scopes: Option<Vec<String>>,
 }
 
 pub(crate) struct KeySlot {
@@ -150,6 +157,9 @@ impl Shared {
                 world: crate::directory::World::default(),
                 servicenow: crate::servicenow::ServiceNowState::new(),
                 tasks: BTreeMap::new(),
+                governance: crate::governance::Governance::default(),
+                device_codes: BTreeMap::new(),
+                device_user_scopes: None,
             }),
         }
     }

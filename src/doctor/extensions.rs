@@ -27,16 +27,24 @@ fn bound_resource(endpoint: &Value) -> Option<String> {
     )))
 }
 
-async fn list(graph: &GraphClient, config: &Config, path: &str) -> Result<Vec<Value>, String> {
+/// Why a list could not be read: (HTTP status if Graph answered, the text).
+async fn list(
+    graph: &GraphClient,
+    config: &Config,
+    path: &str,
+) -> Result<Vec<Value>, (Option<u16>, String)> {
     let url = config.graph.base_url.join(&format!("/v1.0{path}"));
     let deadline = Instant::now() + config.graph.timeout * 2;
     match graph.get_page(&url, deadline).await {
         Ok((200, v)) => Ok(v["value"].as_array().cloned().unwrap_or_default()),
-        Ok((status, v)) => Err(format!(
-            "HTTP {status} {}",
-            v["error"]["code"].as_str().unwrap_or_default()
+        Ok((status, v)) => Err((
+            Some(status),
+            format!(
+                "HTTP {status} {}",
+                v["error"]["code"].as_str().unwrap_or_default()
+            ),
         )),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err((None, e.to_string())),
     }
 }
 
@@ -148,7 +156,14 @@ async fn one(config: &Config, graph: &GraphClient, ext: &Extension) -> Check {
                 bound_resource(&e["endpointConfiguration"]).as_deref()
                     == Some(ext.resource_key.as_str())
             })),
-            Err(e) => {
+            Err((Some(404), e)) if ext.kind == ExtensionKind::EntitlementManagement => {
+                return Check::fail(
+                    &name,
+                    format!("a catalog of {where_} does not exist in the tenant ({e})"),
+                    format!("fix extensions.{}.catalog_ids", ext.name),
+                );
+            }
+            Err((_, e)) => {
                 return Check::warn(
                     &name,
                     format!("cannot read the custom extensions of {where_}: {e}"),

@@ -915,12 +915,14 @@ mod tests {
     #[test]
     fn differences_read_durations_and_types_liberally() {
         let cur = json!({
+            "@odata.type": "#microsoft.graph.accessPackageAssignmentRequestWorkflowExtension",
             "displayName": "accessgate",
             "authenticationConfiguration": {"@odata.type": "microsoft.graph.azureAdPopTokenAuthentication"},
             "callbackConfiguration": {"@odata.type": "#microsoft.graph.customExtensionCallbackConfiguration", "timeoutDuration": "PT24H"},
             "endpointConfiguration": {"@odata.type": "#microsoft.graph.logicAppTriggerEndpointConfiguration", "subscriptionId": "ABC", "url": null}
         });
         let want = json!({
+            "@odata.type": "#microsoft.graph.accessPackageAssignmentRequestWorkflowExtension",
             "displayName": "accessgate",
             "authenticationConfiguration": {"@odata.type": "#microsoft.graph.azureAdPopTokenAuthentication"},
             "callbackConfiguration": {"@odata.type": "#microsoft.graph.customExtensionCallbackConfiguration", "timeoutDuration": "P1D"},
@@ -929,12 +931,8 @@ mod tests {
         let d = differences("", &cur, &want);
         assert_eq!(d, vec!["+ endpointConfiguration.url: \"https://x\""]);
         let p = patch_body(&cur, &want);
-        assert_eq!(
-            p.as_object().unwrap().keys().collect::<Vec<_>>(),
-            vec!["@odata.type", "endpointConfiguration"]
-                .iter()
-                .collect::<Vec<_>>()
-        );
+        let keys: Vec<&str> = p.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["@odata.type", "endpointConfiguration"]);
     }
 
     #[test]
@@ -1004,20 +1002,21 @@ mod tests {
             &policy,
             vec![json!({"stage": "assignmentRequestCreated", "customExtension": {"id": "n"}})],
         );
-        let keys: Vec<&String> = body.as_object().unwrap().keys().collect();
+        let mut keys: Vec<&str> = body
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
         assert_eq!(
             keys,
             [
-                "id",
-                "displayName",
                 "allowedTargetScope",
-                "customExtensionStageSettings"
+                "customExtensionStageSettings",
+                "displayName",
+                "id"
             ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect::<Vec<_>>()
-            .iter()
-            .collect::<Vec<_>>()
         );
     }
 

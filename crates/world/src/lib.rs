@@ -41,6 +41,11 @@ pub enum WorldError {
     /// Relationships naming ids that no user, group or package has, as `"<what> <id>"`.
     #[error("the world names ids that do not exist: {}", .0.join(", "))]
     UnknownIds(Vec<String>),
+    /// Entitlement-management objects that contradict each other or Graph's rules (duplicate
+    /// ids, an unknown stage, a policy using another catalog's extension, a malformed Logic App
+    /// resource id), each named.
+    #[error("the world's entitlement-management objects are inconsistent: {}", .0.join("; "))]
+    Inconsistent(Vec<String>),
     /// A world file that does not validate, with the file named.
     #[error("{}: {source}", path.display())]
     Invalid {
@@ -68,6 +73,96 @@ pub struct World {
     pub workflows: Vec<WorldWorkflow>,
     #[serde(default)]
     pub servicenow: WorldServiceNow,
+    /// Entitlement-management catalogs. A catalog that an access package names but this list
+    /// does not is a catalog too (without a display name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub catalogs: Vec<WorldCatalog>,
+    /// Assignment policies of the access packages, with their custom extension stages.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub assignment_policies: Vec<WorldPolicy>,
+    /// Entitlement-management custom extensions that exist before anything is created through
+    /// Graph.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub custom_extensions: Vec<WorldCustomExtension>,
+    /// ARM resource ids of the Logic Apps that exist
+    /// (`/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Logic/workflows/{name}`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logic_apps: Vec<String>,
+}
+
+/// An entitlement-management catalog (Graph's `accessPackageCatalog`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorldCatalog {
+    pub id: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+}
+
+/// An access package's assignment policy (Graph's `accessPackageAssignmentPolicy`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorldPolicy {
+    pub id: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    pub access_package_id: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub custom_extension_stage_settings: Vec<WorldStageSetting>,
+}
+
+/// One stage of a policy at which a custom extension runs (Graph's
+/// `customExtensionStageSetting`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorldStageSetting {
+    /// A member of [`POLICY_STAGES`].
+    pub stage: String,
+    pub custom_extension_id: String,
+}
+
+/// An entitlement-management custom extension of a catalog (an
+/// `accessPackageAssignmentRequestWorkflowExtension`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorldCustomExtension {
+    pub id: String,
+    pub catalog_id: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+}
+
+/// The stages a policy can run a custom extension at: the members of Graph's
+/// `accessPackageCustomExtensionStage` but `unknownFutureValue`, and dynamic approval's
+/// `assignmentRequestDeterminingApprovalRequirements`.
+pub const POLICY_STAGES: [&str; 7] = [
+    "assignmentRequestCreated",
+    "assignmentRequestApproved",
+    "assignmentRequestGranted",
+    "assignmentRequestRemoved",
+    "assignmentFourteenDaysBeforeExpiration",
+    "assignmentOneDayBeforeExpiration",
+    "assignmentRequestDeterminingApprovalRequirements",
+];
+
+/// The parts of a Logic App's ARM resource id: subscription, resource group and workflow name;
+/// `None` when `resource_id` is not one (the fixed segments compare ignoring case, as ARM's
+/// do).
+pub fn logic_app_parts(resource_id: &str) -> Option<(&str, &str, &str)> {
+    let segs: Vec<&str> = resource_id.strip_prefix('/')?.split('/').collect();
+    match segs.as_slice() {
+        [s, sub, r, rg, p, ns, w, name]
+            if s.eq_ignore_ascii_case("subscriptions")
+                && r.eq_ignore_ascii_case("resourceGroups")
+                && p.eq_ignore_ascii_case("providers")
+                && ns.eq_ignore_ascii_case("Microsoft.Logic")
+                && w.eq_ignore_ascii_case("workflows")
+                && ![sub, rg, name].iter().any(|x| x.is_empty()) =>
+        {
+            Some((sub, rg, name))
+        }
+        _ => None,
+    }
 }
 
 /// A Lifecycle Workflows workflow: Graph's `workflow` (`id`, `displayName`, `category`) and
@@ -262,8 +357,6 @@ impl World {
         Ok(world)
     }
 
-    /// Every user id is unique and every id a relationship names exists (ids compare ignoring
-    /// case, as Graph's do).
     /// A workflow by id (any case).
     pub fn workflow(&self, id: &str) -> Option<&WorldWorkflow> {
         self.workflows
@@ -271,6 +364,9 @@ impl World {
             .find(|w| w.id.eq_ignore_ascii_case(id))
     }
 
+    /// Every user id is unique, every id a relationship names exists (ids compare ignoring
+    /// case, as Graph's do), and the entitlement-management objects agree with each other
+    /// ([`WorldError::Inconsistent`]).
     pub fn validate(&self) -> Result<(), WorldError> {
         let users: BTreeSet<String> = self.users.iter().map(|u| u.id.to_lowercase()).collect();
         if users.len() != self.users.len() || self.users.iter().any(|u| u.id.is_empty()) {
@@ -309,16 +405,123 @@ impl World {
             need("request package", &r.access_package_id, &[&packages]);
             need("request target", &r.target_id, &[&users]);
         }
+        let catalogs = self.catalog_ids();
+        for x in &self.custom_extensions {
+            need("custom extension catalog", &x.catalog_id, &[&catalogs]);
+        }
+        let extensions: BTreeSet<String> = self
+            .custom_extensions
+            .iter()
+            .map(|x| x.id.to_lowercase())
+            .collect();
+        for p in &self.assignment_policies {
+            need("policy package", &p.access_package_id, &[&packages]);
+            for s in &p.custom_extension_stage_settings {
+                need(
+                    "policy custom extension",
+                    &s.custom_extension_id,
+                    &[&extensions],
+                );
+            }
+        }
         for w in &self.workflows {
             if !WORKFLOW_CATEGORIES.contains(&w.category.as_str()) {
                 bad.push(format!("workflow category {}", w.category));
             }
         }
-        if bad.is_empty() {
+        if !bad.is_empty() {
+            return Err(WorldError::UnknownIds(bad));
+        }
+        let problems = self.governance_problems();
+        if problems.is_empty() {
             Ok(())
         } else {
-            Err(WorldError::UnknownIds(bad))
+            Err(WorldError::Inconsistent(problems))
         }
+    }
+
+    /// What is wrong with the entitlement-management objects once every id they name exists.
+    fn governance_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut unique = |what: &str, ids: &mut dyn Iterator<Item = &String>| {
+            let mut seen = BTreeSet::new();
+            for id in ids {
+                if id.is_empty() {
+                    problems.push(format!("a {what} has an empty id"));
+                } else if !seen.insert(id.to_lowercase()) {
+                    problems.push(format!("two {what}s have the id {id}"));
+                }
+            }
+        };
+        unique("catalog", &mut self.catalogs.iter().map(|c| &c.id));
+        unique(
+            "custom extension",
+            &mut self.custom_extensions.iter().map(|x| &x.id),
+        );
+        unique(
+            "assignment policy",
+            &mut self.assignment_policies.iter().map(|p| &p.id),
+        );
+        for p in &self.assignment_policies {
+            let catalog = self
+                .package(&p.access_package_id)
+                .and_then(|a| a.catalog_id.as_deref());
+            let mut stages = BTreeSet::new();
+            for s in &p.custom_extension_stage_settings {
+                if !POLICY_STAGES.contains(&s.stage.as_str()) {
+                    problems.push(format!(
+                        "policy {} names the stage {}, which is not one of {}",
+                        p.id,
+                        s.stage,
+                        POLICY_STAGES.join(", ")
+                    ));
+                }
+                if !stages.insert(s.stage.as_str()) {
+                    problems.push(format!("policy {} names the stage {} twice", p.id, s.stage));
+                }
+                let extension_catalog = self
+                    .custom_extension(&s.custom_extension_id)
+                    .map(|x| x.catalog_id.as_str());
+                if extension_catalog.map(str::to_lowercase) != catalog.map(str::to_lowercase) {
+                    problems.push(format!(
+                        "policy {} uses the custom extension {} of catalog {}, but its access package {} is in catalog {}",
+                        p.id,
+                        s.custom_extension_id,
+                        extension_catalog.unwrap_or("(none)"),
+                        p.access_package_id,
+                        catalog.unwrap_or("(none)")
+                    ));
+                }
+            }
+        }
+        for l in &self.logic_apps {
+            if logic_app_parts(l).is_none() {
+                problems.push(format!(
+                    "logic app {l} is not /subscriptions/{{sub}}/resourceGroups/{{rg}}/providers/Microsoft.Logic/workflows/{{name}}"
+                ));
+            }
+        }
+        problems
+    }
+
+    /// Ids of every catalog (lower case): the listed ones and those access packages name.
+    pub fn catalog_ids(&self) -> BTreeSet<String> {
+        self.catalogs
+            .iter()
+            .map(|c| c.id.to_lowercase())
+            .chain(
+                self.access_packages
+                    .iter()
+                    .filter_map(|p| p.catalog_id.as_deref().map(str::to_lowercase)),
+            )
+            .collect()
+    }
+
+    /// A custom extension by id (any case).
+    pub fn custom_extension(&self, id: &str) -> Option<&WorldCustomExtension> {
+        self.custom_extensions
+            .iter()
+            .find(|x| x.id.eq_ignore_ascii_case(id))
     }
 
     /// The user whose id or UPN is `id` (ignoring case), as Graph's `/users/{id}` finds one.
@@ -513,5 +716,92 @@ mod tests {
             .map(|e| e.to_string());
         assert!(e.is_some_and(|e| e.starts_with("cannot read")));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn governance_objects_are_checked_against_each_other() {
+        let good: World = serde_json::from_str(
+            r#"{"accessPackages": [{"id": "p1", "catalogId": "C1"}, {"id": "p2", "catalogId": "c2"}],
+                "catalogs": [{"id": "c1", "displayName": "Finance"}],
+                "customExtensions": [{"id": "x1", "catalogId": "c1", "displayName": "gate"}],
+                "assignmentPolicies": [{"id": "pol1", "accessPackageId": "p1",
+                    "customExtensionStageSettings": [{"stage": "assignmentRequestCreated", "customExtensionId": "X1"}]}],
+                "logicApps": ["/subscriptions/s/resourceGroups/rg/providers/Microsoft.Logic/workflows/la"]}"#,
+        )
+        .unwrap();
+        assert_eq!(good.validate().ok(), Some(()));
+        assert_eq!(
+            good.catalog_ids(),
+            BTreeSet::from(["c1".to_owned(), "c2".to_owned()])
+        );
+        let text = serde_json::to_string(&good).unwrap_or_default();
+        assert!(text.contains("\"customExtensionStageSettings\""), "{text}");
+        assert_eq!(serde_json::from_str::<World>(&text).ok(), Some(good));
+
+        let unknown: World = serde_json::from_str(
+            r#"{"customExtensions": [{"id": "x1", "catalogId": "nope"}],
+                "assignmentPolicies": [{"id": "pol1", "accessPackageId": "p9",
+                    "customExtensionStageSettings": [{"stage": "assignmentRequestCreated", "customExtensionId": "x7"}]}]}"#,
+        )
+        .unwrap();
+        let e = unknown
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        for want in [
+            "custom extension catalog nope",
+            "policy package p9",
+            "policy custom extension x7",
+        ] {
+            assert!(e.contains(want), "{want}: {e}");
+        }
+
+        let bad: World = serde_json::from_str(
+            r#"{"accessPackages": [{"id": "p1", "catalogId": "c1"}, {"id": "p2", "catalogId": "c2"}],
+                "catalogs": [{"id": "c1"}, {"id": "C1"}],
+                "customExtensions": [{"id": "x2", "catalogId": "c2"}],
+                "assignmentPolicies": [{"id": "pol1", "accessPackageId": "p1",
+                    "customExtensionStageSettings": [
+                        {"stage": "assignmentRequestCreated", "customExtensionId": "x2"},
+                        {"stage": "assignmentRequestCreated", "customExtensionId": "x2"},
+                        {"stage": "unknownFutureValue", "customExtensionId": "x2"}]}],
+                "logicApps": ["/subscriptions/s/resourceGroups/rg/workflows/la"]}"#,
+        )
+        .unwrap();
+        let e = bad
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        for want in [
+            "inconsistent",
+            "two catalogs have the id C1",
+            "names the stage assignmentRequestCreated twice",
+            "stage unknownFutureValue, which is not one of",
+            "custom extension x2 of catalog c2, but its access package p1 is in catalog c1",
+            "logic app /subscriptions/s/resourceGroups/rg/workflows/la is not",
+        ] {
+            assert!(e.contains(want), "{want}: {e}");
+        }
+    }
+
+    #[test]
+    fn logic_app_resource_ids_split_ignoring_the_case_of_fixed_segments() {
+        assert_eq!(
+            logic_app_parts(
+                "/SUBSCRIPTIONS/s/resourcegroups/rg/providers/microsoft.logic/Workflows/la"
+            ),
+            Some(("s", "rg", "la"))
+        );
+        for bad in [
+            "",
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Logic/workflows/",
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Web/sites/la",
+            "subscriptions/s/resourceGroups/rg/providers/Microsoft.Logic/workflows/la",
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Logic/workflows/la/x",
+        ] {
+            assert_eq!(logic_app_parts(bad), None, "{bad}");
+        }
     }
 }

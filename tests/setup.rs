@@ -1,0 +1,548 @@
+//! `accessgate setup` against the emulator's Graph: plan, apply, re-run, and every refusal the
+//! issue names (missing catalog, package of another catalog, stage taken by another extension,
+//! missing permission, missing Logic App), each with nothing half-applied; Lifecycle Workflows
+//! and PIM (device-code sign-in) extensions.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use serde_json::{Value, json};
+
+const CATALOG: &str = "c0000000-0000-0000-0000-0000000000aa";
+const OTHER_CATALOG: &str = "c0000000-0000-0000-0000-0000000000bb";
+const PACKAGE: &str = "a0000000-0000-0000-0000-0000000000aa";
+const LEDGER: &str = "a0000000-0000-0000-0000-0000000000bb";
+const EMPLOYEES: &str = "p0000000-0000-0000-0000-0000000000a1";
+const CONTRACTORS: &str = "p0000000-0000-0000-0000-0000000000a2";
+const OTHER_EXTENSION: &str = "e0000000-0000-0000-0000-0000000000ee";
+const LCW_LOGIC_APP: &str = "/subscriptions/38ab2ccc-3747-4567-b36b-9478f5602f0d/resourceGroups/rg-tasks/providers/Microsoft.Logic/workflows/logic-tasks";
+
+fn world() -> Value {
+    json!({
+        "users": [],
+        "catalogs": [
+            {"id": CATALOG, "displayName": "General"},
+            {"id": OTHER_CATALOG, "displayName": "Finance"}
+        ],
+        "accessPackages": [
+            {"id": PACKAGE, "displayName": "Sales tools", "catalogId": CATALOG},
+            {"id": LEDGER, "displayName": "Ledger", "catalogId": OTHER_CATALOG}
+        ],
+        "assignmentPolicies": [
+            {"id": EMPLOYEES, "displayName": "Employees", "accessPackageId": PACKAGE},
+            {"id": CONTRACTORS, "displayName": "Contractors", "accessPackageId": PACKAGE,
+             "customExtensionStageSettings": [{"stage": "assignmentRequestGranted", "customExtensionId": OTHER_EXTENSION}]}
+        ],
+        "customExtensions": [
+            {"id": OTHER_EXTENSION, "catalogId": CATALOG, "displayName": "Ticket bot"}
+        ],
+        "logicApps": [LCW_LOGIC_APP]
+    })
+}
+
+struct Setup {
+    emu: RunningEmulator,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    outputs: PathBuf,
+}
+
+impl Setup {
+    async fn start() -> Setup {
+        let emu = start_emulator().await;
+        let e = emu.handle();
+        e.load_world(&serde_json::from_value(world()).unwrap())
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(dir.path(), &e, "");
+        // The config the harness writes has its own [extensions.elm]: setup's target here is a
+        // fresh file, so what it writes is all there is to compare.
+        let fresh = dir.path().join("written.toml");
+        std::fs::write(&fresh, "# written by setup\n").unwrap();
+        let principal = e
+            .principals()
+            .into_iter()
+            .find(|p| p.client_id == e.config().graph_client_id)
+            .unwrap()
+            .object_id;
+        let outputs = dir.path().join("outputs.env");
+        std::fs::write(
+            &outputs,
+            format!(
+                "ACCESSGATE_URL=\"{base}\"\nACCESSGATE_PRINCIPAL_ID=\"{principal}\"\nACCESSGATE_LOGIC_APP_RESOURCE_ID=\"{la}\"\nACCESSGATE_LOGIC_APP_URL=\"{base}/workflows/relay/triggers/manual/paths/invoke?api-version=2016-10-01\"\nACCESSGATE_INGRESS_MODE=\"relay\"\n",
+                base = e.base_url(),
+                la = e.config().logic_app_resource,
+            ),
+        )
+        .unwrap();
+        Setup {
+            emu,
+            dir,
+            config,
+            outputs,
+        }
+    }
+
+    fn written(&self) -> PathBuf {
+        self.dir.path().join("written.toml")
+    }
+
+    fn file(&self, text: &str) -> PathBuf {
+        let p = self.dir.path().join("setup.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    async fn run(&self, file: &Path, extra: &[&str]) -> (Option<i32>, String) {
+        let mut args: Vec<String> = vec![
+            "setup".into(),
+            "--config".into(),
+            self.config.display().to_string(),
+            "--file".into(),
+            file.display().to_string(),
+            "--outputs".into(),
+            self.outputs.display().to_string(),
+        ];
+        if !extra.contains(&"--write-config") {
+            args.extend([
+                "--write-config".into(),
+                self.written().display().to_string(),
+            ]);
+        }
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let e = self.emu.handle();
+        let env: Vec<(String, String)> = vec![(
+            "ACCESSGATE_CREDENTIALS__CLIENT_SECRET".into(),
+            e.config().graph_client_secret.clone(),
+        )];
+        let out = tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            run_to_exit(&args, &env)
+        })
+        .await
+        .unwrap();
+        let text = output_text(&out);
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        assert!(leaks(&lines).is_empty(), "setup printed a secret:\n{text}");
+        (out.status.code(), text)
+    }
+
+    /// Graph writes (POST, PUT, PATCH) the emulator has seen.
+    fn writes(&self) -> Vec<String> {
+        self.emu
+            .handle()
+            .graph_calls()
+            .into_iter()
+            .filter(|c| matches!(c.method.as_str(), "POST" | "PUT" | "PATCH"))
+            .map(|c| format!("{} {} {}", c.method, c.path, c.status))
+            .collect()
+    }
+
+    async fn graph_get(&self, path: &str) -> Value {
+        let token = self.emu.handle().mint_graph_token().unwrap();
+        client()
+            .get(format!("{}/v1.0{path}", self.emu.handle().base_url()))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+const ELM: &str = r#"
+[access_packages]
+catalog = "General"
+callback_timeout = "PT12H"
+
+[[access_packages.policies]]
+access_package = "Sales tools"
+policies = ["Employees"]
+stages = ["assignmentRequestCreated", "assignmentRequestApproved"]
+"#;
+
+#[tokio::test]
+async fn plan_then_apply_then_nothing_to_change() {
+    let s = Setup::start().await;
+    let file = s.file(ELM);
+
+    // --plan: the diff, and nothing written.
+    let (code, out) = s.run(&file, &["--plan"]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("+ create access package custom extension \"accessgate\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("+ callbackConfiguration.timeoutDuration: \"PT12H\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("+ customExtensionStageSettings: assignmentRequestCreated -> \"accessgate\""),
+        "{out}"
+    );
+    assert!(out.contains("Access package assignment manager"), "{out}");
+    assert!(out.contains("Plan: 2 to create, 2 to change."), "{out}");
+    assert!(s.writes().is_empty(), "--plan wrote: {:?}", s.writes());
+    assert_eq!(
+        std::fs::read_to_string(s.written()).unwrap(),
+        "# written by setup\n"
+    );
+
+    // Apply.
+    let (code, out) = s.run(&file, &[]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("Applied 4 of 4 step(s)."), "{out}");
+
+    // The extension as Graph now has it: schema names, PoP, the relay's trigger URL.
+    let list = s
+        .graph_get(&format!(
+            "/identityGovernance/entitlementManagement/catalogs/{CATALOG}/customWorkflowExtensions"
+        ))
+        .await;
+    let ext = list["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["displayName"] == "accessgate")
+        .unwrap_or_else(|| panic!("no extension in {list}"))
+        .clone();
+    assert_eq!(
+        ext["authenticationConfiguration"]["@odata.type"],
+        "#microsoft.graph.azureAdPopTokenAuthentication"
+    );
+    assert_eq!(ext["callbackConfiguration"]["timeoutDuration"], "PT12H");
+    let la = s.emu.handle().config().logic_app_resource.clone();
+    assert!(
+        la.ends_with(
+            ext["endpointConfiguration"]["logicAppWorkflowName"]
+                .as_str()
+                .unwrap()
+        )
+    );
+    assert!(
+        ext["endpointConfiguration"]["url"]
+            .as_str()
+            .unwrap()
+            .contains("/triggers/manual/paths/invoke")
+    );
+    let ext_id = ext["id"].as_str().unwrap().to_owned();
+
+    // The policy runs it at both stages; the other policy is untouched.
+    let policy = s
+        .graph_get(&format!(
+            "/identityGovernance/entitlementManagement/assignmentPolicies/{EMPLOYEES}?$expand=customExtensionStageSettings($expand=customExtension)"
+        ))
+        .await;
+    let stages: Vec<(String, String)> = policy["customExtensionStageSettings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["stage"].as_str().unwrap().to_owned(),
+                s["customExtension"]["id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        stages,
+        vec![
+            ("assignmentRequestCreated".to_owned(), ext_id.clone()),
+            ("assignmentRequestApproved".to_owned(), ext_id.clone())
+        ]
+    );
+
+    // accessgate's identity holds the least catalog role that resumes.
+    let principal = s
+        .emu
+        .handle()
+        .principals()
+        .into_iter()
+        .find(|p| p.client_id == s.emu.handle().config().graph_client_id)
+        .unwrap();
+    assert!(
+        principal
+            .catalog_roles
+            .iter()
+            .any(|r| r.catalog_id == CATALOG && r.role == "Access package assignment manager"),
+        "{:?}",
+        principal.catalog_roles
+    );
+
+    // The configuration names the extension, and accessgate accepts it.
+    let written = std::fs::read_to_string(s.written()).unwrap();
+    assert!(written.contains("# written by setup\n"), "{written}");
+    assert!(written.contains("[extensions.elm]"), "{written}");
+    assert!(
+        written.contains(&format!("resource = \"{la}\"")),
+        "{written}"
+    );
+    assert!(
+        written.contains(&format!("catalog_ids = [\"{CATALOG}\"]")),
+        "{written}"
+    );
+
+    // Second run: nothing to change, nothing written.
+    let before = s.writes().len();
+    let (code, out) = s.run(&file, &[]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("Nothing to change."), "{out}");
+    assert_eq!(s.writes().len(), before, "{:?}", s.writes());
+
+    // A changed timeout is an update of that one property.
+    let file = s.file(&ELM.replace("PT12H", "P2D"));
+    let (code, out) = s.run(&file, &[]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("~ callbackConfiguration.timeoutDuration: \"PT12H\" -> \"P2D\""),
+        "{out}"
+    );
+    assert!(out.contains("Applied 1 of 1 step(s)."), "{out}");
+}
+
+/// Every refusal names its fix, and a run that finds one writes nothing.
+#[tokio::test]
+async fn bad_input_is_refused_before_anything_is_written() {
+    let s = Setup::start().await;
+    let cases: [(&str, &[&str]); 4] = [
+        (
+            "[access_packages]\ncatalog = \"Nope\"\n",
+            &["catalog \"Nope\" does not exist", "access_packages.catalog"],
+        ),
+        (
+            "[access_packages]\ncatalog = \"General\"\n[[access_packages.policies]]\naccess_package = \"Ledger\"\nstages = [\"assignmentRequestCreated\"]\n",
+            &[
+                "access package \"Ledger\" is in catalog \"Finance\"",
+                "not in \"General\"",
+            ],
+        ),
+        (
+            "[access_packages]\ncatalog = \"General\"\n[[access_packages.policies]]\naccess_package = \"Sales tools\"\npolicies = [\"Contractors\"]\nstages = [\"assignmentRequestGranted\"]\n",
+            &[
+                "already runs extension \"Ticket bot\"",
+                "Remove it from the policy",
+            ],
+        ),
+        (
+            "[access_packages]\ncatalog = \"General\"\n[[access_packages.policies]]\naccess_package = \"Sales tools\"\npolicies = [\"Interns\"]\nstages = [\"assignmentRequestGranted\"]\n",
+            &[
+                "has no assignment policy \"Interns\"",
+                "\"Employees\", \"Contractors\"",
+            ],
+        ),
+    ];
+    for (text, says) in cases {
+        let (code, out) = s.run(&s.file(text), &[]).await;
+        assert_eq!(code, Some(1), "{out}");
+        assert!(out.contains("nothing was changed"), "{out}");
+        for w in says {
+            assert!(out.contains(w), "{w:?} missing from:\n{out}");
+        }
+    }
+    // The setup file itself: every problem at once, exit 2.
+    let (code, out) = s
+        .run(
+            &s.file("[access_packages]\ncallback_timeout = \"P30D\"\n"),
+            &[],
+        )
+        .await;
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("access_packages.catalog"), "{out}");
+    assert!(out.contains("PT5M to P14D"), "{out}");
+    assert!(s.writes().is_empty(), "{:?}", s.writes());
+}
+
+#[tokio::test]
+async fn a_missing_permission_is_named_with_its_fix() {
+    let s = Setup::start().await;
+    let e = s.emu.handle();
+    e.set_grants(
+        &e.config().graph_client_id,
+        &accessgate_emulator::Grants {
+            graph_permissions: Some(vec!["User.Read.All".into()]),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (code, out) = s.run(&s.file(ELM), &[]).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("EntitlementManagement.ReadWrite.All"), "{out}");
+    assert!(out.contains("admin consent"), "{out}");
+    assert!(s.writes().is_empty(), "{:?}", s.writes());
+}
+
+/// The Logic App is checked by Graph at create: the first step fails, so nothing else (the
+/// role, the policies, the file) is applied.
+#[tokio::test]
+async fn a_logic_app_that_does_not_exist_stops_at_the_first_step() {
+    let s = Setup::start().await;
+    let missing = "/subscriptions/38ab2ccc-3747-4567-b36b-9478f5602f0d/resourceGroups/rg-x/providers/Microsoft.Logic/workflows/not-deployed";
+    let text = format!("[deployment]\nlogic_app_resource_id = \"{missing}\"\n{ELM}");
+    let (code, out) = s.run(&s.file(&text), &[]).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("not-deployed"), "{out}");
+    assert!(out.contains("ACCESSGATE_LOGIC_APP_RESOURCE_ID"), "{out}");
+    assert!(out.contains("0 of 4 step(s) were applied"), "{out}");
+    let writes = s.writes();
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    assert!(
+        writes[0].starts_with("POST ") && writes[0].ends_with(" 400"),
+        "{writes:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(s.written()).unwrap(),
+        "# written by setup\n"
+    );
+}
+
+#[tokio::test]
+async fn lifecycle_workflows_and_pim_extensions() {
+    let s = Setup::start().await;
+    let e = s.emu.handle();
+    e.set_grants(
+        &e.config().graph_client_id,
+        &accessgate_emulator::Grants {
+            graph_permissions: Some(vec!["LifecycleWorkflows-CustomExt.ReadWrite.All".into()]),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let lcw = format!(
+        "[lifecycle_workflows]\nlogic_app_resource_id = \"{LCW_LOGIC_APP}\"\nlogic_app_url = \"{}/workflows/tasks/triggers/manual/paths/invoke?api-version=2016-10-01\"\ncallback_timeout = \"PT1H\"\n",
+        e.base_url()
+    );
+    let (code, out) = s.run(&s.file(&lcw), &[]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("+ create custom task extension \"accessgate tasks\""),
+        "{out}"
+    );
+    let list = s
+        .graph_get("/identityGovernance/lifecycleWorkflows/customTaskExtensions")
+        .await;
+    let ext = &list["value"][0];
+    assert_eq!(ext["callbackConfiguration"]["timeoutDuration"], "PT1H");
+    assert_eq!(
+        ext["authenticationConfiguration"]["@odata.type"],
+        "#microsoft.graph.azureAdPopTokenAuthentication"
+    );
+    let written = std::fs::read_to_string(s.written()).unwrap();
+    assert!(written.contains("[extensions.lcw]"), "{written}");
+    assert!(
+        written.contains("kind = \"lifecycle_workflows\""),
+        "{written}"
+    );
+    assert!(written.contains("callback_timeout = \"PT1H\""), "{written}");
+    let (code, out) = s.run(&s.file(&lcw), &[]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("Nothing to change."), "{out}");
+
+    // PIM: app-only is refused with the way out; the device-code user creates it.
+    let pim = "[pim]\naudience = \"api://accessgate.example/5f2c3b1e-0000-4000-8000-000000000009\"\nresource_type = \"entraRoles\"\n";
+    let (code, out) = s.run(&s.file(pim), &[]).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("--device-code"), "{out}");
+    let (code, out) = s.run(&s.file(pim), &["--device-code"]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("To sign in"), "{out}");
+    assert!(
+        out.contains("+ create PIM custom extension \"accessgate PIM\""),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "+ endpointConfiguration.targetUrl: \"{}/api/pim/pim\"",
+            e.base_url()
+        )),
+        "{out}"
+    );
+    let written = std::fs::read_to_string(s.written()).unwrap();
+    assert!(written.contains("[pim.extensions.pim]"), "{written}");
+    assert!(written.contains("budget_ms = 6000"), "{written}");
+    let (code, out) = s.run(&s.file(pim), &["--device-code"]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("Nothing to change."), "{out}");
+}
+
+/// The three commands' last two: setup writes the configuration, doctor then finds each
+/// extension as Entra holds it and compares it with that configuration.
+#[tokio::test]
+async fn doctor_checks_the_extensions_setup_made() {
+    let s = Setup::start().await;
+    let e = s.emu.handle();
+    e.set_grants(
+        &e.config().graph_client_id,
+        &accessgate_emulator::Grants {
+            graph_permissions: Some(vec![
+                "EntitlementManagement.ReadWrite.All".into(),
+                "LifecycleWorkflows-CustomExt.ReadWrite.All".into(),
+                "LifecycleWorkflows.Read.All".into(),
+            ]),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // The harness's configuration is in direct mode: the extensions point at /api/elm.
+    let text = format!(
+        "[deployment]\ningress_mode = \"direct\"\n{ELM}\n[lifecycle_workflows]\nlogic_app_resource_id = \"{}\"\ncallback_timeout = \"PT2H\"\n",
+        e.config().lcw_logic_app_resource,
+    );
+    let file = s.file(&text);
+    let config = s.config.display().to_string();
+    let (code, out) = s.run(&file, &["--write-config", &config]).await;
+    assert_eq!(code, Some(0), "{out}");
+    let doctor = |config: PathBuf| {
+        let env = [(
+            "ACCESSGATE_CREDENTIALS__CLIENT_SECRET".to_string(),
+            e.config().graph_client_secret.clone(),
+        )];
+        tokio::task::spawn_blocking(move || {
+            let c = config.display().to_string();
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            output_text(&run_to_exit(&["doctor", "--config", &c], &env))
+        })
+    };
+    let out = doctor(s.config.clone()).await.unwrap();
+    let line = |name: &str| {
+        out.lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("no {name} in:\n{out}"))
+            .to_owned()
+    };
+    assert!(line("extension elm").starts_with("PASS"), "{out}");
+    assert!(line("extension elm").contains("PT12H"), "{out}");
+    assert!(line("extension lcw").starts_with("PASS"), "{out}");
+
+    // The window accessgate counts must be the extension's: a mismatch fails with the fix.
+    let cfg = std::fs::read_to_string(&s.config).unwrap();
+    let mismatched = s.dir.path().join("mismatched.toml");
+    std::fs::write(
+        &mismatched,
+        cfg.replace("callback_timeout = \"PT2H\"", "callback_timeout = \"PT1H\"")
+            .replace(
+                "deadline_margin_seconds = 5",
+                "deadline_margin_seconds = 86400",
+            ),
+    )
+    .unwrap();
+    let out = doctor(mismatched).await.unwrap();
+    let lcw = out.lines().find(|l| l.contains("extension lcw")).unwrap();
+    assert!(
+        lcw.starts_with("FAIL") && lcw.contains("make them equal"),
+        "{out}"
+    );
+    let elm = out.lines().find(|l| l.contains("extension elm")).unwrap();
+    assert!(
+        elm.starts_with("FAIL") && elm.contains("worker.deadline_margin_seconds"),
+        "{out}"
+    );
+}
