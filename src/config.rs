@@ -48,6 +48,8 @@ pub struct Config {
     pub log: telemetry::Settings,
     /// `[pim]`: PIM custom extensions; `None` when not configured.
     pub pim: Option<crate::pim::Settings>,
+    /// `[azure]`: ARM and the Function App, for `doctor`.
+    pub azure: crate::arm::Settings,
     /// Things that do not stop the service but will make work wait (e.g. no managed identity
     /// endpoint): printed by `check-config` and logged at start.
     pub warnings: Vec<ConfigProblem>,
@@ -147,6 +149,7 @@ const SECTIONS: &[&str] = &[
     "capture",
     "log",
     "pim",
+    "azure",
 ];
 
 /// Loads a config file (optional) and applies environment overrides.
@@ -248,6 +251,7 @@ pub fn from_sources_in(
     let capture_raw: capture::settings::Raw = section(&root, "capture", &mut p);
     let log_raw: telemetry::settings::Raw = section(&root, "log", &mut p);
     let pim_raw: crate::pim::settings::Raw = section(&root, "pim", &mut p);
+    let azure_raw: crate::arm::settings::Raw = section(&root, "azure", &mut p);
     // Keys that could not be read: a later check of the same setting (e.g. "is required") would
     // be a follow-on of the one problem already reported.
     let unreadable: BTreeSet<String> = p.settings().map(str::to_owned).collect();
@@ -289,6 +293,7 @@ pub fn from_sources_in(
     let capture = capture::Settings::from_raw(capture_raw, base_dir, &data_dir);
     let log = telemetry::Settings::from_raw(log_raw, &mut p);
     let pim = crate::pim::Settings::from_raw(pim_raw, &mut p);
+    let azure = crate::arm::Settings::from_raw(azure_raw, &cloud, &mut p);
 
     let (problems, warnings) = p.into_parts();
     let mut reported = BTreeSet::new();
@@ -324,6 +329,7 @@ pub fn from_sources_in(
             capture,
             log,
             pim,
+            azure,
             warnings,
         }),
         _ => Err(ConfigErrors(problems)),
@@ -485,6 +491,7 @@ const STRING_KEYS: &[(&str, &[&str])] = &[
     ("capture", capture::settings::STRING_KEYS),
     ("log", telemetry::settings::STRING_KEYS),
     ("pim", crate::pim::settings::STRING_KEYS),
+    ("azure", crate::arm::settings::STRING_KEYS),
 ];
 
 fn is_string_key(sec: &str, field: &str) -> bool {

@@ -9,6 +9,7 @@
 pub mod activation;
 pub mod app;
 pub mod approval;
+pub mod arm;
 pub mod auth;
 pub mod bridge;
 pub mod callout;

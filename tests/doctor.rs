@@ -316,3 +316,129 @@ async fn the_policys_directory_reads_are_checked_against_the_tokens_permissions(
     assert!(r.out.contains("Grant admin consent"), "{}", r.out);
     assert_eq!(r.code, Some(1));
 }
+
+/// The relay Logic App (relay mode) and the Function App's always-ready instances, read from
+/// Azure Resource Manager with the managed identity.
+#[tokio::test]
+async fn the_relay_logic_app_and_always_ready_are_read_from_arm() {
+    let emu = start_emulator().await;
+    let e = emu.handle();
+    let dir = tempfile::tempdir().unwrap();
+    let logic_app = e.config().logic_app_resource.clone();
+    let site = "/subscriptions/22222222-3333-4444-5555-666666666666/resourceGroups/rg-accessgate/providers/Microsoft.Web/sites/func-accessgate";
+    let cfg = write_config_with(
+        dir.path(),
+        &e,
+        "mode = \"relay\"\nrelay_audiences = [\"https://management.azure.com/\"]\nrelay_caller_ids = [\"aaaaaaaa-0000-0000-0000-000000000009\"]\n",
+        &format!("[azure]\nmanagement_url = \"@EMULATOR_URL@\"\nfunction_app = \"{site}\"\n"),
+    );
+    let mut env = mi_env(&e);
+    env.push((
+        "ACCESSGATE_CREDENTIALS__CLIENT_SECRET".into(),
+        e.config().graph_client_secret.clone(),
+    ));
+    // As infra/modules/relay.bicep deploys it, in ARM's GET shape.
+    let relay = |appid: &str, sas: &str, audience: &str| {
+        serde_json::json!({
+            "type": "Microsoft.Logic/workflows",
+            "properties": {
+                "state": "Enabled",
+                "accessControl": {"triggers": {
+                    "sasAuthenticationPolicy": {"state": sas},
+                    "openAuthenticationPolicies": {"policies": {
+                        "AzureADEntitlementManagementPOPAuthPolicy": {"type": "AADPOP", "claims": [
+                            {"name": "iss", "value": format!("https://sts.windows.net/{}/", e.config().tenant_id)},
+                            {"name": "appid", "value": appid},
+                            {"name": "m", "value": "POST"},
+                            {"name": "u", "value": "management.azure.com"},
+                            {"name": "p", "value": logic_app.clone()}
+                        ]}
+                    }}
+                }},
+                "definition": {"actions": {"forward_to_accessgate": {
+                    "type": "Http",
+                    "inputs": {"method": "POST", "uri": "https://func-accessgate.azurewebsites.net/api/elm",
+                               "authentication": {"type": "ManagedServiceIdentity", "audience": audience}}
+                }}}
+            }
+        })
+    };
+    let flex = |ready: i64| {
+        serde_json::json!({"properties": {"sku": "FlexConsumption", "functionAppConfig": {
+            "scaleAndConcurrency": {"alwaysReady": [{"name": "http", "instanceCount": ready}]}
+        }}})
+    };
+    let run = |env: Vec<(String, String)>| {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || doctor(&cfg, &env))
+    };
+
+    e.put_arm_resource(
+        &logic_app,
+        relay(
+            accessgate_emulator::entra::ELM_APP_ID,
+            "Disabled",
+            "https://management.azure.com/",
+        ),
+        vec![],
+    )
+    .unwrap();
+    e.put_arm_resource(site, flex(1), vec![]).unwrap();
+    let r = run(env.clone()).await.unwrap();
+    assert!(line(&r, "relay elm").starts_with("PASS"), "{}", r.out);
+    let ready = line(&r, "always ready");
+    assert!(
+        ready.starts_with("PASS") && ready.contains("1 always-ready"),
+        "{}",
+        r.out
+    );
+
+    // Another caller admitted, SAS on, a token accessgate refuses; no warm instance.
+    e.put_arm_resource(
+        &logic_app,
+        relay(
+            "00000000-0000-0000-0000-000000000001",
+            "Enabled",
+            "api://other",
+        ),
+        vec![],
+    )
+    .unwrap();
+    e.put_arm_resource(site, flex(0), vec![]).unwrap();
+    let r = run(env.clone()).await.unwrap();
+    let l = line(&r, "relay elm");
+    assert!(l.starts_with("FAIL"), "{}", r.out);
+    for says in [
+        "appid claim",
+        "SAS is not disabled",
+        "inbound.relay_audiences does not accept",
+    ] {
+        assert!(l.contains(says), "{says:?} missing: {}", r.out);
+    }
+    assert!(line(&r, "always ready").starts_with("FAIL"), "{}", r.out);
+    assert!(r.out.contains("ACCESSGATE_ALWAYS_READY"), "{}", r.out);
+
+    // No read role: a warning naming the role, not a failure of the relay itself.
+    e.put_arm_resource(
+        site,
+        flex(1),
+        vec!["00000000-0000-0000-0000-00000000beef".into()],
+    )
+    .unwrap();
+    let r = run(env.clone()).await.unwrap();
+    let l = line(&r, "always ready");
+    assert!(
+        l.starts_with("WARN") && r.out.contains("Reader role"),
+        "{}",
+        r.out
+    );
+
+    // Without a managed identity the ARM checks say why they were skipped.
+    let r = run(vec![(
+        "ACCESSGATE_CREDENTIALS__CLIENT_SECRET".into(),
+        e.config().graph_client_secret.clone(),
+    )])
+    .await
+    .unwrap();
+    assert!(line(&r, "azure resources").starts_with("WARN"), "{}", r.out);
+}

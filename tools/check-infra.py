@@ -107,10 +107,12 @@ def structure(p):
         "db79e9a7-68ee-4b58-9aeb-b90e7c24fcba": "Key Vault Certificate User",
         "12338af0-0e69-4776-bea7-57ae8d297424": "Key Vault Crypto User",
         "3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher",
+        "acdd72a7-3385-48ef-bd42-f606fba81ae7": "Reader (the relay Logic App and the Function App only)",
     }
     for rid, name in want.items():
         check(rid in roles_text, f"roles.bicep: {name} ({rid}) is not assigned")
-    check(len(assigned) == len(want), f"roles.bicep: {len(assigned)} role assignments, expected exactly {len(want)} (no more than the app needs)")
+    # Reader is assigned twice: on the relay Logic App and on the Function App.
+    check(len(assigned) == len(want) + 1, f"roles.bicep: {len(assigned)} role assignments, expected exactly {len(want) + 1} (no more than the app needs)")
     for name, r in assigned:
         check("scope" in r["config"], f"roles.bicep: {name} has no resource scope (never the group or subscription)")
         check(r["config"]["properties"].get("principalType") == "ServicePrincipal", f"roles.bicep: {name} principalType")
@@ -146,6 +148,7 @@ SAMPLES = {
     "ACCESSGATE_INBOUND__RELAY_AUDIENCES": '["https://management.azure.com/"]',
     "ACCESSGATE_INBOUND__RELAY_CALLER_IDS": '["aaaaaaaa-0000-0000-0000-000000000009"]',
     "ACCESSGATE_EXTENSIONS__ELM__RESOURCE": "/subscriptions/22222222-3333-4444-5555-666666666666/resourceGroups/rg/providers/Microsoft.Logic/workflows/logic-accessgate-sample",
+    "ACCESSGATE_AZURE__FUNCTION_APP": "/subscriptions/22222222-3333-4444-5555-666666666666/resourceGroups/rg/providers/Microsoft.Web/sites/func-accessgate-sample",
     "ACCESSGATE_SERVICENOW__INSTANCE_URL": "https://example.service-now.com",
     "ACCESSGATE_SERVICENOW__USERNAME": "accessgate",
     # Key Vault references, resolved by App Service before the process starts.
@@ -175,7 +178,7 @@ def app_settings(binary):
     pairs = settings_of(text)
     check(any(n == "ACCESSGATE_CREDENTIALS__MODE" for n, _ in pairs), "app.bicep: credentials mode is not set")
     # The relay settings and the direct ones are alternatives: check each set on its own.
-    relay = [p for p in pairs if p[0] != "ACCESSGATE_EXTENSIONS__ELM__RESOURCE" and not (p[0] == "ACCESSGATE_INBOUND__MODE" and p[1] == "direct")]
+    relay = [p for p in pairs if not (p[0] == "ACCESSGATE_INBOUND__MODE" and p[1] == "direct")]
     direct = [p for p in pairs if p[0] not in ("ACCESSGATE_INBOUND__RELAY_AUDIENCES", "ACCESSGATE_INBOUND__RELAY_CALLER_IDS") and not (p[0] == "ACCESSGATE_INBOUND__MODE" and p[1] == "relay")]
     for label, chosen in [("relay", relay), ("direct", direct)]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ACCESSGATE_")}

@@ -52,6 +52,7 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .route("/_emulator/graph-calls", get(graph_calls))
         .route("/_emulator/world", post(world))
+        .route("/_emulator/arm/resources", put(arm_resource))
         .route("/_emulator/device-user", put(device_user))
         .route("/_emulator/device", get(device_page))
         .route(
@@ -88,6 +89,7 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .merge(entra::routes())
         .merge(msi::routes())
+        .merge(crate::arm::routes())
         .merge(keyvault::routes())
         .merge(crate::servicenow::routes())
         .fallback(not_found)
@@ -375,6 +377,17 @@ async fn kv_certificate(
 
 async fn graph_calls(State(state): State<AppState>) -> Response {
     Json(graph::graph_calls(&state)).into_response()
+}
+
+async fn arm_resource(State(state): State<AppState>, body: Bytes) -> Response {
+    let r: crate::arm::PutResource = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(err) => return bad_json(&err),
+    };
+    match crate::arm::put(&state, r) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(err) => control_error(StatusCode::BAD_REQUEST, format!("{err:#}")),
+    }
 }
 
 async fn world(State(state): State<AppState>, body: Bytes) -> Response {

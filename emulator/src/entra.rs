@@ -306,6 +306,7 @@ pub fn audience_of_resource(resource: &str) -> Option<&'static str> {
         "https://graph.microsoft.com" | GRAPH_APP_ID => Some(GRAPH_AUDIENCE),
         "https://vault.azure.net" => Some(VAULT_AUDIENCE),
         "https://storage.azure.com" => Some(STORAGE_AUDIENCE),
+        "https://management.azure.com" => Some(crate::arm::ARM_AUDIENCE),
         _ => None,
     }
 }

@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod approval;
+pub mod arm;
 mod control;
 pub mod directory;
 pub mod entra;
@@ -485,6 +486,24 @@ impl Emulator {
     /// through Graph).
     pub fn load_world(&self, world: &World) -> anyhow::Result<()> {
         governance::load(&self.state, world)
+    }
+
+    /// Puts an Azure Resource Manager resource (`id`, ARM's JSON); `readers` are the object ids
+    /// that may read it (empty: every principal).
+    pub fn put_arm_resource(
+        &self,
+        id: &str,
+        resource: serde_json::Value,
+        readers: Vec<String>,
+    ) -> anyhow::Result<()> {
+        arm::put(
+            &self.state,
+            arm::PutResource {
+                id: id.to_owned(),
+                resource,
+                readers,
+            },
+        )
     }
 
     /// `{base}/{tenant}/oauth2/v2.0/devicecode`.

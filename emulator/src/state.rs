@@ -64,6 +64,8 @@ pub(crate) struct Inner {
     /// Catalogs, policies and custom extensions (`governance`): the world's, plus what Graph
     /// calls created since it was loaded.
     pub governance: crate::governance::Governance,
+    /// Azure Resource Manager resources, by lower-case id.
+    pub arm: BTreeMap<String, crate::arm::ArmResource>,
     /// Device codes issued and not yet redeemed, by code.
     pub device_codes: BTreeMap<String, crate::entra::DeviceCode>,
     /// The scopes the emulated administrator consents to (`None`: whatever is asked for).
@@ -158,6 +160,7 @@ impl Shared {
                 servicenow: crate::servicenow::ServiceNowState::new(),
                 tasks: BTreeMap::new(),
                 governance: crate::governance::Governance::default(),
+                arm: BTreeMap::new(),
                 device_codes: BTreeMap::new(),
                 device_user_scopes: None,
             }),

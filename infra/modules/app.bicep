@@ -48,8 +48,6 @@ var ingressSettings = ingressMode == 'relay' ? [
   { name: 'ACCESSGATE_INBOUND__RELAY_CALLER_IDS', value: '["${relay.outputs.principalId}"]' }
 ] : [
   { name: 'ACCESSGATE_INBOUND__MODE', value: 'direct' }
-  // Entra binds its PoP tokens to the Logic App the extension names.
-  { name: 'ACCESSGATE_EXTENSIONS__ELM__RESOURCE', value: relay.outputs.id }
 ]
 var serviceNowSettings = empty(serviceNowInstanceUrl) ? [] : [
   { name: 'ACCESSGATE_SERVICENOW__INSTANCE_URL', value: serviceNowInstanceUrl }
@@ -73,6 +71,11 @@ var accessgateSettings = concat([
   { name: 'ACCESSGATE_QUEUE__NAME', value: 'accessgate-jobs' }
   { name: 'ACCESSGATE_QUEUE__WAIT_TABLE', value: 'accessgatewaits' }
   { name: 'ACCESSGATE_LOG__FORMAT', value: 'json' }
+  // Direct mode: Entra binds its PoP tokens to the Logic App the extension names. Relay mode:
+  // the Logic App doctor checks (its trigger policy and forward).
+  { name: 'ACCESSGATE_EXTENSIONS__ELM__RESOURCE', value: relay.outputs.id }
+  // doctor reads the always-ready setting from the Function App itself.
+  { name: 'ACCESSGATE_AZURE__FUNCTION_APP', value: resourceId('Microsoft.Web/sites', functionAppName) }
 ], ingressSettings, serviceNowSettings)
 
 module function 'function.bicep' = {
@@ -100,6 +103,8 @@ module roles 'roles.bicep' = {
     storageName: storage.outputs.name
     keyVaultName: vault.outputs.name
     insightsName: monitoring.outputs.insightsName
+    logicAppName: relay.outputs.name
+    functionAppName: function.outputs.name
   }
 }
 

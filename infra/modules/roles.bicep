@@ -4,6 +4,8 @@ param principalId string
 param storageName string
 param keyVaultName string
 param insightsName string
+param logicAppName string
+param functionAppName string
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageName
@@ -13,6 +15,12 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
 }
 resource insights 'Microsoft.Insights/components@2020-02-02' existing = {
   name: insightsName
+}
+resource relay 'Microsoft.Logic/workflows@2019-05-01' existing = {
+  name: logicAppName
+}
+resource site 'Microsoft.Web/sites@2024-04-01' existing = {
+  name: functionAppName
 }
 
 var roles = {
@@ -31,6 +39,9 @@ var roles = {
   keyVaultCryptoUser: '12338af0-0e69-4776-bea7-57ae8d297424'
   // Entra-authenticated Application Insights ingestion (local auth is off).
   monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
+  // `accessgate doctor` reads the relay Logic App's trigger policy and the Function App's
+  // always-ready setting (read only, on those two resources alone).
+  reader: 'acdd72a7-3385-48ef-bd42-f606fba81ae7'
 }
 
 resource queueRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
@@ -100,5 +111,25 @@ resource metricsRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
     principalId: principalId
     principalType: 'ServicePrincipal'
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.monitoringMetricsPublisher)
+  }
+}
+
+resource relayReaderRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(relay.id, principalId, roles.reader)
+  scope: relay
+  properties: {
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.reader)
+  }
+}
+
+resource siteReaderRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(site.id, principalId, roles.reader)
+  scope: site
+  properties: {
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.reader)
   }
 }

@@ -16,6 +16,8 @@ pub struct Cloud {
     pub authority: &'static str,
     pub graph: &'static str,
     pub key_vault: &'static str,
+    /// Azure Resource Manager (what `doctor` reads the relay and the Function App from).
+    pub management: &'static str,
 }
 
 impl Cloud {
@@ -23,6 +25,7 @@ impl Cloud {
         authority: "https://login.microsoftonline.com",
         graph: "https://graph.microsoft.com",
         key_vault: "https://vault.azure.net",
+        management: "https://management.azure.com",
     };
 
     pub fn named(name: &str) -> Option<Cloud> {
@@ -32,16 +35,19 @@ impl Cloud {
                 authority: "https://login.microsoftonline.us",
                 graph: "https://graph.microsoft.us",
                 key_vault: "https://vault.usgovcloudapi.net",
+                management: "https://management.usgovcloudapi.net",
             },
             "usgov-dod" => Cloud {
                 authority: "https://login.microsoftonline.us",
                 graph: "https://dod-graph.microsoft.us",
                 key_vault: "https://vault.usgovcloudapi.net",
+                management: "https://management.usgovcloudapi.net",
             },
             "china" => Cloud {
                 authority: "https://login.chinacloudapi.cn",
                 graph: "https://microsoftgraph.chinacloudapi.cn",
                 key_vault: "https://vault.azure.cn",
+                management: "https://management.chinacloudapi.cn",
             },
             _ => return None,
         };

@@ -206,21 +206,7 @@ async fn one(config: &Config, graph: &GraphClient, ext: &Extension) -> Check {
             .as_str()
             .unwrap_or("(the Logic App's trigger)")
     );
-    if !fails.is_empty() {
-        Check::fail(
-            &name,
-            format!("{shown}; {}", fails.join("; ")),
-            "see the message",
-        )
-    } else if !warns.is_empty() {
-        Check::warn(
-            &name,
-            format!("{shown}; {}", warns.join("; ")),
-            "see the message",
-        )
-    } else {
-        Check::pass(&name, format!("{shown}; matches the configuration"))
-    }
+    Check::from_findings(&name, &shown, &fails, &warns, "; matches the configuration")
 }
 
 pub(super) async fn checks(config: &Config, graph: &GraphClient) -> Vec<super::Check> {

@@ -12,6 +12,7 @@ use crate::credentials::{CredentialMode, SignWith};
 use crate::graph::GraphClient;
 use crate::queue::Settings as QueueSettings;
 
+mod azure;
 mod extensions;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +54,26 @@ impl Check {
             verdict: Verdict::Warn,
             detail: detail.into(),
             fix: Some(fix.into()),
+        }
+    }
+    /// A check from what a comparison found: failures, then warnings, after what was seen;
+    /// `ok` is added when nothing was found.
+    fn from_findings(name: &str, seen: &str, fails: &[String], warns: &[String], ok: &str) -> Self {
+        let all: Vec<&str> = fails.iter().chain(warns).map(String::as_str).collect();
+        if !fails.is_empty() {
+            Check::fail(
+                name,
+                format!("{seen}: {}", all.join("; ")),
+                "see the message",
+            )
+        } else if !warns.is_empty() {
+            Check::warn(
+                name,
+                format!("{seen}: {}", all.join("; ")),
+                "see the message",
+            )
+        } else {
+            Check::pass(name, format!("{seen}{ok}"))
         }
     }
     fn from_credential(name: &str, e: &CredentialError) -> Self {
@@ -294,6 +315,9 @@ pub async fn run(config: &Config) -> Vec<Check> {
         // The extensions as Entra holds them, against [extensions.NAME].
         out.extend(extensions::checks(config, &graph).await);
     }
+
+    // The relay Logic App and the always-ready instances, in Azure Resource Manager.
+    out.extend(azure::checks(config, &http, &creds).await);
 
     // Queue.
     out.push(queue_check(config, &http, &creds).await);
