@@ -68,22 +68,19 @@ async fn set_up_extensions(
     env: &[(String, String)],
     catalog: Option<&str>,
 ) {
-    let mut permissions: Vec<String> = [
-        "EntitlementManagement.ReadWrite.All",
-        "LifecycleWorkflows.Read.All",
-        "User.Read.All",
-        "User-LifeCycleInfo.Read.All",
-        "GroupMember.Read.All",
-        "Directory.Read.All",
-    ]
-    .iter()
-    .map(|p| (*p).to_owned())
-    .collect();
+    // Setup also needs to create the task extension; the grants in force are restored after.
+    let before = e
+        .principals()
+        .into_iter()
+        .find(|p| p.client_id == e.config().graph_client_id)
+        .unwrap()
+        .graph_permissions;
+    let mut permissions = before.clone();
     permissions.push("LifecycleWorkflows-CustomExt.ReadWrite.All".into());
     e.set_grants(
         &e.config().graph_client_id,
         &Grants {
-            graph_permissions: Some(permissions.clone()),
+            graph_permissions: Some(permissions),
             ..Default::default()
         },
     )
@@ -111,12 +108,10 @@ async fn set_up_extensions(
     .await
     .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
-    // Back to the grants the tests start from: setup's own permission is not the point here.
-    permissions.pop();
     e.set_grants(
         &e.config().graph_client_id,
         &Grants {
-            graph_permissions: Some(permissions),
+            graph_permissions: Some(before),
             ..Default::default()
         },
     )

@@ -546,3 +546,120 @@ async fn doctor_checks_the_extensions_setup_made() {
         "{out}"
     );
 }
+
+/// A policy keeps what setup does not touch: another extension's stage, its approval stages and
+/// its questions (PUT replaces the whole policy, and the emulator's PUT drops what it is not
+/// sent). Two links to one policy make one update; a pre-expiration stage gets an extension of
+/// the type those stages run.
+#[tokio::test]
+async fn a_policy_keeps_what_setup_does_not_touch() {
+    let s = Setup::start().await;
+    let url = format!(
+        "/identityGovernance/entitlementManagement/assignmentPolicies/{CONTRACTORS}?$expand=questions,customExtensionStageSettings($expand=customExtension)"
+    );
+    let before = s.graph_get(&url).await;
+    let text = r#"
+[access_packages]
+catalog = "General"
+
+[[access_packages.policies]]
+access_package = "Sales tools"
+policies = ["Contractors"]
+stages = ["assignmentRequestCreated"]
+
+[[access_packages.policies]]
+access_package = "Sales tools"
+policies = ["Contractors"]
+stages = ["assignmentOneDayBeforeExpiration"]
+"#;
+    let (code, out) = s.run(&s.file(text), &[]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("+ create pre-expiration custom extension \"accessgate (pre-expiration)\""),
+        "{out}"
+    );
+    assert_eq!(
+        out.matches("~ update policy \"Contractors\"").count(),
+        2,
+        "one update, printed in the plan and when applied:\n{out}"
+    );
+    let after = s.graph_get(&url).await;
+    for kept in [
+        "requestApprovalSettings",
+        "questions",
+        "expiration",
+        "requestorSettings",
+    ] {
+        assert_eq!(
+            after[kept], before[kept],
+            "{kept} changed:\n{before}\n{after}"
+        );
+    }
+    let stages: Vec<(String, String, String)> = after["customExtensionStageSettings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|st| {
+            (
+                st["stage"].as_str().unwrap().to_owned(),
+                st["customExtension"]["displayName"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+                st["customExtension"]["@odata.type"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        stages,
+        vec![
+            (
+                "assignmentRequestGranted".into(),
+                "Ticket bot".into(),
+                "#microsoft.graph.accessPackageAssignmentRequestWorkflowExtension".into()
+            ),
+            (
+                "assignmentRequestCreated".into(),
+                "accessgate".into(),
+                "#microsoft.graph.accessPackageAssignmentRequestWorkflowExtension".into()
+            ),
+            (
+                "assignmentOneDayBeforeExpiration".into(),
+                "accessgate (pre-expiration)".into(),
+                "#microsoft.graph.accessPackageAssignmentWorkflowExtension".into()
+            ),
+        ]
+    );
+    let (code, out) = s.run(&s.file(text), &[]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("Nothing to change."), "{out}");
+}
+
+/// A run that stops past its first step (here: the catalog role, for a principal the tenant
+/// does not have) is finished by the next run: done steps show as unchanged.
+#[tokio::test]
+async fn a_stopped_run_is_finished_by_the_next() {
+    let s = Setup::start().await;
+    let ghost = "0f000000-0000-4000-8000-0000000000ff";
+    let text = format!("[deployment]\nprincipal_id = \"{ghost}\"\n{ELM}");
+    let (code, out) = s.run(&s.file(&text), &[]).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("1 of 4 step(s) were applied"), "{out}");
+    // The right identity: the extension is there, the rest is applied.
+    let (code, out) = s.run(&s.file(ELM), &[]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("= access package custom extension \"accessgate\""),
+        "{out}"
+    );
+    assert!(out.contains("Applied 3 of 3 step(s)."), "{out}");
+    let (code, out) = s.run(&s.file(ELM), &[]).await;
+    assert_eq!(
+        (code, out.contains("Nothing to change.")),
+        (Some(0), true),
+        "{out}"
+    );
+}

@@ -568,6 +568,82 @@ async fn wait_resume(emu: &Emulator, sid: &str) -> Option<accessgate_emulator::R
     None
 }
 
+/// The tenant side, as a user does it after `azd up`: `accessgate setup` plans, then creates
+/// the custom extension in the catalog, gives accessgate's identity its catalog role and puts the
+/// extension on the Sales CRM policy's stages; a second run has nothing to change.
+async fn setup_story(
+    binary: &Path,
+    config: &Path,
+    dir: &Path,
+    emu: &Emulator,
+    port: u16,
+) -> anyhow::Result<()> {
+    let principal = emu
+        .principals()
+        .into_iter()
+        .find(|p| p.client_id == emu.config().graph_client_id)
+        .map(|p| p.object_id)
+        .context("the emulator has no principal for accessgate's app")?;
+    let file = dir.join("setup.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"# What `azd up` outputs, given here (a real run reads `azd env get-values`).
+[deployment]
+ingress_mode = "direct"
+url = "http://127.0.0.1:{port}"
+principal_id = "{principal}"
+logic_app_resource_id = "{resource}"
+
+[access_packages]
+name = "demo"
+catalog = "Contoso"
+callback_timeout = "P1D"
+
+[[access_packages.policies]]
+access_package = "Sales CRM"
+stages = ["assignmentRequestCreated", "assignmentRequestApproved"]
+"#,
+            resource = emu.config().logic_app_resource
+        ),
+    )?;
+    // A file of its own: the demo's configuration serves every catalog of the story.
+    let written = dir.join("extensions-from-setup.toml");
+    println!("accessgate setup (the custom extension, through the emulated Graph)");
+    for (label, plan) in [("--plan", true), ("apply", false), ("again", false)] {
+        let mut cmd = tokio::process::Command::new(binary);
+        cmd.arg("setup")
+            .arg("--config")
+            .arg(config)
+            .arg("--file")
+            .arg(&file)
+            .arg("--write-config")
+            .arg(&written)
+            .env("IDENTITY_ENDPOINT", emu.managed_identity_url())
+            .env("IDENTITY_HEADER", &emu.config().identity_header);
+        if plan {
+            cmd.arg("--plan");
+        }
+        let out = cmd.output().await.context("running accessgate setup")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            bail!(
+                "accessgate setup ({label}) failed:\n{text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        println!("  $ accessgate setup {}", if plan { "--plan" } else { "" });
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with("accessgate setup as"))
+        {
+            println!("    {line}");
+        }
+    }
+    println!();
+    Ok(())
+}
+
 pub async fn run(accessgate: Option<PathBuf>) -> anyhow::Result<()> {
     let binary = find_accessgate(accessgate)?;
     let emu_running =
@@ -609,7 +685,14 @@ pub async fn run(accessgate: Option<PathBuf>) -> anyhow::Result<()> {
                 "start_date": window(-1), "end_date": window(3)}]),
         );
     }
+    // The tenant's catalog and the Sales CRM package's assignment policy, for `setup`.
+    let catalog = world["accessPackages"][0]["catalogId"].clone();
+    world["catalogs"] = serde_json::json!([{"id": catalog, "displayName": "Contoso"}]);
+    world["assignmentPolicies"] = serde_json::json!([{
+        "id": uuid::Uuid::new_v4().to_string(), "displayName": "Employees", "accessPackageId": crm
+    }]);
     emu.load_world(&serde_json::from_value(world)?)?;
+    setup_story(&binary, &config, dir.path(), &emu, port).await?;
     emu.put_secret(
         "servicenow-password",
         &emu.servicenow_credentials().password,

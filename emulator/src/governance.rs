@@ -151,8 +151,60 @@ struct Policy {
     description: Option<String>,
     access_package_id: String,
     stages: Vec<StageSetting>,
+    /// Every other writable property, as the last PUT sent it (PUT replaces the whole policy:
+    /// what it leaves out is gone).
+    settings: Map<String, Value>,
+    /// The requestor's questions (a navigation: served with `$expand=questions`).
+    questions: Vec<Value>,
     created: jiff::Timestamp,
     modified: jiff::Timestamp,
+}
+
+/// What a world's policy holds besides its name and stages: approval by the requestor's
+/// manager and one question, so a PUT that loses parts of a policy shows.
+fn world_policy_settings() -> (Map<String, Value>, Vec<Value>) {
+    let settings = json!({
+        "allowedTargetScope": "allMemberUsers",
+        "specificAllowedTargets": [],
+        "expiration": {"type": "afterDuration", "endDateTime": Value::Null, "duration": "P365D"},
+        "requestorSettings": {
+            "enableTargetsToSelfAddAccess": true,
+            "enableTargetsToSelfUpdateAccess": false,
+            "enableTargetsToSelfRemoveAccess": true,
+            "allowCustomAssignmentSchedule": false,
+            "enableOnBehalfRequestorsToAddAccess": false,
+            "enableOnBehalfRequestorsToUpdateAccess": false,
+            "enableOnBehalfRequestorsToRemoveAccess": false,
+            "onBehalfRequestors": [],
+        },
+        "requestApprovalSettings": {
+            "isApprovalRequiredForAdd": true,
+            "isApprovalRequiredForUpdate": false,
+            "isRequestorJustificationRequired": true,
+            "stages": [{
+                "durationBeforeAutomaticDenial": "P7D",
+                "isApproverJustificationRequired": false,
+                "isEscalationEnabled": false,
+                "durationBeforeEscalation": "PT0S",
+                "primaryApprovers": [{"@odata.type": "#microsoft.graph.requestorManager", "managerLevel": 1}],
+                "fallbackPrimaryApprovers": [],
+                "escalationApprovers": [],
+                "fallbackEscalationApprovers": [],
+            }],
+        },
+        "automaticRequestSettings": Value::Null,
+    });
+    let questions = vec![json!({
+        "@odata.type": "#microsoft.graph.accessPackageTextInputQuestion",
+        "id": "q0000000-0000-0000-0000-000000000001",
+        "sequence": 1,
+        "isRequired": true,
+        "isAnswerEditable": true,
+        "text": "Which ticket asks for this access?",
+        "isSingleLineQuestion": true,
+        "regexPattern": Value::Null,
+    })];
+    (settings.as_object().cloned().unwrap_or_default(), questions)
 }
 
 #[derive(Debug, Clone)]
@@ -233,6 +285,8 @@ pub(crate) fn load(state: &Shared, world: &World) -> anyhow::Result<()> {
                     extension_id: s.custom_extension_id.clone(),
                 })
                 .collect(),
+            settings: world_policy_settings().0,
+            questions: world_policy_settings().1,
             created: now,
             modified: now,
         })
@@ -666,6 +720,7 @@ struct PolicyExpand {
     access_package: bool,
     stages: bool,
     extensions: bool,
+    questions: bool,
 }
 
 fn policy_expand(query: &HashMap<String, String>) -> Result<PolicyExpand, Rejection> {
@@ -673,6 +728,7 @@ fn policy_expand(query: &HashMap<String, String>) -> Result<PolicyExpand, Reject
     for (name, options) in expand_items(query)? {
         match (name.as_str(), options.as_deref()) {
             ("accessPackage", None) => e.access_package = true,
+            ("questions", None) => e.questions = true,
             ("customExtensionStageSettings", None) => e.stages = true,
             ("customExtensionStageSettings", Some(o)) => {
                 let nested = o.strip_prefix("$expand=").map(str::trim);
@@ -692,33 +748,19 @@ fn policy_expand(query: &HashMap<String, String>) -> Result<PolicyExpand, Reject
 
 /// A policy's own properties (only ones the v1.0 schema has).
 fn policy_base_json(p: &Policy) -> Value {
-    json!({
+    let mut v = json!({
         "id": p.id,
         "displayName": p.display_name,
         "description": p.description,
-        "allowedTargetScope": "allMemberUsers",
-        "specificAllowedTargets": [],
         "createdDateTime": p.created.to_string(),
         "modifiedDateTime": p.modified.to_string(),
-        "expiration": {"type": "noExpiration", "endDateTime": Value::Null, "duration": Value::Null},
-        "requestorSettings": {
-            "enableTargetsToSelfAddAccess": true,
-            "enableTargetsToSelfUpdateAccess": false,
-            "enableTargetsToSelfRemoveAccess": true,
-            "allowCustomAssignmentSchedule": false,
-            "enableOnBehalfRequestorsToAddAccess": false,
-            "enableOnBehalfRequestorsToUpdateAccess": false,
-            "enableOnBehalfRequestorsToRemoveAccess": false,
-            "onBehalfRequestors": [],
-        },
-        "requestApprovalSettings": {
-            "isApprovalRequiredForAdd": false,
-            "isApprovalRequiredForUpdate": false,
-            "isRequestorJustificationRequired": false,
-            "stages": [],
-        },
-        "automaticRequestSettings": Value::Null,
-    })
+    });
+    if let Value::Object(m) = &mut v {
+        for (k, val) in &p.settings {
+            m.insert(k.clone(), val.clone());
+        }
+    }
+    v
 }
 
 fn policy_json(inner: &Inner, p: &Policy, e: PolicyExpand) -> Value {
@@ -729,6 +771,9 @@ fn policy_json(inner: &Inner, p: &Policy, e: PolicyExpand) -> Value {
             .package(&p.access_package_id)
             .and_then(|a| a.display_name.clone());
         v["accessPackage"] = json!({"id": p.access_package_id, "displayName": name});
+    }
+    if e.questions {
+        v["questions"] = Value::Array(p.questions.clone());
     }
     if e.stages {
         v["customExtensionStageSettings"] = p
@@ -839,7 +884,39 @@ fn put_policy(state: &Shared, caller: &Caller, call: &Call) -> Answer {
         Some(Value::Array(items)) => Some(stage_settings(&inner, &policy, &catalog, items)?),
         _ => None,
     };
-    let text = |k: &str| body.get(k).map(|v| v.as_str().map(str::to_owned));
+    if let Some(pkg) = body
+        .get("accessPackage")
+        .and_then(|a| a.get("id"))
+        .and_then(Value::as_str)
+        && !pkg.eq_ignore_ascii_case(&policy.access_package_id)
+    {
+        return Err(bad(format!(
+            "The policy belongs to access package '{}', not '{pkg}': a policy cannot move.",
+            policy.access_package_id
+        )));
+    }
+    // PUT replaces the policy: what the body leaves out is gone.
+    let mut settings = Map::new();
+    for (k, v) in &body {
+        let kept_apart = [
+            "@odata.type",
+            "displayName",
+            "description",
+            "customExtensionStageSettings",
+            "questions",
+            "accessPackage",
+            "catalog",
+        ];
+        if !kept_apart.contains(&k.as_str()) && !READ_ONLY.contains(&k.as_str()) {
+            settings.insert(k.clone(), v.clone());
+        }
+    }
+    let questions = body
+        .get("questions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let text = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_owned);
     let Some(record) = inner
         .governance
         .policies
@@ -848,15 +925,11 @@ fn put_policy(state: &Shared, caller: &Caller, call: &Call) -> Answer {
     else {
         return Err(not_found("assignment policy", id));
     };
-    if let Some(name) = text("displayName") {
-        record.display_name = name;
-    }
-    if let Some(description) = text("description") {
-        record.description = description;
-    }
-    if let Some(stages) = stages {
-        record.stages = stages;
-    }
+    record.display_name = text("displayName");
+    record.description = text("description");
+    record.stages = stages.unwrap_or_default();
+    record.settings = settings;
+    record.questions = questions;
     record.modified = jiff::Timestamp::now();
     let record = record.clone();
     tracing::info!(policy = %record.id, stages = record.stages.len(), "assignment policy replaced");
@@ -864,6 +937,7 @@ fn put_policy(state: &Shared, caller: &Caller, call: &Call) -> Answer {
         access_package: false,
         stages: true,
         extensions: true,
+        questions: true,
     };
     let body = policy_json(&inner, &record, expand);
     Ok((
@@ -904,14 +978,32 @@ fn stage_settings(
             .and_then(|x| x.get("id"))
             .and_then(Value::as_str)
             .ok_or_else(|| bad(format!("'{at}.customExtension.id' is required.")))?;
-        let known = inner
+        let Some(extension) = inner
             .governance
             .elm_extensions
             .iter()
-            .any(|x| x.id().eq_ignore_ascii_case(extension_id) && x.in_catalog(catalog));
-        if !known {
+            .find(|x| x.id().eq_ignore_ascii_case(extension_id) && x.in_catalog(catalog))
+        else {
             return Err(bad(format!(
                 "The custom extension '{extension_id}' was not found in catalog '{catalog}'."
+            )));
+        };
+        // The pre-expiration stages run assignment workflow extensions; the request stages
+        // (and dynamic approval) run request workflow extensions.
+        let wants = if stage.starts_with("assignment") && stage.contains("BeforeExpiration") {
+            ASSIGNMENT_WORKFLOW_EXTENSION
+        } else {
+            REQUEST_WORKFLOW_EXTENSION
+        };
+        let is = extension
+            .json
+            .get("@odata.type")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .trim_start_matches('#');
+        if is != wants {
+            return Err(bad(format!(
+                "The custom extension '{extension_id}' is a '{is}': the stage '{stage}' runs a '{wants}'."
             )));
         }
         if out.iter().any(|s| s.stage == stage) {
@@ -2187,6 +2279,8 @@ mod tests {
             description: None,
             access_package_id: "a".into(),
             stages: Vec::new(),
+            settings: world_policy_settings().0,
+            questions: world_policy_settings().1,
             created: now,
             modified: now,
         };

@@ -350,9 +350,16 @@ async fn policies_expand_their_stages_and_package() {
     let p = &policies[0];
     assert_eq!(p["id"], POL1);
     assert_eq!(p["allowedTargetScope"], "allMemberUsers");
-    assert_eq!(p["expiration"]["type"], "noExpiration");
+    assert_eq!(p["expiration"]["type"], "afterDuration");
     assert_eq!(p["requestorSettings"]["enableTargetsToSelfAddAccess"], true);
-    assert_eq!(p["requestApprovalSettings"]["stages"], json!([]));
+    assert_eq!(
+        p["requestApprovalSettings"]["stages"][0]["primaryApprovers"][0]["@odata.type"],
+        "#microsoft.graph.requestorManager"
+    );
+    assert!(
+        p.get("questions").is_none(),
+        "questions are a navigation: {p}"
+    );
     assert!(p["automaticRequestSettings"].is_null());
     assert!(p.get("customExtensionStageSettings").is_none());
 
@@ -408,7 +415,7 @@ async fn policies_expand_their_stages_and_package() {
             .is_none()
     );
     assert!(p.get("accessPackage").is_none());
-    let (status, err) = call(
+    let (status, q) = call(
         &emu,
         "GET",
         &format!("v1.0/{ELM}/assignmentPolicies/{POL1}?$expand=questions"),
@@ -416,8 +423,21 @@ async fn policies_expand_their_stages_and_package() {
         None,
     )
     .await;
+    assert_eq!(status, 200, "{q}");
+    assert_eq!(
+        q["questions"][0]["@odata.type"],
+        "#microsoft.graph.accessPackageTextInputQuestion"
+    );
+    let (status, err) = call(
+        &emu,
+        "GET",
+        &format!("v1.0/{ELM}/assignmentPolicies/{POL1}?$expand=reviewSettings"),
+        &token,
+        None,
+    )
+    .await;
     assert_eq!(status, 400);
-    assert!(message(&err).contains("'questions'"), "{err}");
+    assert!(message(&err).contains("'reviewSettings'"), "{err}");
     let (status, _) = call(
         &emu,
         "GET",
@@ -589,7 +609,10 @@ async fn a_policy_put_replaces_its_stages_within_its_catalog() {
         "customExtensionStageSettings": [{"stage": "assignmentRequestGranted", "customExtension": {"id": X2}}]
     }))).await;
     assert_eq!(status, 200, "{p}");
-    assert_eq!(p["displayName"], "HR staff");
+    // PUT replaces the whole policy: what the body leaves out is gone.
+    assert!(p["displayName"].is_null(), "{p}");
+    assert!(p.get("requestApprovalSettings").is_none(), "{p}");
+    assert_eq!(p["questions"], json!([]), "{p}");
     // A catalog reader may read, not write.
     let reader = token_with(&emu, &[], &[(C2, "Catalog reader")]).await;
     let (status, _) = call(

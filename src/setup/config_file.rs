@@ -7,7 +7,7 @@ use std::path::Path;
 use toml_edit::{Array, DocumentMut, Item, Table, value};
 
 use super::graph_admin::SetupError;
-use super::plan::{Action, Step};
+use super::plan::{Action, Phase, Step};
 
 #[derive(Debug, Clone, Default)]
 pub struct Desired {
@@ -40,6 +40,10 @@ fn table<'a>(doc: &'a mut Table, key: &str) -> &'a mut Table {
         t.set_implicit(true);
         Item::Table(t)
     });
+    // An inline table (`elm = { resource = "…" }`) becomes a table with the same keys.
+    if let Some(inline) = item.as_inline_table().cloned() {
+        *item = Item::Table(inline.into_table());
+    }
     if !item.is_table() {
         *item = Item::Table(Table::new());
     }
@@ -143,6 +147,7 @@ pub fn step(path: &Path, desired: &Desired) -> Result<Option<Step>, SetupError> 
         return Ok(None);
     }
     Ok(Some(Step {
+        phase: Phase::Config,
         sign: '~',
         title: format!("update {}", path.display()),
         lines,
@@ -151,6 +156,30 @@ pub fn step(path: &Path, desired: &Desired) -> Result<Option<Step>, SetupError> 
             text: doc.to_string(),
         },
     }))
+}
+
+/// Replaces the file (through its link, if it is one) with `text`, keeping its permissions
+/// (a configuration may hold secrets: a new file is made readable by its owner only).
+pub fn write(path: &Path, text: &str) -> Result<(), SetupError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let fail =
+        |e: std::io::Error| SetupError::Config(format!("cannot write {}: {e}", path.display()));
+    let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let mode = std::fs::metadata(&target).map_or(0o600, |m| m.permissions().mode() & 0o777);
+    let tmp = target.with_extension("setup-tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(fail)?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(fail)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(fail)?;
+    std::fs::rename(&tmp, &target).map_err(fail)
 }
 
 /// The sections as text, for a run without a configuration file.

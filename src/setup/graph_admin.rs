@@ -187,7 +187,9 @@ impl AdminGraph {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map_or(Duration::from_secs(2), Duration::from_secs);
-            if matches!(status, 429 | 503) && waited + retry <= MAX_THROTTLE_WAIT {
+            // A POST that answered 503 may have been done: only 429 (not done) is sent again.
+            let retryable = status == 429 || (status == 503 && method != reqwest::Method::POST);
+            if retryable && waited + retry <= MAX_THROTTLE_WAIT {
                 eprintln!(
                     "  Graph asked to wait {} s (HTTP {status}) before {what}",
                     retry.as_secs()
@@ -265,16 +267,29 @@ impl AdminGraph {
         let mut pages = 0;
         while let Some(link) = next.take() {
             pages += 1;
-            let Some(rel) = link.strip_prefix(self.base.base()) else {
-                return Err(SetupError::Input(format!(
-                    "{what}: Graph's nextLink {link:?} is not under {}; not followed",
-                    self.base.base()
-                )));
+            // Followed only to the same scheme, host and port: the token goes nowhere else.
+            let base = url::Url::parse(self.base.base()).ok();
+            let next_url = url::Url::parse(&link).ok();
+            let same_origin =
+                matches!((&base, &next_url), (Some(b), Some(n)) if b.origin() == n.origin());
+            let rel = match (&next_url, same_origin) {
+                (Some(n), true) => match n.query() {
+                    Some(q) => format!("{}?{q}", n.path()),
+                    None => n.path().to_owned(),
+                },
+                _ => {
+                    return Err(SetupError::Input(format!(
+                        "{what}: Graph's nextLink is not on {}; not followed",
+                        self.base.base()
+                    )));
+                }
             };
             if pages > 50 {
-                break;
+                return Err(SetupError::Input(format!(
+                    "{what}: more than 50 pages; name the objects by id in the setup file"
+                )));
             }
-            let page = self.get(rel, what, fix).await?;
+            let page = self.get(&rel, what, fix).await?;
             out.extend(page["value"].as_array().cloned().unwrap_or_default());
             next = page["@odata.nextLink"].as_str().map(str::to_owned);
         }
@@ -366,8 +381,14 @@ pub async fn device_code_token(
             .send()
             .await
             .map_err(|e| SetupError::SignIn(transport_error(&e).to_owned()))?;
+        let status = resp.status().as_u16();
         let ok = resp.status().is_success();
         let t: Value = resp.json().await.unwrap_or(Value::Null);
+        if !ok && t["error"].as_str().is_none() {
+            return Err(SetupError::SignIn(format!(
+                "the identity host answered HTTP {status} without an OAuth error: try again"
+            )));
+        }
         if ok && let Some(tok) = t["access_token"].as_str() {
             return Ok(Secret::new(tok));
         }

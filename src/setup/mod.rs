@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::config::Config;
 use crate::credentials::Audience;
 use graph_admin::{AdminGraph, SetupError};
-use plan::{Action, NEW_EXTENSION_ID, Plan};
+use plan::{Action, Plan};
 use spec::Spec;
 
 /// Microsoft Graph Command Line Tools: the public client Graph PowerShell signs in with, so
@@ -123,20 +123,24 @@ pub fn print_plan(plan: &Plan) -> bool {
     }
 }
 
-/// Replaces the planned placeholder with the id the create answered.
-fn fill_new_id(v: &mut Value, id: &str) {
+/// Replaces the planned placeholders with the ids the creates answered.
+fn fill_new_ids(v: &mut Value, ids: &BTreeMap<&'static str, String>) {
     match v {
-        Value::String(s) if s == NEW_EXTENSION_ID => *s = id.to_owned(),
-        Value::Array(a) => a.iter_mut().for_each(|x| fill_new_id(x, id)),
-        Value::Object(m) => m.values_mut().for_each(|x| fill_new_id(x, id)),
+        Value::String(s) => {
+            if let Some(id) = ids.get(s.as_str()) {
+                *s = id.clone();
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| fill_new_ids(x, ids)),
+        Value::Object(m) => m.values_mut().for_each(|x| fill_new_ids(x, ids)),
         _ => {}
     }
 }
 
 /// Creating fails on what Graph checks and the plan could not see (the Logic App, the URL).
-fn create_fix(status: u16, _code: &str, message: &str) -> Option<String> {
+fn create_fix(status: u16, code: &str, message: &str) -> Option<String> {
     let m = message.to_ascii_lowercase();
-    if status == 400 && m.contains("logic app") {
+    if status == 400 && (m.contains("logic app") || code.eq_ignore_ascii_case("InvalidLogicApp")) {
         Some("the Logic App named by deployment.logic_app_resource_id (azd output ACCESSGATE_LOGIC_APP_RESOURCE_ID) does not exist or is in another subscription: run azd up, or fix the id".into())
     } else if status == 409 {
         Some("an object of that name already exists where setup did not see it: run setup again (it will update it)".into())
@@ -146,7 +150,7 @@ fn create_fix(status: u16, _code: &str, message: &str) -> Option<String> {
 }
 
 async fn apply(g: &AdminGraph, plan: Plan) -> Result<usize, (usize, SetupError)> {
-    let mut new_id: Option<String> = None;
+    let mut new_ids: BTreeMap<&'static str, String> = BTreeMap::new();
     let mut done = 0;
     for step in plan.steps {
         println!("{} {} ...", step.sign, step.title);
@@ -154,8 +158,8 @@ async fn apply(g: &AdminGraph, plan: Plan) -> Result<usize, (usize, SetupError)>
             Action::Create {
                 path,
                 body,
-                remember_as_new_extension,
-            } => g
+                remember,
+            } => match g
                 .expect(
                     reqwest::Method::POST,
                     &path,
@@ -164,11 +168,21 @@ async fn apply(g: &AdminGraph, plan: Plan) -> Result<usize, (usize, SetupError)>
                     create_fix,
                 )
                 .await
-                .map(|created| {
-                    if remember_as_new_extension {
-                        new_id = created["id"].as_str().map(str::to_owned);
+            {
+                Ok(created) => match (remember, created["id"].as_str()) {
+                    (Some(placeholder), Some(id)) => {
+                        new_ids.insert(placeholder, id.to_owned());
+                        Ok(())
                     }
-                }),
+                    // The policies would name a placeholder: stop before them.
+                    (Some(_), None) => Err(SetupError::Input(format!(
+                        "{}: Graph's answer has no id; run setup again (it finds the extension by name)",
+                        step.title
+                    ))),
+                    (None, _) => Ok(()),
+                },
+                Err(e) => Err(e),
+            },
             Action::Patch { path, body } => g
                 .expect(
                     reqwest::Method::PATCH,
@@ -180,23 +194,14 @@ async fn apply(g: &AdminGraph, plan: Plan) -> Result<usize, (usize, SetupError)>
                 .await
                 .map(drop),
             Action::PutPolicy { path, mut body } => {
-                if let Some(id) = &new_id {
-                    fill_new_id(&mut body, id);
-                }
+                fill_new_ids(&mut body, &new_ids);
                 g.expect(reqwest::Method::PUT, &path, Some(&body), &step.title, |s, _, m| {
                     (s == 400).then(|| format!("Graph refused the policy update ({m}): check the stage and that the extension is in the package's catalog"))
                 })
                 .await
                 .map(drop)
             }
-            Action::WriteConfig { path, text } => {
-                let tmp = path.with_extension("toml.setup-tmp");
-                std::fs::write(&tmp, text)
-                    .and_then(|()| std::fs::rename(&tmp, &path))
-                    .map_err(|e| {
-                        SetupError::Config(format!("cannot write {}: {e}", path.display()))
-                    })
-            }
+            Action::WriteConfig { path, text } => config_file::write(&path, &text),
         };
         match result {
             Ok(()) => {

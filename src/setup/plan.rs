@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::config_file::{self, Desired};
 use super::graph_admin::{AdminGraph, SetupError};
-use super::spec::{ElmSpec, LcwSpec, Link, LogicApp, PimSpec, Ref, Spec};
+use super::spec::{ElmSpec, LcwSpec, LogicApp, PimSpec, Ref, Spec};
 use crate::auth::IngressMode;
 
 /// Role definition id of "Access package assignment manager": the least catalog role that
@@ -31,9 +31,21 @@ const RESUME_ROLE_IDS: [(&str, &str); 3] = [
 ];
 const CATALOG_OWNER_ID: &str = "ae79f266-94d4-4dab-b730-feca7e132178";
 
-/// Stands for the id of the extension this run creates, in policy bodies planned before it
-/// exists; replaced when the step is applied.
-pub const NEW_EXTENSION_ID: &str = "(the extension this run creates)";
+/// Stand for the ids of the extensions this run creates, in policy bodies planned before they
+/// exist; replaced when the steps are applied.
+pub const NEW_REQUEST_EXTENSION: &str = "(the request workflow extension this run creates)";
+pub const NEW_ASSIGNMENT_EXTENSION: &str = "(the pre-expiration extension this run creates)";
+
+/// The two entitlement-management extension types: the request stages run the first, the
+/// pre-expiration stages the second.
+pub const REQUEST_TYPE: &str = "#microsoft.graph.accessPackageAssignmentRequestWorkflowExtension";
+pub const ASSIGNMENT_TYPE: &str = "#microsoft.graph.accessPackageAssignmentWorkflowExtension";
+const TASK_TYPE: &str = "#microsoft.graph.identityGovernance.customTaskExtension";
+const PIM_TYPE: &str = "#microsoft.graph.roleManagementCustomCalloutExtension";
+
+fn is_expiry_stage(stage: &str) -> bool {
+    stage.ends_with("BeforeExpiration")
+}
 
 const EM: &str = "/v1.0/identityGovernance/entitlementManagement";
 const LCW_EXTENSIONS: &str = "/v1.0/identityGovernance/lifecycleWorkflows/customTaskExtensions";
@@ -42,11 +54,11 @@ const PIM_EXTENSIONS: &str = "/beta/identityGovernance/privilegedAccess/customEx
 /// One Graph write or file write.
 #[derive(Debug, Clone)]
 pub enum Action {
-    /// POST to a collection; `remember_as_new_extension`: its id fills [`NEW_EXTENSION_ID`].
+    /// POST to a collection; `remember`: the placeholder its answer's id replaces.
     Create {
         path: String,
         body: Value,
-        remember_as_new_extension: bool,
+        remember: Option<&'static str>,
     },
     Patch {
         path: String,
@@ -65,12 +77,24 @@ pub enum Action {
 
 #[derive(Debug, Clone)]
 pub struct Step {
+    pub phase: Phase,
     /// `+` create, `~` change.
     pub sign: char,
     pub title: String,
     /// The diff: `+ key: value`, `- key: value`, `~ key: old -> new`.
     pub lines: Vec<String>,
     pub action: Action,
+}
+
+/// The order steps are applied in: nothing refers to an extension before it exists, and a
+/// failing extension create (what Graph alone can check: the Logic App, the URL) comes before
+/// any other write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    Extensions,
+    Role,
+    Policies,
+    Config,
 }
 
 #[derive(Debug, Default)]
@@ -122,8 +146,19 @@ fn same_type(a: &str, b: &str) -> bool {
         .eq_ignore_ascii_case(b.trim_start_matches('#'))
 }
 
+/// URLs compare as parsed: host case and a default port (`:443`) do not count.
+fn same_url(a: &str, b: &str) -> bool {
+    match (url::Url::parse(a), url::Url::parse(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
 fn same_value(key: &str, current: &Value, desired: &Value) -> bool {
     match (current, desired) {
+        // Graph leaves the type out where it is not a derived one (e.g. a task extension in
+        // its list): an absent type is no difference.
+        (Value::Null, _) if key == "@odata.type" => true,
         (Value::String(c), Value::String(d)) if key == "@odata.type" => same_type(c, d),
         (Value::String(c), Value::String(d)) if key.ends_with("Duration") => {
             crate::callout::parse_iso_duration(c) == crate::callout::parse_iso_duration(d)
@@ -131,8 +166,20 @@ fn same_value(key: &str, current: &Value, desired: &Value) -> bool {
         (Value::String(c), Value::String(d)) if key == "subscriptionId" => {
             c.eq_ignore_ascii_case(d)
         }
+        (Value::String(c), Value::String(d)) if key == "url" || key == "targetUrl" => {
+            same_url(c, d)
+        }
         (Value::Object(_), Value::Object(_)) => differences("", current, desired).is_empty(),
         _ => current == desired,
+    }
+}
+
+/// The current value of `k`: the docs' answers name the callback timeout
+/// `durationBeforeTimeout`, the schema `timeoutDuration`; both are read.
+fn current_of<'a>(current: &'a Value, k: &str) -> &'a Value {
+    match &current[k] {
+        Value::Null if k == "timeoutDuration" => &current["durationBeforeTimeout"],
+        v => v,
     }
 }
 
@@ -143,7 +190,7 @@ fn differences(at: &str, current: &Value, desired: &Value) -> Vec<String> {
         return out;
     };
     for (k, dv) in d {
-        let cv = &current[k];
+        let cv = current_of(current, k);
         let path = if at.is_empty() {
             k.clone()
         } else {
@@ -151,9 +198,7 @@ fn differences(at: &str, current: &Value, desired: &Value) -> Vec<String> {
         };
         if dv.is_object() && cv.is_object() {
             // A changed type replaces the whole object.
-            if !same_value("@odata.type", &cv["@odata.type"], &dv["@odata.type"])
-                && dv.get("@odata.type").is_some()
-            {
+            if !same_value("@odata.type", &cv["@odata.type"], &dv["@odata.type"]) {
                 out.push(format!("~ {path}: {} -> {}", short(cv), short(dv)));
             } else {
                 out.extend(differences(&path, cv, dv));
@@ -188,7 +233,7 @@ fn patch_body(current: &Value, desired: &Value) -> Value {
     }
     if let Some(d) = desired.as_object() {
         for (k, dv) in d {
-            if k != "@odata.type" && k != "id" && !same_value(k, &current[k], dv) {
+            if k != "@odata.type" && k != "id" && !same_value(k, current_of(current, k), dv) {
                 body.insert(k.clone(), dv.clone());
             }
         }
@@ -235,7 +280,7 @@ fn logic_app_endpoint(la: &LogicApp, url: Option<&str>) -> Value {
 
 /// The extension as the setup file wants it (schema names: `timeoutDuration`, not the docs'
 /// `durationBeforeTimeout`; no `value` wrapper).
-pub fn elm_body(e: &ElmSpec, spec: &Spec) -> Value {
+pub fn elm_body(e: &ElmSpec, spec: &Spec, type_name: &str, display_name: &str) -> Value {
     let d = &spec.deployment;
     let url = match d.mode {
         IngressMode::Relay => d.logic_app_url.clone(),
@@ -248,8 +293,8 @@ pub fn elm_body(e: &ElmSpec, spec: &Spec) -> Value {
         name: String::new(),
     });
     json!({
-        "@odata.type": "#microsoft.graph.accessPackageAssignmentRequestWorkflowExtension",
-        "displayName": e.display_name,
+        "@odata.type": type_name,
+        "displayName": display_name,
         "description": e.description,
         "endpointConfiguration": logic_app_endpoint(&la, url.as_deref()),
         "authenticationConfiguration": {
@@ -262,16 +307,20 @@ pub fn elm_body(e: &ElmSpec, spec: &Spec) -> Value {
     })
 }
 
-pub fn lcw_body(l: &LcwSpec, spec: &Spec) -> Value {
-    let url = l
-        .logic_app_url
+/// The task extension's trigger URL: the setup file's, or accessgate's own in direct mode.
+fn lcw_url(l: &LcwSpec, spec: &Spec) -> Option<String> {
+    l.logic_app_url
         .clone()
         .or_else(|| match spec.deployment.mode {
             IngressMode::Direct => spec.deployment.url.as_ref().map(|u| u.join("/api/elm")),
             IngressMode::Relay => None,
-        });
+        })
+}
+
+pub fn lcw_body(l: &LcwSpec, spec: &Spec) -> Value {
+    let url = lcw_url(l, spec);
     json!({
-        "@odata.type": "#microsoft.graph.identityGovernance.customTaskExtension",
+        "@odata.type": TASK_TYPE,
         "displayName": l.display_name,
         "description": l.description,
         "endpointConfiguration": logic_app_endpoint(&l.logic_app, url.as_deref()),
@@ -298,7 +347,7 @@ pub fn pim_body(p: &PimSpec, spec: &Spec) -> Value {
         .map(|u| u.join(&format!("/api/pim/{}", p.name)))
         .unwrap_or_default();
     let mut v = json!({
-        "@odata.type": "#microsoft.graph.roleManagementCustomCalloutExtension",
+        "@odata.type": PIM_TYPE,
         "displayName": p.display_name,
         "description": p.description,
         "endpointConfiguration": {
@@ -348,6 +397,14 @@ fn permission_problems(g: &AdminGraph, spec: &Spec, catalog_owner: bool) -> Vec<
             "{who} may not create custom task extensions: grant LifecycleWorkflows-CustomExt.ReadWrite.All (least privilege; LifecycleWorkflows.ReadWrite.All also works)"
         )));
     }
+    if let Some(l) = &spec.lcw
+        && !c.delegated()
+        && lcw_url(l, spec).is_none()
+    {
+        out.push(SetupError::Input(
+            "an app-only run must name the custom task extension's trigger URL (Graph needs url for app-only calls): set lifecycle_workflows.logic_app_url, or run with --device-code".into(),
+        ));
+    }
     if spec.pim.is_some() {
         if !c.delegated() {
             out.push(SetupError::Input(
@@ -368,11 +425,8 @@ async fn catalog_roles(
     principal: &str,
     catalog_id: &str,
 ) -> Result<Vec<String>, SetupError> {
-    let filter = format!(
-        "principalId eq {} and appScopeId eq {}",
-        lit(principal),
-        lit(&format!("/AccessPackageCatalog/{catalog_id}"))
-    );
+    // Graph documents the principalId filter; the catalog is chosen from the answer.
+    let filter = format!("principalId eq {}", lit(principal));
     let list = g
         .list(
             &query(
@@ -467,11 +521,18 @@ async fn find_package(g: &AdminGraph, r: &Ref, at: &str) -> Result<Value, SetupE
     }
 }
 
-/// One extension (of a list) with this display name, if any.
-fn by_name<'a>(list: &'a [Value], name: &str, what: &str) -> Result<Option<&'a Value>, SetupError> {
+/// The one extension of a list with this display name and type (an answer without a type
+/// matches), if any.
+fn by_name<'a>(
+    list: &'a [Value],
+    name: &str,
+    type_name: &str,
+    what: &str,
+) -> Result<Option<&'a Value>, SetupError> {
     let same: Vec<&Value> = list
         .iter()
         .filter(|e| s(e, "displayName").eq_ignore_ascii_case(name))
+        .filter(|e| same_value("@odata.type", &e["@odata.type"], &json!(type_name)))
         .collect();
     match same.as_slice() {
         [] => Ok(None),
@@ -490,19 +551,20 @@ fn extension_step(
     collection: &str,
     current: Option<&Value>,
     desired: Value,
-    remember_as_new_extension: bool,
+    remember: Option<&'static str>,
 ) -> Option<String> {
     let name = s(&desired, "displayName");
     match current {
         None => {
             plan.steps.push(Step {
+                phase: Phase::Extensions,
                 sign: '+',
                 title: format!("create {kind} {name:?}"),
                 lines: created_lines("", &desired),
                 action: Action::Create {
                     path: collection.to_owned(),
                     body: desired,
-                    remember_as_new_extension,
+                    remember,
                 },
             });
             None
@@ -515,6 +577,7 @@ fn extension_step(
                     .push(format!("{kind} {name:?} ({id}) is as the setup file says"));
             } else {
                 plan.steps.push(Step {
+                    phase: Phase::Extensions,
                     sign: '~',
                     title: format!("update {kind} {name:?} ({id})"),
                     lines,
@@ -531,7 +594,7 @@ fn extension_step(
 
 /// The writable part of a policy read with its stage settings, with `settings` as its new
 /// stage settings (PUT replaces the whole policy; read-only and expanded parts are dropped).
-fn policy_put_body(policy: &Value, settings: Vec<Value>) -> Value {
+fn policy_put_body(policy: &Value, package_id: &str, settings: Vec<Value>) -> Value {
     let mut body = policy.as_object().cloned().unwrap_or_default();
     for k in [
         "@odata.context",
@@ -541,9 +604,13 @@ fn policy_put_body(policy: &Value, settings: Vec<Value>) -> Value {
         "accessPackage",
         "catalog",
         "customExtensionStageSettings@odata.context",
+        "questions@odata.context",
     ] {
         body.remove(k);
     }
+    // The docs' PUT examples name the policy's package; the questions (read with
+    // $expand=questions) are sent back, or PUT would remove them.
+    body.insert("accessPackage".into(), json!({ "id": package_id }));
     body.retain(|k, _| {
         !k.contains("@odata.navigationLink") && !k.ends_with("@odata.associationLink")
     });
@@ -554,128 +621,211 @@ fn policy_put_body(policy: &Value, settings: Vec<Value>) -> Value {
     Value::Object(body)
 }
 
-/// The extension policies are to name: its id once it exists.
-struct Named<'a> {
-    id: Option<&'a str>,
-    display_name: &'a str,
+/// The extensions this run's policies name: (request workflow, pre-expiration), each the id
+/// Graph has or the placeholder of this run's create.
+struct Targets {
+    request: (String, String),
+    assignment: Option<(String, String)>,
 }
 
-/// The stage settings and policy steps for one link.
-async fn link_steps(
+impl Targets {
+    /// The (id, display name) of the extension a stage runs.
+    fn for_stage(&self, stage: &str) -> Option<&(String, String)> {
+        if is_expiry_stage(stage) {
+            self.assignment.as_ref()
+        } else {
+            Some(&self.request)
+        }
+    }
+}
+
+/// One policy the setup file names, with every stage any link asks of it (two links that
+/// reach one policy make one PUT, not two that overwrite each other).
+struct PolicyWant {
+    id: String,
+    display_name: String,
+    package_id: String,
+    package_name: String,
+    stages: Vec<&'static str>,
+    at: String,
+}
+
+/// Resolves every link to its policies, merged per policy.
+async fn policy_wants(
+    g: &AdminGraph,
+    e: &ElmSpec,
+    catalog: &Value,
+    problems: &mut Vec<SetupError>,
+) -> Result<Vec<PolicyWant>, SetupError> {
+    let catalog_id = s(catalog, "id");
+    let mut wants: Vec<PolicyWant> = Vec::new();
+    for (i, link) in e.links.iter().enumerate() {
+        let at = format!("access_packages.policies[{}]", i + 1);
+        let package =
+            find_package(g, &link.access_package, &format!("{at}.access_package")).await?;
+        let pkg_name = s(&package, "displayName");
+        let pkg_catalog = s(&package["catalog"], "id");
+        if !pkg_catalog.eq_ignore_ascii_case(&catalog_id) {
+            problems.push(SetupError::Input(format!(
+                "access package {pkg_name:?} is in catalog {:?} ({pkg_catalog}), not in {:?}: an extension serves only its own catalog's packages. Set up a second [access_packages] run with catalog = {pkg_catalog:?}, or move the package",
+                s(&package["catalog"], "displayName"),
+                s(catalog, "displayName")
+            )));
+            continue;
+        }
+        let filter = format!("accessPackage/id eq {}", lit(&s(&package, "id")));
+        let policies = g
+            .list(
+                &query(&format!("{EM}/assignmentPolicies"), &[("$filter", &filter)]),
+                &format!("reading the assignment policies of {pkg_name:?}"),
+                no_fix,
+            )
+            .await?;
+        let chosen: Vec<&Value> = if link.policies.is_empty() {
+            if policies.is_empty() {
+                problems.push(SetupError::Input(format!(
+                    "access package {pkg_name:?} has no assignment policy yet: create one in the portal, then run setup again"
+                )));
+            }
+            policies.iter().collect()
+        } else {
+            let mut chosen = Vec::new();
+            for r in &link.policies {
+                match policies
+                    .iter()
+                    .find(|p| r.matches(&s(p, "id"), &s(p, "displayName")))
+                {
+                    Some(p) => chosen.push(p),
+                    None => problems.push(SetupError::Input(format!(
+                        "access package {pkg_name:?} has no assignment policy {r} (it has: {}): fix {at}.policies",
+                        policies
+                            .iter()
+                            .map(|p| format!("{:?}", s(p, "displayName")))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))),
+                }
+            }
+            chosen
+        };
+        for p in chosen {
+            let id = s(p, "id");
+            let want = match wants.iter_mut().find(|w| w.id.eq_ignore_ascii_case(&id)) {
+                Some(w) => w,
+                None => {
+                    wants.push(PolicyWant {
+                        id,
+                        display_name: s(p, "displayName"),
+                        package_id: s(&package, "id"),
+                        package_name: pkg_name.clone(),
+                        stages: Vec::new(),
+                        at: at.clone(),
+                    });
+                    let last = wants.len() - 1;
+                    &mut wants[last]
+                }
+            };
+            for st in &link.stages {
+                if !want.stages.contains(st) {
+                    want.stages.push(st);
+                }
+            }
+        }
+    }
+    Ok(wants)
+}
+
+/// The policy steps: each policy read by id with its stage settings and questions, the new
+/// stages added, the other extensions' stages kept.
+async fn policy_steps(
     g: &AdminGraph,
     plan: &mut Plan,
     problems: &mut Vec<SetupError>,
-    (link, at): (&Link, &str),
-    catalog: &Value,
-    ext: Named<'_>,
+    wants: Vec<PolicyWant>,
+    targets: &Targets,
 ) -> Result<(), SetupError> {
-    let (extension_id, display_name) = (ext.id, ext.display_name);
-    let catalog_id = s(catalog, "id");
-    let package = find_package(g, &link.access_package, &format!("{at}.access_package")).await?;
-    let pkg_name = s(&package, "displayName");
-    let pkg_catalog = s(&package["catalog"], "id");
-    if !pkg_catalog.eq_ignore_ascii_case(&catalog_id) {
-        problems.push(SetupError::Input(format!(
-            "access package {pkg_name:?} is in catalog {:?} ({pkg_catalog}), not in {:?}: an extension serves only its own catalog's packages. Set up a second [access_packages] run with catalog = {pkg_catalog:?}, or move the package",
-            s(&package["catalog"], "displayName"),
-            s(catalog, "displayName")
-        )));
-        return Ok(());
-    }
-    let filter = format!("accessPackage/id eq {}", lit(&s(&package, "id")));
-    let policies = g
-        .list(
-            &query(
-                &format!("{EM}/assignmentPolicies"),
-                &[
-                    ("$filter", &filter),
-                    (
+    for want in wants {
+        let (pname, pkg_name) = (&want.display_name, &want.package_name);
+        let policy = g
+            .get(
+                &query(
+                    &format!("{EM}/assignmentPolicies/{}", want.id),
+                    &[(
                         "$expand",
-                        "customExtensionStageSettings($expand=customExtension)",
-                    ),
-                ],
-            ),
-            &format!("reading the assignment policies of {pkg_name:?}"),
-            no_fix,
-        )
-        .await?;
-    let chosen: Vec<&Value> = if link.policies.is_empty() {
-        policies.iter().collect()
-    } else {
-        let mut chosen = Vec::new();
-        for r in &link.policies {
-            match policies
-                .iter()
-                .find(|p| r.matches(&s(p, "id"), &s(p, "displayName")))
-            {
-                Some(p) => chosen.push(p),
-                None => problems.push(SetupError::Input(format!(
-                    "access package {pkg_name:?} has no assignment policy {r} (it has: {}): fix {at}.policies",
-                    policies
-                        .iter()
-                        .map(|p| format!("{:?}", s(p, "displayName")))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))),
+                        "questions,customExtensionStageSettings($expand=customExtension)",
+                    )],
+                ),
+                &format!("reading policy {pname:?} of {pkg_name:?}"),
+                no_fix,
+            )
+            .await?;
+        // Without its stage settings the PUT would replace them all: refuse rather than guess.
+        let Some(existing) = policy["customExtensionStageSettings"].as_array().cloned() else {
+            problems.push(SetupError::Input(format!(
+                "Graph did not return the stage settings of policy {pname:?} of {pkg_name:?}; setup will not replace them blind: add the extension to the policy in the portal"
+            )));
+            continue;
+        };
+        let setting = |stage: &Value, id: &Value, type_name: &Value| {
+            let mut ext = json!({ "id": id });
+            if type_name.is_string() {
+                ext["@odata.type"] = type_name.clone();
             }
-        }
-        chosen
-    };
-    if chosen.is_empty() && link.policies.is_empty() {
-        problems.push(SetupError::Input(format!(
-            "access package {pkg_name:?} has no assignment policy yet: create one in the portal, then run setup again"
-        )));
-    }
-    for policy in chosen {
-        let pname = s(policy, "displayName");
-        let existing: Vec<Value> = policy["customExtensionStageSettings"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
+            json!({ "stage": stage, "customExtension": ext })
+        };
         let mut settings: Vec<Value> = existing
             .iter()
-            .map(|st| json!({"stage": st["stage"], "customExtension": {"id": st["customExtension"]["id"]}}))
+            .map(|st| {
+                setting(
+                    &st["stage"],
+                    &st["customExtension"]["id"],
+                    &st["customExtension"]["@odata.type"],
+                )
+            })
             .collect();
         let mut lines = Vec::new();
-        for stage in &link.stages {
-            let on_stage = existing
+        for stage in &want.stages {
+            let Some((target_id, target_name)) = targets.for_stage(stage) else {
+                continue;
+            };
+            match existing
                 .iter()
-                .find(|st| s(st, "stage").eq_ignore_ascii_case(stage));
-            match on_stage {
-                Some(st) => {
-                    let other = s(&st["customExtension"], "id");
-                    if extension_id.is_some_and(|id| id.eq_ignore_ascii_case(&other)) {
-                        continue;
-                    }
-                    problems.push(SetupError::Input(format!(
-                        "policy {pname:?} of {pkg_name:?} already runs extension {:?} ({other}) at {stage}: Entra runs one extension per stage. Remove it from the policy in the portal, or leave {stage} out of {at}.stages",
-                        s(&st["customExtension"], "displayName")
-                    )));
-                }
+                .find(|st| s(st, "stage").eq_ignore_ascii_case(stage))
+            {
+                Some(st) if s(&st["customExtension"], "id").eq_ignore_ascii_case(target_id) => {}
+                Some(st) => problems.push(SetupError::Input(format!(
+                    "policy {pname:?} of {pkg_name:?} already runs extension {:?} ({}) at {stage}: Entra runs one extension per stage. Remove it from the policy in the portal, or leave {stage} out of {}.stages",
+                    s(&st["customExtension"], "displayName"),
+                    s(&st["customExtension"], "id"),
+                    want.at
+                ))),
                 None => {
                     lines.push(format!(
-                        "+ customExtensionStageSettings: {stage} -> {display_name:?}"
+                        "+ customExtensionStageSettings: {stage} -> {target_name:?}"
                     ));
-                    settings.push(json!({
-                        "stage": stage,
-                        "customExtension": {"id": extension_id.unwrap_or(NEW_EXTENSION_ID)}
-                    }));
+                    let type_name = if is_expiry_stage(stage) {
+                        ASSIGNMENT_TYPE
+                    } else {
+                        REQUEST_TYPE
+                    };
+                    settings.push(setting(&json!(stage), &json!(target_id), &json!(type_name)));
                 }
             }
         }
         if lines.is_empty() {
             plan.unchanged.push(format!(
                 "policy {pname:?} of {pkg_name:?} runs the extension at {}",
-                link.stages.join(", ")
+                want.stages.join(", ")
             ));
         } else {
             plan.steps.push(Step {
+                phase: Phase::Policies,
                 sign: '~',
                 title: format!("update policy {pname:?} of access package {pkg_name:?}"),
                 lines,
                 action: Action::PutPolicy {
-                    path: format!("{EM}/assignmentPolicies/{}", s(policy, "id")),
-                    body: policy_put_body(policy, settings),
+                    path: format!("{EM}/assignmentPolicies/{}", want.id),
+                    body: policy_put_body(&policy, &want.package_id, settings),
                 },
             });
         }
@@ -702,6 +852,7 @@ async fn elm_steps(
         Err(err) => return Err(err),
     };
     let catalog_id = s(&catalog, "id");
+    let catalog_name = s(&catalog, "displayName");
     let owner = !g.caller.object_id.is_empty()
         && catalog_roles(g, &g.caller.object_id, &catalog_id)
             .await
@@ -717,23 +868,48 @@ async fn elm_steps(
     let list = g
         .list(
             &collection,
-            &format!(
-                "listing the custom extensions of catalog {:?}",
-                s(&catalog, "displayName")
-            ),
+            &format!("listing the custom extensions of catalog {catalog_name:?}"),
             no_fix,
         )
         .await?;
-    let current = by_name(&list, &e.display_name, "custom extension")?;
-    let body = elm_body(e, spec);
-    let id = extension_step(
+    let current = by_name(&list, &e.display_name, REQUEST_TYPE, "custom extension")?;
+    let request_id = extension_step(
         plan,
         "access package custom extension",
         &collection,
         current,
-        body,
-        true,
+        elm_body(e, spec, REQUEST_TYPE, &e.display_name),
+        Some(NEW_REQUEST_EXTENSION),
     );
+    // The pre-expiration stages run an extension of the other type, made alongside.
+    let assignment_name = format!("{} (pre-expiration)", e.display_name);
+    let assignment_id = if e
+        .links
+        .iter()
+        .any(|l| l.stages.iter().any(|st| is_expiry_stage(st)))
+    {
+        let current = by_name(&list, &assignment_name, ASSIGNMENT_TYPE, "custom extension")?;
+        Some(
+            extension_step(
+                plan,
+                "pre-expiration custom extension",
+                &collection,
+                current,
+                elm_body(e, spec, ASSIGNMENT_TYPE, &assignment_name),
+                Some(NEW_ASSIGNMENT_EXTENSION),
+            )
+            .unwrap_or_else(|| NEW_ASSIGNMENT_EXTENSION.to_owned()),
+        )
+    } else {
+        None
+    };
+    let targets = Targets {
+        request: (
+            request_id.unwrap_or_else(|| NEW_REQUEST_EXTENSION.to_owned()),
+            e.display_name.clone(),
+        ),
+        assignment: assignment_id.map(|id| (id, assignment_name)),
+    };
 
     if e.assign_role
         && let Some(principal) = &spec.deployment.principal_id
@@ -745,8 +921,7 @@ async fn elm_steps(
         {
             Some((name, _)) => {
                 plan.unchanged.push(format!(
-                    "accessgate's identity {principal} holds {name} on catalog {:?}",
-                    s(&catalog, "displayName")
+                    "accessgate's identity {principal} holds {name} on catalog {catalog_name:?}"
                 ));
                 if *name != ASSIGNMENT_MANAGER.0 {
                     plan.notes.push(format!(
@@ -756,11 +931,11 @@ async fn elm_steps(
                 }
             }
             None => plan.steps.push(Step {
+                phase: Phase::Role,
                 sign: '+',
                 title: format!(
-                    "give accessgate's identity {principal} the catalog role {} on {:?}",
+                    "give accessgate's identity {principal} the catalog role {} on {catalog_name:?}",
                     ASSIGNMENT_MANAGER.0,
-                    s(&catalog, "displayName")
                 ),
                 lines: vec![
                     format!("+ roleDefinitionId: {:?}", ASSIGNMENT_MANAGER.1),
@@ -774,29 +949,13 @@ async fn elm_steps(
                         "roleDefinitionId": ASSIGNMENT_MANAGER.1,
                         "appScopeId": format!("/AccessPackageCatalog/{catalog_id}"),
                     }),
-                    remember_as_new_extension: false,
+                    remember: None,
                 },
             }),
         }
     }
-    for (i, link) in e.links.iter().enumerate() {
-        let at = format!("access_packages.policies[{}]", i + 1);
-        if let Err(err) = link_steps(
-            g,
-            plan,
-            problems,
-            (link, &at),
-            &catalog,
-            Named {
-                id: id.as_deref(),
-                display_name: &e.display_name,
-            },
-        )
-        .await
-        {
-            problems.push(err);
-        }
-    }
+    let wants = policy_wants(g, e, &catalog, problems).await?;
+    policy_steps(g, plan, problems, wants, &targets).await?;
     if let Some(la) = &spec.deployment.logic_app {
         desired.extensions.push(config_file::DesiredExtension {
             name: e.name.clone(),
@@ -837,7 +996,8 @@ pub async fn plan(
             .list(LCW_EXTENSIONS, "listing the custom task extensions", no_fix)
             .await
             .and_then(|list| {
-                by_name(&list, &l.display_name, "custom task extension").map(|c| c.cloned())
+                by_name(&list, &l.display_name, TASK_TYPE, "custom task extension")
+                    .map(|c| c.cloned())
             }) {
             Ok(current) => {
                 extension_step(
@@ -846,7 +1006,7 @@ pub async fn plan(
                     LCW_EXTENSIONS,
                     current.as_ref(),
                     lcw_body(l, spec),
-                    false,
+                    None,
                 );
                 desired.extensions.push(config_file::DesiredExtension {
                     name: l.name.clone(),
@@ -863,7 +1023,8 @@ pub async fn plan(
             .list(PIM_EXTENSIONS, "listing the PIM custom extensions", no_fix)
             .await
             .and_then(|list| {
-                by_name(&list, &p.display_name, "PIM custom extension").map(|c| c.cloned())
+                by_name(&list, &p.display_name, PIM_TYPE, "PIM custom extension")
+                    .map(|c| c.cloned())
             }) {
             Ok(current) => {
                 let mut body = pim_body(p, spec);
@@ -877,7 +1038,7 @@ pub async fn plan(
                     PIM_EXTENSIONS,
                     current.as_ref(),
                     body,
-                    false,
+                    None,
                 );
                 desired.pim = Some(config_file::DesiredPim {
                     name: p.name.clone(),
@@ -905,6 +1066,8 @@ pub async fn plan(
             config_file::snippet(&desired)
         )),
     }
+    // Extensions of every product first, then the role, the policies, the file.
+    plan.steps.sort_by_key(|s| s.phase);
     Ok(plan)
 }
 
@@ -961,7 +1124,8 @@ mod tests {
             &Default::default(),
         )
         .unwrap();
-        let body = elm_body(spec.elm.as_ref().unwrap(), &spec);
+        let e = spec.elm.as_ref().unwrap();
+        let body = elm_body(e, &spec, REQUEST_TYPE, &e.display_name);
         assert!(body.get("value").is_none());
         assert_eq!(body["@odata.type"], example["@odata.type"]);
         assert_eq!(
@@ -1000,6 +1164,7 @@ mod tests {
         });
         let body = policy_put_body(
             &policy,
+            "a",
             vec![json!({"stage": "assignmentRequestCreated", "customExtension": {"id": "n"}})],
         );
         let mut keys: Vec<&str> = body
@@ -1012,6 +1177,7 @@ mod tests {
         assert_eq!(
             keys,
             [
+                "accessPackage",
                 "allowedTargetScope",
                 "customExtensionStageSettings",
                 "displayName",

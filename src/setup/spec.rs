@@ -276,7 +276,19 @@ fn duration(
 
 fn https_url(p: &mut Problems, key: &str, v: &str) -> Option<String> {
     // The trigger URL carries `?api-version=…`, which EndpointUrl refuses: check the rest.
-    let (base, _) = v.split_once('?').unwrap_or((v, ""));
+    let (base, query) = v.split_once('?').unwrap_or((v, ""));
+    // The portal's "HTTP POST URL" carries a SAS signature: a secret, and useless (SAS is off;
+    // Entra signs with PoP). The value is not repeated.
+    if query
+        .split('&')
+        .any(|kv| matches!(kv.split('=').next(), Some("sig" | "sp" | "sv")))
+    {
+        p.push(
+            key,
+            "carries a SAS signature (sig, sp, sv): give the trigger URL without it (infra's ACCESSGATE_LOGIC_APP_URL is the basePath with api-version only)",
+        );
+        return None;
+    }
     match EndpointUrl::parse(base) {
         Ok(_) => Some(v.trim().to_owned()),
         Err(e) => {
@@ -554,6 +566,14 @@ impl Spec {
                 post_approval: r.post_approval.unwrap_or(false),
             }
         });
+        if let (Some(e), Some(l)) = (&elm, &lcw)
+            && e.name == l.name
+        {
+            p.push(
+                "lifecycle_workflows.name",
+                "must differ from access_packages.name: each names its own [extensions.NAME]",
+            );
+        }
         if elm.is_none() && lcw.is_none() && pim.is_none() {
             p.push(
                 "setup file",
