@@ -48,10 +48,17 @@ async fn list(
     }
 }
 
-fn duration_of(v: &Value) -> Option<Duration> {
-    v["callbackConfiguration"]["timeoutDuration"]
+/// The callback timeout: the schema's `timeoutDuration`, or the docs' answers'
+/// `durationBeforeTimeout`.
+fn timeout_text(v: &Value) -> Option<&str> {
+    let c = &v["callbackConfiguration"];
+    c["timeoutDuration"]
         .as_str()
-        .and_then(crate::callout::parse_iso_duration)
+        .or_else(|| c["durationBeforeTimeout"].as_str())
+}
+
+fn duration_of(v: &Value) -> Option<Duration> {
+    timeout_text(v).and_then(crate::callout::parse_iso_duration)
 }
 
 /// What is wrong with one matching extension (empty: nothing).
@@ -115,7 +122,7 @@ fn findings(config: &Config, ext: &Extension, entra: &Value) -> (Vec<String>, Ve
             if timeout != Some(ext.callback_timeout) {
                 fails.push(format!(
                     "its callback timeout is {:?}, but accessgate counts the task's window from extensions.{}.callback_timeout ({} s): make them equal",
-                    entra["callbackConfiguration"]["timeoutDuration"].as_str().unwrap_or("unset"),
+                    timeout_text(entra).unwrap_or("unset"),
                     ext.name,
                     ext.callback_timeout.as_secs()
                 ));
@@ -177,7 +184,7 @@ async fn one(config: &Config, graph: &GraphClient, ext: &Extension) -> Check {
             }
         }
     }
-    let Some(entra) = found.first() else {
+    if found.is_empty() {
         return Check::fail(
             &name,
             format!(
@@ -189,24 +196,34 @@ async fn one(config: &Config, graph: &GraphClient, ext: &Extension) -> Check {
                 ext.name
             ),
         );
-    };
-    let (fails, warns) = findings(config, ext, entra);
-    let shown = format!(
-        "{:?} ({}): {}, callback timeout {}, endpoint {}",
-        entra["displayName"].as_str().unwrap_or_default(),
-        entra["id"].as_str().unwrap_or_default(),
-        entra["authenticationConfiguration"]["@odata.type"]
-            .as_str()
-            .unwrap_or_default()
-            .trim_start_matches("#microsoft.graph."),
-        entra["callbackConfiguration"]["timeoutDuration"]
-            .as_str()
-            .unwrap_or("unset"),
-        entra["endpointConfiguration"]["url"]
-            .as_str()
-            .unwrap_or("(the Logic App's trigger)")
-    );
-    Check::from_findings(&name, &shown, &fails, &warns, "; matches the configuration")
+    }
+    // Every extension bound to the Logic App (a request and a pre-expiration one may share it).
+    let (mut fails, mut warns, mut shown) = (Vec::new(), Vec::new(), Vec::new());
+    for entra in &found {
+        let (f, w) = findings(config, ext, entra);
+        fails.extend(f);
+        warns.extend(w);
+        shown.push(format!(
+            "{:?} ({}): {}, callback timeout {}, endpoint {}",
+            entra["displayName"].as_str().unwrap_or_default(),
+            entra["id"].as_str().unwrap_or_default(),
+            entra["authenticationConfiguration"]["@odata.type"]
+                .as_str()
+                .unwrap_or_default()
+                .trim_start_matches("#microsoft.graph."),
+            timeout_text(entra).unwrap_or("unset"),
+            entra["endpointConfiguration"]["url"]
+                .as_str()
+                .unwrap_or("(the Logic App's trigger)")
+        ));
+    }
+    Check::from_findings(
+        &name,
+        &shown.join("; "),
+        &fails,
+        &warns,
+        "; matches the configuration",
+    )
 }
 
 pub(super) async fn checks(config: &Config, graph: &GraphClient) -> Vec<super::Check> {

@@ -223,6 +223,45 @@ mod tests {
     }
 
     #[test]
+    fn an_inline_table_keeps_its_keys() {
+        let mut doc: DocumentMut = "[extensions]\nelm = { policy_file = \"p.toml\" }\n"
+            .parse()
+            .unwrap();
+        apply(&mut doc, &desired());
+        let out = doc.to_string();
+        assert!(out.contains("policy_file = \"p.toml\""), "{out}");
+        assert!(out.contains("resource = "), "{out}");
+    }
+
+    #[test]
+    fn writing_keeps_the_mode_and_goes_through_a_link() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.toml");
+        std::fs::write(&real, "# secret\n").unwrap();
+        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let link = dir.path().join("accessgate.toml");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        write(&link, "# new\n").unwrap();
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(std::fs::read_to_string(&real).unwrap(), "# new\n");
+        let mode = std::fs::metadata(&real).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // A new file is the owner's only.
+        let fresh = dir.path().join("fresh.toml");
+        write(&fresh, "x = 1\n").unwrap();
+        assert_eq!(
+            std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    #[test]
     fn keeps_comments_and_other_keys_and_a_second_pass_changes_nothing() {
         let text = "# my config\n[identity]\ntenant_id = \"t\"\n\n[extensions.elm]\n# bound to the relay\npolicy_file = \"elm.toml\"\ncatalog_ids = [\"c0\"]\n";
         let mut doc: DocumentMut = text.parse().unwrap();

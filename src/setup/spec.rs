@@ -692,4 +692,18 @@ mod tests {
         assert!(p.contains("deployment.logic_app_resource_id"), "{p}");
         assert!(LogicApp::parse(LA).is_some());
     }
+
+    #[test]
+    fn a_sas_signed_trigger_url_is_refused_without_repeating_it() {
+        let mut o = outputs();
+        o.insert(
+            "ACCESSGATE_LOGIC_APP_URL".into(),
+            "https://prod-1.logic.azure.com/workflows/abc/triggers/manual/paths/invoke?api-version=2016-10-01&sp=%2Ftriggers&sv=1.0&sig=s3cr3tSIGvalue".into(),
+        );
+        let p = Spec::parse("[access_packages]\ncatalog = \"c\"\n", &o)
+            .unwrap_err()
+            .to_string();
+        assert!(p.contains("SAS signature"), "{p}");
+        assert!(!p.contains("s3cr3tSIGvalue"), "{p}");
+    }
 }
