@@ -234,9 +234,15 @@ fn doctor(path: Option<PathBuf>) -> ExitCode {
 
 fn setup(path: Option<PathBuf>, args: SetupArgs) -> ExitCode {
     let write_config = args.write_config.or_else(|| path.clone());
-    let cfg = match load_or_report(path) {
-        Ok(c) => c,
-        Err(code) => return code,
+    // A signed-in run needs no configuration (an administrator's machine after `azd up`); one
+    // that names a configuration, or runs app-only, needs a valid one.
+    let cfg = match config::load(path.as_deref()) {
+        Ok(c) => Some(c),
+        Err(_) if path.is_none() && args.device_code => None,
+        Err(e) => {
+            eprintln!("accessgate: {e}");
+            return ExitCode::from(2);
+        }
     };
     let rt = match runtime(tokio::runtime::Builder::new_current_thread()) {
         Ok(rt) => rt,
@@ -250,7 +256,7 @@ fn setup(path: Option<PathBuf>, args: SetupArgs) -> ExitCode {
         outputs: args.outputs,
         write_config,
     };
-    rt.block_on(crate::setup::run(&cfg, &opts))
+    rt.block_on(crate::setup::run(cfg.as_ref(), &opts))
 }
 
 fn run(path: Option<PathBuf>, functions_port: Option<u16>) -> ExitCode {

@@ -663,3 +663,51 @@ async fn a_stopped_run_is_finished_by_the_next() {
         "{out}"
     );
 }
+
+/// An administrator's machine after `azd up`: no accessgate configuration, a device-code
+/// sign-in, the tenant from infra's outputs.
+#[tokio::test]
+async fn an_administrator_runs_it_without_a_configuration() {
+    let s = Setup::start().await;
+    let e = s.emu.handle();
+    let mut outputs = std::fs::read_to_string(&s.outputs).unwrap();
+    outputs.push_str(&format!("AZURE_TENANT_ID=\"{}\"\n", e.config().tenant_id));
+    std::fs::write(&s.outputs, outputs).unwrap();
+    let file = s.file(ELM);
+    let args: Vec<String> = vec![
+        "setup".into(),
+        "--file".into(),
+        file.display().to_string(),
+        "--outputs".into(),
+        s.outputs.display().to_string(),
+        "--write-config".into(),
+        s.written().display().to_string(),
+        "--device-code".into(),
+    ];
+    let env = [
+        ("ACCESSGATE_IDENTITY__AUTHORITY".to_string(), e.base_url()),
+        ("ACCESSGATE_GRAPH__BASE_URL".to_string(), e.base_url()),
+    ];
+    let run = |args: Vec<String>| {
+        let env = env.clone();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            output_text(&run_to_exit(&args, &env))
+        })
+    };
+    let out = run(args.clone()).await.unwrap();
+    assert!(out.contains("To sign in"), "{out}");
+    assert!(out.contains("accessgate setup as user"), "{out}");
+    assert!(out.contains("Applied 4 of 4 step(s)."), "{out}");
+    // Without the device code, there is nothing to sign in with: said, and nothing written.
+    let before = s.writes().len();
+    let app_only: Vec<String> = args.into_iter().filter(|a| a != "--device-code").collect();
+    let out = run(app_only).await.unwrap();
+    assert!(
+        out.contains("configuration problem") || out.contains("--device-code"),
+        "{out}"
+    );
+    assert_eq!(s.writes().len(), before);
+}

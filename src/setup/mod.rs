@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use crate::config::Config;
 use crate::credentials::Audience;
+use crate::endpoint::EndpointUrl;
 use graph_admin::{AdminGraph, SetupError};
 use plan::{Action, Plan};
 use spec::Spec;
@@ -38,7 +39,9 @@ pub struct Options {
 fn outputs(opts: &Options) -> Result<BTreeMap<String, String>, SetupError> {
     let mut out: BTreeMap<String, String> = spec::OUTPUT_KEYS
         .iter()
-        .filter_map(|(_, k)| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
+        .map(|(_, k)| *k)
+        .chain(["AZURE_TENANT_ID"])
+        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_owned(), v)))
         .collect();
     if let Some(path) = &opts.outputs {
         let text = std::fs::read_to_string(path).map_err(|e| {
@@ -66,24 +69,81 @@ fn scopes(spec: &Spec, graph_resource: &str) -> Vec<String> {
         .collect()
 }
 
-async fn sign_in(config: &Config, spec: &Spec, opts: &Options) -> Result<AdminGraph, SetupError> {
+/// Where setup signs in and calls Graph: the configuration's, or (a signed-in run without a
+/// configuration, e.g. on an administrator's machine after `azd up`) the global cloud's, with
+/// the tenant from infra's outputs (`AZURE_TENANT_ID`) and the same environment overrides the
+/// configuration reads (`ACCESSGATE_IDENTITY__TENANT_ID`, `…__AUTHORITY`, `ACCESSGATE_GRAPH__BASE_URL`).
+pub struct Tenant {
+    pub authority: EndpointUrl,
+    pub tenant_id: String,
+    pub graph_base: EndpointUrl,
+    /// `https://graph.microsoft.com`: the resource the scopes are named in.
+    pub graph_resource: String,
+}
+
+impl Tenant {
+    pub fn of(config: &Config) -> Tenant {
+        Tenant {
+            authority: config.identity.authority.clone(),
+            tenant_id: config.identity.tenant_id.to_string(),
+            graph_base: config.graph.base_url.clone(),
+            graph_resource: config
+                .graph
+                .scope
+                .trim_end_matches(".default")
+                .trim_end_matches('/')
+                .to_owned(),
+        }
+    }
+
+    /// Without a configuration: every problem in one message.
+    pub fn from_env(outputs: &BTreeMap<String, String>) -> Result<Tenant, SetupError> {
+        let cloud = crate::credentials::settings::Cloud::GLOBAL;
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let tenant_id = env("ACCESSGATE_IDENTITY__TENANT_ID")
+            .or_else(|| outputs.get("AZURE_TENANT_ID").cloned())
+            .or_else(|| env("AZURE_TENANT_ID"))
+            .filter(|t| uuid::Uuid::parse_str(t.trim()).is_ok())
+            .ok_or_else(|| {
+                SetupError::Input(
+                    "no tenant: give --outputs (azd's AZURE_TENANT_ID), set ACCESSGATE_IDENTITY__TENANT_ID, or pass --config".into(),
+                )
+            })?;
+        let url = |k: &str, default: &str| {
+            EndpointUrl::parse(&env(k).unwrap_or_else(|| default.to_owned()))
+                .map_err(|e| SetupError::Input(format!("{k}: {e}")))
+        };
+        Ok(Tenant {
+            authority: url("ACCESSGATE_IDENTITY__AUTHORITY", cloud.authority)?,
+            tenant_id: tenant_id.trim().to_owned(),
+            graph_base: url("ACCESSGATE_GRAPH__BASE_URL", cloud.graph)?,
+            graph_resource: cloud.graph.to_owned(),
+        })
+    }
+}
+
+async fn sign_in(
+    tenant: &Tenant,
+    config: Option<&Config>,
+    spec: &Spec,
+    opts: &Options,
+) -> Result<AdminGraph, SetupError> {
     let http = crate::app::http_client().map_err(|e| SetupError::Config(e.to_string()))?;
-    let resource = config
-        .graph
-        .scope
-        .trim_end_matches(".default")
-        .trim_end_matches('/')
-        .to_owned();
     let token = if opts.device_code {
         graph_admin::device_code_token(
             &http,
-            &config.identity.authority,
-            &config.identity.tenant_id.to_string(),
+            &tenant.authority,
+            &tenant.tenant_id,
             &opts.client_id,
-            &scopes(spec, &resource),
+            &scopes(spec, &tenant.graph_resource),
         )
         .await?
     } else {
+        let Some(config) = config else {
+            return Err(SetupError::SignIn(
+                "an app-only run signs in with the configuration's [credentials]: pass --config, or run with --device-code to sign in as an administrator".into(),
+            ));
+        };
         let creds = crate::app::credentials_for(config, &http);
         creds
             .fetch(Audience::Graph)
@@ -95,7 +155,7 @@ async fn sign_in(config: &Config, spec: &Spec, opts: &Options) -> Result<AdminGr
             })?
             .token
     };
-    Ok(AdminGraph::new(http, config.graph.base_url.clone(), token))
+    Ok(AdminGraph::new(http, tenant.graph_base.clone(), token))
 }
 
 /// Prints the plan as a diff; returns whether anything would change.
@@ -215,18 +275,24 @@ async fn apply(g: &AdminGraph, plan: Plan) -> Result<usize, (usize, SetupError)>
 }
 
 /// Runs setup; the exit code is 0 when the tenant is (or now is) as the file says.
-pub async fn run(config: &Config, opts: &Options) -> std::process::ExitCode {
+pub async fn run(config: Option<&Config>, opts: &Options) -> std::process::ExitCode {
     use std::process::ExitCode;
-    let spec = match outputs(opts)
-        .and_then(|o| Spec::load(&opts.file, &o).map_err(|e| SetupError::Input(e.to_string())))
-    {
+    let loaded = outputs(opts).and_then(|o| {
+        let spec = Spec::load(&opts.file, &o).map_err(|e| SetupError::Input(e.to_string()))?;
+        let tenant = match config {
+            Some(c) => Tenant::of(c),
+            None => Tenant::from_env(&o)?,
+        };
+        Ok((spec, tenant))
+    });
+    let (spec, tenant) = match loaded {
         Ok(s) => s,
         Err(e) => {
             eprintln!("accessgate setup: {e}");
             return ExitCode::from(2);
         }
     };
-    let g = match sign_in(config, &spec, opts).await {
+    let g = match sign_in(&tenant, config, &spec, opts).await {
         Ok(g) => g,
         Err(e) => {
             eprintln!("accessgate setup: {e}");
