@@ -34,7 +34,9 @@ pub struct DesiredPim {
     pub post_approval: bool,
 }
 
-fn table<'a>(doc: &'a mut Table, key: &str) -> &'a mut Table {
+/// The table `key` of `doc`, made one if it is missing or another kind of item (an inline
+/// table keeps its keys).
+fn table<'a>(doc: &'a mut Table, key: &str) -> Option<&'a mut Table> {
     let item = doc.entry(key).or_insert_with(|| {
         let mut t = Table::new();
         t.set_implicit(true);
@@ -47,11 +49,7 @@ fn table<'a>(doc: &'a mut Table, key: &str) -> &'a mut Table {
     if !item.is_table() {
         *item = Item::Table(Table::new());
     }
-    // Checked just above: the item is a table.
-    match item.as_table_mut() {
-        Some(t) => t,
-        None => unreachable!("set to a table above"),
-    }
+    item.as_table_mut()
 }
 
 fn set_str(t: &mut Table, key: &str, v: &str, lines: &mut Vec<String>, at: &str) {
@@ -90,8 +88,9 @@ pub fn apply(doc: &mut DocumentMut, desired: &Desired) -> Vec<String> {
     let root = doc.as_table_mut();
     for e in &desired.extensions {
         let at = format!("extensions.{}", e.name);
-        let exts = table(root, "extensions");
-        let t = table(exts, &e.name);
+        let Some(t) = table(root, "extensions").and_then(|x| table(x, &e.name)) else {
+            continue;
+        };
         t.set_implicit(false);
         set_str(t, "resource", &e.resource, &mut lines, &at);
         if let Some(c) = &e.catalog_id {
@@ -102,22 +101,23 @@ pub fn apply(doc: &mut DocumentMut, desired: &Desired) -> Vec<String> {
             set_str(t, "callback_timeout", timeout, &mut lines, &at);
         }
     }
-    if let Some(p) = &desired.pim {
-        let pim = table(root, "pim");
+    if let Some(p) = &desired.pim
+        && let Some(pim) = table(root, "pim")
+    {
         pim.set_implicit(false);
         add_to_array(pim, "audiences", &p.audience, &mut lines, "pim");
         let at = format!("pim.extensions.{}", p.name);
-        let exts = table(pim, "extensions");
-        let t = table(exts, &p.name);
-        t.set_implicit(false);
-        let budget = i64::try_from(p.budget_ms).unwrap_or(5000);
-        if t.get("budget_ms").and_then(Item::as_integer) != Some(budget) {
-            lines.push(format!("+ {at}.budget_ms = {budget}"));
-            t.insert("budget_ms", value(budget));
-        }
-        if p.post_approval && t.get("post_approval").and_then(Item::as_bool) != Some(true) {
-            lines.push(format!("+ {at}.post_approval = true"));
-            t.insert("post_approval", value(true));
+        if let Some(t) = table(pim, "extensions").and_then(|x| table(x, &p.name)) {
+            t.set_implicit(false);
+            let budget = i64::try_from(p.budget_ms).unwrap_or(5000);
+            if t.get("budget_ms").and_then(Item::as_integer) != Some(budget) {
+                lines.push(format!("+ {at}.budget_ms = {budget}"));
+                t.insert("budget_ms", value(budget));
+            }
+            if p.post_approval && t.get("post_approval").and_then(Item::as_bool) != Some(true) {
+                lines.push(format!("+ {at}.post_approval = true"));
+                t.insert("post_approval", value(true));
+            }
         }
     }
     lines
