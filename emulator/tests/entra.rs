@@ -439,7 +439,7 @@ async fn token_endpoint_rejects_bad_clients_like_entra() {
         ("grant_type", "client_credentials".into()),
         ("client_id", cfg.graph_client_id.clone()),
         ("client_secret", cfg.graph_client_secret.clone()),
-        ("scope", "https://management.azure.com/.default".into()),
+        ("scope", "https://unknown-resource.example/.default".into()),
     ])
     .await;
     assert_eq!(status, 400);
