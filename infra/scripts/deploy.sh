@@ -9,4 +9,6 @@ ACCESSGATE_ZIGBUILD=${ACCESSGATE_ZIGBUILD:-1} bash "$root/function-app/package.s
 # One deploy for Flex and Premium; the zip keeps the executable bit (function-app/package.sh).
 az functionapp deployment source config-zip --resource-group "$group" --name "$app" \
   --src "$root/target/accessgate-functions.zip"
-echo "deployed to https://$app.azurewebsites.net; next: accessgate setup (README, Deploy to Azure)"
+echo "deployed to https://$app.azurewebsites.net"
+echo "next: azd env get-values > outputs.env"
+echo "      accessgate setup --file examples/setup.toml --outputs outputs.env --device-code --plan   (docs/setup.md)"

@@ -694,6 +694,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_setup_file_parses() {
+        let spec = Spec::parse(include_str!("../../examples/setup.toml"), &outputs()).unwrap();
+        let elm = spec.elm.unwrap();
+        assert_eq!(elm.links.len(), 2);
+        assert_eq!(elm.name, "elm");
+    }
+
+    #[test]
     fn a_sas_signed_trigger_url_is_refused_without_repeating_it() {
         let mut o = outputs();
         o.insert(
