@@ -470,6 +470,24 @@ async fn lifecycle_workflows_and_pim_extensions() {
     let (code, out) = s.run(&s.file(pim), &["--device-code"]).await;
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("Nothing to change."), "{out}");
+    // Post-approval on, then off again: both ways reach Entra and the configuration.
+    let post = format!("{pim}post_approval = true\n");
+    let (code, out) = s.run(&s.file(&post), &["--device-code"]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("~ type: \"preApproval\" -> \"postApproval\""), "{out}");
+    assert!(out.contains("post_approval = true"), "{out}");
+    let (code, out) = s.run(&s.file(pim), &["--device-code"]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("~ type: \"postApproval\" -> \"preApproval\""),
+        "{out}"
+    );
+    assert!(out.contains("post_approval = false"), "{out}");
+    let (code, out) = s.run(&s.file(pim), &["--device-code"]).await;
+    assert!(
+        code == Some(0) && out.contains("Nothing to change."),
+        "{out}"
+    );
 }
 
 /// The three commands' last two: setup writes the configuration, doctor then finds each

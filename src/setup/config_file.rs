@@ -114,9 +114,13 @@ pub fn apply(doc: &mut DocumentMut, desired: &Desired) -> Vec<String> {
                 lines.push(format!("+ {at}.budget_ms = {budget}"));
                 t.insert("budget_ms", value(budget));
             }
-            if p.post_approval && t.get("post_approval").and_then(Item::as_bool) != Some(true) {
-                lines.push(format!("+ {at}.post_approval = true"));
-                t.insert("post_approval", value(true));
+            let written = t
+                .get("post_approval")
+                .and_then(Item::as_bool)
+                .unwrap_or(false);
+            if p.post_approval != written {
+                lines.push(format!("~ {at}.post_approval = {}", p.post_approval));
+                t.insert("post_approval", value(p.post_approval));
             }
         }
     }

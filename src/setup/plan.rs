@@ -1028,9 +1028,15 @@ pub async fn plan(
             }) {
             Ok(current) => {
                 let mut body = pim_body(p, spec);
-                if current.is_none() {
+                match &current {
                     // PIM wants a client-generated id (integrations.md §2).
-                    body["id"] = json!(uuid::Uuid::new_v4().to_string());
+                    None => body["id"] = json!(uuid::Uuid::new_v4().to_string()),
+                    // `type` is sent only when not the default; turning post-approval off
+                    // must say so.
+                    Some(c) if !p.post_approval && c["type"] == "postApproval" => {
+                        body["type"] = json!("preApproval");
+                    }
+                    Some(_) => {}
                 }
                 extension_step(
                     &mut plan,
