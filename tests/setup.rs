@@ -474,7 +474,10 @@ async fn lifecycle_workflows_and_pim_extensions() {
     let post = format!("{pim}post_approval = true\n");
     let (code, out) = s.run(&s.file(&post), &["--device-code"]).await;
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("~ type: \"preApproval\" -> \"postApproval\""), "{out}");
+    assert!(
+        out.contains("~ type: \"preApproval\" -> \"postApproval\""),
+        "{out}"
+    );
     assert!(out.contains("post_approval = true"), "{out}");
     let (code, out) = s.run(&s.file(pim), &["--device-code"]).await;
     assert_eq!(code, Some(0), "{out}");
