@@ -4,7 +4,9 @@
 //! the matching configuration. `--plan` prints the diff and stops; a run without it prints the
 //! same diff and applies it. A second run finds nothing to change.
 
+pub mod bodies;
 pub mod config_file;
+pub mod diff;
 pub mod graph_admin;
 pub mod plan;
 pub mod spec;

@@ -9,10 +9,14 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
+use super::bodies::{
+    ASSIGNMENT_TYPE, PIM_TYPE, REQUEST_TYPE, TASK_TYPE, elm_body, is_expiry_stage, lcw_body,
+    lcw_url, pim_body, policy_put_body,
+};
 use super::config_file::{self, Desired};
+use super::diff::{created_lines, differences, patch_body, same_value};
 use super::graph_admin::{AdminGraph, SetupError};
-use super::spec::{ElmSpec, LcwSpec, LogicApp, PimSpec, Ref, Spec};
-use crate::auth::IngressMode;
+use super::spec::{ElmSpec, Ref, Spec};
 
 /// Role definition id of "Access package assignment manager": the least catalog role that
 /// may resume requests (protocol.md §3.6).
@@ -35,17 +39,6 @@ const CATALOG_OWNER_ID: &str = "ae79f266-94d4-4dab-b730-feca7e132178";
 /// exist; replaced when the steps are applied.
 pub const NEW_REQUEST_EXTENSION: &str = "(the request workflow extension this run creates)";
 pub const NEW_ASSIGNMENT_EXTENSION: &str = "(the pre-expiration extension this run creates)";
-
-/// The two entitlement-management extension types: the request stages run the first, the
-/// pre-expiration stages the second.
-pub const REQUEST_TYPE: &str = "#microsoft.graph.accessPackageAssignmentRequestWorkflowExtension";
-pub const ASSIGNMENT_TYPE: &str = "#microsoft.graph.accessPackageAssignmentWorkflowExtension";
-const TASK_TYPE: &str = "#microsoft.graph.identityGovernance.customTaskExtension";
-const PIM_TYPE: &str = "#microsoft.graph.roleManagementCustomCalloutExtension";
-
-fn is_expiry_stage(stage: &str) -> bool {
-    stage.ends_with("BeforeExpiration")
-}
 
 const EM: &str = "/v1.0/identityGovernance/entitlementManagement";
 const LCW_EXTENSIONS: &str = "/v1.0/identityGovernance/lifecycleWorkflows/customTaskExtensions";
@@ -138,237 +131,6 @@ fn s(v: &Value, k: &str) -> String {
 
 fn no_fix(_: u16, _: &str, _: &str) -> Option<String> {
     None
-}
-
-/// `@odata.type` values compare without the leading `#` and case.
-fn same_type(a: &str, b: &str) -> bool {
-    a.trim_start_matches('#')
-        .eq_ignore_ascii_case(b.trim_start_matches('#'))
-}
-
-/// URLs compare as parsed: host case and a default port (`:443`) do not count.
-fn same_url(a: &str, b: &str) -> bool {
-    match (url::Url::parse(a), url::Url::parse(b)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => a == b,
-    }
-}
-
-fn same_value(key: &str, current: &Value, desired: &Value) -> bool {
-    match (current, desired) {
-        // Graph leaves the type out where it is not a derived one (e.g. a task extension in
-        // its list): an absent type is no difference.
-        (Value::Null, _) if key == "@odata.type" => true,
-        (Value::String(c), Value::String(d)) if key == "@odata.type" => same_type(c, d),
-        (Value::String(c), Value::String(d)) if key.ends_with("Duration") => {
-            crate::callout::parse_iso_duration(c) == crate::callout::parse_iso_duration(d)
-        }
-        (Value::String(c), Value::String(d)) if key == "subscriptionId" => {
-            c.eq_ignore_ascii_case(d)
-        }
-        (Value::String(c), Value::String(d)) if key == "url" || key == "targetUrl" => {
-            same_url(c, d)
-        }
-        (Value::Object(_), Value::Object(_)) => differences("", current, desired).is_empty(),
-        _ => current == desired,
-    }
-}
-
-/// The current value of `k`: the docs' answers name the callback timeout
-/// `durationBeforeTimeout`, the schema `timeoutDuration`; both are read.
-fn current_of<'a>(current: &'a Value, k: &str) -> &'a Value {
-    match &current[k] {
-        Value::Null if k == "timeoutDuration" => &current["durationBeforeTimeout"],
-        v => v,
-    }
-}
-
-/// The fields of `desired` that `current` does not hold (nested objects by their path).
-fn differences(at: &str, current: &Value, desired: &Value) -> Vec<String> {
-    let mut out = Vec::new();
-    let Some(d) = desired.as_object() else {
-        return out;
-    };
-    for (k, dv) in d {
-        let cv = current_of(current, k);
-        let path = if at.is_empty() {
-            k.clone()
-        } else {
-            format!("{at}.{k}")
-        };
-        if dv.is_object() && cv.is_object() {
-            // A changed type replaces the whole object.
-            if !same_value("@odata.type", &cv["@odata.type"], &dv["@odata.type"]) {
-                out.push(format!("~ {path}: {} -> {}", short(cv), short(dv)));
-            } else {
-                out.extend(differences(&path, cv, dv));
-            }
-        } else if !same_value(k, cv, dv) {
-            if cv.is_null() {
-                out.push(format!("+ {path}: {}", short(dv)));
-            } else {
-                out.push(format!("~ {path}: {} -> {}", short(cv), short(dv)));
-            }
-        }
-    }
-    out
-}
-
-fn short(v: &Value) -> String {
-    match v {
-        Value::String(s) => format!("{s:?}"),
-        Value::Object(m) => m
-            .get("@odata.type")
-            .and_then(Value::as_str)
-            .map_or_else(|| v.to_string(), |t| t.trim_start_matches('#').to_owned()),
-        other => other.to_string(),
-    }
-}
-
-/// A PATCH body: the type plus every top-level property that differs.
-fn patch_body(current: &Value, desired: &Value) -> Value {
-    let mut body = serde_json::Map::new();
-    if let Some(t) = desired.get("@odata.type") {
-        body.insert("@odata.type".into(), t.clone());
-    }
-    if let Some(d) = desired.as_object() {
-        for (k, dv) in d {
-            if k != "@odata.type" && k != "id" && !same_value(k, current_of(current, k), dv) {
-                body.insert(k.clone(), dv.clone());
-            }
-        }
-    }
-    Value::Object(body)
-}
-
-/// The diff lines of a create: every property, one per line.
-fn created_lines(at: &str, v: &Value) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Some(m) = v.as_object() {
-        for (k, dv) in m {
-            if k == "@odata.type" && !at.is_empty() {
-                continue;
-            }
-            let path = if at.is_empty() {
-                k.clone()
-            } else {
-                format!("{at}.{k}")
-            };
-            if dv.is_object() {
-                out.push(format!("+ {path}: {}", short(dv)));
-                out.extend(created_lines(&path, dv));
-            } else {
-                out.push(format!("+ {path}: {}", short(dv)));
-            }
-        }
-    }
-    out
-}
-
-fn logic_app_endpoint(la: &LogicApp, url: Option<&str>) -> Value {
-    let mut e = json!({
-        "@odata.type": "#microsoft.graph.logicAppTriggerEndpointConfiguration",
-        "subscriptionId": la.subscription_id,
-        "resourceGroupName": la.resource_group,
-        "logicAppWorkflowName": la.name,
-    });
-    if let Some(u) = url {
-        e["url"] = json!(u);
-    }
-    e
-}
-
-/// The extension as the setup file wants it (schema names: `timeoutDuration`, not the docs'
-/// `durationBeforeTimeout`; no `value` wrapper).
-pub fn elm_body(e: &ElmSpec, spec: &Spec, type_name: &str, display_name: &str) -> Value {
-    let d = &spec.deployment;
-    let url = match d.mode {
-        IngressMode::Relay => d.logic_app_url.clone(),
-        IngressMode::Direct => d.url.as_ref().map(|u| u.join("/api/elm")),
-    };
-    let la = d.logic_app.clone().unwrap_or_else(|| LogicApp {
-        resource_id: String::new(),
-        subscription_id: String::new(),
-        resource_group: String::new(),
-        name: String::new(),
-    });
-    json!({
-        "@odata.type": type_name,
-        "displayName": display_name,
-        "description": e.description,
-        "endpointConfiguration": logic_app_endpoint(&la, url.as_deref()),
-        "authenticationConfiguration": {
-            "@odata.type": "#microsoft.graph.azureAdPopTokenAuthentication"
-        },
-        "callbackConfiguration": {
-            "@odata.type": "#microsoft.graph.customExtensionCallbackConfiguration",
-            "timeoutDuration": e.callback_timeout.0,
-        }
-    })
-}
-
-/// The task extension's trigger URL: the setup file's, or accessgate's own in direct mode.
-fn lcw_url(l: &LcwSpec, spec: &Spec) -> Option<String> {
-    l.logic_app_url
-        .clone()
-        .or_else(|| match spec.deployment.mode {
-            IngressMode::Direct => spec.deployment.url.as_ref().map(|u| u.join("/api/elm")),
-            IngressMode::Relay => None,
-        })
-}
-
-pub fn lcw_body(l: &LcwSpec, spec: &Spec) -> Value {
-    let url = lcw_url(l, spec);
-    json!({
-        "@odata.type": TASK_TYPE,
-        "displayName": l.display_name,
-        "description": l.description,
-        "endpointConfiguration": logic_app_endpoint(&l.logic_app, url.as_deref()),
-        "authenticationConfiguration": {
-            "@odata.type": "#microsoft.graph.azureAdPopTokenAuthentication"
-        },
-        "clientConfiguration": {
-            "@odata.type": "#microsoft.graph.customExtensionClientConfiguration",
-            "maximumRetries": 1,
-            "timeoutInMilliseconds": 2000
-        },
-        "callbackConfiguration": {
-            "@odata.type": "#microsoft.graph.identityGovernance.customTaskExtensionCallbackConfiguration",
-            "timeoutDuration": l.callback_timeout.0,
-        }
-    })
-}
-
-pub fn pim_body(p: &PimSpec, spec: &Spec) -> Value {
-    let target = spec
-        .deployment
-        .url
-        .as_ref()
-        .map(|u| u.join(&format!("/api/pim/{}", p.name)))
-        .unwrap_or_default();
-    let mut v = json!({
-        "@odata.type": PIM_TYPE,
-        "displayName": p.display_name,
-        "description": p.description,
-        "endpointConfiguration": {
-            "@odata.type": "#microsoft.graph.httpRequestEndpoint",
-            "targetUrl": target
-        },
-        "authenticationConfiguration": {
-            "@odata.type": "#microsoft.graph.azureAdTokenAuthentication",
-            "resourceId": p.audience
-        },
-        "clientConfiguration": {
-            "@odata.type": "#microsoft.graph.customExtensionClientConfiguration",
-            "timeoutInMilliseconds": p.timeout_ms,
-            "maximumRetries": p.maximum_retries
-        },
-        "resourceType": p.resource_type,
-    });
-    if p.post_approval {
-        v["type"] = json!("postApproval");
-    }
-    v
 }
 
 /// The permissions each part needs, checked against the token before anything is read, so a
@@ -590,35 +352,6 @@ fn extension_step(
             Some(id)
         }
     }
-}
-
-/// The writable part of a policy read with its stage settings, with `settings` as its new
-/// stage settings (PUT replaces the whole policy; read-only and expanded parts are dropped).
-fn policy_put_body(policy: &Value, package_id: &str, settings: Vec<Value>) -> Value {
-    let mut body = policy.as_object().cloned().unwrap_or_default();
-    for k in [
-        "@odata.context",
-        "@odata.etag",
-        "createdDateTime",
-        "modifiedDateTime",
-        "accessPackage",
-        "catalog",
-        "customExtensionStageSettings@odata.context",
-        "questions@odata.context",
-    ] {
-        body.remove(k);
-    }
-    // The docs' PUT examples name the policy's package; the questions (read with
-    // $expand=questions) are sent back, or PUT would remove them.
-    body.insert("accessPackage".into(), json!({ "id": package_id }));
-    body.retain(|k, _| {
-        !k.contains("@odata.navigationLink") && !k.ends_with("@odata.associationLink")
-    });
-    body.insert(
-        "customExtensionStageSettings".into(),
-        Value::Array(settings),
-    );
-    Value::Object(body)
 }
 
 /// The extensions this run's policies name: (request workflow, pre-expiration), each the id
@@ -1080,117 +813,6 @@ pub async fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn differences_read_durations_and_types_liberally() {
-        let cur = json!({
-            "@odata.type": "#microsoft.graph.accessPackageAssignmentRequestWorkflowExtension",
-            "displayName": "accessgate",
-            "authenticationConfiguration": {"@odata.type": "microsoft.graph.azureAdPopTokenAuthentication"},
-            "callbackConfiguration": {"@odata.type": "#microsoft.graph.customExtensionCallbackConfiguration", "timeoutDuration": "PT24H"},
-            "endpointConfiguration": {"@odata.type": "#microsoft.graph.logicAppTriggerEndpointConfiguration", "subscriptionId": "ABC", "url": null}
-        });
-        let want = json!({
-            "@odata.type": "#microsoft.graph.accessPackageAssignmentRequestWorkflowExtension",
-            "displayName": "accessgate",
-            "authenticationConfiguration": {"@odata.type": "#microsoft.graph.azureAdPopTokenAuthentication"},
-            "callbackConfiguration": {"@odata.type": "#microsoft.graph.customExtensionCallbackConfiguration", "timeoutDuration": "P1D"},
-            "endpointConfiguration": {"@odata.type": "#microsoft.graph.logicAppTriggerEndpointConfiguration", "subscriptionId": "abc", "url": "https://x"}
-        });
-        let d = differences("", &cur, &want);
-        assert_eq!(d, vec!["+ endpointConfiguration.url: \"https://x\""]);
-        let p = patch_body(&cur, &want);
-        let keys: Vec<&str> = p.as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(keys, ["@odata.type", "endpointConfiguration"]);
-    }
-
-    #[test]
-    fn a_changed_authentication_type_replaces_the_object() {
-        let cur = json!({"authenticationConfiguration": {"@odata.type": "#microsoft.graph.azureAdTokenAuthentication", "resourceId": "x"}});
-        let want = json!({"authenticationConfiguration": {"@odata.type": "#microsoft.graph.azureAdPopTokenAuthentication"}});
-        assert_eq!(
-            differences("", &cur, &want),
-            vec![
-                "~ authenticationConfiguration: microsoft.graph.azureAdTokenAuthentication -> microsoft.graph.azureAdPopTokenAuthentication"
-            ]
-        );
-    }
-
-    #[test]
-    fn the_create_body_uses_the_schema_names_the_docs_example_does_not() {
-        // The docs example (tests/fixtures/setup) says durationBeforeTimeout; the schema says
-        // timeoutDuration, and the body is not wrapped in value.
-        let example: Value = serde_json::from_str(include_str!(
-            "../../tests/fixtures/setup/elm-customworkflowextension-create-example-1.json"
-        ))
-        .unwrap();
-        assert!(example["callbackConfiguration"]["durationBeforeTimeout"].is_string());
-        let spec = Spec::parse(
-            "[deployment]\nlogic_app_resource_id = \"/subscriptions/38ab2ccc-3747-4567-b36b-9478f5602f0d/resourceGroups/test/providers/Microsoft.Logic/workflows/elm-extension-email\"\nlogic_app_url = \"https://prod-31.eastus.logic.azure.com/workflows/8c/triggers/manual/paths/invoke?api-version=2016-10-01\"\nprincipal_id = \"5f2c3b1e-0000-4000-8000-000000000001\"\n[access_packages]\ncatalog = \"General\"\n",
-            &Default::default(),
-        )
-        .unwrap();
-        let e = spec.elm.as_ref().unwrap();
-        let body = elm_body(e, &spec, REQUEST_TYPE, &e.display_name);
-        assert!(body.get("value").is_none());
-        assert_eq!(body["@odata.type"], example["@odata.type"]);
-        assert_eq!(
-            body["endpointConfiguration"]["subscriptionId"],
-            example["endpointConfiguration"]["subscriptionId"]
-        );
-        assert_eq!(
-            body["endpointConfiguration"]["logicAppWorkflowName"],
-            example["endpointConfiguration"]["logicAppWorkflowName"]
-        );
-        assert_eq!(
-            body["authenticationConfiguration"],
-            example["authenticationConfiguration"]
-        );
-        assert_eq!(body["callbackConfiguration"]["timeoutDuration"], "P1D");
-        assert!(
-            body["callbackConfiguration"]
-                .get("durationBeforeTimeout")
-                .is_none()
-        );
-        assert!(
-            body["endpointConfiguration"]["url"]
-                .as_str()
-                .unwrap()
-                .ends_with("api-version=2016-10-01")
-        );
-    }
-
-    #[test]
-    fn the_put_body_drops_read_only_and_expanded_parts() {
-        let policy = json!({
-            "@odata.context": "x", "id": "p1", "displayName": "Employees",
-            "createdDateTime": "2026-01-01T00:00:00Z", "modifiedDateTime": "2026-01-01T00:00:00Z",
-            "accessPackage": {"id": "a"}, "allowedTargetScope": "allMemberUsers",
-            "customExtensionStageSettings": [{"id": "s", "stage": "assignmentRequestGranted", "customExtension": {"id": "e", "displayName": "x"}}]
-        });
-        let body = policy_put_body(
-            &policy,
-            "a",
-            vec![json!({"stage": "assignmentRequestCreated", "customExtension": {"id": "n"}})],
-        );
-        let mut keys: Vec<&str> = body
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
-        keys.sort_unstable();
-        assert_eq!(
-            keys,
-            [
-                "accessPackage",
-                "allowedTargetScope",
-                "customExtensionStageSettings",
-                "displayName",
-                "id"
-            ]
-        );
-    }
 
     #[test]
     fn query_values_are_percent_encoded() {
