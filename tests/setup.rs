@@ -732,3 +732,99 @@ async fn an_administrator_runs_it_without_a_configuration() {
     );
     assert_eq!(s.writes().len(), before);
 }
+
+/// The extension setup made takes a callout: sent, as Entra would, to the URL setup registered,
+/// signed with a PoP token bound to the Logic App the extension names, it is accepted by
+/// accessgate and resumed.
+#[tokio::test]
+async fn the_extension_setup_made_takes_a_callout() {
+    let h = Harness::start("").await;
+    let e = h.emu();
+    e.load_world(&serde_json::from_value(world()).unwrap())
+        .unwrap();
+    let principal = e
+        .principals()
+        .into_iter()
+        .find(|p| p.client_id == e.config().graph_client_id)
+        .unwrap()
+        .object_id;
+    let file = h.dir.path().join("setup.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[deployment]\ningress_mode = \"direct\"\nurl = \"http://{}\"\nprincipal_id = \"{principal}\"\nlogic_app_resource_id = \"{}\"\n{ELM}",
+            h.ag.addr,
+            e.config().logic_app_resource
+        ),
+    )
+    .unwrap();
+    let args: Vec<String> = vec![
+        "setup".into(),
+        "--config".into(),
+        h.ag.config_path.display().to_string(),
+        "--file".into(),
+        file.display().to_string(),
+        "--write-config".into(),
+        h.dir.path().join("written.toml").display().to_string(),
+    ];
+    let secret = e.config().graph_client_secret.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_to_exit(
+            &args,
+            &[("ACCESSGATE_CREDENTIALS__CLIENT_SECRET", secret.as_str())],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+
+    // What Entra holds now.
+    let token = e.mint_graph_token().unwrap();
+    let list: Value = client()
+        .get(format!(
+            "{}/v1.0/identityGovernance/entitlementManagement/catalogs/{CATALOG}/customWorkflowExtensions",
+            e.base_url()
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ext = list["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["displayName"] == "accessgate")
+        .unwrap()
+        .clone();
+    let ep = &ext["endpointConfiguration"];
+    let url = ep["url"].as_str().unwrap().to_owned();
+    assert_eq!(url, h.callout_url());
+    let p = format!(
+        "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Logic/workflows/{}",
+        ep["subscriptionId"].as_str().unwrap(),
+        ep["resourceGroupName"].as_str().unwrap(),
+        ep["logicAppWorkflowName"].as_str().unwrap()
+    );
+
+    // Entra calls it.
+    let sid = uuid::Uuid::new_v4().to_string();
+    let report = e
+        .send_callout(&SendOptions {
+            target_url: url,
+            stage_instance_id: Some(sid.clone()),
+            pop: Some(PopOptions {
+                p: Some(json!(p)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.status, Some(202), "{report:?}");
+    let r = resumed(&e, &sid).await;
+    assert_eq!(r.stage_instance_id, sid);
+}
