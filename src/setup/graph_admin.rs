@@ -233,8 +233,7 @@ impl AdminGraph {
         })
     }
 
-    /// GET that must succeed; the collection's `value` for lists (following `@odata.nextLink`
-    /// under the same base).
+    /// GET that must succeed.
     pub async fn get(
         &self,
         path: &str,
@@ -245,27 +244,22 @@ impl AdminGraph {
             .await
     }
 
+    /// A collection's `value`, every page of it (`@odata.nextLink`, followed under the same
+    /// origin only).
     pub async fn list(
         &self,
         path: &str,
         what: &str,
         fix: impl Fn(u16, &str, &str) -> Option<String> + Copy,
     ) -> Result<Vec<Value>, SetupError> {
-        let a = self.call(reqwest::Method::GET, path, None, what).await?;
-        if !(200..300).contains(&a.status) {
-            let (code, message) = graph_error(&a.body);
-            return Err(SetupError::Graph {
-                what: what.to_owned(),
-                status: a.status,
-                fix: fix(a.status, &code, &message).or_else(|| self.generic_fix(a.status)),
-                code,
-                message,
-            });
-        }
-        let mut out: Vec<Value> = a.body["value"].as_array().cloned().unwrap_or_default();
-        let mut next = a.body["@odata.nextLink"].as_str().map(str::to_owned);
+        let mut page = self.get(path, what, fix).await?;
+        let mut out: Vec<Value> = Vec::new();
         let mut pages = 0;
-        while let Some(link) = next.take() {
+        loop {
+            out.extend(page["value"].as_array().cloned().unwrap_or_default());
+            let Some(link) = page["@odata.nextLink"].as_str().map(str::to_owned) else {
+                return Ok(out);
+            };
             pages += 1;
             // Followed only to the same scheme, host and port: the token goes nowhere else.
             let base = url::Url::parse(self.base.base()).ok();
@@ -289,11 +283,8 @@ impl AdminGraph {
                     "{what}: more than 50 pages; name the objects by id in the setup file"
                 )));
             }
-            let page = self.get(&rel, what, fix).await?;
-            out.extend(page["value"].as_array().cloned().unwrap_or_default());
-            next = page["@odata.nextLink"].as_str().map(str::to_owned);
+            page = self.get(&rel, what, fix).await?;
         }
-        Ok(out)
     }
 
     /// The fix for a refusal no step-specific advice covers.

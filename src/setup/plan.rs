@@ -118,6 +118,9 @@ fn lit(v: &str) -> String {
 }
 
 fn query(path: &str, params: &[(&str, &str)]) -> String {
+    if params.is_empty() {
+        return path.to_owned();
+    }
     let q: Vec<String> = params
         .iter()
         .map(|(k, v)| format!("{k}={}", enc(v)))
@@ -208,31 +211,37 @@ async fn catalog_roles(
         .collect())
 }
 
-async fn find_catalog(g: &AdminGraph, r: &Ref) -> Result<Value, SetupError> {
-    let what = format!("finding catalog {r}");
+/// The one object of a collection named by `r` (id, or display name), `$expand` as given;
+/// `kind` and `at` (the setup file's key) say what to fix when there is none or several.
+async fn find_one(
+    g: &AdminGraph,
+    collection: &str,
+    r: &Ref,
+    expand: &[(&str, &str)],
+    kind: &str,
+    at: &str,
+) -> Result<Value, SetupError> {
+    let what = format!("finding {kind} {r}");
     let fix = |status: u16, _: &str, _: &str| {
-        (status == 404).then(|| {
-            "name an existing catalog in access_packages.catalog (its id, or its display name as the portal shows it)".to_owned()
-        })
+        (status == 404).then(|| format!("name an existing {kind} in {at}"))
     };
     match r {
-        Ref::Id(id) => g.get(&format!("{EM}/catalogs/{id}"), &what, fix).await,
+        Ref::Id(id) => {
+            g.get(&query(&format!("{collection}/{id}"), expand), &what, fix)
+                .await
+        }
         Ref::Name(n) => {
             let filter = format!("displayName eq {}", lit(n));
-            let found = g
-                .list(
-                    &query(&format!("{EM}/catalogs"), &[("$filter", &filter)]),
-                    &what,
-                    fix,
-                )
-                .await?;
+            let mut params = vec![("$filter", filter.as_str())];
+            params.extend_from_slice(expand);
+            let found = g.list(&query(collection, &params), &what, fix).await?;
             match found.as_slice() {
                 [one] => Ok(one.clone()),
                 [] => Err(SetupError::Input(format!(
-                    "catalog {r} does not exist: fix access_packages.catalog (its id or its display name)"
+                    "{kind} {r} does not exist: fix {at}"
                 ))),
                 _ => Err(SetupError::Input(format!(
-                    "{} catalogs are named {r}: name it by id in access_packages.catalog",
+                    "{} {kind}s are named {r}: name it by id in {at}",
                     found.len()
                 ))),
             }
@@ -240,47 +249,22 @@ async fn find_catalog(g: &AdminGraph, r: &Ref) -> Result<Value, SetupError> {
     }
 }
 
+async fn find_catalog(g: &AdminGraph, r: &Ref) -> Result<Value, SetupError> {
+    let at = "access_packages.catalog (its id or its display name)";
+    find_one(g, &format!("{EM}/catalogs"), r, &[], "catalog", at).await
+}
+
 async fn find_package(g: &AdminGraph, r: &Ref, at: &str) -> Result<Value, SetupError> {
-    let what = format!("finding access package {r}");
-    let fix = move |status: u16, _: &str, _: &str| {
-        (status == 404).then(|| format!("name an existing access package in {at}"))
-    };
-    match r {
-        Ref::Id(id) => {
-            g.get(
-                &query(
-                    &format!("{EM}/accessPackages/{id}"),
-                    &[("$expand", "catalog")],
-                ),
-                &what,
-                fix,
-            )
-            .await
-        }
-        Ref::Name(n) => {
-            let filter = format!("displayName eq {}", lit(n));
-            let found = g
-                .list(
-                    &query(
-                        &format!("{EM}/accessPackages"),
-                        &[("$filter", &filter), ("$expand", "catalog")],
-                    ),
-                    &what,
-                    fix,
-                )
-                .await?;
-            match found.as_slice() {
-                [one] => Ok(one.clone()),
-                [] => Err(SetupError::Input(format!(
-                    "access package {r} does not exist: fix {at}"
-                ))),
-                _ => Err(SetupError::Input(format!(
-                    "{} access packages are named {r}: name it by id in {at}",
-                    found.len()
-                ))),
-            }
-        }
-    }
+    let expand = [("$expand", "catalog")];
+    find_one(
+        g,
+        &format!("{EM}/accessPackages"),
+        r,
+        &expand,
+        "access package",
+        at,
+    )
+    .await
 }
 
 /// The one extension of a list with this display name and type (an answer without a type
