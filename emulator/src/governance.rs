@@ -547,6 +547,30 @@ fn with_context(state: &Shared, version: &str, what: &str, body: Value) -> Value
     Value::Object(out)
 }
 
+/// One extension as an answer, with the `@odata.context` of `what`.
+fn entity(state: &Shared, version: &str, what: &str, status: StatusCode, x: &Extension) -> Answer {
+    Ok((
+        status,
+        with_context(state, version, what, Value::Object(x.json.clone())),
+    ))
+}
+
+/// `GET` of one tenant-wide extension (a task or a PIM extension) by id.
+fn get_one(state: &Shared, call: &Call, list: &[Extension], what: &str, set: &str) -> Answer {
+    let id = call.id(0);
+    let x = list
+        .iter()
+        .find(|x| x.id().eq_ignore_ascii_case(id))
+        .ok_or_else(|| not_found(what, id))?;
+    entity(
+        state,
+        call.version,
+        &format!("{set}/$entity"),
+        StatusCode::OK,
+        x,
+    )
+}
+
 fn collection(state: &Shared, version: &str, what: &str, value: Vec<Value>) -> Answer {
     Ok((
         StatusCode::OK,
@@ -1444,15 +1468,13 @@ fn get_elm(state: &Shared, caller: &Caller, call: &Call) -> Answer {
     let inner = state.lock();
     let catalog = elm_catalog(&inner, caller, catalog, false)?;
     let x = find_elm(&inner, &catalog, id).ok_or_else(|| not_found("custom extension", id))?;
-    Ok((
+    entity(
+        state,
+        version,
+        &elm_context(&catalog, true),
         StatusCode::OK,
-        with_context(
-            state,
-            version,
-            &elm_context(&catalog, true),
-            Value::Object(x.json.clone()),
-        ),
-    ))
+        x,
+    )
 }
 
 /// Refuses a second extension named `name` among `others` (by display name, ignoring case).
@@ -1500,14 +1522,15 @@ fn post_elm(state: &Shared, caller: &Caller, call: &Call) -> Answer {
         json: new_extension_json(type_name, members),
     };
     tracing::info!(extension = %x.id(), %catalog, "custom workflow extension created");
-    let answer = with_context(
+    let answer = entity(
         state,
         version,
         &elm_context(&catalog, true),
-        Value::Object(x.json.clone()),
+        StatusCode::CREATED,
+        &x,
     );
     inner.governance.elm_extensions.push(x);
-    Ok((StatusCode::CREATED, answer))
+    answer
 }
 
 /// Applies checked members to a stored extension (`PATCH`): each present member replaces the
@@ -1556,11 +1579,13 @@ fn patch_elm(state: &Shared, caller: &Caller, call: &Call) -> Answer {
         .find(|x| x.in_catalog(&catalog) && x.id().eq_ignore_ascii_case(id))
         .ok_or_else(|| not_found("custom extension", id))?;
     merge(&mut x.json, members);
-    let answer = Value::Object(x.json.clone());
-    Ok((
+    entity(
+        state,
+        version,
+        &elm_context(&catalog, true),
         StatusCode::OK,
-        with_context(state, version, &elm_context(&catalog, true), answer),
-    ))
+        x,
+    )
 }
 
 const TASK_SET: &str = "identityGovernance/lifecycleWorkflows/customTaskExtensions";
@@ -1583,24 +1608,10 @@ fn list_tasks(state: &Shared, caller: &Caller, call: &Call) -> Answer {
 }
 
 fn get_task(state: &Shared, caller: &Caller, call: &Call) -> Answer {
-    let (version, id) = (call.version, call.id(0));
     lcw_authorize(caller, false)?;
     let inner = state.lock();
-    let x = inner
-        .governance
-        .task_extensions
-        .iter()
-        .find(|x| x.id().eq_ignore_ascii_case(id))
-        .ok_or_else(|| not_found("custom task extension", id))?;
-    Ok((
-        StatusCode::OK,
-        with_context(
-            state,
-            version,
-            &format!("{TASK_SET}/$entity"),
-            Value::Object(x.json.clone()),
-        ),
-    ))
+    let list = &inner.governance.task_extensions;
+    get_one(state, call, list, "custom task extension", TASK_SET)
 }
 
 fn post_task(state: &Shared, caller: &Caller, call: &Call) -> Answer {
@@ -1622,14 +1633,15 @@ fn post_task(state: &Shared, caller: &Caller, call: &Call) -> Answer {
         json: new_extension_json(type_name, members),
     };
     tracing::info!(extension = %x.id(), "custom task extension created");
-    let answer = with_context(
+    let answer = entity(
         state,
         version,
         &format!("{TASK_SET}/$entity"),
-        Value::Object(x.json.clone()),
+        StatusCode::CREATED,
+        &x,
     );
     inner.governance.task_extensions.push(x);
-    Ok((StatusCode::CREATED, answer))
+    answer
 }
 
 fn patch_task(state: &Shared, caller: &Caller, call: &Call) -> Answer {
@@ -1668,11 +1680,13 @@ fn patch_task(state: &Shared, caller: &Caller, call: &Call) -> Answer {
         .find(|x| x.id().eq_ignore_ascii_case(id))
         .ok_or_else(|| not_found("custom task extension", id))?;
     merge(&mut x.json, members);
-    let answer = Value::Object(x.json.clone());
-    Ok((
+    entity(
+        state,
+        version,
+        &format!("{TASK_SET}/$entity"),
         StatusCode::OK,
-        with_context(state, version, &format!("{TASK_SET}/$entity"), answer),
-    ))
+        x,
+    )
 }
 
 const PIM_SET: &str = "identityGovernance/privilegedAccess/customExtensions";
@@ -1838,24 +1852,15 @@ fn list_pim(state: &Shared, caller: &Caller, call: &Call) -> Answer {
 }
 
 fn get_pim(state: &Shared, caller: &Caller, call: &Call) -> Answer {
-    let (version, id) = (call.version, call.id(0));
     pim_authorize(caller, false)?;
     let inner = state.lock();
-    let x = inner
-        .governance
-        .pim_extensions
-        .iter()
-        .find(|x| x.id().eq_ignore_ascii_case(id))
-        .ok_or_else(|| not_found("custom extension", id))?;
-    Ok((
-        StatusCode::OK,
-        with_context(
-            state,
-            version,
-            &format!("{PIM_SET}/$entity"),
-            Value::Object(x.json.clone()),
-        ),
-    ))
+    get_one(
+        state,
+        call,
+        &inner.governance.pim_extensions,
+        "custom extension",
+        PIM_SET,
+    )
 }
 
 fn post_pim(state: &Shared, caller: &Caller, call: &Call) -> Answer {
@@ -1898,17 +1903,19 @@ fn post_pim(state: &Shared, caller: &Caller, call: &Call) -> Answer {
     json.insert("customAttributes".into(), json!([]));
     json.extend(members);
     tracing::info!(extension = %id, "PIM custom extension created");
-    let answer = with_context(
+    let x = Extension {
+        catalog_id: None,
+        json,
+    };
+    let answer = entity(
         state,
         version,
         &format!("{PIM_SET}/$entity"),
-        Value::Object(json.clone()),
+        StatusCode::CREATED,
+        &x,
     );
-    inner.governance.pim_extensions.push(Extension {
-        catalog_id: None,
-        json,
-    });
-    Ok((StatusCode::CREATED, answer))
+    inner.governance.pim_extensions.push(x);
+    answer
 }
 
 fn patch_pim(state: &Shared, caller: &Caller, call: &Call) -> Answer {
@@ -1931,11 +1938,13 @@ fn patch_pim(state: &Shared, caller: &Caller, call: &Call) -> Answer {
         .find(|x| x.id().eq_ignore_ascii_case(id))
         .ok_or_else(|| not_found("custom extension", id))?;
     x.json.extend(members);
-    let answer = Value::Object(x.json.clone());
-    Ok((
+    entity(
+        state,
+        version,
+        &format!("{PIM_SET}/$entity"),
         StatusCode::OK,
-        with_context(state, version, &format!("{PIM_SET}/$entity"), answer),
-    ))
+        x,
+    )
 }
 
 const ROLE_SET: &str = "roleManagement/entitlementManagement/roleAssignments";
