@@ -69,22 +69,10 @@ async fn set_up_extensions(
     catalog: Option<&str>,
 ) {
     // Setup also needs to create the task extension; the grants in force are restored after.
-    let before = e
-        .principals()
-        .into_iter()
-        .find(|p| p.client_id == e.config().graph_client_id)
-        .unwrap()
-        .graph_permissions;
+    let before = app_principal(e).graph_permissions;
     let mut permissions = before.clone();
     permissions.push("LifecycleWorkflows-CustomExt.ReadWrite.All".into());
-    e.set_grants(
-        &e.config().graph_client_id,
-        &Grants {
-            graph_permissions: Some(permissions),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    grant_app(e, permissions);
     let mut text = format!(
         "[deployment]\ningress_mode = \"direct\"\nurl = \"{}\"\nlogic_app_resource_id = \"{}\"\n[lifecycle_workflows]\nlogic_app_resource_id = \"{}\"\n",
         e.base_url(),
@@ -99,23 +87,18 @@ async fn set_up_extensions(
     }
     let file = dir.join("setup.toml");
     std::fs::write(&file, text).unwrap();
-    let (cfg, env) = (cfg.to_owned(), env.to_owned());
-    let out = tokio::task::spawn_blocking(move || {
-        let (c, f) = (cfg.display().to_string(), file.display().to_string());
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        run_to_exit(&["setup", "--config", &c, "--file", &f], &env)
-    })
-    .await
-    .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
-    e.set_grants(
-        &e.config().graph_client_id,
-        &Grants {
-            graph_permissions: Some(before),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let args = [
+        "setup",
+        "--config",
+        &cfg.display().to_string(),
+        "--file",
+        &file.display().to_string(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let (code, out) = run_cli(args, env.to_vec()).await;
+    assert_eq!(code, Some(0), "{out}");
+    grant_app(e, before);
 }
 
 #[tokio::test]

@@ -62,12 +62,7 @@ impl Setup {
         // fresh file, so what it writes is all there is to compare.
         let fresh = dir.path().join("written.toml");
         std::fs::write(&fresh, "# written by setup\n").unwrap();
-        let principal = e
-            .principals()
-            .into_iter()
-            .find(|p| p.client_id == e.config().graph_client_id)
-            .unwrap()
-            .object_id;
+        let principal = app_principal(&e).object_id;
         let outputs = dir.path().join("outputs.env");
         std::fs::write(
             &outputs,
@@ -118,18 +113,10 @@ impl Setup {
             "ACCESSGATE_CREDENTIALS__CLIENT_SECRET".into(),
             e.config().graph_client_secret.clone(),
         )];
-        let out = tokio::task::spawn_blocking(move || {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let env: Vec<(&str, &str)> =
-                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            run_to_exit(&args, &env)
-        })
-        .await
-        .unwrap();
-        let text = output_text(&out);
+        let (code, text) = run_cli(args, env).await;
         let lines: Vec<String> = text.lines().map(str::to_owned).collect();
         assert!(leaks(&lines).is_empty(), "setup printed a secret:\n{text}");
-        (out.status.code(), text)
+        (code, text)
     }
 
     /// Graph writes (POST, PUT, PATCH) the emulator has seen.
@@ -144,17 +131,22 @@ impl Setup {
     }
 
     async fn graph_get(&self, path: &str) -> Value {
-        let token = self.emu.handle().mint_graph_token().unwrap();
-        client()
-            .get(format!("{}/v1.0{path}", self.emu.handle().base_url()))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        graph_get(&self.emu.handle(), path).await
     }
+}
+
+/// A v1.0 Graph GET as accessgate's app: what Entra holds.
+async fn graph_get(emu: &Emulator, path: &str) -> Value {
+    let token = emu.mint_graph_token().unwrap();
+    client()
+        .get(format!("{}/v1.0{path}", emu.base_url()))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 const ELM: &str = r#"
@@ -261,13 +253,7 @@ async fn plan_then_apply_then_nothing_to_change() {
     );
 
     // accessgate's identity holds the least catalog role that resumes.
-    let principal = s
-        .emu
-        .handle()
-        .principals()
-        .into_iter()
-        .find(|p| p.client_id == s.emu.handle().config().graph_client_id)
-        .unwrap();
+    let principal = app_principal(&s.emu.handle());
     assert!(
         principal
             .catalog_roles
@@ -364,14 +350,7 @@ async fn bad_input_is_refused_before_anything_is_written() {
 async fn a_missing_permission_is_named_with_its_fix() {
     let s = Setup::start().await;
     let e = s.emu.handle();
-    e.set_grants(
-        &e.config().graph_client_id,
-        &accessgate_emulator::Grants {
-            graph_permissions: Some(vec!["User.Read.All".into()]),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    grant_app(&e, vec!["User.Read.All".into()]);
     let (code, out) = s.run(&s.file(ELM), &[]).await;
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("EntitlementManagement.ReadWrite.All"), "{out}");
@@ -407,14 +386,10 @@ async fn a_logic_app_that_does_not_exist_stops_at_the_first_step() {
 async fn lifecycle_workflows_and_pim_extensions() {
     let s = Setup::start().await;
     let e = s.emu.handle();
-    e.set_grants(
-        &e.config().graph_client_id,
-        &accessgate_emulator::Grants {
-            graph_permissions: Some(vec!["LifecycleWorkflows-CustomExt.ReadWrite.All".into()]),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    grant_app(
+        &e,
+        vec!["LifecycleWorkflows-CustomExt.ReadWrite.All".into()],
+    );
     let lcw = format!(
         "[lifecycle_workflows]\nlogic_app_resource_id = \"{LCW_LOGIC_APP}\"\nlogic_app_url = \"{}/workflows/tasks/triggers/manual/paths/invoke?api-version=2016-10-01\"\ncallback_timeout = \"PT1H\"\n",
         e.base_url()
@@ -499,18 +474,14 @@ async fn lifecycle_workflows_and_pim_extensions() {
 async fn doctor_checks_the_extensions_setup_made() {
     let s = Setup::start().await;
     let e = s.emu.handle();
-    e.set_grants(
-        &e.config().graph_client_id,
-        &accessgate_emulator::Grants {
-            graph_permissions: Some(vec![
-                "EntitlementManagement.ReadWrite.All".into(),
-                "LifecycleWorkflows-CustomExt.ReadWrite.All".into(),
-                "LifecycleWorkflows.Read.All".into(),
-            ]),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    grant_app(
+        &e,
+        vec![
+            "EntitlementManagement.ReadWrite.All".into(),
+            "LifecycleWorkflows-CustomExt.ReadWrite.All".into(),
+            "LifecycleWorkflows.Read.All".into(),
+        ],
+    );
     // The harness's configuration is in direct mode: the extensions point at /api/elm.
     let text = format!(
         "[deployment]\ningress_mode = \"direct\"\n{ELM}\n[lifecycle_workflows]\nlogic_app_resource_id = \"{}\"\ncallback_timeout = \"PT2H\"\n",
@@ -521,18 +492,18 @@ async fn doctor_checks_the_extensions_setup_made() {
     let (code, out) = s.run(&file, &["--write-config", &config]).await;
     assert_eq!(code, Some(0), "{out}");
     let doctor = |config: PathBuf| {
-        let env = [(
+        let env = vec![(
             "ACCESSGATE_CREDENTIALS__CLIENT_SECRET".to_string(),
             e.config().graph_client_secret.clone(),
         )];
-        tokio::task::spawn_blocking(move || {
-            let c = config.display().to_string();
-            let env: Vec<(&str, &str)> =
-                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            output_text(&run_to_exit(&["doctor", "--config", &c], &env))
-        })
+        let args = vec![
+            "doctor".into(),
+            "--config".into(),
+            config.display().to_string(),
+        ];
+        async move { run_cli(args, env).await.1 }
     };
-    let out = doctor(s.config.clone()).await.unwrap();
+    let out = doctor(s.config.clone()).await;
     let line = |name: &str| {
         out.lines()
             .find(|l| l.contains(name))
@@ -555,7 +526,7 @@ async fn doctor_checks_the_extensions_setup_made() {
             ),
     )
     .unwrap();
-    let out = doctor(mismatched).await.unwrap();
+    let out = doctor(mismatched).await;
     let lcw = out.lines().find(|l| l.contains("extension lcw")).unwrap();
     assert!(
         lcw.starts_with("FAIL") && lcw.contains("make them equal"),
@@ -705,27 +676,18 @@ async fn an_administrator_runs_it_without_a_configuration() {
         s.written().display().to_string(),
         "--device-code".into(),
     ];
-    let env = [
+    let env = vec![
         ("ACCESSGATE_IDENTITY__AUTHORITY".to_string(), e.base_url()),
         ("ACCESSGATE_GRAPH__BASE_URL".to_string(), e.base_url()),
     ];
-    let run = |args: Vec<String>| {
-        let env = env.clone();
-        tokio::task::spawn_blocking(move || {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let env: Vec<(&str, &str)> =
-                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            output_text(&run_to_exit(&args, &env))
-        })
-    };
-    let out = run(args.clone()).await.unwrap();
+    let (_, out) = run_cli(args.clone(), env.clone()).await;
     assert!(out.contains("To sign in"), "{out}");
     assert!(out.contains("accessgate setup as user"), "{out}");
     assert!(out.contains("Applied 4 of 4 step(s)."), "{out}");
     // Without the device code, there is nothing to sign in with: said, and nothing written.
     let before = s.writes().len();
     let app_only: Vec<String> = args.into_iter().filter(|a| a != "--device-code").collect();
-    let out = run(app_only).await.unwrap();
+    let (_, out) = run_cli(app_only, env).await;
     assert!(
         out.contains("configuration problem") || out.contains("--device-code"),
         "{out}"
@@ -742,12 +704,7 @@ async fn the_extension_setup_made_takes_a_callout() {
     let e = h.emu();
     e.load_world(&serde_json::from_value(world()).unwrap())
         .unwrap();
-    let principal = e
-        .principals()
-        .into_iter()
-        .find(|p| p.client_id == e.config().graph_client_id)
-        .unwrap()
-        .object_id;
+    let principal = app_principal(&e).object_id;
     let file = h.dir.path().join("setup.toml");
     std::fs::write(
         &file,
@@ -767,32 +724,21 @@ async fn the_extension_setup_made_takes_a_callout() {
         "--write-config".into(),
         h.dir.path().join("written.toml").display().to_string(),
     ];
-    let secret = e.config().graph_client_secret.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run_to_exit(
-            &args,
-            &[("ACCESSGATE_CREDENTIALS__CLIENT_SECRET", secret.as_str())],
-        )
-    })
-    .await
-    .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let env = vec![(
+        "ACCESSGATE_CREDENTIALS__CLIENT_SECRET".to_string(),
+        e.config().graph_client_secret.clone(),
+    )];
+    let (code, out) = run_cli(args, env).await;
+    assert_eq!(code, Some(0), "{out}");
 
     // What Entra holds now.
-    let token = e.mint_graph_token().unwrap();
-    let list: Value = client()
-        .get(format!(
-            "{}/v1.0/identityGovernance/entitlementManagement/catalogs/{CATALOG}/customWorkflowExtensions",
-            e.base_url()
-        ))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = graph_get(
+        &e,
+        &format!(
+            "/identityGovernance/entitlementManagement/catalogs/{CATALOG}/customWorkflowExtensions"
+        ),
+    )
+    .await;
     let ext = list["value"]
         .as_array()
         .unwrap()

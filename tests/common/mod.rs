@@ -636,6 +636,39 @@ pub fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> std::process::Output 
     }
 }
 
+/// [`run_to_exit`] off the async runtime (the emulator in this process keeps answering): the
+/// exit code and what the command printed, stdout then stderr.
+pub async fn run_cli(args: Vec<String>, env: Vec<(String, String)>) -> (Option<i32>, String) {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let out = run_to_exit(&args, &env);
+        (out.status.code(), output_text(&out))
+    })
+    .await
+    .unwrap()
+}
+
+/// accessgate's app registration in the emulated tenant (its grants and object id).
+pub fn app_principal(emu: &Emulator) -> accessgate_emulator::Principal {
+    emu.principals()
+        .into_iter()
+        .find(|p| p.client_id == emu.config().graph_client_id)
+        .unwrap()
+}
+
+/// Replaces the Graph application permissions of accessgate's app.
+pub fn grant_app(emu: &Emulator, permissions: Vec<String>) {
+    emu.set_grants(
+        &emu.config().graph_client_id,
+        &Grants {
+            graph_permissions: Some(permissions),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+}
+
 /// What a finished command printed: stdout, then stderr.
 pub fn output_text(o: &std::process::Output) -> String {
     format!(
